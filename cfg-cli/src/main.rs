@@ -1,0 +1,64 @@
+//! `cfg`: check, inspect, replay and run classifier-free guidance policies.
+#![warn(clippy::all)]
+
+mod bench;
+mod check;
+mod combine;
+mod error;
+mod graph;
+mod list;
+mod plan;
+mod sample;
+mod selftest;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Classifier-free guidance policies: check, inspect, replay and sample.
+#[derive(Parser)]
+#[command(name = "cfg", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate policy files or built-in names.
+    Check(check::Args),
+    /// Print a policy's branch graph.
+    Graph(graph::Args),
+    /// List the built-in policy library.
+    List(list::Args),
+    /// Show the per-step plan over M ranks.
+    Plan(plan::Args),
+    /// Replay dumped branch predictions through a policy.
+    Combine(combine::Args),
+    /// Sample from a model with a policy.
+    Sample(sample::Args),
+    /// Check every kernel of a backend against the CPU.
+    Selftest(selftest::Args),
+    /// Measure kernel speed against copy bandwidth.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Graph(a) => graph::run(a),
+        Command::List(a) => list::run(a),
+        Command::Plan(a) => plan::run(a),
+        Command::Combine(a) => combine::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Selftest(a) => selftest::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.0);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Branch specs: what a model call conditions on and how the model is modified.
+
+use serde::{Deserialize, Serialize};
+
+/// The text condition of a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Prompt {
+    /// The user's prompt (or class).
+    Positive,
+    /// The negative prompt.
+    Negative,
+    /// No text condition (the empty prompt).
+    Empty,
+}
+
+/// The image (or second) condition of a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Image {
+    /// No image condition.
+    #[default]
+    None,
+    /// The reference image (pix2pix source, identity reference).
+    Reference,
+    /// A negative reference (DreamID's negative identity).
+    NegativeReference,
+}
+
+/// How the model is modified for this branch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Modifier {
+    /// The model as it is.
+    #[default]
+    None,
+    /// Skip these transformer blocks (skip-layer guidance).
+    SkipLayers(Vec<u32>),
+    /// Skip self-attention in these blocks (STG, LTX-2 perturbed branch).
+    SkipSelfAttention(Vec<u32>),
+    /// Each modality attends only to itself (LTX-2 modality isolation).
+    IsolateModality,
+    /// Another, weaker model (autoguidance); the string names it.
+    Model(String),
+}
+
+/// One branch: a model call with a given condition and modification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchSpec {
+    /// The text condition.
+    pub prompt: Prompt,
+    /// The image condition.
+    #[serde(default)]
+    pub image: Image,
+    /// The model modification.
+    #[serde(default)]
+    pub modify: Modifier,
+    /// Relative cost of this branch's forward (1.0 = a plain forward).
+    #[serde(default = "one")]
+    pub cost: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl BranchSpec {
+    /// A plain branch with this prompt.
+    pub fn prompt(prompt: Prompt) -> Self {
+        BranchSpec {
+            prompt,
+            image: Image::None,
+            modify: Modifier::None,
+            cost: 1.0,
+        }
+    }
+}

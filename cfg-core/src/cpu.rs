@@ -1,0 +1,574 @@
+//! The CPU evaluator of canonical programs (rayon, explicit fma, f32 accumulation).
+
+use crate::error::CoreError;
+use crate::program::{Form, Op, Program, Value};
+use crate::reduce::{dot_f32, dot_f64, Groups, Reduce};
+use crate::state::GuidanceState;
+use crate::tensor::{Tensor, TensorData};
+use crate::{DType, Shape};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Elements per inner block (fits L1 with a few inputs).
+const BLOCK: usize = 2048;
+/// Elements per parallel task.
+const TASK: usize = BLOCK * 32;
+
+/// An element type the evaluator can load into f32 and store from f32.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// Widens `src` into `dst`.
+    fn load(src: &[Self], dst: &mut [f32]);
+    /// Rounds `src` (nearest even) into `dst`.
+    fn store(src: &[f32], dst: &mut [Self]);
+}
+
+impl Element for f32 {
+    fn load(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn store(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Element for f16 {
+    fn load(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn store(src: &[f32], dst: &mut [f16]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Element for bf16 {
+    fn load(src: &[bf16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn store(src: &[f32], dst: &mut [bf16]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+#[inline(always)]
+fn fma_portable(acc: &mut [f32], x: &[f32], w: f32) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = w.mul_add(v, *a);
+    }
+}
+
+#[inline(always)]
+fn mul_portable(acc: &mut [f32], x: &[f32], w: f32) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = w * v;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn fma_avx2(acc: &mut [f32], x: &[f32], w: f32) {
+    fma_portable(acc, x, w)
+}
+
+/// `acc[i] = fma(w, x[i], acc[i])`: the hardware instruction where the CPU has
+/// one, libm's exactly rounded `fmaf` elsewhere; both give the same bits.
+#[inline]
+pub fn fma_block(acc: &mut [f32], x: &[f32], w: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the features this function was compiled for are present.
+        unsafe { fma_avx2(acc, x, w) };
+        return;
+    }
+    fma_portable(acc, x, w)
+}
+
+/// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into `out`.
+pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]) {
+    out.par_chunks_mut(TASK)
+        .enumerate()
+        .for_each(|(task, out_task)| {
+            let mut acc = [0.0f32; BLOCK];
+            let mut x = [0.0f32; BLOCK];
+            for (b, out_block) in out_task.chunks_mut(BLOCK).enumerate() {
+                let start = task * TASK + b * BLOCK;
+                let n = out_block.len();
+                let (acc, x) = (&mut acc[..n], &mut x[..n]);
+                match terms.split_first() {
+                    None => acc.fill(0.0),
+                    Some(((first, w0), rest)) => {
+                        I::load(&first[start..start + n], x);
+                        mul_portable(acc, x, *w0);
+                        for (src, w) in rest {
+                            I::load(&src[start..start + n], x);
+                            fma_block(acc, x, *w);
+                        }
+                    }
+                }
+                O::store(acc, out_block);
+            }
+        });
+}
+
+/// Evaluates `program` on the CPU. `inputs` follow `program.branches`; the
+/// result has `dtype` and `shape`. Stateful operators read and update `state`.
+pub fn evaluate(
+    program: &Program,
+    inputs: &[&Tensor],
+    dtype: DType,
+    shape: &Shape,
+    state: &mut GuidanceState,
+) -> Result<Tensor, CoreError> {
+    check_inputs(program, inputs, dtype, shape)?;
+    let out = if program.ops.is_empty() && program.latches.is_empty() {
+        match program.result {
+            Value::Form(i) => fused_form(&program.forms[i], inputs, dtype, shape),
+            _ => Tensor::zeros(dtype, shape.clone()),
+        }
+    } else {
+        let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
+        round_to(dtype, shape, &f32_result)
+    };
+    for slot in &program.counters {
+        state.advance(slot);
+    }
+    Ok(out)
+}
+
+/// Checks that inputs match the program's branches, `dtype` and `shape`.
+pub fn check_inputs(
+    program: &Program,
+    inputs: &[&Tensor],
+    dtype: DType,
+    shape: &Shape,
+) -> Result<(), CoreError> {
+    if inputs.len() != program.branches.len() {
+        let missing = program
+            .branches
+            .get(inputs.len())
+            .cloned()
+            .unwrap_or_default();
+        return Err(CoreError::MissingBranch(missing));
+    }
+    for (name, t) in program.branches.iter().zip(inputs) {
+        if t.shape != *shape || t.dtype() != dtype || t.len() != shape.numel() {
+            return Err(CoreError::Mismatch {
+                branch: name.clone(),
+                expected: shape.to_string(),
+                expected_dtype: dtype.to_string(),
+                got: t.shape.to_string(),
+                got_dtype: t.dtype().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rounds f32 values into a tensor of `dtype` (nearest even).
+pub fn round_to(dtype: DType, shape: &Shape, values: &[f32]) -> Tensor {
+    let mut out = Tensor::zeros(dtype, shape.clone());
+    match &mut out.data {
+        TensorData::F32(o) => o.copy_from_slice(values),
+        TensorData::F16(o) => o
+            .par_chunks_mut(TASK)
+            .zip(values.par_chunks(TASK))
+            .for_each(|(o, v)| f16::store(v, o)),
+        TensorData::BF16(o) => o
+            .par_chunks_mut(TASK)
+            .zip(values.par_chunks(TASK))
+            .for_each(|(o, v)| bf16::store(v, o)),
+    }
+    out
+}
+
+fn fused_form(form: &Form, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Tensor {
+    let mut out = Tensor::zeros(dtype, shape.clone());
+    macro_rules! go {
+        ($variant:ident, $o:expr) => {{
+            let terms: Vec<_> = form
+                .terms
+                .iter()
+                .map(|&(b, w)| match &inputs[b].data {
+                    TensorData::$variant(v) => (v.as_slice(), w),
+                    _ => unreachable!("dtypes checked"),
+                })
+                .collect();
+            combine_into(&terms, $o);
+        }};
+    }
+    match &mut out.data {
+        TensorData::F32(o) => go!(F32, o),
+        TensorData::F16(o) => go!(F16, o),
+        TensorData::BF16(o) => go!(BF16, o),
+    }
+    out
+}
+
+/// Computes a linear form over the inputs into f32.
+pub fn form_f32(form: &Form, inputs: &[&Tensor], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    macro_rules! go {
+        ($variant:ident) => {{
+            let terms: Vec<_> = form
+                .terms
+                .iter()
+                .map(|&(b, w)| match &inputs[b].data {
+                    TensorData::$variant(v) => (v.as_slice(), w),
+                    _ => unreachable!("dtypes checked"),
+                })
+                .collect();
+            combine_into(&terms, &mut out);
+        }};
+    }
+    match inputs.first().map(|t| t.dtype()) {
+        Some(DType::F16) => go!(F16),
+        Some(DType::BF16) => go!(BF16),
+        _ => go!(F32),
+    }
+    out
+}
+
+struct Evaluation<'a> {
+    program: &'a Program,
+    inputs: &'a [&'a Tensor],
+    shape: &'a Shape,
+    forms: Vec<Option<Vec<f32>>>,
+    ops: Vec<Option<Vec<f32>>>,
+}
+
+impl<'a> Evaluation<'a> {
+    fn new(program: &'a Program, inputs: &'a [&'a Tensor], shape: &'a Shape) -> Self {
+        Evaluation {
+            program,
+            inputs,
+            shape,
+            forms: vec![None; program.forms.len()],
+            ops: vec![None; program.ops.len()],
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.shape.numel()
+    }
+
+    fn value(&mut self, v: Value) -> Vec<f32> {
+        match v {
+            Value::Zero => vec![0.0; self.n()],
+            Value::Form(i) => {
+                if self.forms[i].is_none() {
+                    self.forms[i] = Some(form_f32(&self.program.forms[i], self.inputs, self.n()));
+                }
+                self.forms[i].clone().expect("computed above")
+            }
+            Value::Op(i) => self.ops[i].clone().expect("ops are evaluated in order"),
+        }
+    }
+
+    fn run(mut self, state: &mut GuidanceState) -> Result<Vec<f32>, CoreError> {
+        for (i, op) in self.program.ops.iter().enumerate() {
+            let out = self.op(op, state);
+            self.ops[i] = Some(out);
+        }
+        for latch in &self.program.latches {
+            let (a, b) = (self.value(latch.a), self.value(latch.b));
+            if cosine(&a, &b) > latch.threshold {
+                state.latch(&latch.slot);
+            }
+        }
+        Ok(self.value(self.program.result))
+    }
+
+    fn op(&mut self, op: &Op, state: &mut GuidanceState) -> Vec<f32> {
+        let shape = self.shape;
+        match op {
+            Op::Mix { terms } => {
+                let vals: Vec<(Vec<f32>, f32)> =
+                    terms.iter().map(|&(v, w)| (self.value(v), w)).collect();
+                let refs: Vec<(&[f32], f32)> =
+                    vals.iter().map(|(v, w)| (v.as_slice(), *w)).collect();
+                let mut out = vec![0.0; self.n()];
+                combine_into(&refs, &mut out);
+                out
+            }
+            Op::Renorm {
+                input,
+                reference,
+                over,
+                eps,
+                min,
+                max,
+            } => {
+                let (g, r) = (self.value(*input), self.value(*reference));
+                let groups = Groups::new(*over, shape);
+                let factors = group_stats(&groups, |k| {
+                    let nr = dot_f32(groups.len, |j| sq(&r, groups.index(k, j))).sqrt();
+                    let ng = dot_f32(groups.len, |j| sq(&g, groups.index(k, j))).sqrt();
+                    renorm_factor(nr, ng, *eps, *min, *max)
+                });
+                scale_by_group(&g, &groups, &factors)
+            }
+            Op::NormCap {
+                input,
+                reference,
+                ratio,
+            } => {
+                let (g, r) = (self.value(*input), self.value(*reference));
+                let nr = dot_f32(r.len(), |j| (r[j], r[j])).sqrt();
+                let ng = dot_f32(g.len(), |j| (g[j], g[j])).sqrt();
+                let f = norm_cap_factor(nr, ng, *ratio);
+                g.par_iter().map(|&x| x * f).collect()
+            }
+            Op::StdRescale {
+                input,
+                reference,
+                phi,
+                over,
+            } => {
+                let (g, r) = (self.value(*input), self.value(*reference));
+                let groups = Groups::new(*over, shape);
+                let factors = group_stats(&groups, |k| {
+                    let sr = std_of(&groups, k, &r);
+                    let sg = std_of(&groups, k, &g);
+                    rescale_factor(sr, sg, *phi)
+                });
+                scale_by_group(&g, &groups, &factors)
+            }
+            Op::ZeroStar {
+                cond,
+                uncond,
+                scale,
+                original,
+            } => {
+                let (c, u) = (self.value(*cond), self.value(*uncond));
+                let groups = Groups::new(Reduce::Sample, shape);
+                let alphas = group_stats(&groups, |k| {
+                    let dot = dot_f32(groups.len, |j| {
+                        (c[groups.index(k, j)], u[groups.index(k, j)])
+                    });
+                    let nu = dot_f32(groups.len, |j| sq(&u, groups.index(k, j)));
+                    zero_star_alpha(dot, nu)
+                });
+                let s = *scale;
+                let original = *original;
+                (0..self.n())
+                    .into_par_iter()
+                    .map(|i| {
+                        let ua = alphas[groups.group_of(i)] * u[i];
+                        let base = if original { c[i] } else { ua };
+                        s.mul_add(c[i] - ua, base)
+                    })
+                    .collect()
+            }
+            Op::Apg {
+                cond,
+                uncond,
+                scale,
+                momentum,
+                norm_threshold,
+                eta,
+                original,
+                slot,
+            } => {
+                let (c, u) = (self.value(*cond), self.value(*uncond));
+                apg(
+                    &c,
+                    &u,
+                    shape,
+                    state,
+                    slot,
+                    *scale,
+                    *momentum,
+                    *norm_threshold,
+                    *eta,
+                    *original,
+                )
+            }
+            Op::MagnitudeAware {
+                cond,
+                uncond,
+                scale,
+                alpha,
+            } => {
+                let (c, u) = (self.value(*cond), self.value(*uncond));
+                let delta: Vec<f32> = c.par_iter().zip(&u).map(|(a, b)| a - b).collect();
+                let groups = Groups::new(Reduce::Sample, shape);
+                let scales = group_stats(&groups, |k| {
+                    let nd = dot_f32(groups.len, |j| sq(&delta, groups.index(k, j))).sqrt();
+                    let nu = dot_f32(groups.len, |j| sq(&u, groups.index(k, j))).sqrt();
+                    magnitude_scale(*scale, *alpha, nd, nu)
+                });
+                (0..self.n())
+                    .into_par_iter()
+                    .map(|i| scales[groups.group_of(i)].mul_add(delta[i], u[i]))
+                    .collect()
+            }
+        }
+    }
+}
+
+#[inline]
+fn sq(v: &[f32], i: usize) -> (f32, f32) {
+    (v[i], v[i])
+}
+
+fn group_stats(groups: &Groups, f: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f32> {
+    (0..groups.count).into_par_iter().map(f).collect()
+}
+
+fn scale_by_group(g: &[f32], groups: &Groups, factors: &[f32]) -> Vec<f32> {
+    (0..g.len())
+        .into_par_iter()
+        .map(|i| g[i] * factors[groups.group_of(i)])
+        .collect()
+}
+
+/// Unbiased std of group `k` of `v` from canonical Σx and Σx².
+pub fn std_of(groups: &Groups, k: usize, v: &[f32]) -> f64 {
+    let s1 = dot_f32(groups.len, |j| (v[groups.index(k, j)], 1.0));
+    let s2 = dot_f32(groups.len, |j| sq(v, groups.index(k, j)));
+    std_from_sums(s1, s2, groups.len)
+}
+
+/// Unbiased std from Σx, Σx² and the count (0 when n < 2).
+pub fn std_from_sums(s1: f64, s2: f64, n: usize) -> f64 {
+    if n < 2 {
+        return 0.0;
+    }
+    let n = n as f64;
+    ((s2 - s1 * s1 / n) / (n - 1.0)).max(0.0).sqrt()
+}
+
+/// The renorm factor from the norms; 1 when the input norm is zero.
+pub fn renorm_factor(nr: f64, ng: f64, eps: f64, min: Option<f64>, max: Option<f64>) -> f32 {
+    let den = ng + eps;
+    if den == 0.0 {
+        return 1.0;
+    }
+    let mut f = nr / den;
+    if let Some(lo) = min {
+        f = f.max(lo);
+    }
+    if let Some(hi) = max {
+        f = f.min(hi);
+    }
+    f as f32
+}
+
+/// The norm-cap factor: `ratio·nr/ng` when `ng > ratio·nr`, else 1.
+pub fn norm_cap_factor(nr: f64, ng: f64, ratio: f64) -> f32 {
+    if ng > ratio * nr {
+        (ratio * nr / ng) as f32
+    } else {
+        1.0
+    }
+}
+
+/// The std-rescale factor `phi·sr/sg + 1 − phi`; 1 when `sg` is zero.
+pub fn rescale_factor(sr: f64, sg: f64, phi: f64) -> f32 {
+    if sg == 0.0 {
+        return 1.0;
+    }
+    (phi * sr / sg + (1.0 - phi)) as f32
+}
+
+/// CFG-Zero*'s α = ⟨c,u⟩/(‖u‖² + 1e-8).
+pub fn zero_star_alpha(dot: f64, nu2: f64) -> f32 {
+    (dot / (nu2 + 1e-8)) as f32
+}
+
+/// MAMBO-G's per-sample scale `1 + (s−1)·exp(−α‖Δ‖/‖u‖)`.
+pub fn magnitude_scale(s: f64, alpha: f64, nd: f64, nu: f64) -> f32 {
+    let ratio = if nu > 0.0 { nd / nu } else { f64::INFINITY };
+    (1.0 + (s - 1.0) * (-alpha * ratio).exp()) as f32
+}
+
+/// Whole-tensor cosine similarity in the canonical order.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let ab = dot_f32(a.len(), |j| (a[j], b[j]));
+    let aa = dot_f32(a.len(), |j| (a[j], a[j]));
+    let bb = dot_f32(b.len(), |j| (b[j], b[j]));
+    let den = (aa * bb).sqrt();
+    if den == 0.0 {
+        0.0
+    } else {
+        ab / den
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apg(
+    c: &[f32],
+    u: &[f32],
+    shape: &Shape,
+    state: &mut GuidanceState,
+    slot: &str,
+    scale: f32,
+    momentum: f32,
+    threshold: f64,
+    eta: f32,
+    original: bool,
+) -> Vec<f32> {
+    let n = c.len();
+    let delta: Vec<f32> = c.par_iter().zip(u).map(|(a, b)| a - b).collect();
+    let running: Vec<f32> = match state.momentum(slot) {
+        Some(prev) if momentum != 0.0 && prev.len() == n => delta
+            .par_iter()
+            .zip(prev)
+            .map(|(&d, &r)| momentum.mul_add(r, d))
+            .collect(),
+        _ => delta,
+    };
+    if momentum != 0.0 {
+        state.set_momentum(slot, running.clone());
+    }
+    let groups = Groups::new(Reduce::Sample, shape);
+    let clipped: Vec<f32> = if threshold > 0.0 {
+        let factors = group_stats(&groups, |k| {
+            let norm = dot_f32(groups.len, |j| sq(&running, groups.index(k, j))).sqrt();
+            apg_clip_factor(norm, threshold)
+        });
+        scale_by_group(&running, &groups, &factors)
+    } else {
+        running
+    };
+    let coef: Vec<f64> = (0..groups.count)
+        .into_par_iter()
+        .map(|k| {
+            let dc = dot_f64(groups.len, |j| {
+                (
+                    clipped[groups.index(k, j)] as f64,
+                    c[groups.index(k, j)] as f64,
+                )
+            });
+            let cc = dot_f64(groups.len, |j| {
+                (c[groups.index(k, j)] as f64, c[groups.index(k, j)] as f64)
+            });
+            apg_projection(dc, cc)
+        })
+        .collect();
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let par = coef[groups.group_of(i)] * c[i] as f64;
+            let perp = clipped[i] as f64 - par;
+            let update = eta.mul_add(par as f32, perp as f32);
+            let base = if original { c[i] } else { u[i] };
+            scale.mul_add(update, base)
+        })
+        .collect()
+}
+
+/// APG's norm clip `min(1, threshold/‖Δ‖)`.
+pub fn apg_clip_factor(norm: f64, threshold: f64) -> f32 {
+    if norm == 0.0 {
+        1.0
+    } else {
+        (threshold / norm).min(1.0) as f32
+    }
+}
+
+/// APG's projection coefficient ⟨Δ,c⟩/max(‖c‖,1e-12)² (f64, as torch's normalize).
+pub fn apg_projection(dc: f64, cc: f64) -> f64 {
+    let n = cc.sqrt().max(1e-12);
+    dc / (n * n)
+}

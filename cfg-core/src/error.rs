@@ -1,0 +1,60 @@
+//! Errors of the core arithmetic.
+
+use thiserror::Error;
+
+/// What can go wrong while lowering or evaluating a guidance program.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CoreError {
+    /// A branch that the program needs was not provided.
+    #[error("branch `{0}` is needed by the program but no prediction was given for it")]
+    MissingBranch(String),
+    /// Two inputs disagree on shape or dtype.
+    #[error(
+        "branch `{branch}`: expected shape {expected} {expected_dtype}, got {got} {got_dtype}"
+    )]
+    Mismatch {
+        /// The offending branch.
+        branch: String,
+        /// The shape every input must share.
+        expected: String,
+        /// The dtype every input must share.
+        expected_dtype: String,
+        /// What was given.
+        got: String,
+        /// The dtype that was given.
+        got_dtype: String,
+    },
+    /// A shape that the operation cannot use.
+    #[error("bad shape {shape}: {why}")]
+    BadShape {
+        /// The shape.
+        shape: String,
+        /// What was expected.
+        why: String,
+    },
+    /// A scale, window or schedule needs the step's sigma, which was not given.
+    #[error("step {step}: the policy needs the scheduler's sigma (a sigma window or a two-expert schedule) but none was given")]
+    SigmaRequired {
+        /// The step.
+        step: usize,
+    },
+    /// A scale evaluated to NaN or infinity.
+    #[error("scale `{name}` is not finite at step {step}")]
+    NonFiniteScale {
+        /// The scale's name.
+        name: String,
+        /// The step.
+        step: usize,
+    },
+    /// An expression referred to a name that does not exist.
+    #[error("unknown {kind} `{name}`")]
+    Unknown {
+        /// Branch, scale or value.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A named value refers to itself, directly or through others.
+    #[error("named value `{0}` refers to itself")]
+    Cycle(String),
+}

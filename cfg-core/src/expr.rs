@@ -1,0 +1,417 @@
+//! The guidance language's syntax tree: a policy declares branches, scales,
+//! named values and one guidance expression per output.
+//!
+//! These types derive `Deserialize` so that `cfg-policies` can read them from
+//! RON; every struct and struct variant denies unknown fields.
+
+use crate::branch::BranchSpec;
+use crate::reduce::Reduce;
+use crate::schedule::Schedule;
+use crate::window::Window;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A scale: a literal number, or the name of a declared (possibly scheduled) scale.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ScaleRef {
+    /// A constant.
+    Value(f64),
+    /// A scale declared in the policy's `scales`.
+    Named(String),
+}
+
+impl<'de> Deserialize<'de> for ScaleRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ScaleRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or the quoted name of a declared scale")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ScaleRef, E> {
+                Ok(ScaleRef::Value(v))
+            }
+            fn visit_f32<E: de::Error>(self, v: f32) -> Result<ScaleRef, E> {
+                Ok(ScaleRef::Value(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ScaleRef, E> {
+                Ok(ScaleRef::Value(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ScaleRef, E> {
+                Ok(ScaleRef::Value(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ScaleRef, E> {
+                Ok(ScaleRef::Named(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The working space of an output's prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Space {
+    /// Noise prediction ε.
+    Eps,
+    /// Velocity / flow prediction.
+    V,
+    /// Clean-sample prediction x₀.
+    X0,
+}
+
+/// A guidance expression. Every operand position takes an expression, so
+/// schemes nest (Bagel's nested guidance is `Cfg` inside `Cfg`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Expr {
+    /// A branch's prediction: `Ref("cond")`.
+    Ref(String),
+    /// A named value declared in the policy's `values`: `Use("text_guided")`.
+    Use(String),
+    /// The sum of several expressions.
+    Sum(Vec<Expr>),
+    /// `Diff(a, b)` = a − b.
+    Diff(Box<Expr>, Box<Expr>),
+    /// (scale + offset) · term.
+    Scaled {
+        /// The scale.
+        scale: ScaleRef,
+        /// Added to the scale (LTX-2 writes `(s − 1)·Δ`: offset −1).
+        #[serde(default)]
+        offset: f64,
+        /// The term.
+        term: Box<Expr>,
+    },
+    /// Classifier-free guidance: `uncond + s·(cond − uncond)`, or with
+    /// `original: true`, `cond + s·(cond − uncond)`.
+    Cfg {
+        /// The conditional prediction.
+        cond: Box<Expr>,
+        /// The unconditional prediction.
+        uncond: Box<Expr>,
+        /// The guidance scale.
+        scale: ScaleRef,
+        /// diffusers' `use_original_formulation`.
+        #[serde(default)]
+        original: bool,
+    },
+    /// `term` at the steps inside `window`, zero elsewhere.
+    Windowed {
+        /// When the term is on.
+        window: Window,
+        /// The term.
+        term: Box<Expr>,
+    },
+    /// `input · clamp(‖reference‖ / (‖input‖ + eps), min, max)` per reduction group.
+    Renorm {
+        /// The guided prediction.
+        input: Box<Expr>,
+        /// Whose norm to restore (usually cond).
+        reference: Box<Expr>,
+        /// The reduction groups of the norms.
+        over: Reduce,
+        /// Lower clamp of the factor (none when absent).
+        #[serde(default)]
+        min: Option<f64>,
+        /// Upper clamp of the factor (none when absent).
+        #[serde(default)]
+        max: Option<f64>,
+        /// Added to ‖input‖.
+        #[serde(default)]
+        eps: f64,
+    },
+    /// If ‖input‖ > ratio·‖reference‖ (whole tensor) scale input down to that norm.
+    NormCap {
+        /// The guided prediction.
+        input: Box<Expr>,
+        /// The reference (usually cond).
+        reference: Box<Expr>,
+        /// The largest allowed norm ratio.
+        ratio: f64,
+    },
+    /// `phi·input·std(reference)/std(input) + (1 − phi)·input` (unbiased std).
+    StdRescale {
+        /// The guided prediction.
+        input: Box<Expr>,
+        /// The reference (cond).
+        reference: Box<Expr>,
+        /// Rescale strength φ.
+        phi: f64,
+        /// Sample (diffusers) or Tensor (LTX-2 official).
+        over: Reduce,
+    },
+    /// CFG-Zero*: α = ⟨c,u⟩/(‖u‖²+1e-8) per sample; αu + s(c − αu); zero for the
+    /// first `zero_init_steps` steps after the start of sampling.
+    ZeroStar {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Steps whose output is zero.
+        #[serde(default = "one_step")]
+        zero_init_steps: usize,
+        /// Base on cond instead of αu.
+        #[serde(default)]
+        original: bool,
+    },
+    /// Adaptive projected guidance (Sadat et al. 2024), diffusers' order:
+    /// momentum, norm threshold, f64 projection on cond.
+    Apg {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Momentum β: r ← Δ + β·r (0 = none).
+        #[serde(default)]
+        momentum: f64,
+        /// Clip ‖Δ‖ to this per sample (0 = off).
+        #[serde(default)]
+        norm_threshold: f64,
+        /// Weight of the parallel component.
+        #[serde(default = "one")]
+        eta: f64,
+        /// Base on cond instead of uncond.
+        #[serde(default)]
+        original: bool,
+    },
+    /// Magnitude-aware guidance (MAMBO-G): s' = 1 + (s−1)·exp(−α‖Δ‖/‖u‖) per sample.
+    MagnitudeAware {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Damping strength α.
+        alpha: f64,
+    },
+    /// Adaptive guidance (Castillo et al. 2023): CFG until cos(c, u) > threshold,
+    /// then cond alone (uncond leaves the plan) for the rest of sampling.
+    Adaptive {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Cosine similarity above which guidance stops.
+        threshold: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn one_step() -> usize {
+    1
+}
+
+impl Expr {
+    /// The direct sub-expressions, in source order.
+    pub fn children(&self) -> Vec<&Expr> {
+        match self {
+            Expr::Ref(_) | Expr::Use(_) => vec![],
+            Expr::Sum(terms) => terms.iter().collect(),
+            Expr::Diff(a, b) => vec![a, b],
+            Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
+            Expr::Renorm {
+                input, reference, ..
+            }
+            | Expr::NormCap {
+                input, reference, ..
+            }
+            | Expr::StdRescale {
+                input, reference, ..
+            } => vec![input, reference],
+            Expr::Cfg { cond, uncond, .. }
+            | Expr::ZeroStar { cond, uncond, .. }
+            | Expr::Apg { cond, uncond, .. }
+            | Expr::MagnitudeAware { cond, uncond, .. }
+            | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
+        }
+    }
+
+    /// The scale this node uses, if any.
+    pub fn scale(&self) -> Option<&ScaleRef> {
+        match self {
+            Expr::Scaled { scale, .. }
+            | Expr::Cfg { scale, .. }
+            | Expr::ZeroStar { scale, .. }
+            | Expr::Apg { scale, .. }
+            | Expr::MagnitudeAware { scale, .. }
+            | Expr::Adaptive { scale, .. } => Some(scale),
+            _ => None,
+        }
+    }
+
+    /// The node's operator name as written in RON.
+    pub fn operator(&self) -> &'static str {
+        match self {
+            Expr::Ref(_) => "Ref",
+            Expr::Use(_) => "Use",
+            Expr::Sum(_) => "Sum",
+            Expr::Diff(..) => "Diff",
+            Expr::Scaled { .. } => "Scaled",
+            Expr::Cfg { .. } => "Cfg",
+            Expr::Windowed { .. } => "Windowed",
+            Expr::Renorm { .. } => "Renorm",
+            Expr::NormCap { .. } => "NormCap",
+            Expr::StdRescale { .. } => "StdRescale",
+            Expr::ZeroStar { .. } => "ZeroStar",
+            Expr::Apg { .. } => "Apg",
+            Expr::MagnitudeAware { .. } => "MagnitudeAware",
+            Expr::Adaptive { .. } => "Adaptive",
+        }
+    }
+
+    /// Whether the node is a non-linear operator.
+    pub fn is_nonlinear(&self) -> bool {
+        matches!(
+            self,
+            Expr::Renorm { .. }
+                | Expr::NormCap { .. }
+                | Expr::StdRescale { .. }
+                | Expr::ZeroStar { .. }
+                | Expr::Apg { .. }
+                | Expr::MagnitudeAware { .. }
+                | Expr::Adaptive { .. }
+        )
+    }
+
+    /// The plain numbers this node holds (for finiteness checks), with their field names.
+    pub fn numbers(&self) -> Vec<(&'static str, f64)> {
+        let mut out = Vec::new();
+        if let Some(ScaleRef::Value(v)) = self.scale() {
+            out.push(("scale", *v));
+        }
+        match self {
+            Expr::Scaled { offset, .. } => out.push(("offset", *offset)),
+            Expr::Renorm { min, max, eps, .. } => {
+                out.extend(min.map(|v| ("min", v)));
+                out.extend(max.map(|v| ("max", v)));
+                out.push(("eps", *eps));
+            }
+            Expr::NormCap { ratio, .. } => out.push(("ratio", *ratio)),
+            Expr::StdRescale { phi, .. } => out.push(("phi", *phi)),
+            Expr::Apg {
+                momentum,
+                norm_threshold,
+                eta,
+                ..
+            } => out.extend([
+                ("momentum", *momentum),
+                ("norm_threshold", *norm_threshold),
+                ("eta", *eta),
+            ]),
+            Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", *alpha)),
+            Expr::Adaptive { threshold, .. } => out.push(("threshold", *threshold)),
+            Expr::Windowed { window, .. } => {
+                let (a, b) = window.bounds();
+                out.extend([("window start", a), ("window stop", b)]);
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// One output of the model and how it is guided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The space the prediction lives in.
+    pub space: Space,
+    /// How its branch predictions combine (a bare `Ref` passes one through unguided).
+    pub guidance: Expr,
+}
+
+/// An ordered list of named entries, read from a RON map. Duplicates are kept
+/// so that validation can report them with a position.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Named<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<T> Named<T> {
+    /// The entry with this name (the first, if duplicated).
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The names, in declaration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The entries, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map from quoted names to entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, T>()? {
+                    out.push((k, v));
+                }
+                Ok(Named(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A guidance policy: the whole content of one policy file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Short name (the library's key).
+    pub name: String,
+    /// One line saying what it does.
+    #[serde(default)]
+    pub summary: String,
+    /// Where the scheme and its defaults come from.
+    #[serde(default)]
+    pub source: String,
+    /// The number of steps the source system samples with by default.
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// The branches: one model call each per step.
+    pub branches: Named<BranchSpec>,
+    /// Named scales, constant or scheduled; `cfg sample --scale NAME=V` overrides them.
+    #[serde(default)]
+    pub scales: Named<Schedule>,
+    /// Named sub-expressions, shared by several outputs or terms.
+    #[serde(default)]
+    pub values: Named<Expr>,
+    /// One entry per model output.
+    pub outputs: Named<OutputSpec>,
+}

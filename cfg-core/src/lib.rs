@@ -1,0 +1,29 @@
+//! Vocabulary and arithmetic of classifier-free guidance.
+//!
+//! A guidance [`expr::Expr`] is lowered, per step, into a canonical
+//! [`program::Program`]: weighted linear forms over branch predictions feeding
+//! non-linear operators with per-token or per-sample reductions. Every backend
+//! executes that program in one fixed evaluation order (explicit fused
+//! multiply-add, f32 accumulation), so backends agree bit for bit.
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+
+pub mod branch;
+pub mod cpu;
+pub mod dtype;
+pub mod error;
+pub mod expr;
+pub mod lower;
+pub mod program;
+pub mod reduce;
+pub mod reference;
+pub mod schedule;
+pub mod shape;
+pub mod state;
+pub mod tensor;
+pub mod window;
+
+pub use dtype::DType;
+pub use error::CoreError;
+pub use shape::Shape;
+pub use tensor::Tensor;

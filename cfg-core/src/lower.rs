@@ -1,0 +1,435 @@
+//! Lowering: a policy's expressions at one step become canonical programs.
+//!
+//! Every linear piece is folded in f64 into one weight per branch (so
+//! `u + 1·(c − u)` lowers to exactly `1·c`), windows that are off at this step
+//! vanish with their branches, and stateful operators consult the
+//! [`GuidanceState`].
+
+use crate::error::CoreError;
+use crate::expr::{Expr, Policy, ScaleRef};
+use crate::program::{Form, Latch, Op, Program, StepProgram, Value};
+use crate::schedule::StepContext;
+use crate::state::GuidanceState;
+use std::collections::BTreeMap;
+
+/// Scale values that replace the policy's own (`--scale NAME=V`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// Name → constant value.
+    pub scales: BTreeMap<String, f64>,
+}
+
+impl Overrides {
+    /// No overrides.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// One override.
+    pub fn with(mut self, name: &str, value: f64) -> Self {
+        self.scales.insert(name.to_string(), value);
+        self
+    }
+}
+
+/// Lowers every output of `policy` at step `ctx`.
+pub fn lower(
+    policy: &Policy,
+    ctx: &StepContext,
+    state: &GuidanceState,
+    overrides: &Overrides,
+) -> Result<StepProgram, CoreError> {
+    let outputs = policy
+        .outputs
+        .iter()
+        .map(|(name, spec)| {
+            let mut l = Lowerer::new(policy, ctx, state, overrides, name);
+            let lin = l.expr(&spec.guidance, name)?;
+            let result = l.materialize(lin);
+            Ok(l.finish(name, spec.space, result))
+        })
+        .collect::<Result<Vec<_>, CoreError>>()?;
+    Ok(StepProgram { outputs })
+}
+
+/// An operand of a linear combination before numbering.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Atom {
+    Branch(String),
+    Op(usize),
+}
+
+/// A linear combination of atoms with f64 weights (zero weights removed).
+type Lin = BTreeMap<Atom, f64>;
+
+fn add(mut a: Lin, b: &Lin, k: f64) -> Lin {
+    for (atom, w) in b {
+        let sum = a.get(atom).copied().unwrap_or(0.0) + k * w;
+        if sum == 0.0 {
+            a.remove(atom);
+        } else {
+            a.insert(atom.clone(), sum);
+        }
+    }
+    a
+}
+
+fn scaled(a: &Lin, k: f64) -> Lin {
+    add(Lin::new(), a, k)
+}
+
+struct Lowerer<'a> {
+    policy: &'a Policy,
+    ctx: &'a StepContext,
+    state: &'a GuidanceState,
+    overrides: &'a Overrides,
+    output: &'a str,
+    forms: Vec<BTreeMap<String, f32>>,
+    ops: Vec<Op>,
+    latches: Vec<Latch>,
+    counters: Vec<String>,
+    values: BTreeMap<String, Lin>,
+    in_progress: Vec<String>,
+}
+
+impl<'a> Lowerer<'a> {
+    fn new(
+        policy: &'a Policy,
+        ctx: &'a StepContext,
+        state: &'a GuidanceState,
+        overrides: &'a Overrides,
+        output: &'a str,
+    ) -> Self {
+        Lowerer {
+            policy,
+            ctx,
+            state,
+            overrides,
+            output,
+            forms: Vec::new(),
+            ops: Vec::new(),
+            latches: Vec::new(),
+            counters: Vec::new(),
+            values: BTreeMap::new(),
+            in_progress: Vec::new(),
+        }
+    }
+
+    fn scale(&self, s: &ScaleRef) -> Result<f64, CoreError> {
+        let (name, v) = match s {
+            ScaleRef::Value(v) => ("(literal)", Some(*v)),
+            ScaleRef::Named(n) => {
+                let v = match self.overrides.scales.get(n) {
+                    Some(v) => Some(*v),
+                    None => self
+                        .policy
+                        .scales
+                        .get(n)
+                        .ok_or_else(|| CoreError::Unknown {
+                            kind: "scale",
+                            name: n.clone(),
+                        })?
+                        .at(self.ctx),
+                };
+                (n.as_str(), v)
+            }
+        };
+        let v = v.ok_or(CoreError::SigmaRequired {
+            step: self.ctx.step,
+        })?;
+        if !v.is_finite() {
+            return Err(CoreError::NonFiniteScale {
+                name: name.to_string(),
+                step: self.ctx.step,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Lowers `e`; `path` names its position (the key of any operator state).
+    fn expr(&mut self, e: &Expr, path: &str) -> Result<Lin, CoreError> {
+        let child = |i: usize| format!("{path}.{i}");
+        Ok(match e {
+            Expr::Ref(b) => {
+                if self.policy.branches.get(b).is_none() {
+                    return Err(CoreError::Unknown {
+                        kind: "branch",
+                        name: b.clone(),
+                    });
+                }
+                Lin::from([(Atom::Branch(b.clone()), 1.0)])
+            }
+            Expr::Use(name) => self.named_value(name)?,
+            Expr::Sum(terms) => {
+                let mut acc = Lin::new();
+                for (i, t) in terms.iter().enumerate() {
+                    let v = self.expr(t, &child(i))?;
+                    acc = add(acc, &v, 1.0);
+                }
+                acc
+            }
+            Expr::Diff(a, b) => {
+                let a = self.expr(a, &child(0))?;
+                let b = self.expr(b, &child(1))?;
+                add(a, &b, -1.0)
+            }
+            Expr::Scaled {
+                scale,
+                offset,
+                term,
+            } => {
+                let k = self.scale(scale)? + offset;
+                let t = self.expr(term, &child(0))?;
+                scaled(&t, k)
+            }
+            Expr::Cfg {
+                cond,
+                uncond,
+                scale,
+                original,
+            } => {
+                let s = self.scale(scale)?;
+                let c = self.expr(cond, &child(0))?;
+                let u = self.expr(uncond, &child(1))?;
+                self.cfg_lin(&c, &u, s, *original)
+            }
+            Expr::Windowed { window, term } => match window.contains(self.ctx) {
+                None => {
+                    return Err(CoreError::SigmaRequired {
+                        step: self.ctx.step,
+                    })
+                }
+                Some(true) => self.expr(term, &child(0))?,
+                Some(false) => Lin::new(),
+            },
+            Expr::Renorm {
+                input,
+                reference,
+                over,
+                min,
+                max,
+                eps,
+            } => {
+                let (input, reference) = self.pair(input, reference, path)?;
+                self.push(Op::Renorm {
+                    input,
+                    reference,
+                    over: *over,
+                    eps: *eps,
+                    min: *min,
+                    max: *max,
+                })
+            }
+            Expr::NormCap {
+                input,
+                reference,
+                ratio,
+            } => {
+                let (input, reference) = self.pair(input, reference, path)?;
+                self.push(Op::NormCap {
+                    input,
+                    reference,
+                    ratio: *ratio,
+                })
+            }
+            Expr::StdRescale {
+                input,
+                reference,
+                phi,
+                over,
+            } => {
+                let (input, reference) = self.pair(input, reference, path)?;
+                self.push(Op::StdRescale {
+                    input,
+                    reference,
+                    phi: *phi,
+                    over: *over,
+                })
+            }
+            Expr::ZeroStar {
+                cond,
+                uncond,
+                scale,
+                zero_init_steps,
+                original,
+            } => {
+                let slot = format!("{}/{path}", self.output);
+                let seen = self.state.count(&slot);
+                self.counters.push(slot);
+                if seen < *zero_init_steps {
+                    Lin::new()
+                } else {
+                    let s = self.scale(scale)? as f32;
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::ZeroStar {
+                        cond,
+                        uncond,
+                        scale: s,
+                        original: *original,
+                    })
+                }
+            }
+            Expr::Apg {
+                cond,
+                uncond,
+                scale,
+                momentum,
+                norm_threshold,
+                eta,
+                original,
+            } => {
+                let s = self.scale(scale)? as f32;
+                let (cond, uncond) = self.pair(cond, uncond, path)?;
+                let slot = format!("{}/{path}", self.output);
+                self.push(Op::Apg {
+                    cond,
+                    uncond,
+                    scale: s,
+                    momentum: *momentum as f32,
+                    norm_threshold: *norm_threshold,
+                    eta: *eta as f32,
+                    original: *original,
+                    slot,
+                })
+            }
+            Expr::MagnitudeAware {
+                cond,
+                uncond,
+                scale,
+                alpha,
+            } => {
+                let s = self.scale(scale)?;
+                let (cond, uncond) = self.pair(cond, uncond, path)?;
+                self.push(Op::MagnitudeAware {
+                    cond,
+                    uncond,
+                    scale: s,
+                    alpha: *alpha,
+                })
+            }
+            Expr::Adaptive {
+                cond,
+                uncond,
+                scale,
+                threshold,
+            } => {
+                let slot = format!("{}/{path}", self.output);
+                let c = self.expr(cond, &child(0))?;
+                if self.state.latched(&slot) {
+                    c
+                } else {
+                    let s = self.scale(scale)?;
+                    let u = self.expr(uncond, &child(1))?;
+                    let (a, b) = (self.materialize(c.clone()), self.materialize(u.clone()));
+                    self.latches.push(Latch {
+                        a,
+                        b,
+                        threshold: *threshold,
+                        slot,
+                    });
+                    self.cfg_lin(&c, &u, s, false)
+                }
+            }
+        })
+    }
+
+    fn cfg_lin(&self, c: &Lin, u: &Lin, s: f64, original: bool) -> Lin {
+        let delta = add(c.clone(), u, -1.0);
+        let base = if original { c } else { u };
+        add(base.clone(), &delta, s)
+    }
+
+    fn pair(&mut self, a: &Expr, b: &Expr, path: &str) -> Result<(Value, Value), CoreError> {
+        let a = self.expr(a, &format!("{path}.0"))?;
+        let b = self.expr(b, &format!("{path}.1"))?;
+        Ok((self.materialize(a), self.materialize(b)))
+    }
+
+    fn named_value(&mut self, name: &str) -> Result<Lin, CoreError> {
+        if let Some(v) = self.values.get(name) {
+            return Ok(v.clone());
+        }
+        if self.in_progress.iter().any(|n| n == name) {
+            return Err(CoreError::Cycle(name.to_string()));
+        }
+        let e = self
+            .policy
+            .values
+            .get(name)
+            .ok_or_else(|| CoreError::Unknown {
+                kind: "value",
+                name: name.to_string(),
+            })?;
+        self.in_progress.push(name.to_string());
+        let lin = self.expr(e, &format!("value:{name}"))?;
+        self.in_progress.pop();
+        self.values.insert(name.to_string(), lin.clone());
+        Ok(lin)
+    }
+
+    fn push(&mut self, op: Op) -> Lin {
+        self.ops.push(op);
+        Lin::from([(Atom::Op(self.ops.len() - 1), 1.0)])
+    }
+
+    /// Turns a linear combination into a program value, reusing equal forms.
+    fn materialize(&mut self, lin: Lin) -> Value {
+        let mut branch_part = BTreeMap::new();
+        let mut op_part = Vec::new();
+        for (atom, w) in lin {
+            let w32 = w as f32;
+            if w32 == 0.0 {
+                continue;
+            }
+            match atom {
+                Atom::Branch(b) => {
+                    branch_part.insert(b, w32);
+                }
+                Atom::Op(i) => op_part.push((Value::Op(i), w32)),
+            }
+        }
+        let form = if branch_part.is_empty() {
+            None
+        } else if let Some(i) = self.forms.iter().position(|f| *f == branch_part) {
+            Some(Value::Form(i))
+        } else {
+            self.forms.push(branch_part);
+            Some(Value::Form(self.forms.len() - 1))
+        };
+        match (form, op_part.as_slice()) {
+            (None, []) => Value::Zero,
+            (Some(f), []) => f,
+            (None, [(v, w)]) if *w == 1.0 => *v,
+            _ => {
+                let mut terms: Vec<(Value, f32)> = form.map(|f| (f, 1.0)).into_iter().collect();
+                terms.extend(op_part);
+                self.ops.push(Op::Mix { terms });
+                Value::Op(self.ops.len() - 1)
+            }
+        }
+    }
+
+    fn finish(self, name: &str, space: crate::expr::Space, result: Value) -> Program {
+        let mut branches: Vec<String> = self.forms.iter().flat_map(|f| f.keys().cloned()).collect();
+        branches.sort();
+        branches.dedup();
+        let index = |b: &String| branches.binary_search(b).expect("collected above");
+        let forms = self
+            .forms
+            .iter()
+            .map(|f| Form {
+                terms: f.iter().map(|(b, w)| (index(b), *w)).collect(),
+            })
+            .collect();
+        Program {
+            output: name.to_string(),
+            space,
+            forms,
+            ops: self.ops,
+            latches: self.latches,
+            counters: self.counters,
+            result,
+            branches,
+        }
+    }
+}

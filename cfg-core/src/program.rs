@@ -1,0 +1,223 @@
+//! The canonical program: what every backend executes for one output at one step.
+//!
+//! A program is a list of linear forms over branch predictions (f32 weights, in
+//! branch-name order) followed by non-linear ops that read forms or earlier ops.
+//! Terms with weight zero are never present, so a zero-weight branch changes no bit.
+
+use crate::expr::Space;
+use crate::reduce::Reduce;
+
+/// A value the program computes: zero, a linear form or an op's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    /// All zeros.
+    Zero,
+    /// `forms[i]`.
+    Form(usize),
+    /// `ops[i]`.
+    Op(usize),
+}
+
+/// A weighted sum of branch predictions: `Σ w_k · x_{b_k}`, evaluated as
+/// `acc = w_0·x_0; acc = fma(w_k, x_k, acc)` in term order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Form {
+    /// (index into `Program::branches`, weight), sorted by branch index.
+    pub terms: Vec<(usize, f32)>,
+}
+
+/// A non-linear (or post-op linear) step of the program.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// `Σ w_k · v_k` over values, same evaluation order as a form.
+    Mix {
+        /// (value, weight) in order.
+        terms: Vec<(Value, f32)>,
+    },
+    /// `input · clamp(‖reference‖/(‖input‖+eps), min, max)` per group.
+    Renorm {
+        /// Guided prediction.
+        input: Value,
+        /// Reference.
+        reference: Value,
+        /// Groups.
+        over: Reduce,
+        /// Added to ‖input‖.
+        eps: f64,
+        /// Lower clamp.
+        min: Option<f64>,
+        /// Upper clamp.
+        max: Option<f64>,
+    },
+    /// Whole-tensor norm cap.
+    NormCap {
+        /// Guided prediction.
+        input: Value,
+        /// Reference.
+        reference: Value,
+        /// Largest norm ratio.
+        ratio: f64,
+    },
+    /// `input · (phi·std(ref)/std(input) + 1 − phi)` per group, unbiased std.
+    StdRescale {
+        /// Guided prediction.
+        input: Value,
+        /// Reference.
+        reference: Value,
+        /// φ.
+        phi: f64,
+        /// Groups.
+        over: Reduce,
+    },
+    /// CFG-Zero* after its zero-init steps.
+    ZeroStar {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// Scale.
+        scale: f32,
+        /// Base on cond.
+        original: bool,
+    },
+    /// Adaptive projected guidance; momentum lives in the state under `slot`.
+    Apg {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// Scale.
+        scale: f32,
+        /// β.
+        momentum: f32,
+        /// Norm threshold (0 = off).
+        norm_threshold: f64,
+        /// η.
+        eta: f32,
+        /// Base on cond.
+        original: bool,
+        /// State key of the momentum buffer.
+        slot: String,
+    },
+    /// Magnitude-aware guidance.
+    MagnitudeAware {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// Scale.
+        scale: f64,
+        /// α.
+        alpha: f64,
+    },
+}
+
+impl Op {
+    /// The values it reads.
+    pub fn inputs(&self) -> Vec<Value> {
+        match self {
+            Op::Mix { terms } => terms.iter().map(|(v, _)| *v).collect(),
+            Op::Renorm {
+                input, reference, ..
+            }
+            | Op::NormCap {
+                input, reference, ..
+            }
+            | Op::StdRescale {
+                input, reference, ..
+            } => vec![*input, *reference],
+            Op::ZeroStar { cond, uncond, .. }
+            | Op::Apg { cond, uncond, .. }
+            | Op::MagnitudeAware { cond, uncond, .. } => vec![*cond, *uncond],
+        }
+    }
+
+    /// A short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Mix { .. } => "mix",
+            Op::Renorm { .. } => "renorm",
+            Op::NormCap { .. } => "norm-cap",
+            Op::StdRescale { .. } => "std-rescale",
+            Op::ZeroStar { .. } => "zero-star",
+            Op::Apg { .. } => "apg",
+            Op::MagnitudeAware { .. } => "magnitude-aware",
+        }
+    }
+}
+
+/// The adaptive-guidance check: latch `slot` once cos(a, b) (whole tensor) > threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latch {
+    /// First value (cond).
+    pub a: Value,
+    /// Second value (uncond).
+    pub b: Value,
+    /// Cosine threshold.
+    pub threshold: f64,
+    /// State key.
+    pub slot: String,
+}
+
+/// The program of one output at one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    /// The output's name.
+    pub output: String,
+    /// Its working space.
+    pub space: Space,
+    /// The branches it reads, sorted by name.
+    pub branches: Vec<String>,
+    /// Linear forms over `branches`.
+    pub forms: Vec<Form>,
+    /// Ops, in evaluation order.
+    pub ops: Vec<Op>,
+    /// Latches to update after evaluation.
+    pub latches: Vec<Latch>,
+    /// Zero-init counters to advance after evaluation.
+    pub counters: Vec<String>,
+    /// The result.
+    pub result: Value,
+}
+
+impl Program {
+    /// Whether the result is a single linear form (one fused pass, all-reducible).
+    pub fn is_linear(&self) -> bool {
+        matches!(self.result, Value::Form(_) | Value::Zero)
+            && self.ops.is_empty()
+            && self.latches.is_empty()
+    }
+
+    /// How many times each value is read (by ops, latches and the result).
+    pub fn reads(&self, v: Value) -> usize {
+        let by_ops = self
+            .ops
+            .iter()
+            .flat_map(|o| o.inputs())
+            .filter(|&x| x == v)
+            .count();
+        let by_latches = self.latches.iter().filter(|l| l.a == v || l.b == v).count();
+        by_ops + by_latches + usize::from(self.result == v)
+    }
+}
+
+/// The programs of every output of a policy at one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProgram {
+    /// One program per output, in declaration order.
+    pub outputs: Vec<Program>,
+}
+
+impl StepProgram {
+    /// The union of branches any output needs, sorted by name.
+    pub fn branches(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .outputs
+            .iter()
+            .flat_map(|p| p.branches.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}

@@ -1,0 +1,143 @@
+//! Host tensors of f32, f16 or bf16 elements.
+
+use crate::{DType, Shape};
+use half::{bf16, f16};
+
+/// The elements of a host tensor, in their own dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// f16 elements.
+    F16(Vec<f16>),
+    /// bf16 elements.
+    BF16(Vec<bf16>),
+}
+
+/// A dense row-major tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Its shape.
+    pub shape: Shape,
+    /// Its elements.
+    pub data: TensorData,
+}
+
+impl Tensor {
+    /// A tensor from f32 values, rounded (nearest even) to `dtype`.
+    ///
+    /// # Panics
+    /// If `values.len()` differs from the shape's element count (a programming error).
+    pub fn from_f32(dtype: DType, shape: Shape, values: &[f32]) -> Tensor {
+        assert_eq!(values.len(), shape.numel(), "values do not fill the shape");
+        let data = match dtype {
+            DType::F32 => TensorData::F32(values.to_vec()),
+            DType::F16 => TensorData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            DType::BF16 => TensorData::BF16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+        };
+        Tensor { shape, data }
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(dtype: DType, shape: Shape) -> Tensor {
+        let n = shape.numel();
+        let data = match dtype {
+            DType::F32 => TensorData::F32(vec![0.0; n]),
+            DType::F16 => TensorData::F16(vec![f16::ZERO; n]),
+            DType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
+        };
+        Tensor { shape, data }
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            TensorData::F32(_) => DType::F32,
+            TensorData::F16(_) => DType::F16,
+            TensorData::BF16(_) => DType::BF16,
+        }
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+            TensorData::BF16(v) => v.len(),
+        }
+    }
+
+    /// True when it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` widened to f32.
+    pub fn get(&self, i: usize) -> f32 {
+        match &self.data {
+            TensorData::F32(v) => v[i],
+            TensorData::F16(v) => v[i].to_f32(),
+            TensorData::BF16(v) => v[i].to_f32(),
+        }
+    }
+
+    /// All elements widened to f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    /// The raw little-endian bytes of the elements.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.data {
+            TensorData::F32(v) => bytemuck_cast(v),
+            TensorData::F16(v) => bytemuck_cast(v),
+            TensorData::BF16(v) => bytemuck_cast(v),
+        }
+    }
+
+    /// A tensor from raw little-endian bytes. Returns `None` when the byte count
+    /// does not match the shape.
+    pub fn from_bytes(dtype: DType, shape: Shape, bytes: &[u8]) -> Option<Tensor> {
+        if bytes.len() != shape.numel() * dtype.size() {
+            return None;
+        }
+        let data = match dtype {
+            DType::F32 => TensorData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            DType::F16 => TensorData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => TensorData::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+        };
+        Some(Tensor { shape, data })
+    }
+
+    /// The bit patterns of the elements (for bit-exact comparisons and hashing).
+    pub fn bits(&self) -> Vec<u32> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+        }
+    }
+}
+
+fn bytemuck_cast<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}

@@ -1,0 +1,361 @@
+//! The rules a parsed policy must keep, checked with positions.
+
+use crate::error::{ErrorKind, PolicyError, Warning};
+use crate::locate::Locator;
+use cfg_core::expr::{Expr, Policy, ScaleRef};
+use cfg_core::schedule::Schedule;
+use cfg_core::window::Window;
+use petgraph::algo::tarjan_scc;
+use petgraph::graphmap::DiGraphMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+const WINDOW_VARIANTS: [&str; 3] = ["Steps", "Progress", "Sigma"];
+
+/// Checks `policy` (parsed from `source`); returns its warnings or the first error.
+pub fn validate(policy: &Policy, source: &str, origin: &str) -> Result<Vec<Warning>, PolicyError> {
+    Validator {
+        policy,
+        loc: Locator::new(source),
+        origin,
+        counts: BTreeMap::new(),
+        used: Used::default(),
+    }
+    .run()
+}
+
+#[derive(Default)]
+struct Used {
+    branches: BTreeSet<String>,
+    scales: BTreeSet<String>,
+    values: BTreeSet<String>,
+}
+
+struct Validator<'a> {
+    policy: &'a Policy,
+    loc: Locator,
+    origin: &'a str,
+    /// Occurrences seen so far of each operator (and of windows), to find the nth in the text.
+    counts: BTreeMap<&'static str, usize>,
+    used: Used,
+}
+
+impl Validator<'_> {
+    fn error(&self, at: Option<(usize, usize)>, message: String) -> PolicyError {
+        let (line, col) = at.unwrap_or((1, 1));
+        PolicyError {
+            origin: self.origin.to_string(),
+            line,
+            col,
+            message,
+            kind: ErrorKind::Invalid,
+        }
+    }
+
+    fn warning(&self, at: Option<(usize, usize)>, message: String) -> Warning {
+        let (line, col) = at.unwrap_or((1, 1));
+        Warning {
+            origin: self.origin.to_string(),
+            line,
+            col,
+            message,
+        }
+    }
+
+    fn run(mut self) -> Result<Vec<Warning>, PolicyError> {
+        let p = self.policy;
+        if let Some((line, col, text)) = self.loc.non_finite() {
+            return Err(self.error(
+                Some((line, col)),
+                format!("`{text}` is not a finite number: scales, windows and parameters must be finite"),
+            ));
+        }
+        if p.name.trim().is_empty() {
+            return Err(self.error(
+                self.loc.field("name"),
+                "the policy's `name` is empty: expected a short name".into(),
+            ));
+        }
+        if p.branches.is_empty() {
+            return Err(self.error(
+                self.loc.field("branches"),
+                "no branches: a policy needs at least one branch".into(),
+            ));
+        }
+        if p.outputs.is_empty() {
+            return Err(self.error(
+                self.loc.field("outputs"),
+                "no outputs: a policy needs at least one output".into(),
+            ));
+        }
+        self.duplicates()?;
+        for (name, b) in p.branches.iter() {
+            if !(b.cost.is_finite() && b.cost > 0.0) {
+                return Err(self.error(
+                    self.loc.key(name, 0),
+                    format!("branch `{name}`: cost {} must be a positive number", b.cost),
+                ));
+            }
+        }
+        for (name, s) in p.scales.iter() {
+            self.schedule(name, s)?;
+        }
+        // Walk the sections in the order they appear in the text, so that the
+        // nth operator in the walk is the nth in the file.
+        let values_first = match (self.loc.field("values"), self.loc.field("outputs")) {
+            (Some(v), Some(o)) => v < o,
+            _ => false,
+        };
+        if values_first {
+            self.walk_values()?;
+            self.walk_outputs()?;
+        } else {
+            self.walk_outputs()?;
+            self.walk_values()?;
+        }
+        self.cycles()?;
+        Ok(self.unused())
+    }
+
+    fn duplicates(&self) -> Result<(), PolicyError> {
+        let p = self.policy;
+        let sections: [(&str, Vec<&str>); 4] = [
+            ("branch", p.branches.names().collect()),
+            ("scale", p.scales.names().collect()),
+            ("value", p.values.names().collect()),
+            ("output", p.outputs.names().collect()),
+        ];
+        let mut keys_seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (kind, names) in &sections {
+            let mut seen = BTreeSet::new();
+            for name in names {
+                let nth = keys_seen.entry(name).or_insert(0);
+                if !seen.insert(*name) {
+                    let first = self.loc.key(name, 0);
+                    let at = self.loc.key(name, *nth);
+                    let first = first
+                        .map(|(l, c)| format!(" (first declared at {l}:{c})"))
+                        .unwrap_or_default();
+                    return Err(self.error(
+                        at,
+                        format!("duplicate {kind} `{name}`{first}: names must be unique"),
+                    ));
+                }
+                *nth += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn schedule(&self, name: &str, s: &Schedule) -> Result<(), PolicyError> {
+        let at = self.loc.key(name, 0);
+        match s {
+            Schedule::Piecewise(pieces) if pieces.is_empty() => Err(self.error(
+                at,
+                format!("scale `{name}`: a piecewise schedule needs at least one piece"),
+            )),
+            Schedule::Piecewise(pieces) if pieces.windows(2).any(|w| w[0].until >= w[1].until) => {
+                Err(self.error(
+                    at,
+                    format!("scale `{name}`: piecewise `until` values must increase strictly"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn walk_outputs(&mut self) -> Result<(), PolicyError> {
+        for (_, out) in self.policy.outputs.iter() {
+            self.expr(&out.guidance)?;
+        }
+        Ok(())
+    }
+
+    fn walk_values(&mut self) -> Result<(), PolicyError> {
+        for (_, e) in self.policy.values.iter() {
+            self.expr(e)?;
+        }
+        Ok(())
+    }
+
+    /// Position of the current occurrence of `e`'s operator.
+    fn op_position(&mut self, name: &'static str) -> Option<(usize, usize)> {
+        let n = self.counts.entry(name).or_insert(0);
+        let at = self.loc.ident(&[name], *n);
+        *n += 1;
+        at
+    }
+
+    fn expr(&mut self, e: &Expr) -> Result<(), PolicyError> {
+        let at = self.op_position(e.operator());
+        let p = self.policy;
+        match e {
+            Expr::Ref(b) => {
+                if p.branches.get(b).is_none() {
+                    let known: Vec<&str> = p.branches.names().collect();
+                    return Err(self.error(
+                        self.loc.reference(b).or(at),
+                        format!("unknown branch `{b}`: expected one of {}", known.join(", ")),
+                    ));
+                }
+                self.used.branches.insert(b.clone());
+            }
+            Expr::Use(v) => {
+                if p.values.get(v).is_none() {
+                    let known: Vec<&str> = p.values.names().collect();
+                    let hint = if known.is_empty() {
+                        "no values are declared".to_string()
+                    } else {
+                        format!("expected one of {}", known.join(", "))
+                    };
+                    return Err(self.error(
+                        self.loc.reference(v).or(at),
+                        format!("unknown value `{v}`: {hint}"),
+                    ));
+                }
+                self.used.values.insert(v.clone());
+            }
+            Expr::Sum(terms) if terms.is_empty() => {
+                return Err(self.error(at, "`Sum` needs at least one term".into()));
+            }
+            Expr::Windowed { window, .. } => self.window(window)?,
+            Expr::Renorm {
+                min: Some(lo),
+                max: Some(hi),
+                ..
+            } if lo > hi => {
+                return Err(self.error(at, format!("`Renorm`: min {lo} is above max {hi}")));
+            }
+            Expr::Renorm { eps, .. } if *eps < 0.0 => {
+                return Err(self.error(at, format!("`Renorm`: eps {eps} must be ≥ 0")));
+            }
+            Expr::NormCap { ratio, .. } if *ratio <= 0.0 => {
+                return Err(self.error(at, format!("`NormCap`: ratio {ratio} must be > 0")));
+            }
+            Expr::StdRescale { phi, .. } if *phi < 0.0 => {
+                return Err(self.error(at, format!("`StdRescale`: phi {phi} must be ≥ 0")));
+            }
+            Expr::Apg { norm_threshold, .. } if *norm_threshold < 0.0 => {
+                return Err(self.error(
+                    at,
+                    format!("`Apg`: norm_threshold {norm_threshold} must be ≥ 0 (0 turns it off)"),
+                ));
+            }
+            Expr::Adaptive { threshold, .. } if !(-1.0..=1.0).contains(threshold) => {
+                return Err(self.error(
+                    at,
+                    format!("`Adaptive`: threshold {threshold} is a cosine, expected -1..=1"),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(ScaleRef::Named(n)) = e.scale() {
+            if p.scales.get(n).is_none() {
+                let known: Vec<&str> = p.scales.names().collect();
+                let hint = if known.is_empty() {
+                    "no scales are declared".to_string()
+                } else {
+                    format!("expected a number or one of {}", known.join(", "))
+                };
+                return Err(self.error(
+                    self.loc.reference(n).or(at),
+                    format!("unknown scale `{n}`: {hint}"),
+                ));
+            }
+            self.used.scales.insert(n.clone());
+        }
+        for c in e.children() {
+            self.expr(c)?;
+        }
+        Ok(())
+    }
+
+    fn window(&mut self, w: &Window) -> Result<(), PolicyError> {
+        let n = self.counts.entry("window").or_insert(0);
+        let at = self.loc.ident(&WINDOW_VARIANTS, *n);
+        *n += 1;
+        let (lo, hi) = w.bounds();
+        let (lo_name, hi_name) = match w {
+            Window::Sigma { .. } => ("low", "high"),
+            _ => ("start", "stop"),
+        };
+        if lo >= hi {
+            return Err(self.error(
+                at,
+                format!("inverted or empty window: {lo_name} {lo} must be below {hi_name} {hi}"),
+            ));
+        }
+        if lo < 0.0 {
+            return Err(self.error(at, format!("window {lo_name} {lo} must be ≥ 0")));
+        }
+        Ok(())
+    }
+
+    fn cycles(&self) -> Result<(), PolicyError> {
+        let names: Vec<&str> = self.policy.values.names().collect();
+        let mut graph = DiGraphMap::<usize, ()>::new();
+        for (i, (_, e)) in self.policy.values.iter().enumerate() {
+            graph.add_node(i);
+            for used in uses(e) {
+                if let Some(j) = names.iter().position(|n| *n == used) {
+                    graph.add_edge(i, j, ());
+                }
+            }
+        }
+        for scc in tarjan_scc(&graph) {
+            let looped = scc.len() > 1 || graph.contains_edge(scc[0], scc[0]);
+            if looped {
+                let mut members: Vec<&str> = scc.iter().map(|&i| names[i]).collect();
+                members.sort();
+                let first = members[0];
+                return Err(self.error(
+                    self.loc.key(first, 0),
+                    format!(
+                        "named values form a cycle ({}): a value cannot use itself",
+                        members.join(" → ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn unused(&self) -> Vec<Warning> {
+        let p = self.policy;
+        let mut out = Vec::new();
+        for name in p
+            .branches
+            .names()
+            .filter(|n| !self.used.branches.contains(*n))
+        {
+            out.push(self.warning(
+                self.loc.key(name, 0),
+                format!("branch `{name}` is declared but no output uses it"),
+            ));
+        }
+        for name in p.scales.names().filter(|n| !self.used.scales.contains(*n)) {
+            out.push(self.warning(
+                self.loc.key(name, 0),
+                format!("scale `{name}` is declared but never used"),
+            ));
+        }
+        for name in p.values.names().filter(|n| !self.used.values.contains(*n)) {
+            out.push(self.warning(
+                self.loc.key(name, 0),
+                format!("value `{name}` is declared but never used"),
+            ));
+        }
+        out
+    }
+}
+
+/// The named values an expression uses directly.
+fn uses(e: &Expr) -> Vec<&str> {
+    let mut out = Vec::new();
+    if let Expr::Use(v) = e {
+        out.push(v.as_str());
+    }
+    for c in e.children() {
+        out.extend(uses(c));
+    }
+    out
+}

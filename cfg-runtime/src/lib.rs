@@ -1,0 +1,3 @@
+//! Per-step planning and dispatch of guidance branches over M ranks.
+#![deny(missing_docs)]
+#![warn(clippy::all)]
