@@ -13,10 +13,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> CliResult {
     let targets: Vec<String> = if args.policies.is_empty() {
-        cfg_policies::library::names()
-            .into_iter()
-            .map(String::from)
-            .collect()
+        cfg_policies::library::names().into_iter().map(String::from).collect()
     } else {
         args.policies
     };
@@ -36,10 +33,7 @@ pub fn run(args: Args) -> CliResult {
         }
     }
     if failed > 0 {
-        return Err(CliError(format!(
-            "{failed} of {} policies failed validation",
-            targets.len()
-        )));
+        return Err(CliError(format!("{failed} of {} policies failed validation", targets.len())));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -51,10 +45,7 @@ pub fn summary(loaded: &cfg_policies::Loaded) -> String {
     let mut stack: Vec<&Expr> = p.outputs.iter().map(|(_, o)| &o.guidance).collect();
     stack.extend(p.values.iter().map(|(_, e)| e));
     while let Some(e) = stack.pop() {
-        if !matches!(
-            e,
-            Expr::Ref(_) | Expr::Use(_) | Expr::Sum(_) | Expr::Diff(..)
-        ) {
+        if !matches!(e, Expr::Ref(_) | Expr::Use(_) | Expr::Sum(_) | Expr::Diff(..)) {
             ops.push(e.operator());
         }
         stack.extend(e.children());

@@ -65,11 +65,6 @@ fn one() -> f64 {
 impl BranchSpec {
     /// A plain branch with this prompt.
     pub fn prompt(prompt: Prompt) -> Self {
-        BranchSpec {
-            prompt,
-            image: Image::None,
-            modify: Modifier::None,
-            cost: 1.0,
-        }
+        BranchSpec { prompt, image: Image::None, modify: Modifier::None, cost: 1.0 }
     }
 }

@@ -85,29 +85,27 @@ pub fn fma_block(acc: &mut [f32], x: &[f32], w: f32) {
 
 /// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into `out`.
 pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]) {
-    out.par_chunks_mut(TASK)
-        .enumerate()
-        .for_each(|(task, out_task)| {
-            let mut acc = [0.0f32; BLOCK];
-            let mut x = [0.0f32; BLOCK];
-            for (b, out_block) in out_task.chunks_mut(BLOCK).enumerate() {
-                let start = task * TASK + b * BLOCK;
-                let n = out_block.len();
-                let (acc, x) = (&mut acc[..n], &mut x[..n]);
-                match terms.split_first() {
-                    None => acc.fill(0.0),
-                    Some(((first, w0), rest)) => {
-                        I::load(&first[start..start + n], x);
-                        mul_portable(acc, x, *w0);
-                        for (src, w) in rest {
-                            I::load(&src[start..start + n], x);
-                            fma_block(acc, x, *w);
-                        }
+    out.par_chunks_mut(TASK).enumerate().for_each(|(task, out_task)| {
+        let mut acc = [0.0f32; BLOCK];
+        let mut x = [0.0f32; BLOCK];
+        for (b, out_block) in out_task.chunks_mut(BLOCK).enumerate() {
+            let start = task * TASK + b * BLOCK;
+            let n = out_block.len();
+            let (acc, x) = (&mut acc[..n], &mut x[..n]);
+            match terms.split_first() {
+                None => acc.fill(0.0),
+                Some(((first, w0), rest)) => {
+                    I::load(&first[start..start + n], x);
+                    mul_portable(acc, x, *w0);
+                    for (src, w) in rest {
+                        I::load(&src[start..start + n], x);
+                        fma_block(acc, x, *w);
                     }
                 }
-                O::store(acc, out_block);
             }
-        });
+            O::store(acc, out_block);
+        }
+    });
 }
 
 /// Evaluates `program` on the CPU. `inputs` follow `program.branches`; the
@@ -136,18 +134,9 @@ pub fn evaluate(
 }
 
 /// Checks that inputs match the program's branches, `dtype` and `shape`.
-pub fn check_inputs(
-    program: &Program,
-    inputs: &[&Tensor],
-    dtype: DType,
-    shape: &Shape,
-) -> Result<(), CoreError> {
+pub fn check_inputs(program: &Program, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Result<(), CoreError> {
     if inputs.len() != program.branches.len() {
-        let missing = program
-            .branches
-            .get(inputs.len())
-            .cloned()
-            .unwrap_or_default();
+        let missing = program.branches.get(inputs.len()).cloned().unwrap_or_default();
         return Err(CoreError::MissingBranch(missing));
     }
     for (name, t) in program.branches.iter().zip(inputs) {
@@ -169,14 +158,8 @@ pub fn round_to(dtype: DType, shape: &Shape, values: &[f32]) -> Tensor {
     let mut out = Tensor::zeros(dtype, shape.clone());
     match &mut out.data {
         TensorData::F32(o) => o.copy_from_slice(values),
-        TensorData::F16(o) => o
-            .par_chunks_mut(TASK)
-            .zip(values.par_chunks(TASK))
-            .for_each(|(o, v)| f16::store(v, o)),
-        TensorData::BF16(o) => o
-            .par_chunks_mut(TASK)
-            .zip(values.par_chunks(TASK))
-            .for_each(|(o, v)| bf16::store(v, o)),
+        TensorData::F16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| f16::store(v, o)),
+        TensorData::BF16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o)),
     }
     out
 }
@@ -282,22 +265,13 @@ impl<'a> Evaluation<'a> {
         let shape = self.shape;
         match op {
             Op::Mix { terms } => {
-                let vals: Vec<(Vec<f32>, f32)> =
-                    terms.iter().map(|&(v, w)| (self.value(v), w)).collect();
-                let refs: Vec<(&[f32], f32)> =
-                    vals.iter().map(|(v, w)| (v.as_slice(), *w)).collect();
+                let vals: Vec<(Vec<f32>, f32)> = terms.iter().map(|&(v, w)| (self.value(v), w)).collect();
+                let refs: Vec<(&[f32], f32)> = vals.iter().map(|(v, w)| (v.as_slice(), *w)).collect();
                 let mut out = vec![0.0; self.n()];
                 combine_into(&refs, &mut out);
                 out
             }
-            Op::Renorm {
-                input,
-                reference,
-                over,
-                eps,
-                min,
-                max,
-            } => {
+            Op::Renorm { input, reference, over, eps, min, max } => {
                 let (g, r) = (self.value(*input), self.value(*reference));
                 let groups = Groups::new(*over, shape);
                 let factors = group_stats(&groups, |k| {
@@ -307,23 +281,14 @@ impl<'a> Evaluation<'a> {
                 });
                 scale_by_group(&g, &groups, &factors)
             }
-            Op::NormCap {
-                input,
-                reference,
-                ratio,
-            } => {
+            Op::NormCap { input, reference, ratio } => {
                 let (g, r) = (self.value(*input), self.value(*reference));
                 let nr = dot_f32(r.len(), |j| (r[j], r[j])).sqrt();
                 let ng = dot_f32(g.len(), |j| (g[j], g[j])).sqrt();
                 let f = norm_cap_factor(nr, ng, *ratio);
                 g.par_iter().map(|&x| x * f).collect()
             }
-            Op::StdRescale {
-                input,
-                reference,
-                phi,
-                over,
-            } => {
+            Op::StdRescale { input, reference, phi, over } => {
                 let (g, r) = (self.value(*input), self.value(*reference));
                 let groups = Groups::new(*over, shape);
                 let factors = group_stats(&groups, |k| {
@@ -333,18 +298,11 @@ impl<'a> Evaluation<'a> {
                 });
                 scale_by_group(&g, &groups, &factors)
             }
-            Op::ZeroStar {
-                cond,
-                uncond,
-                scale,
-                original,
-            } => {
+            Op::ZeroStar { cond, uncond, scale, original } => {
                 let (c, u) = (self.value(*cond), self.value(*uncond));
                 let groups = Groups::new(Reduce::Sample, shape);
                 let alphas = group_stats(&groups, |k| {
-                    let dot = dot_f32(groups.len, |j| {
-                        (c[groups.index(k, j)], u[groups.index(k, j)])
-                    });
+                    let dot = dot_f32(groups.len, |j| (c[groups.index(k, j)], u[groups.index(k, j)]));
                     let nu = dot_f32(groups.len, |j| sq(&u, groups.index(k, j)));
                     zero_star_alpha(dot, nu)
                 });
@@ -359,36 +317,11 @@ impl<'a> Evaluation<'a> {
                     })
                     .collect()
             }
-            Op::Apg {
-                cond,
-                uncond,
-                scale,
-                momentum,
-                norm_threshold,
-                eta,
-                original,
-                slot,
-            } => {
+            Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
                 let (c, u) = (self.value(*cond), self.value(*uncond));
-                apg(
-                    &c,
-                    &u,
-                    shape,
-                    state,
-                    slot,
-                    *scale,
-                    *momentum,
-                    *norm_threshold,
-                    *eta,
-                    *original,
-                )
+                apg(&c, &u, shape, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)
             }
-            Op::MagnitudeAware {
-                cond,
-                uncond,
-                scale,
-                alpha,
-            } => {
+            Op::MagnitudeAware { cond, uncond, scale, alpha } => {
                 let (c, u) = (self.value(*cond), self.value(*uncond));
                 let delta: Vec<f32> = c.par_iter().zip(&u).map(|(a, b)| a - b).collect();
                 let groups = Groups::new(Reduce::Sample, shape);
@@ -397,10 +330,7 @@ impl<'a> Evaluation<'a> {
                     let nu = dot_f32(groups.len, |j| sq(&u, groups.index(k, j))).sqrt();
                     magnitude_scale(*scale, *alpha, nd, nu)
                 });
-                (0..self.n())
-                    .into_par_iter()
-                    .map(|i| scales[groups.group_of(i)].mul_add(delta[i], u[i]))
-                    .collect()
+                (0..self.n()).into_par_iter().map(|i| scales[groups.group_of(i)].mul_add(delta[i], u[i])).collect()
             }
         }
     }
@@ -416,10 +346,7 @@ fn group_stats(groups: &Groups, f: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f
 }
 
 fn scale_by_group(g: &[f32], groups: &Groups, factors: &[f32]) -> Vec<f32> {
-    (0..g.len())
-        .into_par_iter()
-        .map(|i| g[i] * factors[groups.group_of(i)])
-        .collect()
+    (0..g.len()).into_par_iter().map(|i| g[i] * factors[groups.group_of(i)]).collect()
 }
 
 /// Unbiased std of group `k` of `v` from canonical Σx and Σx².
@@ -511,11 +438,9 @@ fn apg(
     let n = c.len();
     let delta: Vec<f32> = c.par_iter().zip(u).map(|(a, b)| a - b).collect();
     let running: Vec<f32> = match state.momentum(slot) {
-        Some(prev) if momentum != 0.0 && prev.len() == n => delta
-            .par_iter()
-            .zip(prev)
-            .map(|(&d, &r)| momentum.mul_add(r, d))
-            .collect(),
+        Some(prev) if momentum != 0.0 && prev.len() == n => {
+            delta.par_iter().zip(prev).map(|(&d, &r)| momentum.mul_add(r, d)).collect()
+        }
         _ => delta,
     };
     if momentum != 0.0 {
@@ -534,15 +459,8 @@ fn apg(
     let coef: Vec<f64> = (0..groups.count)
         .into_par_iter()
         .map(|k| {
-            let dc = dot_f64(groups.len, |j| {
-                (
-                    clipped[groups.index(k, j)] as f64,
-                    c[groups.index(k, j)] as f64,
-                )
-            });
-            let cc = dot_f64(groups.len, |j| {
-                (c[groups.index(k, j)] as f64, c[groups.index(k, j)] as f64)
-            });
+            let dc = dot_f64(groups.len, |j| (clipped[groups.index(k, j)] as f64, c[groups.index(k, j)] as f64));
+            let cc = dot_f64(groups.len, |j| (c[groups.index(k, j)] as f64, c[groups.index(k, j)] as f64));
             apg_projection(dc, cc)
         })
         .collect();

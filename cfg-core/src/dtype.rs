@@ -63,11 +63,7 @@ impl DType {
             DType::F16 => (10, -14),
             DType::BF16 => (7, -126),
         };
-        let exp = if x == 0.0 {
-            min_exp
-        } else {
-            (x.abs().log2().floor() as i32).max(min_exp)
-        };
+        let exp = if x == 0.0 { min_exp } else { (x.abs().log2().floor() as i32).max(min_exp) };
         2f64.powi(exp - mantissa_bits)
     }
 }
@@ -85,9 +81,7 @@ impl FromStr for DType {
             "f32" | "float32" => Ok(DType::F32),
             "f16" | "float16" | "half" => Ok(DType::F16),
             "bf16" | "bfloat16" => Ok(DType::BF16),
-            other => Err(format!(
-                "unknown dtype `{other}`: expected f32, f16 or bf16"
-            )),
+            other => Err(format!("unknown dtype `{other}`: expected f32, f16 or bf16")),
         }
     }
 }

@@ -9,9 +9,7 @@ pub enum CoreError {
     #[error("branch `{0}` is needed by the program but no prediction was given for it")]
     MissingBranch(String),
     /// Two inputs disagree on shape or dtype.
-    #[error(
-        "branch `{branch}`: expected shape {expected} {expected_dtype}, got {got} {got_dtype}"
-    )]
+    #[error("branch `{branch}`: expected shape {expected} {expected_dtype}, got {got} {got_dtype}")]
     Mismatch {
         /// The offending branch.
         branch: String,

@@ -220,15 +220,9 @@ impl Expr {
             Expr::Sum(terms) => terms.iter().collect(),
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
-            Expr::Renorm {
-                input, reference, ..
-            }
-            | Expr::NormCap {
-                input, reference, ..
-            }
-            | Expr::StdRescale {
-                input, reference, ..
-            } => vec![input, reference],
+            Expr::Renorm { input, reference, .. }
+            | Expr::NormCap { input, reference, .. }
+            | Expr::StdRescale { input, reference, .. } => vec![input, reference],
             Expr::Cfg { cond, uncond, .. }
             | Expr::ZeroStar { cond, uncond, .. }
             | Expr::Apg { cond, uncond, .. }
@@ -299,16 +293,9 @@ impl Expr {
             }
             Expr::NormCap { ratio, .. } => out.push(("ratio", *ratio)),
             Expr::StdRescale { phi, .. } => out.push(("phi", *phi)),
-            Expr::Apg {
-                momentum,
-                norm_threshold,
-                eta,
-                ..
-            } => out.extend([
-                ("momentum", *momentum),
-                ("norm_threshold", *norm_threshold),
-                ("eta", *eta),
-            ]),
+            Expr::Apg { momentum, norm_threshold, eta, .. } => {
+                out.extend([("momentum", *momentum), ("norm_threshold", *norm_threshold), ("eta", *eta)])
+            }
             Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", *alpha)),
             Expr::Adaptive { threshold, .. } => out.push(("threshold", *threshold)),
             Expr::Windowed { window, .. } => {

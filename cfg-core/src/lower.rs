@@ -125,23 +125,15 @@ impl<'a> Lowerer<'a> {
                         .policy
                         .scales
                         .get(n)
-                        .ok_or_else(|| CoreError::Unknown {
-                            kind: "scale",
-                            name: n.clone(),
-                        })?
+                        .ok_or_else(|| CoreError::Unknown { kind: "scale", name: n.clone() })?
                         .at(self.ctx),
                 };
                 (n.as_str(), v)
             }
         };
-        let v = v.ok_or(CoreError::SigmaRequired {
-            step: self.ctx.step,
-        })?;
+        let v = v.ok_or(CoreError::SigmaRequired { step: self.ctx.step })?;
         if !v.is_finite() {
-            return Err(CoreError::NonFiniteScale {
-                name: name.to_string(),
-                step: self.ctx.step,
-            });
+            return Err(CoreError::NonFiniteScale { name: name.to_string(), step: self.ctx.step });
         }
         Ok(v)
     }
@@ -152,10 +144,7 @@ impl<'a> Lowerer<'a> {
         Ok(match e {
             Expr::Ref(b) => {
                 if self.policy.branches.get(b).is_none() {
-                    return Err(CoreError::Unknown {
-                        kind: "branch",
-                        name: b.clone(),
-                    });
+                    return Err(CoreError::Unknown { kind: "branch", name: b.clone() });
                 }
                 Lin::from([(Atom::Branch(b.clone()), 1.0)])
             }
@@ -173,86 +162,35 @@ impl<'a> Lowerer<'a> {
                 let b = self.expr(b, &child(1))?;
                 add(a, &b, -1.0)
             }
-            Expr::Scaled {
-                scale,
-                offset,
-                term,
-            } => {
+            Expr::Scaled { scale, offset, term } => {
                 let k = self.scale(scale)? + offset;
                 let t = self.expr(term, &child(0))?;
                 scaled(&t, k)
             }
-            Expr::Cfg {
-                cond,
-                uncond,
-                scale,
-                original,
-            } => {
+            Expr::Cfg { cond, uncond, scale, original } => {
                 let s = self.scale(scale)?;
                 let c = self.expr(cond, &child(0))?;
                 let u = self.expr(uncond, &child(1))?;
                 self.cfg_lin(&c, &u, s, *original)
             }
             Expr::Windowed { window, term } => match window.contains(self.ctx) {
-                None => {
-                    return Err(CoreError::SigmaRequired {
-                        step: self.ctx.step,
-                    })
-                }
+                None => return Err(CoreError::SigmaRequired { step: self.ctx.step }),
                 Some(true) => self.expr(term, &child(0))?,
                 Some(false) => Lin::new(),
             },
-            Expr::Renorm {
-                input,
-                reference,
-                over,
-                min,
-                max,
-                eps,
-            } => {
+            Expr::Renorm { input, reference, over, min, max, eps } => {
                 let (input, reference) = self.pair(input, reference, path)?;
-                self.push(Op::Renorm {
-                    input,
-                    reference,
-                    over: *over,
-                    eps: *eps,
-                    min: *min,
-                    max: *max,
-                })
+                self.push(Op::Renorm { input, reference, over: *over, eps: *eps, min: *min, max: *max })
             }
-            Expr::NormCap {
-                input,
-                reference,
-                ratio,
-            } => {
+            Expr::NormCap { input, reference, ratio } => {
                 let (input, reference) = self.pair(input, reference, path)?;
-                self.push(Op::NormCap {
-                    input,
-                    reference,
-                    ratio: *ratio,
-                })
+                self.push(Op::NormCap { input, reference, ratio: *ratio })
             }
-            Expr::StdRescale {
-                input,
-                reference,
-                phi,
-                over,
-            } => {
+            Expr::StdRescale { input, reference, phi, over } => {
                 let (input, reference) = self.pair(input, reference, path)?;
-                self.push(Op::StdRescale {
-                    input,
-                    reference,
-                    phi: *phi,
-                    over: *over,
-                })
+                self.push(Op::StdRescale { input, reference, phi: *phi, over: *over })
             }
-            Expr::ZeroStar {
-                cond,
-                uncond,
-                scale,
-                zero_init_steps,
-                original,
-            } => {
+            Expr::ZeroStar { cond, uncond, scale, zero_init_steps, original } => {
                 let slot = format!("{}/{path}", self.output);
                 let seen = self.state.count(&slot);
                 self.counters.push(slot);
@@ -261,23 +199,10 @@ impl<'a> Lowerer<'a> {
                 } else {
                     let s = self.scale(scale)? as f32;
                     let (cond, uncond) = self.pair(cond, uncond, path)?;
-                    self.push(Op::ZeroStar {
-                        cond,
-                        uncond,
-                        scale: s,
-                        original: *original,
-                    })
+                    self.push(Op::ZeroStar { cond, uncond, scale: s, original: *original })
                 }
             }
-            Expr::Apg {
-                cond,
-                uncond,
-                scale,
-                momentum,
-                norm_threshold,
-                eta,
-                original,
-            } => {
+            Expr::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original } => {
                 let s = self.scale(scale)? as f32;
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
                 let slot = format!("{}/{path}", self.output);
@@ -292,27 +217,12 @@ impl<'a> Lowerer<'a> {
                     slot,
                 })
             }
-            Expr::MagnitudeAware {
-                cond,
-                uncond,
-                scale,
-                alpha,
-            } => {
+            Expr::MagnitudeAware { cond, uncond, scale, alpha } => {
                 let s = self.scale(scale)?;
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
-                self.push(Op::MagnitudeAware {
-                    cond,
-                    uncond,
-                    scale: s,
-                    alpha: *alpha,
-                })
+                self.push(Op::MagnitudeAware { cond, uncond, scale: s, alpha: *alpha })
             }
-            Expr::Adaptive {
-                cond,
-                uncond,
-                scale,
-                threshold,
-            } => {
+            Expr::Adaptive { cond, uncond, scale, threshold } => {
                 let slot = format!("{}/{path}", self.output);
                 let c = self.expr(cond, &child(0))?;
                 if self.state.latched(&slot) {
@@ -321,12 +231,7 @@ impl<'a> Lowerer<'a> {
                     let s = self.scale(scale)?;
                     let u = self.expr(uncond, &child(1))?;
                     let (a, b) = (self.materialize(c.clone()), self.materialize(u.clone()));
-                    self.latches.push(Latch {
-                        a,
-                        b,
-                        threshold: *threshold,
-                        slot,
-                    });
+                    self.latches.push(Latch { a, b, threshold: *threshold, slot });
                     self.cfg_lin(&c, &u, s, false)
                 }
             }
@@ -352,14 +257,8 @@ impl<'a> Lowerer<'a> {
         if self.in_progress.iter().any(|n| n == name) {
             return Err(CoreError::Cycle(name.to_string()));
         }
-        let e = self
-            .policy
-            .values
-            .get(name)
-            .ok_or_else(|| CoreError::Unknown {
-                kind: "value",
-                name: name.to_string(),
-            })?;
+        let e =
+            self.policy.values.get(name).ok_or_else(|| CoreError::Unknown { kind: "value", name: name.to_string() })?;
         self.in_progress.push(name.to_string());
         let lin = self.expr(e, &format!("value:{name}"))?;
         self.in_progress.pop();
@@ -414,13 +313,8 @@ impl<'a> Lowerer<'a> {
         branches.sort();
         branches.dedup();
         let index = |b: &String| branches.binary_search(b).expect("collected above");
-        let forms = self
-            .forms
-            .iter()
-            .map(|f| Form {
-                terms: f.iter().map(|(b, w)| (index(b), *w)).collect(),
-            })
-            .collect();
+        let forms =
+            self.forms.iter().map(|f| Form { terms: f.iter().map(|(b, w)| (index(b), *w)).collect() }).collect();
         Program {
             output: name.to_string(),
             space,

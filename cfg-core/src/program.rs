@@ -117,15 +117,9 @@ impl Op {
     pub fn inputs(&self) -> Vec<Value> {
         match self {
             Op::Mix { terms } => terms.iter().map(|(v, _)| *v).collect(),
-            Op::Renorm {
-                input, reference, ..
-            }
-            | Op::NormCap {
-                input, reference, ..
-            }
-            | Op::StdRescale {
-                input, reference, ..
-            } => vec![*input, *reference],
+            Op::Renorm { input, reference, .. }
+            | Op::NormCap { input, reference, .. }
+            | Op::StdRescale { input, reference, .. } => vec![*input, *reference],
             Op::ZeroStar { cond, uncond, .. }
             | Op::Apg { cond, uncond, .. }
             | Op::MagnitudeAware { cond, uncond, .. } => vec![*cond, *uncond],
@@ -183,19 +177,12 @@ pub struct Program {
 impl Program {
     /// Whether the result is a single linear form (one fused pass, all-reducible).
     pub fn is_linear(&self) -> bool {
-        matches!(self.result, Value::Form(_) | Value::Zero)
-            && self.ops.is_empty()
-            && self.latches.is_empty()
+        matches!(self.result, Value::Form(_) | Value::Zero) && self.ops.is_empty() && self.latches.is_empty()
     }
 
     /// How many times each value is read (by ops, latches and the result).
     pub fn reads(&self, v: Value) -> usize {
-        let by_ops = self
-            .ops
-            .iter()
-            .flat_map(|o| o.inputs())
-            .filter(|&x| x == v)
-            .count();
+        let by_ops = self.ops.iter().flat_map(|o| o.inputs()).filter(|&x| x == v).count();
         let by_latches = self.latches.iter().filter(|l| l.a == v || l.b == v).count();
         by_ops + by_latches + usize::from(self.result == v)
     }
@@ -211,11 +198,7 @@ pub struct StepProgram {
 impl StepProgram {
     /// The union of branches any output needs, sorted by name.
     pub fn branches(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
-            .outputs
-            .iter()
-            .flat_map(|p| p.branches.iter().cloned())
-            .collect();
+        let mut all: Vec<String> = self.outputs.iter().flat_map(|p| p.branches.iter().cloned()).collect();
         all.sort();
         all.dedup();
         all

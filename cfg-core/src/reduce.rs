@@ -57,13 +57,7 @@ impl Groups {
             Reduce::Sample => (shape.batch(), per_sample),
             Reduce::Tensor => (1, n),
         };
-        Groups {
-            reduce,
-            count,
-            len,
-            width,
-            per_sample,
-        }
+        Groups { reduce, count, len, width, per_sample }
     }
 
     /// The flat index of element `k` of group `g`.

@@ -20,30 +20,13 @@ impl ReferenceState {
 }
 
 /// Evaluates `program` in f64. `inputs` follow `program.branches`.
-pub fn evaluate_f64(
-    program: &Program,
-    inputs: &[&Tensor],
-    shape: &Shape,
-    state: &mut ReferenceState,
-) -> Vec<f64> {
+pub fn evaluate_f64(program: &Program, inputs: &[&Tensor], shape: &Shape, state: &mut ReferenceState) -> Vec<f64> {
     let n = shape.numel();
-    let branches: Vec<Vec<f64>> = inputs
-        .iter()
-        .map(|t| t.to_f32().into_iter().map(f64::from).collect())
-        .collect();
+    let branches: Vec<Vec<f64>> = inputs.iter().map(|t| t.to_f32().into_iter().map(f64::from).collect()).collect();
     let forms: Vec<Vec<f64>> = program
         .forms
         .iter()
-        .map(|f| {
-            (0..n)
-                .map(|i| {
-                    f.terms
-                        .iter()
-                        .map(|&(b, w)| w as f64 * branches[b][i])
-                        .sum()
-                })
-                .collect()
-        })
+        .map(|f| (0..n).map(|i| f.terms.iter().map(|&(b, w)| w as f64 * branches[b][i]).sum()).collect())
         .collect();
     let mut ops: Vec<Vec<f64>> = Vec::new();
     for op in &program.ops {
@@ -56,22 +39,10 @@ pub fn evaluate_f64(
         };
         let out = match op {
             Op::Mix { terms } => {
-                let vals: Vec<(Vec<f64>, f64)> = terms
-                    .iter()
-                    .map(|&(v, w)| (get(v, &ops), w as f64))
-                    .collect();
-                (0..n)
-                    .map(|i| vals.iter().map(|(v, w)| w * v[i]).sum())
-                    .collect()
+                let vals: Vec<(Vec<f64>, f64)> = terms.iter().map(|&(v, w)| (get(v, &ops), w as f64)).collect();
+                (0..n).map(|i| vals.iter().map(|(v, w)| w * v[i]).sum()).collect()
             }
-            Op::Renorm {
-                input,
-                reference,
-                over,
-                eps,
-                min,
-                max,
-            } => {
+            Op::Renorm { input, reference, over, eps, min, max } => {
                 let (g, r) = (get(*input, &ops), get(*reference, &ops));
                 per_group(&g, shape, *over, |idx| {
                     let nr = norm(&r, idx);
@@ -89,27 +60,14 @@ pub fn evaluate_f64(
                     f
                 })
             }
-            Op::NormCap {
-                input,
-                reference,
-                ratio,
-            } => {
+            Op::NormCap { input, reference, ratio } => {
                 let (g, r) = (get(*input, &ops), get(*reference, &ops));
                 let all: Vec<usize> = (0..n).collect();
                 let (nr, ng) = (norm(&r, &all), norm(&g, &all));
-                let f = if ng > ratio * nr {
-                    ratio * nr / ng
-                } else {
-                    1.0
-                };
+                let f = if ng > ratio * nr { ratio * nr / ng } else { 1.0 };
                 g.iter().map(|x| x * f).collect()
             }
-            Op::StdRescale {
-                input,
-                reference,
-                phi,
-                over,
-            } => {
+            Op::StdRescale { input, reference, phi, over } => {
                 let (g, r) = (get(*input, &ops), get(*reference, &ops));
                 per_group(&g, shape, *over, |idx| {
                     let sg = std(&g, idx);
@@ -120,16 +78,10 @@ pub fn evaluate_f64(
                     }
                 })
             }
-            Op::ZeroStar {
-                cond,
-                uncond,
-                scale,
-                original,
-            } => {
+            Op::ZeroStar { cond, uncond, scale, original } => {
                 let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
-                let alpha = per_group(&vec![1.0; n], shape, Reduce::Sample, |idx| {
-                    dot(&c, &u, idx) / (dot(&u, &u, idx) + 1e-8)
-                });
+                let alpha =
+                    per_group(&vec![1.0; n], shape, Reduce::Sample, |idx| dot(&c, &u, idx) / (dot(&u, &u, idx) + 1e-8));
                 let s = *scale as f64;
                 (0..n)
                     .map(|i| {
@@ -139,23 +91,12 @@ pub fn evaluate_f64(
                     })
                     .collect()
             }
-            Op::Apg {
-                cond,
-                uncond,
-                scale,
-                momentum,
-                norm_threshold,
-                eta,
-                original,
-                slot,
-            } => {
+            Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
                 let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
                 let mut delta: Vec<f64> = (0..n).map(|i| c[i] - u[i]).collect();
                 if *momentum != 0.0 {
                     if let Some(prev) = state.momentum.get(slot) {
-                        delta = (0..n)
-                            .map(|i| delta[i] + *momentum as f64 * prev[i])
-                            .collect();
+                        delta = (0..n).map(|i| delta[i] + *momentum as f64 * prev[i]).collect();
                     }
                     state.momentum.insert(slot.clone(), delta.clone());
                 }
@@ -182,21 +123,12 @@ pub fn evaluate_f64(
                     })
                     .collect()
             }
-            Op::MagnitudeAware {
-                cond,
-                uncond,
-                scale,
-                alpha,
-            } => {
+            Op::MagnitudeAware { cond, uncond, scale, alpha } => {
                 let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
                 let delta: Vec<f64> = (0..n).map(|i| c[i] - u[i]).collect();
                 let s = per_group(&vec![1.0; n], shape, Reduce::Sample, |idx| {
                     let nu = norm(&u, idx);
-                    let ratio = if nu > 0.0 {
-                        norm(&delta, idx) / nu
-                    } else {
-                        f64::INFINITY
-                    };
+                    let ratio = if nu > 0.0 { norm(&delta, idx) / nu } else { f64::INFINITY };
                     1.0 + (scale - 1.0) * (-alpha * ratio).exp()
                 });
                 (0..n).map(|i| u[i] + s[i] * delta[i]).collect()
@@ -244,12 +176,7 @@ fn std(a: &[f64], idx: &[usize]) -> f64 {
 
 /// ‖a − b‖ / ‖b‖ (0 when both are zero).
 pub fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     if den == 0.0 {
         num

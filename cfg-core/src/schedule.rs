@@ -16,11 +16,7 @@ pub struct StepContext {
 impl StepContext {
     /// A context with no sigma.
     pub fn new(step: usize, num_steps: usize) -> Self {
-        StepContext {
-            step,
-            num_steps,
-            sigma: None,
-        }
+        StepContext { step, num_steps, sigma: None }
     }
 
     /// Progress through the run: 0 at the first step, 1 at the last.
@@ -83,20 +79,11 @@ impl Schedule {
         Some(match self {
             Schedule::Const(v) => *v,
             Schedule::Linear { start, end } => start + (end - start) * p,
-            Schedule::Cosine { start, end } => {
-                start + (end - start) * 0.5 * (1.0 - (std::f64::consts::PI * p).cos())
+            Schedule::Cosine { start, end } => start + (end - start) * 0.5 * (1.0 - (std::f64::consts::PI * p).cos()),
+            Schedule::Piecewise(pieces) => {
+                pieces.iter().find(|piece| p < piece.until).or(pieces.last()).map(|piece| piece.value).unwrap_or(0.0)
             }
-            Schedule::Piecewise(pieces) => pieces
-                .iter()
-                .find(|piece| p < piece.until)
-                .or(pieces.last())
-                .map(|piece| piece.value)
-                .unwrap_or(0.0),
-            Schedule::TwoExpert {
-                boundary,
-                high,
-                low,
-            } => {
+            Schedule::TwoExpert { boundary, high, low } => {
                 if ctx.sigma? >= *boundary {
                     *high
                 } else {
@@ -117,11 +104,7 @@ impl Schedule {
             Schedule::Const(v) => vec![*v],
             Schedule::Linear { start, end } | Schedule::Cosine { start, end } => vec![*start, *end],
             Schedule::Piecewise(pieces) => pieces.iter().flat_map(|p| [p.until, p.value]).collect(),
-            Schedule::TwoExpert {
-                boundary,
-                high,
-                low,
-            } => vec![*boundary, *high, *low],
+            Schedule::TwoExpert { boundary, high, low } => vec![*boundary, *high, *low],
         }
     }
 }
@@ -132,14 +115,8 @@ mod tests {
 
     #[test]
     fn linear_and_cosine_hit_their_ends() {
-        let lin = Schedule::Linear {
-            start: 1.0,
-            end: 5.0,
-        };
-        let cos = Schedule::Cosine {
-            start: 1.0,
-            end: 5.0,
-        };
+        let lin = Schedule::Linear { start: 1.0, end: 5.0 };
+        let cos = Schedule::Cosine { start: 1.0, end: 5.0 };
         for s in [&lin, &cos] {
             assert_eq!(s.at(&StepContext::new(0, 11)), Some(1.0));
             assert!((s.at(&StepContext::new(10, 11)).unwrap() - 5.0).abs() < 1e-12);
@@ -149,33 +126,16 @@ mod tests {
 
     #[test]
     fn two_expert_needs_sigma() {
-        let s = Schedule::TwoExpert {
-            boundary: 0.875,
-            high: 4.0,
-            low: 3.0,
-        };
+        let s = Schedule::TwoExpert { boundary: 0.875, high: 4.0, low: 3.0 };
         assert_eq!(s.at(&StepContext::new(0, 10)), None);
-        let ctx = |sigma| StepContext {
-            step: 0,
-            num_steps: 10,
-            sigma: Some(sigma),
-        };
+        let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma) };
         assert_eq!(s.at(&ctx(0.875)), Some(4.0));
         assert_eq!(s.at(&ctx(0.5)), Some(3.0));
     }
 
     #[test]
     fn piecewise_holds_last_value() {
-        let s = Schedule::Piecewise(vec![
-            Piece {
-                until: 0.5,
-                value: 7.0,
-            },
-            Piece {
-                until: 0.8,
-                value: 3.0,
-            },
-        ]);
+        let s = Schedule::Piecewise(vec![Piece { until: 0.5, value: 7.0 }, Piece { until: 0.8, value: 3.0 }]);
         assert_eq!(s.at(&StepContext::new(0, 11)), Some(7.0));
         assert_eq!(s.at(&StepContext::new(6, 11)), Some(3.0));
         assert_eq!(s.at(&StepContext::new(10, 11)), Some(3.0));

@@ -69,8 +69,7 @@ impl GuidanceState {
 
     /// Replaces the momentum buffer of `slot`.
     pub fn set_momentum(&mut self, slot: &str, running: Vec<f32>) {
-        self.slots
-            .insert(slot.to_string(), OpState::Momentum(running));
+        self.slots.insert(slot.to_string(), OpState::Momentum(running));
     }
 
     /// The latched and counter slots, for fingerprints and reports.

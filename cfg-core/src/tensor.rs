@@ -106,24 +106,11 @@ impl Tensor {
             return None;
         }
         let data = match dtype {
-            DType::F32 => TensorData::F32(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            ),
-            DType::F16 => TensorData::F16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            ),
-            DType::BF16 => TensorData::BF16(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            ),
+            DType::F32 => {
+                TensorData::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            DType::F16 => TensorData::F16(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
+            DType::BF16 => TensorData::BF16(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect()),
         };
         Some(Tensor { shape, data })
     }

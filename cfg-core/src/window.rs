@@ -88,18 +88,12 @@ mod tests {
     use super::*;
 
     fn on(w: &Window, n: usize) -> Vec<usize> {
-        (0..n)
-            .filter(|&i| w.contains(&StepContext::new(i, n)).unwrap())
-            .collect()
+        (0..n).filter(|&i| w.contains(&StepContext::new(i, n)).unwrap()).collect()
     }
 
     #[test]
     fn diffusers_rule_truncates_both_bounds() {
-        let w = Window::Progress {
-            start: 0.01,
-            stop: 0.2,
-            rule: WindowRule::Diffusers,
-        };
+        let w = Window::Progress { start: 0.01, stop: 0.2, rule: WindowRule::Diffusers };
         // int(0.01*50) = 0, int(0.2*50) = 10
         assert_eq!(on(&w, 50), (0..10).collect::<Vec<_>>());
         // int(0.01*28) = 0, int(0.2*28) = 5
@@ -108,34 +102,16 @@ mod tests {
 
     #[test]
     fn strict_rule_excludes_the_start_step() {
-        let w = Window::Progress {
-            start: 0.01,
-            stop: 0.2,
-            rule: WindowRule::DiffusersStrict,
-        };
+        let w = Window::Progress { start: 0.01, stop: 0.2, rule: WindowRule::DiffusersStrict };
         assert_eq!(on(&w, 50), (1..10).collect::<Vec<_>>());
-        let w = Window::Progress {
-            start: 0.1,
-            stop: 0.3,
-            rule: WindowRule::DiffusersStrict,
-        };
+        let w = Window::Progress { start: 0.1, stop: 0.3, rule: WindowRule::DiffusersStrict };
         assert_eq!(on(&w, 20), (3..6).collect::<Vec<_>>());
     }
 
     #[test]
     fn sigma_window_is_open_below_closed_above() {
-        let w = Window::Sigma {
-            low: 0.2,
-            high: 0.8,
-        };
-        let at = |s| {
-            w.contains(&StepContext {
-                step: 0,
-                num_steps: 1,
-                sigma: Some(s),
-            })
-            .unwrap()
-        };
+        let w = Window::Sigma { low: 0.2, high: 0.8 };
+        let at = |s| w.contains(&StepContext { step: 0, num_steps: 1, sigma: Some(s) }).unwrap();
         assert!(!at(0.2));
         assert!(at(0.2000001));
         assert!(at(0.8));

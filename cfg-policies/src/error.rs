@@ -42,11 +42,7 @@ pub struct Warning {
 
 impl std::fmt::Display for Warning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: warning: {}",
-            self.origin, self.line, self.col, self.message
-        )
+        write!(f, "{}:{}:{}: warning: {}", self.origin, self.line, self.col, self.message)
     }
 }
 
@@ -65,9 +61,7 @@ pub enum LoadError {
     #[error("{0}: is a directory, expected a policy file (.ron)")]
     Directory(String),
     /// Neither a file nor a built-in name.
-    #[error(
-        "`{0}` is neither a policy file nor a built-in policy (run `cfg list` for the library)"
-    )]
+    #[error("`{0}` is neither a policy file nor a built-in policy (run `cfg list` for the library)")]
     NotFound(String),
     /// The policy itself is wrong.
     #[error(transparent)]

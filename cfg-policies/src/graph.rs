@@ -41,11 +41,7 @@ pub struct BranchGraph {
 
 /// Builds the graph of a validated policy.
 pub fn build(policy: &Policy) -> BranchGraph {
-    let mut b = Builder {
-        graph: DiGraph::new(),
-        named: BTreeMap::new(),
-        policy,
-    };
+    let mut b = Builder { graph: DiGraph::new(), named: BTreeMap::new(), policy };
     for (name, _) in policy.branches.iter() {
         let i = b.graph.add_node(Node::Branch(name.to_string()));
         b.named.insert(format!("branch:{name}"), i);
@@ -126,12 +122,7 @@ impl BranchGraph {
                 Node::Value(_) => "note",
                 Node::Op(_) => "ellipse",
             };
-            let _ = writeln!(
-                s,
-                "  n{} [label=\"{}\", shape={shape}];",
-                i.index(),
-                escape(&node.label())
-            );
+            let _ = writeln!(s, "  n{} [label=\"{}\", shape={shape}];", i.index(), escape(&node.label()));
         }
         for e in self.graph.edge_indices() {
             let (a, b) = self.graph.edge_endpoints(e).expect("edge exists");
@@ -154,10 +145,7 @@ impl BranchGraph {
 
     fn text_node(&self, i: NodeIndex, depth: usize, s: &mut String) {
         let _ = writeln!(s, "{}{}", "  ".repeat(depth), self.graph[i].label());
-        let mut inputs: Vec<NodeIndex> = self
-            .graph
-            .neighbors_directed(i, petgraph::Direction::Incoming)
-            .collect();
+        let mut inputs: Vec<NodeIndex> = self.graph.neighbors_directed(i, petgraph::Direction::Incoming).collect();
         inputs.reverse();
         for c in inputs {
             self.text_node(c, depth + 1, s);

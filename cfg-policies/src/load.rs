@@ -31,18 +31,15 @@ pub fn parse(source: &str, origin: &str) -> Result<Loaded, PolicyError> {
         kind: ErrorKind::Syntax,
     })?;
     let warnings = validate(&policy, source, origin)?;
-    Ok(Loaded {
-        policy,
-        origin: origin.to_string(),
-        source: source.to_string(),
-        warnings,
-    })
+    Ok(Loaded { policy, origin: origin.to_string(), source: source.to_string(), warnings })
 }
 
 fn syntax_message(code: &ron::Error) -> String {
     let text = code.to_string();
     match code {
-        ron::Error::Eof => "unexpected end of file: expected a policy `Policy(name: ..., branches: {...}, outputs: {...})`".into(),
+        ron::Error::Eof => {
+            "unexpected end of file: expected a policy `Policy(name: ..., branches: {...}, outputs: {...})`".into()
+        }
         _ => text,
     }
 }
@@ -53,10 +50,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
     if path.is_dir() {
         return Err(LoadError::Directory(shown));
     }
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: shown.clone(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: shown.clone(), source })?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {

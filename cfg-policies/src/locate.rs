@@ -91,14 +91,9 @@ impl Locator {
                 if i < chars.len() {
                     advance(&chars, &mut i, &mut line, &mut col);
                 }
-                tokens.push(Token {
-                    kind: TokenKind::Str(s),
-                    line: tl,
-                    col: tc,
-                });
+                tokens.push(Token { kind: TokenKind::Str(s), line: tl, col: tc });
             } else if c.is_ascii_digit()
-                || ((c == '-' || c == '+' || c == '.')
-                    && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+                || ((c == '-' || c == '+' || c == '.') && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
             {
                 let mut s = String::new();
                 while i < chars.len()
@@ -111,29 +106,17 @@ impl Locator {
                     s.push(chars[i]);
                     advance(&chars, &mut i, &mut line, &mut col);
                 }
-                tokens.push(Token {
-                    kind: TokenKind::Num(s),
-                    line: tl,
-                    col: tc,
-                });
+                tokens.push(Token { kind: TokenKind::Num(s), line: tl, col: tc });
             } else if c.is_alphabetic() || c == '_' {
                 let mut s = String::new();
                 while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                     s.push(chars[i]);
                     advance(&chars, &mut i, &mut line, &mut col);
                 }
-                tokens.push(Token {
-                    kind: TokenKind::Ident(s),
-                    line: tl,
-                    col: tc,
-                });
+                tokens.push(Token { kind: TokenKind::Ident(s), line: tl, col: tc });
             } else {
                 advance(&chars, &mut i, &mut line, &mut col);
-                tokens.push(Token {
-                    kind: TokenKind::Punct(c),
-                    line: tl,
-                    col: tc,
-                });
+                tokens.push(Token { kind: TokenKind::Punct(c), line: tl, col: tc });
             }
         }
         Locator { tokens }
@@ -145,13 +128,7 @@ impl Locator {
     }
 
     fn followed_by_colon(&self, i: usize) -> bool {
-        matches!(
-            self.tokens.get(i + 1),
-            Some(Token {
-                kind: TokenKind::Punct(':'),
-                ..
-            })
-        )
+        matches!(self.tokens.get(i + 1), Some(Token { kind: TokenKind::Punct(':'), .. }))
     }
 
     /// The `nth` (0-based) occurrence of `"name"` used as a map key.
@@ -159,9 +136,7 @@ impl Locator {
         self.tokens
             .iter()
             .enumerate()
-            .filter(|(i, t)| {
-                matches!(&t.kind, TokenKind::Str(s) if s == name) && self.followed_by_colon(*i)
-            })
+            .filter(|(i, t)| matches!(&t.kind, TokenKind::Str(s) if s == name) && self.followed_by_colon(*i))
             .nth(nth)
             .map(|(_, t)| (t.line, t.col))
     }
@@ -171,9 +146,7 @@ impl Locator {
         self.tokens
             .iter()
             .enumerate()
-            .find(|(i, t)| {
-                matches!(&t.kind, TokenKind::Str(s) if s == name) && !self.followed_by_colon(*i)
-            })
+            .find(|(i, t)| matches!(&t.kind, TokenKind::Str(s) if s == name) && !self.followed_by_colon(*i))
             .map(|(_, t)| (t.line, t.col))
     }
 
@@ -191,9 +164,7 @@ impl Locator {
         self.tokens
             .iter()
             .enumerate()
-            .find(|(i, t)| {
-                matches!(&t.kind, TokenKind::Ident(s) if s == name) && self.followed_by_colon(*i)
-            })
+            .find(|(i, t)| matches!(&t.kind, TokenKind::Ident(s) if s == name) && self.followed_by_colon(*i))
             .map(|(_, t)| (t.line, t.col))
     }
 
@@ -204,10 +175,7 @@ impl Locator {
                 TokenKind::Ident(s) => {
                     matches!(s.as_str(), "NaN" | "inf" | "infinity" | "Infinity")
                 }
-                TokenKind::Num(s) => s
-                    .replace('_', "")
-                    .parse::<f64>()
-                    .is_ok_and(|v| !v.is_finite()),
+                TokenKind::Num(s) => s.replace('_', "").parse::<f64>().is_ok_and(|v| !v.is_finite()),
                 _ => false,
             };
             match &t.kind {
@@ -224,8 +192,7 @@ mod tests {
 
     #[test]
     fn skips_comments_and_finds_keys() {
-        let text =
-            "// \"cond\": no\n{ \"cond\": (x: 1), /* \"cond\": */ \"cond\": 2 }\nRef(\"cond\")";
+        let text = "// \"cond\": no\n{ \"cond\": (x: 1), /* \"cond\": */ \"cond\": 2 }\nRef(\"cond\")";
         let l = Locator::new(text);
         assert_eq!(l.key("cond", 0), Some((2, 3)));
         assert_eq!(l.key("cond", 1), Some((2, 33)));

@@ -13,14 +13,7 @@ const WINDOW_VARIANTS: [&str; 3] = ["Steps", "Progress", "Sigma"];
 
 /// Checks `policy` (parsed from `source`); returns its warnings or the first error.
 pub fn validate(policy: &Policy, source: &str, origin: &str) -> Result<Vec<Warning>, PolicyError> {
-    Validator {
-        policy,
-        loc: Locator::new(source),
-        origin,
-        counts: BTreeMap::new(),
-        used: Used::default(),
-    }
-    .run()
+    Validator { policy, loc: Locator::new(source), origin, counts: BTreeMap::new(), used: Used::default() }.run()
 }
 
 #[derive(Default)]
@@ -42,23 +35,12 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn error(&self, at: Option<(usize, usize)>, message: String) -> PolicyError {
         let (line, col) = at.unwrap_or((1, 1));
-        PolicyError {
-            origin: self.origin.to_string(),
-            line,
-            col,
-            message,
-            kind: ErrorKind::Invalid,
-        }
+        PolicyError { origin: self.origin.to_string(), line, col, message, kind: ErrorKind::Invalid }
     }
 
     fn warning(&self, at: Option<(usize, usize)>, message: String) -> Warning {
         let (line, col) = at.unwrap_or((1, 1));
-        Warning {
-            origin: self.origin.to_string(),
-            line,
-            col,
-            message,
-        }
+        Warning { origin: self.origin.to_string(), line, col, message }
     }
 
     fn run(mut self) -> Result<Vec<Warning>, PolicyError> {
@@ -70,22 +52,17 @@ impl Validator<'_> {
             ));
         }
         if p.name.trim().is_empty() {
-            return Err(self.error(
-                self.loc.field("name"),
-                "the policy's `name` is empty: expected a short name".into(),
-            ));
+            return Err(
+                self.error(self.loc.field("name"), "the policy's `name` is empty: expected a short name".into())
+            );
         }
         if p.branches.is_empty() {
-            return Err(self.error(
-                self.loc.field("branches"),
-                "no branches: a policy needs at least one branch".into(),
-            ));
+            return Err(
+                self.error(self.loc.field("branches"), "no branches: a policy needs at least one branch".into())
+            );
         }
         if p.outputs.is_empty() {
-            return Err(self.error(
-                self.loc.field("outputs"),
-                "no outputs: a policy needs at least one output".into(),
-            ));
+            return Err(self.error(self.loc.field("outputs"), "no outputs: a policy needs at least one output".into()));
         }
         self.duplicates()?;
         for (name, b) in p.branches.iter() {
@@ -132,13 +109,8 @@ impl Validator<'_> {
                 if !seen.insert(*name) {
                     let first = self.loc.key(name, 0);
                     let at = self.loc.key(name, *nth);
-                    let first = first
-                        .map(|(l, c)| format!(" (first declared at {l}:{c})"))
-                        .unwrap_or_default();
-                    return Err(self.error(
-                        at,
-                        format!("duplicate {kind} `{name}`{first}: names must be unique"),
-                    ));
+                    let first = first.map(|(l, c)| format!(" (first declared at {l}:{c})")).unwrap_or_default();
+                    return Err(self.error(at, format!("duplicate {kind} `{name}`{first}: names must be unique")));
                 }
                 *nth += 1;
             }
@@ -149,15 +121,11 @@ impl Validator<'_> {
     fn schedule(&self, name: &str, s: &Schedule) -> Result<(), PolicyError> {
         let at = self.loc.key(name, 0);
         match s {
-            Schedule::Piecewise(pieces) if pieces.is_empty() => Err(self.error(
-                at,
-                format!("scale `{name}`: a piecewise schedule needs at least one piece"),
-            )),
+            Schedule::Piecewise(pieces) if pieces.is_empty() => {
+                Err(self.error(at, format!("scale `{name}`: a piecewise schedule needs at least one piece")))
+            }
             Schedule::Piecewise(pieces) if pieces.windows(2).any(|w| w[0].until >= w[1].until) => {
-                Err(self.error(
-                    at,
-                    format!("scale `{name}`: piecewise `until` values must increase strictly"),
-                ))
+                Err(self.error(at, format!("scale `{name}`: piecewise `until` values must increase strictly")))
             }
             _ => Ok(()),
         }
@@ -207,10 +175,7 @@ impl Validator<'_> {
                     } else {
                         format!("expected one of {}", known.join(", "))
                     };
-                    return Err(self.error(
-                        self.loc.reference(v).or(at),
-                        format!("unknown value `{v}`: {hint}"),
-                    ));
+                    return Err(self.error(self.loc.reference(v).or(at), format!("unknown value `{v}`: {hint}")));
                 }
                 self.used.values.insert(v.clone());
             }
@@ -218,11 +183,7 @@ impl Validator<'_> {
                 return Err(self.error(at, "`Sum` needs at least one term".into()));
             }
             Expr::Windowed { window, .. } => self.window(window)?,
-            Expr::Renorm {
-                min: Some(lo),
-                max: Some(hi),
-                ..
-            } if lo > hi => {
+            Expr::Renorm { min: Some(lo), max: Some(hi), .. } if lo > hi => {
                 return Err(self.error(at, format!("`Renorm`: min {lo} is above max {hi}")));
             }
             Expr::Renorm { eps, .. } if *eps < 0.0 => {
@@ -235,16 +196,12 @@ impl Validator<'_> {
                 return Err(self.error(at, format!("`StdRescale`: phi {phi} must be ≥ 0")));
             }
             Expr::Apg { norm_threshold, .. } if *norm_threshold < 0.0 => {
-                return Err(self.error(
-                    at,
-                    format!("`Apg`: norm_threshold {norm_threshold} must be ≥ 0 (0 turns it off)"),
-                ));
+                return Err(
+                    self.error(at, format!("`Apg`: norm_threshold {norm_threshold} must be ≥ 0 (0 turns it off)"))
+                );
             }
             Expr::Adaptive { threshold, .. } if !(-1.0..=1.0).contains(threshold) => {
-                return Err(self.error(
-                    at,
-                    format!("`Adaptive`: threshold {threshold} is a cosine, expected -1..=1"),
-                ));
+                return Err(self.error(at, format!("`Adaptive`: threshold {threshold} is a cosine, expected -1..=1")));
             }
             _ => {}
         }
@@ -256,10 +213,7 @@ impl Validator<'_> {
                 } else {
                     format!("expected a number or one of {}", known.join(", "))
                 };
-                return Err(self.error(
-                    self.loc.reference(n).or(at),
-                    format!("unknown scale `{n}`: {hint}"),
-                ));
+                return Err(self.error(self.loc.reference(n).or(at), format!("unknown scale `{n}`: {hint}")));
             }
             self.used.scales.insert(n.clone());
         }
@@ -279,10 +233,9 @@ impl Validator<'_> {
             _ => ("start", "stop"),
         };
         if lo >= hi {
-            return Err(self.error(
-                at,
-                format!("inverted or empty window: {lo_name} {lo} must be below {hi_name} {hi}"),
-            ));
+            return Err(
+                self.error(at, format!("inverted or empty window: {lo_name} {lo} must be below {hi_name} {hi}"))
+            );
         }
         if lo < 0.0 {
             return Err(self.error(at, format!("window {lo_name} {lo} must be ≥ 0")));
@@ -309,10 +262,7 @@ impl Validator<'_> {
                 let first = members[0];
                 return Err(self.error(
                     self.loc.key(first, 0),
-                    format!(
-                        "named values form a cycle ({}): a value cannot use itself",
-                        members.join(" → ")
-                    ),
+                    format!("named values form a cycle ({}): a value cannot use itself", members.join(" → ")),
                 ));
             }
         }
@@ -322,27 +272,14 @@ impl Validator<'_> {
     fn unused(&self) -> Vec<Warning> {
         let p = self.policy;
         let mut out = Vec::new();
-        for name in p
-            .branches
-            .names()
-            .filter(|n| !self.used.branches.contains(*n))
-        {
-            out.push(self.warning(
-                self.loc.key(name, 0),
-                format!("branch `{name}` is declared but no output uses it"),
-            ));
+        for name in p.branches.names().filter(|n| !self.used.branches.contains(*n)) {
+            out.push(self.warning(self.loc.key(name, 0), format!("branch `{name}` is declared but no output uses it")));
         }
         for name in p.scales.names().filter(|n| !self.used.scales.contains(*n)) {
-            out.push(self.warning(
-                self.loc.key(name, 0),
-                format!("scale `{name}` is declared but never used"),
-            ));
+            out.push(self.warning(self.loc.key(name, 0), format!("scale `{name}` is declared but never used")));
         }
         for name in p.values.names().filter(|n| !self.used.values.contains(*n)) {
-            out.push(self.warning(
-                self.loc.key(name, 0),
-                format!("value `{name}` is declared but never used"),
-            ));
+            out.push(self.warning(self.loc.key(name, 0), format!("value `{name}` is declared but never used")));
         }
         out
     }

@@ -1,0 +1,1 @@
+//! The CUDA backend (cudarc + NVRTC) and the NCCL communicator.
