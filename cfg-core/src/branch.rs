@@ -39,6 +39,9 @@ pub enum Modifier {
     IsolateModality,
     /// Another, weaker model (autoguidance); the string names it.
     Model(String),
+    /// This reference input is zeroed (DreamID-Omni's reference-negative
+    /// branches); the string names it (`"image"`, `"audio"`).
+    DropReference(String),
 }
 
 /// One branch: a model call with a given condition and modification.

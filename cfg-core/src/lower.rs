@@ -327,3 +327,134 @@ impl<'a> Lowerer<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::branch::{BranchSpec, Prompt};
+    use crate::expr::{Named, OutputSpec, Space};
+    use crate::program::Op;
+    use crate::window::{Window, WindowRule};
+
+    fn r(name: &str) -> Box<Expr> {
+        Box::new(Expr::Ref(name.into()))
+    }
+
+    fn policy(guidance: Expr) -> Policy {
+        Policy {
+            name: "t".into(),
+            summary: String::new(),
+            source: String::new(),
+            steps: None,
+            branches: Named(vec![
+                ("cond".into(), BranchSpec::prompt(Prompt::Positive)),
+                ("uncond".into(), BranchSpec::prompt(Prompt::Negative)),
+                ("skip".into(), BranchSpec::prompt(Prompt::Positive)),
+            ]),
+            scales: Named::default(),
+            values: Named::default(),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, guidance })]),
+        }
+    }
+
+    fn cfg(scale: f64) -> Expr {
+        Expr::Cfg { cond: r("cond"), uncond: r("uncond"), scale: ScaleRef::Value(scale), original: false }
+    }
+
+    fn lower0(p: &Policy, step: usize, n: usize, state: &GuidanceState) -> Program {
+        lower(p, &StepContext::new(step, n), state, &Overrides::none()).unwrap().outputs.remove(0)
+    }
+
+    #[test]
+    fn scale_one_folds_to_cond_alone() {
+        let prog = lower0(&policy(cfg(1.0)), 0, 10, &GuidanceState::new());
+        assert_eq!(prog.branches, vec!["cond".to_string()]);
+        assert_eq!(prog.forms[0].terms, vec![(0, 1.0)]);
+    }
+
+    #[test]
+    fn weights_fold_per_branch_in_name_order() {
+        let prog = lower0(&policy(cfg(7.5)), 0, 10, &GuidanceState::new());
+        assert_eq!(prog.branches, vec!["cond".to_string(), "uncond".to_string()]);
+        assert_eq!(prog.forms[0].terms, vec![(0, 7.5), (1, -6.5)]);
+        assert!(prog.is_linear());
+    }
+
+    #[test]
+    fn an_off_window_drops_its_branch() {
+        let slg = Expr::Sum(vec![
+            cfg(7.0),
+            Expr::Windowed {
+                window: Window::Progress { start: 0.01, stop: 0.2, rule: WindowRule::DiffusersStrict },
+                term: Box::new(Expr::Scaled {
+                    scale: ScaleRef::Value(2.8),
+                    offset: 0.0,
+                    term: Box::new(Expr::Diff(r("cond"), r("skip"))),
+                }),
+            },
+        ]);
+        let p = policy(slg);
+        let on = lower0(&p, 1, 50, &GuidanceState::new());
+        assert!(on.branches.contains(&"skip".to_string()));
+        let off = lower0(&p, 0, 50, &GuidanceState::new());
+        assert!(!off.branches.contains(&"skip".to_string()));
+        let off = lower0(&p, 10, 50, &GuidanceState::new());
+        assert!(!off.branches.contains(&"skip".to_string()));
+    }
+
+    #[test]
+    fn zero_star_counts_from_explicit_start() {
+        let p = policy(Expr::ZeroStar {
+            cond: r("cond"),
+            uncond: r("uncond"),
+            scale: ScaleRef::Value(4.0),
+            zero_init_steps: 1,
+            original: false,
+        });
+        let mut state = GuidanceState::new();
+        // Sampling may start at any step index (img2img): the first evaluated step is zero.
+        let first = lower0(&p, 5, 10, &state);
+        assert_eq!(first.result, Value::Zero);
+        assert!(first.branches.is_empty());
+        for slot in &first.counters {
+            state.advance(slot);
+        }
+        let second = lower0(&p, 6, 10, &state);
+        assert!(matches!(second.ops.last(), Some(Op::ZeroStar { .. })));
+        state.start();
+        assert_eq!(lower0(&p, 0, 10, &state).result, Value::Zero);
+    }
+
+    #[test]
+    fn adaptive_latch_drops_uncond() {
+        let p = policy(Expr::Adaptive {
+            cond: r("cond"),
+            uncond: r("uncond"),
+            scale: ScaleRef::Value(5.0),
+            threshold: 0.99,
+        });
+        let mut state = GuidanceState::new();
+        let before = lower0(&p, 0, 10, &state);
+        assert_eq!(before.latches.len(), 1);
+        assert_eq!(before.branches.len(), 2);
+        state.latch(&before.latches[0].slot);
+        let after = lower0(&p, 1, 10, &state);
+        assert_eq!(after.branches, vec!["cond".to_string()]);
+        assert!(after.latches.is_empty());
+    }
+
+    #[test]
+    fn unknown_scale_and_missing_sigma_are_errors() {
+        let p = policy(Expr::Cfg {
+            cond: r("cond"),
+            uncond: r("uncond"),
+            scale: ScaleRef::Named("nope".into()),
+            original: false,
+        });
+        let err = lower(&p, &StepContext::new(0, 1), &GuidanceState::new(), &Overrides::none()).unwrap_err();
+        assert_eq!(err, CoreError::Unknown { kind: "scale", name: "nope".into() });
+        let p = policy(Expr::Windowed { window: Window::Sigma { low: 0.1, high: 0.9 }, term: Box::new(cfg(2.0)) });
+        let err = lower(&p, &StepContext::new(3, 5), &GuidanceState::new(), &Overrides::none()).unwrap_err();
+        assert_eq!(err, CoreError::SigmaRequired { step: 3 });
+    }
+}
