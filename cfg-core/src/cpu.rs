@@ -17,6 +17,12 @@ const TASK: usize = BLOCK * 32;
 
 /// An element type the evaluator can load into f32 and store from f32.
 pub trait Element: Copy + Send + Sync + 'static {
+    /// Whether `get`/`put` are cheap enough to vectorize element by element.
+    const DIRECT: bool;
+    /// One element widened to f32.
+    fn get(self) -> f32;
+    /// One f32 rounded (nearest even) to this type.
+    fn put(x: f32) -> Self;
     /// Widens `src` into `dst`.
     fn load(src: &[Self], dst: &mut [f32]);
     /// Rounds `src` (nearest even) into `dst`.
@@ -24,6 +30,15 @@ pub trait Element: Copy + Send + Sync + 'static {
 }
 
 impl Element for f32 {
+    const DIRECT: bool = true;
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn put(x: f32) -> f32 {
+        x
+    }
     #[inline(always)]
     fn load(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -35,6 +50,14 @@ impl Element for f32 {
 }
 
 impl Element for f16 {
+    // half converts f16 slices with F16C; element by element it cannot.
+    const DIRECT: bool = false;
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    fn put(x: f32) -> f16 {
+        f16::from_f32(x)
+    }
     fn load(src: &[f16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
     }
@@ -45,16 +68,25 @@ impl Element for f16 {
 
 // Plain loops the compiler vectorizes; bit-identical to `half` (tested below).
 impl Element for bf16 {
+    const DIRECT: bool = true;
+    #[inline(always)]
+    fn get(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn put(x: f32) -> bf16 {
+        bf16::from_bits(bf16_bits_rne(x))
+    }
     #[inline(always)]
     fn load(src: &[bf16], dst: &mut [f32]) {
         for (d, s) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits((s.to_bits() as u32) << 16);
+            *d = s.get();
         }
     }
     #[inline(always)]
     fn store(src: &[f32], dst: &mut [bf16]) {
         for (d, s) in dst.iter_mut().zip(src) {
-            *d = bf16::from_bits(bf16_bits_rne(*s));
+            *d = bf16::put(*s);
         }
     }
 }
@@ -105,9 +137,44 @@ fn combine_task_avx2<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usiz
     combine_task(terms, offset, out)
 }
 
-/// One parallel task: blocks of [`BLOCK`] elements, each loaded, combined and stored.
+/// One parallel task of `out.len()` elements starting at `offset`.
 #[inline(always)]
 fn combine_task<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+    if I::DIRECT && O::DIRECT {
+        match terms.len() {
+            1 => return combine_direct::<I, O, 1>(terms, offset, out),
+            2 => return combine_direct::<I, O, 2>(terms, offset, out),
+            3 => return combine_direct::<I, O, 3>(terms, offset, out),
+            4 => return combine_direct::<I, O, 4>(terms, offset, out),
+            5 => return combine_direct::<I, O, 5>(terms, offset, out),
+            6 => return combine_direct::<I, O, 6>(terms, offset, out),
+            7 => return combine_direct::<I, O, 7>(terms, offset, out),
+            8 => return combine_direct::<I, O, 8>(terms, offset, out),
+            _ => {}
+        }
+    }
+    combine_blocks(terms, offset, out)
+}
+
+/// N terms known at compile time: the accumulator stays in registers and the
+/// element loop vectorizes. Same order as [`combine_blocks`]: `w0·x0`, then fma.
+#[inline(always)]
+fn combine_direct<I: Element, O: Element, const N: usize>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+    let n = out.len();
+    let srcs: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[offset..offset + n]);
+    let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = w[0] * srcs[0][i].get();
+        for k in 1..N {
+            acc = w[k].mul_add(srcs[k][i].get(), acc);
+        }
+        *o = O::put(acc);
+    }
+}
+
+/// Any number of terms: blocks of [`BLOCK`] elements loaded, combined and stored.
+#[inline(always)]
+fn combine_blocks<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
     let mut acc = [0.0f32; BLOCK];
     let mut x = [0.0f32; BLOCK];
     for (b, out_block) in out.chunks_mut(BLOCK).enumerate() {
@@ -529,6 +596,22 @@ mod tests {
             } else {
                 assert_eq!(ours, theirs, "{b:#x}");
             }
+        }
+    }
+
+    #[test]
+    fn direct_and_blocked_paths_agree_bit_for_bit() {
+        let xs: Vec<Vec<bf16>> = (0..9)
+            .map(|k| (0..5000).map(|i| bf16::from_f32(((i * 37 + k * 11) % 97) as f32 / 13.0 - 3.0)).collect())
+            .collect();
+        for n in 1..=9 {
+            let terms: Vec<(&[bf16], f32)> =
+                xs[..n].iter().enumerate().map(|(k, x)| (x.as_slice(), 1.7 - k as f32 * 0.9)).collect();
+            let mut blocked = vec![bf16::ZERO; 5000];
+            combine_blocks(&terms, 0, &mut blocked);
+            let mut out = vec![bf16::ZERO; 5000];
+            combine_into(&terms, &mut out);
+            assert_eq!(out, blocked, "{n} terms");
         }
     }
 
