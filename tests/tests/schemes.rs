@@ -1,0 +1,313 @@
+//! Every library scheme against a direct f64 statement of its DESIGN §4 formula:
+//! load the RON file, lower it at a step, evaluate on the CPU on random inputs,
+//! compare (f32: relative error ≤ 1e-6; f16/bf16: rounding of the f64 result + 1 ulp).
+
+mod numerics;
+
+use cfg_core::expr::Policy;
+use cfg_core::lower::Overrides;
+use cfg_core::schedule::StepContext;
+use cfg_core::state::GuidanceState;
+use cfg_core::{DType, Shape, Tensor};
+use numerics::{apg_reference, cfg, check, config, dot, library, norm, scale_groups, set_apg, std, Case, Group, Rng};
+use proptest::prelude::*;
+
+/// A random [B, T, D] shape with small sizes, a dtype and a seed for the values.
+fn inputs() -> impl Strategy<Value = (Shape, DType, u64)> {
+    (1usize..=3, 1usize..=6, 2usize..=8, 0usize..3, any::<u64>())
+        .prop_map(|(b, t, d, k, seed)| (Shape::new([b, t, d]), DType::ALL[k], seed))
+}
+
+/// Evaluates `policy` at one step with fresh state; returns (output, result) pairs.
+fn step(policy: &Policy, case: &Case, ctx: StepContext, overrides: &Overrides) -> Vec<(String, Tensor)> {
+    let mut state = GuidanceState::new();
+    state.start();
+    case.run(policy, &ctx, &mut state, overrides).into_iter().map(|(name, out, _)| (name, out)).collect()
+}
+
+fn expect(out: &Tensor, reference: &[f64], what: &str) -> Result<(), TestCaseError> {
+    check(out, reference).map_err(|e| TestCaseError::fail(format!("{what}: {e}")))
+}
+
+fn overrides(pairs: &[(&str, f64)]) -> Overrides {
+    pairs.iter().fold(Overrides::none(), |o, (name, v)| o.with(name, *v))
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn cfg_is_u_plus_s_delta((shape, dtype, seed) in inputs(), s in 0.0f64..12.0) {
+        let p = library("cfg");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("scale", s)]));
+        expect(&out[0].1, &cfg(&case.get("cond"), &case.get("uncond"), s), "cfg")?;
+    }
+
+    #[test]
+    fn cfg_renorm_restores_the_token_norm((shape, dtype, seed) in inputs(), s in 0.5f64..10.0) {
+        let p = library("cfg_renorm");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("scale", s)]));
+        let c = case.get("cond");
+        let g = cfg(&c, &case.get("uncond"), s);
+        let reference = scale_groups(&g, &shape, Group::Token, |idx| norm(&c, idx) / norm(&g, idx));
+        expect(&out[0].1, &reference, "cfg_renorm")?;
+    }
+
+    #[test]
+    fn cfg_renorm_clamped_never_grows_the_token_norm((shape, dtype, seed) in inputs(), s in 0.5f64..10.0) {
+        let p = library("cfg_renorm_clamped");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("scale", s)]));
+        let c = case.get("cond");
+        let g = cfg(&c, &case.get("uncond"), s);
+        let reference =
+            scale_groups(&g, &shape, Group::Token, |idx| (norm(&c, idx) / (norm(&g, idx) + 1e-8)).clamp(0.0, 1.0));
+        expect(&out[0].1, &reference, "cfg_renorm_clamped")?;
+    }
+
+    #[test]
+    fn norm_cap_caps_the_tensor_norm((shape, dtype, seed) in inputs(), s in 0.0f64..6.0) {
+        let p = library("norm_cap");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("scale", s)]));
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        // Z-Image's original formulation: c + s·(c − u).
+        let g: Vec<f64> = c.iter().zip(&u).map(|(c, u)| c + s * (c - u)).collect();
+        let reference = scale_groups(&g, &shape, Group::Tensor, |idx| {
+            let (nc, ng) = (norm(&c, idx), norm(&g, idx));
+            if ng > nc { nc / ng } else { 1.0 }
+        });
+        expect(&out[0].1, &reference, "norm_cap")?;
+    }
+
+    #[test]
+    fn std_rescale_uses_unbiased_std_per_sample((shape, dtype, seed) in inputs(), s in 0.5f64..10.0) {
+        let p = library("std_rescale");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("scale", s)]));
+        let c = case.get("cond");
+        let g = cfg(&c, &case.get("uncond"), s);
+        let reference = scale_groups(&g, &shape, Group::Sample, |idx| 0.7 * std(&c, idx) / std(&g, idx) + 0.3);
+        expect(&out[0].1, &reference, "std_rescale")?;
+    }
+
+    #[test]
+    fn magnitude_aware_damps_the_scale_per_sample(
+        (shape, dtype, seed) in inputs(), s in 1.0f64..12.0, spread in 0.002f64..0.5,
+    ) {
+        let p = library("magnitude_aware");
+        let mut case = Case::random(&p, dtype, shape.clone(), seed);
+        // c close to u, so that exp(−α‖Δ‖/‖u‖) is neither 0 nor 1.
+        let u = case.get("uncond");
+        let mut rng = Rng::new(seed ^ 1);
+        let c: Vec<f32> = u.iter().map(|&x| (x + spread * rng.uniform(-1.0, 1.0)) as f32).collect();
+        case.set("cond", &c);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("scale", s)]));
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        let delta: Vec<f64> = c.iter().zip(&u).map(|(c, u)| c - u).collect();
+        let scaled = scale_groups(&delta, &shape, Group::Sample, |idx| {
+            1.0 + (s - 1.0) * (-8.0 * norm(&delta, idx) / norm(&u, idx)).exp()
+        });
+        let reference: Vec<f64> = u.iter().zip(&scaled).map(|(u, d)| u + d).collect();
+        expect(&out[0].1, &reference, "magnitude_aware")?;
+    }
+
+    #[test]
+    fn skip_layer_adds_its_term_in_the_strict_window(
+        (shape, dtype, seed) in inputs(), i in 0usize..28, s in 1.0f64..9.0, s2 in 0.0f64..4.0,
+    ) {
+        let p = library("skip_layer");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 28), &overrides(&[("scale", s), ("skip_scale", s2)]));
+        let (c, u, skip) = (case.get("cond"), case.get("uncond"), case.get("skip"));
+        // int(0.01·28) = 0 < i < int(0.2·28) = 5.
+        let s2 = if 0 < i && i < 5 { s2 } else { 0.0 };
+        let direct: Vec<f64> = (0..c.len()).map(|k| u[k] + s * (c[k] - u[k]) + s2 * (c[k] - skip[k])).collect();
+        expect(&out[0].1, &direct, "skip_layer")?;
+    }
+
+    #[test]
+    fn ltx2_guides_each_output_then_rescales_the_whole_tensor(
+        (shape, dtype, seed) in inputs(), scales in proptest::array::uniform6(0.0f64..8.0),
+    ) {
+        let p = library("ltx2");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let names = ["video_cfg", "video_stg", "video_modality", "audio_cfg", "audio_stg", "audio_modality"];
+        let pairs: Vec<(&str, f64)> = names.iter().copied().zip(scales).collect();
+        let out = step(&p, &case, StepContext::new(0, 40), &overrides(&pairs));
+        let (c, u, ptb, iso) = (case.get("cond"), case.get("uncond"), case.get("perturbed"), case.get("isolated"));
+        for (k, (name, got)) in out.iter().enumerate() {
+            let (cfg_s, stg, m) = (scales[3 * k], scales[3 * k + 1], scales[3 * k + 2]);
+            let g: Vec<f64> = (0..c.len())
+                .map(|i| c[i] + (cfg_s - 1.0) * (c[i] - u[i]) + stg * (c[i] - ptb[i]) + (m - 1.0) * (c[i] - iso[i]))
+                .collect();
+            let reference = scale_groups(&g, &shape, Group::Tensor, |idx| 0.7 * std(&c, idx) / std(&g, idx) + 0.3);
+            expect(got, &reference, name)?;
+        }
+        prop_assert_eq!(out.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["video", "audio"]);
+    }
+
+    #[test]
+    fn pix2pix_separates_image_and_text_scales(
+        (shape, dtype, seed) in inputs(), s_t in 0.0f64..10.0, s_i in 0.0f64..3.0,
+    ) {
+        let p = library("pix2pix");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(0, 100), &overrides(&[("text_scale", s_t), ("image_scale", s_i)]));
+        let (full, img, u) = (case.get("full"), case.get("image"), case.get("uncond"));
+        let reference: Vec<f64> =
+            (0..u.len()).map(|k| u[k] + s_i * (img[k] - u[k]) + s_t * (full[k] - img[k])).collect();
+        expect(&out[0].1, &reference, "pix2pix")?;
+    }
+
+    #[test]
+    fn bagel_nests_cfg_then_clamps_globally_inside_its_interval(
+        (shape, dtype, seed) in inputs(), sigma in 0.01f64..1.0, s_t in 1.0f64..6.0, s_i in 1.0f64..3.0,
+    ) {
+        let p = library("bagel");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let out = step(&p, &case, ctx, &overrides(&[("text_scale", s_t), ("image_scale", s_i)]));
+        let (v, v_txt, v_img) = (case.get("full"), case.get("no_text"), case.get("no_image"));
+        let reference = if 0.4 < sigma && sigma <= 1.0 {
+            let text = cfg(&v, &v_txt, s_t);
+            let g = cfg(&text, &v_img, s_i);
+            scale_groups(&g, &shape, Group::Tensor, |idx| (norm(&v, idx) / (norm(&g, idx) + 1e-8)).clamp(0.0, 1.0))
+        } else {
+            v.clone()
+        };
+        expect(&out[0].1, &reference, "bagel")?;
+    }
+
+    #[test]
+    fn dreamid_adds_a_reference_term_per_modality(
+        (shape, dtype, seed) in inputs(), scales in proptest::array::uniform4(0.0f64..5.0),
+    ) {
+        let p = library("dreamid");
+        let case = Case::random(&p, dtype, shape, seed);
+        let names = ["video_scale", "video_ref_scale", "audio_scale", "audio_ref_scale"];
+        let pairs: Vec<(&str, f64)> = names.iter().copied().zip(scales).collect();
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&pairs));
+        let (pos, neg) = (case.get("pos"), case.get("neg"));
+        for (k, (name, got)) in out.iter().enumerate() {
+            let no_ref = case.get(if k == 0 { "no_ref_image" } else { "no_ref_audio" });
+            let (s, s_ref) = (scales[2 * k], scales[2 * k + 1]);
+            let reference: Vec<f64> =
+                (0..pos.len()).map(|i| neg[i] + s * (pos[i] - neg[i]) + s_ref * (pos[i] - no_ref[i])).collect();
+            expect(got, &reference, name)?;
+        }
+    }
+
+    #[test]
+    fn autoguidance_guides_away_from_the_weak_model((shape, dtype, seed) in inputs(), w in 0.0f64..4.0) {
+        let p = library("autoguidance");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(0, 32), &overrides(&[("scale", w)]));
+        expect(&out[0].1, &cfg(&case.get("main"), &case.get("weak"), w), "autoguidance")?;
+    }
+
+    #[test]
+    fn guidance_interval_guides_only_inside_lo_hi(
+        (shape, dtype, seed) in inputs(), sigma in 0.0f64..4.0, w in 0.0f64..4.0,
+    ) {
+        let p = library("guidance_interval");
+        let case = Case::random(&p, dtype, shape, seed);
+        let ctx = StepContext { step: 0, num_steps: 32, sigma: Some(sigma) };
+        let out = step(&p, &case, ctx, &overrides(&[("scale", w)]));
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        let reference = if 0.28 < sigma && sigma <= 2.9 { cfg(&c, &u, w) } else { c };
+        expect(&out[0].1, &reference, "guidance_interval")?;
+    }
+
+    #[test]
+    fn world_model_guides_video_and_passes_action_through((shape, dtype, seed) in inputs(), s in 0.0f64..8.0) {
+        let p = library("world_model");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(0, 30), &overrides(&[("scale", s)]));
+        expect(&out[0].1, &cfg(&case.get("cond"), &case.get("uncond"), s), "video")?;
+        prop_assert_eq!(&out[1].0, "action");
+        prop_assert_eq!(out[1].1.bits(), case.branches["cond"].bits());
+    }
+}
+
+proptest! {
+    #![proptest_config(config(16))]
+
+    #[test]
+    fn zero_star_is_zero_then_scales_uncond_by_alpha((shape, dtype, seed) in inputs(), s in 0.0f64..10.0) {
+        let p = library("zero_star");
+        let mut state = GuidanceState::new();
+        state.start();
+        for i in 0..4 {
+            let case = Case::random(&p, dtype, shape.clone(), seed.wrapping_add(i as u64));
+            let out = case.run(&p, &StepContext::new(i, 50), &mut state, &overrides(&[("scale", s)]));
+            let (c, u) = (case.get("cond"), case.get("uncond"));
+            let reference = if i < 1 {
+                vec![0.0; c.len()]
+            } else {
+                let alpha = scale_groups(&vec![1.0; c.len()], &shape, Group::Sample, |idx| {
+                    dot(&c, &u, idx) / (dot(&u, &u, idx) + 1e-8)
+                });
+                (0..c.len()).map(|k| alpha[k] * u[k] + s * (c[k] - alpha[k] * u[k])).collect()
+            };
+            expect(&out[0].1, &reference, &format!("zero_star step {i}"))?;
+        }
+    }
+
+    #[test]
+    fn apg_matches_diffusers_order_over_several_steps(
+        (shape, dtype, seed) in inputs(),
+        s in 1.0f64..10.0,
+        momentum in -0.9f64..0.9,
+        threshold in prop_oneof![Just(0.0), 0.5f64..20.0],
+        eta in 0.0f64..1.0,
+        library_defaults in any::<bool>(),
+    ) {
+        let mut p = library("apg");
+        let (momentum, threshold, eta) = if library_defaults {
+            (-0.5, 15.0, 0.0)
+        } else {
+            set_apg(&mut p, momentum, threshold, eta);
+            (f64::from(momentum as f32), threshold, f64::from(eta as f32))
+        };
+        let mut state = GuidanceState::new();
+        state.start();
+        let mut running: Option<Vec<f64>> = None;
+        for i in 0..4 {
+            let case = Case::random(&p, dtype, shape.clone(), seed.wrapping_add(i as u64));
+            let out = case.run(&p, &StepContext::new(i, 50), &mut state, &overrides(&[("scale", s)]));
+            let (c, u) = (case.get("cond"), case.get("uncond"));
+            let reference = apg_reference(&c, &u, &shape, s, momentum, threshold, eta, &mut running);
+            expect(&out[0].1, &reference, &format!("apg step {i}"))?;
+        }
+    }
+
+    #[test]
+    fn adaptive_drops_uncond_for_good_once_cos_passes_gamma((shape, dtype, seed) in inputs(), s in 0.0f64..10.0) {
+        let p = library("adaptive");
+        let mut state = GuidanceState::new();
+        state.start();
+        for i in 0..5 {
+            let mut case = Case::random(&p, dtype, shape.clone(), seed.wrapping_add(i as u64));
+            if i >= 2 {
+                // From step 2 on, u ≈ c: cos(c, u) ≈ 1 > 0.99.
+                let mut rng = Rng::new(seed ^ i as u64);
+                let u: Vec<f32> = case.get("cond").iter().map(|&x| (x + 1e-3 * rng.uniform(-1.0, 1.0)) as f32).collect();
+                case.set("uncond", &u);
+            }
+            let out = case.run(&p, &StepContext::new(i, 50), &mut state, &overrides(&[("scale", s)]));
+            let (c, u) = (case.get("cond"), case.get("uncond"));
+            let (_, got, branches) = &out[0];
+            if i <= 2 {
+                // The latch is decided after the step that crosses γ.
+                expect(got, &cfg(&c, &u, s), &format!("adaptive step {i}"))?;
+                prop_assert_eq!(branches, &vec!["cond".to_string(), "uncond".to_string()]);
+            } else {
+                prop_assert_eq!(branches, &vec!["cond".to_string()]);
+                prop_assert_eq!(got.bits(), case.branches["cond"].bits());
+            }
+        }
+    }
+}
