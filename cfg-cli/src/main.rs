@@ -7,9 +7,13 @@ mod combine;
 mod error;
 mod graph;
 mod list;
+mod models;
 mod plan;
+mod plot;
+mod quality;
 mod sample;
 mod selftest;
+mod tensors;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

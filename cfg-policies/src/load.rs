@@ -2,6 +2,7 @@
 
 use crate::error::{ErrorKind, LoadError, PolicyError, Warning};
 use crate::library;
+use crate::locate::Locator;
 use crate::validate::validate;
 use cfg_core::expr::Policy;
 use ron::extensions::Extensions;
@@ -23,25 +24,75 @@ pub struct Loaded {
 /// Parses and validates policy text. `origin` is used in messages.
 pub fn parse(source: &str, origin: &str) -> Result<Loaded, PolicyError> {
     let options = ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
-    let policy: Policy = options.from_str(source).map_err(|e| PolicyError {
-        origin: origin.to_string(),
-        line: e.span.start.line.max(1),
-        col: e.span.start.col.max(1),
-        message: syntax_message(&e.code),
-        kind: ErrorKind::Syntax,
-    })?;
+    let policy: Policy = options.from_str(source).map_err(|e| syntax_error(source, origin, &e))?;
     let warnings = validate(&policy, source, origin)?;
     Ok(Loaded { policy, origin: origin.to_string(), source: source.to_string(), warnings })
 }
 
-fn syntax_message(code: &ron::Error) -> String {
-    let text = code.to_string();
-    match code {
-        ron::Error::Eof => {
-            "unexpected end of file: expected a policy `Policy(name: ..., branches: {...}, outputs: {...})`".into()
+const EXPECTED_POLICY: &str = "expected `Policy(name: ..., branches: {...}, outputs: {...})`";
+
+/// Turns RON's error into a positioned message that says what was expected.
+fn syntax_error(source: &str, origin: &str, e: &ron::error::SpannedError) -> PolicyError {
+    let loc = Locator::new(source);
+    let (mut line, mut col) = (e.span.start.line.max(1), e.span.start.col.max(1));
+    let unclosed_comment = matches!(e.code, ron::Error::UnclosedBlockComment | ron::Error::UnclosedLineComment);
+    let message = if loc.tokens().is_empty() && !unclosed_comment {
+        (line, col) = (1, 1);
+        format!("the file holds no policy (it is empty or only comments): {EXPECTED_POLICY}")
+    } else {
+        // RON sometimes points at the blank before the offending token.
+        if char_at(source, line, col).is_none_or(|c| c.is_whitespace() || c == '/') {
+            (line, col) = loc.next_token(line, col).unwrap_or((line, col));
         }
-        _ => text,
+        let mut message = syntax_message(&e.code, source, line, col);
+        // An error on the last token of a text with open brackets: likely cut short.
+        let open = loc.unclosed_brackets();
+        let after = loc.tokens().iter().filter(|t| (t.line, t.col) >= (line, col)).count();
+        if open > 0 && after <= 1 && !matches!(e.code, ron::Error::Eof) && !unclosed_comment {
+            message += &format!(" (the file ends with {open} unclosed bracket(s): is it cut short?)");
+        }
+        if let Some((l, c)) = loc.multiline_string_before(line, col) {
+            message +=
+                &format!(" (the string opened at {l}:{c} runs over several lines: is its closing quote missing?)");
+        }
+        message
+    };
+    PolicyError { origin: origin.to_string(), line, col, message, kind: ErrorKind::Syntax }
+}
+
+fn syntax_message(code: &ron::Error, source: &str, line: usize, col: usize) -> String {
+    match code {
+        ron::Error::Eof => format!("unexpected end of file: the policy is incomplete; {EXPECTED_POLICY}"),
+        ron::Error::TrailingCharacters => {
+            "unexpected text after the end of the policy: a file holds exactly one `Policy(...)`".into()
+        }
+        ron::Error::ExpectedComma if starts_fraction(source, line, col) => {
+            "expected a whole number here, found a fraction".into()
+        }
+        ron::Error::ExpectedComma => "expected `,` or a closing bracket".into(),
+        ron::Error::ExpectedString => "expected a quoted string (names and map keys are written \"like_this\")".into(),
+        ron::Error::IntegerOutOfBounds => {
+            "integer out of range for this field (counts and step indices are whole numbers ≥ 0)".into()
+        }
+        ron::Error::MissingStructField { field, outer } => match outer {
+            Some(outer) => format!("missing field `{field}` in `{outer}`"),
+            None => format!("missing field `{field}`"),
+        },
+        _ => code.to_string(),
     }
+}
+
+/// The character at a 1-based line and column, if there is one.
+fn char_at(source: &str, line: usize, col: usize) -> Option<char> {
+    source.split('\n').nth(line - 1)?.chars().nth(col - 1)
+}
+
+/// Whether the text at the position continues a number with a fraction or exponent
+/// (`0.5` read as the integer `0` followed by `.5`).
+fn starts_fraction(source: &str, line: usize, col: usize) -> bool {
+    let before = col.checked_sub(2).and_then(|c| source.split('\n').nth(line - 1)?.chars().nth(c));
+    let here = char_at(source, line, col);
+    before.is_some_and(|c| c.is_ascii_digit()) && matches!(here, Some('.' | 'e' | 'E'))
 }
 
 /// Reads and parses a policy file.
@@ -90,4 +141,30 @@ pub fn resolve(arg: &str) -> Result<Loaded, LoadError> {
         });
     }
     Err(LoadError::NotFound(arg.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> PolicyError {
+        parse(text, "t").expect_err("should fail")
+    }
+
+    #[test]
+    fn truncated_text_says_brackets_are_open() {
+        let e = error(
+            "Policy(name: \"x\", branches: {\"c\": (prompt: Positive)}, outputs: {\"o\": (space: Eps, guidance: R",
+        );
+        assert!(e.message.contains("3 unclosed bracket(s)"), "{e}");
+    }
+
+    #[test]
+    fn empty_text_has_no_policy() {
+        for text in ["", "  \n", "// only\n/* comments */"] {
+            let e = error(text);
+            assert_eq!((e.line, e.col), (1, 1));
+            assert!(e.message.contains("no policy"), "{e}");
+        }
+    }
 }

@@ -168,6 +168,82 @@ impl Locator {
             .map(|(_, t)| (t.line, t.col))
     }
 
+    /// The first token at or after `(line, col)` (comments and whitespace skipped).
+    pub fn next_token(&self, line: usize, col: usize) -> Option<(usize, usize)> {
+        self.tokens.iter().map(|t| (t.line, t.col)).find(|&p| p >= (line, col))
+    }
+
+    /// How many brackets are still open at the end of the text (a cut-short file).
+    pub fn unclosed_brackets(&self) -> usize {
+        self.tokens.iter().fold(0usize, |depth, t| match t.kind {
+            TokenKind::Punct('(' | '[' | '{') => depth + 1,
+            TokenKind::Punct(')' | ']' | '}') => depth.saturating_sub(1),
+            _ => depth,
+        })
+    }
+
+    /// The first string literal written over several lines that starts before
+    /// `(line, col)`: the likely place of a missing closing quote.
+    pub fn multiline_string_before(&self, line: usize, col: usize) -> Option<(usize, usize)> {
+        self.tokens
+            .iter()
+            .filter(|t| (t.line, t.col) < (line, col))
+            .find(|t| matches!(&t.kind, TokenKind::Str(s) if s.contains('\n')))
+            .map(|t| (t.line, t.col))
+    }
+
+    /// The first `"value"` written as the argument of `op(...)`, as in `Ref("cond")`.
+    pub fn call(&self, op: &str, value: &str) -> Option<(usize, usize)> {
+        self.tokens
+            .windows(3)
+            .find(|w| {
+                matches!(&w[0].kind, TokenKind::Ident(s) if s == op)
+                    && w[1].kind == TokenKind::Punct('(')
+                    && matches!(&w[2].kind, TokenKind::Str(s) if s == value)
+            })
+            .map(|w| (w[2].line, w[2].col))
+    }
+
+    /// The first `"value"` written as the value of a field, as in `scale: "s"`.
+    pub fn field_string(&self, field: &str, value: &str) -> Option<(usize, usize)> {
+        self.tokens
+            .windows(3)
+            .find(|w| {
+                matches!(&w[0].kind, TokenKind::Ident(s) if s == field)
+                    && w[1].kind == TokenKind::Punct(':')
+                    && matches!(&w[2].kind, TokenKind::Str(s) if s == value)
+            })
+            .map(|w| (w[2].line, w[2].col))
+    }
+
+    /// The value of field `name:` directly inside the parentheses that follow the
+    /// token at `at` (an operator or window name), skipping nested brackets.
+    pub fn field_in_call(&self, at: (usize, usize), name: &str) -> Option<(usize, usize)> {
+        let start = self.tokens.iter().position(|t| (t.line, t.col) == at)?;
+        if self.tokens.get(start + 1)?.kind != TokenKind::Punct('(') {
+            return None;
+        }
+        let mut depth = 0usize;
+        for (i, t) in self.tokens.iter().enumerate().skip(start + 1) {
+            match &t.kind {
+                TokenKind::Punct('(' | '[' | '{') => depth += 1,
+                TokenKind::Punct(')' | ']' | '}') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return None;
+                    }
+                }
+                TokenKind::Ident(s) if depth == 1 && s == name && self.followed_by_colon(i) => {
+                    // Point at the value; the field name if the value is missing.
+                    let value = self.tokens.get(i + 2).unwrap_or(t);
+                    return Some((value.line, value.col));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// The first number literal that is NaN or infinite.
     pub fn non_finite(&self) -> Option<(usize, usize, String)> {
         self.tokens.iter().find_map(|t| {
@@ -197,6 +273,25 @@ mod tests {
         assert_eq!(l.key("cond", 0), Some((2, 3)));
         assert_eq!(l.key("cond", 1), Some((2, 33)));
         assert_eq!(l.reference("cond"), Some((3, 5)));
+    }
+
+    #[test]
+    fn finds_calls_fields_and_nested_fields() {
+        let text = "Renorm(input: Renorm(min: 1), reference: Ref(\"c\"), min: -2, scale: \"s\")";
+        let l = Locator::new(text);
+        assert_eq!(l.call("Ref", "c"), Some((1, 46)));
+        assert_eq!(l.field_string("scale", "s"), Some((1, 68)));
+        assert_eq!(l.field_in_call((1, 1), "min"), Some((1, 57)));
+        assert_eq!(l.field_in_call((1, 15), "min"), Some((1, 27)));
+        assert_eq!(l.field_in_call((1, 1), "max"), None);
+        assert_eq!(l.next_token(1, 14), Some((1, 15)));
+    }
+
+    #[test]
+    fn finds_multiline_strings() {
+        let l = Locator::new("(a: \"x,\n b: \"y\")");
+        assert_eq!(l.multiline_string_before(2, 9), Some((1, 5)));
+        assert_eq!(l.multiline_string_before(1, 5), None);
     }
 
     #[test]

@@ -124,9 +124,16 @@ impl Validator<'_> {
             Schedule::Piecewise(pieces) if pieces.is_empty() => {
                 Err(self.error(at, format!("scale `{name}`: a piecewise schedule needs at least one piece")))
             }
-            Schedule::Piecewise(pieces) if pieces.windows(2).any(|w| w[0].until >= w[1].until) => {
-                Err(self.error(at, format!("scale `{name}`: piecewise `until` values must increase strictly")))
-            }
+            Schedule::Piecewise(pieces) => match pieces.windows(2).find(|w| w[0].until >= w[1].until) {
+                Some(w) => Err(self.error(
+                    at,
+                    format!(
+                        "scale `{name}`: piecewise `until` values must increase strictly, found {} then {}",
+                        w[0].until, w[1].until
+                    ),
+                )),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -153,6 +160,11 @@ impl Validator<'_> {
         at
     }
 
+    /// Position of parameter `field` of the operator at `at`; the operator's own if not found.
+    fn param(&self, at: Option<(usize, usize)>, field: &str) -> Option<(usize, usize)> {
+        at.and_then(|p| self.loc.field_in_call(p, field)).or(at)
+    }
+
     fn expr(&mut self, e: &Expr) -> Result<(), PolicyError> {
         let at = self.op_position(e.operator());
         let p = self.policy;
@@ -161,7 +173,7 @@ impl Validator<'_> {
                 if p.branches.get(b).is_none() {
                     let known: Vec<&str> = p.branches.names().collect();
                     return Err(self.error(
-                        self.loc.reference(b).or(at),
+                        self.loc.call("Ref", b).or(self.loc.reference(b)).or(at),
                         format!("unknown branch `{b}`: expected one of {}", known.join(", ")),
                     ));
                 }
@@ -175,7 +187,8 @@ impl Validator<'_> {
                     } else {
                         format!("expected one of {}", known.join(", "))
                     };
-                    return Err(self.error(self.loc.reference(v).or(at), format!("unknown value `{v}`: {hint}")));
+                    let pos = self.loc.call("Use", v).or(self.loc.reference(v)).or(at);
+                    return Err(self.error(pos, format!("unknown value `{v}`: {hint}")));
                 }
                 self.used.values.insert(v.clone());
             }
@@ -184,24 +197,30 @@ impl Validator<'_> {
             }
             Expr::Windowed { window, .. } => self.window(window)?,
             Expr::Renorm { min: Some(lo), max: Some(hi), .. } if lo > hi => {
-                return Err(self.error(at, format!("`Renorm`: min {lo} is above max {hi}")));
+                let pos = self.param(at, "min");
+                return Err(self.error(pos, format!("`Renorm`: min {lo} is above max {hi}")));
             }
             Expr::Renorm { eps, .. } if *eps < 0.0 => {
-                return Err(self.error(at, format!("`Renorm`: eps {eps} must be ≥ 0")));
+                let pos = self.param(at, "eps");
+                return Err(self.error(pos, format!("`Renorm`: eps {eps} must be ≥ 0")));
             }
             Expr::NormCap { ratio, .. } if *ratio <= 0.0 => {
-                return Err(self.error(at, format!("`NormCap`: ratio {ratio} must be > 0")));
+                let pos = self.param(at, "ratio");
+                return Err(self.error(pos, format!("`NormCap`: ratio {ratio} must be > 0")));
             }
             Expr::StdRescale { phi, .. } if *phi < 0.0 => {
-                return Err(self.error(at, format!("`StdRescale`: phi {phi} must be ≥ 0")));
+                let pos = self.param(at, "phi");
+                return Err(self.error(pos, format!("`StdRescale`: phi {phi} must be ≥ 0")));
             }
             Expr::Apg { norm_threshold, .. } if *norm_threshold < 0.0 => {
+                let pos = self.param(at, "norm_threshold");
                 return Err(
-                    self.error(at, format!("`Apg`: norm_threshold {norm_threshold} must be ≥ 0 (0 turns it off)"))
+                    self.error(pos, format!("`Apg`: norm_threshold {norm_threshold} must be ≥ 0 (0 turns it off)"))
                 );
             }
             Expr::Adaptive { threshold, .. } if !(-1.0..=1.0).contains(threshold) => {
-                return Err(self.error(at, format!("`Adaptive`: threshold {threshold} is a cosine, expected -1..=1")));
+                let pos = self.param(at, "threshold");
+                return Err(self.error(pos, format!("`Adaptive`: threshold {threshold} is a cosine, expected -1..=1")));
             }
             _ => {}
         }
@@ -213,7 +232,8 @@ impl Validator<'_> {
                 } else {
                     format!("expected a number or one of {}", known.join(", "))
                 };
-                return Err(self.error(self.loc.reference(n).or(at), format!("unknown scale `{n}`: {hint}")));
+                let pos = self.loc.field_string("scale", n).or(self.loc.reference(n)).or(at);
+                return Err(self.error(pos, format!("unknown scale `{n}`: {hint}")));
             }
             self.used.scales.insert(n.clone());
         }
@@ -238,7 +258,7 @@ impl Validator<'_> {
             );
         }
         if lo < 0.0 {
-            return Err(self.error(at, format!("window {lo_name} {lo} must be ≥ 0")));
+            return Err(self.error(self.param(at, lo_name), format!("window {lo_name} {lo} must be ≥ 0")));
         }
         Ok(())
     }
@@ -257,12 +277,15 @@ impl Validator<'_> {
         for scc in tarjan_scc(&graph) {
             let looped = scc.len() > 1 || graph.contains_edge(scc[0], scc[0]);
             if looped {
-                let mut members: Vec<&str> = scc.iter().map(|&i| names[i]).collect();
-                members.sort();
-                let first = members[0];
+                // Start at the value declared first, and show the uses in order.
+                let start = scc.iter().copied().min().unwrap_or(scc[0]);
+                let path: Vec<&str> = cycle_path(&graph, &scc, start).into_iter().map(|i| names[i]).collect();
                 return Err(self.error(
-                    self.loc.key(first, 0),
-                    format!("named values form a cycle ({}): a value cannot use itself", members.join(" → ")),
+                    self.loc.key(names[start], 0),
+                    format!(
+                        "named values form a cycle ({}): a value cannot use itself, directly or through others",
+                        path.join(" → ")
+                    ),
                 ));
             }
         }
@@ -282,6 +305,26 @@ impl Validator<'_> {
             out.push(self.warning(self.loc.key(name, 0), format!("value `{name}` is declared but never used")));
         }
         out
+    }
+}
+
+/// A walk from `start` along uses inside `scc`, ending on the first value seen twice.
+fn cycle_path(graph: &DiGraphMap<usize, ()>, scc: &[usize], start: usize) -> Vec<usize> {
+    let mut path = vec![start];
+    let mut current = start;
+    loop {
+        let next: Vec<usize> = graph.neighbors(current).filter(|n| scc.contains(n)).collect();
+        match next.iter().find(|n| !path.contains(n)) {
+            Some(&n) => {
+                path.push(n);
+                current = n;
+            }
+            None => {
+                // Every member of a cycle uses another member, so `next` is not empty.
+                path.push(next.first().copied().unwrap_or(start));
+                return path;
+            }
+        }
     }
 }
 

@@ -1,0 +1,112 @@
+//! `cfg sample` and `cfg plan` end to end.
+
+use std::process::Command;
+
+fn cfg() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cfg"))
+}
+
+#[test]
+fn a_rank_failure_fails_the_run_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.safetensors");
+    let plot = dir.path().join("x.png");
+    let run = cfg()
+        .args([
+            "sample",
+            "--policy",
+            "ltx2",
+            "--ranks",
+            "4",
+            "--batch",
+            "64",
+            "--steps",
+            "8",
+            "--timeout",
+            "5",
+            "--inject-fault",
+            "2:5",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("4 of 4 ranks failed") && stderr.contains("rank 2, step 5"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file, not even a temporary one");
+}
+
+#[test]
+fn sample_writes_tensors_plot_and_a_summary_identical_across_world_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hashes = Vec::new();
+    for ranks in ["1", "3"] {
+        let out = dir.path().join(format!("s{ranks}.safetensors"));
+        let plot = dir.path().join(format!("s{ranks}.png"));
+        let run = cfg()
+            .args([
+                "sample",
+                "--deterministic",
+                "--batch",
+                "96",
+                "--steps",
+                "6",
+                "--ranks",
+                ranks,
+                "--scale",
+                "scale=3",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .arg("--plot")
+            .arg(&plot)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        for needle in ["time per step", "on the requested class", "mean log-likelihood", "cov err"] {
+            assert!(stdout.contains(needle), "{needle}: {stdout}");
+        }
+        hashes.push(stdout.lines().find(|l| l.starts_with("sha256 ")).unwrap().to_string());
+        assert!(std::fs::read(&plot).unwrap().starts_with(b"\x89PNG"));
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("sample").unwrap().shape(), [96, 2]);
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}
+
+#[test]
+fn grid_makes_one_plot_with_a_panel_per_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("grid.png");
+    let run = cfg()
+        .args(["sample", "--batch", "48", "--steps", "4", "--grid", "scale=1,4"])
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(String::from_utf8_lossy(&run.stdout).matches("sha256 ").count(), 2);
+    assert!(std::fs::metadata(&plot).unwrap().len() > 0);
+}
+
+#[test]
+fn plan_prints_every_step_with_ranks_idle_and_collective() {
+    let run = cfg().args(["plan", "--policy", "skip_layer", "--ranks", "4", "--steps", "20"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let is_row = |l: &&str| {
+        let mut words = l.split_whitespace();
+        words.next().is_some_and(|w| w.parse::<usize>().is_ok())
+            && words.next().is_some_and(|w| w.parse::<f64>().is_ok())
+    };
+    let rows: Vec<&str> = stdout.lines().filter(is_row).collect();
+    assert_eq!(rows.len(), 20, "{stdout}");
+    assert!(rows[1].contains("1:[skip]") && rows[1].contains(" 3 "), "{}", rows[1]);
+    assert!(rows[10].ends_with("skip"), "{}", rows[10]);
+    assert!(stdout.contains("model calls: 43 of 60 (17 saved by windows)"), "{stdout}");
+}
