@@ -1,11 +1,275 @@
-//! `cfg selftest`: not built yet (see the open issues).
+//! `cfg selftest`: runs every kernel path of a backend on random data for
+//! every dtype and compares it with the CPU backend (`--device cuda`: f32
+//! bit-identical, f16/bf16 within one ulp of the output dtype), or the CPU
+//! backend with the f64 reference (`--device cpu`, so CI exercises the command).
+//! Prints a table; exits 1 on any failure.
 
 use crate::error::{CliError, CliResult};
+use cfg_core::program::{Form, Op, Program, Value};
+use cfg_core::reduce::Reduce;
+use cfg_core::reference::{evaluate_f64, relative_error, ReferenceState};
+use cfg_core::state::GuidanceState;
+use cfg_core::{DType, Shape, Tensor};
+use cfg_runtime::backend::Backend;
+use cfg_runtime::cuda::{CudaBackend, ExecOptions};
+use cfg_runtime::CpuBackend;
+use std::process::ExitCode;
 
 /// Arguments of `cfg selftest`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// `cuda` (GPU against the CPU backend) or `cpu` (CPU against the f64 reference).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    ordinal: usize,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Err(CliError("`cfg selftest` is not implemented yet".into()))
+/// One checked program on one shape.
+struct Case {
+    name: &'static str,
+    program: Program,
+    shape: Shape,
+    /// Steps evaluated in a row (stateful operators).
+    steps: usize,
+}
+
+fn form(terms: &[(usize, f32)]) -> Form {
+    Form { terms: terms.to_vec() }
+}
+
+fn program(branches: usize, forms: Vec<Form>, ops: Vec<Op>) -> Program {
+    let result = if ops.is_empty() { Value::Form(0) } else { Value::Op(ops.len() - 1) };
+    Program {
+        output: "x".into(),
+        space: cfg_core::expr::Space::Eps,
+        branches: (0..branches).map(|b| format!("b{b}")).collect(),
+        forms,
+        ops,
+        latches: vec![],
+        counters: vec![],
+        result,
+    }
+}
+
+/// cfg over (cond = b0, uncond = b1) as form 0, cond as form 1.
+fn cfg_forms() -> Vec<Form> {
+    vec![form(&[(0, 4.5), (1, -3.5)]), form(&[(0, 1.0)])]
+}
+
+fn cases() -> Vec<Case> {
+    let small = Shape::new([2, 96, 64]);
+    let wide = Shape::new([1, 6, 3072]);
+    let g = Value::Form(0);
+    let c = Value::Form(1);
+    let renorm = |over, min, max| Op::Renorm { input: g, reference: c, over, eps: 1e-8, min, max };
+    let cu = || vec![form(&[(0, 1.0)]), form(&[(1, 1.0)])];
+    vec![
+        Case {
+            name: "combine 2-way",
+            program: program(2, vec![form(&[(0, 4.5), (1, -3.5)])], vec![]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "combine 8-way",
+            program: program(8, vec![form(&(0..8).map(|b| (b, 0.5 - b as f32 * 0.25)).collect::<Vec<_>>())], vec![]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "renorm token (warp)",
+            program: program(2, cfg_forms(), vec![renorm(Reduce::Token, None, None)]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "renorm token clamped",
+            program: program(2, cfg_forms(), vec![renorm(Reduce::Token, Some(0.0), Some(1.0))]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "renorm token (block)",
+            program: program(2, cfg_forms(), vec![renorm(Reduce::Token, None, None)]),
+            shape: wide.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "renorm tensor clamped",
+            program: program(2, cfg_forms(), vec![renorm(Reduce::Tensor, Some(0.0), Some(1.0))]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "renorm channel (generic)",
+            program: program(2, cfg_forms(), vec![renorm(Reduce::Channel, None, Some(1.0))]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "std rescale sample",
+            program: program(
+                2,
+                cfg_forms(),
+                vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Sample }],
+            ),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "std rescale tensor",
+            program: program(
+                2,
+                cfg_forms(),
+                vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }],
+            ),
+            shape: Shape::new([2, 160, 128]),
+            steps: 1,
+        },
+        Case {
+            name: "norm cap",
+            program: program(2, cfg_forms(), vec![Op::NormCap { input: g, reference: c, ratio: 1.5 }]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "mix + std rescale (generic)",
+            program: program(
+                2,
+                cfg_forms(),
+                vec![
+                    Op::Mix { terms: vec![(g, 0.5), (c, 0.5)] },
+                    Op::StdRescale { input: Value::Op(0), reference: c, phi: 0.7, over: Reduce::Sample },
+                ],
+            ),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "zero-star",
+            program: program(2, cu(), vec![Op::ZeroStar { cond: g, uncond: c, scale: 4.0, original: false }]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "magnitude-aware",
+            program: program(2, cu(), vec![Op::MagnitudeAware { cond: g, uncond: c, scale: 5.0, alpha: 2.0 }]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
+            name: "APG (3 steps, momentum)",
+            program: program(
+                2,
+                cu(),
+                vec![Op::Apg {
+                    cond: g,
+                    uncond: c,
+                    scale: 5.0,
+                    momentum: -0.5,
+                    norm_threshold: 20.0,
+                    eta: 0.0,
+                    original: false,
+                    slot: "apg".into(),
+                }],
+            ),
+            shape: small,
+            steps: 3,
+        },
+    ]
+}
+
+fn inputs(case: &Case, dtype: DType, step: usize) -> Vec<Tensor> {
+    let n = case.shape.numel();
+    (0..case.program.branches.len())
+        .map(|b| {
+            let v = cfg_runtime::philox::normal_vec(17, step as u32, b as u32, n);
+            Tensor::from_f32(dtype, case.shape.clone(), &v)
+        })
+        .collect()
+}
+
+/// Largest difference in units of the dtype's ulp (at the reference value).
+fn max_ulps(dtype: DType, got: &Tensor, want: &Tensor) -> f64 {
+    let (a, b) = (got.to_f32(), want.to_f32());
+    a.iter()
+        .zip(&b)
+        .map(|(&x, &y)| {
+            if x.to_bits() == y.to_bits() {
+                0.0
+            } else if x.is_nan() || y.is_nan() {
+                f64::INFINITY
+            } else {
+                (x as f64 - y as f64).abs() / dtype.ulp(y as f64)
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+pub fn run(args: Args) -> CliResult {
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    match args.device.as_str() {
+        "cuda" => {
+            let gpu = CudaBackend::new(args.ordinal)?.with_options(ExecOptions { cooperative: true, poison: true });
+            println!("device: {}", gpu.device().describe());
+            let mut gpu = gpu;
+            for case in cases() {
+                for dtype in DType::ALL {
+                    let (mut s_cpu, mut s_gpu) = (GuidanceState::new(), GuidanceState::new());
+                    let mut worst = 0.0f64;
+                    let mut error = None;
+                    for step in 0..case.steps {
+                        let ins = inputs(&case, dtype, step);
+                        let refs: Vec<&Tensor> = ins.iter().collect();
+                        let want = CpuBackend.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_cpu)?;
+                        match gpu.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_gpu) {
+                            Ok(got) => worst = worst.max(max_ulps(dtype, &got, &want)),
+                            Err(e) => error = Some(e.to_string()),
+                        }
+                    }
+                    let ok = error.is_none() && if dtype == DType::F32 { worst == 0.0 } else { worst <= 1.0 };
+                    failures += usize::from(!ok);
+                    rows.push((case.name.to_string(), dtype, error.unwrap_or_else(|| format!("max {worst} ulp")), ok));
+                }
+            }
+            let dev = gpu.device();
+            let words = cfg_runtime::cuda::philox_words(dev, 42, 3, 1, 4099)?;
+            let ok = (0..4099).all(|i| {
+                let x = cfg_runtime::philox::philox4x32_10([(i / 4) as u32, 0, 3, 1], [42, 0]);
+                x[i % 4] == words[i]
+            });
+            failures += usize::from(!ok);
+            rows.push(("philox words".into(), DType::F32, "bit-identical to the CPU".into(), ok));
+        }
+        "cpu" => {
+            for case in cases() {
+                for dtype in DType::ALL {
+                    let (mut state, mut rstate) = (GuidanceState::new(), ReferenceState::new());
+                    let mut worst = 0.0f64;
+                    for step in 0..case.steps {
+                        let ins = inputs(&case, dtype, step);
+                        let refs: Vec<&Tensor> = ins.iter().collect();
+                        let got = CpuBackend.evaluate(&case.program, &refs, dtype, &case.shape, &mut state)?;
+                        let want = evaluate_f64(&case.program, &refs, &case.shape, &mut rstate);
+                        let got: Vec<f64> = got.to_f32().iter().map(|&x| x as f64).collect();
+                        worst = worst.max(relative_error(&got, &want));
+                    }
+                    // Rounding to the dtype bounds the error by a few of its epsilons (APG amplifies).
+                    let ok = worst <= 16.0 * dtype.ulp(1.0);
+                    failures += usize::from(!ok);
+                    rows.push((case.name.to_string(), dtype, format!("rel. error {worst:.2e}"), ok));
+                }
+            }
+        }
+        other => return Err(CliError(format!("unknown device `{other}`: expected cuda or cpu"))),
+    }
+    println!("{:<30} {:<5} {:<28} result", "kernel path", "dtype", "measure");
+    for (name, dtype, measure, ok) in &rows {
+        println!("{name:<30} {:<5} {measure:<28} {}", dtype.name(), if *ok { "ok" } else { "FAIL" });
+    }
+    println!("{} checks, {failures} failed", rows.len());
+    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

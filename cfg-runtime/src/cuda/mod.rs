@@ -1,1 +1,24 @@
 //! The CUDA backend (cudarc + NVRTC) and the NCCL communicator.
+//!
+//! Everything here loads the CUDA libraries at run time: on a machine without
+//! them every entry point returns [`CudaError::NoDriver`] (or `NoNvrtc`,
+//! `NoNccl`) and nothing panics.
+
+mod device;
+mod error;
+pub mod kernels;
+mod params;
+
+pub use device::{device_count, driver_available, Buffer, Device};
+pub use error::CudaError;
+mod exec;
+pub mod launch;
+
+pub use exec::{evaluate, ExecOptions};
+
+mod backend;
+
+pub use backend::CudaBackend;
+mod noise;
+
+pub use noise::{philox_normals, philox_words};

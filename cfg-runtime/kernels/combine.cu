@@ -1,0 +1,51 @@
+// The N-way weighted linear combine: up to MAX_FORMS forms over up to
+// MAX_TERMS branches in one pass, each branch read once. Eight elements per
+// thread with 16-byte loads when every pointer is aligned (`vec`).
+
+template <typename I, typename O>
+__device__ __forceinline__ void combine_body(const Forms& p0, const Outs& o, i64 n, int vec) {
+    SHARED_FORMS(p, p0)
+    const i64 chunks = (n + 7) / 8;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
+        const i64 base = c * 8;
+        const bool full = vec && base + 8 <= n;
+        float acc[8][MAX_FORMS];
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+#pragma unroll
+            for (int f = 0; f < MAX_FORMS; ++f) acc[e][f] = 0.0f;
+        for (int b = 0; b < p.branches; ++b) {
+            const I* x = (const I*)p.x[b];
+            float v[8];
+            if (full) {
+                load8<I>(x, base, v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[e] = base + e < n ? to_f32(x[base + e]) : 0.0f;
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) accumulate<MAX_FORMS>(p, b, v[e], acc[e]);
+        }
+#pragma unroll
+        for (int f = 0; f < MAX_FORMS; ++f) {
+            if (f >= p.forms) break;
+            float r[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) r[e] = acc[e][f];
+            O* out = (O*)o.o[f];
+            if (full) {
+                store8<O>(out, base, r);
+            } else {
+                for (int e = 0; e < 8; ++e)
+                    if (base + e < n) out[base + e] = from_f32<O>(r[e]);
+            }
+        }
+    }
+}
+
+#define MAKE_COMBINE(IN, OUT, I, O) \
+    extern "C" __global__ void __launch_bounds__(256) combine_##IN##_##OUT(const Forms p, const Outs o, i64 n, int vec) { \
+        combine_body<I, O>(p, o, n, vec); \
+    }
+FOR_EACH_IO(MAKE_COMBINE)

@@ -1,0 +1,89 @@
+// Per-group factors from canonical sums, in f64, exactly as cfg-core/src/cpu.rs
+// computes them (renorm_factor, norm_cap_factor, std_from_sums, rescale_factor,
+// zero_star_alpha, magnitude_scale, apg_clip_factor, apg_projection, cosine).
+// The result is stored as a double; f32 factors are stored already rounded to f32.
+
+#define K_RENORM 0      // sums: |r|^2, |g|^2
+#define K_NORM_CAP 1    // sums: |r|^2, |g|^2
+#define K_STD 2         // sums: sum r, |r|^2, sum g, |g|^2
+#define K_ZERO_STAR 3   // sums: <c,u>, |u|^2
+#define K_MAGNITUDE 4   // sums: |c-u|^2, |u|^2
+#define K_APG_CLIP 5    // sums: |d|^2
+#define K_APG_PROJ 6    // sums (f64 lanes): <d,c>, |c|^2
+#define K_COSINE 7      // sums: <a,b>, |a|^2, |b|^2
+
+struct FactorArgs {
+    double p0;      // eps | ratio | phi | scale | threshold
+    double p1;      // renorm lower clamp | magnitude alpha
+    double p2;      // renorm upper clamp
+    i64 len;        // elements per group (std's n)
+    int kind;
+    int has_lo;
+    int has_hi;
+    int pad;
+};
+
+__device__ __forceinline__ double std_from_sums(double s1, double s2, i64 n) {
+    if (n < 2) return 0.0;
+    const double dn = (double)n;
+    return sqrt(fmax((s2 - s1 * s1 / dn) / (dn - 1.0), 0.0));
+}
+
+// s[] are the group's sums in the order listed for the kind.
+__device__ __forceinline__ double group_factor(const FactorArgs& a, const double* s) {
+    switch (a.kind) {
+    case K_RENORM: {
+        const double nr = sqrt(s[0]), ng = sqrt(s[1]);
+        const double den = ng + a.p0;
+        if (den == 0.0) return 1.0;
+        double f = nr / den;
+        if (a.has_lo) f = fmax(f, a.p1);
+        if (a.has_hi) f = fmin(f, a.p2);
+        return (double)(float)f;
+    }
+    case K_NORM_CAP: {
+        const double nr = sqrt(s[0]), ng = sqrt(s[1]);
+        if (ng > a.p0 * nr) return (double)(float)(a.p0 * nr / ng);
+        return 1.0;
+    }
+    case K_STD: {
+        const double sr = std_from_sums(s[0], s[1], a.len);
+        const double sg = std_from_sums(s[2], s[3], a.len);
+        if (sg == 0.0) return 1.0;
+        return (double)(float)(a.p0 * sr / sg + (1.0 - a.p0));
+    }
+    case K_ZERO_STAR:
+        return (double)(float)(s[0] / (s[1] + 1e-8));
+    case K_MAGNITUDE: {
+        const double nd = sqrt(s[0]), nu = sqrt(s[1]);
+        // exp is CUDA's (within 1 ulp of f64), then rounded to f32: equal to
+        // the CPU's except when the f64 value sits within 1 ulp of an f32 tie.
+        const double ratio = nu > 0.0 ? nd / nu : __longlong_as_double(0x7ff0000000000000ll);
+        return (double)(float)(1.0 + (a.p0 - 1.0) * exp(-a.p1 * ratio));
+    }
+    case K_APG_CLIP: {
+        const double norm = sqrt(s[0]);
+        if (norm == 0.0) return 1.0;
+        return (double)(float)fmin(a.p0 / norm, 1.0);
+    }
+    case K_APG_PROJ: {
+        const double n = fmax(sqrt(s[1]), 1e-12);
+        return s[0] / (n * n);
+    }
+    case K_COSINE: {
+        const double den = sqrt(s[1] * s[2]);
+        return den == 0.0 ? 0.0 : s[0] / den;
+    }
+    }
+    return 1.0;
+}
+
+// How many sums a kind reads.
+__device__ __forceinline__ int kind_sums(int kind) {
+    switch (kind) {
+    case K_STD: return 4;
+    case K_APG_CLIP: return 1;
+    case K_COSINE: return 3;
+    default: return 2;
+    }
+}

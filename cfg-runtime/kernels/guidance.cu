@@ -1,0 +1,46 @@
+// Element-wise steps of the non-linear operators, on f32 values, after their
+// per-sample statistics are known (factors indexed by group): CFG-Zero*,
+// magnitude-aware guidance and APG. Formulas follow cfg-core/src/cpu.rs.
+
+#define GRID_LOOP(i, n) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// ua = alpha*u; out = fma(s, c - ua, original ? c : ua).
+extern "C" __global__ void __launch_bounds__(256) zero_star(const float* c, const float* u, const double* alpha,
+                                                            const Groups g, float s, int original, float* out, i64 n) {
+    GRID_LOOP(i, n) {
+        const float ua = mul32((float)alpha[group_of(g, i)], u[i]);
+        out[i] = fma32(s, sub32(c[i], ua), original ? c[i] : ua);
+    }
+}
+
+// out = fma(scale, c - u, u).
+extern "C" __global__ void __launch_bounds__(256) magnitude_aware(const float* c, const float* u, const double* scale,
+                                                                  const Groups g, float* out, i64 n) {
+    GRID_LOOP(i, n) out[i] = fma32((float)scale[group_of(g, i)], sub32(c[i], u[i]), u[i]);
+}
+
+// APG's running average: d = c - u; running = use_prev ? fma(beta, prev, d) : d.
+// When `store`, the momentum buffer (device-resident state) takes the result.
+extern "C" __global__ void __launch_bounds__(256) apg_running(const float* c, const float* u, float* momentum,
+                                                              int use_prev, int store, float beta, float* running, i64 n) {
+    GRID_LOOP(i, n) {
+        const float d = sub32(c[i], u[i]);
+        const float r = use_prev ? fma32(beta, momentum[i], d) : d;
+        running[i] = r;
+        if (store) momentum[i] = r;
+    }
+}
+
+// APG's projection on c (f64): par = coef*c; perp = d - par;
+// out = fma(s, fma(eta, par, perp), original ? c : u) in f32.
+extern "C" __global__ void __launch_bounds__(256) apg_combine(const float* c, const float* u, const float* d,
+                                                              const double* coef, const Groups g, float eta, float s,
+                                                              int original, float* out, i64 n) {
+    GRID_LOOP(i, n) {
+        const double par = coef[group_of(g, i)] * (double)c[i];
+        const double perp = (double)d[i] - par;
+        const float update = fma32(eta, (float)par, (float)perp);
+        out[i] = fma32(s, update, original ? c[i] : u[i]);
+    }
+}

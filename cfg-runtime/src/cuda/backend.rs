@@ -1,0 +1,140 @@
+//! [`CudaBackend`]: the [`Backend`] trait on one CUDA device.
+
+use super::device::Device;
+use super::error::CudaError;
+use super::exec::{evaluate, ExecOptions};
+use super::launch;
+use super::params::{Forms, MAX_TERMS};
+use crate::backend::{Backend, BackendError};
+use cfg_core::program::{Form, Program};
+use cfg_core::state::GuidanceState;
+use cfg_core::tensor::TensorData;
+use cfg_core::{DType, Shape, Tensor};
+
+/// Runs guidance programs on one CUDA device; bit-identical to the CPU backend
+/// in f32 (same evaluation order, explicit fma, canonical reductions).
+#[derive(Debug)]
+pub struct CudaBackend {
+    dev: Device,
+    opts: ExecOptions,
+}
+
+impl From<CudaError> for BackendError {
+    fn from(e: CudaError) -> Self {
+        BackendError(e.to_string())
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`; [`CudaError::NoDriver`] without libcuda.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        Ok(CudaBackend { dev: Device::new(ordinal)?, opts: ExecOptions::default() })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Chooses the evaluation options (e.g. no cooperative launches).
+    pub fn with_options(mut self, opts: ExecOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.dev.context().ordinal())
+    }
+
+    fn evaluate(
+        &mut self,
+        program: &Program,
+        inputs: &[&Tensor],
+        dtype: DType,
+        shape: &Shape,
+        state: &mut GuidanceState,
+    ) -> Result<Tensor, BackendError> {
+        cfg_core::cpu::check_inputs(program, inputs, dtype, shape)?;
+        let bufs = inputs.iter().map(|t| self.dev.upload(t)).collect::<Result<Vec<_>, _>>()?;
+        let out = evaluate(&self.dev, program, &bufs, dtype, shape, state, self.opts)?;
+        Ok(self.dev.download(&out, shape)?)
+    }
+
+    fn partial_forms(
+        &mut self,
+        program: &Program,
+        local: &[Option<&Tensor>],
+        shape: &Shape,
+        out: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let n = shape.numel();
+        if out.len() != program.forms.len() * n || local.len() != program.branches.len() {
+            return Err(BackendError(format!("partial forms of `{}`: wrong sizes", program.output)));
+        }
+        for (form, out) in program.forms.iter().zip(out.chunks_mut(n.max(1))) {
+            self.local_form(form, local, n, out)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate_forms(
+        &mut self,
+        program: &Program,
+        forms: &[f32],
+        dtype: DType,
+        shape: &Shape,
+        state: &mut GuidanceState,
+    ) -> Result<Tensor, BackendError> {
+        let n = shape.numel();
+        if forms.len() != program.forms.len() * n {
+            return Err(BackendError(format!("reduced forms of `{}`: wrong size", program.output)));
+        }
+        // As the CPU backend: the reduced forms become identity-form inputs (1·x is exact).
+        let mut p = program.clone();
+        p.branches = (0..program.forms.len()).map(|i| format!("form{i:04}")).collect();
+        p.forms = (0..program.forms.len()).map(|i| Form { terms: vec![(i, 1.0)] }).collect();
+        let inputs: Vec<Tensor> = (0..program.forms.len())
+            .map(|i| Tensor { shape: shape.clone(), data: TensorData::F32(forms[i * n..(i + 1) * n].to_vec()) })
+            .collect();
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let out = self.evaluate(&p, &refs, DType::F32, shape, state)?;
+        Ok(match dtype {
+            DType::F32 => out,
+            _ => cfg_core::cpu::round_to(dtype, shape, &out.to_f32()),
+        })
+    }
+}
+
+impl CudaBackend {
+    /// `out = Σ w_k·x_k` over the local terms (zeros if none), in f32.
+    fn local_form(
+        &self,
+        form: &Form,
+        local: &[Option<&Tensor>],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let present: Vec<(&Tensor, f32)> = form.terms.iter().filter_map(|&(b, w)| local[b].map(|t| (t, w))).collect();
+        let Some((first, _)) = present.first() else {
+            out.fill(0.0);
+            return Ok(());
+        };
+        if present.len() > MAX_TERMS || present.iter().any(|(t, _)| t.dtype() != first.dtype() || t.len() != n) {
+            return Err(BackendError("local branch predictions differ in dtype or size, or exceed 8".into()));
+        }
+        let bufs = present.iter().map(|(t, _)| self.dev.upload(t)).collect::<Result<Vec<_>, _>>()?;
+        let addrs: Vec<u64> = bufs.iter().map(|b| b.addr(&self.dev)).collect();
+        let mut f = Forms::new(&addrs);
+        let terms: Vec<(usize, f32)> = present.iter().enumerate().map(|(k, (_, w))| (k, *w)).collect();
+        f.push(&terms);
+        let dst = self.dev.alloc(DType::F32, n)?;
+        launch::combine(&self.dev, &f, first.dtype(), &[dst.addr(&self.dev)], DType::F32, n)?;
+        let t = self.dev.download(&dst, &Shape::new([n]))?;
+        if let TensorData::F32(v) = t.data {
+            out.copy_from_slice(&v);
+        }
+        Ok(())
+    }
+}

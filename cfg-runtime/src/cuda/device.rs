@@ -1,0 +1,226 @@
+//! One CUDA device: its context, one stream, loaded kernel modules and buffers.
+//!
+//! Every entry point first checks that libcuda can be loaded: cudarc panics
+//! when it cannot, and a library must return an error instead.
+
+use super::error::CudaError;
+use super::kernels::{self, KernelModule};
+use cfg_core::{DType, Shape, Tensor};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Whether libcuda (the driver) can be loaded.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The number of CUDA devices; [`CudaError::NoDriver`] without libcuda.
+pub fn device_count() -> Result<usize, CudaError> {
+    if !driver_available() {
+        return Err(CudaError::NoDriver);
+    }
+    let n = CudaContext::device_count().map_err(|e| CudaError::driver("cuDeviceGetCount", e))?;
+    Ok(n.max(0) as usize)
+}
+
+/// A device with its context, one stream and the kernels loaded so far.
+#[derive(Debug)]
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: String,
+    sms: u32,
+    name: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+/// Device memory holding `len` elements of `dtype`.
+#[derive(Debug)]
+pub struct Buffer {
+    mem: CudaSlice<u8>,
+    /// Element type.
+    pub dtype: DType,
+    /// Element count.
+    pub len: usize,
+}
+
+impl Device {
+    /// Opens device `ordinal` (its primary context).
+    pub fn new(ordinal: usize) -> Result<Device, CudaError> {
+        let count = device_count()?;
+        if count == 0 {
+            return Err(CudaError::NoDevice);
+        }
+        if ordinal >= count {
+            return Err(CudaError::BadOrdinal { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver("cuCtxCreate", e))?;
+        // One stream does all the work in order, so cudarc's per-buffer events
+        // (for cross-stream ordering) are not needed, and raw pointers placed in
+        // parameter structs stay ordered with the launches that use them.
+        // SAFETY: no buffer exists yet in this context, and this backend uses a
+        // single stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx.compute_capability().map_err(|e| CudaError::driver("compute capability", e))?;
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| CudaError::driver("multiprocessor count", e))?;
+        let name = ctx.name().map_err(|e| CudaError::driver("device name", e))?;
+        Ok(Device {
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            sms: sms.max(1) as u32,
+            name,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device's name and architecture (`NVIDIA H100 80GB HBM3 (sm_90)`).
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    /// The architecture kernels are compiled for (`sm_90`).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Streaming multiprocessors.
+    pub fn sms(&self) -> u32 {
+        self.sms
+    }
+
+    /// The stream all work runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// A kernel of `module`, compiling (cached) and loading the module on first use.
+    pub(crate) fn function(&self, module: &KernelModule, name: &str) -> Result<CudaFunction, CudaError> {
+        let mut modules = self.modules.lock().map_err(|_| CudaError::Unsupported("module lock poisoned".into()))?;
+        let m = match modules.get(module.name) {
+            Some(m) => m.clone(),
+            None => {
+                let ptx = kernels::compile(module, &self.arch)?;
+                let m = self.ctx.load_module((*ptx).clone()).map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
+                modules.insert(module.name, m.clone());
+                m
+            }
+        };
+        m.load_function(name).map_err(|e| CudaError::driver("cuModuleGetFunction", e))
+    }
+
+    /// Uninitialised device memory for `len` elements of `dtype`.
+    pub fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer, CudaError> {
+        // SAFETY: the memory is written by a kernel or a copy before it is read.
+        let mem = unsafe { self.stream.alloc::<u8>((len * dtype.size()).max(1)) }
+            .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+        Ok(Buffer { mem, dtype, len })
+    }
+
+    /// Zeroed device memory of `bytes` bytes (counters, barriers).
+    pub(crate) fn zeros_u8(&self, bytes: usize) -> Result<CudaSlice<u8>, CudaError> {
+        self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| CudaError::driver("cuMemAlloc", e))
+    }
+
+    /// Zeroed memory for `len` elements of `dtype`.
+    pub fn zeros(&self, dtype: DType, len: usize) -> Result<Buffer, CudaError> {
+        Ok(Buffer { mem: self.zeros_u8(len * dtype.size())?, dtype, len })
+    }
+
+    /// Copies a host tensor to the device.
+    pub fn upload(&self, t: &Tensor) -> Result<Buffer, CudaError> {
+        let mut b = self.alloc(t.dtype(), t.len())?;
+        let bytes = t.as_bytes();
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_htod(bytes, &mut b.mem.slice_mut(..bytes.len()))
+                .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+        }
+        Ok(b)
+    }
+
+    /// Copies f32 values to the device.
+    pub fn upload_f32(&self, v: &[f32]) -> Result<Buffer, CudaError> {
+        self.upload(&Tensor { shape: Shape::new([v.len()]), data: cfg_core::tensor::TensorData::F32(v.to_vec()) })
+    }
+
+    /// Copies a buffer back into a host tensor of `shape` (waits for the stream).
+    pub fn download(&self, b: &Buffer, shape: &Shape) -> Result<Tensor, CudaError> {
+        let bytes = self.download_bytes(b)?;
+        Tensor::from_bytes(b.dtype, shape.clone(), &bytes)
+            .ok_or_else(|| CudaError::Unsupported(format!("buffer of {} elements does not fill {shape}", b.len)))
+    }
+
+    /// The raw bytes of a buffer (waits for the stream).
+    pub fn download_bytes(&self, b: &Buffer) -> Result<Vec<u8>, CudaError> {
+        let n = b.len * b.dtype.size();
+        let mut host = vec![0u8; n];
+        if n > 0 {
+            self.stream.memcpy_dtoh(&b.mem.slice(..n), &mut host).map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+        }
+        self.sync()?;
+        Ok(host)
+    }
+
+    /// f64 values from raw device memory (waits for the stream).
+    pub(crate) fn download_f64(&self, mem: &CudaSlice<u8>, len: usize) -> Result<Vec<f64>, CudaError> {
+        let mut host = vec![0u8; len * 8];
+        self.stream.memcpy_dtoh(&mem.slice(..len * 8), &mut host).map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+        self.sync()?;
+        Ok(host.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+
+    /// Waits for all queued work.
+    pub fn sync(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(|e| CudaError::driver("cuStreamSynchronize", e))
+    }
+
+    /// The median time in milliseconds of `f` over `reps` runs, measured with
+    /// CUDA events on the stream (after one warm-up run that loads kernels).
+    pub fn median_ms(&self, reps: usize, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        let ev = || self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT));
+        let (start, end) = (
+            ev().map_err(|e| CudaError::driver("cuEventCreate", e))?,
+            ev().map_err(|e| CudaError::driver("cuEventCreate", e))?,
+        );
+        f()?;
+        self.sync()?;
+        let mut ms = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            start.record(&self.stream).map_err(|e| CudaError::driver("cuEventRecord", e))?;
+            f()?;
+            end.record(&self.stream).map_err(|e| CudaError::driver("cuEventRecord", e))?;
+            ms.push(start.elapsed_ms(&end).map_err(|e| CudaError::driver("cuEventElapsedTime", e))? as f64);
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        Ok(ms[ms.len() / 2])
+    }
+
+    /// The device address of raw memory.
+    pub(crate) fn addr(&self, mem: &CudaSlice<u8>) -> u64 {
+        mem.device_ptr(&self.stream).0
+    }
+
+    /// A grid-stride launch shape for `items` work items of 256 threads each.
+    pub(crate) fn grid(&self, items: usize) -> LaunchConfig {
+        let blocks = items.div_ceil(256).clamp(1, self.sms as usize * 16);
+        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+}
+
+impl Buffer {
+    /// The device address of the first element.
+    pub fn addr(&self, dev: &Device) -> u64 {
+        dev.addr(&self.mem)
+    }
+}

@@ -1,0 +1,423 @@
+//! Runs a canonical program on the device, in the CPU evaluator's order.
+//!
+//! Fast paths (one or two launches, straight from the branch predictions):
+//! a linear result; renorm per token (width ≤ 8192); renorm, norm cap or std
+//! rescale per sample or over the tensor. Anything else materialises its
+//! forms and ops as f32 buffers and runs the generic kernels, then rounds.
+
+use super::device::{Buffer, Device};
+use super::error::CudaError;
+use super::kernels;
+use super::launch::{self, driver};
+use super::params::{kind, src, FactorArgs, Forms, Groups, RenormArgs, MAX_FORMS, MAX_TERMS};
+use cfg_core::program::{Op, Program, Value};
+use cfg_core::reduce::{Reduce, SEGMENT};
+use cfg_core::state::GuidanceState;
+use cfg_core::{DType, Shape};
+use cudarc::driver::PushKernelArg;
+use std::collections::HashMap;
+
+/// Options of an evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecOptions {
+    /// Use the single-pass cooperative rescale where the tensor fits on chip.
+    pub cooperative: bool,
+    /// Fill the output with a NaN pattern before the kernels run (selftest:
+    /// an element a kernel forgets to write then shows up).
+    pub poison: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions { cooperative: true, poison: false }
+    }
+}
+
+fn too_many(what: &str) -> CudaError {
+    CudaError::Unsupported(format!("{what}: more than {MAX_TERMS} terms in one form"))
+}
+
+/// Forms over `inputs` for the given program forms (terms sorted by branch).
+fn forms_of(program: &Program, idx: &[usize], inputs: &[u64]) -> Result<Forms, CudaError> {
+    if inputs.len() > MAX_TERMS {
+        return Err(too_many(&program.output));
+    }
+    let mut f = Forms::new(inputs);
+    for &i in idx {
+        let terms = &program.forms[i].terms;
+        if !terms.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(CudaError::Unsupported("form terms are not sorted by branch".into()));
+        }
+        f.push(terms);
+    }
+    Ok(f)
+}
+
+/// Evaluates `program` on `inputs` (device buffers of `dtype`, following
+/// `program.branches`); returns the result in `dtype`. Updates `state`.
+pub fn evaluate(
+    dev: &Device,
+    program: &Program,
+    inputs: &[Buffer],
+    dtype: DType,
+    shape: &Shape,
+    state: &mut GuidanceState,
+    opts: ExecOptions,
+) -> Result<Buffer, CudaError> {
+    let n = shape.numel();
+    let addrs: Vec<u64> = inputs.iter().map(|b| b.addr(dev)).collect();
+    let out = dev.alloc(dtype, n)?;
+    if opts.poison {
+        launch::poison(dev, &out, 0xffff_ffff)?;
+    }
+    let fast = program.branches.len() <= MAX_TERMS && program.latches.is_empty();
+    let done = if program.ops.is_empty() && program.latches.is_empty() {
+        match program.result {
+            Value::Form(i) => {
+                let f = forms_of(program, &[i], &addrs)?;
+                launch::combine(dev, &f, dtype, &[out.addr(dev)], dtype, n)?;
+            }
+            _ => return dev.zeros(dtype, n).map(|z| advance(program, state, z)),
+        }
+        true
+    } else if fast && program.ops.len() == 1 && program.result == Value::Op(0) {
+        fused(dev, program, &addrs, dtype, shape, &out, opts)?
+    } else {
+        false
+    };
+    if done {
+        return Ok(advance(program, state, out));
+    }
+    let result = Generic::new(dev, program, inputs, shape).run(state)?;
+    let f = forms_of_identity(result.addr(dev));
+    launch::combine(dev, &f, DType::F32, &[out.addr(dev)], dtype, n)?;
+    dev.sync()?;
+    Ok(advance(program, state, out))
+}
+
+fn advance(program: &Program, state: &mut GuidanceState, out: Buffer) -> Buffer {
+    for slot in &program.counters {
+        state.advance(slot);
+    }
+    out
+}
+
+/// `1·x`: exact, used to round an f32 buffer into another dtype.
+fn forms_of_identity(x: u64) -> Forms {
+    let mut f = Forms::new(&[x]);
+    f.push(&[(0, 1.0)]);
+    f
+}
+
+/// The fused single-op paths; false when the op has none.
+fn fused(
+    dev: &Device,
+    p: &Program,
+    addrs: &[u64],
+    dtype: DType,
+    shape: &Shape,
+    out: &Buffer,
+    opts: ExecOptions,
+) -> Result<bool, CudaError> {
+    let (input, reference) = match &p.ops[0] {
+        Op::Renorm { input, reference, .. }
+        | Op::NormCap { input, reference, .. }
+        | Op::StdRescale { input, reference, .. } => (*input, *reference),
+        _ => return Ok(false),
+    };
+    let (Value::Form(gi), Value::Form(ri)) = (input, reference) else { return Ok(false) };
+    let forms = forms_of(p, &[gi, ri], addrs)?;
+    let n = shape.numel();
+    let width = shape.last().max(1);
+    let per_sample = shape.per_sample().max(1);
+    let opt = |o: Option<f64>| (i32::from(o.is_some()), o.unwrap_or(0.0));
+    match &p.ops[0] {
+        Op::Renorm { over: Reduce::Token, eps, min, max, .. } if width <= SEGMENT && n > 0 => {
+            let ((has_lo, lo), (has_hi, hi)) = (opt(*min), opt(*max));
+            let args = RenormArgs {
+                eps: *eps,
+                lo,
+                hi,
+                tokens: (n / width) as i64,
+                width: width as i32,
+                has_lo,
+                has_hi,
+                pad: 0,
+            };
+            launch::renorm_token(dev, &forms, dtype, out, &args)?;
+        }
+        Op::Renorm { over: over @ (Reduce::Sample | Reduce::Tensor), eps, min, max, .. } => {
+            let ((has_lo, lo), (has_hi, hi)) = (opt(*min), opt(*max));
+            let f = FactorArgs { p0: *eps, p1: lo, p2: hi, kind: kind::RENORM, has_lo, has_hi, ..Default::default() };
+            let (groups, len) = if *over == Reduce::Sample { (shape.batch(), per_sample) } else { (1, n) };
+            launch::group_rescale(dev, &forms, dtype, out, groups, len, f, opts.cooperative)?;
+        }
+        Op::NormCap { ratio, .. } => {
+            let f = FactorArgs { p0: *ratio, kind: kind::NORM_CAP, ..Default::default() };
+            launch::group_rescale(dev, &forms, dtype, out, 1, n, f, opts.cooperative)?;
+        }
+        Op::StdRescale { phi, over: over @ (Reduce::Sample | Reduce::Tensor), .. } => {
+            let f = FactorArgs { p0: *phi, kind: kind::STD, ..Default::default() };
+            let (groups, len) = if *over == Reduce::Sample { (shape.batch(), per_sample) } else { (1, n) };
+            launch::group_rescale(dev, &forms, dtype, out, groups, len, f, opts.cooperative)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The generic path: every value an f32 buffer.
+struct Generic<'a> {
+    dev: &'a Device,
+    program: &'a Program,
+    inputs: &'a [Buffer],
+    shape: &'a Shape,
+    values: HashMap<Value, Buffer>,
+}
+
+impl<'a> Generic<'a> {
+    fn new(dev: &'a Device, program: &'a Program, inputs: &'a [Buffer], shape: &'a Shape) -> Self {
+        Generic { dev, program, inputs, shape, values: HashMap::new() }
+    }
+
+    fn n(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// Computes every form the program reads, up to four per launch.
+    fn forms(&mut self) -> Result<(), CudaError> {
+        let addrs: Vec<u64> = self.inputs.iter().map(|b| b.addr(self.dev)).collect();
+        let dtype = self.inputs.first().map_or(DType::F32, |b| b.dtype);
+        let needed: Vec<usize> =
+            (0..self.program.forms.len()).filter(|&i| self.program.reads(Value::Form(i)) > 0).collect();
+        for chunk in needed.chunks(MAX_FORMS) {
+            let f = forms_of(self.program, chunk, &addrs)?;
+            let outs: Vec<Buffer> =
+                chunk.iter().map(|_| self.dev.alloc(DType::F32, self.n())).collect::<Result<_, _>>()?;
+            let oa: Vec<u64> = outs.iter().map(|b| b.addr(self.dev)).collect();
+            launch::combine(self.dev, &f, dtype, &oa, DType::F32, self.n())?;
+            for (&i, b) in chunk.iter().zip(outs) {
+                self.values.insert(Value::Form(i), b);
+            }
+        }
+        Ok(())
+    }
+
+    fn addr(&mut self, v: Value) -> Result<u64, CudaError> {
+        if !self.values.contains_key(&v) {
+            if v != Value::Zero {
+                return Err(CudaError::Unsupported(format!("value {v:?} read before it is computed")));
+            }
+            let z = self.dev.zeros(DType::F32, self.n())?;
+            self.values.insert(v, z);
+        }
+        Ok(self.values[&v].addr(self.dev))
+    }
+
+    fn run(mut self, state: &mut GuidanceState) -> Result<Buffer, CudaError> {
+        if self.inputs.len() > MAX_TERMS {
+            return Err(too_many(&self.program.output));
+        }
+        self.forms()?;
+        for (i, op) in self.program.ops.iter().enumerate() {
+            let out = self.op(op, state)?;
+            self.values.insert(Value::Op(i), out);
+        }
+        for latch in &self.program.latches {
+            let (a, b) = (self.addr(latch.a)?, self.addr(latch.b)?);
+            let g = Groups::new(Reduce::Tensor, self.shape);
+            let xy = [(src::X, src::Y), (src::X, src::X), (src::Y, src::Y)];
+            let f = FactorArgs { kind: kind::COSINE, ..Default::default() };
+            let cos = launch::group_factors(self.dev, a, b, &g, &xy, false, f)?;
+            if self.dev.download_f64(&cos, 1)?[0] > latch.threshold {
+                state.latch(&latch.slot);
+            }
+        }
+        let r = self.program.result;
+        self.addr(r)?;
+        self.dev.sync()?;
+        Ok(self.values.remove(&r).expect("computed above"))
+    }
+
+    fn op(&mut self, op: &Op, state: &mut GuidanceState) -> Result<Buffer, CudaError> {
+        let (dev, n, shape) = (self.dev, self.n(), self.shape);
+        let out = dev.alloc(DType::F32, n)?;
+        let o = out.addr(dev);
+        let n64 = n as i64;
+        let opt = |x: Option<f64>| (i32::from(x.is_some()), x.unwrap_or(0.0));
+        match op {
+            Op::Mix { terms } => {
+                if terms.len() > MAX_TERMS {
+                    return Err(too_many("mix"));
+                }
+                let xs: Vec<u64> = terms.iter().map(|&(v, _)| self.addr(v)).collect::<Result<_, _>>()?;
+                let mut f = Forms::new(&xs);
+                let slots: Vec<(usize, f32)> = terms.iter().enumerate().map(|(k, &(_, w))| (k, w)).collect();
+                f.push(&slots);
+                launch::combine(dev, &f, DType::F32, &[o], DType::F32, n)?;
+            }
+            Op::Renorm { input, reference, over, eps, min, max } => {
+                let (g, r) = (self.addr(*input)?, self.addr(*reference)?);
+                let groups = Groups::new(*over, shape);
+                let ((has_lo, lo), (has_hi, hi)) = (opt(*min), opt(*max));
+                let f =
+                    FactorArgs { p0: *eps, p1: lo, p2: hi, kind: kind::RENORM, has_lo, has_hi, ..Default::default() };
+                let fac = launch::group_factors(dev, g, r, &groups, &[(src::Y, src::Y), (src::X, src::X)], false, f)?;
+                launch::scale_groups(dev, g, &fac, &groups, &out)?;
+            }
+            Op::NormCap { input, reference, ratio } => {
+                let (g, r) = (self.addr(*input)?, self.addr(*reference)?);
+                let groups = Groups::new(Reduce::Tensor, shape);
+                let f = FactorArgs { p0: *ratio, kind: kind::NORM_CAP, ..Default::default() };
+                let fac = launch::group_factors(dev, g, r, &groups, &[(src::Y, src::Y), (src::X, src::X)], false, f)?;
+                launch::scale_groups(dev, g, &fac, &groups, &out)?;
+            }
+            Op::StdRescale { input, reference, phi, over } => {
+                let (g, r) = (self.addr(*input)?, self.addr(*reference)?);
+                let groups = Groups::new(*over, shape);
+                let f = FactorArgs { p0: *phi, kind: kind::STD, ..Default::default() };
+                let dots = [(src::Y, src::ONE), (src::Y, src::Y), (src::X, src::ONE), (src::X, src::X)];
+                let fac = launch::group_factors(dev, g, r, &groups, &dots, false, f)?;
+                launch::scale_groups(dev, g, &fac, &groups, &out)?;
+            }
+            Op::ZeroStar { cond, uncond, scale, original } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                let groups = Groups::new(Reduce::Sample, shape);
+                let f = FactorArgs { kind: kind::ZERO_STAR, ..Default::default() };
+                let alpha = launch::group_factors(dev, c, u, &groups, &[(src::X, src::Y), (src::Y, src::Y)], false, f)?;
+                let (a, orig) = (dev.addr(&alpha), i32::from(*original));
+                let k = dev.function(&kernels::GUIDANCE, "zero_star")?;
+                // SAFETY: matches `zero_star(c, u, alpha, Groups, float, int, float*, i64)`.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&k)
+                        .arg(&c)
+                        .arg(&u)
+                        .arg(&a)
+                        .arg(&groups)
+                        .arg(scale)
+                        .arg(&orig)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
+            Op::MagnitudeAware { cond, uncond, scale, alpha } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                let groups = Groups::new(Reduce::Sample, shape);
+                let f = FactorArgs { p0: *scale, p1: *alpha, kind: kind::MAGNITUDE, ..Default::default() };
+                let dots = [(src::X_MINUS_Y, src::X_MINUS_Y), (src::Y, src::Y)];
+                let s = launch::group_factors(dev, c, u, &groups, &dots, false, f)?;
+                let sa = dev.addr(&s);
+                let k = dev.function(&kernels::GUIDANCE, "magnitude_aware")?;
+                // SAFETY: matches `magnitude_aware(c, u, scale, Groups, float*, i64)`.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&k)
+                        .arg(&c)
+                        .arg(&u)
+                        .arg(&sa)
+                        .arg(&groups)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
+            Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                self.apg(c, u, o, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// APG: running average (state uploaded and written back), optional norm
+    /// clip, f64 projection on c, update.
+    #[allow(clippy::too_many_arguments)]
+    fn apg(
+        &mut self,
+        c: u64,
+        u: u64,
+        o: u64,
+        state: &mut GuidanceState,
+        slot: &str,
+        scale: f32,
+        beta: f32,
+        threshold: f64,
+        eta: f32,
+        original: bool,
+    ) -> Result<(), CudaError> {
+        let (dev, n, shape) = (self.dev, self.n(), self.shape);
+        let n64 = n as i64;
+        let prev = state.momentum(slot).filter(|p| beta != 0.0 && p.len() == n);
+        let use_prev = i32::from(prev.is_some());
+        let mom = match prev {
+            Some(p) => dev.upload_f32(p)?,
+            None => dev.alloc(DType::F32, n)?,
+        };
+        let store = i32::from(beta != 0.0);
+        let running = dev.alloc(DType::F32, n)?;
+        let (m, r) = (mom.addr(dev), running.addr(dev));
+        let k = dev.function(&kernels::GUIDANCE, "apg_running")?;
+        // SAFETY: matches `apg_running(c, u, float* momentum, int, int, float, float*, i64)`.
+        unsafe {
+            dev.stream()
+                .launch_builder(&k)
+                .arg(&c)
+                .arg(&u)
+                .arg(&m)
+                .arg(&use_prev)
+                .arg(&store)
+                .arg(&beta)
+                .arg(&r)
+                .arg(&n64)
+                .launch(dev.grid(n))
+        }
+        .map_err(driver)?;
+        if beta != 0.0 {
+            let bytes = dev.download_bytes(&mom)?;
+            state.set_momentum(
+                slot,
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            );
+        }
+        let groups = Groups::new(Reduce::Sample, shape);
+        let clipped = if threshold > 0.0 {
+            let f = FactorArgs { p0: threshold, kind: kind::APG_CLIP, ..Default::default() };
+            let fac = launch::group_factors(dev, r, r, &groups, &[(src::X, src::X)], false, f)?;
+            let out = dev.alloc(DType::F32, n)?;
+            launch::scale_groups(dev, r, &fac, &groups, &out)?;
+            out
+        } else {
+            running
+        };
+        let d = clipped.addr(dev);
+        let f = FactorArgs { kind: kind::APG_PROJ, ..Default::default() };
+        let coef = launch::group_factors(dev, d, c, &groups, &[], true, f)?;
+        let ca = dev.addr(&coef);
+        let orig = i32::from(original);
+        let k = dev.function(&kernels::GUIDANCE, "apg_combine")?;
+        // SAFETY: matches `apg_combine(c, u, d, coef, Groups, float, float, int, float*, i64)`.
+        unsafe {
+            dev.stream()
+                .launch_builder(&k)
+                .arg(&c)
+                .arg(&u)
+                .arg(&d)
+                .arg(&ca)
+                .arg(&groups)
+                .arg(&eta)
+                .arg(&scale)
+                .arg(&orig)
+                .arg(&o)
+                .arg(&n64)
+                .launch(dev.grid(n))
+        }
+        .map_err(driver)?;
+        dev.sync()
+    }
+}

@@ -1,0 +1,176 @@
+//! The kernel files and their run-time compilation with NVRTC.
+//!
+//! Each module is `common.cu` (and `factors.cu` where needed) followed by one
+//! kernel file, compiled for the device's own architecture. PTX is cached per
+//! (source hash, arch) for the life of the process.
+
+use super::error::CudaError;
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+const COMMON: &str = include_str!("../../kernels/common.cu");
+const FACTORS: &str = include_str!("../../kernels/factors.cu");
+
+/// One compiled unit: a name and the files it concatenates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelModule {
+    /// The kernel file's stem (`combine` for `kernels/combine.cu`).
+    pub name: &'static str,
+    parts: &'static [&'static str],
+    /// The kernels it defines that the backend loads.
+    pub functions: &'static [&'static str],
+}
+
+impl KernelModule {
+    /// The full source NVRTC compiles.
+    pub fn source(&self) -> String {
+        self.parts.concat()
+    }
+}
+
+macro_rules! io_names {
+    ($p:literal) => {
+        &[
+            concat!($p, "_f32_f32"),
+            concat!($p, "_f32_f16"),
+            concat!($p, "_f32_bf16"),
+            concat!($p, "_f16_f32"),
+            concat!($p, "_f16_f16"),
+            concat!($p, "_bf16_f32"),
+            concat!($p, "_bf16_bf16"),
+        ]
+    };
+}
+
+/// N-way weighted linear combine.
+pub const COMBINE: KernelModule = KernelModule {
+    name: "combine",
+    parts: &[COMMON, include_str!("../../kernels/combine.cu")],
+    functions: io_names!("combine"),
+};
+/// Fused combine + per-token renorm.
+pub const RENORM_TOKEN: KernelModule = KernelModule {
+    name: "renorm_token",
+    parts: &[COMMON, FACTORS, include_str!("../../kernels/renorm_token.cu")],
+    functions: &[
+        "renorm_token_warp_f32_f32",
+        "renorm_token_block_f32_f32",
+        "renorm_token_warp_f16_f16",
+        "renorm_token_block_f16_f16",
+        "renorm_token_warp_bf16_bf16",
+        "renorm_token_block_bf16_bf16",
+    ],
+};
+/// Generic statistics: segment dots, factors, scaling.
+pub const STATS: KernelModule = KernelModule {
+    name: "stats",
+    parts: &[COMMON, FACTORS, include_str!("../../kernels/stats.cu")],
+    functions: &[
+        "seg_dots_f32",
+        "seg_dots_f64",
+        "finalize",
+        "scale_groups_f32",
+        "scale_groups_f16",
+        "scale_groups_bf16",
+    ],
+};
+/// Fused combine + std rescale / norm cap / renorm per sample or tensor.
+pub const RESCALE: KernelModule = KernelModule {
+    name: "rescale",
+    parts: &[COMMON, FACTORS, include_str!("../../kernels/rescale.cu")],
+    functions: &[
+        "group_stats_f32",
+        "group_stats_f16",
+        "group_stats_bf16",
+        "group_apply_bf16_bf16",
+        "group_coop_bf16_bf16",
+    ],
+};
+/// Zero-star, magnitude-aware and APG element-wise steps.
+pub const GUIDANCE: KernelModule = KernelModule {
+    name: "guidance",
+    parts: &[COMMON, include_str!("../../kernels/guidance.cu")],
+    functions: &["zero_star", "magnitude_aware", "apg_running", "apg_combine"],
+};
+/// Copy (bandwidth reference) and poison fill.
+pub const COPY: KernelModule = KernelModule {
+    name: "copy",
+    parts: &[COMMON, include_str!("../../kernels/copy.cu")],
+    functions: &["copy_u16", "poison_u32"],
+};
+/// Philox noise.
+pub const PHILOX: KernelModule = KernelModule {
+    name: "philox",
+    parts: &[COMMON, include_str!("../../kernels/philox.cu")],
+    functions: &["philox_u32", "philox_normal_f32"],
+};
+
+/// Every kernel module, in a fixed order.
+pub const ALL: &[KernelModule] = &[COMBINE, RENORM_TOKEN, STATS, RESCALE, GUIDANCE, COPY, PHILOX];
+
+/// Whether libnvrtc can be loaded (without it cudarc would panic).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The NVRTC version `(major, minor)`, or an error when NVRTC is absent.
+pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
+    if !nvrtc_available() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; the pointers are valid for the call.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if status != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(CudaError::Driver { context: "nvrtcVersion", message: format!("{status:?}") });
+    }
+    Ok((major, minor))
+}
+
+type Key = ([u8; 32], String);
+
+fn cache() -> &'static Mutex<HashMap<Key, Arc<Ptx>>> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Ptx>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Compiles `module` to PTX for `arch` (e.g. `sm_90`), or returns the cached PTX.
+pub fn compile(module: &KernelModule, arch: &str) -> Result<Arc<Ptx>, CudaError> {
+    if !nvrtc_available() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let source = module.source();
+    let key: Key = (Sha256::digest(source.as_bytes()).into(), arch.to_string());
+    if let Some(ptx) = cache().lock().map_err(|_| poisoned())?.get(&key) {
+        return Ok(ptx.clone());
+    }
+    let opts = CompileOptions {
+        // Every fma is explicit; the compiler must not contract a*b+c on its own.
+        fmad: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ftz: Some(false),
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        name: Some(format!("{}.cu", module.name)),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&source, opts).map_err(|e| compile_error(module, arch, e))?;
+    let ptx = Arc::new(ptx);
+    cache().lock().map_err(|_| poisoned())?.insert(key, ptx.clone());
+    Ok(ptx)
+}
+
+fn compile_error(module: &KernelModule, arch: &str, e: CompileError) -> CudaError {
+    let log = match e {
+        CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+        other => format!("{other:?}"),
+    };
+    CudaError::Compile { module: module.name.to_string(), arch: arch.to_string(), log }
+}
+
+fn poisoned() -> CudaError {
+    CudaError::Unsupported("the PTX cache lock was poisoned by a panic".into())
+}

@@ -1,0 +1,292 @@
+//! Typed launches of the kernels, one function per kernel family.
+//!
+//! Public items: [`copy_u16`] and [`poison`]; the rest serve the backend.
+
+use super::device::{Buffer, Device};
+use super::error::CudaError;
+use super::kernels;
+use super::params::{Dots, FactorArgs, Forms, GroupArgs, Groups, Outs, RenormArgs, MAX_FORMS};
+use cfg_core::reduce::{LANES, SEGMENT};
+use cfg_core::DType;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+pub(crate) fn driver(e: cudarc::driver::DriverError) -> CudaError {
+    CudaError::driver("kernel launch", e)
+}
+
+fn aligned(addrs: &[u64]) -> i32 {
+    i32::from(addrs.iter().all(|a| a % 16 == 0))
+}
+
+pub(crate) fn blocks(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (LANES as u32, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// `outs[f] = form f` over `forms` (its `x` set), `n` elements, `input` → `output` dtype.
+pub(crate) fn combine(
+    dev: &Device,
+    forms: &Forms,
+    input: DType,
+    outs: &[u64],
+    output: DType,
+    n: usize,
+) -> Result<(), CudaError> {
+    debug_assert!(outs.len() == forms.forms as usize && outs.len() <= MAX_FORMS);
+    let mut o = Outs::default();
+    o.o[..outs.len()].copy_from_slice(outs);
+    let mut all: Vec<u64> = forms.x[..forms.branches as usize].to_vec();
+    all.extend_from_slice(outs);
+    let vec = aligned(&all);
+    let f = dev.function(&kernels::COMBINE, &format!("combine_{}_{}", input.name(), output.name()))?;
+    let n64 = n as i64;
+    let cfg = dev.grid(n.div_ceil(8));
+    // SAFETY: the argument list matches `combine_<in>_<out>(Forms, Outs, i64, int)`;
+    // every pointer in `forms`/`o` addresses at least `n` elements of its dtype.
+    unsafe { dev.stream().launch_builder(&f).arg(forms).arg(&o).arg(&n64).arg(&vec).launch(cfg) }.map_err(driver)?;
+    Ok(())
+}
+
+/// Fused combine + per-token renorm (width ≤ SEGMENT): form 0 is g, form 1 is r.
+pub(crate) fn renorm_token(
+    dev: &Device,
+    forms: &Forms,
+    dtype: DType,
+    out: &Buffer,
+    args: &RenormArgs,
+) -> Result<(), CudaError> {
+    let team = if args.width <= 1024 { "warp" } else { "block" };
+    let per_block = if team == "warp" { 8 } else { 1 };
+    let f = dev.function(&kernels::RENORM_TOKEN, &format!("renorm_token_{team}_{}_{}", dtype.name(), dtype.name()))?;
+    let o = out.addr(dev);
+    // SAFETY: matches `renorm_token_*(Forms, O*, RenormArgs)`; `out` holds tokens × width elements.
+    unsafe {
+        dev.stream()
+            .launch_builder(&f)
+            .arg(forms)
+            .arg(&o)
+            .arg(args)
+            .launch(blocks((args.tokens as usize).div_ceil(per_block)))
+    }
+    .map_err(driver)?;
+    Ok(())
+}
+
+/// Scratch memory of the fused and generic statistics.
+pub(crate) struct Scratch {
+    pub segs: CudaSlice<u8>,
+    pub factors: CudaSlice<u8>,
+    pub sync: CudaSlice<u8>,
+}
+
+impl Scratch {
+    pub fn new(dev: &Device, groups: usize, nseg: usize, sums: usize) -> Result<Scratch, CudaError> {
+        Ok(Scratch {
+            segs: dev.zeros_u8(groups * nseg * sums * 8)?,
+            factors: dev.zeros_u8(groups * 8)?,
+            sync: dev.zeros_u8(8)?,
+        })
+    }
+}
+
+/// Fused combine + group rescale (std rescale, norm cap, renorm) over contiguous
+/// groups; one cooperative pass when every segment's block fits on the device
+/// at once and `allow_coop`, else two passes. Returns the number of passes.
+pub(crate) fn group_rescale(
+    dev: &Device,
+    forms: &Forms,
+    dtype: DType,
+    out: &Buffer,
+    groups: usize,
+    len: usize,
+    factor: FactorArgs,
+    allow_coop: bool,
+) -> Result<usize, CudaError> {
+    let nseg = len.div_ceil(SEGMENT).max(1);
+    let args = GroupArgs {
+        f: FactorArgs { len: len as i64, ..factor },
+        groups: groups as i64,
+        len: len as i64,
+        nseg: nseg as i64,
+        n: (groups * len) as i64,
+    };
+    let scratch = Scratch::new(dev, groups, nseg, 4)?;
+    let (segs, factors, sync) = (dev.addr(&scratch.segs), dev.addr(&scratch.factors), dev.addr(&scratch.sync));
+    let o = out.addr(dev);
+    let total = groups * nseg;
+    let (d, io) = (dtype.name(), format!("{}_{}", dtype.name(), dtype.name()));
+    if allow_coop {
+        let coop = dev.function(&kernels::RESCALE, &format!("group_coop_{io}"))?;
+        let per_sm = coop.occupancy_max_active_blocks_per_multiprocessor(LANES as u32, 0, None).map_err(driver)?;
+        if total <= per_sm.max(0) as usize * dev.sms() as usize {
+            // SAFETY: matches `group_coop_*(Forms, GroupArgs, float*, double*, u32*, O*)`;
+            // scratch sizes follow GroupArgs; every block is resident (checked above),
+            // which the grid barrier needs; the launch is cooperative.
+            unsafe {
+                dev.stream()
+                    .launch_builder(&coop)
+                    .arg(forms)
+                    .arg(&args)
+                    .arg(&segs)
+                    .arg(&factors)
+                    .arg(&sync)
+                    .arg(&o)
+                    .launch_cooperative(blocks(total))
+            }
+            .map_err(driver)?;
+            drop_after_sync(dev, scratch)?;
+            return Ok(1);
+        }
+    }
+    let stats = dev.function(&kernels::RESCALE, &format!("group_stats_{d}"))?;
+    // SAFETY: matches `group_stats_*(Forms, GroupArgs, float*, double*, u32*)`.
+    unsafe {
+        dev.stream()
+            .launch_builder(&stats)
+            .arg(forms)
+            .arg(&args)
+            .arg(&segs)
+            .arg(&factors)
+            .arg(&sync)
+            .launch(blocks(total))
+    }
+    .map_err(driver)?;
+    let apply = dev.function(&kernels::RESCALE, &format!("group_apply_{io}"))?;
+    let mut all: Vec<u64> = forms.x[..forms.branches as usize].to_vec();
+    all.push(o);
+    let vec = aligned(&all);
+    // SAFETY: matches `group_apply_*(Forms, GroupArgs, const double*, O*, int)`.
+    unsafe {
+        dev.stream()
+            .launch_builder(&apply)
+            .arg(forms)
+            .arg(&args)
+            .arg(&factors)
+            .arg(&o)
+            .arg(&vec)
+            .launch(dev.grid((groups * len).div_ceil(8)))
+    }
+    .map_err(driver)?;
+    drop_after_sync(dev, scratch)?;
+    Ok(2)
+}
+
+/// Scratch is freed only once the kernels that use it are done.
+fn drop_after_sync(dev: &Device, scratch: Scratch) -> Result<(), CudaError> {
+    // With the stream-ordered allocator cudarc frees on the stream, after the
+    // launches; otherwise wait for them first.
+    if !dev.context().has_async_alloc() {
+        dev.sync()?;
+    }
+    drop(scratch);
+    Ok(())
+}
+
+/// Per-group factors of `kind` from canonical dots of f32 values `x`, `y`.
+/// Returns the factors (one f64 per group) in device memory.
+pub(crate) fn group_factors(
+    dev: &Device,
+    x: u64,
+    y: u64,
+    groups: &Groups,
+    dots: &[(i32, i32)],
+    f64_lanes: bool,
+    factor: FactorArgs,
+) -> Result<CudaSlice<u8>, CudaError> {
+    let count = groups.count as usize;
+    let nseg = (groups.len as usize).div_ceil(SEGMENT).max(1);
+    let segs = dev.zeros_u8(count * nseg * 4 * 8)?;
+    let factors = dev.zeros_u8(count * 8)?;
+    let (s, fa) = (dev.addr(&segs), dev.addr(&factors));
+    let nseg64 = nseg as i64;
+    if f64_lanes {
+        let k = dev.function(&kernels::STATS, "seg_dots_f64")?;
+        // SAFETY: matches `seg_dots_f64(const float*, const float*, Groups, i64, double*)`.
+        unsafe {
+            dev.stream()
+                .launch_builder(&k)
+                .arg(&x)
+                .arg(&y)
+                .arg(groups)
+                .arg(&nseg64)
+                .arg(&s)
+                .launch(blocks(count * nseg))
+        }
+        .map_err(driver)?;
+    } else {
+        let k = dev.function(&kernels::STATS, "seg_dots_f32")?;
+        let d = Dots::of(dots);
+        // SAFETY: matches `seg_dots_f32(const float*, const float*, Groups, Dots, i64, float*)`.
+        unsafe {
+            dev.stream()
+                .launch_builder(&k)
+                .arg(&x)
+                .arg(&y)
+                .arg(groups)
+                .arg(&d)
+                .arg(&nseg64)
+                .arg(&s)
+                .launch(blocks(count * nseg))
+        }
+        .map_err(driver)?;
+    }
+    let k = dev.function(&kernels::STATS, "finalize")?;
+    let (is64, count64) = (i32::from(f64_lanes), count as i64);
+    let a = FactorArgs { len: groups.len, ..factor };
+    // SAFETY: matches `finalize(const void*, int, i64, i64, FactorArgs, double*)`.
+    unsafe {
+        dev.stream()
+            .launch_builder(&k)
+            .arg(&s)
+            .arg(&is64)
+            .arg(&count64)
+            .arg(&nseg64)
+            .arg(&a)
+            .arg(&fa)
+            .launch(dev.grid(count))
+    }
+    .map_err(driver)?;
+    if !dev.context().has_async_alloc() {
+        dev.sync()?;
+    }
+    drop(segs);
+    Ok(factors)
+}
+
+/// `out = x · factor[group]` (f32 in, `out.dtype` out).
+pub(crate) fn scale_groups(
+    dev: &Device,
+    x: u64,
+    factors: &CudaSlice<u8>,
+    groups: &Groups,
+    out: &Buffer,
+) -> Result<(), CudaError> {
+    let k = dev.function(&kernels::STATS, &format!("scale_groups_{}", out.dtype.name()))?;
+    let (fa, o, n) = (dev.addr(factors), out.addr(dev), out.len as i64);
+    // SAFETY: matches `scale_groups_*(const float*, const double*, Groups, O*, i64)`.
+    unsafe { dev.stream().launch_builder(&k).arg(&x).arg(&fa).arg(groups).arg(&o).arg(&n).launch(dev.grid(out.len)) }
+        .map_err(driver)?;
+    Ok(())
+}
+
+/// Copies `src` to `dst` (16-bit elements) with the combine's access pattern.
+pub fn copy_u16(dev: &Device, src: &Buffer, dst: &Buffer) -> Result<(), CudaError> {
+    let k = dev.function(&kernels::COPY, "copy_u16")?;
+    let (s, d) = (src.addr(dev), dst.addr(dev));
+    let n = (src.len * src.dtype.size() / 2).min(dst.len * dst.dtype.size() / 2);
+    let (n64, vec) = (n as i64, aligned(&[s, d]));
+    // SAFETY: matches `copy_u16(const u16*, u16*, i64, int)`; both hold n 16-bit words.
+    unsafe { dev.stream().launch_builder(&k).arg(&s).arg(&d).arg(&n64).arg(&vec).launch(dev.grid(n.div_ceil(8))) }
+        .map_err(driver)?;
+    Ok(())
+}
+
+/// Fills a buffer with the 32-bit `pattern` (NaN for f32; poison before a run).
+pub fn poison(dev: &Device, b: &Buffer, pattern: u32) -> Result<(), CudaError> {
+    let k = dev.function(&kernels::COPY, "poison_u32")?;
+    let words = (b.len * b.dtype.size() / 4) as i64;
+    let a = b.addr(dev);
+    // SAFETY: matches `poison_u32(u32*, i64, u32)`; the buffer holds `words` words.
+    unsafe { dev.stream().launch_builder(&k).arg(&a).arg(&words).arg(&pattern).launch(dev.grid(words as usize)) }
+        .map_err(driver)?;
+    Ok(())
+}
