@@ -1,1 +1,28 @@
-//! placeholder
+//! The analytic model (DESIGN §7): data from a class-conditional Gaussian
+//! mixture, so the optimal denoiser is closed-form and samples can be checked
+//! against the true distribution.
+//!
+//! Branches map to the model as follows:
+//! - prompt `Positive`: the components of the sample's class; `Negative` and
+//!   `Empty`: every class (unconditional);
+//! - image `Reference`: classes sharing the sample's image attribute
+//!   (`class % 2`); `NegativeReference`: the other attribute; with a positive
+//!   prompt this is the dual condition;
+//! - modifier `SkipLayers`, `SkipSelfAttention`, `Model(_)`: the perturbed
+//!   ("weak") model, component stds inflated by κ ([`model::DEFAULT_KAPPA`]);
+//!   `IsolateModality`: each output's responsibilities from that output alone
+//!   (no cross-modal evidence); identical to plain with one output;
+//!   `DropReference(_)`: the image condition is dropped (as `Image::None`).
+//!
+//! Variants: [`GmmModel::planar`] (2-D, for pictures), [`GmmModel::tokens`]
+//! (`[batch, tokens, dim]`, iid tokens, realistic sizes), and either one with
+//! several outputs (video + audio, video + action) sharing the component index.
+//! Predictions in ε, v or x₀, as each output's policy space asks.
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+
+pub mod mixture;
+pub mod model;
+
+pub use mixture::Mixture;
+pub use model::GmmModel;

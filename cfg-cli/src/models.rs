@@ -1,0 +1,72 @@
+//! The models `cfg plan` and `cfg sample` can use, built for a policy's outputs.
+
+use cfg_core::expr::Policy;
+use cfg_core::DType;
+use cfg_gmm::GmmModel;
+use cfg_runtime::model::OutputInfo;
+use cfg_runtime::Model;
+
+/// Which analytic model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// The 2-D class-conditional mixture (`[batch, 2]` f32 per output); plots.
+    Gmm2d,
+    /// iid tokens, `[batch, 1024, 64]` bf16 per output: realistic tensor sizes.
+    Tokens,
+}
+
+/// Default batch of each model.
+pub fn default_batch(kind: ModelKind) -> usize {
+    match kind {
+        ModelKind::Gmm2d => 4096,
+        ModelKind::Tokens => 4,
+    }
+}
+
+/// The model for `policy`'s outputs.
+pub fn build(kind: ModelKind, policy: &Policy, batch: Option<usize>) -> GmmModel {
+    let names: Vec<&str> = policy.outputs.names().collect();
+    let batch = batch.unwrap_or_else(|| default_batch(kind)).max(1);
+    match kind {
+        ModelKind::Gmm2d => GmmModel::planar(&names, batch),
+        ModelKind::Tokens => GmmModel::tokens(&names, batch, 1024, 64, DType::BF16),
+    }
+}
+
+/// The outputs of `model`, in the policy's order.
+pub fn outputs_in_policy_order(model: &GmmModel, policy: &Policy) -> Vec<OutputInfo> {
+    let all = model.outputs();
+    policy.outputs.names().filter_map(|n| all.iter().find(|o| o.name == n).cloned()).collect()
+}
+
+/// Parses `NAME=V` scale overrides, checking the names against the policy.
+pub fn overrides(policy: &Policy, items: &[String]) -> Result<cfg_core::lower::Overrides, String> {
+    let mut o = cfg_core::lower::Overrides::none();
+    for item in items {
+        let (name, value) = item.split_once('=').ok_or_else(|| format!("--scale `{item}`: expected NAME=VALUE"))?;
+        let v: f64 = value.trim().parse().map_err(|_| format!("--scale `{item}`: `{value}` is not a number"))?;
+        if !v.is_finite() {
+            return Err(format!("--scale `{item}`: the value must be finite"));
+        }
+        if policy.scales.get(name.trim()).is_none() {
+            let known: Vec<&str> = policy.scales.names().collect();
+            return Err(format!("--scale `{item}`: policy `{}` has no scale `{name}` (it has {known:?})", policy.name));
+        }
+        o = o.with(name.trim(), v);
+    }
+    Ok(o)
+}
+
+/// Human-readable bytes.
+pub fn bytes(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2} MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1} kB", n / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}

@@ -1,0 +1,65 @@
+//! The `Communicator` trait: the collectives the runtime needs, over host memory.
+//!
+//! A communicator connects the `world_size()` ranks of one sampling run. Every
+//! rank calls the same collectives in the same order (the plan is computed
+//! identically everywhere), each tagged with the step for error messages.
+//!
+//! Contract for implementations (in-process threads here, NCCL in `cuda`):
+//! - results are identical on every rank (no "valid on rank 0 only");
+//! - [`Communicator::all_reduce_sum`] sums in a fixed order for a fixed world
+//!   size, so that repeated runs give the same bits;
+//! - once any rank calls [`Communicator::abort`], every pending and later
+//!   collective on every rank returns [`RuntimeError::PeerFailed`] naming the
+//!   failing rank and step, and a collective that waits longer than the
+//!   implementation's timeout returns [`RuntimeError::Timeout`]. Nothing hangs.
+
+use crate::error::RuntimeError;
+use sha2::{Digest, Sha256};
+
+/// Collectives over the ranks of one run.
+pub trait Communicator: Send {
+    /// This rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+
+    /// The number of ranks.
+    fn world_size(&self) -> usize;
+
+    /// Gathers every rank's bytes to every rank, in rank order.
+    ///
+    /// `sizes[r]` is the byte count rank `r` contributes (every rank knows it
+    /// from the plan; `local.len() == sizes[self.rank()]`), so implementations
+    /// without a variable-size gather need no extra round to learn the sizes.
+    fn all_gather(&mut self, step: usize, local: &[u8], sizes: &[usize]) -> Result<Vec<Vec<u8>>, RuntimeError>;
+
+    /// Replaces `buf` on every rank with the elementwise sum of every rank's
+    /// `buf` (same length everywhere), summed in a fixed order.
+    fn all_reduce_sum(&mut self, step: usize, buf: &mut [f32]) -> Result<(), RuntimeError>;
+
+    /// Reports that this rank failed at `step`, so that every other rank's
+    /// pending and later collectives return an error naming this rank.
+    fn abort(&mut self, step: usize, reason: &str);
+}
+
+/// A 32-byte fingerprint (SHA-256) of some bytes.
+pub fn fingerprint(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Checks that every rank holds the same fingerprint; the error names the
+/// first rank that differs from rank 0.
+pub fn check_fingerprint<C: Communicator + ?Sized>(
+    comm: &mut C,
+    step: usize,
+    local: &[u8; 32],
+) -> Result<(), RuntimeError> {
+    let sizes = vec![32; comm.world_size()];
+    let all = comm.all_gather(step, local, &sizes)?;
+    match all.iter().position(|f| f.as_slice() != all[0].as_slice()) {
+        None => Ok(()),
+        Some(rank) => Err(RuntimeError::Divergence { step, rank }),
+    }
+}

@@ -1,0 +1,420 @@
+//! The per-step call: one rank's share of a guided prediction.
+//!
+//! Each rank lowers the policy, computes the same [`StepPlan`], predicts its
+//! own branches, joins the step's collective and combines. The combined
+//! prediction is identical on every rank, so no broadcast is needed. This is
+//! what a pipeline calls once per denoising step (the CFG-mixin way); the
+//! [`crate::sample`] loop is built on it.
+
+use crate::backend::Backend;
+use crate::comm::Communicator;
+use crate::error::RuntimeError;
+use crate::local::panic_message;
+use crate::model::{Call, Model, OutputInfo, StepInfo};
+use crate::plan::{plan_step, Collective, Mode, StepPlan};
+use cfg_core::branch::BranchSpec;
+use cfg_core::expr::{Policy, Space};
+use cfg_core::lower::{lower, Overrides};
+use cfg_core::program::StepProgram;
+use cfg_core::schedule::StepContext;
+use cfg_core::state::GuidanceState;
+use cfg_core::Tensor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+/// Where one step's time went on this rank.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTiming {
+    /// Model calls.
+    pub model: Duration,
+    /// Combining (the guidance program).
+    pub combine: Duration,
+    /// The collective.
+    pub comm: Duration,
+}
+
+impl std::ops::AddAssign for StepTiming {
+    fn add_assign(&mut self, o: StepTiming) {
+        self.model += o.model;
+        self.combine += o.combine;
+        self.comm += o.comm;
+    }
+}
+
+/// The result of one guided step.
+#[derive(Debug, Clone)]
+pub struct Guided {
+    /// The combined prediction of each output, in the policy's output order.
+    pub outputs: Vec<Tensor>,
+    /// The step's plan.
+    pub plan: StepPlan,
+    /// Where the time went.
+    pub timing: StepTiming,
+}
+
+/// One rank's guidance runtime.
+#[derive(Debug)]
+pub struct Guider<C, B> {
+    policy: Policy,
+    overrides: Overrides,
+    outputs: Vec<OutputInfo>,
+    spaces: Vec<Space>,
+    /// For each model output, the index of the policy output with its name.
+    model_to_policy: Vec<usize>,
+    comm: C,
+    backend: B,
+    state: GuidanceState,
+    mode: Mode,
+}
+
+impl<C: Communicator, B: Backend> Guider<C, B> {
+    /// A guider for `policy` on `model`; the model's outputs must be the
+    /// policy's outputs (by name, in any order).
+    pub fn new<M: Model + ?Sized>(
+        policy: Policy,
+        overrides: Overrides,
+        model: &M,
+        comm: C,
+        backend: B,
+        mode: Mode,
+    ) -> Result<Self, RuntimeError> {
+        let model_outputs = model.outputs();
+        let names: Vec<&str> = policy.outputs.names().collect();
+        let mut model_names: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        model_names.sort();
+        if sorted != model_names {
+            return Err(RuntimeError::Config(format!(
+                "policy `{}` has outputs {names:?} but the model predicts {model_names:?}",
+                policy.name
+            )));
+        }
+        let outputs: Vec<OutputInfo> = names
+            .iter()
+            .map(|n| model_outputs.iter().find(|o| o.name == *n).expect("names compared above").clone())
+            .collect();
+        let model_to_policy = model_outputs
+            .iter()
+            .map(|o| names.iter().position(|n| *n == o.name).expect("names compared above"))
+            .collect();
+        let spaces = policy.outputs.iter().map(|(_, spec)| spec.space).collect();
+        if comm.world_size() == 0 || comm.rank() >= comm.world_size() {
+            return Err(RuntimeError::Config(format!("rank {} of world size {}", comm.rank(), comm.world_size())));
+        }
+        Ok(Guider {
+            policy,
+            overrides,
+            outputs,
+            spaces,
+            model_to_policy,
+            comm,
+            backend,
+            state: GuidanceState::new(),
+            mode,
+        })
+    }
+
+    /// Starts a sampling run: resets every stateful operator.
+    pub fn start(&mut self) {
+        self.state.start();
+    }
+
+    /// The outputs, in the policy's order.
+    pub fn outputs(&self) -> &[OutputInfo] {
+        &self.outputs
+    }
+
+    /// The working space of each output, in the policy's order.
+    pub fn spaces(&self) -> &[Space] {
+        &self.spaces
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The operators' state.
+    pub fn state(&self) -> &GuidanceState {
+        &self.state
+    }
+
+    /// The communicator.
+    pub fn comm_mut(&mut self) -> &mut C {
+        &mut self.comm
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// Lowers and plans the step without running anything.
+    pub fn plan<M: Model + ?Sized>(&self, model: &M, info: StepInfo) -> Result<(StepProgram, StepPlan), RuntimeError> {
+        let ctx = StepContext { step: info.step, num_steps: info.num_steps, sigma: Some(info.sigma) };
+        let program = lower(&self.policy, &ctx, &self.state, &self.overrides).map_err(|source| RuntimeError::Core {
+            rank: self.rank(),
+            step: info.step,
+            source: Box::new(source),
+        })?;
+        let plan =
+            plan_step(info.step, &self.policy, &program, &self.outputs, model, self.comm.world_size(), self.mode);
+        Ok((program, plan))
+    }
+
+    /// One guided step: `latents` are the current f32 latents of each output
+    /// (policy order). Returns the combined predictions, identical on every
+    /// rank. On any failure this rank aborts the group, so every rank errors.
+    pub fn step<M: Model + ?Sized>(
+        &mut self,
+        model: &M,
+        latents: &[Tensor],
+        info: StepInfo,
+    ) -> Result<Guided, RuntimeError> {
+        let result = self.step_inner(model, latents, info);
+        if let Err(e) = &result {
+            if !matches!(e, RuntimeError::PeerFailed { .. }) {
+                self.comm.abort(info.step, &e.to_string());
+            }
+        }
+        result
+    }
+
+    fn step_inner<M: Model + ?Sized>(
+        &mut self,
+        model: &M,
+        latents: &[Tensor],
+        info: StepInfo,
+    ) -> Result<Guided, RuntimeError> {
+        let rank = self.rank();
+        let step = info.step;
+        if latents.len() != self.outputs.len() {
+            return Err(RuntimeError::Config(format!(
+                "step {step}: {} latents given for {} outputs",
+                latents.len(),
+                self.outputs.len()
+            )));
+        }
+        let (program, plan) = self.plan(model, info)?;
+        let mut timing = StepTiming::default();
+
+        let t0 = Instant::now();
+        let mut preds: Vec<Option<Vec<Tensor>>> = vec![None; plan.active.len()];
+        for group in &plan.groups[rank] {
+            for (i, p) in group.iter().zip(self.call(model, latents, info, &plan, group)?) {
+                preds[*i] = Some(p);
+            }
+        }
+        timing.model = t0.elapsed();
+
+        let outputs = match plan.collective {
+            Collective::AllReduce => self.reduce_and_combine(&program, &plan, &preds, &mut timing, step)?,
+            Collective::None | Collective::Gather => {
+                if plan.collective == Collective::Gather {
+                    let t = Instant::now();
+                    self.gather(&program, &plan, &mut preds, step)?;
+                    timing.comm = t.elapsed();
+                }
+                let t = Instant::now();
+                let out = self.combine(&program, &plan, &preds, step)?;
+                timing.combine = t.elapsed();
+                out
+            }
+        };
+        Ok(Guided { outputs, plan, timing })
+    }
+
+    /// Calls the model on one group and checks what comes back; returns the
+    /// predictions in the policy's output order.
+    fn call<M: Model + ?Sized>(
+        &self,
+        model: &M,
+        latents: &[Tensor],
+        info: StepInfo,
+        plan: &StepPlan,
+        group: &[usize],
+    ) -> Result<Vec<Vec<Tensor>>, RuntimeError> {
+        let rank = self.rank();
+        let branches: Vec<(String, BranchSpec)> = group
+            .iter()
+            .map(|&i| {
+                let name = plan.active[i].clone();
+                let spec = self.policy.branches.get(&name).cloned().expect("active branches are declared");
+                (name, spec)
+            })
+            .collect();
+        let model_latents: Vec<Tensor> = self.model_to_policy.iter().map(|&p| latents[p].clone()).collect();
+        let model_spaces: Vec<Space> = self.model_to_policy.iter().map(|&p| self.spaces[p]).collect();
+        let call = Call { info, branches: &branches, latents: &model_latents, spaces: &model_spaces };
+        let names = || branches.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let got = match catch_unwind(AssertUnwindSafe(|| model.predict(&call))) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(RuntimeError::Model { rank, step: info.step, branches: names(), message: e.0 }),
+            Err(panic) => {
+                let message = format!("panicked: {}", panic_message(panic.as_ref()));
+                return Err(RuntimeError::Model { rank, step: info.step, branches: names(), message });
+            }
+        };
+        if got.len() != branches.len() {
+            return Err(RuntimeError::BadPrediction {
+                rank,
+                step: info.step,
+                branch: names(),
+                output: "*".into(),
+                expected: format!("{} branch predictions", branches.len()),
+                got: format!("{}", got.len()),
+            });
+        }
+        let mut out = Vec::with_capacity(got.len());
+        for ((name, _), per_output) in branches.iter().zip(got) {
+            if per_output.len() != self.outputs.len() {
+                return Err(RuntimeError::BadPrediction {
+                    rank,
+                    step: info.step,
+                    branch: name.clone(),
+                    output: "*".into(),
+                    expected: format!("{} outputs", self.outputs.len()),
+                    got: format!("{}", per_output.len()),
+                });
+            }
+            let mut ordered: Vec<Option<Tensor>> = vec![None; self.outputs.len()];
+            for (m, t) in per_output.into_iter().enumerate() {
+                let p = self.model_to_policy[m];
+                let o = &self.outputs[p];
+                if t.shape != o.shape || t.dtype() != o.dtype || t.len() != o.shape.numel() {
+                    return Err(RuntimeError::BadPrediction {
+                        rank,
+                        step: info.step,
+                        branch: name.clone(),
+                        output: o.name.clone(),
+                        expected: format!("{} {}", o.shape, o.dtype),
+                        got: format!("{} {}", t.shape, t.dtype()),
+                    });
+                }
+                ordered[p] = Some(t);
+            }
+            out.push(ordered.into_iter().map(|t| t.expect("every output filled")).collect());
+        }
+        Ok(out)
+    }
+
+    /// Deterministic path: every rank receives every needed prediction in its
+    /// own dtype. Payload of a rank: its branches in `active` order, and for
+    /// each, the outputs whose program reads it, in output order.
+    fn gather(
+        &mut self,
+        program: &StepProgram,
+        plan: &StepPlan,
+        preds: &mut [Option<Vec<Tensor>>],
+        step: usize,
+    ) -> Result<(), RuntimeError> {
+        let rank = self.rank();
+        let reads = |i: usize, p: usize| program.outputs[p].branches.iter().any(|b| *b == plan.active[i]);
+        let mut payload = Vec::with_capacity(plan.gather_sizes[rank]);
+        for i in plan.local(rank) {
+            let pred = preds[i].as_ref().expect("local branches were predicted");
+            for p in (0..self.outputs.len()).filter(|&p| reads(i, p)) {
+                payload.extend_from_slice(pred[p].as_bytes());
+            }
+        }
+        let all = self.comm.all_gather(step, &payload, &plan.gather_sizes)?;
+        for (r, bytes) in all.iter().enumerate().filter(|(r, _)| *r != rank) {
+            let mut at = 0;
+            for i in plan.local(r) {
+                let mut per_output = Vec::with_capacity(self.outputs.len());
+                for (p, o) in self.outputs.iter().enumerate() {
+                    if !reads(i, p) {
+                        // Not needed by any program; never read.
+                        per_output.push(Tensor::zeros(o.dtype, cfg_core::Shape::new(vec![0])));
+                        continue;
+                    }
+                    let n = o.bytes();
+                    let t = bytes.get(at..at + n).and_then(|b| Tensor::from_bytes(o.dtype, o.shape.clone(), b));
+                    at += n;
+                    per_output.push(t.ok_or_else(|| RuntimeError::Collective {
+                        rank,
+                        step,
+                        detail: format!("rank {r} sent too few bytes for branch `{}`", plan.active[i]),
+                    })?);
+                }
+                preds[i] = Some(per_output);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every output's program on the (gathered) predictions.
+    fn combine(
+        &mut self,
+        program: &StepProgram,
+        plan: &StepPlan,
+        preds: &[Option<Vec<Tensor>>],
+        step: usize,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let rank = self.rank();
+        let mut out = Vec::with_capacity(self.outputs.len());
+        for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
+            let mut inputs = Vec::with_capacity(prog.branches.len());
+            for b in &prog.branches {
+                let i = plan.active.binary_search(b).expect("program branches are active");
+                inputs.push(&preds[i].as_ref().expect("gathered above")[p]);
+            }
+            let t = self
+                .backend
+                .evaluate(prog, &inputs, o.dtype, &o.shape, &mut self.state)
+                .map_err(|e| RuntimeError::Backend { rank, step, output: o.name.clone(), message: e.0 })?;
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// Fast path: f32 partial forms, one all-reduce, then the non-linear ops.
+    fn reduce_and_combine(
+        &mut self,
+        program: &StepProgram,
+        plan: &StepPlan,
+        preds: &[Option<Vec<Tensor>>],
+        timing: &mut StepTiming,
+        step: usize,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let rank = self.rank();
+        let t = Instant::now();
+        let sizes: Vec<usize> =
+            program.outputs.iter().zip(&self.outputs).map(|(p, o)| p.forms.len() * o.shape.numel()).collect();
+        let mut buf = vec![0.0f32; sizes.iter().sum()];
+        let mut at = 0;
+        for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
+            let local: Vec<Option<&Tensor>> = prog
+                .branches
+                .iter()
+                .map(|b| {
+                    let i = plan.active.binary_search(b).expect("program branches are active");
+                    preds[i].as_ref().map(|v| &v[p])
+                })
+                .collect();
+            self.backend
+                .partial_forms(prog, &local, &o.shape, &mut buf[at..at + sizes[p]])
+                .map_err(|e| RuntimeError::Backend { rank, step, output: o.name.clone(), message: e.0 })?;
+            at += sizes[p];
+        }
+        timing.combine += t.elapsed();
+        let t = Instant::now();
+        self.comm.all_reduce_sum(step, &mut buf)?;
+        timing.comm += t.elapsed();
+        let t = Instant::now();
+        let mut out = Vec::with_capacity(self.outputs.len());
+        let mut at = 0;
+        for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
+            let forms = &buf[at..at + sizes[p]];
+            at += sizes[p];
+            let r = self
+                .backend
+                .evaluate_forms(prog, forms, o.dtype, &o.shape, &mut self.state)
+                .map_err(|e| RuntimeError::Backend { rank, step, output: o.name.clone(), message: e.0 })?;
+            out.push(r);
+        }
+        timing.combine += t.elapsed();
+        Ok(out)
+    }
+}

@@ -1,0 +1,91 @@
+//! The model-facing API: what a model crate implements.
+
+use cfg_core::branch::{BranchSpec, Modifier};
+use cfg_core::expr::Space;
+use cfg_core::{DType, Shape, Tensor};
+
+/// One output of a model (`sample`; or `video` and `audio`...): the shape and
+/// dtype of its predictions. Latents of that output have the same shape, in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputInfo {
+    /// The output's name, as the policy names it.
+    pub name: String,
+    /// The shape of a prediction (batch first).
+    pub shape: Shape,
+    /// The dtype of a prediction.
+    pub dtype: DType,
+}
+
+impl OutputInfo {
+    /// Bytes of one prediction of this output.
+    pub fn bytes(&self) -> usize {
+        self.shape.numel() * self.dtype.size()
+    }
+}
+
+/// Where the sampler is when it calls the model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepInfo {
+    /// The step index, `0..num_steps`.
+    pub step: usize,
+    /// The number of steps of the run.
+    pub num_steps: usize,
+    /// Flow time `t ∈ (0, 1]` of the latents: `x_t = (1 − t)·x₀ + t·ε`.
+    pub t: f64,
+    /// The scheduler's sigma, as windows and schedules of the policy see it.
+    pub sigma: f64,
+}
+
+/// A model call: the branches of one batched group, at one step.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The step.
+    pub info: StepInfo,
+    /// The branches to predict, by name and spec, in this order.
+    pub branches: &'a [(String, BranchSpec)],
+    /// The current latents, one f32 tensor per output (model output order).
+    pub latents: &'a [Tensor],
+    /// The space each output must be predicted in (model output order).
+    pub spaces: &'a [Space],
+}
+
+/// A model's error; the runtime adds the rank, step and branches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelError(pub String);
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+/// A denoiser that predicts the branches it is handed.
+///
+/// Determinism: the runtime's deterministic mode is bit-identical for every
+/// world size only if a sample's prediction does not depend on which other
+/// branches (or samples) share its batched call. Models whose kernels pick
+/// different reduction orders for different batch sizes break this.
+pub trait Model {
+    /// The outputs, each predicted once per branch.
+    fn outputs(&self) -> Vec<OutputInfo>;
+
+    /// Relative cost of one forward of a branch (the planner balances ranks
+    /// by it). Defaults to the policy's `cost`.
+    fn cost(&self, name: &str, spec: &BranchSpec) -> f64 {
+        let _ = name;
+        spec.cost
+    }
+
+    /// Whether two branches can share one batched forward. By default those
+    /// with the same model modification can.
+    fn can_batch(&self, a: &BranchSpec, b: &BranchSpec) -> bool {
+        a.modify == b.modify || matches!((&a.modify, &b.modify), (Modifier::None, Modifier::None))
+    }
+
+    /// Predicts every branch of `call`: one `Vec` per branch (in call order)
+    /// of one tensor per output (model output order), each of the output's
+    /// shape and dtype.
+    fn predict(&self, call: &Call<'_>) -> Result<Vec<Vec<Tensor>>, ModelError>;
+}

@@ -1,0 +1,328 @@
+//! The exact denoiser of a Gaussian mixture under flow matching (DESIGN §7).
+//!
+//! With `x_t = (1 − t)·x₀ + t·ε` and component `j`: `x₀ ~ N(μ_j, diag(s_j²))`,
+//! `x_t | j ~ N((1 − t)μ_j, diag(v_j))`, `v_j = (1 − t)²s_j² + t²`; the
+//! responsibilities `r_j ∝ π_j·N(x_t; (1 − t)μ_j, v_j)` (log-sum-exp) give
+//! `x̂₀ = Σ r_j·(μ_j + (1 − t)s_j²/v_j ⊙ (x_t − (1 − t)μ_j))`, then
+//! `v̂ = (x_t − x̂₀)/t` and `ε̂ = (x_t − (1 − t)x̂₀)/t`.
+//!
+//! Tokens are iid: each token of a sample is its own mixture draw, with the
+//! sample's class. Outputs (`video`, `audio`...) of one token share its
+//! component index. Every token is computed on its own, sequentially in f64,
+//! so a sample's prediction never depends on what else is in the batch.
+
+use crate::mixture::{log_sum_exp, Mixture};
+use cfg_core::branch::{BranchSpec, Image, Modifier, Prompt};
+use cfg_core::expr::Space;
+use cfg_core::{DType, Shape, Tensor};
+use cfg_runtime::model::{Call, Model, ModelError, OutputInfo};
+use rayon::prelude::*;
+
+/// One output: a slice of the joint dims.
+#[derive(Debug, Clone, PartialEq)]
+struct Part {
+    name: String,
+    offset: usize,
+    dim: usize,
+}
+
+/// The analytic model: a mixture, the outputs it predicts and the class of
+/// each sample in the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GmmModel {
+    mixture: Mixture,
+    part_mixtures: Vec<Mixture>,
+    parts: Vec<Part>,
+    batch: usize,
+    tokens: usize,
+    flat: bool,
+    labels: Vec<usize>,
+    dtype: DType,
+    kappa: f64,
+}
+
+/// How the branches of the model see a branch spec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Condition {
+    text: bool,
+    image: Image,
+    kappa: f64,
+    isolate: bool,
+}
+
+/// Std inflation of perturbed branches (skip layers / attention, weak model).
+pub const DEFAULT_KAPPA: f64 = 1.6;
+
+impl GmmModel {
+    /// The 2-D picture model: each output is `[batch, 2]` over [`Mixture::planar`]
+    /// (rotated by half a radian per further output), f32.
+    pub fn planar(outputs: &[&str], batch: usize) -> GmmModel {
+        let parts: Vec<Mixture> = (0..outputs.len()).map(|k| Mixture::planar(0.5 * k as f64)).collect();
+        Self::build(outputs, parts, batch, 1, true, DType::F32)
+    }
+
+    /// The token model: each output is `[batch, tokens, dim]` of iid tokens
+    /// over [`Mixture::random`], in `dtype`.
+    pub fn tokens(outputs: &[&str], batch: usize, tokens: usize, dim: usize, dtype: DType) -> GmmModel {
+        let parts: Vec<Mixture> = (0..outputs.len()).map(|k| Mixture::random(dim, 17 + k as u64)).collect();
+        Self::build(outputs, parts, batch, tokens, false, dtype)
+    }
+
+    fn build(
+        names: &[&str],
+        part_mixtures: Vec<Mixture>,
+        batch: usize,
+        tokens: usize,
+        flat: bool,
+        dtype: DType,
+    ) -> GmmModel {
+        let mut offset = 0;
+        let parts = names
+            .iter()
+            .zip(&part_mixtures)
+            .map(|(n, m)| {
+                let p = Part { name: n.to_string(), offset, dim: m.dim };
+                offset += m.dim;
+                p
+            })
+            .collect();
+        let mixture = Mixture::joint(&part_mixtures);
+        let labels = (0..batch).map(|b| b % mixture.classes).collect();
+        GmmModel { mixture, part_mixtures, parts, batch, tokens, flat, labels, dtype, kappa: DEFAULT_KAPPA }
+    }
+
+    /// Replaces the class of each sample (`labels.len()` must be the batch).
+    pub fn with_labels(mut self, labels: Vec<usize>) -> Self {
+        assert_eq!(labels.len(), self.batch, "one label per sample");
+        self.labels = labels;
+        self
+    }
+
+    /// Sets the std inflation of perturbed branches.
+    pub fn with_kappa(mut self, kappa: f64) -> Self {
+        self.kappa = kappa;
+        self
+    }
+
+    /// The requested class of each sample.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    /// The data distribution of output `k` alone.
+    pub fn mixture(&self, k: usize) -> &Mixture {
+        &self.part_mixtures[k]
+    }
+
+    fn condition(&self, spec: &BranchSpec) -> Condition {
+        let kappa = match spec.modify {
+            Modifier::None | Modifier::IsolateModality | Modifier::DropReference(_) => 1.0,
+            Modifier::SkipLayers(_) | Modifier::SkipSelfAttention(_) | Modifier::Model(_) => self.kappa,
+        };
+        Condition {
+            text: spec.prompt == Prompt::Positive,
+            // A dropped reference input leaves no image condition.
+            image: if matches!(spec.modify, Modifier::DropReference(_)) { Image::None } else { spec.image },
+            kappa,
+            isolate: spec.modify == Modifier::IsolateModality,
+        }
+    }
+
+    fn allowed(&self, cond: Condition, label: usize) -> Vec<usize> {
+        let g = self.mixture.group(label);
+        (0..self.mixture.components.len())
+            .filter(|&j| {
+                let c = self.mixture.components[j].class;
+                let text = !cond.text || c == label;
+                let image = match cond.image {
+                    Image::None => true,
+                    Image::Reference => self.mixture.group(c) == g,
+                    Image::NegativeReference => self.mixture.group(c) != g,
+                };
+                text && image
+            })
+            .collect()
+    }
+
+    /// Predicts one branch for sample `b`: one vector per output.
+    #[allow(clippy::needless_range_loop)] // dims index several parallel arrays
+    fn predict_sample(&self, cond: Condition, b: usize, latents: &[&[f32]], t: f64, spaces: &[Space]) -> Vec<Vec<f32>> {
+        let comps = self.allowed(cond, self.labels[b]);
+        let d = self.mixture.dim;
+        let mut out: Vec<Vec<f32>> = self.parts.iter().map(|p| Vec::with_capacity(self.tokens * p.dim)).collect();
+        let mut x = vec![0.0f64; d];
+        let mut logs = vec![vec![0.0f64; comps.len()]; self.parts.len()];
+        let a = 1.0 - t;
+        for tok in 0..self.tokens {
+            for (p, part) in self.parts.iter().enumerate() {
+                let base = (b * self.tokens + tok) * part.dim;
+                for k in 0..part.dim {
+                    x[part.offset + k] = latents[p][base + k] as f64;
+                }
+            }
+            // Per-part log-likelihoods of each component.
+            for (ci, &j) in comps.iter().enumerate() {
+                let c = &self.mixture.components[j];
+                for (p, part) in self.parts.iter().enumerate() {
+                    let mut acc = 0.0;
+                    for k in part.offset..part.offset + part.dim {
+                        let s = cond.kappa * c.std[k];
+                        let v = a * a * s * s + t * t;
+                        let z = x[k] - a * c.mean[k];
+                        acc -= 0.5 * (z * z / v + v.ln());
+                    }
+                    logs[p][ci] = acc;
+                }
+            }
+            let resp: Vec<Vec<f64>> = if cond.isolate {
+                (0..self.parts.len())
+                    .map(|p| {
+                        softmax(
+                            comps
+                                .iter()
+                                .enumerate()
+                                .map(|(ci, &j)| self.mixture.components[j].weight.ln() + logs[p][ci]),
+                        )
+                    })
+                    .collect()
+            } else {
+                let joint = softmax(comps.iter().enumerate().map(|(ci, &j)| {
+                    self.mixture.components[j].weight.ln() + (0..self.parts.len()).map(|p| logs[p][ci]).sum::<f64>()
+                }));
+                vec![joint; self.parts.len()]
+            };
+            for (p, part) in self.parts.iter().enumerate() {
+                for k in part.offset..part.offset + part.dim {
+                    let mut x0 = 0.0;
+                    for (ci, &j) in comps.iter().enumerate() {
+                        let c = &self.mixture.components[j];
+                        let s2 = (cond.kappa * c.std[k]).powi(2);
+                        let v = a * a * s2 + t * t;
+                        x0 += resp[p][ci] * (c.mean[k] + a * s2 / v * (x[k] - a * c.mean[k]));
+                    }
+                    let value = match spaces[p] {
+                        Space::X0 => x0,
+                        Space::V => (x[k] - x0) / t,
+                        Space::Eps => (x[k] - a * x0) / t,
+                    };
+                    out[p].push(value as f32);
+                }
+            }
+        }
+        out
+    }
+
+    fn shape(&self, part: &Part) -> Shape {
+        if self.flat {
+            Shape::new(vec![self.batch, part.dim])
+        } else {
+            Shape::new(vec![self.batch, self.tokens, part.dim])
+        }
+    }
+}
+
+fn softmax(logs: impl Iterator<Item = f64>) -> Vec<f64> {
+    let v: Vec<f64> = logs.collect();
+    let m = log_sum_exp(&v);
+    v.iter().map(|l| (l - m).exp()).collect()
+}
+
+impl Model for GmmModel {
+    fn outputs(&self) -> Vec<OutputInfo> {
+        self.parts
+            .iter()
+            .map(|p| OutputInfo { name: p.name.clone(), shape: self.shape(p), dtype: self.dtype })
+            .collect()
+    }
+
+    fn predict(&self, call: &Call<'_>) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        if call.latents.len() != self.parts.len() || call.spaces.len() != self.parts.len() {
+            return Err(ModelError(format!("expected {} latents and spaces", self.parts.len())));
+        }
+        let t = call.info.t;
+        if !(t > 0.0 && t <= 1.0) {
+            return Err(ModelError(format!("flow time {t} is outside (0, 1]")));
+        }
+        let mut latents = Vec::with_capacity(self.parts.len());
+        for (p, part) in self.parts.iter().enumerate() {
+            let x = &call.latents[p];
+            match &x.data {
+                cfg_core::tensor::TensorData::F32(v) if x.shape == self.shape(part) => latents.push(v.as_slice()),
+                _ => {
+                    return Err(ModelError(format!(
+                        "output `{}`: expected f32 latents of shape {}, got {} {}",
+                        part.name,
+                        self.shape(part),
+                        x.dtype(),
+                        x.shape
+                    )))
+                }
+            }
+        }
+        let mut result = Vec::with_capacity(call.branches.len());
+        for (name, spec) in call.branches {
+            let cond = self.condition(spec);
+            if (0..self.batch).any(|b| self.allowed(cond, self.labels[b]).is_empty()) {
+                return Err(ModelError(format!("branch `{name}`: no mixture component satisfies its condition")));
+            }
+            let per_sample: Vec<Vec<Vec<f32>>> = (0..self.batch)
+                .into_par_iter()
+                .map(|b| self.predict_sample(cond, b, &latents, t, call.spaces))
+                .collect();
+            let tensors = self
+                .parts
+                .iter()
+                .enumerate()
+                .map(|(p, part)| {
+                    let values: Vec<f32> = per_sample.iter().flat_map(|s| s[p].iter().copied()).collect();
+                    Tensor::from_f32(self.dtype, self.shape(part), &values)
+                })
+                .collect();
+            result.push(tensors);
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cfg_core::branch::Prompt;
+    use cfg_runtime::model::StepInfo;
+
+    fn predict(m: &GmmModel, spec: BranchSpec, x: &Tensor, t: f64, space: Space) -> Vec<f32> {
+        let info = StepInfo { step: 0, num_steps: 1, t, sigma: t };
+        let branches = [("b".to_string(), spec)];
+        let latents = [x.clone()];
+        let call = Call { info, branches: &branches, latents: &latents, spaces: &[space] };
+        m.predict(&call).unwrap().remove(0).remove(0).to_f32()
+    }
+
+    #[test]
+    fn the_three_spaces_are_one_prediction() {
+        let m = GmmModel::planar(&["sample"], 12);
+        let values: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
+        let x = Tensor::from_f32(DType::F32, Shape::new(vec![12, 2]), &values);
+        let t = 0.4;
+        for spec in [BranchSpec::prompt(Prompt::Positive), BranchSpec::prompt(Prompt::Empty)] {
+            let x0 = predict(&m, spec.clone(), &x, t, Space::X0);
+            let eps = predict(&m, spec.clone(), &x, t, Space::Eps);
+            let v = predict(&m, spec, &x, t, Space::V);
+            for i in 0..24 {
+                let back = (1.0 - t) * x0[i] as f64 + t * eps[i] as f64;
+                assert!((back - values[i] as f64).abs() < 1e-5);
+                assert!(((eps[i] - x0[i]) - v[i]).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn near_the_data_the_clean_prediction_is_the_point_itself() {
+        let m = GmmModel::planar(&["sample"], 2);
+        let x = Tensor::from_f32(DType::F32, Shape::new(vec![2, 2]), &[2.9, 0.4, -1.0, 2.5]);
+        let x0 = predict(&m, BranchSpec::prompt(Prompt::Empty), &x, 1e-4, Space::X0);
+        for (a, b) in x0.iter().zip(x.to_f32()) {
+            assert!((a - b).abs() < 1e-3, "{a} {b}");
+        }
+    }
+}

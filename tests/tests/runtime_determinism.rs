@@ -1,0 +1,86 @@
+//! Deterministic mode: the final latents are bit-identical for every world
+//! size and every library policy, and every rank holds the same latents after
+//! every step.
+
+mod runtime_support;
+
+use cfg_runtime::scheduler::{Sampler, SamplerKind};
+use cfg_runtime::{Mode, SampleOptions};
+use runtime_support::*;
+
+fn options(kind: SamplerKind, mode: Mode) -> SampleOptions {
+    SampleOptions {
+        steps: 10,
+        sampler: Sampler::new(kind),
+        seed: 11,
+        mode,
+        fingerprint_every: 1,
+        ..SampleOptions::default()
+    }
+}
+
+#[test]
+fn every_policy_is_bit_identical_for_every_world_size() {
+    let names = cfg_policies::library::names();
+    assert!(!names.is_empty());
+    for name in names {
+        let policy = policy(name);
+        let model = small_tokens(&policy);
+        let opts = options(SamplerKind::Euler, Mode::Deterministic);
+        let mut reference: Option<(String, Vec<[u8; 32]>)> = None;
+        for world in WORLDS {
+            let ranks = run_ok(&model, &policy, world, &opts);
+            for (r, s) in ranks.iter().enumerate() {
+                let steps: Vec<[u8; 32]> = s.reports.iter().map(|rep| rep.fingerprint).collect();
+                let fp = hex(&s.fingerprint());
+                match &reference {
+                    None => reference = Some((fp, steps)),
+                    Some((want, want_steps)) => {
+                        assert_eq!(&fp, want, "{name}: rank {r} of {world} differs from 1 rank");
+                        assert_eq!(&steps, want_steps, "{name}: rank {r} of {world}: per-step latents differ");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn stochastic_and_ddim_samplers_are_bit_identical_too() {
+    for kind in [SamplerKind::Ancestral, SamplerKind::Ddim] {
+        for name in ["cfg", "ltx2", "apg"] {
+            let policy = policy(name);
+            let model = small_tokens(&policy);
+            let opts = options(kind, Mode::Deterministic);
+            let want = hex(&run_ok(&model, &policy, 1, &opts)[0].fingerprint());
+            for world in [2, 3, 5] {
+                for s in run_ok(&model, &policy, world, &opts) {
+                    assert_eq!(hex(&s.fingerprint()), want, "{name} {kind} on {world} ranks");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_mode_ranks_agree_and_stay_close_to_deterministic() {
+    for name in ["cfg", "ltx2", "pix2pix", "dreamid"] {
+        let policy = policy(name);
+        // f32 predictions, so that the all-reduce moves fewer bytes and is chosen.
+        let names: Vec<&str> = policy.outputs.names().collect();
+        let model = cfg_gmm::GmmModel::tokens(&names, 3, 4, 3, cfg_core::DType::F32);
+        let exact = run_ok(&model, &policy, 1, &options(SamplerKind::Euler, Mode::Deterministic)).remove(0);
+        for world in [2, 3, 4, 8] {
+            // The fingerprint check every step already fails the run if ranks disagree.
+            let ranks = run_ok(&model, &policy, world, &options(SamplerKind::Euler, Mode::Fast));
+            let reduced = ranks[0].reports.iter().filter(|r| r.plan.collective == cfg_runtime::Collective::AllReduce);
+            assert!(reduced.count() > 0, "{name} on {world} ranks never chose the all-reduce");
+            for (o, (_, t)) in ranks[0].outputs.iter().enumerate() {
+                let (a, b) = (t.to_f32(), exact.outputs[o].1.to_f32());
+                let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+                assert!((num / den).sqrt() < 0.05, "{name} on {world} ranks: relative error {}", (num / den).sqrt());
+            }
+        }
+    }
+}
