@@ -18,6 +18,11 @@ mod tensors;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+// Sampling allocates prediction-sized buffers every step; glibc's allocator returns
+// their pages to the OS and faults them in again (5x the per-step overhead).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Classifier-free guidance policies: check, inspect, replay and sample.
 #[derive(Parser)]
 #[command(name = "cfg", version, about)]

@@ -105,12 +105,11 @@ impl Tensor {
         if bytes.len() != shape.numel() * dtype.size() {
             return None;
         }
+        // One copy; `pod_collect_to_vec` copes with unaligned input (little-endian hosts).
         let data = match dtype {
-            DType::F32 => {
-                TensorData::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-            }
-            DType::F16 => TensorData::F16(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
-            DType::BF16 => TensorData::BF16(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect()),
+            DType::F32 => TensorData::F32(bytemuck::pod_collect_to_vec(bytes)),
+            DType::F16 => TensorData::F16(bytemuck::pod_collect_to_vec(bytes)),
+            DType::BF16 => TensorData::BF16(bytemuck::pod_collect_to_vec(bytes)),
         };
         Some(Tensor { shape, data })
     }

@@ -10,6 +10,12 @@ use cfg_runtime::{run_local, Call, CpuBackend, Guider, Mode, Model, ModelError, 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::{Duration, Instant};
 
+// Large per-step buffers: glibc's allocator hands their pages back to the OS and
+// faults them in again every step (most of the overhead with it); mimalloc keeps
+// them, as the `cfg` binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const POLICY: &str = r#"Policy(
     name: "four",
     branches: {
