@@ -5,7 +5,8 @@
 //! [`crate::cpu::CpuBackend`] for [`Backend::evaluate`] (the canonical program
 //! of `cfg-core`); that is what makes deterministic mode bit-identical.
 
-use cfg_core::program::Program;
+use cfg_core::program::{Form, Program};
+use cfg_core::tensor::TensorData;
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
 use thiserror::Error;
@@ -62,4 +63,18 @@ impl From<cfg_core::CoreError> for BackendError {
     fn from(e: cfg_core::CoreError) -> Self {
         BackendError(e.to_string())
     }
+}
+
+/// Fast mode's second half for any backend: the reduced forms become the
+/// inputs of a copy of `program` whose forms are the identity (`1·x` is exact),
+/// so the non-linear ops run unchanged on them.
+pub fn forms_as_inputs(program: &Program, forms: &[f32], shape: &Shape) -> (Program, Vec<Tensor>) {
+    let n = shape.numel();
+    let mut p = program.clone();
+    p.branches = (0..program.forms.len()).map(|i| format!("form{i:04}")).collect();
+    p.forms = (0..program.forms.len()).map(|i| Form { terms: vec![(i, 1.0)] }).collect();
+    let inputs = (0..program.forms.len())
+        .map(|i| Tensor { shape: shape.clone(), data: TensorData::F32(forms[i * n..(i + 1) * n].to_vec()) })
+        .collect();
+    (p, inputs)
 }

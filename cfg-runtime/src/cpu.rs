@@ -1,6 +1,6 @@
 //! The CPU backend: runs the canonical program of `cfg-core` (rayon, explicit fma).
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{forms_as_inputs, Backend, BackendError};
 use cfg_core::cpu::{combine_into, evaluate, round_to};
 use cfg_core::program::{Form, Program};
 use cfg_core::state::GuidanceState;
@@ -110,15 +110,3 @@ fn local_form(form: &Form, local: &[Option<&Tensor>], n: usize, out: &mut [f32])
     Ok(())
 }
 
-/// A copy of `program` whose branches are its forms (`form0`, `form1`, ...),
-/// each the identity, with the reduced forms as f32 input tensors.
-fn forms_as_inputs(program: &Program, forms: &[f32], shape: &Shape) -> (Program, Vec<Tensor>) {
-    let n = shape.numel();
-    let mut p = program.clone();
-    p.branches = (0..program.forms.len()).map(|i| format!("form{i:04}")).collect();
-    p.forms = (0..program.forms.len()).map(|i| Form { terms: vec![(i, 1.0)] }).collect();
-    let inputs = (0..program.forms.len())
-        .map(|i| Tensor { shape: shape.clone(), data: TensorData::F32(forms[i * n..(i + 1) * n].to_vec()) })
-        .collect();
-    (p, inputs)
-}

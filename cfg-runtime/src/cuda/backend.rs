@@ -5,7 +5,7 @@ use super::error::CudaError;
 use super::exec::{evaluate, ExecOptions};
 use super::launch;
 use super::params::{Forms, MAX_TERMS};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{forms_as_inputs, Backend, BackendError};
 use cfg_core::program::{Form, Program};
 use cfg_core::state::GuidanceState;
 use cfg_core::tensor::TensorData;
@@ -91,13 +91,7 @@ impl Backend for CudaBackend {
         if forms.len() != program.forms.len() * n {
             return Err(BackendError(format!("reduced forms of `{}`: wrong size", program.output)));
         }
-        // As the CPU backend: the reduced forms become identity-form inputs (1·x is exact).
-        let mut p = program.clone();
-        p.branches = (0..program.forms.len()).map(|i| format!("form{i:04}")).collect();
-        p.forms = (0..program.forms.len()).map(|i| Form { terms: vec![(i, 1.0)] }).collect();
-        let inputs: Vec<Tensor> = (0..program.forms.len())
-            .map(|i| Tensor { shape: shape.clone(), data: TensorData::F32(forms[i * n..(i + 1) * n].to_vec()) })
-            .collect();
+        let (p, inputs) = forms_as_inputs(program, forms, shape);
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let out = self.evaluate(&p, &refs, DType::F32, shape, state)?;
         Ok(match dtype {
