@@ -254,23 +254,10 @@ pub fn round_to(dtype: DType, shape: &Shape, values: &[f32]) -> Tensor {
 
 fn fused_form(form: &Form, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Tensor {
     let mut out = Tensor::zeros(dtype, shape.clone());
-    macro_rules! go {
-        ($variant:ident, $o:expr) => {{
-            let terms: Vec<_> = form
-                .terms
-                .iter()
-                .map(|&(b, w)| match &inputs[b].data {
-                    TensorData::$variant(v) => (v.as_slice(), w),
-                    _ => unreachable!("dtypes checked"),
-                })
-                .collect();
-            combine_into(&terms, $o);
-        }};
-    }
     match &mut out.data {
-        TensorData::F32(o) => go!(F32, o),
-        TensorData::F16(o) => go!(F16, o),
-        TensorData::BF16(o) => go!(BF16, o),
+        TensorData::F32(o) => form_into(form, inputs, o),
+        TensorData::F16(o) => form_into(form, inputs, o),
+        TensorData::BF16(o) => form_into(form, inputs, o),
     }
     out
 }
@@ -278,6 +265,12 @@ fn fused_form(form: &Form, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> T
 /// Computes a linear form over the inputs into f32.
 pub fn form_f32(form: &Form, inputs: &[&Tensor], n: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; n];
+    form_into(form, inputs, &mut out);
+    out
+}
+
+/// `out = form(inputs)`, the inputs all of one dtype (checked by the caller).
+fn form_into<O: Element>(form: &Form, inputs: &[&Tensor], out: &mut [O]) {
     macro_rules! go {
         ($variant:ident) => {{
             let terms: Vec<_> = form
@@ -288,7 +281,7 @@ pub fn form_f32(form: &Form, inputs: &[&Tensor], n: usize) -> Vec<f32> {
                     _ => unreachable!("dtypes checked"),
                 })
                 .collect();
-            combine_into(&terms, &mut out);
+            combine_into(&terms, out);
         }};
     }
     match inputs.first().map(|t| t.dtype()) {
@@ -296,7 +289,6 @@ pub fn form_f32(form: &Form, inputs: &[&Tensor], n: usize) -> Vec<f32> {
         Some(DType::BF16) => go!(BF16),
         _ => go!(F32),
     }
-    out
 }
 
 struct Evaluation<'a> {

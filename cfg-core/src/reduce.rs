@@ -79,68 +79,73 @@ impl Groups {
     }
 }
 
+/// An accumulator type of the canonical reduction (f32, or f64 for APG).
+pub trait Lane: Copy + std::ops::AddAssign + Into<f64> {
+    /// Zero.
+    const ZERO: Self;
+    /// `a·b + acc`, rounded once.
+    fn fma(a: Self, b: Self, acc: Self) -> Self;
+}
+
+impl Lane for f32 {
+    const ZERO: f32 = 0.0;
+    #[inline(always)]
+    fn fma(a: f32, b: f32, acc: f32) -> f32 {
+        a.mul_add(b, acc)
+    }
+}
+
+impl Lane for f64 {
+    const ZERO: f64 = 0.0;
+    #[inline(always)]
+    fn fma(a: f64, b: f64, acc: f64) -> f64 {
+        a.mul_add(b, acc)
+    }
+}
+
 /// Folds lanes by the canonical binary tree.
 #[inline]
-pub fn fold_lanes_f32(lanes: &mut [f32; LANES]) -> f32 {
+pub fn fold_lanes<T: Lane>(lanes: &mut [T; LANES]) -> T {
     let mut s = LANES / 2;
     while s > 0 {
         for l in 0..s {
-            lanes[l] += lanes[l + s];
+            let upper = lanes[l + s];
+            lanes[l] += upper;
         }
         s /= 2;
     }
     lanes[0]
 }
 
-/// Folds f64 lanes by the canonical binary tree.
+/// Σ a(k)·b(k) over `len` elements in the canonical order: `T` lanes, f64 segments.
 #[inline]
-pub fn fold_lanes_f64(lanes: &mut [f64; LANES]) -> f64 {
-    let mut s = LANES / 2;
-    while s > 0 {
-        for l in 0..s {
-            lanes[l] += lanes[l + s];
-        }
-        s /= 2;
-    }
-    lanes[0]
-}
-
-/// Σ a(k)·b(k) over `len` elements in the canonical order (f32 lanes, f64 segments).
-#[inline]
-pub fn dot_f32(len: usize, mut pair: impl FnMut(usize) -> (f32, f32)) -> f64 {
+pub fn dot<T: Lane>(len: usize, mut pair: impl FnMut(usize) -> (T, T)) -> f64 {
     let mut total = 0.0f64;
     let mut start = 0;
     while start < len {
         let end = (start + SEGMENT).min(len);
-        let mut lanes = [0.0f32; LANES];
+        let mut lanes = [T::ZERO; LANES];
         for k in start..end {
             let (a, b) = pair(k);
             let l = (k - start) % LANES;
-            lanes[l] = a.mul_add(b, lanes[l]);
+            lanes[l] = T::fma(a, b, lanes[l]);
         }
-        total += fold_lanes_f32(&mut lanes) as f64;
+        total += fold_lanes(&mut lanes).into();
         start = end;
     }
     total
 }
 
-/// Σ a(k)·b(k) with products and lanes in f64 (APG's projection), canonical order.
+/// [`dot`] with f32 products and lanes (every statistic but APG's projection).
 #[inline]
-pub fn dot_f64(len: usize, mut pair: impl FnMut(usize) -> (f64, f64)) -> f64 {
-    let mut total = 0.0f64;
-    let mut start = 0;
-    while start < len {
-        let end = (start + SEGMENT).min(len);
-        let mut lanes = [0.0f64; LANES];
-        for k in start..end {
-            let (a, b) = pair(k);
-            let l = (k - start) % LANES;
-            lanes[l] = a.mul_add(b, lanes[l]);
-        }
-        total += fold_lanes_f64(&mut lanes);
-        start = end;
-    }
-    total
+pub fn dot_f32(len: usize, pair: impl FnMut(usize) -> (f32, f32)) -> f64 {
+    dot(len, pair)
+}
+
+/// [`dot`] with f64 products and lanes (APG's projection).
+#[inline]
+pub fn dot_f64(len: usize, pair: impl FnMut(usize) -> (f64, f64)) -> f64 {
+    dot(len, pair)
 }
 
 #[cfg(test)]
