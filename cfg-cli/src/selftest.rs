@@ -11,7 +11,8 @@ use cfg_core::reference::{evaluate_f64, relative_error, ReferenceState};
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
 use cfg_runtime::backend::Backend;
-use cfg_runtime::cuda::{CudaBackend, ExecOptions};
+use cfg_runtime::cuda::{run_nccl_threads, CudaBackend, ExecOptions, NcclOptions};
+use cfg_runtime::Communicator;
 use cfg_runtime::CpuBackend;
 use std::process::ExitCode;
 
@@ -208,6 +209,47 @@ fn max_ulps(dtype: DType, got: &Tensor, want: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// NCCL with world size 1 on device `ordinal`: an all-reduce (NCCL's and the
+/// fixed-order one) and an all-gather of known buffers, compared bit for bit
+/// with what one rank must get back (its own data).
+fn nccl_checks(ordinal: usize) -> Vec<(&'static str, String, bool)> {
+    let values: Vec<f32> = (0..4099).map(|i| (i as f32 - 2049.5) * 0.37).collect();
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let run = |fixed_order_reduce| {
+        let timeout = std::time::Duration::from_secs(60);
+        let options = NcclOptions { timeout, init_timeout: timeout, fixed_order_reduce };
+        let out = run_nccl_threads(&[ordinal], options, |mut comm| {
+            let mut sum = values.clone();
+            comm.all_reduce_sum(0, &mut sum)?;
+            let gathered = comm.all_gather(1, &bytes, &[bytes.len()])?;
+            Ok((sum, gathered))
+        });
+        match out {
+            Ok(mut ranks) => ranks.remove(0).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let same_bits =
+        |a: &[f32]| a.len() == values.len() && a.iter().zip(&values).all(|(x, y)| x.to_bits() == y.to_bits());
+    let row = |name, ok: bool| (name, if ok { "bit-identical".to_string() } else { "wrong result".to_string() }, ok);
+    let mut rows = Vec::new();
+    match run(false) {
+        Ok((sum, gathered)) => {
+            rows.push(row("nccl all-reduce (world 1)", same_bits(&sum)));
+            rows.push(row("nccl all-gather (world 1)", gathered == [bytes.clone()]));
+        }
+        Err(e) => {
+            rows.push(("nccl all-reduce (world 1)", e.clone(), false));
+            rows.push(("nccl all-gather (world 1)", e, false));
+        }
+    }
+    match run(true) {
+        Ok((sum, _)) => rows.push(row("nccl all-reduce fixed order", same_bits(&sum))),
+        Err(e) => rows.push(("nccl all-reduce fixed order", e, false)),
+    }
+    rows
+}
+
 pub fn run(args: Args) -> CliResult {
     let mut rows = Vec::new();
     let mut failures = 0;
@@ -243,6 +285,10 @@ pub fn run(args: Args) -> CliResult {
             });
             failures += usize::from(!ok);
             rows.push(("philox words".into(), DType::F32, "bit-identical to the CPU".into(), ok));
+            for (name, measure, ok) in nccl_checks(args.ordinal) {
+                failures += usize::from(!ok);
+                rows.push((name.into(), DType::F32, measure, ok));
+            }
         }
         "cpu" => {
             for case in cases() {

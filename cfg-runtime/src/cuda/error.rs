@@ -22,8 +22,9 @@ pub enum CudaError {
     /// libnvrtc is not installed.
     #[error("no NVRTC found (libnvrtc could not be loaded; see scripts/install-nvrtc.sh)")]
     NoNvrtc,
-    /// libnccl is not installed.
-    #[error("no NCCL found (libnccl could not be loaded)")]
+    /// libnccl is not installed (cudarc looks for `libnccl.so`, not the
+    /// `libnccl.so.2` that runtime-only packages ship).
+    #[error("no NCCL library found (libnccl.so could not be loaded; if only libnccl.so.2 is installed, link libnccl.so to it in a folder on LD_LIBRARY_PATH)")]
     NoNccl,
     /// NVRTC rejected a kernel file.
     #[error("kernel `{module}` does not compile for {arch}: {log}")]
@@ -61,7 +62,7 @@ pub enum CudaError {
     },
     /// Bootstrapping several processes failed (environment or TCP).
     #[error("NCCL bootstrap: {0}")]
-    Bootstrap(String),
+    Bootstrap(#[from] super::bootstrap::BootstrapError),
     /// The program or its inputs cannot run on this backend.
     #[error("CUDA backend: {0}")]
     Unsupported(String),

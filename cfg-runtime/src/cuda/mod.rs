@@ -22,3 +22,7 @@ pub use backend::CudaBackend;
 mod noise;
 
 pub use noise::{philox_normals, philox_words};
+pub mod bootstrap;
+mod nccl;
+
+pub use nccl::{nccl_available, run_nccl_threads, NcclCommunicator, NcclId, NcclOptions};

@@ -1,0 +1,717 @@
+//! The NCCL communicator: [`Communicator`] over GPUs, through cudarc's
+//! run-time loaded `libnccl`.
+//!
+//! **Data path.** The trait works on host memory, so every collective stages
+//! through one device buffer per communicator (grown on demand): copy in, run
+//! the collective in place on this communicator's own stream, copy out.
+//! - `all_reduce_sum`: `ncclAllReduce` (f32, sum) in place. NCCL keeps one
+//!   reduction order for a given world size, topology, version and tuning, but
+//!   promises no bits across world sizes; that is why the runtime's
+//!   deterministic mode never all-reduces (it gathers predictions and combines
+//!   them locally in the canonical order). With
+//!   [`NcclOptions::fixed_order_reduce`] the all-reduce is itself a gather
+//!   plus the host sum `((p0 + p1) + p2) + ...`, the in-process
+//!   communicator's order and bits.
+//! - `all_gather`: equal sizes use `ncclAllGather`; unequal sizes use one
+//!   `ncclBroadcast` per rank that has bytes, rooted at that rank and fused in
+//!   one NCCL group, so every rank's bytes travel at their own size: no padding.
+//!
+//! **Timeouts.** The communicator is created non-blocking (`blocking = 0`),
+//! so no NCCL call waits: the calling thread polls `ncclCommGetAsyncError`
+//! and a CUDA event recorded after the collective, against a deadline. On
+//! expiry, on an NCCL error, or when another rank of a thread launch failed
+//! (a shared signal), the communicator is aborted (`ncclCommAbort`) and the
+//! call returns an error naming the step and the rank. Across processes
+//! there is no shared signal: when a rank aborts, its peers see an NCCL
+//! remote error or their own timeout.
+
+use super::bootstrap::{fetch_id, BootstrapEnv, IdServer, ID_BYTES};
+use super::device::{device_count, driver_available};
+use super::error::CudaError;
+use crate::comm::Communicator;
+use crate::error::RuntimeError;
+use crate::local::panic_message;
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::nccl::sys::{self, ncclDataType_t, ncclResult_t};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether libnccl can be loaded.
+pub fn nccl_available() -> bool {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The driver first (cudarc panics without it), then NCCL.
+fn check_libraries() -> Result<(), CudaError> {
+    if !driver_available() {
+        return Err(CudaError::NoDriver);
+    }
+    if !nccl_available() {
+        return Err(CudaError::NoNccl);
+    }
+    Ok(())
+}
+
+/// The text of an NCCL result code.
+fn result_text(r: ncclResult_t) -> String {
+    // SAFETY: ncclGetErrorString returns a static NUL-terminated string for
+    // any code; it is copied at once.
+    let text = unsafe { sys::ncclGetErrorString(r) };
+    if text.is_null() {
+        format!("{r:?}")
+    } else {
+        // SAFETY: non-null, NUL-terminated, static (see above).
+        format!("{r:?}: {}", unsafe { CStr::from_ptr(text) }.to_string_lossy())
+    }
+}
+
+/// The NCCL unique id that names one communicator (made by one rank, shared
+/// with the others).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct NcclId([u8; ID_BYTES]);
+
+impl NcclId {
+    /// A fresh id (`ncclGetUniqueId`).
+    pub fn new() -> Result<NcclId, CudaError> {
+        check_libraries()?;
+        let raw = cudarc::nccl::result::get_uniqueid()
+            .map_err(|e| CudaError::Nccl { context: "ncclGetUniqueId", message: result_text(e.0) })?;
+        Ok(NcclId(raw.internal.map(|c| c as u8)))
+    }
+
+    /// An id received from another rank.
+    pub fn from_bytes(bytes: [u8; ID_BYTES]) -> NcclId {
+        NcclId(bytes)
+    }
+
+    /// The bytes to send to the other ranks.
+    pub fn as_bytes(&self) -> &[u8; ID_BYTES] {
+        &self.0
+    }
+
+    fn raw(&self) -> sys::ncclUniqueId {
+        sys::ncclUniqueId { internal: self.0.map(|b| b as c_char) }
+    }
+}
+
+impl std::fmt::Debug for NcclId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NcclId(")?;
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "..)")
+    }
+}
+
+/// Settings of an NCCL communicator.
+#[derive(Debug, Clone)]
+pub struct NcclOptions {
+    /// The longest one collective may take before the communicator is aborted.
+    pub timeout: Duration,
+    /// The longest bootstrap (id exchange) and communicator creation may take,
+    /// each: processes may start at different times.
+    pub init_timeout: Duration,
+    /// All-reduce as a gather plus a host sum in rank order (the in-process
+    /// communicator's bits) instead of `ncclAllReduce`.
+    pub fixed_order_reduce: bool,
+}
+
+impl Default for NcclOptions {
+    fn default() -> Self {
+        NcclOptions {
+            timeout: crate::local::DEFAULT_TIMEOUT,
+            init_timeout: Duration::from_secs(300),
+            fixed_order_reduce: false,
+        }
+    }
+}
+
+/// The first failure among the ranks of one thread launch.
+#[derive(Debug, Clone)]
+struct Failure {
+    rank: usize,
+    step: usize,
+    reason: String,
+}
+
+/// Shared by the ranks of one thread launch, so that one rank's failure stops
+/// the others' waits at once (each rank in its own process has its own).
+#[derive(Debug, Clone, Default)]
+struct Signal(Arc<Mutex<Option<Failure>>>);
+
+impl Signal {
+    fn raise(&self, rank: usize, step: usize, reason: &str) {
+        // A poisoned lock still holds a consistent Option.
+        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(Failure { rank, step, reason: reason.to_string() });
+        }
+    }
+
+    fn get(&self) -> Option<Failure> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Why a wait ended early (the communicator is aborted by then).
+enum Stop {
+    Failed(String),
+    TimedOut,
+    Peer(Failure),
+}
+
+/// `NCCL_CONFIG_INITIALIZER` with `blocking = 0`.
+fn nonblocking_config() -> sys::ncclConfig_t {
+    const UNDEF: c_int = c_int::MIN; // NCCL_CONFIG_UNDEF_INT: NCCL's default
+    sys::ncclConfig_t {
+        size: std::mem::size_of::<sys::ncclConfig_t>(),
+        magic: 0xcafe_beef,
+        version: 22800, // NCCL_VERSION(2, 28, 0): the layout of this struct
+        blocking: 0,
+        cgaClusterSize: UNDEF,
+        minCTAs: UNDEF,
+        maxCTAs: UNDEF,
+        netName: std::ptr::null(),
+        splitShare: UNDEF,
+        trafficClass: UNDEF,
+        commName: std::ptr::null(),
+        collnetEnable: UNDEF,
+        CTAPolicy: UNDEF,
+        shrinkShare: UNDEF,
+        nvlsCTAs: UNDEF,
+        nChannelsPerNetPeer: UNDEF,
+        nvlinkCentricSched: UNDEF,
+    }
+}
+
+fn in_flight(r: ncclResult_t) -> bool {
+    matches!(r, ncclResult_t::ncclSuccess | ncclResult_t::ncclInProgress)
+}
+
+/// One rank of an NCCL communicator, on one device.
+#[derive(Debug)]
+pub struct NcclCommunicator {
+    /// Null once aborted.
+    comm: sys::ncclComm_t,
+    rank: usize,
+    world: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    done: CudaEvent,
+    staging: Option<CudaSlice<u8>>,
+    options: NcclOptions,
+    signal: Signal,
+}
+
+// SAFETY: the NCCL handle is driven by one thread at a time (every method
+// takes `&mut self`); NCCL allows that thread to change as long as calls are
+// not concurrent, and every method makes the device's context current on the
+// calling thread before calling NCCL. The CUDA objects are Send.
+unsafe impl Send for NcclCommunicator {}
+
+impl NcclCommunicator {
+    /// Creates rank `rank` of `world_size` on device `ordinal`, joining the
+    /// ranks created with the same `id`. Returns once every rank has joined,
+    /// or an error at [`NcclOptions::init_timeout`].
+    ///
+    /// The communicator is not meant to move between threads while in use:
+    /// create it in the thread that drives it (see [`run_nccl_threads`]).
+    pub fn new(
+        ordinal: usize,
+        rank: usize,
+        world_size: usize,
+        id: &NcclId,
+        options: NcclOptions,
+    ) -> Result<NcclCommunicator, CudaError> {
+        Self::create(ordinal, rank, world_size, id, options, Signal::default())
+    }
+
+    /// Joins a multi-process run described by torchrun's variables (`RANK`,
+    /// `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`, `LOCAL_RANK` for the device):
+    /// see [`NcclCommunicator::from_bootstrap`].
+    pub fn from_env(options: NcclOptions) -> Result<NcclCommunicator, CudaError> {
+        let env = BootstrapEnv::from_env()?;
+        Self::from_bootstrap(&env, options)
+    }
+
+    /// Joins a multi-process run: rank 0 makes the NCCL id and serves it over
+    /// TCP on `0.0.0.0:port`; the other ranks fetch it from
+    /// `master_addr:port`; then every rank creates its communicator on device
+    /// `local_rank`.
+    pub fn from_bootstrap(env: &BootstrapEnv, options: NcclOptions) -> Result<NcclCommunicator, CudaError> {
+        check_libraries()?;
+        let id = if env.rank == 0 {
+            // Listen first, so that early clients find the port sooner.
+            let server =
+                if env.world_size > 1 { Some(IdServer::bind(&format!("0.0.0.0:{}", env.port))?) } else { None };
+            let id = NcclId::new()?;
+            if let Some(server) = server {
+                server.serve(env.world_size, id.as_bytes(), options.init_timeout)?;
+            }
+            id
+        } else {
+            NcclId::from_bytes(fetch_id(&env.master_addr, env.port, env.rank, env.world_size, options.init_timeout)?)
+        };
+        Self::new(env.local_rank, env.rank, env.world_size, &id, options)
+    }
+
+    fn create(
+        ordinal: usize,
+        rank: usize,
+        world_size: usize,
+        id: &NcclId,
+        options: NcclOptions,
+        signal: Signal,
+    ) -> Result<NcclCommunicator, CudaError> {
+        check_libraries()?;
+        if rank >= world_size || world_size > c_int::MAX as usize {
+            return Err(CudaError::Unsupported(format!("NCCL rank {rank} of world size {world_size} is out of range")));
+        }
+        let count = device_count()?;
+        if count == 0 {
+            return Err(CudaError::NoDevice);
+        }
+        if ordinal >= count {
+            return Err(CudaError::BadOrdinal { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver("cuDevicePrimaryCtxRetain", e))?;
+        // SAFETY: this context object is private to the communicator, whose
+        // buffers live on its single stream: cudarc's cross-stream events are
+        // not needed.
+        unsafe { ctx.disable_event_tracking() };
+        ctx.bind_to_thread().map_err(|e| CudaError::driver("cuCtxSetCurrent", e))?;
+        let stream = ctx.new_stream().map_err(|e| CudaError::driver("cuStreamCreate", e))?;
+        let done = ctx.new_event(None).map_err(|e| CudaError::driver("cuEventCreate", e))?;
+        let mut config = nonblocking_config();
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        // SAFETY: `comm` and `config` are valid for the call; the id is a
+        // plain value; the device's context is current on this thread, which
+        // is how NCCL picks the device.
+        let started = unsafe {
+            sys::ncclCommInitRankConfig(&mut comm, world_size as c_int, id.raw(), rank as c_int, &mut config)
+        };
+        let mut this =
+            NcclCommunicator { comm, rank, world: world_size, ctx, stream, done, staging: None, options, signal };
+        if !in_flight(started) || this.comm.is_null() {
+            let message = this.describe(started);
+            this.abort_comm();
+            return Err(CudaError::Nccl { context: "ncclCommInitRankConfig", message });
+        }
+        let deadline = Instant::now() + this.options.init_timeout;
+        match this.wait(deadline, false) {
+            Ok(()) => Ok(this),
+            Err(Stop::Failed(message)) => Err(CudaError::Nccl { context: "ncclCommInitRankConfig", message }),
+            Err(Stop::TimedOut) => Err(CudaError::Timeout {
+                op: "communicator creation (waiting for every rank to join)",
+                seconds: this.options.init_timeout.as_secs_f64(),
+            }),
+            Err(Stop::Peer(f)) => Err(CudaError::Nccl {
+                context: "ncclCommInitRankConfig",
+                message: format!("stopped because rank {} failed: {}", f.rank, f.reason),
+            }),
+        }
+    }
+
+    /// A result code with NCCL's last error message.
+    fn describe(&self, r: ncclResult_t) -> String {
+        // SAFETY: ncclGetLastError takes any handle (or null) and returns a
+        // NUL-terminated string owned by NCCL, or null; it is copied at once.
+        let last = unsafe { sys::ncclGetLastError(self.comm) };
+        let last = if last.is_null() {
+            String::new()
+        } else {
+            // SAFETY: non-null and NUL-terminated (see above).
+            unsafe { CStr::from_ptr(last) }.to_string_lossy().into_owned()
+        };
+        if last.is_empty() {
+            result_text(r)
+        } else {
+            format!("{} ({last})", result_text(r))
+        }
+    }
+
+    /// `Ok(true)` when NCCL has nothing in progress, `Ok(false)` while it has.
+    fn async_state(&self) -> Result<bool, String> {
+        let mut state = ncclResult_t::ncclSuccess;
+        // SAFETY: `self.comm` is live (callers check it is not null) and
+        // `state` is valid for a write.
+        let r = unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
+        if r != ncclResult_t::ncclSuccess {
+            return Err(self.describe(r));
+        }
+        match state {
+            ncclResult_t::ncclSuccess => Ok(true),
+            ncclResult_t::ncclInProgress => Ok(false),
+            e => Err(self.describe(e)),
+        }
+    }
+
+    /// Polls until NCCL has nothing in progress and, with `event`, the work
+    /// recorded in `self.done` has finished. Every early end aborts the
+    /// communicator.
+    fn wait(&mut self, deadline: Instant, event: bool) -> Result<(), Stop> {
+        let started = Instant::now();
+        loop {
+            if let Some(f) = self.signal.get() {
+                self.abort_comm();
+                return Err(Stop::Peer(f));
+            }
+            let stop = match self.async_state() {
+                Ok(true) if !event => return Ok(()),
+                Ok(true) => match self.done.try_is_complete() {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => None,
+                    Err(e) => Some(Stop::Failed(format!("CUDA error while waiting for the collective: {e:?}"))),
+                },
+                Ok(false) => None,
+                Err(message) => Some(Stop::Failed(message)),
+            };
+            let stop = stop.or_else(|| (Instant::now() >= deadline).then_some(Stop::TimedOut));
+            if let Some(stop) = stop {
+                self.abort_comm();
+                return Err(stop);
+            }
+            // Spin briefly (small collectives finish in microseconds), then
+            // stop burning a core.
+            if started.elapsed() < Duration::from_micros(200) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Aborts the NCCL communicator (once); later collectives fail.
+    fn abort_comm(&mut self) {
+        if self.comm.is_null() {
+            return;
+        }
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: `self.comm` is live, owned by this value and nulled right
+        // after, so it is aborted once; aborting with work in flight is what
+        // ncclCommAbort is for.
+        let _ = unsafe { sys::ncclCommAbort(self.comm) };
+        self.comm = std::ptr::null_mut();
+    }
+
+    fn peer_failed(&self, f: &Failure) -> RuntimeError {
+        RuntimeError::PeerFailed { rank: f.rank, step: f.step, reason: f.reason.clone(), seen_by: self.rank }
+    }
+
+    /// Turns an early end of `what` at `step` into the runtime's error, after
+    /// aborting the communicator and telling the other ranks of a thread launch.
+    fn stopped(&mut self, what: &'static str, step: usize, stop: Stop) -> RuntimeError {
+        self.abort_comm();
+        match stop {
+            Stop::Peer(f) => self.peer_failed(&f),
+            Stop::Failed(message) => {
+                let detail = format!("NCCL {what} failed: {message}");
+                self.signal.raise(self.rank, step, &detail);
+                RuntimeError::Collective { rank: self.rank, step, detail }
+            }
+            Stop::TimedOut => {
+                let seconds = self.options.timeout.as_secs_f64();
+                self.signal.raise(self.rank, step, &format!("NCCL {what} timed out after {seconds:.1} s"));
+                // NCCL cannot tell which peers are late: name every other rank.
+                let missing = (0..self.world).filter(|&r| r != self.rank).collect();
+                RuntimeError::Timeout { rank: self.rank, step, what, seconds, missing }
+            }
+        }
+    }
+
+    /// Checks that the communicator can run a collective.
+    fn ready(&mut self, what: &'static str, step: usize) -> Result<(), RuntimeError> {
+        if let Some(f) = self.signal.get() {
+            self.abort_comm();
+            return Err(self.peer_failed(&f));
+        }
+        if self.comm.is_null() {
+            let detail = "the NCCL communicator was aborted".to_string();
+            return Err(RuntimeError::Collective { rank: self.rank, step, detail });
+        }
+        match self.ctx.bind_to_thread() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stopped(what, step, Stop::Failed(format!("cuCtxSetCurrent: {e:?}")))),
+        }
+    }
+
+    /// Copies `bytes` to `offset` of the staging buffer, grown to `total` bytes.
+    fn upload(&mut self, total: usize, offset: usize, bytes: &[u8]) -> Result<(), String> {
+        if self.staging.as_ref().is_none_or(|s| s.len() < total) {
+            self.staging = None;
+            self.staging = Some(self.stream.alloc_zeros::<u8>(total.max(1)).map_err(|e| format!("cuMemAlloc: {e:?}"))?);
+        }
+        if !bytes.is_empty() {
+            let stage = self.staging.as_mut().expect("allocated above");
+            self.stream
+                .memcpy_htod(bytes, &mut stage.slice_mut(offset..offset + bytes.len()))
+                .map_err(|e| format!("cuMemcpyHtoD: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The device address of the staging buffer.
+    fn stage_addr(&mut self) -> u64 {
+        let stage = self.staging.as_mut().expect("upload allocates the staging buffer");
+        stage.device_ptr_mut(&self.stream).0
+    }
+
+    /// The first `len` bytes of the staging buffer (the collective has finished).
+    fn download(&mut self, len: usize) -> Result<Vec<u8>, String> {
+        let stage = self.staging.as_ref().expect("upload allocates the staging buffer");
+        let mut host = vec![0u8; len];
+        self.stream.memcpy_dtoh(&stage.slice(..len), &mut host).map_err(|e| format!("cuMemcpyDtoH: {e:?}"))?;
+        self.stream.synchronize().map_err(|e| format!("cuStreamSynchronize: {e:?}"))?;
+        Ok(host)
+    }
+
+    /// Waits for a collective whose enqueue returned `started`.
+    fn complete(
+        &mut self,
+        what: &'static str,
+        step: usize,
+        started: ncclResult_t,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        if !in_flight(started) {
+            let message = self.describe(started);
+            return Err(self.stopped(what, step, Stop::Failed(message)));
+        }
+        // Non-blocking NCCL may still be enqueuing: the event must follow it.
+        self.wait(deadline, false).map_err(|s| self.stopped(what, step, s))?;
+        if let Err(e) = self.done.record(&self.stream) {
+            return Err(self.stopped(what, step, Stop::Failed(format!("cuEventRecord: {e:?}"))));
+        }
+        self.wait(deadline, true).map_err(|s| self.stopped(what, step, s))
+    }
+
+    /// One broadcast per rank with bytes, rooted there, in one NCCL group:
+    /// an all-gather of unequal sizes without padding.
+    fn broadcast_each(&self, base: u64, offsets: &[usize], stream: sys::cudaStream_t) -> ncclResult_t {
+        // SAFETY: opens a group; it only records state for this thread.
+        let opened = unsafe { sys::ncclGroupStart() };
+        if !in_flight(opened) {
+            return opened;
+        }
+        let mut first = ncclResult_t::ncclSuccess;
+        for root in 0..self.world {
+            let len = offsets[root + 1] - offsets[root];
+            if len == 0 {
+                continue;
+            }
+            let at = (base + offsets[root] as u64) as *mut c_void;
+            // SAFETY: `at..at + len` lies in the staging buffer (offsets are
+            // prefix sums of the sizes, which add up to its length); the root
+            // sends from and every rank receives into the same place, as
+            // in-place broadcast allows; the communicator is live.
+            let r =
+                unsafe { sys::ncclBroadcast(at, at, len, ncclDataType_t::ncclUint8, root as c_int, self.comm, stream) };
+            if in_flight(first) && !in_flight(r) {
+                first = r;
+            }
+        }
+        // SAFETY: closes the group opened above (required after an error too).
+        let closed = unsafe { sys::ncclGroupEnd() };
+        if in_flight(first) {
+            closed
+        } else {
+            first
+        }
+    }
+
+    /// Every rank's `local` bytes, in rank order (`what` names the caller's
+    /// collective in errors).
+    fn gather(
+        &mut self,
+        what: &'static str,
+        step: usize,
+        local: &[u8],
+        sizes: &[usize],
+    ) -> Result<Vec<Vec<u8>>, RuntimeError> {
+        if sizes.len() != self.world || local.len() != sizes[self.rank] {
+            let detail =
+                format!("rank {} gave {} bytes with sizes {sizes:?} for {} ranks", self.rank, local.len(), self.world);
+            return Err(self.stopped(what, step, Stop::Failed(detail)));
+        }
+        self.ready(what, step)?;
+        let offsets: Vec<usize> = std::iter::once(0)
+            .chain(sizes.iter().scan(0, |sum, &s| {
+                *sum += s;
+                Some(*sum)
+            }))
+            .collect();
+        let total = offsets[self.world];
+        if total == 0 {
+            return Ok(vec![Vec::new(); self.world]);
+        }
+        let deadline = Instant::now() + self.options.timeout;
+        if let Err(e) = self.upload(total, offsets[self.rank], local) {
+            return Err(self.stopped(what, step, Stop::Failed(e)));
+        }
+        let base = self.stage_addr();
+        let stream = self.stream.cu_stream() as sys::cudaStream_t;
+        let started = if sizes.iter().all(|&s| s == sizes[0]) {
+            let mine = (base + offsets[self.rank] as u64) as *const c_void;
+            // SAFETY: the staging buffer holds world × sizes[0] bytes with
+            // this rank's part at its own offset, as in-place all-gather
+            // requires; the communicator is live and its context current.
+            unsafe {
+                sys::ncclAllGather(mine, base as *mut c_void, sizes[0], ncclDataType_t::ncclUint8, self.comm, stream)
+            }
+        } else {
+            self.broadcast_each(base, &offsets, stream)
+        };
+        self.complete(what, step, started, deadline)?;
+        let all = self.download(total).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
+        Ok(offsets.windows(2).map(|w| all[w[0]..w[1]].to_vec()).collect())
+    }
+}
+
+impl Communicator for NcclCommunicator {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_gather(&mut self, step: usize, local: &[u8], sizes: &[usize]) -> Result<Vec<Vec<u8>>, RuntimeError> {
+        self.gather("all-gather", step, local, sizes)
+    }
+
+    fn all_reduce_sum(&mut self, step: usize, buf: &mut [f32]) -> Result<(), RuntimeError> {
+        let what = "all-reduce";
+        let bytes: Vec<u8> = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
+        if self.options.fixed_order_reduce {
+            let parts = self.gather(what, step, &bytes, &vec![bytes.len(); self.world])?;
+            // ((p0 + p1) + p2) + ...: the in-process communicator's order.
+            for (r, part) in parts.iter().enumerate() {
+                for (x, c) in buf.iter_mut().zip(part.chunks_exact(4)) {
+                    let v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                    *x = if r == 0 { v } else { *x + v };
+                }
+            }
+            return Ok(());
+        }
+        self.ready(what, step)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.options.timeout;
+        if let Err(e) = self.upload(bytes.len(), 0, &bytes) {
+            return Err(self.stopped(what, step, Stop::Failed(e)));
+        }
+        let at = self.stage_addr() as *mut c_void;
+        let stream = self.stream.cu_stream() as sys::cudaStream_t;
+        // SAFETY: the staging buffer holds `buf.len()` f32 values at `at`
+        // (in place is allowed); the communicator is live, its context current.
+        let started = unsafe {
+            sys::ncclAllReduce(
+                at,
+                at,
+                buf.len(),
+                ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                stream,
+            )
+        };
+        self.complete(what, step, started, deadline)?;
+        let out = self.download(bytes.len()).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
+        for (x, c) in buf.iter_mut().zip(out.chunks_exact(4)) {
+            *x = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, step: usize, reason: &str) {
+        self.signal.raise(self.rank, step, reason);
+        self.abort_comm();
+    }
+}
+
+impl Drop for NcclCommunicator {
+    fn drop(&mut self) {
+        // Abort, not destroy: destroy may wait on peers, abort never hangs.
+        self.abort_comm();
+    }
+}
+
+/// Runs `f` on one thread per device (rank `r` on `ordinals[r]`), each with
+/// an NCCL communicator created in that thread, and returns each rank's
+/// result in rank order.
+///
+/// Fails as a whole with the originating rank's error when a communicator
+/// cannot be created (no driver, no NCCL, bad ordinal, timeout). A rank whose
+/// `f` returns an error or panics stops the others' collectives at once.
+pub fn run_nccl_threads<T, F>(
+    ordinals: &[usize],
+    options: NcclOptions,
+    f: F,
+) -> Result<Vec<Result<T, RuntimeError>>, CudaError>
+where
+    T: Send,
+    F: Fn(NcclCommunicator) -> Result<T, RuntimeError> + Sync,
+{
+    if ordinals.is_empty() {
+        return Err(CudaError::Unsupported("an NCCL run needs at least one device".into()));
+    }
+    let id = NcclId::new()?;
+    let world = ordinals.len();
+    let signal = Signal::default();
+    let outcomes: Vec<Result<Result<T, RuntimeError>, CudaError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ordinals
+            .iter()
+            .enumerate()
+            .map(|(rank, &ordinal)| {
+                let (f, signal, options) = (&f, signal.clone(), options.clone());
+                scope.spawn(move || {
+                    let comm = match NcclCommunicator::create(ordinal, rank, world, &id, options, signal.clone()) {
+                        Ok(comm) => comm,
+                        Err(e) => {
+                            signal.raise(rank, 0, &format!("creating its NCCL communicator failed: {e}"));
+                            return Err(e);
+                        }
+                    };
+                    Ok(match catch_unwind(AssertUnwindSafe(|| f(comm))) {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => {
+                            signal.raise(rank, e.step().unwrap_or(0), &e.to_string());
+                            Err(e)
+                        }
+                        Err(panic) => {
+                            let message = panic_message(panic.as_ref());
+                            signal.raise(rank, 0, &format!("panicked: {message}"));
+                            Err(RuntimeError::Panic { rank, step: 0, message })
+                        }
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join()
+                    .unwrap_or_else(|_| Ok(Err(RuntimeError::Panic { rank, step: 0, message: "thread lost".into() })))
+            })
+            .collect()
+    });
+    let origin = signal.get().map(|f| f.rank);
+    let mut failed: Vec<(usize, CudaError)> = Vec::new();
+    let mut results = Vec::with_capacity(world);
+    for (rank, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(r) => results.push(r),
+            Err(e) => failed.push((rank, e)),
+        }
+    }
+    if failed.is_empty() {
+        return Ok(results);
+    }
+    let at = failed.iter().position(|(rank, _)| Some(*rank) == origin).unwrap_or(0);
+    Err(failed.swap_remove(at).1)
+}
