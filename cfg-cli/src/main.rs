@@ -13,6 +13,7 @@ mod plot;
 mod quality;
 mod sample;
 mod selftest;
+mod selftest_sample;
 mod tensors;
 
 use clap::{Parser, Subcommand};

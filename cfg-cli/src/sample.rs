@@ -4,6 +4,10 @@
 //! ranks, and a PNG scatter plot of the samples over the true densities.
 //! Output files are written to a temporary file and renamed into place only
 //! when every rank succeeded, so a failed run leaves no partial file.
+//!
+//! `--device cuda` runs one rank on GPU 0 with the latents resident there
+//! (the model's kernel, the device combine and the sampler update; see
+//! `cfg_runtime::device_sample`); the summary is the same.
 
 use crate::error::{CliError, CliResult};
 use crate::models::{build, bytes, overrides, ModelKind};
@@ -12,6 +16,8 @@ use crate::quality::score;
 use cfg_core::lower::Overrides;
 use cfg_core::Tensor;
 use cfg_gmm::GmmModel;
+use cfg_runtime::cuda::Device;
+use cfg_runtime::device_sample::sample_device;
 use cfg_runtime::model::{Call, Model, ModelError, OutputInfo};
 use cfg_runtime::scheduler::{Sampler, SamplerKind};
 use cfg_runtime::{run_local, sample, Communicator, CpuBackend, Mode, RuntimeError, SampleOptions, Sampled};
@@ -33,9 +39,13 @@ pub struct Args {
     /// Batch size (default: 4096 for gmm2d, 4 for tokens).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Number of in-process ranks M.
-    #[arg(long, default_value_t = 2)]
-    pub ranks: usize,
+    /// Where to run: `cpu` (in-process ranks) or `cuda` (one rank on GPU 0,
+    /// latents resident on the device).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: SampleDevice,
+    /// Number of in-process ranks M (default: 2 on cpu; cuda runs 1).
+    #[arg(long)]
+    pub ranks: Option<usize>,
     /// Number of steps (default: the policy's own, else 32).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -74,6 +84,15 @@ pub struct Args {
     pub inject_fault: Option<String>,
 }
 
+/// Where `cfg sample` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SampleDevice {
+    /// In-process ranks on the CPU backend.
+    Cpu,
+    /// One rank on CUDA device 0.
+    Cuda,
+}
+
 /// The model, failing on purpose on one rank at one step (`--inject-fault`).
 struct Faulty<'a> {
     inner: &'a GmmModel,
@@ -100,8 +119,20 @@ struct Run {
 }
 
 pub fn run(args: Args) -> CliResult {
-    if args.ranks == 0 {
+    let ranks = args.ranks.unwrap_or(match args.device {
+        SampleDevice::Cpu => 2,
+        SampleDevice::Cuda => 1,
+    });
+    if ranks == 0 {
         return Err(CliError("--ranks must be at least 1".into()));
+    }
+    if args.device == SampleDevice::Cuda && ranks > 1 {
+        return Err(CliError(format!(
+            "--device cuda runs one rank on one GPU; --ranks {ranks} needs --device cpu (in-process ranks)"
+        )));
+    }
+    if args.device == SampleDevice::Cuda && args.inject_fault.is_some() {
+        return Err(CliError("--inject-fault needs --device cpu".into()));
     }
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(CliError("--timeout must be a positive number of seconds".into()));
@@ -132,13 +163,20 @@ pub fn run(args: Args) -> CliResult {
     if plot.is_some() && args.model != ModelKind::Gmm2d {
         return Err(CliError("--plot needs the 2-D model (--model gmm2d)".into()));
     }
+    let gpu = match args.device {
+        SampleDevice::Cpu => None,
+        SampleDevice::Cuda => Some(Device::new(0)?),
+    };
+    let placement = match &gpu {
+        None => format!("{ranks} ranks"),
+        Some(dev) => format!("1 rank on cuda:0 {}", dev.describe()),
+    };
     println!(
-        "policy `{}` ({}), model {:?} {}, {} ranks, {steps} steps, {} sampler, {} mode, seed {}",
+        "policy `{}` ({}), model {:?} {}, {placement}, {steps} steps, {} sampler, {} mode, seed {}",
         policy.name,
         loaded.origin,
         args.model,
         model.outputs().iter().map(|o| format!("{}{} {}", o.name, o.shape, o.dtype)).collect::<Vec<_>>().join(" + "),
-        args.ranks,
         args.sampler,
         if args.deterministic { "deterministic" } else { "fast" },
         args.seed
@@ -155,7 +193,10 @@ pub fn run(args: Args) -> CliResult {
             fingerprint_every: args.fingerprint_every,
         };
         let started = Instant::now();
-        let sampled = run_ranks(&model, &policy, &opts, args.ranks, Duration::from_secs_f64(args.timeout), fault)?;
+        let sampled = match &gpu {
+            None => run_ranks(&model, &policy, &opts, ranks, Duration::from_secs_f64(args.timeout), fault)?,
+            Some(dev) => run_device(dev, &model, &policy, &opts)?,
+        };
         if !r.label.is_empty() {
             println!("\n== {} ==", r.label);
         }
@@ -214,6 +255,33 @@ fn grid_runs(policy: &cfg_core::expr::Policy, base: &Overrides, grid: &str) -> R
     Ok(runs)
 }
 
+/// A progress bar of `steps` on a terminal, hidden otherwise.
+fn progress(steps: usize) -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(steps as u64);
+        let style = ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+/// Runs the sampler on one GPU, latents resident on the device.
+fn run_device(
+    dev: &Device,
+    model: &GmmModel,
+    policy: &cfg_core::expr::Policy,
+    opts: &SampleOptions,
+) -> Result<Sampled, CliError> {
+    let bar = progress(opts.steps);
+    let mut on_step = |_: &cfg_runtime::StepReport| bar.inc(1);
+    let result = sample_device(dev, model, policy, opts, &mut on_step);
+    bar.finish_and_clear();
+    result.map_err(|e| CliError(format!("the CUDA run failed; {e}")))
+}
+
 /// Runs the sampler on `ranks` threads; on failure returns the root cause.
 fn run_ranks(
     model: &GmmModel,
@@ -223,15 +291,7 @@ fn run_ranks(
     timeout: Duration,
     fault: Option<(usize, usize)>,
 ) -> Result<Sampled, CliError> {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(opts.steps as u64);
-        let style = ProgressStyle::with_template("{bar:40} {pos}/{len} steps {elapsed_precise} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress(opts.steps);
     let results = run_local(ranks, timeout, |comm| {
         let rank = comm.rank();
         let faulty = Faulty { inner: model, rank, fault };

@@ -110,3 +110,27 @@ fn plan_prints_every_step_with_ranks_idle_and_collective() {
     assert!(rows[10].ends_with("skip"), "{}", rows[10]);
     assert!(stdout.contains("model calls: 43 of 60 (17 saved by windows)"), "{stdout}");
 }
+
+#[test]
+fn sample_on_cuda_runs_one_rank_and_says_when_there_is_no_driver() {
+    let run = cfg().args(["sample", "--device", "cuda", "--ranks", "2", "--steps", "2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--device cuda runs one rank") && stderr.contains("--device cpu"), "{stderr}");
+
+    if cfg_runtime::cuda::driver_available() {
+        eprintln!("SKIPPED: libcuda is present; the no-driver message is checked on machines without it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = cfg()
+        .args(["sample", "--device", "cuda", "--batch", "16", "--steps", "2"])
+        .arg("--plot")
+        .arg(dir.path().join("x.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no CUDA driver found"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file without a device");
+}

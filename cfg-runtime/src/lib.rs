@@ -26,6 +26,7 @@ pub mod backend;
 pub mod comm;
 pub mod cpu;
 pub mod cuda;
+pub mod device_sample;
 pub mod error;
 pub mod guider;
 pub mod local;

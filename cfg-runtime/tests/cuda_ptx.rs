@@ -38,6 +38,23 @@ fn every_kernel_compiles_to_ptx() {
 }
 
 #[test]
+fn the_sampling_loop_kernels_compile_to_ptx() {
+    if !kernels::nvrtc_available() {
+        eprintln!("SKIPPED: libnvrtc not found");
+        return;
+    }
+    let module = cfg_runtime::device_sample::UPDATE;
+    for arch in ARCHS {
+        let ptx = kernels::compile(&module, arch).unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        for f in module.functions {
+            assert!(text.contains(&format!(".entry {f}(")), "update.cu ({arch}): no entry `{f}` in the PTX");
+        }
+        eprintln!("{:>14}.cu {arch}: {} bytes of PTX", module.name, text.len());
+    }
+}
+
+#[test]
 fn compiled_ptx_is_cached() {
     if !kernels::nvrtc_available() {
         eprintln!("SKIPPED: libnvrtc not found");

@@ -105,7 +105,7 @@ impl Device {
     }
 
     /// A kernel of `module`, compiling (cached) and loading the module on first use.
-    pub(crate) fn function(&self, module: &KernelModule, name: &str) -> Result<CudaFunction, CudaError> {
+    pub fn function(&self, module: &KernelModule, name: &str) -> Result<CudaFunction, CudaError> {
         let mut modules = self.modules.lock().map_err(|_| CudaError::Unsupported("module lock poisoned".into()))?;
         let m = match modules.get(module.name) {
             Some(m) => m.clone(),

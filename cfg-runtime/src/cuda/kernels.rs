@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-const COMMON: &str = include_str!("../../kernels/common.cu");
+/// The prelude every kernel file is compiled after (types, conversions, fma).
+pub const COMMON: &str = include_str!("../../kernels/common.cu");
 const FACTORS: &str = include_str!("../../kernels/factors.cu");
 
 /// One compiled unit: a name and the files it concatenates.
@@ -24,6 +25,17 @@ pub struct KernelModule {
 }
 
 impl KernelModule {
+    /// A module of `parts` (concatenated in order) defining `functions`; for
+    /// kernels outside this crate (a model's own). `name` keys the device's
+    /// module cache, so it must be unique in the process.
+    pub const fn new(
+        name: &'static str,
+        parts: &'static [&'static str],
+        functions: &'static [&'static str],
+    ) -> KernelModule {
+        KernelModule { name, parts, functions }
+    }
+
     /// The full source NVRTC compiles.
     pub fn source(&self) -> String {
         self.parts.concat()

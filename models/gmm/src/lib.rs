@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 #![warn(clippy::all)]
 
+pub mod cuda;
 pub mod mixture;
 pub mod model;
 

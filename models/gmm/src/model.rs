@@ -20,34 +20,34 @@ use rayon::prelude::*;
 
 /// One output: a slice of the joint dims.
 #[derive(Debug, Clone, PartialEq)]
-struct Part {
-    name: String,
-    offset: usize,
-    dim: usize,
+pub(crate) struct Part {
+    pub(crate) name: String,
+    pub(crate) offset: usize,
+    pub(crate) dim: usize,
 }
 
 /// The analytic model: a mixture, the outputs it predicts and the class of
 /// each sample in the batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GmmModel {
-    mixture: Mixture,
+    pub(crate) mixture: Mixture,
     part_mixtures: Vec<Mixture>,
-    parts: Vec<Part>,
-    batch: usize,
-    tokens: usize,
+    pub(crate) parts: Vec<Part>,
+    pub(crate) batch: usize,
+    pub(crate) tokens: usize,
     flat: bool,
-    labels: Vec<usize>,
-    dtype: DType,
+    pub(crate) labels: Vec<usize>,
+    pub(crate) dtype: DType,
     kappa: f64,
 }
 
 /// How the branches of the model see a branch spec.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Condition {
-    text: bool,
-    image: Image,
-    kappa: f64,
-    isolate: bool,
+pub(crate) struct Condition {
+    pub(crate) text: bool,
+    pub(crate) image: Image,
+    pub(crate) kappa: f64,
+    pub(crate) isolate: bool,
 }
 
 /// Std inflation of perturbed branches (skip layers / attention, weak model).
@@ -114,7 +114,7 @@ impl GmmModel {
         &self.part_mixtures[k]
     }
 
-    fn condition(&self, spec: &BranchSpec) -> Condition {
+    pub(crate) fn condition(&self, spec: &BranchSpec) -> Condition {
         let kappa = match spec.modify {
             Modifier::None | Modifier::IsolateModality | Modifier::DropReference(_) => 1.0,
             Modifier::SkipLayers(_) | Modifier::SkipSelfAttention(_) | Modifier::Model(_) => self.kappa,
@@ -128,7 +128,7 @@ impl GmmModel {
         }
     }
 
-    fn allowed(&self, cond: Condition, label: usize) -> Vec<usize> {
+    pub(crate) fn allowed(&self, cond: Condition, label: usize) -> Vec<usize> {
         let g = self.mixture.group(label);
         (0..self.mixture.components.len())
             .filter(|&j| {
