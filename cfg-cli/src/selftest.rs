@@ -285,6 +285,24 @@ pub fn run(args: Args) -> CliResult {
             });
             failures += usize::from(!ok);
             rows.push(("philox words".into(), DType::F32, "bit-identical to the CPU".into(), ok));
+            // End to end: the GMM kernel against the CPU model, then whole samples.
+            let sample_checks = crate::selftest_sample::compare_predictions(dev).and_then(|first| {
+                let mut all = vec![first];
+                all.extend(crate::selftest_sample::compare_samples(dev)?);
+                Ok(all)
+            });
+            match sample_checks {
+                Ok(checks) => {
+                    for c in checks {
+                        failures += usize::from(!c.ok);
+                        rows.push(c.row());
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    rows.push(("sample on the GPU".into(), DType::F32, e.0, false));
+                }
+            }
             for (name, measure, ok) in nccl_checks(args.ordinal) {
                 failures += usize::from(!ok);
                 rows.push((name.into(), DType::F32, measure, ok));

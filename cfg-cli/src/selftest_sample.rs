@@ -12,8 +12,6 @@
 //! the difference on. The tolerance bounds that: relative error
 //! `‖gpu − cpu‖/‖cpu‖` at most [`REL_TOLERANCE`] and largest absolute
 //! difference at most [`ABS_TOLERANCE`] (the points lie within about ±4).
-// Wired into `cfg selftest` separately; until then nothing in the binary calls it.
-#![allow(dead_code)]
 
 use crate::error::CliError;
 use crate::models::{build, ModelKind};
