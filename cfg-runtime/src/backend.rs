@@ -6,8 +6,8 @@
 //! of `cfg-core`); that is what makes deterministic mode bit-identical.
 
 use cfg_core::program::{Form, Program};
-use cfg_core::tensor::TensorData;
 use cfg_core::state::GuidanceState;
+use cfg_core::tensor::TensorData;
 use cfg_core::{DType, Shape, Tensor};
 use thiserror::Error;
 

@@ -109,4 +109,3 @@ fn local_form(form: &Form, local: &[Option<&Tensor>], n: usize, out: &mut [f32])
     }
     Ok(())
 }
-

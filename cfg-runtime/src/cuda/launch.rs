@@ -91,6 +91,7 @@ impl Scratch {
 /// Fused combine + group rescale (std rescale, norm cap, renorm) over contiguous
 /// groups; one cooperative pass when every segment's block fits on the device
 /// at once and `allow_coop`, else two passes. Returns the number of passes.
+#[allow(clippy::too_many_arguments)] // one launch's full description; a struct would only rename them
 pub(crate) fn group_rescale(
     dev: &Device,
     forms: &Forms,
@@ -117,7 +118,7 @@ pub(crate) fn group_rescale(
     if allow_coop {
         let coop = dev.function(&kernels::RESCALE, &format!("group_coop_{io}"))?;
         let per_sm = coop.occupancy_max_active_blocks_per_multiprocessor(LANES as u32, 0, None).map_err(driver)?;
-        if total <= per_sm.max(0) as usize * dev.sms() as usize {
+        if total <= per_sm as usize * dev.sms() as usize {
             // SAFETY: matches `group_coop_*(Forms, GroupArgs, float*, double*, u32*, O*)`;
             // scratch sizes follow GroupArgs; every block is resident (checked above),
             // which the grid barrier needs; the launch is cooperative.
