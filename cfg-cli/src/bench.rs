@@ -3,6 +3,7 @@
 //! copy bandwidth measured in the same run. `--json` prints one JSON document.
 
 use crate::error::{CliError, CliResult};
+use crate::programs::hand_built;
 use cfg_core::program::{Form, Op, Program, Value};
 use cfg_core::reduce::Reduce;
 use cfg_core::state::GuidanceState;
@@ -31,20 +32,6 @@ pub struct Args {
 /// Element counts measured (bf16), as rows of 4096 (token renorm uses the block-per-token kernel).
 const SIZES: &[usize] = &[262_144, 2_097_152, 4_792_320, 33_554_432, 67_108_864];
 
-fn program(branches: usize, forms: Vec<Form>, ops: Vec<Op>) -> Program {
-    let result = if ops.is_empty() { Value::Form(0) } else { Value::Op(ops.len() - 1) };
-    Program {
-        output: "x".into(),
-        space: cfg_core::expr::Space::Eps,
-        branches: (0..branches).map(|b| format!("b{b}")).collect(),
-        forms,
-        ops,
-        latches: vec![],
-        counters: vec![],
-        result,
-    }
-}
-
 fn paths() -> Vec<(&'static str, Program)> {
     let cfg = || vec![Form { terms: vec![(0, 4.5), (1, -3.5)] }, Form { terms: vec![(0, 1.0)] }];
     let ltx = vec![
@@ -54,10 +41,10 @@ fn paths() -> Vec<(&'static str, Program)> {
     ];
     let (g, c) = (Value::Form(0), Value::Form(1));
     vec![
-        ("cfg 2-branch", program(2, cfg()[..1].to_vec(), vec![])),
+        ("cfg 2-branch", hand_built(2, cfg()[..1].to_vec(), vec![])),
         (
             "cfg + token renorm",
-            program(
+            hand_built(
                 2,
                 cfg(),
                 vec![Op::Renorm { input: g, reference: c, over: Reduce::Token, eps: 1e-8, min: None, max: None }],
@@ -65,11 +52,11 @@ fn paths() -> Vec<(&'static str, Program)> {
         ),
         (
             "cfg + std rescale",
-            program(2, cfg(), vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }]),
+            hand_built(2, cfg(), vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }]),
         ),
         (
             "LTX 4-branch + rescale",
-            program(4, ltx, vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }]),
+            hand_built(4, ltx, vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }]),
         ),
     ]
 }

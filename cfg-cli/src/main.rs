@@ -10,6 +10,7 @@ mod list;
 mod models;
 mod plan;
 mod plot;
+mod programs;
 mod quality;
 mod sample;
 mod selftest;

@@ -5,6 +5,7 @@
 //! Prints a table; exits 1 on any failure.
 
 use crate::error::{CliError, CliResult};
+use crate::programs::hand_built;
 use cfg_core::program::{Form, Op, Program, Value};
 use cfg_core::reduce::Reduce;
 use cfg_core::reference::{evaluate_f64, relative_error, ReferenceState};
@@ -40,20 +41,6 @@ fn form(terms: &[(usize, f32)]) -> Form {
     Form { terms: terms.to_vec() }
 }
 
-fn program(branches: usize, forms: Vec<Form>, ops: Vec<Op>) -> Program {
-    let result = if ops.is_empty() { Value::Form(0) } else { Value::Op(ops.len() - 1) };
-    Program {
-        output: "x".into(),
-        space: cfg_core::expr::Space::Eps,
-        branches: (0..branches).map(|b| format!("b{b}")).collect(),
-        forms,
-        ops,
-        latches: vec![],
-        counters: vec![],
-        result,
-    }
-}
-
 /// cfg over (cond = b0, uncond = b1) as form 0, cond as form 1.
 fn cfg_forms() -> Vec<Form> {
     vec![form(&[(0, 4.5), (1, -3.5)]), form(&[(0, 1.0)])]
@@ -69,49 +56,49 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "combine 2-way",
-            program: program(2, vec![form(&[(0, 4.5), (1, -3.5)])], vec![]),
+            program: hand_built(2, vec![form(&[(0, 4.5), (1, -3.5)])], vec![]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "combine 8-way",
-            program: program(8, vec![form(&(0..8).map(|b| (b, 0.5 - b as f32 * 0.25)).collect::<Vec<_>>())], vec![]),
+            program: hand_built(8, vec![form(&(0..8).map(|b| (b, 0.5 - b as f32 * 0.25)).collect::<Vec<_>>())], vec![]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "renorm token (warp)",
-            program: program(2, cfg_forms(), vec![renorm(Reduce::Token, None, None)]),
+            program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Token, None, None)]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "renorm token clamped",
-            program: program(2, cfg_forms(), vec![renorm(Reduce::Token, Some(0.0), Some(1.0))]),
+            program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Token, Some(0.0), Some(1.0))]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "renorm token (block)",
-            program: program(2, cfg_forms(), vec![renorm(Reduce::Token, None, None)]),
+            program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Token, None, None)]),
             shape: wide.clone(),
             steps: 1,
         },
         Case {
             name: "renorm tensor clamped",
-            program: program(2, cfg_forms(), vec![renorm(Reduce::Tensor, Some(0.0), Some(1.0))]),
+            program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Tensor, Some(0.0), Some(1.0))]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "renorm channel (generic)",
-            program: program(2, cfg_forms(), vec![renorm(Reduce::Channel, None, Some(1.0))]),
+            program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Channel, None, Some(1.0))]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "std rescale sample",
-            program: program(
+            program: hand_built(
                 2,
                 cfg_forms(),
                 vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Sample }],
@@ -121,7 +108,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "std rescale tensor",
-            program: program(
+            program: hand_built(
                 2,
                 cfg_forms(),
                 vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }],
@@ -131,13 +118,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "norm cap",
-            program: program(2, cfg_forms(), vec![Op::NormCap { input: g, reference: c, ratio: 1.5 }]),
+            program: hand_built(2, cfg_forms(), vec![Op::NormCap { input: g, reference: c, ratio: 1.5 }]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "mix + std rescale (generic)",
-            program: program(
+            program: hand_built(
                 2,
                 cfg_forms(),
                 vec![
@@ -150,19 +137,19 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "zero-star",
-            program: program(2, cu(), vec![Op::ZeroStar { cond: g, uncond: c, scale: 4.0, original: false }]),
+            program: hand_built(2, cu(), vec![Op::ZeroStar { cond: g, uncond: c, scale: 4.0, original: false }]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "magnitude-aware",
-            program: program(2, cu(), vec![Op::MagnitudeAware { cond: g, uncond: c, scale: 5.0, alpha: 2.0 }]),
+            program: hand_built(2, cu(), vec![Op::MagnitudeAware { cond: g, uncond: c, scale: 5.0, alpha: 2.0 }]),
             shape: small.clone(),
             steps: 1,
         },
         Case {
             name: "APG (3 steps, momentum)",
-            program: program(
+            program: hand_built(
                 2,
                 cu(),
                 vec![Op::Apg {

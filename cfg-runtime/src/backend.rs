@@ -78,3 +78,29 @@ pub fn forms_as_inputs(program: &Program, forms: &[f32], shape: &Shape) -> (Prog
         .collect();
     (p, inputs)
 }
+
+/// Checks the buffers of [`Backend::partial_forms`]: one slot per branch, one
+/// f32 per element of every form.
+pub fn check_partial_sizes(program: &Program, local: usize, out: usize, n: usize) -> Result<(), BackendError> {
+    if out != program.forms.len() * n || local != program.branches.len() {
+        return Err(BackendError(format!(
+            "partial forms of `{}`: expected {} branches and {} values, got {local} and {out}",
+            program.output,
+            program.branches.len(),
+            program.forms.len() * n,
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the buffer of [`Backend::evaluate_forms`]: one f32 per element of every form.
+pub fn check_forms_size(program: &Program, forms: usize, n: usize) -> Result<(), BackendError> {
+    if forms != program.forms.len() * n {
+        return Err(BackendError(format!(
+            "reduced forms of `{}`: expected {} values, got {forms}",
+            program.output,
+            program.forms.len() * n,
+        )));
+    }
+    Ok(())
+}

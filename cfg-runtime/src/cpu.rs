@@ -1,6 +1,6 @@
 //! The CPU backend: runs the canonical program of `cfg-core` (rayon, explicit fma).
 
-use crate::backend::{forms_as_inputs, Backend, BackendError};
+use crate::backend::{check_forms_size, check_partial_sizes, forms_as_inputs, Backend, BackendError};
 use cfg_core::cpu::{combine_into, evaluate, round_to};
 use cfg_core::program::{Form, Program};
 use cfg_core::state::GuidanceState;
@@ -35,16 +35,7 @@ impl Backend for CpuBackend {
         out: &mut [f32],
     ) -> Result<(), BackendError> {
         let n = shape.numel();
-        if out.len() != program.forms.len() * n || local.len() != program.branches.len() {
-            return Err(BackendError(format!(
-                "partial forms of `{}`: expected {} branches and {} values, got {} and {}",
-                program.output,
-                program.branches.len(),
-                program.forms.len() * n,
-                local.len(),
-                out.len()
-            )));
-        }
+        check_partial_sizes(program, local.len(), out.len(), n)?;
         for (form, out) in program.forms.iter().zip(out.chunks_mut(n.max(1))) {
             local_form(form, local, n, out)?;
         }
@@ -60,14 +51,7 @@ impl Backend for CpuBackend {
         state: &mut GuidanceState,
     ) -> Result<Tensor, BackendError> {
         let n = shape.numel();
-        if forms.len() != program.forms.len() * n {
-            return Err(BackendError(format!(
-                "reduced forms of `{}`: expected {} values, got {}",
-                program.output,
-                program.forms.len() * n,
-                forms.len()
-            )));
-        }
+        check_forms_size(program, forms.len(), n)?;
         // The reduced forms become the inputs of a program whose forms are the
         // identity (1·x is exact), so the non-linear ops run unchanged.
         let (identity, inputs) = forms_as_inputs(program, forms, shape);

@@ -5,7 +5,7 @@ use super::error::CudaError;
 use super::exec::{evaluate, ExecOptions};
 use super::launch;
 use super::params::{Forms, MAX_TERMS};
-use crate::backend::{forms_as_inputs, Backend, BackendError};
+use crate::backend::{check_forms_size, check_partial_sizes, forms_as_inputs, Backend, BackendError};
 use cfg_core::program::{Form, Program};
 use cfg_core::state::GuidanceState;
 use cfg_core::tensor::TensorData;
@@ -70,9 +70,7 @@ impl Backend for CudaBackend {
         out: &mut [f32],
     ) -> Result<(), BackendError> {
         let n = shape.numel();
-        if out.len() != program.forms.len() * n || local.len() != program.branches.len() {
-            return Err(BackendError(format!("partial forms of `{}`: wrong sizes", program.output)));
-        }
+        check_partial_sizes(program, local.len(), out.len(), n)?;
         for (form, out) in program.forms.iter().zip(out.chunks_mut(n.max(1))) {
             self.local_form(form, local, n, out)?;
         }
@@ -88,9 +86,7 @@ impl Backend for CudaBackend {
         state: &mut GuidanceState,
     ) -> Result<Tensor, BackendError> {
         let n = shape.numel();
-        if forms.len() != program.forms.len() * n {
-            return Err(BackendError(format!("reduced forms of `{}`: wrong size", program.output)));
-        }
+        check_forms_size(program, forms.len(), n)?;
         let (p, inputs) = forms_as_inputs(program, forms, shape);
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let out = self.evaluate(&p, &refs, DType::F32, shape, state)?;
