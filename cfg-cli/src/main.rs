@@ -54,6 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(a) => check::run(a),
@@ -71,5 +72,15 @@ fn main() -> ExitCode {
             eprintln!("error: {}", e.0);
             ExitCode::from(1)
         }
+    }
+}
+
+/// `cfg plan | head` should end quietly like any Unix tool, not panic on a
+/// closed pipe: Rust ignores SIGPIPE by default, so restore the default action.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
