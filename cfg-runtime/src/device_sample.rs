@@ -96,7 +96,7 @@ pub fn sample_device<M: DeviceModel + ?Sized>(
     if opts.steps == 0 {
         return Err(RuntimeError::Config("the number of steps must be at least 1".into()));
     }
-    let (outputs, model_to_policy) = match_outputs(model, policy)?;
+    let (outputs, model_to_policy) = crate::model::match_outputs(model, policy)?;
     let spaces: Vec<Space> = policy.outputs.iter().map(|(_, spec)| spec.space).collect();
     let model_spaces: Vec<Space> = model_to_policy.iter().map(|&p| spaces[p]).collect();
     let times = opts.sampler.times(opts.steps);
@@ -201,30 +201,6 @@ pub fn sample_device<M: DeviceModel + ?Sized>(
         reports.push(report);
     }
     Ok(Sampled { outputs: finals, reports })
-}
-
-/// The model's outputs in the policy's order, and for each model output the
-/// index of the policy output of the same name (as the guider checks them).
-fn match_outputs<M: Model + ?Sized>(model: &M, policy: &Policy) -> Result<(Vec<OutputInfo>, Vec<usize>), RuntimeError> {
-    let model_outputs = model.outputs();
-    let names: Vec<&str> = policy.outputs.names().collect();
-    let mut sorted = names.clone();
-    let mut model_names: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
-    sorted.sort();
-    model_names.sort();
-    if sorted != model_names {
-        return Err(RuntimeError::Config(format!(
-            "policy `{}` has outputs {names:?} but the model predicts {model_names:?}",
-            policy.name
-        )));
-    }
-    let outputs = names
-        .iter()
-        .map(|n| model_outputs.iter().find(|o| o.name == *n).expect("names compared above").clone())
-        .collect();
-    let model_to_policy =
-        model_outputs.iter().map(|o| names.iter().position(|n| *n == o.name).expect("names compared above")).collect();
-    Ok((outputs, model_to_policy))
 }
 
 fn bad(step: usize, branch: &str, output: &str, expected: String, got: impl std::fmt::Display) -> RuntimeError {

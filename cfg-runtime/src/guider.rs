@@ -78,26 +78,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         backend: B,
         mode: Mode,
     ) -> Result<Self, RuntimeError> {
-        let model_outputs = model.outputs();
-        let names: Vec<&str> = policy.outputs.names().collect();
-        let mut model_names: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        model_names.sort();
-        if sorted != model_names {
-            return Err(RuntimeError::Config(format!(
-                "policy `{}` has outputs {names:?} but the model predicts {model_names:?}",
-                policy.name
-            )));
-        }
-        let outputs: Vec<OutputInfo> = names
-            .iter()
-            .map(|n| model_outputs.iter().find(|o| o.name == *n).expect("names compared above").clone())
-            .collect();
-        let model_to_policy = model_outputs
-            .iter()
-            .map(|o| names.iter().position(|n| *n == o.name).expect("names compared above"))
-            .collect();
+        let (outputs, model_to_policy) = crate::model::match_outputs(model, &policy)?;
         let spaces = policy.outputs.iter().map(|(_, spec)| spec.space).collect();
         if comm.world_size() == 0 || comm.rank() >= comm.world_size() {
             return Err(RuntimeError::Config(format!("rank {} of world size {}", comm.rank(), comm.world_size())));

@@ -1,6 +1,8 @@
 //! The model-facing API: what a model crate implements.
 
+use crate::error::RuntimeError;
 use cfg_core::branch::{BranchSpec, Modifier};
+use cfg_core::expr::Policy;
 use cfg_core::expr::Space;
 use cfg_core::{DType, Shape, Tensor};
 
@@ -88,4 +90,31 @@ pub trait Model {
     /// of one tensor per output (model output order), each of the output's
     /// shape and dtype.
     fn predict(&self, call: &Call<'_>) -> Result<Vec<Vec<Tensor>>, ModelError>;
+}
+
+/// The model's outputs in the policy's order, and for each model output the
+/// index of the policy output of the same name (an error when the two disagree).
+pub fn match_outputs<M: Model + ?Sized>(
+    model: &M,
+    policy: &Policy,
+) -> Result<(Vec<OutputInfo>, Vec<usize>), RuntimeError> {
+    let model_outputs = model.outputs();
+    let names: Vec<&str> = policy.outputs.names().collect();
+    let mut sorted = names.clone();
+    let mut model_names: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
+    sorted.sort();
+    model_names.sort();
+    if sorted != model_names {
+        return Err(RuntimeError::Config(format!(
+            "policy `{}` has outputs {names:?} but the model predicts {model_names:?}",
+            policy.name
+        )));
+    }
+    let outputs = names
+        .iter()
+        .map(|n| model_outputs.iter().find(|o| o.name == *n).expect("names compared above").clone())
+        .collect();
+    let model_to_policy =
+        model_outputs.iter().map(|o| names.iter().position(|n| *n == o.name).expect("names compared above")).collect();
+    Ok((outputs, model_to_policy))
 }
