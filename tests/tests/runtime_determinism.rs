@@ -79,7 +79,8 @@ fn fast_mode_ranks_agree_and_stay_close_to_deterministic() {
                 let (a, b) = (t.to_f32(), exact.outputs[o].1.to_f32());
                 let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
                 let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-                assert!((num / den).sqrt() < 0.05, "{name} on {world} ranks: relative error {}", (num / den).sqrt());
+                // Only the f32 summation order differs: seen ≤ 7.3e-6 after a whole run.
+                assert!((num / den).sqrt() < 1e-4, "{name} on {world} ranks: relative error {}", (num / den).sqrt());
             }
         }
     }
