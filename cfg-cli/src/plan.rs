@@ -65,10 +65,9 @@ pub fn run(args: Args) -> CliResult {
         if has_adaptive(&policy) { " (adaptive guidance is assumed not to latch)" } else { "" }
     );
     println!();
-    println!(
-        "{:>4} {:>7}  {:<28} {:<40} {:<10} {:<11} {:>10} {:>10}  saved",
-        "step", "t", "active", "rank: batched calls", "idle", "collective", "gather", "reduce"
-    );
+    let mut rows: Vec<[String; 9]> =
+        vec![["step", "t", "active", "rank: batched calls", "idle", "collective", "gather", "reduce", "saved"]
+            .map(String::from)];
     for (plan, (t, _)) in plans.iter().zip(&times) {
         let ranks: Vec<String> = plan
             .groups
@@ -89,19 +88,19 @@ pub fn run(args: Args) -> CliResult {
             plan.idle.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
         };
         let saved = if plan.skipped.is_empty() { "-".to_string() } else { plan.skipped.join(",") };
-        println!(
-            "{:>4} {:>7.4}  {:<28} {:<40} {:<10} {:<11} {:>10} {:>10}  {}",
-            plan.step,
-            t,
+        rows.push([
+            plan.step.to_string(),
+            format!("{t:.4}"),
             plan.active.join(","),
             ranks.join(" "),
             idle,
-            plan.collective.name(),
+            plan.collective.name().to_string(),
             bytes(plan.gather_bytes),
             bytes(plan.reduce_bytes),
-            saved
-        );
+            saved,
+        ]);
     }
+    print_table(&rows);
     let calls: usize = plans.iter().map(|p| p.calls()).sum();
     let full = declared.len() * steps;
     let moved: usize = plans.iter().map(|p| p.bytes()).sum();
@@ -120,4 +119,20 @@ fn has_adaptive(policy: &cfg_core::expr::Policy) -> bool {
         matches!(e, cfg_core::expr::Expr::Adaptive { .. }) || e.children().into_iter().any(walk)
     }
     policy.outputs.iter().any(|(_, o)| walk(&o.guidance)) || policy.values.iter().any(|(_, e)| walk(e))
+}
+
+/// Prints rows as columns as wide as their widest cell; numbers right-aligned.
+fn print_table(rows: &[[String; 9]]) {
+    let width = |c: usize| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..9).map(width).collect();
+    let right = [true, true, false, false, false, false, true, true, false];
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .zip(right)
+            .map(|((cell, &w), r)| if r { format!("{cell:>w$}") } else { format!("{cell:<w$}") })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
 }
