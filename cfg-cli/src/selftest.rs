@@ -166,7 +166,53 @@ fn cases() -> Vec<Case> {
             shape: small,
             steps: 3,
         },
+        Case {
+            name: "combine 3-way, odd size",
+            program: hand_built(3, vec![form(&[(0, 2.5), (1, -1.0), (2, -0.5)])], vec![]),
+            shape: Shape::new([1, 7, 37]),
+            steps: 1,
+        },
+        Case {
+            // 4.2M elements: more segments than fit on chip, so two passes.
+            name: "std rescale tensor, 4.2M",
+            program: hand_built(
+                2,
+                cfg_forms(),
+                vec![Op::StdRescale { input: g, reference: c, phi: 0.7, over: Reduce::Tensor }],
+            ),
+            shape: Shape::new([1, 1024, 4096]),
+            steps: 1,
+        },
+        Case {
+            // More token groups than one grid-stride launch has threads.
+            name: "mix + renorm 655k tokens",
+            program: hand_built(
+                2,
+                cfg_forms(),
+                vec![
+                    Op::Mix { terms: vec![(g, 0.5), (c, 0.5)] },
+                    Op::Renorm {
+                        input: Value::Op(0),
+                        reference: c,
+                        over: Reduce::Token,
+                        eps: 1e-8,
+                        min: None,
+                        max: Some(1.0),
+                    },
+                ],
+            ),
+            shape: Shape::new([1, 655_360, 8]),
+            steps: 1,
+        },
     ]
+}
+
+/// Whether a case's fused path has a one-pass (cooperative) and a two-pass form.
+fn has_two_pass_form(case: &Case) -> bool {
+    matches!(
+        case.program.ops.as_slice(),
+        [Op::StdRescale { .. } | Op::NormCap { .. } | Op::Renorm { over: Reduce::Sample | Reduce::Tensor, .. }]
+    )
 }
 
 fn inputs(case: &Case, dtype: DType, step: usize) -> Vec<Tensor> {
@@ -194,6 +240,30 @@ fn max_ulps(dtype: DType, got: &Tensor, want: &Tensor) -> f64 {
             }
         })
         .fold(0.0, f64::max)
+}
+
+/// Runs `case` on `gpu` and on the CPU backend, step after step with their
+/// own state: f32 must match bit for bit, f16/bf16 within one ulp.
+fn compare_with_cpu(case: &Case, dtype: DType, gpu: &mut CudaBackend) -> Result<(String, bool), CliError> {
+    let (mut s_cpu, mut s_gpu) = (GuidanceState::new(), GuidanceState::new());
+    let (mut worst, mut same_bits) = (0.0f64, true);
+    for step in 0..case.steps {
+        let ins = inputs(case, dtype, step);
+        let refs: Vec<&Tensor> = ins.iter().collect();
+        let want = CpuBackend.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_cpu)?;
+        match gpu.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_gpu) {
+            Ok(got) => {
+                worst = worst.max(max_ulps(dtype, &got, &want));
+                same_bits &= got.as_bytes() == want.as_bytes();
+            }
+            Err(e) => return Ok((e.to_string(), false)),
+        }
+    }
+    Ok(match dtype {
+        DType::F32 if same_bits => ("bit-identical".into(), true),
+        DType::F32 => (format!("bits differ, max {worst} ulp"), false),
+        _ => (format!("max {worst} ulp"), worst <= 1.0),
+    })
 }
 
 /// NCCL with world size 1 on device `ordinal`: an all-reduce (NCCL's and the
@@ -242,26 +312,22 @@ pub fn run(args: Args) -> CliResult {
     let mut failures = 0;
     match args.device.as_str() {
         "cuda" => {
-            let gpu = CudaBackend::new(args.ordinal)?.with_options(ExecOptions { cooperative: true, poison: true });
+            let one_pass = ExecOptions { cooperative: true, poison: true };
+            let mut gpu = CudaBackend::new(args.ordinal)?.with_options(one_pass);
+            let mut two_pass =
+                CudaBackend::new(args.ordinal)?.with_options(ExecOptions { cooperative: false, ..one_pass });
             println!("device: {}", gpu.device().describe());
-            let mut gpu = gpu;
             for case in cases() {
-                for dtype in DType::ALL {
-                    let (mut s_cpu, mut s_gpu) = (GuidanceState::new(), GuidanceState::new());
-                    let mut worst = 0.0f64;
-                    let mut error = None;
-                    for step in 0..case.steps {
-                        let ins = inputs(&case, dtype, step);
-                        let refs: Vec<&Tensor> = ins.iter().collect();
-                        let want = CpuBackend.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_cpu)?;
-                        match gpu.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_gpu) {
-                            Ok(got) => worst = worst.max(max_ulps(dtype, &got, &want)),
-                            Err(e) => error = Some(e.to_string()),
-                        }
+                let mut runs = vec![(case.name.to_string(), &mut gpu)];
+                if has_two_pass_form(&case) {
+                    runs.push((format!("{} (2-pass)", case.name), &mut two_pass));
+                }
+                for (name, backend) in runs {
+                    for dtype in DType::ALL {
+                        let (measure, ok) = compare_with_cpu(&case, dtype, backend)?;
+                        failures += usize::from(!ok);
+                        rows.push((name.clone(), dtype, measure, ok));
                     }
-                    let ok = error.is_none() && if dtype == DType::F32 { worst == 0.0 } else { worst <= 1.0 };
-                    failures += usize::from(!ok);
-                    rows.push((case.name.to_string(), dtype, error.unwrap_or_else(|| format!("max {worst} ulp")), ok));
                 }
             }
             let dev = gpu.device();

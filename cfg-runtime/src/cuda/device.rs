@@ -64,6 +64,9 @@ impl Device {
         // single stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        if ctx.has_async_alloc() {
+            keep_freed_memory(&ctx)?;
+        }
         let (major, minor) = ctx.compute_capability().map_err(|e| CudaError::driver("compute capability", e))?;
         let sms = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -185,18 +188,36 @@ impl Device {
         self.stream.synchronize().map_err(|e| CudaError::driver("cuStreamSynchronize", e))
     }
 
+    /// Copies `src` to `dst` with the driver's device-to-device memcpy.
+    pub fn memcpy(&self, src: &Buffer, dst: &mut Buffer) -> Result<(), CudaError> {
+        let bytes = src.len * src.dtype.size();
+        if dst.len * dst.dtype.size() < bytes {
+            return Err(CudaError::Unsupported(format!("memcpy of {bytes} bytes into a smaller buffer")));
+        }
+        self.stream
+            .memcpy_dtod(&src.mem.slice(..bytes), &mut dst.mem.slice_mut(..bytes))
+            .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
+    }
+
     /// The median time in milliseconds of `f` over `reps` runs, measured with
-    /// CUDA events on the stream (after one warm-up run that loads kernels).
+    /// CUDA events on the stream, after warm-up runs (kernel loading, clocks).
+    /// Each run is queued behind a short stream hold, so the interval between
+    /// the events is GPU time only, not the host's time to queue the work.
     pub fn median_ms(&self, reps: usize, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+        const WARMUP: usize = 3;
+        const HOLD_NS: u64 = 500_000;
         let ev = || self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT));
         let (start, end) = (
             ev().map_err(|e| CudaError::driver("cuEventCreate", e))?,
             ev().map_err(|e| CudaError::driver("cuEventCreate", e))?,
         );
-        f()?;
+        for _ in 0..WARMUP {
+            f()?;
+        }
         self.sync()?;
         let mut ms = Vec::with_capacity(reps.max(1));
         for _ in 0..reps.max(1) {
+            super::launch::hold_stream(self, HOLD_NS)?;
             start.record(&self.stream).map_err(|e| CudaError::driver("cuEventRecord", e))?;
             f()?;
             end.record(&self.stream).map_err(|e| CudaError::driver("cuEventRecord", e))?;
@@ -222,5 +243,25 @@ impl Buffer {
     /// The device address of the first element.
     pub fn addr(&self, dev: &Device) -> u64 {
         dev.addr(&self.mem)
+    }
+}
+
+/// Lets the stream-ordered allocator keep freed memory instead of returning it
+/// to the driver at every synchronisation (the default release threshold is 0),
+/// so a step's buffers are reused rather than mapped again.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<(), CudaError> {
+    use cudarc::driver::{result, sys};
+    let mut keep: u64 = u64::MAX;
+    // SAFETY: the device comes from a live context; the release threshold
+    // attribute takes a pointer to a u64.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device())
+            .map_err(|e| CudaError::driver("cuDeviceGetDefaultMemPool", e))?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+        .map_err(|e| CudaError::driver("cuMemPoolSetAttribute", e))
     }
 }

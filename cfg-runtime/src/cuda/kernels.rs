@@ -96,7 +96,11 @@ pub const RESCALE: KernelModule = KernelModule {
         "group_stats_f32",
         "group_stats_f16",
         "group_stats_bf16",
+        "group_apply_f32_f32",
+        "group_apply_f16_f16",
         "group_apply_bf16_bf16",
+        "group_coop_f32_f32",
+        "group_coop_f16_f16",
         "group_coop_bf16_bf16",
     ],
 };
@@ -110,7 +114,7 @@ pub const GUIDANCE: KernelModule = KernelModule {
 pub const COPY: KernelModule = KernelModule {
     name: "copy",
     parts: &[COMMON, include_str!("../../kernels/copy.cu")],
-    functions: &["copy_u16", "poison_u32"],
+    functions: &["copy_u16", "hold_ns", "poison_u16", "poison_u32"],
 };
 /// Philox noise.
 pub const PHILOX: KernelModule = KernelModule {
@@ -121,6 +125,12 @@ pub const PHILOX: KernelModule = KernelModule {
 
 /// Every kernel module, in a fixed order.
 pub const ALL: &[KernelModule] = &[COMBINE, RENORM_TOKEN, STATS, RESCALE, GUIDANCE, COPY, PHILOX];
+
+/// Whether the environment demands NVRTC (`CFG_REQUIRE_NVRTC=1`, set by
+/// `scripts/test.sh`): the kernel compile tests then fail instead of skipping.
+pub fn nvrtc_required() -> bool {
+    std::env::var_os("CFG_REQUIRE_NVRTC").is_some_and(|v| v == "1")
+}
 
 /// Whether libnvrtc can be loaded (without it cudarc would panic).
 pub fn nvrtc_available() -> bool {

@@ -8,7 +8,7 @@ use super::kernels;
 use super::params::{Dots, FactorArgs, Forms, GroupArgs, Groups, Outs, RenormArgs, MAX_FORMS};
 use cfg_core::reduce::{LANES, SEGMENT};
 use cfg_core::DType;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 pub(crate) fn driver(e: cudarc::driver::DriverError) -> CudaError {
     CudaError::driver("kernel launch", e)
@@ -102,6 +102,9 @@ pub(crate) fn group_rescale(
     factor: FactorArgs,
     allow_coop: bool,
 ) -> Result<usize, CudaError> {
+    if groups * len == 0 {
+        return Ok(0); // nothing to write; one launched block would read past the buffers
+    }
     let nseg = len.div_ceil(SEGMENT).max(1);
     let args = GroupArgs {
         f: FactorArgs { len: len as i64, ..factor },
@@ -117,8 +120,7 @@ pub(crate) fn group_rescale(
     let (d, io) = (dtype.name(), format!("{}_{}", dtype.name(), dtype.name()));
     if allow_coop {
         let coop = dev.function(&kernels::RESCALE, &format!("group_coop_{io}"))?;
-        let per_sm = coop.occupancy_max_active_blocks_per_multiprocessor(LANES as u32, 0, None).map_err(driver)?;
-        if total <= per_sm as usize * dev.sms() as usize {
+        if total <= resident_blocks(dev, &coop)? {
             // SAFETY: matches `group_coop_*(Forms, GroupArgs, float*, double*, u32*, O*)`;
             // scratch sizes follow GroupArgs; every block is resident (checked above),
             // which the grid barrier needs; the launch is cooperative.
@@ -171,6 +173,23 @@ pub(crate) fn group_rescale(
     Ok(2)
 }
 
+/// How many blocks of `f` can be resident on the device at once (the largest
+/// cooperative grid).
+fn resident_blocks(dev: &Device, f: &CudaFunction) -> Result<usize, CudaError> {
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(LANES as u32, 0, None).map_err(driver)?;
+    Ok(per_sm as usize * dev.sms() as usize)
+}
+
+/// The passes over memory a fused rescale of `groups` groups of `len`
+/// elements of `dtype` takes on this device: 1 where every segment's block
+/// fits on chip at once (cooperative launch), else 2.
+pub fn rescale_passes(dev: &Device, dtype: DType, groups: usize, len: usize) -> Result<usize, CudaError> {
+    let total = groups * len.div_ceil(SEGMENT).max(1);
+    let io = format!("{}_{}", dtype.name(), dtype.name());
+    let coop = dev.function(&kernels::RESCALE, &format!("group_coop_{io}"))?;
+    Ok(if total <= resident_blocks(dev, &coop)? { 1 } else { 2 })
+}
+
 /// Scratch is freed only once the kernels that use it are done.
 fn drop_after_sync(dev: &Device, scratch: Scratch) -> Result<(), CudaError> {
     // With the stream-ordered allocator cudarc frees on the stream, after the
@@ -194,6 +213,9 @@ pub(crate) fn group_factors(
     factor: FactorArgs,
 ) -> Result<CudaSlice<u8>, CudaError> {
     let count = groups.count as usize;
+    if count == 0 {
+        return dev.zeros_u8(0); // no group; one launched block would read past the buffers
+    }
     let nseg = (groups.len as usize).div_ceil(SEGMENT).max(1);
     let segs = dev.zeros_u8(count * nseg * 4 * 8)?;
     let factors = dev.zeros_u8(count * 8)?;
@@ -243,7 +265,8 @@ pub(crate) fn group_factors(
             .arg(&nseg64)
             .arg(&a)
             .arg(&fa)
-            .launch(dev.grid(count))
+            // One thread per group, no grid-stride loop: cover every group.
+            .launch(blocks(count.div_ceil(LANES)))
     }
     .map_err(driver)?;
     if !dev.context().has_async_alloc() {
@@ -281,13 +304,31 @@ pub fn copy_u16(dev: &Device, src: &Buffer, dst: &Buffer) -> Result<(), CudaErro
     Ok(())
 }
 
-/// Fills a buffer with the 32-bit `pattern` (NaN for f32; poison before a run).
+/// Fills a buffer with the 32-bit `pattern` (NaN for f32; poison before a run);
+/// an odd 16-bit tail gets the pattern's low half.
 pub fn poison(dev: &Device, b: &Buffer, pattern: u32) -> Result<(), CudaError> {
+    let bytes = b.len * b.dtype.size();
+    let (words, a) = ((bytes / 4) as i64, b.addr(dev));
     let k = dev.function(&kernels::COPY, "poison_u32")?;
-    let words = (b.len * b.dtype.size() / 4) as i64;
-    let a = b.addr(dev);
     // SAFETY: matches `poison_u32(u32*, i64, u32)`; the buffer holds `words` words.
     unsafe { dev.stream().launch_builder(&k).arg(&a).arg(&words).arg(&pattern).launch(dev.grid(words as usize)) }
         .map_err(driver)?;
+    if bytes % 4 == 2 {
+        let k = dev.function(&kernels::COPY, "poison_u16")?;
+        let (tail, one, half) = (a + 4 * words as u64, 1i64, pattern as u16);
+        // SAFETY: matches `poison_u16(u16*, i64, u16)`; the last 16-bit word of the buffer.
+        unsafe { dev.stream().launch_builder(&k).arg(&tail).arg(&one).arg(&half).launch(dev.grid(1)) }
+            .map_err(driver)?;
+    }
+    Ok(())
+}
+
+/// Keeps the stream busy for `ns` nanoseconds, so that work queued meanwhile
+/// starts back to back (benchmarks time the GPU, not the host).
+pub(crate) fn hold_stream(dev: &Device, ns: u64) -> Result<(), CudaError> {
+    let k = dev.function(&kernels::COPY, "hold_ns")?;
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: matches `hold_ns(u64)`; touches no memory.
+    unsafe { dev.stream().launch_builder(&k).arg(&ns).launch(one) }.map_err(driver)?;
     Ok(())
 }
