@@ -275,7 +275,7 @@ fn nccl_checks(ordinal: usize) -> Vec<(&'static str, String, bool)> {
     let run = |fixed_order_reduce| {
         let timeout = std::time::Duration::from_secs(60);
         let options = NcclOptions { timeout, init_timeout: timeout, fixed_order_reduce };
-        let out = run_nccl_threads(&[ordinal], options, |mut comm| {
+        let out = run_nccl_threads(&[ordinal], options, |comm| {
             let mut sum = values.clone();
             comm.all_reduce_sum(0, &mut sum)?;
             let gathered = comm.all_gather(1, &bytes, &[bytes.len()])?;

@@ -84,6 +84,15 @@ fn env_reads_torchrun_variables() {
     let mut vars = without("MASTER_PORT");
     vars.push(("CFG_NCCL_PORT", "29600"));
     assert_eq!(env(&vars).unwrap().port, 29600, "MASTER_PORT is not needed with CFG_NCCL_PORT");
+    let mut vars = FULL.to_vec();
+    vars.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+    assert_eq!(env(&vars).unwrap().port, 29501, "torchrun's agent store holds MASTER_PORT: the id goes one above");
+    vars.push(("CFG_NCCL_PORT", "29600"));
+    assert_eq!(env(&vars).unwrap().port, 29600, "CFG_NCCL_PORT still wins under torchrun");
+    let mut vars = with("MASTER_PORT", "65535");
+    vars.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+    let e = env(&vars).unwrap_err().to_string();
+    assert!(e.contains("MASTER_PORT") && e.contains("65535"), "{e}");
 }
 
 #[test]
@@ -264,7 +273,7 @@ fn two_gpus_in_one_process() {
         None => return,
     }
     // Unequal gather sizes (grouped broadcasts), equal ones (all-gather), sums.
-    let out = run_nccl_threads(&[0, 1], options(), |mut c| {
+    let out = run_nccl_threads(&[0, 1], options(), |c| {
         let r = c.rank();
         let gathered = c.all_gather(0, &vec![r as u8 + 1; 3 + 5 * r], &[3, 8])?;
         let equal = c.all_gather(1, &[r as u8; 4], &[4, 4])?;
@@ -280,7 +289,7 @@ fn two_gpus_in_one_process() {
         assert!(sum.iter().all(|&x| x == 2.0));
     }
     // A failing rank stops the other one instead of leaving it waiting.
-    let out: Vec<Result<(), RuntimeError>> = run_nccl_threads(&[0, 1], options(), |mut c| {
+    let out: Vec<Result<(), RuntimeError>> = run_nccl_threads(&[0, 1], options(), |c| {
         for step in 0..5 {
             if c.rank() == 1 && step == 2 {
                 return Err(RuntimeError::Config("rank 1 gives up".into()));

@@ -1,9 +1,10 @@
 //! Bootstrapping a multi-process NCCL run: torchrun's environment variables
 //! and the TCP exchange of the 128-byte NCCL unique id.
 //!
-//! Rank 0 creates the id and serves it on `MASTER_PORT` (or `CFG_NCCL_PORT`
-//! when set: under torchrun the agent's own store may already hold
-//! `MASTER_PORT`); every other rank connects to `MASTER_ADDR`, retrying until
+//! Rank 0 creates the id and serves it on `CFG_NCCL_PORT` when set, else on
+//! `MASTER_PORT + 1` under torchrun (`TORCHELASTIC_USE_AGENT_STORE=True`: the
+//! agent's own store holds `MASTER_PORT`), else on `MASTER_PORT`; every other
+//! rank connects to `MASTER_ADDR`, retrying until
 //! rank 0 listens, and receives it. Nothing here touches CUDA, so the
 //! exchange is tested on any machine. Every wait has a deadline.
 //!
@@ -96,7 +97,8 @@ pub struct BootstrapEnv {
     pub local_rank: usize,
     /// `MASTER_ADDR`: the host of rank 0.
     pub master_addr: String,
-    /// The port rank 0 serves the id on: `CFG_NCCL_PORT` if set, else `MASTER_PORT`.
+    /// The port rank 0 serves the id on: `CFG_NCCL_PORT` if set, else
+    /// `MASTER_PORT + 1` under torchrun's agent store, else `MASTER_PORT`.
     pub port: u16,
 }
 
@@ -129,7 +131,18 @@ impl BootstrapEnv {
         }
         let port = match get("CFG_NCCL_PORT") {
             Some(v) => parse_port("CFG_NCCL_PORT", &v)?,
-            None => parse_port("MASTER_PORT", &required("MASTER_PORT")?)?,
+            None => {
+                let text = required("MASTER_PORT")?;
+                let master = parse_port("MASTER_PORT", &text)?;
+                // torchrun's agent already serves its own store on MASTER_PORT.
+                if get("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True") {
+                    master.checked_add(1).ok_or_else(|| {
+                        invalid("MASTER_PORT", &text, "leaves no port above it for the NCCL id under torchrun")
+                    })?
+                } else {
+                    master
+                }
+            }
         };
         Ok(BootstrapEnv { rank, world_size, local_rank, master_addr: master_addr.trim().to_string(), port })
     }

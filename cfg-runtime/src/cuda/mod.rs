@@ -24,5 +24,6 @@ mod noise;
 pub use noise::{philox_normals, philox_words};
 pub mod bootstrap;
 mod nccl;
+mod staging;
 
 pub use nccl::{nccl_available, run_nccl_threads, NcclCommunicator, NcclId, NcclOptions};

@@ -2,7 +2,8 @@
 //! run-time loaded `libnccl`.
 //!
 //! **Data path.** The trait works on host memory, so every collective stages
-//! through one device buffer per communicator (grown on demand): copy in, run
+//! through one device buffer per communicator (grown on demand, allocated
+//! outside the memory pool so peers in the same process can reach it): copy in, run
 //! the collective in place on this communicator's own stream, copy out.
 //! - `all_reduce_sum`: `ncclAllReduce` (f32, sum) in place. NCCL keeps one
 //!   reduction order for a given world size, topology, version and tuning, but
@@ -28,10 +29,11 @@
 use super::bootstrap::{fetch_id, BootstrapEnv, IdServer, ID_BYTES};
 use super::device::{device_count, driver_available};
 use super::error::CudaError;
+use super::staging::Staging;
 use crate::comm::Communicator;
 use crate::error::RuntimeError;
 use crate::local::panic_message;
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use cudarc::nccl::sys::{self, ncclDataType_t, ncclResult_t};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -200,7 +202,7 @@ pub struct NcclCommunicator {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     done: CudaEvent,
-    staging: Option<CudaSlice<u8>>,
+    staging: Option<Staging>,
     options: NcclOptions,
     signal: Signal,
 }
@@ -266,6 +268,12 @@ impl NcclCommunicator {
         signal: Signal,
     ) -> Result<NcclCommunicator, CudaError> {
         check_libraries()?;
+        if std::env::var_os("NCCL_COMM_BLOCKING").is_some_and(|v| v == "1") {
+            // NCCL lets it override `blocking = 0`, and a blocking call cannot time out.
+            return Err(CudaError::Unsupported(
+                "NCCL_COMM_BLOCKING=1 makes NCCL calls block, so timeouts cannot abort them: unset it".into(),
+            ));
+        }
         if rank >= world_size || world_size > c_int::MAX as usize {
             return Err(CudaError::Unsupported(format!("NCCL rank {rank} of world size {world_size} is out of range")));
         }
@@ -396,6 +404,31 @@ impl NcclCommunicator {
         self.comm = std::ptr::null_mut();
     }
 
+    /// Ends a communicator that finished cleanly: `ncclCommFinalize` flushes
+    /// its outstanding traffic, then `ncclCommDestroy`. Aborts instead when
+    /// that fails or takes longer than the timeout.
+    fn close(&mut self) {
+        if self.comm.is_null() {
+            return;
+        }
+        if self.ctx.bind_to_thread().is_err() {
+            self.abort_comm();
+            return;
+        }
+        // SAFETY: `self.comm` is live and its context current.
+        let started = unsafe { sys::ncclCommFinalize(self.comm) };
+        let deadline = Instant::now() + self.options.timeout;
+        // `wait` aborts (and nulls the handle) on any early end.
+        if in_flight(started) && self.wait(deadline, false).is_ok() {
+            // SAFETY: finalized above, so destroying only frees resources;
+            // the handle is nulled right after.
+            let _ = unsafe { sys::ncclCommDestroy(self.comm) };
+            self.comm = std::ptr::null_mut();
+        } else {
+            self.abort_comm();
+        }
+    }
+
     fn peer_failed(&self, f: &Failure) -> RuntimeError {
         RuntimeError::PeerFailed { rank: f.rank, step: f.step, reason: f.reason.clone(), seen_by: self.rank }
     }
@@ -441,30 +474,23 @@ impl NcclCommunicator {
     fn upload(&mut self, total: usize, offset: usize, bytes: &[u8]) -> Result<(), String> {
         if self.staging.as_ref().is_none_or(|s| s.len() < total) {
             self.staging = None;
-            self.staging = Some(self.stream.alloc_zeros::<u8>(total.max(1)).map_err(|e| format!("cuMemAlloc: {e:?}"))?);
+            self.staging = Some(Staging::new(&self.ctx, total)?);
         }
-        if !bytes.is_empty() {
-            let stage = self.staging.as_mut().expect("allocated above");
-            self.stream
-                .memcpy_htod(bytes, &mut stage.slice_mut(offset..offset + bytes.len()))
-                .map_err(|e| format!("cuMemcpyHtoD: {e:?}"))?;
+        let stage = self.staging.as_ref().expect("allocated above");
+        if bytes.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        stage.upload(&self.stream, offset, bytes)
     }
 
     /// The device address of the staging buffer.
-    fn stage_addr(&mut self) -> u64 {
-        let stage = self.staging.as_mut().expect("upload allocates the staging buffer");
-        stage.device_ptr_mut(&self.stream).0
+    fn stage_addr(&self) -> u64 {
+        self.staging.as_ref().expect("upload allocates the staging buffer").addr()
     }
 
     /// The first `len` bytes of the staging buffer (the collective has finished).
-    fn download(&mut self, len: usize) -> Result<Vec<u8>, String> {
-        let stage = self.staging.as_ref().expect("upload allocates the staging buffer");
-        let mut host = vec![0u8; len];
-        self.stream.memcpy_dtoh(&stage.slice(..len), &mut host).map_err(|e| format!("cuMemcpyDtoH: {e:?}"))?;
-        self.stream.synchronize().map_err(|e| format!("cuStreamSynchronize: {e:?}"))?;
-        Ok(host)
+    fn download(&self, len: usize) -> Result<Vec<u8>, String> {
+        self.staging.as_ref().expect("upload allocates the staging buffer").download(&self.stream, len)
     }
 
     /// Waits for a collective whose enqueue returned `started`.
@@ -635,8 +661,13 @@ impl Communicator for NcclCommunicator {
 
 impl Drop for NcclCommunicator {
     fn drop(&mut self) {
-        // Abort, not destroy: destroy may wait on peers, abort never hangs.
-        self.abort_comm();
+        // A clean end finalizes (peers may still be reading this rank's last
+        // bytes) within the timeout; a failed one aborts, which never hangs.
+        if std::thread::panicking() || self.signal.get().is_some() {
+            self.abort_comm();
+        } else {
+            self.close();
+        }
     }
 }
 
@@ -654,7 +685,7 @@ pub fn run_nccl_threads<T, F>(
 ) -> Result<Vec<Result<T, RuntimeError>>, CudaError>
 where
     T: Send,
-    F: Fn(NcclCommunicator) -> Result<T, RuntimeError> + Sync,
+    F: Fn(&mut NcclCommunicator) -> Result<T, RuntimeError> + Sync,
 {
     if ordinals.is_empty() {
         return Err(CudaError::Unsupported("an NCCL run needs at least one device".into()));
@@ -669,14 +700,16 @@ where
             .map(|(rank, &ordinal)| {
                 let (f, signal, options) = (&f, signal.clone(), options.clone());
                 scope.spawn(move || {
-                    let comm = match NcclCommunicator::create(ordinal, rank, world, &id, options, signal.clone()) {
+                    let mut comm = match NcclCommunicator::create(ordinal, rank, world, &id, options, signal.clone()) {
                         Ok(comm) => comm,
                         Err(e) => {
                             signal.raise(rank, 0, &format!("creating its NCCL communicator failed: {e}"));
                             return Err(e);
                         }
                     };
-                    Ok(match catch_unwind(AssertUnwindSafe(|| f(comm))) {
+                    // The communicator outlives `f`, so a failure is signalled
+                    // before it is aborted: the peers then name this rank.
+                    Ok(match catch_unwind(AssertUnwindSafe(|| f(&mut comm))) {
                         Ok(Ok(v)) => Ok(v),
                         Ok(Err(e)) => {
                             signal.raise(rank, e.step().unwrap_or(0), &e.to_string());

@@ -1,0 +1,78 @@
+//! The NCCL communicator's staging buffer: device memory from `cuMemAlloc`,
+//! outside the stream-ordered pool. Ranks that share a process read and write
+//! each other's buffers directly, and pool memory is reachable only by the
+//! devices its pool grants access to (peer access does not cover it).
+
+use cudarc::driver::{result, sys, CudaContext, CudaStream};
+use std::sync::Arc;
+
+/// `len` bytes of device memory on `ctx`'s device.
+#[derive(Debug)]
+pub(crate) struct Staging {
+    ctx: Arc<CudaContext>,
+    ptr: sys::CUdeviceptr,
+    len: usize,
+}
+
+impl Staging {
+    /// Zeroed memory of at least one byte.
+    pub fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Staging, String> {
+        ctx.bind_to_thread().map_err(|e| format!("cuCtxSetCurrent: {e:?}"))?;
+        let len = len.max(1);
+        // SAFETY: the context is current; the memory is freed once, in Drop.
+        let ptr = unsafe { result::malloc_sync(len) }.map_err(|e| format!("cuMemAlloc: {e:?}"))?;
+        let staging = Staging { ctx: ctx.clone(), ptr, len };
+        // SAFETY: `ptr` holds `len` bytes.
+        unsafe { result::memset_d8_sync(ptr, 0, len) }.map_err(|e| format!("cuMemsetD8: {e:?}"))?;
+        Ok(staging)
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The device address of byte 0.
+    pub fn addr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Queues a copy of `bytes` to `offset` on `stream`.
+    pub fn upload(&self, stream: &CudaStream, offset: usize, bytes: &[u8]) -> Result<(), String> {
+        if offset + bytes.len() > self.len {
+            return Err(format!(
+                "{} bytes at offset {offset} overrun the {}-byte staging buffer",
+                bytes.len(),
+                self.len
+            ));
+        }
+        // SAFETY: the range lies in the buffer (checked above); the source is
+        // pageable host memory, which the driver copies out before returning.
+        unsafe { result::memcpy_htod_async(self.ptr + offset as u64, bytes, stream.cu_stream()) }
+            .map_err(|e| format!("cuMemcpyHtoD: {e:?}"))
+    }
+
+    /// The first `len` bytes, after the work queued on `stream` has finished.
+    pub fn download(&self, stream: &CudaStream, len: usize) -> Result<Vec<u8>, String> {
+        if len > self.len {
+            return Err(format!("{len} bytes read from the {}-byte staging buffer", self.len));
+        }
+        let mut host = vec![0u8; len];
+        // SAFETY: `len` bytes lie in the buffer; the stream is synchronised
+        // before `host` is read or dropped.
+        unsafe { result::memcpy_dtoh_async(&mut host, self.ptr, stream.cu_stream()) }
+            .map_err(|e| format!("cuMemcpyDtoH: {e:?}"))?;
+        stream.synchronize().map_err(|e| format!("cuStreamSynchronize: {e:?}"))?;
+        Ok(host)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by `new` in this context, freed once, after the
+        // communicator that used it was destroyed or aborted (its Drop runs
+        // before its fields are dropped).
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
