@@ -21,8 +21,16 @@ pub fn device_count() -> Result<usize, CudaError> {
     if !driver_available() {
         return Err(CudaError::NoDriver);
     }
-    let n = CudaContext::device_count().map_err(|e| CudaError::driver("cuDeviceGetCount", e))?;
-    Ok(n.max(0) as usize)
+    use cudarc::driver::{sys::CUresult, DriverError};
+    match CudaContext::device_count() {
+        Ok(n) => Ok(n.max(0) as usize),
+        Err(DriverError(CUresult::CUDA_ERROR_NO_DEVICE)) => Ok(0),
+        // A stub libcuda (a container without the host's driver), or a mismatched one.
+        Err(DriverError(CUresult::CUDA_ERROR_STUB_LIBRARY | CUresult::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH)) => {
+            Err(CudaError::NoDriver)
+        }
+        Err(e) => Err(CudaError::driver("cuDeviceGetCount", e)),
+    }
 }
 
 /// A device with its context, one stream and the kernels loaded so far.
