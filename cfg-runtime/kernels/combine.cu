@@ -1,8 +1,10 @@
 // The N-way weighted linear combine: up to MAX_FORMS forms over up to
 // MAX_TERMS branches in one pass, each branch read once. Eight elements per
 // thread with 16-byte loads when every pointer is aligned (`vec`).
+// `combine1_*` holds one form's accumulators only: fewer registers, more
+// resident threads, more loads in flight for the common single-result case.
 
-template <typename I, typename O>
+template <typename I, typename O, int NF>
 __device__ __forceinline__ void combine_body(const Forms& p0, const Outs& o, i64 n, int vec) {
     SHARED_FORMS(p, p0)
     const i64 chunks = (n + 7) / 8;
@@ -10,11 +12,11 @@ __device__ __forceinline__ void combine_body(const Forms& p0, const Outs& o, i64
     for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += stride) {
         const i64 base = c * 8;
         const bool full = vec && base + 8 <= n;
-        float acc[8][MAX_FORMS];
+        float acc[8][NF];
 #pragma unroll
         for (int e = 0; e < 8; ++e)
 #pragma unroll
-            for (int f = 0; f < MAX_FORMS; ++f) acc[e][f] = 0.0f;
+            for (int f = 0; f < NF; ++f) acc[e][f] = 0.0f;
         for (int b = 0; b < p.branches; ++b) {
             const I* x = (const I*)p.x[b];
             float v[8];
@@ -25,10 +27,10 @@ __device__ __forceinline__ void combine_body(const Forms& p0, const Outs& o, i64
                 for (int e = 0; e < 8; ++e) v[e] = base + e < n ? to_f32(x[base + e]) : 0.0f;
             }
 #pragma unroll
-            for (int e = 0; e < 8; ++e) accumulate<MAX_FORMS>(p, b, v[e], acc[e]);
+            for (int e = 0; e < 8; ++e) accumulate<NF>(p, b, v[e], acc[e]);
         }
 #pragma unroll
-        for (int f = 0; f < MAX_FORMS; ++f) {
+        for (int f = 0; f < NF; ++f) {
             if (f >= p.forms) break;
             float r[8];
 #pragma unroll
@@ -46,6 +48,9 @@ __device__ __forceinline__ void combine_body(const Forms& p0, const Outs& o, i64
 
 #define MAKE_COMBINE(IN, OUT, I, O) \
     extern "C" __global__ void __launch_bounds__(256) combine_##IN##_##OUT(const Forms p, const Outs o, i64 n, int vec) { \
-        combine_body<I, O>(p, o, n, vec); \
+        combine_body<I, O, MAX_FORMS>(p, o, n, vec); \
+    } \
+    extern "C" __global__ void __launch_bounds__(256) combine1_##IN##_##OUT(const Forms p, const Outs o, i64 n, int vec) { \
+        combine_body<I, O, 1>(p, o, n, vec); \
     }
 FOR_EACH_IO(MAKE_COMBINE)

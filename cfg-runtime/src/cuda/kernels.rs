@@ -43,8 +43,8 @@ impl KernelModule {
 }
 
 macro_rules! io_names {
-    ($p:literal) => {
-        &[
+    ($($p:literal),+) => {
+        &[$(
             concat!($p, "_f32_f32"),
             concat!($p, "_f32_f16"),
             concat!($p, "_f32_bf16"),
@@ -52,7 +52,7 @@ macro_rules! io_names {
             concat!($p, "_f16_f16"),
             concat!($p, "_bf16_f32"),
             concat!($p, "_bf16_bf16"),
-        ]
+        )+]
     };
 }
 
@@ -60,7 +60,7 @@ macro_rules! io_names {
 pub const COMBINE: KernelModule = KernelModule {
     name: "combine",
     parts: &[COMMON, include_str!("../../kernels/combine.cu")],
-    functions: io_names!("combine"),
+    functions: io_names!("combine", "combine1"),
 };
 /// Fused combine + per-token renorm.
 pub const RENORM_TOKEN: KernelModule = KernelModule {

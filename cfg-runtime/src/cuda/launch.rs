@@ -37,10 +37,12 @@ pub(crate) fn combine(
     let mut all: Vec<u64> = forms.x[..forms.branches as usize].to_vec();
     all.extend_from_slice(outs);
     let vec = aligned(&all);
-    let f = dev.function(&kernels::COMBINE, &format!("combine_{}_{}", input.name(), output.name()))?;
+    let kind = if outs.len() == 1 { "combine1" } else { "combine" };
+    let f = dev.function(&kernels::COMBINE, &format!("{kind}_{}_{}", input.name(), output.name()))?;
     let n64 = n as i64;
     let cfg = dev.grid(n.div_ceil(8));
-    // SAFETY: the argument list matches `combine_<in>_<out>(Forms, Outs, i64, int)`;
+    // SAFETY: the argument list matches `combine[1]_<in>_<out>(Forms, Outs, i64, int)`
+    // (combine1 reads form 0 only, and `outs` then holds one form);
     // every pointer in `forms`/`o` addresses at least `n` elements of its dtype.
     unsafe { dev.stream().launch_builder(&f).arg(forms).arg(&o).arg(&n64).arg(&vec).launch(cfg) }.map_err(driver)?;
     Ok(())
