@@ -35,6 +35,7 @@ use crate::error::RuntimeError;
 use crate::local::panic_message;
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use cudarc::nccl::sys::{self, ncclDataType_t, ncclResult_t};
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -140,20 +141,41 @@ struct Failure {
 
 /// Shared by the ranks of one thread launch, so that one rank's failure stops
 /// the others' waits at once (each rank in its own process has its own).
+/// It also counts each rank's collectives, so that a timeout can name the
+/// ranks that never arrived.
 #[derive(Debug, Clone, Default)]
-struct Signal(Arc<Mutex<Option<Failure>>>);
+struct Signal {
+    first: Arc<Mutex<Option<Failure>>>,
+    arrivals: Arc<Mutex<BTreeMap<usize, u64>>>,
+}
 
 impl Signal {
     fn raise(&self, rank: usize, step: usize, reason: &str) {
         // A poisoned lock still holds a consistent Option.
-        let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
         if first.is_none() {
             *first = Some(Failure { rank, step, reason: reason.to_string() });
         }
     }
 
     fn get(&self) -> Option<Failure> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts a collective started by `rank`.
+    fn arrive(&self, rank: usize) {
+        *self.arrivals.lock().unwrap_or_else(|p| p.into_inner()).entry(rank).or_insert(0) += 1;
+    }
+
+    /// The ranks that started fewer collectives than `rank` (empty when the
+    /// signal is a single process's own: then nothing is known of the peers).
+    fn behind(&self, rank: usize, world: usize) -> Vec<usize> {
+        let arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = arrivals.get(&rank).copied().unwrap_or(0);
+        if arrivals.len() <= 1 && world > 1 {
+            return Vec::new();
+        }
+        (0..world).filter(|r| arrivals.get(r).copied().unwrap_or(0) < mine).collect()
     }
 }
 
@@ -446,9 +468,18 @@ impl NcclCommunicator {
             }
             Stop::TimedOut => {
                 let seconds = self.options.timeout.as_secs_f64();
-                self.signal.raise(self.rank, step, &format!("NCCL {what} timed out after {seconds:.1} s"));
-                // NCCL cannot tell which peers are late: name every other rank.
-                let missing = (0..self.world).filter(|&r| r != self.rank).collect();
+                // In a thread launch the late ranks are known; NCCL itself
+                // cannot tell, so across processes name every other rank.
+                let behind = self.signal.behind(self.rank, self.world);
+                let reason = format!("NCCL {what} timed out after {seconds:.1} s");
+                match behind.first() {
+                    Some(&late) => {
+                        self.signal.raise(late, step, &format!("never joined: {reason} on rank {}", self.rank))
+                    }
+                    None => self.signal.raise(self.rank, step, &reason),
+                }
+                let missing =
+                    if behind.is_empty() { (0..self.world).filter(|&r| r != self.rank).collect() } else { behind };
                 RuntimeError::Timeout { rank: self.rank, step, what, seconds, missing }
             }
         }
@@ -456,6 +487,7 @@ impl NcclCommunicator {
 
     /// Checks that the communicator can run a collective.
     fn ready(&mut self, what: &'static str, step: usize) -> Result<(), RuntimeError> {
+        self.signal.arrive(self.rank);
         if let Some(f) = self.signal.get() {
             self.abort_comm();
             return Err(self.peer_failed(&f));
