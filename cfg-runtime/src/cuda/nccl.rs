@@ -780,3 +780,28 @@ where
     let at = failed.iter().position(|(rank, _)| Some(*rank) == origin).unwrap_or(0);
     Err(failed.swap_remove(at).1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Signal;
+
+    #[test]
+    fn a_timeout_names_the_ranks_behind() {
+        let s = Signal::default();
+        for rank in [0, 1, 2, 0, 2] {
+            s.arrive(rank);
+        }
+        assert_eq!(s.behind(0, 3), vec![1], "rank 1 started one collective, ranks 0 and 2 two");
+        assert_eq!(s.behind(1, 3), Vec::<usize>::new(), "nobody is behind the last rank");
+        s.arrive(0);
+        assert_eq!(s.behind(0, 4), vec![1, 2, 3], "rank 3 never arrived");
+    }
+
+    #[test]
+    fn a_single_process_signal_knows_no_peer() {
+        let s = Signal::default();
+        s.arrive(1);
+        s.arrive(1);
+        assert!(s.behind(1, 4).is_empty(), "only this rank's own count: nothing is known of the peers");
+    }
+}
