@@ -486,6 +486,12 @@ pub fn zero_star_alpha(dot: f64, nu2: f64) -> f32 {
 /// MAMBO-G's per-sample scale `1 + (s−1)·exp(−α‖Δ‖/‖u‖)`.
 pub fn magnitude_scale(s: f64, alpha: f64, nd: f64, nu: f64) -> f32 {
     let ratio = if nu > 0.0 { nd / nu } else { f64::INFINITY };
+    magnitude_scale_of_ratio(s, alpha, ratio)
+}
+
+/// [`magnitude_scale`] from the ratio `‖Δ‖/‖u‖` (the GPU computes the ratio,
+/// the host the exp, so both backends use this one exp).
+pub fn magnitude_scale_of_ratio(s: f64, alpha: f64, ratio: f64) -> f32 {
     (1.0 + (s - 1.0) * (-alpha * ratio).exp()) as f32
 }
 

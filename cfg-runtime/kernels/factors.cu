@@ -7,7 +7,7 @@
 #define K_NORM_CAP 1    // sums: |r|^2, |g|^2
 #define K_STD 2         // sums: sum r, |r|^2, sum g, |g|^2
 #define K_ZERO_STAR 3   // sums: <c,u>, |u|^2
-#define K_MAGNITUDE 4   // sums: |c-u|^2, |u|^2
+#define K_MAGNITUDE 4   // sums: |c-u|^2, |u|^2 (factor: their norms' ratio)
 #define K_APG_CLIP 5    // sums: |d|^2
 #define K_APG_PROJ 6    // sums (f64 lanes): <d,c>, |c|^2
 #define K_COSINE 7      // sums: <a,b>, |a|^2, |b|^2
@@ -55,11 +55,11 @@ __device__ __forceinline__ double group_factor(const FactorArgs& a, const double
     case K_ZERO_STAR:
         return (double)(float)(s[0] / (s[1] + 1e-8));
     case K_MAGNITUDE: {
+        // Only the ratio ‖Δ‖/‖u‖ (correctly rounded sqrt and division): the
+        // host applies exp, since CUDA's f64 exp may differ from the CPU's by
+        // an ulp, which could move the f32 scale.
         const double nd = sqrt(s[0]), nu = sqrt(s[1]);
-        // exp is CUDA's (within 1 ulp of f64), then rounded to f32: equal to
-        // the CPU's except when the f64 value sits within 1 ulp of an f32 tie.
-        const double ratio = nu > 0.0 ? nd / nu : __longlong_as_double(0x7ff0000000000000ll);
-        return (double)(float)(1.0 + (a.p0 - 1.0) * exp(-a.p1 * ratio));
+        return nu > 0.0 ? nd / nu : __longlong_as_double(0x7ff0000000000000ll);
     }
     case K_APG_CLIP: {
         const double norm = sqrt(s[0]);

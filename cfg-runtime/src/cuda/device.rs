@@ -165,6 +165,18 @@ impl Device {
         self.upload(&Tensor { shape: Shape::new([v.len()]), data: cfg_core::tensor::TensorData::F32(v.to_vec()) })
     }
 
+    /// Copies f64 values to raw device memory.
+    pub(crate) fn upload_f64(&self, v: &[f64]) -> Result<CudaSlice<u8>, CudaError> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut mem = self.zeros_u8(bytes.len())?;
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_htod(&bytes, &mut mem.slice_mut(..bytes.len()))
+                .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+        }
+        Ok(mem)
+    }
+
     /// Copies a buffer back into a host tensor of `shape` (waits for the stream).
     pub fn download(&self, b: &Buffer, shape: &Shape) -> Result<Tensor, CudaError> {
         let bytes = self.download_bytes(b)?;

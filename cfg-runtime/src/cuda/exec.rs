@@ -309,7 +309,11 @@ impl<'a> Generic<'a> {
                 let groups = Groups::new(Reduce::Sample, shape);
                 let f = FactorArgs { p0: *scale, p1: *alpha, kind: kind::MAGNITUDE, ..Default::default() };
                 let dots = [(src::X_MINUS_Y, src::X_MINUS_Y), (src::Y, src::Y)];
-                let s = launch::group_factors(dev, c, u, &groups, &dots, false, f)?;
+                let ratios = launch::group_factors(dev, c, u, &groups, &dots, false, f)?;
+                let ratios = dev.download_f64(&ratios, groups.count as usize)?;
+                let scales: Vec<f64> =
+                    ratios.iter().map(|&r| cfg_core::cpu::magnitude_scale_of_ratio(*scale, *alpha, r) as f64).collect();
+                let s = dev.upload_f64(&scales)?;
                 let sa = dev.addr(&s);
                 let k = dev.function(&kernels::GUIDANCE, "magnitude_aware")?;
                 // SAFETY: matches `magnitude_aware(c, u, scale, Groups, float*, i64)`.
