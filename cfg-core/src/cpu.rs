@@ -206,6 +206,13 @@ pub fn evaluate(
     state: &mut GuidanceState,
 ) -> Result<Tensor, CoreError> {
     check_inputs(program, inputs, dtype, shape)?;
+    for op in &program.ops {
+        if let Op::Apg { slot, .. } = op {
+            if state.device_momentum(slot).is_some() {
+                return Err(CoreError::DeviceState(slot.clone()));
+            }
+        }
+    }
     let out = if program.ops.is_empty() && program.latches.is_empty() {
         match program.result {
             Value::Form(i) => fused_form(&program.forms[i], inputs, dtype, shape),
@@ -622,5 +629,47 @@ mod tests {
         for i in 0..3 {
             assert_eq!(out[i], (-2.5f32).mul_add(b[i], 1.5 * a[i]));
         }
+    }
+}
+
+#[cfg(test)]
+mod device_state_tests {
+    use super::*;
+    use crate::expr::Space;
+    use crate::program::Form;
+    use std::sync::Arc;
+
+    #[test]
+    fn momentum_kept_on_a_device_is_refused_not_restarted() {
+        let slot = "apg".to_string();
+        let program = Program {
+            output: "x".into(),
+            space: Space::Eps,
+            branches: vec!["c".into(), "u".into()],
+            forms: vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }],
+            ops: vec![Op::Apg {
+                cond: Value::Form(0),
+                uncond: Value::Form(1),
+                scale: 5.0,
+                momentum: -0.5,
+                norm_threshold: 0.0,
+                eta: 0.0,
+                original: false,
+                slot: slot.clone(),
+            }],
+            latches: vec![],
+            counters: vec![],
+            result: Value::Op(0),
+        };
+        let shape = Shape::new([1, 4]);
+        let t = Tensor::from_f32(DType::F32, shape.clone(), &[1.0, 2.0, 3.0, 4.0]);
+        let mut state = GuidanceState::new();
+        evaluate(&program, &[&t, &t], DType::F32, &shape, &mut state).expect("a host state evaluates");
+        assert!(state.momentum(&slot).is_some());
+        state.set_device_momentum(&slot, 4, Arc::new(0u8));
+        let e = evaluate(&program, &[&t, &t], DType::F32, &shape, &mut state).unwrap_err();
+        assert!(matches!(&e, CoreError::DeviceState(s) if *s == slot), "{e}");
+        state.start();
+        evaluate(&program, &[&t, &t], DType::F32, &shape, &mut state).expect("a new run starts afresh");
     }
 }

@@ -55,4 +55,9 @@ pub enum CoreError {
     /// A named value refers to itself, directly or through others.
     #[error("named value `{0}` refers to itself")]
     Cycle(String),
+    /// Operator state kept in a device's memory, given to the CPU evaluator.
+    #[error(
+        "operator `{0}` keeps its state on a device: evaluate it with the backend that made it, or start a new run"
+    )]
+    DeviceState(String),
 }

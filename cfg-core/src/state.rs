@@ -5,17 +5,45 @@
 //! an explicit [`GuidanceState::start`] at the beginning of sampling, never by
 //! looking at the step index.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Memory a backend keeps on its device (APG's momentum on a GPU), opaque
+/// here: the backend that stored it downcasts it. Never written in place, so
+/// clones of a state stay independent.
+pub type DeviceBuffer = Arc<dyn Any + Send + Sync>;
 
 /// One operator's state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum OpState {
     /// Steps evaluated since the start (CFG-Zero*).
     Counter(usize),
     /// APG's running average (f32, the shape of the prediction).
     Momentum(Vec<f32>),
+    /// APG's running average of `len` f32 values, kept in device memory.
+    DeviceMomentum {
+        /// Element count.
+        len: usize,
+        /// The backend's buffer.
+        buffer: DeviceBuffer,
+    },
     /// Adaptive guidance has switched guidance off.
     Latched,
+}
+
+impl PartialEq for OpState {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (OpState::Counter(a), OpState::Counter(b)) => a == b,
+            (OpState::Momentum(a), OpState::Momentum(b)) => a == b,
+            (OpState::DeviceMomentum { len: a, buffer: x }, OpState::DeviceMomentum { len: b, buffer: y }) => {
+                a == b && Arc::ptr_eq(x, y)
+            }
+            (OpState::Latched, OpState::Latched) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The state of all stateful operators of a policy.
@@ -72,6 +100,20 @@ impl GuidanceState {
         self.slots.insert(slot.to_string(), OpState::Momentum(running));
     }
 
+    /// The device-resident momentum of `slot` and its element count, if a
+    /// device backend stored one.
+    pub fn device_momentum(&self, slot: &str) -> Option<(usize, &DeviceBuffer)> {
+        match self.slots.get(slot) {
+            Some(OpState::DeviceMomentum { len, buffer }) => Some((*len, buffer)),
+            _ => None,
+        }
+    }
+
+    /// Replaces the momentum of `slot` with `len` values in device memory.
+    pub fn set_device_momentum(&mut self, slot: &str, len: usize, buffer: DeviceBuffer) {
+        self.slots.insert(slot.to_string(), OpState::DeviceMomentum { len, buffer });
+    }
+
     /// The latched and counter slots, for fingerprints and reports.
     pub fn summary(&self) -> Vec<(String, String)> {
         self.slots
@@ -80,6 +122,7 @@ impl GuidanceState {
                 let s = match v {
                     OpState::Counter(n) => format!("count {n}"),
                     OpState::Momentum(m) => format!("momentum[{}]", m.len()),
+                    OpState::DeviceMomentum { len, .. } => format!("momentum[{len}]"),
                     OpState::Latched => "latched".to_string(),
                 };
                 (k.clone(), s)

@@ -21,14 +21,12 @@ extern "C" __global__ void __launch_bounds__(256) magnitude_aware(const float* c
 }
 
 // APG's running average: d = c - u; running = use_prev ? fma(beta, prev, d) : d.
-// When `store`, the momentum buffer (device-resident state) takes the result.
-extern "C" __global__ void __launch_bounds__(256) apg_running(const float* c, const float* u, float* momentum,
-                                                              int use_prev, int store, float beta, float* running, i64 n) {
+// `running` becomes the next step's momentum (device-resident state).
+extern "C" __global__ void __launch_bounds__(256) apg_running(const float* c, const float* u, const float* prev,
+                                                              int use_prev, float beta, float* running, i64 n) {
     GRID_LOOP(i, n) {
         const float d = sub32(c[i], u[i]);
-        const float r = use_prev ? fma32(beta, momentum[i], d) : d;
-        running[i] = r;
-        if (store) momentum[i] = r;
+        running[i] = use_prev ? fma32(beta, prev[i], d) : d;
     }
 }
 

@@ -247,6 +247,11 @@ impl Device {
         Ok(ms[ms.len() / 2])
     }
 
+    /// Whether `b` was allocated in this device's context.
+    pub fn owns(&self, b: &Buffer) -> bool {
+        Arc::ptr_eq(b.mem.stream().context(), &self.ctx)
+    }
+
     /// The device address of raw memory.
     pub(crate) fn addr(&self, mem: &CudaSlice<u8>) -> u64 {
         mem.device_ptr(&self.stream).0

@@ -16,6 +16,7 @@ use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape};
 use cudarc::driver::PushKernelArg;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Options of an evaluation.
 #[derive(Debug, Clone, Copy)]
@@ -339,8 +340,8 @@ impl<'a> Generic<'a> {
         Ok(out)
     }
 
-    /// APG: running average (state uploaded and written back), optional norm
-    /// clip, f64 projection on c, update.
+    /// APG: running average (the momentum stays in device memory between
+    /// steps), optional norm clip, f64 projection on c, update.
     #[allow(clippy::too_many_arguments)]
     fn apg(
         &mut self,
@@ -357,17 +358,32 @@ impl<'a> Generic<'a> {
     ) -> Result<(), CudaError> {
         let (dev, n, shape) = (self.dev, self.n(), self.shape);
         let n64 = n as i64;
-        let prev = state.momentum(slot).filter(|p| beta != 0.0 && p.len() == n);
-        let use_prev = i32::from(prev.is_some());
-        let mom = match prev {
-            Some(p) => dev.upload_f32(p)?,
-            None => dev.alloc(DType::F32, n)?,
+        // The previous momentum: kept on this device since the last step or,
+        // in a state the CPU filled, uploaded once.
+        let uploaded;
+        let prev = match (beta != 0.0, state.device_momentum(slot), state.momentum(slot)) {
+            (false, ..) => None,
+            (true, Some((len, buffer)), _) => {
+                let b = buffer.downcast_ref::<Buffer>().filter(|b| dev.owns(b)).ok_or_else(|| {
+                    CudaError::Unsupported(format!("APG `{slot}`: its momentum lives on another device"))
+                })?;
+                (len == n).then(|| b.addr(dev))
+            }
+            (true, None, Some(p)) if p.len() == n => {
+                uploaded = dev.upload_f32(p)?;
+                Some(uploaded.addr(dev))
+            }
+            _ => None,
         };
-        let store = i32::from(beta != 0.0);
-        let running = dev.alloc(DType::F32, n)?;
-        let (m, r) = (mom.addr(dev), running.addr(dev));
+        let use_prev = i32::from(prev.is_some());
+        let m = prev.unwrap_or(0); // not read without use_prev
+                                   // The new running average is the state from here on, never written
+                                   // again (clones of the state stay valid).
+        let running = Arc::new(dev.alloc(DType::F32, n)?);
+        let r = running.addr(dev);
         let k = dev.function(&kernels::GUIDANCE, "apg_running")?;
-        // SAFETY: matches `apg_running(c, u, float* momentum, int, int, float, float*, i64)`.
+        // SAFETY: matches `apg_running(c, u, const float* prev, int, float, float*, i64)`;
+        // `prev` holds n values when use_prev is set.
         unsafe {
             dev.stream()
                 .launch_builder(&k)
@@ -375,7 +391,6 @@ impl<'a> Generic<'a> {
                 .arg(&u)
                 .arg(&m)
                 .arg(&use_prev)
-                .arg(&store)
                 .arg(&beta)
                 .arg(&r)
                 .arg(&n64)
@@ -383,11 +398,7 @@ impl<'a> Generic<'a> {
         }
         .map_err(driver)?;
         if beta != 0.0 {
-            let bytes = dev.download_bytes(&mom)?;
-            state.set_momentum(
-                slot,
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            );
+            state.set_device_momentum(slot, n, running.clone());
         }
         let groups = Groups::new(Reduce::Sample, shape);
         let clipped = if threshold > 0.0 {
@@ -395,11 +406,11 @@ impl<'a> Generic<'a> {
             let fac = launch::group_factors(dev, r, r, &groups, &[(src::X, src::X)], false, f)?;
             let out = dev.alloc(DType::F32, n)?;
             launch::scale_groups(dev, r, &fac, &groups, &out)?;
-            out
+            Some(out)
         } else {
-            running
+            None
         };
-        let d = clipped.addr(dev);
+        let d = clipped.as_ref().map_or(r, |b| b.addr(dev));
         let f = FactorArgs { kind: kind::APG_PROJ, ..Default::default() };
         let coef = launch::group_factors(dev, d, c, &groups, &[], true, f)?;
         let ca = dev.addr(&coef);
