@@ -1,6 +1,7 @@
 // Per-group factors from canonical sums, in f64, exactly as cfg-core/src/cpu.rs
 // computes them (renorm_factor, norm_cap_factor, std_from_sums, rescale_factor,
-// zero_star_alpha, magnitude_scale, apg_clip_factor, apg_projection, cosine).
+// zero_star_alpha, apg_clip_factor, apg_projection, cosine; for magnitude_scale
+// only the norm ratio, the host applies the exp).
 // The result is stored as a double; f32 factors are stored already rounded to f32.
 
 #define K_RENORM 0      // sums: |r|^2, |g|^2

@@ -247,9 +247,10 @@ impl Device {
         Ok(ms[ms.len() / 2])
     }
 
-    /// Whether `b` was allocated in this device's context.
+    /// Whether `b` was allocated in this device's context (the primary
+    /// context, shared by every `Device` of one GPU).
     pub fn owns(&self, b: &Buffer) -> bool {
-        Arc::ptr_eq(b.mem.stream().context(), &self.ctx)
+        b.mem.stream().context().cu_ctx() == self.ctx.cu_ctx()
     }
 
     /// The device address of raw memory.

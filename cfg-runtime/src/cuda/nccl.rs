@@ -147,6 +147,8 @@ struct Failure {
 struct Signal {
     first: Arc<Mutex<Option<Failure>>>,
     arrivals: Arc<Mutex<BTreeMap<usize, u64>>>,
+    /// Shared by the ranks of a thread launch (else one process's own).
+    shared: bool,
 }
 
 impl Signal {
@@ -167,14 +169,19 @@ impl Signal {
         *self.arrivals.lock().unwrap_or_else(|p| p.into_inner()).entry(rank).or_insert(0) += 1;
     }
 
+    /// The signal of a thread launch, shared by its ranks.
+    fn shared() -> Signal {
+        Signal { shared: true, ..Signal::default() }
+    }
+
     /// The ranks that started fewer collectives than `rank` (empty when the
     /// signal is a single process's own: then nothing is known of the peers).
     fn behind(&self, rank: usize, world: usize) -> Vec<usize> {
-        let arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = arrivals.get(&rank).copied().unwrap_or(0);
-        if arrivals.len() <= 1 && world > 1 {
+        if !self.shared {
             return Vec::new();
         }
+        let arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = arrivals.get(&rank).copied().unwrap_or(0);
         (0..world).filter(|r| arrivals.get(r).copied().unwrap_or(0) < mine).collect()
     }
 }
@@ -506,7 +513,7 @@ impl NcclCommunicator {
     fn upload(&mut self, total: usize, offset: usize, bytes: &[u8]) -> Result<(), String> {
         if self.staging.as_ref().is_none_or(|s| s.len() < total) {
             self.staging = None;
-            self.staging = Some(Staging::new(&self.ctx, total)?);
+            self.staging = Some(Staging::new(&self.ctx, &self.stream, total)?);
         }
         let stage = self.staging.as_ref().expect("allocated above");
         if bytes.is_empty() {
@@ -694,7 +701,8 @@ impl Communicator for NcclCommunicator {
 impl Drop for NcclCommunicator {
     fn drop(&mut self) {
         // A clean end finalizes (peers may still be reading this rank's last
-        // bytes) within the timeout; a failed one aborts, which never hangs.
+        // bytes) within the timeout; a failed one aborts, which does not wait
+        // for the peers.
         if std::thread::panicking() || self.signal.get().is_some() {
             self.abort_comm();
         } else {
@@ -724,7 +732,7 @@ where
     }
     let id = NcclId::new()?;
     let world = ordinals.len();
-    let signal = Signal::default();
+    let signal = Signal::shared();
     let outcomes: Vec<Result<Result<T, RuntimeError>, CudaError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ordinals
             .iter()
@@ -741,7 +749,7 @@ where
                     };
                     // The communicator outlives `f`, so a failure is signalled
                     // before it is aborted: the peers then name this rank.
-                    Ok(match catch_unwind(AssertUnwindSafe(|| f(&mut comm))) {
+                    let outcome = match catch_unwind(AssertUnwindSafe(|| f(&mut comm))) {
                         Ok(Ok(v)) => Ok(v),
                         Ok(Err(e)) => {
                             signal.raise(rank, e.step().unwrap_or(0), &e.to_string());
@@ -752,18 +760,24 @@ where
                             signal.raise(rank, 0, &format!("panicked: {message}"));
                             Err(RuntimeError::Panic { rank, step: 0, message })
                         }
-                    })
+                    };
+                    // Peers read this rank's staging buffer directly until they
+                    // end too: it is freed only once every rank's thread has.
+                    let staging = comm.staging.take();
+                    drop(comm);
+                    Ok((outcome, staging))
                 })
             })
             .collect();
-        handles
+        let ended: Vec<_> = handles
             .into_iter()
             .enumerate()
             .map(|(rank, h)| {
-                h.join()
-                    .unwrap_or_else(|_| Ok(Err(RuntimeError::Panic { rank, step: 0, message: "thread lost".into() })))
+                let lost = RuntimeError::Panic { rank, step: 0, message: "thread lost".into() };
+                h.join().unwrap_or_else(|_| Ok((Err(lost), None)))
             })
-            .collect()
+            .collect();
+        ended.into_iter().map(|r| r.map(|(outcome, _staging)| outcome)).collect()
     });
     let origin = signal.get().map(|f| f.rank);
     let mut failed: Vec<(usize, CudaError)> = Vec::new();
@@ -787,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_timeout_names_the_ranks_behind() {
-        let s = Signal::default();
+        let s = Signal::shared();
         for rank in [0, 1, 2, 0, 2] {
             s.arrive(rank);
         }
@@ -795,6 +809,9 @@ mod tests {
         assert_eq!(s.behind(1, 3), Vec::<usize>::new(), "nobody is behind the last rank");
         s.arrive(0);
         assert_eq!(s.behind(0, 4), vec![1, 2, 3], "rank 3 never arrived");
+        let alone = Signal::shared();
+        alone.arrive(2);
+        assert_eq!(alone.behind(2, 3), vec![0, 1], "no peer has started a collective yet");
     }
 
     #[test]
@@ -802,6 +819,6 @@ mod tests {
         let s = Signal::default();
         s.arrive(1);
         s.arrive(1);
-        assert!(s.behind(1, 4).is_empty(), "only this rank's own count: nothing is known of the peers");
+        assert!(s.behind(1, 4).is_empty(), "a process's own signal knows nothing of the peers");
     }
 }

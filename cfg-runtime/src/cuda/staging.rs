@@ -15,15 +15,17 @@ pub(crate) struct Staging {
 }
 
 impl Staging {
-    /// Zeroed memory of at least one byte.
-    pub fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Staging, String> {
+    /// Memory of at least one byte, zeroed in order on `stream` (the
+    /// stream every later use of it is queued on).
+    pub fn new(ctx: &Arc<CudaContext>, stream: &CudaStream, len: usize) -> Result<Staging, String> {
         ctx.bind_to_thread().map_err(|e| format!("cuCtxSetCurrent: {e:?}"))?;
         let len = len.max(1);
         // SAFETY: the context is current; the memory is freed once, in Drop.
         let ptr = unsafe { result::malloc_sync(len) }.map_err(|e| format!("cuMemAlloc: {e:?}"))?;
         let staging = Staging { ctx: ctx.clone(), ptr, len };
-        // SAFETY: `ptr` holds `len` bytes.
-        unsafe { result::memset_d8_sync(ptr, 0, len) }.map_err(|e| format!("cuMemsetD8: {e:?}"))?;
+        // SAFETY: `ptr` holds `len` bytes; queued before any copy or collective.
+        unsafe { result::memset_d8_async(ptr, 0, len, stream.cu_stream()) }
+            .map_err(|e| format!("cuMemsetD8Async: {e:?}"))?;
         Ok(staging)
     }
 
@@ -72,7 +74,8 @@ impl Drop for Staging {
         let _ = self.ctx.bind_to_thread();
         // SAFETY: allocated by `new` in this context, freed once, after the
         // communicator that used it was destroyed or aborted (its Drop runs
-        // before its fields are dropped).
+        // before its fields are dropped; a thread launch keeps every rank's
+        // buffer until all ranks have ended, since peers read it directly).
         let _ = unsafe { result::free_sync(self.ptr) };
     }
 }
