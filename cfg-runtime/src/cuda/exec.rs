@@ -376,9 +376,10 @@ impl<'a> Generic<'a> {
             _ => None,
         };
         let use_prev = i32::from(prev.is_some());
-        let m = prev.unwrap_or(0); // not read without use_prev
-                                   // The new running average is the state from here on, never written
-                                   // again (clones of the state stay valid).
+        // 0 is never read: the kernel reads `prev` only with use_prev.
+        let m = prev.unwrap_or(0);
+        // The new running average is the state from here on, never written
+        // again (clones of the state stay valid).
         let running = Arc::new(dev.alloc(DType::F32, n)?);
         let r = running.addr(dev);
         let k = dev.function(&kernels::GUIDANCE, "apg_running")?;
