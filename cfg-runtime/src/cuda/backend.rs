@@ -5,8 +5,8 @@ use super::error::CudaError;
 use super::exec::{evaluate, ExecOptions};
 use super::launch;
 use super::params::{Forms, MAX_TERMS};
-use crate::backend::{check_forms_size, check_partial_sizes, forms_as_inputs, Backend, BackendError};
-use cfg_core::program::{Form, Program};
+use crate::backend::{Backend, BackendError};
+use cfg_core::program::Program;
 use cfg_core::state::GuidanceState;
 use cfg_core::tensor::TensorData;
 use cfg_core::{DType, Shape, Tensor};
@@ -62,51 +62,8 @@ impl Backend for CudaBackend {
         Ok(self.dev.download(&out, shape)?)
     }
 
-    fn partial_forms(
-        &mut self,
-        program: &Program,
-        local: &[Option<&Tensor>],
-        shape: &Shape,
-        out: &mut [f32],
-    ) -> Result<(), BackendError> {
-        let n = shape.numel();
-        check_partial_sizes(program, local.len(), out.len(), n)?;
-        for (form, out) in program.forms.iter().zip(out.chunks_mut(n.max(1))) {
-            self.local_form(form, local, n, out)?;
-        }
-        Ok(())
-    }
-
-    fn evaluate_forms(
-        &mut self,
-        program: &Program,
-        forms: &[f32],
-        dtype: DType,
-        shape: &Shape,
-        state: &mut GuidanceState,
-    ) -> Result<Tensor, BackendError> {
-        let n = shape.numel();
-        check_forms_size(program, forms.len(), n)?;
-        let (p, inputs) = forms_as_inputs(program, forms, shape);
-        let refs: Vec<&Tensor> = inputs.iter().collect();
-        let out = self.evaluate(&p, &refs, DType::F32, shape, state)?;
-        Ok(match dtype {
-            DType::F32 => out,
-            _ => cfg_core::cpu::round_to(dtype, shape, &out.to_f32()),
-        })
-    }
-}
-
-impl CudaBackend {
-    /// `out = Σ w_k·x_k` over the local terms (zeros if none), in f32.
-    fn local_form(
-        &self,
-        form: &Form,
-        local: &[Option<&Tensor>],
-        n: usize,
-        out: &mut [f32],
-    ) -> Result<(), BackendError> {
-        let present: Vec<(&Tensor, f32)> = form.terms.iter().filter_map(|&(b, w)| local[b].map(|t| (t, w))).collect();
+    fn partial_form(&mut self, present: &[(&Tensor, f32)], out: &mut [f32]) -> Result<(), BackendError> {
+        let n = out.len();
         let Some((first, _)) = present.first() else {
             out.fill(0.0);
             return Ok(());
