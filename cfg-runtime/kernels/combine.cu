@@ -13,22 +13,7 @@ __device__ __forceinline__ void combine_body(const Forms& p0, const Outs& o, i64
         const i64 base = c * 8;
         const bool full = vec && base + 8 <= n;
         float acc[8][NF];
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-#pragma unroll
-            for (int f = 0; f < NF; ++f) acc[e][f] = 0.0f;
-        for (int b = 0; b < p.branches; ++b) {
-            const I* x = (const I*)p.x[b];
-            float v[8];
-            if (full) {
-                load8<I>(x, base, v);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] = base + e < n ? to_f32(x[base + e]) : 0.0f;
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) accumulate<NF>(p, b, v[e], acc[e]);
-        }
+        combine8<I, NF>(p, base, n, full, acc);
 #pragma unroll
         for (int f = 0; f < NF; ++f) {
             if (f >= p.forms) break;

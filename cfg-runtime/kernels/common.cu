@@ -193,6 +193,28 @@ template <typename H> __device__ __forceinline__ void load8_half(const H* p, i64
 template <> __device__ __forceinline__ void load8<bf16>(const bf16* p, i64 i, float* v) { load8_half(p, i, v); }
 template <> __device__ __forceinline__ void load8<f16>(const f16* p, i64 i, float* v) { load8_half(p, i, v); }
 
+// The first NF forms of `p` at elements base..base+7 of n: every branch read
+// once (16-byte loads when `full`), terms accumulated in branch order.
+template <typename I, int NF>
+__device__ __forceinline__ void combine8(const Forms& p, i64 base, i64 n, bool full, float (*acc)[NF]) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+#pragma unroll
+        for (int f = 0; f < NF; ++f) acc[e][f] = 0.0f;
+    for (int b = 0; b < p.branches; ++b) {
+        const I* x = (const I*)p.x[b];
+        float v[8];
+        if (full) {
+            load8<I>(x, base, v);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = base + e < n ? to_f32(x[base + e]) : 0.0f;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) accumulate<NF>(p, b, v[e], acc[e]);
+    }
+}
+
 // Stores eight f32 values rounded to T at p + i (16-byte aligned).
 template <typename T> __device__ __forceinline__ void store8(T* p, i64 i, const float* v);
 template <> __device__ __forceinline__ void store8<float>(float* p, i64 i, const float* v) {

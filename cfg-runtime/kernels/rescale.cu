@@ -105,20 +105,7 @@ __device__ __forceinline__ void group_apply_body(const Forms& p0, const GroupArg
         const i64 base = c * 8;
         const bool full = vec && base + 8 <= a.n;
         float acc[8][1];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[e][0] = 0.0f;
-        for (int b = 0; b < p.branches; ++b) {
-            const I* x = (const I*)p.x[b];
-            float v[8];
-            if (full) {
-                load8<I>(x, base, v);
-            } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[e] = base + e < a.n ? to_f32(x[base + e]) : 0.0f;
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) accumulate<1>(p, b, v[e], acc[e]);
-        }
+        combine8<I, 1>(p, base, a.n, full, acc);
         float r[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
