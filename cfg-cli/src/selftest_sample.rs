@@ -94,7 +94,6 @@ pub fn compare_sample(dev: &Device, kind: SamplerKind) -> Result<SampleCheck, Cl
 /// (2-D) and bf16 (tokens). Passes within one ulp of the dtype (CUDA's
 /// `exp`/`log` are an ulp from Rust's). `max_abs` counts ulps here.
 pub fn compare_predictions(dev: &Device) -> Result<SampleCheck, CliError> {
-    use cfg_core::branch::{BranchSpec, Image, Modifier, Prompt};
     use cfg_core::expr::Space;
     use cfg_core::Tensor;
     use cfg_gmm::GmmModel;
@@ -102,13 +101,7 @@ pub fn compare_predictions(dev: &Device) -> Result<SampleCheck, CliError> {
 
     let models =
         [GmmModel::planar(&["video", "audio"], 96), GmmModel::tokens(&["video", "audio"], 2, 64, 16, DType::BF16)];
-    let specs = [
-        BranchSpec::prompt(Prompt::Positive),
-        BranchSpec::prompt(Prompt::Empty),
-        BranchSpec { modify: Modifier::SkipLayers(vec![7]), ..BranchSpec::prompt(Prompt::Positive) },
-        BranchSpec { modify: Modifier::IsolateModality, ..BranchSpec::prompt(Prompt::Positive) },
-        BranchSpec { image: Image::Reference, ..BranchSpec::prompt(Prompt::Empty) },
-    ];
+    let specs = GmmModel::branch_kinds();
     let (mut worst, mut diff2, mut norm2) = (0.0f64, 0.0f64, 0.0f64);
     for m in &models {
         let outs = m.outputs();

@@ -229,7 +229,6 @@ impl DeviceModel for GmmModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cfg_core::branch::{Image, Modifier, Prompt};
     use cfg_core::{DType, Shape, Tensor};
     use cfg_runtime::model::{Call, Model, StepInfo};
     use std::mem::size_of;
@@ -318,13 +317,7 @@ mod tests {
     fn the_kernels_formulation_is_the_cpu_model_bit_for_bit() {
         let planar = GmmModel::planar(&["video", "audio"], 12);
         let tokens = GmmModel::tokens(&["video", "audio"], 3, 5, 8, DType::F32);
-        let specs = [
-            BranchSpec::prompt(Prompt::Positive),
-            BranchSpec::prompt(Prompt::Empty),
-            BranchSpec { modify: Modifier::SkipLayers(vec![7]), ..BranchSpec::prompt(Prompt::Positive) },
-            BranchSpec { modify: Modifier::IsolateModality, ..BranchSpec::prompt(Prompt::Positive) },
-            BranchSpec { image: Image::Reference, ..BranchSpec::prompt(Prompt::Empty) },
-        ];
+        let specs = GmmModel::branch_kinds();
         for m in [planar, tokens] {
             let outs = m.outputs();
             let lat: Vec<Vec<f32>> = outs

@@ -54,6 +54,19 @@ pub(crate) struct Condition {
 pub const DEFAULT_KAPPA: f64 = 1.6;
 
 impl GmmModel {
+    /// One branch of every kind the model answers: cond, uncond, weak
+    /// (skip-layer), modality-isolated and the reference-image condition
+    /// (for checks that must cover them all).
+    pub fn branch_kinds() -> [BranchSpec; 5] {
+        [
+            BranchSpec::prompt(Prompt::Positive),
+            BranchSpec::prompt(Prompt::Empty),
+            BranchSpec { modify: Modifier::SkipLayers(vec![7]), ..BranchSpec::prompt(Prompt::Positive) },
+            BranchSpec { modify: Modifier::IsolateModality, ..BranchSpec::prompt(Prompt::Positive) },
+            BranchSpec { image: Image::Reference, ..BranchSpec::prompt(Prompt::Empty) },
+        ]
+    }
+
     /// The 2-D picture model: each output is `[batch, 2]` over [`Mixture::planar`]
     /// (rotated by half a radian per further output), f32.
     pub fn planar(outputs: &[&str], batch: usize) -> GmmModel {
