@@ -41,7 +41,14 @@ pub struct Device {
     arch: String,
     sms: u32,
     name: String,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    modules: Mutex<HashMap<&'static str, LoadedModule>>,
+}
+
+/// A loaded module and the functions looked up in it so far.
+#[derive(Debug)]
+struct LoadedModule {
+    module: Arc<CudaModule>,
+    functions: HashMap<String, CudaFunction>,
 }
 
 /// Device memory holding `len` elements of `dtype`.
@@ -115,19 +122,24 @@ impl Device {
         &self.ctx
     }
 
-    /// A kernel of `module`, compiling (cached) and loading the module on first use.
+    /// A kernel of `module`, compiling (cached) and loading the module on
+    /// first use; the function handle is kept, since every launch asks for it.
     pub fn function(&self, module: &KernelModule, name: &str) -> Result<CudaFunction, CudaError> {
         let mut modules = self.modules.lock().map_err(|_| CudaError::Unsupported("module lock poisoned".into()))?;
-        let m = match modules.get(module.name) {
-            Some(m) => m.clone(),
+        let loaded = match modules.get_mut(module.name) {
+            Some(loaded) => loaded,
             None => {
                 let ptx = kernels::compile(module, &self.arch)?;
                 let m = self.ctx.load_module((*ptx).clone()).map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
-                modules.insert(module.name, m.clone());
-                m
+                modules.entry(module.name).or_insert(LoadedModule { module: m, functions: HashMap::new() })
             }
         };
-        m.load_function(name).map_err(|e| CudaError::driver("cuModuleGetFunction", e))
+        if let Some(f) = loaded.functions.get(name) {
+            return Ok(f.clone());
+        }
+        let f = loaded.module.load_function(name).map_err(|e| CudaError::driver("cuModuleGetFunction", e))?;
+        loaded.functions.insert(name.to_string(), f.clone());
+        Ok(f)
     }
 
     /// Uninitialised device memory for `len` elements of `dtype`.
