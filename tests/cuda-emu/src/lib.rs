@@ -10,3 +10,5 @@
 
 pub mod memory;
 pub mod ptx;
+pub mod driver;
+pub mod nccl;
