@@ -304,3 +304,180 @@ fn two_gpus_in_one_process() {
         other => panic!("rank 0: {other:?}"),
     }
 }
+
+/// The world sizes this machine can run thread-per-GPU (1..=4, as devices allow).
+fn world_sizes() -> Vec<usize> {
+    gpus().map_or_else(Vec::new, |n| (1..=n.min(4)).collect())
+}
+
+fn ordinals(world: usize) -> Vec<usize> {
+    (0..world).collect()
+}
+
+#[test]
+fn collectives_give_every_rank_the_same_bytes_for_1_to_4_gpus() {
+    for world in world_sizes() {
+        let out = run_nccl_threads(&ordinals(world), options(), |c| {
+            let r = c.rank();
+            // Unequal sizes (grouped broadcasts), with an empty part when world > 1.
+            let sizes: Vec<usize> = (0..world).map(|q| if q == 1 { 0 } else { 3 + 5 * q }).collect();
+            let unequal = c.all_gather(0, &vec![r as u8 + 1; sizes[r]], &sizes)?;
+            let equal = c.all_gather(1, &[r as u8; 4], &vec![4; world])?;
+            // Values whose f32 sum depends on the order: fixed rank order is checked below.
+            let mut sum: Vec<f32> = (0..257).map(|i| (r as f32 + 1.0) * 1e-3 + i as f32 * 1e7).collect();
+            c.all_reduce_sum(2, &mut sum)?;
+            Ok((unequal, equal, sum))
+        })
+        .unwrap_or_else(|e| panic!("world {world}: {e}"));
+        let expected_sum: Vec<f32> = (0..257)
+            .map(|i| (0..world).map(|q| (q as f32 + 1.0) * 1e-3 + i as f32 * 1e7).reduce(|a, b| a + b).unwrap())
+            .collect();
+        for (rank, r) in out.into_iter().enumerate() {
+            let (unequal, equal, sum) = r.unwrap_or_else(|e| panic!("world {world} rank {rank}: {e}"));
+            let want: Vec<Vec<u8>> =
+                (0..world).map(|q| if q == 1 { Vec::new() } else { vec![q as u8 + 1; 3 + 5 * q] }).collect();
+            assert_eq!(unequal, want, "world {world} rank {rank}");
+            assert_eq!(equal, (0..world).map(|q| vec![q as u8; 4]).collect::<Vec<_>>(), "world {world} rank {rank}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&sum), bits(&expected_sum), "world {world} rank {rank}: sums in rank order");
+        }
+    }
+}
+
+#[test]
+fn a_failing_rank_is_named_by_every_rank_for_2_to_4_gpus() {
+    for world in world_sizes().into_iter().filter(|&w| w >= 2) {
+        let culprit = world - 1;
+        let started = std::time::Instant::now();
+        let out: Vec<Result<(), RuntimeError>> = run_nccl_threads(&ordinals(world), options(), |c| {
+            for step in 0..6 {
+                if c.rank() == culprit && step == 3 {
+                    let message = "the model gave up".to_string();
+                    return Err(RuntimeError::Model { rank: culprit, step, branches: "cond".into(), message });
+                }
+                let mut buf = [c.rank() as f32; 8];
+                c.all_reduce_sum(step, &mut buf)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(started.elapsed() < options().timeout, "world {world}: peers waited for the timeout");
+        for (rank, r) in out.iter().enumerate() {
+            match r {
+                Err(RuntimeError::PeerFailed { rank: failed, step: 3, .. }) if *failed == culprit => {}
+                Err(RuntimeError::Model { .. }) if rank == culprit => {}
+                other => panic!("world {world} rank {rank}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rank_that_never_arrives_is_named_by_the_timeout() {
+    let Some(world) = world_sizes().into_iter().filter(|&w| w >= 2).max() else { return };
+    let late = 1;
+    let short = NcclOptions { timeout: Duration::from_secs(2), ..options() };
+    let out: Vec<Result<(), RuntimeError>> = run_nccl_threads(&ordinals(world), short.clone(), |c| {
+        for step in 0..3 {
+            if c.rank() == late && step == 1 {
+                // Stuck before its collective (a long model call), well past the timeout.
+                std::thread::sleep(short.timeout * 3);
+                return Ok(());
+            }
+            c.all_gather(step, &[1, 2], &vec![2; world])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let timed_out = out
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| *r != late)
+        .any(|(_, r)| matches!(r, Err(RuntimeError::Timeout { missing, step: 1, .. }) if missing == &vec![late]));
+    assert!(timed_out, "a timeout names rank {late}: {out:?}");
+    for (rank, r) in out.iter().enumerate().filter(|(r, _)| *r != late) {
+        match r {
+            Err(RuntimeError::Timeout { missing, .. }) => assert_eq!(missing, &vec![late], "rank {rank}"),
+            Err(RuntimeError::PeerFailed { rank: failed, .. }) => assert_eq!(*failed, late, "rank {rank}"),
+            other => panic!("rank {rank}: {other:?}"),
+        }
+    }
+}
+
+/// Runs `test` of this file in a child process with `CFG_EMU_NCCL_FAULT`
+/// set (the stand-in reads it on every collective, so it must not leak into
+/// the other tests of this process). Returns false where the stand-in is not loaded.
+fn in_child_with_fault(test: &str, fault: &str) -> bool {
+    if std::env::var_os("CFG_EMU_NCCL_FAULT").is_some() {
+        return false; // this is the child
+    }
+    if world_sizes().len() < 2 {
+        return true;
+    }
+    if !device_name().contains("cuda-emu") {
+        eprintln!("SKIPPED: fault injection needs the CUDA stand-in (scripts/cuda-emu.sh)");
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--include-ignored"])
+        .env("CFG_EMU_NCCL_FAULT", fault)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{test} with CFG_EMU_NCCL_FAULT={fault}:\n{text}");
+    assert!(text.contains("1 passed"), "{test} did not run in the child:\n{text}");
+    true
+}
+
+fn device_name() -> String {
+    cfg_runtime::cuda::Device::new(0).map(|d| d.describe()).unwrap_or_default()
+}
+
+#[test]
+fn an_injected_nccl_error_is_reported_by_every_rank() {
+    if in_child_with_fault("an_injected_nccl_error_is_reported_by_every_rank", "error:1:2") {
+        return;
+    }
+    let world = world_sizes().into_iter().max().unwrap();
+    let started = std::time::Instant::now();
+    let out: Vec<Result<(), RuntimeError>> = run_nccl_threads(&ordinals(world), options(), |c| {
+        for step in 0..5 {
+            c.all_gather(step, &[7; 16], &vec![16; world])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(started.elapsed() < options().timeout, "the error ended the run before the timeout");
+    for (rank, r) in out.iter().enumerate() {
+        match r {
+            Err(RuntimeError::Collective { rank: 1, step: 2, detail }) if rank == 1 => {
+                assert!(detail.contains("injected error"), "{detail}")
+            }
+            Err(RuntimeError::PeerFailed { rank: 1, step: 2, .. }) => {}
+            other => panic!("rank {rank}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_hung_collective_times_out_on_every_rank() {
+    if in_child_with_fault("a_hung_collective_times_out_on_every_rank", "hang:0:1") {
+        return;
+    }
+    let world = world_sizes().into_iter().max().unwrap();
+    let short = NcclOptions { timeout: Duration::from_secs(2), ..options() };
+    let out: Vec<Result<(), RuntimeError>> = run_nccl_threads(&ordinals(world), short, |c| {
+        for step in 0..3 {
+            let mut buf = [1.0f32; 4];
+            c.all_reduce_sum(step, &mut buf)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    for (rank, r) in out.iter().enumerate() {
+        match r {
+            Err(RuntimeError::Timeout { step: 1, .. }) | Err(RuntimeError::PeerFailed { step: 1, .. }) => {}
+            other => panic!("rank {rank}: {other:?}"),
+        }
+    }
+}
