@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need (the NVRTC wheel, so
-# every CUDA kernel is compiled to PTX even on a machine with no GPU), then runs
-# the whole workspace's tests.
+# every CUDA kernel is compiled to PTX even on a machine with no GPU), runs the
+# whole workspace's tests, then runs the CUDA tests again on a CUDA device: the
+# CUDA stand-in (tests/cuda-emu, our PTX run on the CPU with checked memory and
+# NCCL across threads), or the real driver where a GPU is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # A kernel that does not compile must fail the tests, so NVRTC is required here
 # (the PTX tests fail instead of skipping) unless CFG_SKIP_NVRTC=1 says otherwise.
 if [ "${CFG_SKIP_NVRTC:-0}" = 1 ]; then
-    echo "CFG_SKIP_NVRTC=1: the kernel compile tests will skip" >&2
+    echo "CFG_SKIP_NVRTC=1: the kernel compile tests and the CUDA run will skip" >&2
 elif nvrtc_dir=$(scripts/install-nvrtc.sh); then
     export LD_LIBRARY_PATH="${nvrtc_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export CFG_REQUIRE_NVRTC=1
@@ -18,4 +20,22 @@ else
     exit 1
 fi
 
+# 1. Everything, as a machine without a GPU sees it (the no-driver paths run).
 cargo test --workspace --all-targets --locked
+
+[ "${CFG_SKIP_NVRTC:-0}" = 1 ] && exit 0
+
+# 2. The CUDA tests on a CUDA device: the real one where a GPU is present
+#    (nvidia-smi lists one), else the stand-in with 4 emulated GPUs of 2
+#    multiprocessors each (small shapes then reach every grid-size limit).
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    echo "== CUDA tests on the real driver ($(nvidia-smi -L | head -n 1))" >&2
+else
+    emu_dir=$(scripts/cuda-emu.sh)
+    export LD_LIBRARY_PATH="${emu_dir}:${LD_LIBRARY_PATH}"
+    export CFG_EMU_DEVICES=4 CFG_EMU_SMS=2
+    echo "== CUDA tests on the CUDA stand-in ($emu_dir, $CFG_EMU_DEVICES emulated GPUs)" >&2
+fi
+export CFG_REQUIRE_CUDA=1
+cargo test --locked -p cfg-runtime --test cuda_nccl --test cuda_ptx
+cargo test --locked -p cfg-cli --test cli_cuda -- --nocapture

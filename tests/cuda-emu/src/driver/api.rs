@@ -346,7 +346,8 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: u64, src: *const c_void, len:
             return Err(codes::INVALID_VALUE);
         }
         // Pageable host memory is read when the call is made, as CUDA does.
-        let data = if len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(src.cast::<u8>(), len) }.to_vec() };
+        let data =
+            if len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(src.cast::<u8>(), len) }.to_vec() };
         ok(s.enqueue(Op::CopyIn { dst, data }))
     }))
 }
@@ -550,7 +551,7 @@ unsafe fn launch(
     }
     if cooperative {
         let per_sm = device::blocks_per_sm(threads as c_int, (k.static_shared + shared as usize) as c_int);
-        if blocks > (per_sm * device::SMS) as u64 {
+        if blocks > (per_sm * device::sms()) as u64 {
             return Err(codes::COOPERATIVE_LAUNCH_TOO_LARGE);
         }
     }
