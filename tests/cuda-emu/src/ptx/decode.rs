@@ -325,19 +325,35 @@ pub fn decode_function(
     let mut f = Func { name: name.to_string(), entry, sig, ..Default::default() };
     let mut labels: HashMap<&str, u32> = HashMap::new();
     let mut fixups: Vec<(usize, String)> = Vec::new();
+    let mut scopes = Vec::new();
     for item in body {
         match item {
             Item::Label(l) => {
                 labels.insert(l.as_str(), f.code.len() as u32);
             }
-            Item::Open(..) | Item::Close => {}
+            Item::Open(..) => scopes.push((cx.regs.clone(), cx.fparams.clone())),
+            Item::Close => {
+                if let Some((regs, fparams)) = scopes.pop() {
+                    cx.regs = regs;
+                    cx.fparams = fparams;
+                }
+            }
             Item::Stmt(s, line) => {
                 if s.starts_with('.') {
-                    if s.starts_with(".pragma") || s.starts_with(".loc") || s.starts_with(".file") {
+                    let word = s.split_whitespace().next().unwrap_or("");
+                    if matches!(word, ".pragma" | ".loc" | ".file" | ".maxnreg" | ".maxntid" | ".reqntid") {
                         continue;
                     }
                     let err = match parse_decl(s) {
-                        Some(d) => cx.declare(&d).err(),
+                        Some(d) => {
+                            // `.reg .u32 %a, %b;` declares several names
+                            let mut err = None;
+                            for name in d.name.split(',') {
+                                let one = Decl { name: name.to_string(), ..d.clone() };
+                                err = err.or(cx.declare(&one).err());
+                            }
+                            err
+                        }
                         None => Some(format!("unknown directive {s}")),
                     };
                     if let Some(e) = err {
@@ -348,9 +364,13 @@ pub fn decode_function(
                     }
                     continue;
                 }
+                let mut text = s.split_whitespace().collect::<Vec<_>>().join(" ");
                 let (instr, label) = match decode_instr(&cx, s) {
                     Ok(x) => x,
-                    Err(_) => (Instr { guard: NO_REG, guard_neg: false, op: Op::Unsupported }, None),
+                    Err(e) => {
+                        text = format!("{text} (not decoded: {e})");
+                        (Instr { guard: NO_REG, guard_neg: false, op: Op::Unsupported }, None)
+                    }
                 };
                 if let Op::Call { func, .. } = &instr.op {
                     f.callees.push(*func);
@@ -363,7 +383,7 @@ pub fn decode_function(
                 }
                 f.code.push(instr);
                 f.lines.push(*line);
-                f.texts.push(s.split_whitespace().collect::<Vec<_>>().join(" "));
+                f.texts.push(text);
             }
         }
     }

@@ -70,6 +70,12 @@ pub fn lex(text: &str) -> Vec<Item> {
     let mut depth = 0usize; // braces inside the current statement
     for c in text.chars() {
         if c == '\n' {
+            // these directives end at the line's end (no `;`)
+            let t = cur.trim();
+            if depth == 0 && [".version", ".target", ".address_size"].iter().any(|d| t.starts_with(d)) {
+                items.push(Item::Stmt(t.to_string(), cur_line));
+                cur.clear();
+            }
             line += 1;
         }
         if cur.trim().is_empty() && !c.is_whitespace() {
