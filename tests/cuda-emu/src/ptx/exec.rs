@@ -242,7 +242,7 @@ impl Thread {
 
     /// Resolves `addr` of `len` bytes in `space` to a checked location.
     fn locate(&self, cx: &Cx, space: Space, addr: u64, len: usize, at: u32) -> Result<Loc, Fail> {
-        if len > 1 && addr % len as u64 != 0 {
+        if len > 1 && !addr.is_multiple_of(len as u64) {
             return Err(self.fail(at, 716, format!("misaligned {len}-byte access at {addr:#x}")));
         }
         let (space, off) = match space {
@@ -433,10 +433,9 @@ impl Thread {
                     let a = self.ea(addr);
                     let a = if addr.base == Base::DynShared { a.wrapping_add(cx.dyn_shared) } else { a };
                     let loc = self.locate(cx, *space, a, es * *n as usize, at)?;
-                    for i in 0..*n as usize {
-                        let l = offset(loc, i * es);
-                        let v = self.load(cx, l, es, at)?;
-                        self.regs[ds[i] as usize] = if ty.signed() { sext(v, ty.bits()) as u64 } else { v };
+                    for (i, d) in ds.iter().enumerate().take(*n as usize) {
+                        let v = self.load(cx, offset(loc, i * es), es, at)?;
+                        self.regs[*d as usize] = if ty.signed() { sext(v, ty.bits()) as u64 } else { v };
                     }
                     if *volatile {
                         cx.spins += 1;

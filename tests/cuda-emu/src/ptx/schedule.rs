@@ -96,7 +96,7 @@ impl Runner<'_> {
                 format!("invalid launch: grid {:?}, block {:?}", l.grid, l.block),
             ));
         }
-        let mut rng = Rng(l.seed ^ 0x5eed_0f_c0ffee);
+        let mut rng = Rng(l.seed ^ 0x5eed_0fc0_ffee);
         let mut order: Vec<u32> = (0..nblocks as u32).collect();
         rng.shuffle(&mut order);
         if l.cooperative {
