@@ -8,7 +8,7 @@
 #![warn(clippy::all)]
 #![allow(clippy::missing_safety_doc)]
 
-pub mod memory;
-pub mod ptx;
 pub mod driver;
+pub mod memory;
 pub mod nccl;
+pub mod ptx;

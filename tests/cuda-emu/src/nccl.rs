@@ -212,11 +212,7 @@ pub unsafe extern "C" fn ncclCommInitRankConfig(
         .groups
         .entry(id.internal)
         .or_insert_with(|| {
-            Arc::new(Group {
-                world,
-                joined: Mutex::new(vec![false; world]),
-                collectives: Mutex::new(HashMap::new()),
-            })
+            Arc::new(Group { world, joined: Mutex::new(vec![false; world]), collectives: Mutex::new(HashMap::new()) })
         })
         .clone();
     if group.world != world {
@@ -467,7 +463,10 @@ impl Wait for Collective {
 fn perform(parts: &[Part]) -> Result<(), String> {
     let first = parts[0];
     if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.kind != first.kind || p.dtype != first.dtype) {
-        return Err(format!("rank {r} called {:?} ({}) where rank 0 called {:?} ({})", p.kind, p.dtype, first.kind, first.dtype));
+        return Err(format!(
+            "rank {r} called {:?} ({}) where rank 0 called {:?} ({})",
+            p.kind, p.dtype, first.kind, first.dtype
+        ));
     }
     if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.count != first.count) {
         return Err(format!("rank {r} passed count {} where rank 0 passed {}", p.count, first.count));
@@ -491,9 +490,7 @@ fn perform(parts: &[Part]) -> Result<(), String> {
         Kind::Broadcast { root } => vec![read(&mem, root, parts[root].send)?; parts.len()],
     };
     for (r, (p, out)) in parts.iter().zip(results).enumerate() {
-        mem.slice_mut(p.recv, out.len())
-            .map_err(|f| format!("rank {r}'s receive buffer: {f}"))?
-            .copy_from_slice(&out);
+        mem.slice_mut(p.recv, out.len()).map_err(|f| format!("rank {r}'s receive buffer: {f}"))?.copy_from_slice(&out);
     }
     Ok(())
 }

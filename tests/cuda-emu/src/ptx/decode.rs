@@ -349,7 +349,7 @@ pub fn decode_function(
                             // `.reg .u32 %a, %b;` declares several names
                             let mut err = None;
                             for name in d.name.split(',') {
-                                let one = Decl { name: name.to_string(), ..d.clone() };
+                                let one = Decl { name: name.trim().to_string(), ..d.clone() };
                                 err = err.or(cx.declare(&one).err());
                             }
                             err
