@@ -142,7 +142,7 @@ fn dtype_size(dtype: u32) -> Option<usize> {
 }
 
 #[no_mangle]
-pub extern "C" fn ncclGetVersion(version: *mut c_int) -> NcclResult {
+pub unsafe extern "C" fn ncclGetVersion(version: *mut c_int) -> NcclResult {
     if version.is_null() {
         return INVALID_ARGUMENT;
     }
@@ -152,7 +152,7 @@ pub extern "C" fn ncclGetVersion(version: *mut c_int) -> NcclResult {
 }
 
 #[no_mangle]
-pub extern "C" fn ncclGetUniqueId(id: *mut [u8; ID_BYTES]) -> NcclResult {
+pub unsafe extern "C" fn ncclGetUniqueId(id: *mut [u8; ID_BYTES]) -> NcclResult {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     if id.is_null() {
         return INVALID_ARGUMENT;
@@ -254,7 +254,7 @@ pub unsafe extern "C" fn ncclCommInitRankConfig(
 }
 
 #[no_mangle]
-pub extern "C" fn ncclCommGetAsyncError(handle: *mut c_void, out: *mut NcclResult) -> NcclResult {
+pub unsafe extern "C" fn ncclCommGetAsyncError(handle: *mut c_void, out: *mut NcclResult) -> NcclResult {
     let Some(c) = comm(handle) else { return INVALID_ARGUMENT };
     if out.is_null() {
         return INVALID_ARGUMENT;
@@ -303,7 +303,7 @@ pub extern "C" fn ncclCommDestroy(handle: *mut c_void) -> NcclResult {
 }
 
 #[no_mangle]
-pub extern "C" fn ncclCommCount(handle: *mut c_void, count: *mut c_int) -> NcclResult {
+pub unsafe extern "C" fn ncclCommCount(handle: *mut c_void, count: *mut c_int) -> NcclResult {
     match comm(handle) {
         Some(c) if !count.is_null() => {
             // SAFETY: non-null out-pointer.
@@ -315,7 +315,7 @@ pub extern "C" fn ncclCommCount(handle: *mut c_void, count: *mut c_int) -> NcclR
 }
 
 #[no_mangle]
-pub extern "C" fn ncclCommUserRank(handle: *mut c_void, rank: *mut c_int) -> NcclResult {
+pub unsafe extern "C" fn ncclCommUserRank(handle: *mut c_void, rank: *mut c_int) -> NcclResult {
     match comm(handle) {
         Some(c) if !rank.is_null() => {
             // SAFETY: non-null out-pointer.

@@ -73,5 +73,5 @@ pub fn blocks_per_sm(threads: i32, shared: i32) -> i32 {
     let by_threads = THREADS_PER_SM / threads;
     let by_registers = REGISTERS_PER_SM / (REGISTERS_PER_THREAD * threads);
     let by_shared = if shared > 0 { SHARED_PER_SM / (shared + 1024) } else { BLOCKS_PER_SM };
-    by_threads.min(by_registers).min(by_shared).min(BLOCKS_PER_SM).max(0)
+    by_threads.min(by_registers).min(by_shared).clamp(0, BLOCKS_PER_SM)
 }

@@ -94,8 +94,7 @@ impl Stream {
     /// Runs the queued work that is ready; returns (and clears) the stream's error.
     pub fn drain(self: &Arc<Self>) -> CuResult {
         let mut inner = lock(&self.inner);
-        loop {
-            let Some(front) = inner.queue.front_mut() else { break };
+        while let Some(front) = inner.queue.front_mut() {
             if let Op::Wait { op, started } = front {
                 let first = !*started;
                 *started = true;
