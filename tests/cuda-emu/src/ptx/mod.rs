@@ -1,8 +1,11 @@
 //! The PTX interpreter: parses the PTX text NVRTC emits and executes kernels
 //! on the CPU, one emulated thread at a time, with checked memory.
 //!
-//! INTERFACE (used by the driver in `crate::driver`); the implementation is
-//! split over the files of this folder.
+//! `parse` splits the text, `load` builds a module, `decode` turns each
+//! function into instructions with resolved operands (`instr`), `exec` runs
+//! one thread, `schedule` interleaves threads and blocks (seeded) and detects
+//! deadlocks, `sanitize` finds shared-memory races, `float` holds the IEEE
+//! rules (NaN results, half conversions).
 
 use crate::memory::Memory;
 use std::collections::HashMap;
