@@ -14,6 +14,7 @@ pub mod dtype;
 pub mod error;
 pub mod expr;
 pub mod lower;
+pub mod portable_math;
 pub mod program;
 pub mod reduce;
 pub mod reference;

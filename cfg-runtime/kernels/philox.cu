@@ -32,17 +32,17 @@ extern "C" __global__ void __launch_bounds__(256) philox_u32(u64 seed, u32 step,
     }
 }
 
-// Box-Muller in f64 on (x0, x1) and (x2, x3), as the CPU does. log/cos/sin are
-// CUDA's (within an ulp or two of f64), so after rounding to f32 a value can
-// differ from the CPU's by one f32 ulp in rare cases; the integers never do.
+// Box-Muller in f64 on (x0, x1) and (x2, x3), as the CPU does, with the
+// portable log and sin/cos (portable_math.cu): the CPU's bits.
 __device__ __forceinline__ void box_muller(u32 a, u32 b, float* z0, float* z1) {
     const double scale = 1.0 / 16777216.0;
-    const double u1 = ((double)(a >> 8) + 1.0) * scale;
-    const double u2 = (double)(b >> 8) * scale;
-    const double r = sqrt(-2.0 * log(u1));
-    const double theta = 2.0 * 3.141592653589793 * u2;
-    *z0 = (float)(r * cos(theta));
-    *z1 = (float)(r * sin(theta));
+    const double u1 = __dmul_rn(__dadd_rn((double)(a >> 8), 1.0), scale);
+    const double u2 = __dmul_rn((double)(b >> 8), scale);
+    const double r = __dsqrt_rn(__dmul_rn(-2.0, pm_log(u1)));
+    double s, c;
+    pm_sin_cos_turns(u2, &s, &c);
+    *z0 = (float)__dmul_rn(r, c);
+    *z1 = (float)__dmul_rn(r, s);
 }
 
 extern "C" __global__ void __launch_bounds__(256) philox_normal_f32(u64 seed, u32 step, u32 stream, float* out, i64 n) {

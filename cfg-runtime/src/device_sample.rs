@@ -38,7 +38,12 @@ use std::time::Instant;
 /// The update kernels (`kernels/update.cu`, after the prelude and Philox).
 pub const UPDATE: kernels::KernelModule = kernels::KernelModule::new(
     "update",
-    &[kernels::COMMON, include_str!("../kernels/philox.cu"), include_str!("../kernels/update.cu")],
+    &[
+        kernels::COMMON,
+        kernels::PORTABLE_MATH,
+        include_str!("../kernels/philox.cu"),
+        include_str!("../kernels/update.cu"),
+    ],
     &["init_latents", "update_f32", "update_f16", "update_bf16"],
 );
 

@@ -13,7 +13,11 @@
 //!   and the key is bumped by `(W0, W1)` between rounds (wrapping);
 //! - normals by Box–Muller in f64 on the pairs `(x0, x1)` and `(x2, x3)`:
 //!   `u1 = ((a >> 8) + 1)·2⁻²⁴ ∈ (0, 1]`, `u2 = (b >> 8)·2⁻²⁴ ∈ [0, 1)`,
-//!   `r = sqrt(−2 ln u1)`, lanes `r·cos(2π u2)` and `r·sin(2π u2)`, rounded to f32.
+//!   `r = sqrt(−2 ln u1)`, lanes `r·cos(2π u2)` and `r·sin(2π u2)`, rounded to f32,
+//!   with `ln`, `sin` and `cos` from [`cfg_core::portable_math`] (the CUDA
+//!   kernel uses their twins, so the normals are bit-identical there too).
+
+use cfg_core::portable_math;
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -47,9 +51,9 @@ fn box_muller(a: u32, b: u32) -> (f32, f32) {
     let scale = 1.0 / (1u64 << 24) as f64;
     let u1 = ((a >> 8) as f64 + 1.0) * scale;
     let u2 = (b >> 8) as f64 * scale;
-    let r = (-2.0 * u1.ln()).sqrt();
-    let theta = 2.0 * std::f64::consts::PI * u2;
-    ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+    let r = (-2.0 * portable_math::ln(u1)).sqrt();
+    let (s, c) = portable_math::sin_cos_turns(u2);
+    ((r * c) as f32, (r * s) as f32)
 }
 
 /// Standard normals for elements `start..start + out.len()` of the stream

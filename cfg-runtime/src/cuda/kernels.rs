@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// The prelude every kernel file is compiled after (types, conversions, fma).
 pub const COMMON: &str = include_str!("../../kernels/common.cu");
 const FACTORS: &str = include_str!("../../kernels/factors.cu");
+/// `exp`, `log`, `sin`/`cos` from exactly rounded operations, the twin of
+/// `cfg_core::portable_math` (compiled after [`COMMON`]): CPU bits on the GPU.
+pub const PORTABLE_MATH: &str = include_str!("../../kernels/portable_math.cu");
 
 /// One compiled unit: a name and the files it concatenates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,7 +122,7 @@ pub const COPY: KernelModule = KernelModule {
 /// Philox noise.
 pub const PHILOX: KernelModule = KernelModule {
     name: "philox",
-    parts: &[COMMON, include_str!("../../kernels/philox.cu")],
+    parts: &[COMMON, PORTABLE_MATH, include_str!("../../kernels/philox.cu")],
     functions: &["philox_u32", "philox_normal_f32"],
 };
 

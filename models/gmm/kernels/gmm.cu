@@ -5,9 +5,8 @@
 // The arithmetic is the CPU model's, in f64, operation for operation and in
 // the same order. The host passes the per-step tables it computes in f64
 // (variances, their logs, posterior coefficients, log weights), so the only
-// transcendental functions here are the softmax's exp and log: CUDA's are
-// within an ulp of the CPU's, so a prediction can differ from the CPU's by
-// one ulp of its dtype in rare elements.
+// transcendental functions here are the softmax's exp and log, the portable
+// ones (portable_math.cu) the CPU model uses too: predictions are bit-identical.
 
 #define GMM_MAX_PARTS 4
 #define GMM_MAX_COMPONENTS 32
@@ -44,10 +43,10 @@ __device__ __forceinline__ void softmax(double* v, int n) {
     double lse = m;
     if (m != neg_inf()) {
         double s = 0.0;
-        for (int i = 0; i < n; ++i) s += exp(v[i] - m);
-        lse = m + log(s);
+        for (int i = 0; i < n; ++i) s += pm_exp(v[i] - m);
+        lse = m + pm_log(s);
     }
-    for (int i = 0; i < n; ++i) v[i] = exp(v[i] - lse);
+    for (int i = 0; i < n; ++i) v[i] = pm_exp(v[i] - lse);
 }
 
 template <typename T>

@@ -9,8 +9,9 @@
 //! `t`, their logs, the posterior-mean coefficients, the log weights, and
 //! which components each sample may use) and uploads them (a few kB); the
 //! kernel does the rest (likelihoods, log-sum-exp responsibilities, `E[x₀|x_t]`,
-//! the output space). Predictions match the CPU model's up to CUDA's `exp` and
-//! `log`, an ulp away from Rust's: rare elements differ by one ulp of the dtype.
+//! the output space). The softmax's `exp` and `log` are the portable ones
+//! (`cfg_core::portable_math`, `kernels/portable_math.cu`) the CPU model uses
+//! too, so predictions are the CPU model's bits.
 //!
 //! Always built: without libcuda no [`Device`] can be opened (the runtime
 //! returns [`CudaError::NoDriver`]), so nothing here is reached.
@@ -18,7 +19,7 @@
 use crate::model::{Condition, GmmModel};
 use cfg_core::branch::BranchSpec;
 use cfg_core::expr::Space;
-use cfg_runtime::cuda::kernels::{KernelModule, COMMON};
+use cfg_runtime::cuda::kernels::{KernelModule, COMMON, PORTABLE_MATH};
 use cfg_runtime::cuda::{Buffer, CudaError, Device};
 use cfg_runtime::device_sample::{DeviceCall, DeviceModel};
 use cfg_runtime::model::ModelError;
@@ -28,7 +29,7 @@ use thiserror::Error;
 /// The kernel module: the runtime's prelude, then `kernels/gmm.cu`.
 pub const GMM: KernelModule = KernelModule::new(
     "gmm",
-    &[COMMON, include_str!("../kernels/gmm.cu")],
+    &[COMMON, PORTABLE_MATH, include_str!("../kernels/gmm.cu")],
     &["gmm_predict_f32", "gmm_predict_f16", "gmm_predict_bf16"],
 );
 
@@ -229,11 +230,12 @@ impl DeviceModel for GmmModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cfg_core::portable_math;
     use cfg_core::{DType, Shape, Tensor};
     use cfg_runtime::model::{Call, Model, StepInfo};
     use std::mem::size_of;
 
-    /// `gmm.cu` line for line, in Rust (so with Rust's `exp`/`ln`): checks
+    /// `gmm.cu` line for line, in Rust (with the portable `exp`/`ln`): checks
     /// that the host tables and the kernel's loop are the CPU model's math.
     fn kernel_in_rust(m: &GmmModel, spec: &BranchSpec, lat: &[Vec<f32>], t: f64, spaces: &[Space]) -> Vec<Vec<f32>> {
         let cond = m.condition(spec);
@@ -249,11 +251,11 @@ mod tests {
             if m != f64::NEG_INFINITY {
                 let mut s = 0.0;
                 for x in v.iter() {
-                    s += (x - m).exp();
+                    s += portable_math::exp(x - m);
                 }
-                lse = m + s.ln();
+                lse = m + portable_math::ln(s);
             }
-            v.iter_mut().for_each(|x| *x = (*x - lse).exp());
+            v.iter_mut().for_each(|x| *x = portable_math::exp(*x - lse));
         };
         let mut out: Vec<Vec<f32>> = m.parts.iter().map(|p| vec![0.0; m.batch * m.tokens * p.dim]).collect();
         for item in 0..m.batch * m.tokens {

@@ -1,5 +1,6 @@
 //! The data distribution: a class-conditional mixture of diagonal Gaussians.
 
+use cfg_core::portable_math;
 use cfg_runtime::philox::philox4x32_10;
 
 /// One Gaussian component: `x₀ ~ N(mean, diag(std²))`.
@@ -154,11 +155,12 @@ pub fn log_normal(x: &[f64], mean: &[f64], std: &[f64], kappa: f64) -> f64 {
     acc
 }
 
-/// `log Σ exp(v)`, stable.
+/// `log Σ exp(v)`, stable; with the portable `exp`/`ln` the GMM kernel uses
+/// too, so the model's predictions are the same bits on the CPU and the GPU.
 pub fn log_sum_exp(v: &[f64]) -> f64 {
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return m;
     }
-    m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    m + portable_math::ln(v.iter().map(|x| portable_math::exp(x - m)).sum::<f64>())
 }

@@ -237,7 +237,7 @@ impl GmmModel {
 fn softmax(logs: impl Iterator<Item = f64>) -> Vec<f64> {
     let v: Vec<f64> = logs.collect();
     let m = log_sum_exp(&v);
-    v.iter().map(|l| (l - m).exp()).collect()
+    v.iter().map(|l| cfg_core::portable_math::exp(l - m)).collect()
 }
 
 impl Model for GmmModel {
