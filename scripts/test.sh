@@ -38,4 +38,5 @@ else
 fi
 export CFG_REQUIRE_CUDA=1
 cargo test --locked -p cfg-runtime --test cuda_nccl --test cuda_ptx
+cargo test --locked -p cfg-tests --test runtime_cuda
 cargo test --locked -p cfg-cli --test cli_cuda -- --nocapture

@@ -112,7 +112,8 @@ pub fn run(args: Args) -> CliResult {
                 .collect::<Result<_, _>>()?;
             let mut state = GuidanceState::new();
             let ms = dev.median_ms(args.reps, || {
-                evaluate(&dev, &p, &inputs, DType::BF16, &shape, &mut state, ExecOptions::default()).map(drop)
+                let refs: Vec<&Buffer> = inputs.iter().collect();
+                evaluate(&dev, &p, &refs, DType::BF16, &shape, &mut state, ExecOptions::default()).map(drop)
             })?;
             // Minimum bytes: every branch read once, the result written once.
             let bytes = (p.branches.len() + 1) * n * 2;

@@ -5,9 +5,10 @@
 //! Output files are written to a temporary file and renamed into place only
 //! when every rank succeeded, so a failed run leaves no partial file.
 //!
-//! `--device cuda` runs one rank on GPU 0 with the latents resident there
-//! (the model's kernel, the device combine and the sampler update; see
-//! `cfg_runtime::device_sample`); the summary is the same.
+//! `--device cuda --ranks M` runs one rank per GPU (threads, NCCL between
+//! them) with the latents resident on each device: the model's kernel, the
+//! collectives, the combine and the sampler update all run there, in the same
+//! loop (`cfg_runtime::sample`) as the CPU ranks; the summary is the same.
 
 use crate::error::{CliError, CliResult};
 use crate::models::{build, bytes, overrides, ModelKind};
@@ -16,11 +17,13 @@ use crate::quality::score;
 use cfg_core::lower::Overrides;
 use cfg_core::Tensor;
 use cfg_gmm::GmmModel;
-use cfg_runtime::cuda::Device;
-use cfg_runtime::device_sample::sample_device;
-use cfg_runtime::model::{Call, Model, ModelError, OutputInfo};
+use cfg_runtime::cuda::{run_nccl_threads, CudaBackend, Device, NcclOptions};
+use cfg_runtime::model::{Call, DeviceCall, Model, ModelError, OutputInfo};
 use cfg_runtime::scheduler::{Sampler, SamplerKind};
-use cfg_runtime::{run_local, sample, Communicator, CpuBackend, Mode, RuntimeError, SampleOptions, Sampled};
+use cfg_runtime::tensor::{DeviceTensor, Place};
+use cfg_runtime::{
+    run_local, sample, Backend, Communicator, CpuBackend, LocalComm, Mode, RuntimeError, SampleOptions, Sampled,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -89,7 +92,8 @@ pub struct Args {
 pub enum SampleDevice {
     /// In-process ranks on the CPU backend.
     Cpu,
-    /// One rank on CUDA device 0.
+    /// CUDA ranks: one per GPU (`--ranks M` uses GPUs 0..M, one thread each,
+    /// with NCCL between them).
     Cuda,
 }
 
@@ -105,10 +109,21 @@ impl Model for Faulty<'_> {
         self.inner.outputs()
     }
     fn predict(&self, call: &Call<'_>) -> Result<Vec<Vec<Tensor>>, ModelError> {
-        if self.fault == Some((self.rank, call.info.step)) {
+        self.check(call.info.step)?;
+        self.inner.predict(call)
+    }
+    fn predict_on(&self, place: &Place, call: &DeviceCall<'_>) -> Result<Vec<Vec<DeviceTensor>>, ModelError> {
+        self.check(call.info.step)?;
+        self.inner.predict_on(place, call)
+    }
+}
+
+impl Faulty<'_> {
+    fn check(&self, step: usize) -> Result<(), ModelError> {
+        if self.fault == Some((self.rank, step)) {
             return Err(ModelError("injected fault (--inject-fault)".into()));
         }
-        self.inner.predict(call)
+        Ok(())
     }
 }
 
@@ -125,14 +140,6 @@ pub fn run(args: Args) -> CliResult {
     });
     if ranks == 0 {
         return Err(CliError("--ranks must be at least 1".into()));
-    }
-    if args.device == SampleDevice::Cuda && ranks > 1 {
-        return Err(CliError(format!(
-            "--device cuda runs one rank on one GPU; --ranks {ranks} needs --device cpu (in-process ranks)"
-        )));
-    }
-    if args.device == SampleDevice::Cuda && args.inject_fault.is_some() {
-        return Err(CliError("--inject-fault needs --device cpu".into()));
     }
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         return Err(CliError("--timeout must be a positive number of seconds".into()));
@@ -163,13 +170,17 @@ pub fn run(args: Args) -> CliResult {
     if plot.is_some() && args.model != ModelKind::Gmm2d {
         return Err(CliError("--plot needs the 2-D model (--model gmm2d)".into()));
     }
-    let gpu = match args.device {
-        SampleDevice::Cpu => None,
-        SampleDevice::Cuda => Some(Device::new(0)?),
-    };
-    let placement = match &gpu {
-        None => format!("{ranks} ranks"),
-        Some(dev) => format!("1 rank on cuda:0 {}", dev.describe()),
+    let placement = match args.device {
+        SampleDevice::Cpu => format!("{ranks} ranks"),
+        SampleDevice::Cuda => {
+            let count = cfg_runtime::cuda::device_count()?;
+            if ranks > count {
+                return Err(CliError(format!(
+                    "--ranks {ranks} on CUDA needs {ranks} GPUs (one per rank); this machine has {count}"
+                )));
+            }
+            format!("{ranks} CUDA rank{} on {}", if ranks == 1 { "" } else { "s" }, Device::new(0)?.describe())
+        }
     };
     println!(
         "policy `{}` ({}), model {:?} {}, {placement}, {steps} steps, {} sampler, {} mode, seed {}",
@@ -193,10 +204,8 @@ pub fn run(args: Args) -> CliResult {
             fingerprint_every: args.fingerprint_every,
         };
         let started = Instant::now();
-        let sampled = match &gpu {
-            None => run_ranks(&model, &policy, &opts, ranks, Duration::from_secs_f64(args.timeout), fault)?,
-            Some(dev) => run_device(dev, &model, &policy, &opts)?,
-        };
+        let timeout = Duration::from_secs_f64(args.timeout);
+        let sampled = run_ranks(&model, &policy, &opts, (args.device, ranks), timeout, fault)?;
         if !r.label.is_empty() {
             println!("\n== {} ==", r.label);
         }
@@ -268,31 +277,24 @@ fn progress(steps: usize) -> ProgressBar {
     }
 }
 
-/// Runs the sampler on one GPU, latents resident on the device.
-fn run_device(
-    dev: &Device,
-    model: &GmmModel,
-    policy: &cfg_core::expr::Policy,
-    opts: &SampleOptions,
-) -> Result<Sampled, CliError> {
-    let bar = progress(opts.steps);
-    let mut on_step = |_: &cfg_runtime::StepReport| bar.inc(1);
-    let result = sample_device(dev, model, policy, opts, &mut on_step);
-    bar.finish_and_clear();
-    result.map_err(|e| CliError(format!("the CUDA run failed; {e}")))
-}
-
-/// Runs the sampler on `ranks` threads; on failure returns the root cause.
+/// Runs the sampler on `ranks` threads: in-process ranks on the CPU, or one
+/// CUDA rank per GPU (NCCL between them); on failure returns the root cause.
 fn run_ranks(
     model: &GmmModel,
     policy: &cfg_core::expr::Policy,
     opts: &SampleOptions,
-    ranks: usize,
+    (device, ranks): (SampleDevice, usize),
     timeout: Duration,
     fault: Option<(usize, usize)>,
 ) -> Result<Sampled, CliError> {
     let bar = progress(opts.steps);
-    let results = run_local(ranks, timeout, |comm| {
+    /// One rank's run, with its progress shown by rank 0.
+    fn one<C: Communicator, B: Backend>(
+        job: (&GmmModel, &cfg_core::expr::Policy, &SampleOptions, Option<(usize, usize)>, &ProgressBar),
+        comm: C,
+        backend: B,
+    ) -> Result<Sampled, RuntimeError> {
+        let (model, policy, opts, fault, bar) = job;
         let rank = comm.rank();
         let faulty = Faulty { inner: model, rank, fault };
         let mut on_step = |r: &cfg_runtime::StepReport| {
@@ -301,8 +303,25 @@ fn run_ranks(
                 bar.inc(1);
             }
         };
-        sample(&faulty, policy, opts, comm, CpuBackend, &mut on_step)
-    });
+        sample(&faulty, policy, opts, comm, backend, &mut on_step)
+    }
+    let job = (model, policy, opts, fault, &bar);
+    let results: Vec<Result<Sampled, RuntimeError>> = match device {
+        SampleDevice::Cpu => run_local(ranks, timeout, |comm| one(job, comm, CpuBackend)),
+        SampleDevice::Cuda if ranks == 1 => {
+            let backend = CudaBackend::new(0)?;
+            let comm = LocalComm::group(1, timeout).pop().expect("a group of one");
+            vec![one(job, comm, backend)]
+        }
+        SampleDevice::Cuda => {
+            let options = NcclOptions { timeout, init_timeout: timeout, ..NcclOptions::default() };
+            let ordinals: Vec<usize> = (0..ranks).collect();
+            run_nccl_threads(&ordinals, options, |comm| {
+                let backend = CudaBackend::on(comm.device());
+                one(job, comm, backend)
+            })?
+        }
+    };
     bar.finish_and_clear();
     let mut ok = Vec::new();
     let mut errors: Vec<RuntimeError> = Vec::new();

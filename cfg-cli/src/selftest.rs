@@ -14,7 +14,7 @@ use cfg_core::{DType, Shape, Tensor};
 use cfg_runtime::backend::Backend;
 use cfg_runtime::cuda::{run_nccl_threads, CudaBackend, ExecOptions, NcclOptions};
 use cfg_runtime::Communicator;
-use cfg_runtime::CpuBackend;
+use cfg_runtime::DeviceTensor;
 use std::process::ExitCode;
 
 /// Arguments of `cfg selftest`.
@@ -257,8 +257,10 @@ fn compare_with_cpu(case: &Case, dtype: DType, gpu: &mut CudaBackend) -> Result<
     for step in 0..case.steps {
         let ins = inputs(case, dtype, step);
         let refs: Vec<&Tensor> = ins.iter().collect();
-        let want = CpuBackend.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_cpu)?;
-        match gpu.evaluate(&case.program, &refs, dtype, &case.shape, &mut s_gpu) {
+        let want = cfg_core::cpu::evaluate(&case.program, &refs, dtype, &case.shape, &mut s_cpu)?;
+        let on_gpu = ins.iter().map(|t| gpu.upload(t.clone())).collect::<Result<Vec<_>, _>>()?;
+        let gpu_refs: Vec<&DeviceTensor> = on_gpu.iter().collect();
+        match gpu.evaluate(&case.program, &gpu_refs, dtype, &case.shape, &mut s_gpu).and_then(|t| gpu.download(&t)) {
             Ok(got) => {
                 worst = worst.max(max_ulps(dtype, &got, &want));
                 same_bits &= got.as_bytes() == want.as_bytes();
@@ -349,7 +351,7 @@ pub fn run(args: Args) -> CliResult {
             // End to end: the GMM kernel against the CPU model, then whole samples.
             let sample_checks = crate::selftest_sample::compare_predictions(dev).and_then(|first| {
                 let mut all = vec![first];
-                all.extend(crate::selftest_sample::compare_samples(dev)?);
+                all.extend(crate::selftest_sample::compare_samples(&gpu.shared_device())?);
                 Ok(all)
             });
             match sample_checks {
@@ -377,7 +379,7 @@ pub fn run(args: Args) -> CliResult {
                     for step in 0..case.steps {
                         let ins = inputs(&case, dtype, step);
                         let refs: Vec<&Tensor> = ins.iter().collect();
-                        let got = CpuBackend.evaluate(&case.program, &refs, dtype, &case.shape, &mut state)?;
+                        let got = cfg_core::cpu::evaluate(&case.program, &refs, dtype, &case.shape, &mut state)?;
                         let want = evaluate_f64(&case.program, &refs, &case.shape, &mut rstate);
                         let got: Vec<f64> = got.to_f32().iter().map(|&x| x as f64).collect();
                         worst = worst.max(relative_error(&got, &want));

@@ -13,11 +13,12 @@
 use crate::error::CliError;
 use crate::models::{build, ModelKind};
 use cfg_core::DType;
+use cfg_runtime::cuda::CudaBackend;
 use cfg_runtime::cuda::Device;
-use cfg_runtime::device_sample::sample_device;
 use cfg_runtime::local::DEFAULT_TIMEOUT;
 use cfg_runtime::scheduler::{Sampler, SamplerKind};
 use cfg_runtime::{sample, CpuBackend, LocalComm, Mode, SampleOptions};
+use std::sync::Arc;
 
 /// Samples of the check (the 2-D model's points).
 const BATCH: usize = 1024;
@@ -53,7 +54,7 @@ impl SampleCheck {
 
 /// Samples the default policy on the 2-D model with `kind` on `dev` and on
 /// the CPU (one rank each) and compares the final latents.
-pub fn compare_sample(dev: &Device, kind: SamplerKind) -> Result<SampleCheck, CliError> {
+pub fn compare_sample(dev: &Arc<Device>, kind: SamplerKind) -> Result<SampleCheck, CliError> {
     let policy = cfg_policies::resolve(cfg_policies::library::DEFAULT)?.policy;
     let model = build(ModelKind::Gmm2d, &policy, Some(BATCH));
     let opts = SampleOptions {
@@ -63,7 +64,8 @@ pub fn compare_sample(dev: &Device, kind: SamplerKind) -> Result<SampleCheck, Cl
         mode: Mode::Deterministic,
         ..SampleOptions::default()
     };
-    let gpu = sample_device(dev, &model, &policy, &opts, &mut |_| {})?;
+    let comm = LocalComm::group(1, DEFAULT_TIMEOUT).pop().expect("a group of one");
+    let gpu = sample(&model, &policy, &opts, comm, CudaBackend::on(dev.clone()), &mut |_| {})?;
     let comm = LocalComm::group(1, DEFAULT_TIMEOUT).pop().expect("a group of one");
     let cpu = sample(&model, &policy, &opts, comm, CpuBackend, &mut |_| {})?;
     let (mut max_abs, mut diff2, mut norm2) = (0.0f64, 0.0f64, 0.0f64);
@@ -139,6 +141,6 @@ pub fn compare_predictions(dev: &Device) -> Result<SampleCheck, CliError> {
 
 /// [`compare_sample`] with the deterministic flow Euler sampler and the
 /// stochastic ancestral one (its noise drawn on the device).
-pub fn compare_samples(dev: &Device) -> Result<Vec<SampleCheck>, CliError> {
+pub fn compare_samples(dev: &Arc<Device>) -> Result<Vec<SampleCheck>, CliError> {
     [SamplerKind::Euler, SamplerKind::Ancestral].into_iter().map(|k| compare_sample(dev, k)).collect()
 }

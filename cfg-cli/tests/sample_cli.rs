@@ -112,12 +112,7 @@ fn plan_prints_every_step_with_ranks_idle_and_collective() {
 }
 
 #[test]
-fn sample_on_cuda_runs_one_rank_and_says_when_there_is_no_driver() {
-    let run = cfg().args(["sample", "--device", "cuda", "--ranks", "2", "--steps", "2"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--device cuda runs one rank") && stderr.contains("--device cpu"), "{stderr}");
-
+fn sample_on_cuda_says_when_there_is_no_driver() {
     if cfg_runtime::cuda::driver_available() {
         eprintln!("SKIPPED: libcuda is present; the no-driver message is checked on machines without it");
         return;

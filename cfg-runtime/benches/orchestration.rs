@@ -6,7 +6,9 @@
 use cfg_core::lower::Overrides;
 use cfg_core::{DType, Shape, Tensor};
 use cfg_runtime::local::DEFAULT_TIMEOUT;
-use cfg_runtime::{run_local, Call, CpuBackend, Guider, Mode, Model, ModelError, OutputInfo, StepInfo, StepTiming};
+use cfg_runtime::{
+    run_local, Call, CpuBackend, DeviceTensor, Guider, Mode, Model, ModelError, OutputInfo, StepInfo, StepTiming,
+};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::{Duration, Instant};
 
@@ -58,7 +60,7 @@ fn steps(mode: Mode, iters: u64) -> (Duration, StepTiming) {
     let shape = Shape::new(vec![1, 4096, 64]);
     let values: Vec<f32> = (0..shape.numel()).map(|i| ((i % 97) as f32 - 48.0) / 17.0).collect();
     let model = Null { pred: Tensor::from_f32(DType::BF16, shape.clone(), &values) };
-    let latents = vec![Tensor::from_f32(DType::F32, shape, &values)];
+    let latents = vec![DeviceTensor::Host(Tensor::from_f32(DType::F32, shape, &values))];
     let results = run_local(4, DEFAULT_TIMEOUT, |comm| {
         let mut g = Guider::new(policy.clone(), Overrides::none(), &model, comm, CpuBackend, mode)?;
         g.start();

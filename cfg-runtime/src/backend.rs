@@ -1,21 +1,44 @@
-//! The `Backend` trait: where a rank runs the canonical guidance program.
+//! The `Backend` trait: what a rank runs on its device.
 //!
-//! Inputs and outputs are host [`Tensor`]s; a device backend uploads, runs its
-//! kernels and downloads. Every backend must give the same bits as
-//! [`crate::cpu::CpuBackend`] for [`Backend::evaluate`] (the canonical program
-//! of `cfg-core`); that is what makes deterministic mode bit-identical.
+//! A backend evaluates the canonical guidance program, computes the partial
+//! linear forms of fast mode, moves a rank's bytes for the collectives, and
+//! runs the sampler's update, all on [`DeviceTensor`]s in its own memory
+//! (host memory for [`crate::cpu::CpuBackend`], GPU memory for
+//! [`crate::cuda::CudaBackend`]). Every backend must give the same bits as
+//! the CPU backend for [`Backend::evaluate`] (the canonical program of
+//! `cfg-core`); that is what makes deterministic mode bit-identical.
 
-use cfg_core::cpu::round_to;
-use cfg_core::program::{Form, Program, Value};
+use crate::scheduler::Sampler;
+use crate::tensor::{DeviceBytes, DeviceTensor, Place};
+use cfg_core::expr::Space;
+use cfg_core::program::{Form, Program};
 use cfg_core::state::GuidanceState;
-use cfg_core::tensor::TensorData;
 use cfg_core::{DType, Shape, Tensor};
 use thiserror::Error;
 
-/// Runs guidance programs.
+/// Where a sampler update is: the run's seed, the step, the output's index
+/// (its noise stream) and the flow times it moves between.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateStep {
+    /// Seed of the run.
+    pub seed: u64,
+    /// The step.
+    pub step: usize,
+    /// The output's index (the Philox stream of its noise).
+    pub output: usize,
+    /// Flow time before the step.
+    pub t: f64,
+    /// Flow time after the step.
+    pub t_next: f64,
+}
+
+/// Runs guidance programs and the sampler on one rank's device.
 pub trait Backend: Send {
     /// A short name (`cpu`, `cuda:0`).
     fn name(&self) -> String;
+
+    /// Where this backend's tensors live.
+    fn place(&self) -> Place;
 
     /// Deterministic mode: evaluates `program` on every branch prediction
     /// (`inputs` follow `program.branches`, all of `dtype` and `shape`), in the
@@ -23,75 +46,72 @@ pub trait Backend: Send {
     fn evaluate(
         &mut self,
         program: &Program,
-        inputs: &[&Tensor],
+        inputs: &[&DeviceTensor],
         dtype: DType,
         shape: &Shape,
         state: &mut GuidanceState,
-    ) -> Result<Tensor, BackendError>;
-
-    /// `out = Σ w·x` in f32 over `terms` (at least one; all of one dtype and
-    /// of `out.len()` elements), in their order, with fma: one form's partial sum.
-    fn partial_form(&mut self, terms: &[(&Tensor, f32)], out: &mut [f32]) -> Result<(), BackendError>;
+    ) -> Result<DeviceTensor, BackendError>;
 
     /// Fast mode, before the all-reduce: this rank's f32 partial sums of every
     /// linear form of `program`, `forms.len() × shape.numel()` values, form
     /// after form. `local[i]` is `Some` for the branches (indexed as
     /// `program.branches`) this rank predicted; the others contribute zero.
-    /// A rank holding none of a form's terms writes zeros.
+    /// A form with none of its terms here is zeros.
     fn partial_forms(
         &mut self,
         program: &Program,
-        local: &[Option<&Tensor>],
+        local: &[Option<&DeviceTensor>],
         shape: &Shape,
-        out: &mut [f32],
-    ) -> Result<(), BackendError> {
-        let n = shape.numel();
-        check_partial_sizes(program, local.len(), out.len(), n)?;
-        for (form, out) in program.forms.iter().zip(out.chunks_mut(n.max(1))) {
-            let terms: Vec<(&Tensor, f32)> = form.terms.iter().filter_map(|&(b, w)| local[b].map(|t| (t, w))).collect();
-            let Some((first, _)) = terms.first() else {
-                out.fill(0.0);
-                continue;
-            };
-            if terms.iter().any(|(t, _)| t.dtype() != first.dtype() || t.len() != n) {
-                return Err(BackendError("local branch predictions differ in dtype or size".into()));
-            }
-            self.partial_form(&terms, out)?;
-        }
-        Ok(())
-    }
+    ) -> Result<DeviceTensor, BackendError>;
 
     /// Fast mode, after the all-reduce: evaluates the rest of `program` from
-    /// its reduced forms (`forms.len() × shape.numel()` f32 values), and
+    /// its reduced forms (`forms.len() × shape.numel()` f32 values) and
     /// rounds the result to `dtype`. Updates the operators' `state`.
-    ///
-    /// A linear program's result is one reduced form, only rounded; otherwise
-    /// the forms become the inputs of a copy of `program` whose forms are the
-    /// identity (`1·x` is exact), so the non-linear ops run unchanged on this
-    /// backend's [`Backend::evaluate`].
     fn evaluate_forms(
         &mut self,
         program: &Program,
-        forms: &[f32],
+        forms: &DeviceTensor,
         dtype: DType,
         shape: &Shape,
         state: &mut GuidanceState,
-    ) -> Result<Tensor, BackendError> {
-        let n = shape.numel();
-        check_forms_size(program, forms.len(), n)?;
-        if let (true, Value::Form(i)) = (program.is_linear(), program.result) {
-            for slot in &program.counters {
-                state.advance(slot);
-            }
-            return Ok(round_to(dtype, shape, &forms[i * n..(i + 1) * n]));
-        }
-        let (identity, inputs) = forms_as_inputs(program, forms, shape);
-        let refs: Vec<&Tensor> = inputs.iter().collect();
-        let out = self.evaluate(&identity, &refs, DType::F32, shape, state)?;
-        Ok(match dtype {
-            DType::F32 => out,
-            _ => round_to(dtype, shape, &out.to_f32()),
-        })
+    ) -> Result<DeviceTensor, BackendError>;
+
+    /// The initial f32 latents of output `output`: `t0·z`, `z` the Philox
+    /// normals of `(seed, INIT_STEP, output)`.
+    fn init_latents(&mut self, seed: u64, output: usize, t0: f64, shape: &Shape) -> Result<DeviceTensor, BackendError>;
+
+    /// The sampler's update of the f32 latents `x`, in place, from the
+    /// combined prediction `pred` in working space `space`.
+    fn update(
+        &mut self,
+        sampler: &Sampler,
+        space: Space,
+        x: &mut DeviceTensor,
+        pred: &DeviceTensor,
+        at: UpdateStep,
+    ) -> Result<(), BackendError>;
+
+    /// The bytes of `parts`, one after the other (a gather's payload).
+    fn pack(&mut self, parts: &[&DeviceTensor]) -> Result<DeviceBytes, BackendError>;
+
+    /// The tensor of `dtype` and `shape` at byte `offset` of `bytes`.
+    fn unpack(
+        &mut self,
+        bytes: &DeviceBytes,
+        offset: usize,
+        dtype: DType,
+        shape: &Shape,
+    ) -> Result<DeviceTensor, BackendError>;
+
+    /// Brings a tensor here from the host (a host-only model's prediction).
+    fn upload(&mut self, t: Tensor) -> Result<DeviceTensor, BackendError>;
+
+    /// A host copy of a tensor (final latents, fingerprints).
+    fn download(&mut self, t: &DeviceTensor) -> Result<Tensor, BackendError>;
+
+    /// Bytes copied between the host and this backend's device so far (0 on the host).
+    fn host_bytes(&self) -> u64 {
+        0
     }
 }
 
@@ -106,40 +126,44 @@ impl From<cfg_core::CoreError> for BackendError {
     }
 }
 
-/// The reduced forms as inputs of a copy of `program` whose forms are the identity.
-fn forms_as_inputs(program: &Program, forms: &[f32], shape: &Shape) -> (Program, Vec<Tensor>) {
-    let n = shape.numel();
+/// A copy of `program` whose inputs are its own reduced forms: the forms are
+/// the identity (`1·x` is exact), so the non-linear ops run unchanged.
+pub(crate) fn identity_forms(program: &Program) -> Program {
     let mut p = program.clone();
     p.branches = (0..program.forms.len()).map(|i| format!("form{i:04}")).collect();
     p.forms = (0..program.forms.len()).map(|i| Form { terms: vec![(i, 1.0)] }).collect();
-    let inputs = (0..program.forms.len())
-        .map(|i| Tensor { shape: shape.clone(), data: TensorData::F32(forms[i * n..(i + 1) * n].to_vec()) })
-        .collect();
-    (p, inputs)
+    p
 }
 
-/// Checks the buffers of [`Backend::partial_forms`]: one slot per branch, one
-/// f32 per element of every form.
-fn check_partial_sizes(program: &Program, local: usize, out: usize, n: usize) -> Result<(), BackendError> {
-    if out != program.forms.len() * n || local != program.branches.len() {
+/// Checks the inputs of [`Backend::partial_forms`]: one slot per branch.
+pub(crate) fn check_partial_inputs(program: &Program, local: usize) -> Result<(), BackendError> {
+    if local != program.branches.len() {
         return Err(BackendError(format!(
-            "partial forms of `{}`: expected {} branches and {} values, got {local} and {out}",
+            "partial forms of `{}`: expected {} branches, got {local}",
             program.output,
             program.branches.len(),
-            program.forms.len() * n,
         )));
     }
     Ok(())
 }
 
 /// Checks the buffer of [`Backend::evaluate_forms`]: one f32 per element of every form.
-fn check_forms_size(program: &Program, forms: usize, n: usize) -> Result<(), BackendError> {
-    if forms != program.forms.len() * n {
+pub(crate) fn check_forms_size(program: &Program, forms: &DeviceTensor, n: usize) -> Result<(), BackendError> {
+    if forms.len() != program.forms.len() * n || forms.dtype() != DType::F32 {
         return Err(BackendError(format!(
-            "reduced forms of `{}`: expected {} values, got {forms}",
+            "reduced forms of `{}`: expected {} f32 values, got {} {}",
             program.output,
             program.forms.len() * n,
+            forms.len(),
+            forms.dtype(),
         )));
     }
     Ok(())
+}
+
+/// The state's counters advance as a linear program's evaluation would.
+pub(crate) fn advance_counters(program: &Program, state: &mut GuidanceState) {
+    for slot in &program.counters {
+        state.advance(slot);
+    }
 }

@@ -1,4 +1,6 @@
-//! The `Communicator` trait: the collectives the runtime needs, over host memory.
+//! The `Communicator` trait: the collectives the runtime needs, on the memory
+//! where a rank's tensors live (host bytes for the in-process communicator,
+//! device buffers in place for NCCL).
 //!
 //! A communicator connects the `world_size()` ranks of one sampling run. Every
 //! rank calls the same collectives in the same order (the plan is computed
@@ -14,6 +16,8 @@
 //!   implementation's timeout returns [`RuntimeError::Timeout`]. Nothing hangs.
 
 use crate::error::RuntimeError;
+use crate::tensor::{DeviceBytes, DeviceTensor};
+use cfg_core::tensor::TensorData;
 use sha2::{Digest, Sha256};
 
 /// Collectives over the ranks of one run.
@@ -38,6 +42,80 @@ pub trait Communicator: Send {
     /// Reports that this rank failed at `step`, so that every other rank's
     /// pending and later collectives return an error naming this rank.
     fn abort(&mut self, step: usize, reason: &str);
+
+    /// [`Communicator::all_gather`] where the bytes live: returns every
+    /// rank's bytes, concatenated in rank order. The default serves host
+    /// bytes; a device communicator gathers device memory in place.
+    fn all_gather_bytes(
+        &mut self,
+        step: usize,
+        local: &DeviceBytes,
+        sizes: &[usize],
+    ) -> Result<DeviceBytes, RuntimeError> {
+        match local {
+            DeviceBytes::Host(bytes) => Ok(DeviceBytes::Host(self.all_gather(step, bytes, sizes)?.concat())),
+            DeviceBytes::Cuda { .. } => Err(host_only(self.rank(), step)),
+        }
+    }
+
+    /// [`Communicator::all_reduce_sum`] where the f32 values live, in place.
+    fn all_reduce_sum_tensor(&mut self, step: usize, buf: &mut DeviceTensor) -> Result<(), RuntimeError> {
+        match buf.as_host_mut().map(|t| &mut t.data) {
+            Some(TensorData::F32(v)) => self.all_reduce_sum(step, v),
+            Some(_) => Err(RuntimeError::Collective {
+                rank: self.rank(),
+                step,
+                detail: "an all-reduce sums f32 values".into(),
+            }),
+            None => Err(host_only(self.rank(), step)),
+        }
+    }
+}
+
+fn host_only(rank: usize, step: usize) -> RuntimeError {
+    RuntimeError::Collective {
+        rank,
+        step,
+        detail: "this communicator works on host memory, but the tensors are in CUDA device memory \
+                 (use the NCCL communicator with the CUDA backend)"
+            .into(),
+    }
+}
+
+/// A communicator lent to a run (`sample` takes its communicator by value).
+impl<C: Communicator + ?Sized> Communicator for &mut C {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+
+    fn all_gather(&mut self, step: usize, local: &[u8], sizes: &[usize]) -> Result<Vec<Vec<u8>>, RuntimeError> {
+        (**self).all_gather(step, local, sizes)
+    }
+
+    fn all_reduce_sum(&mut self, step: usize, buf: &mut [f32]) -> Result<(), RuntimeError> {
+        (**self).all_reduce_sum(step, buf)
+    }
+
+    fn abort(&mut self, step: usize, reason: &str) {
+        (**self).abort(step, reason)
+    }
+
+    fn all_gather_bytes(
+        &mut self,
+        step: usize,
+        local: &DeviceBytes,
+        sizes: &[usize],
+    ) -> Result<DeviceBytes, RuntimeError> {
+        (**self).all_gather_bytes(step, local, sizes)
+    }
+
+    fn all_reduce_sum_tensor(&mut self, step: usize, buf: &mut DeviceTensor) -> Result<(), RuntimeError> {
+        (**self).all_reduce_sum_tensor(step, buf)
+    }
 }
 
 /// A 32-byte fingerprint (SHA-256) of some bytes.

@@ -10,15 +10,15 @@ use crate::backend::Backend;
 use crate::comm::Communicator;
 use crate::error::RuntimeError;
 use crate::local::panic_message;
-use crate::model::{Call, Model, OutputInfo, StepInfo};
+use crate::model::{DeviceCall, Model, OutputInfo, StepInfo};
 use crate::plan::{plan_step, Collective, Mode, StepPlan};
+use crate::tensor::{DeviceBytes, DeviceTensor};
 use cfg_core::branch::BranchSpec;
 use cfg_core::expr::{Policy, Space};
 use cfg_core::lower::{lower, Overrides};
 use cfg_core::program::StepProgram;
 use cfg_core::schedule::StepContext;
 use cfg_core::state::GuidanceState;
-use cfg_core::Tensor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,11 @@ impl std::ops::AddAssign for StepTiming {
 }
 
 /// The result of one guided step.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Guided {
-    /// The combined prediction of each output, in the policy's output order.
-    pub outputs: Vec<Tensor>,
+    /// The combined prediction of each output, in the policy's output order,
+    /// where the rank's tensors live.
+    pub outputs: Vec<DeviceTensor>,
     /// The step's plan.
     pub plan: StepPlan,
     /// Where the time went.
@@ -126,6 +127,11 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         &mut self.comm
     }
 
+    /// The backend.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// This rank.
     pub fn rank(&self) -> usize {
         self.comm.rank()
@@ -145,12 +151,13 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
     }
 
     /// One guided step: `latents` are the current f32 latents of each output
-    /// (policy order). Returns the combined predictions, identical on every
-    /// rank. On any failure this rank aborts the group, so every rank errors.
+    /// (policy order), where the rank's tensors live. Returns the combined
+    /// predictions, identical on every rank. On any failure this rank aborts
+    /// the group, so every rank errors.
     pub fn step<M: Model + ?Sized>(
         &mut self,
         model: &M,
-        latents: &[Tensor],
+        latents: &[DeviceTensor],
         info: StepInfo,
     ) -> Result<Guided, RuntimeError> {
         let result = self.step_inner(model, latents, info);
@@ -165,7 +172,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
     fn step_inner<M: Model + ?Sized>(
         &mut self,
         model: &M,
-        latents: &[Tensor],
+        latents: &[DeviceTensor],
         info: StepInfo,
     ) -> Result<Guided, RuntimeError> {
         let rank = self.rank();
@@ -181,7 +188,8 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         let mut timing = StepTiming::default();
 
         let t0 = Instant::now();
-        let mut preds: Vec<Option<Vec<Tensor>>> = vec![None; plan.active.len()];
+        let mut preds: Vec<Option<Vec<DeviceTensor>>> = Vec::with_capacity(plan.active.len());
+        preds.resize_with(plan.active.len(), || None);
         for group in &plan.groups[rank] {
             for (i, p) in group.iter().zip(self.call(model, latents, info, &plan, group)?) {
                 preds[*i] = Some(p);
@@ -211,11 +219,11 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
     fn call<M: Model + ?Sized>(
         &self,
         model: &M,
-        latents: &[Tensor],
+        latents: &[DeviceTensor],
         info: StepInfo,
         plan: &StepPlan,
         group: &[usize],
-    ) -> Result<Vec<Vec<Tensor>>, RuntimeError> {
+    ) -> Result<Vec<Vec<DeviceTensor>>, RuntimeError> {
         let rank = self.rank();
         let branches: Vec<(String, BranchSpec)> = group
             .iter()
@@ -225,11 +233,12 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                 (name, spec)
             })
             .collect();
-        let model_latents: Vec<Tensor> = self.model_to_policy.iter().map(|&p| latents[p].clone()).collect();
+        let model_latents: Vec<&DeviceTensor> = self.model_to_policy.iter().map(|&p| &latents[p]).collect();
         let model_spaces: Vec<Space> = self.model_to_policy.iter().map(|&p| self.spaces[p]).collect();
-        let call = Call { info, branches: &branches, latents: &model_latents, spaces: &model_spaces };
+        let call = DeviceCall { info, branches: &branches, latents: &model_latents, spaces: &model_spaces };
         let names = || branches.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-        let got = match catch_unwind(AssertUnwindSafe(|| model.predict(&call))) {
+        let place = self.backend.place();
+        let got = match catch_unwind(AssertUnwindSafe(|| model.predict_on(&place, &call))) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return Err(RuntimeError::Model { rank, step: info.step, branches: names(), message: e.0 }),
             Err(panic) => {
@@ -259,18 +268,19 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                     got: format!("{}", per_output.len()),
                 });
             }
-            let mut ordered: Vec<Option<Tensor>> = vec![None; self.outputs.len()];
+            let mut ordered: Vec<Option<DeviceTensor>> = Vec::with_capacity(self.outputs.len());
+            ordered.resize_with(self.outputs.len(), || None);
             for (m, t) in per_output.into_iter().enumerate() {
                 let p = self.model_to_policy[m];
                 let o = &self.outputs[p];
-                if t.shape != o.shape || t.dtype() != o.dtype || t.len() != o.shape.numel() {
+                if t.shape() != &o.shape || t.dtype() != o.dtype || t.len() != o.shape.numel() {
                     return Err(RuntimeError::BadPrediction {
                         rank,
                         step: info.step,
                         branch: name.clone(),
                         output: o.name.clone(),
                         expected: format!("{} {}", o.shape, o.dtype),
-                        got: format!("{} {}", t.shape, t.dtype()),
+                        got: format!("{} {}", t.shape(), t.dtype()),
                     });
                 }
                 ordered[p] = Some(t);
@@ -287,40 +297,53 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
-        preds: &mut [Option<Vec<Tensor>>],
+        preds: &mut [Option<Vec<DeviceTensor>>],
         step: usize,
     ) -> Result<(), RuntimeError> {
         let rank = self.rank();
         let reads = |i: usize, p: usize| program.outputs[p].branches.iter().any(|b| *b == plan.active[i]);
-        let mut payload = Vec::with_capacity(plan.gather_sizes[rank]);
+        let backend =
+            |e: crate::backend::BackendError| RuntimeError::Backend { rank, step, output: "*".into(), message: e.0 };
+        let mut parts: Vec<&DeviceTensor> = Vec::new();
         for i in plan.local(rank) {
             let pred = preds[i].as_ref().expect("local branches were predicted");
             for p in (0..self.outputs.len()).filter(|&p| reads(i, p)) {
-                payload.extend_from_slice(pred[p].as_bytes());
+                parts.push(&pred[p]);
             }
         }
-        let all = self.comm.all_gather(step, &payload, &plan.gather_sizes)?;
-        for (r, bytes) in all.iter().enumerate().filter(|(r, _)| *r != rank) {
-            let mut at = 0;
+        let payload = self.backend.pack(&parts).map_err(backend)?;
+        if payload.len() != plan.gather_sizes[rank] {
+            let detail =
+                format!("rank {rank} packed {} bytes, the plan says {}", payload.len(), plan.gather_sizes[rank]);
+            return Err(RuntimeError::Collective { rank, step, detail });
+        }
+        let all: DeviceBytes = self.comm.all_gather_bytes(step, &payload, &plan.gather_sizes)?;
+        let mut at = 0;
+        for r in 0..self.comm.world_size() {
+            if r == rank {
+                at += plan.gather_sizes[r];
+                continue;
+            }
+            let end = at + plan.gather_sizes[r];
             for i in plan.local(r) {
                 let mut per_output = Vec::with_capacity(self.outputs.len());
                 for (p, o) in self.outputs.iter().enumerate() {
                     if !reads(i, p) {
                         // Not needed by any program; never read.
-                        per_output.push(Tensor::zeros(o.dtype, cfg_core::Shape::new(vec![0])));
+                        per_output
+                            .push(DeviceTensor::Host(cfg_core::Tensor::zeros(o.dtype, cfg_core::Shape::new(vec![0]))));
                         continue;
                     }
-                    let n = o.bytes();
-                    let t = bytes.get(at..at + n).and_then(|b| Tensor::from_bytes(o.dtype, o.shape.clone(), b));
-                    at += n;
-                    per_output.push(t.ok_or_else(|| RuntimeError::Collective {
-                        rank,
-                        step,
-                        detail: format!("rank {r} sent too few bytes for branch `{}`", plan.active[i]),
-                    })?);
+                    if at + o.bytes() > end {
+                        let detail = format!("rank {r} sent too few bytes for branch `{}`", plan.active[i]);
+                        return Err(RuntimeError::Collective { rank, step, detail });
+                    }
+                    per_output.push(self.backend.unpack(&all, at, o.dtype, &o.shape).map_err(backend)?);
+                    at += o.bytes();
                 }
                 preds[i] = Some(per_output);
             }
+            at = end;
         }
         Ok(())
     }
@@ -330,9 +353,9 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
-        preds: &[Option<Vec<Tensor>>],
+        preds: &[Option<Vec<DeviceTensor>>],
         step: usize,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    ) -> Result<Vec<DeviceTensor>, RuntimeError> {
         let rank = self.rank();
         let mut out = Vec::with_capacity(self.outputs.len());
         for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
@@ -350,23 +373,27 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         Ok(out)
     }
 
-    /// Fast path: f32 partial forms, one all-reduce, then the non-linear ops.
+    /// Fast path: f32 partial forms, an all-reduce per output (idle ranks
+    /// and ranks without a form's branches send zeros), then the non-linear ops.
     fn reduce_and_combine(
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
-        preds: &[Option<Vec<Tensor>>],
+        preds: &[Option<Vec<DeviceTensor>>],
         timing: &mut StepTiming,
         step: usize,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    ) -> Result<Vec<DeviceTensor>, RuntimeError> {
         let rank = self.rank();
-        let t = Instant::now();
-        let sizes: Vec<usize> =
-            program.outputs.iter().zip(&self.outputs).map(|(p, o)| p.forms.len() * o.shape.numel()).collect();
-        let mut buf = vec![0.0f32; sizes.iter().sum()];
-        let mut at = 0;
+        let mut out = Vec::with_capacity(self.outputs.len());
         for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
-            let local: Vec<Option<&Tensor>> = prog
+            let backend = |e: crate::backend::BackendError| RuntimeError::Backend {
+                rank,
+                step,
+                output: o.name.clone(),
+                message: e.0,
+            };
+            let t = Instant::now();
+            let local: Vec<Option<&DeviceTensor>> = prog
                 .branches
                 .iter()
                 .map(|b| {
@@ -374,28 +401,16 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                     preds[i].as_ref().map(|v| &v[p])
                 })
                 .collect();
-            self.backend
-                .partial_forms(prog, &local, &o.shape, &mut buf[at..at + sizes[p]])
-                .map_err(|e| RuntimeError::Backend { rank, step, output: o.name.clone(), message: e.0 })?;
-            at += sizes[p];
-        }
-        timing.combine += t.elapsed();
-        let t = Instant::now();
-        self.comm.all_reduce_sum(step, &mut buf)?;
-        timing.comm += t.elapsed();
-        let t = Instant::now();
-        let mut out = Vec::with_capacity(self.outputs.len());
-        let mut at = 0;
-        for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
-            let forms = &buf[at..at + sizes[p]];
-            at += sizes[p];
-            let r = self
-                .backend
-                .evaluate_forms(prog, forms, o.dtype, &o.shape, &mut self.state)
-                .map_err(|e| RuntimeError::Backend { rank, step, output: o.name.clone(), message: e.0 })?;
+            let mut forms = self.backend.partial_forms(prog, &local, &o.shape).map_err(backend)?;
+            timing.combine += t.elapsed();
+            let t = Instant::now();
+            self.comm.all_reduce_sum_tensor(step, &mut forms)?;
+            timing.comm += t.elapsed();
+            let t = Instant::now();
+            let r = self.backend.evaluate_forms(prog, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?;
             out.push(r);
+            timing.combine += t.elapsed();
         }
-        timing.combine += t.elapsed();
         Ok(out)
     }
 }

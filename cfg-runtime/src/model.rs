@@ -1,6 +1,7 @@
 //! The model-facing API: what a model crate implements.
 
 use crate::error::RuntimeError;
+use crate::tensor::{CudaTensor, DeviceTensor, Place};
 use cfg_core::branch::{BranchSpec, Modifier};
 use cfg_core::expr::Policy;
 use cfg_core::expr::Space;
@@ -51,6 +52,20 @@ pub struct Call<'a> {
     pub spaces: &'a [Space],
 }
 
+/// A model call on the rank's device: the latents are where the rank's
+/// tensors live (host memory, or GPU memory on a CUDA rank).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceCall<'a> {
+    /// The step.
+    pub info: StepInfo,
+    /// The branches to predict, by name and spec, in this order.
+    pub branches: &'a [(String, BranchSpec)],
+    /// The current f32 latents, one per output (model output order).
+    pub latents: &'a [&'a DeviceTensor],
+    /// The space each output must be predicted in (model output order).
+    pub spaces: &'a [Space],
+}
+
 /// A model's error; the runtime adds the rank, step and branches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelError(pub String);
@@ -90,6 +105,51 @@ pub trait Model {
     /// of one tensor per output (model output order), each of the output's
     /// shape and dtype.
     fn predict(&self, call: &Call<'_>) -> Result<Vec<Vec<Tensor>>, ModelError>;
+
+    /// [`Model::predict`] on the rank's device (`place`): the latents and the
+    /// predictions stay where the rank's tensors live. The default runs
+    /// `predict` on host tensors, through host copies on a CUDA rank
+    /// ([`predict_on_host`]); a model with device kernels overrides it.
+    fn predict_on(&self, place: &Place, call: &DeviceCall<'_>) -> Result<Vec<Vec<DeviceTensor>>, ModelError> {
+        predict_on_host(self, place, call)
+    }
+}
+
+/// [`Model::predict_on`] through [`Model::predict`]: on a CUDA rank the
+/// latents are downloaded and the predictions uploaded (the step report
+/// counts those bytes).
+pub fn predict_on_host<M: Model + ?Sized>(
+    model: &M,
+    place: &Place,
+    call: &DeviceCall<'_>,
+) -> Result<Vec<Vec<DeviceTensor>>, ModelError> {
+    let copy_error = |e: crate::cuda::CudaError| ModelError(format!("copying between host and device: {e}"));
+    let latents: Vec<Tensor> = call
+        .latents
+        .iter()
+        .map(|t| match (t, place) {
+            (DeviceTensor::Host(t), _) => Ok(t.clone()),
+            (DeviceTensor::Cuda(c), Place::Cuda(dev)) => dev.download(&c.buf, &c.shape).map_err(copy_error),
+            (DeviceTensor::Cuda(_), Place::Host) => Err(ModelError("latents in CUDA memory on a host rank".into())),
+        })
+        .collect::<Result<_, _>>()?;
+    let host = Call { info: call.info, branches: call.branches, latents: &latents, spaces: call.spaces };
+    let preds = model.predict(&host)?;
+    preds
+        .into_iter()
+        .map(|per_output| {
+            per_output
+                .into_iter()
+                .map(|t| match place {
+                    Place::Host => Ok(DeviceTensor::Host(t)),
+                    Place::Cuda(dev) => {
+                        let buf = dev.upload(&t).map_err(copy_error)?;
+                        Ok(DeviceTensor::Cuda(CudaTensor { buf, shape: t.shape }))
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The model's outputs in the policy's order, and for each model output the

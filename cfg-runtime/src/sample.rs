@@ -1,16 +1,21 @@
-//! The sampling loop: the whole denoising run on one rank.
+//! The sampling loop: the whole denoising run on one rank, on any device.
+//!
+//! The latents live where the backend keeps tensors (host memory, or GPU
+//! memory on a CUDA rank) from the initial noise to the last update; per
+//! step only small values cross to the host (see [`StepReport::host_bytes`]),
+//! plus the latents when a fingerprint is checked (every
+//! [`SampleOptions::fingerprint_every`] steps and after the last) and at the end.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, UpdateStep};
 use crate::comm::{check_fingerprint, fingerprint, Communicator};
 use crate::error::RuntimeError;
 use crate::guider::{Guider, StepTiming};
 use crate::model::{Model, StepInfo};
-use crate::philox::{normal_vec, INIT_STEP};
 use crate::plan::{Mode, StepPlan};
 use crate::scheduler::Sampler;
+use crate::tensor::DeviceTensor;
 use cfg_core::expr::Policy;
 use cfg_core::lower::Overrides;
-use cfg_core::tensor::TensorData;
 use cfg_core::Tensor;
 
 /// How to sample.
@@ -55,8 +60,13 @@ pub struct StepReport {
     pub plan: StepPlan,
     /// Where the time went.
     pub timing: StepTiming,
-    /// SHA-256 of the latents after the step (all outputs, f32 bytes).
+    /// SHA-256 of the latents after the step (all outputs, f32 bytes); on a
+    /// device rank only where it is checked (else zeros).
     pub fingerprint: [u8; 32],
+    /// Bytes copied between the host and the rank's device during the step
+    /// (0 on the CPU): small values (latches, per-sample factors), and the
+    /// latents where the fingerprint is checked.
+    pub host_bytes: u64,
 }
 
 /// The result of a run, on one rank.
@@ -97,33 +107,52 @@ where
     }
     let mut guider = Guider::new(policy.clone(), opts.overrides.clone(), model, comm, backend, opts.mode)?;
     guider.start();
+    let rank = guider.rank();
     let times = opts.sampler.times(opts.steps);
-    let mut latents: Vec<Tensor> = guider
-        .outputs()
-        .iter()
-        .enumerate()
-        .map(|(o, info)| {
-            let z = normal_vec(opts.seed, INIT_STEP, o as u32, info.shape.numel());
-            let x: Vec<f32> = z.iter().map(|&v| (times[0].0 * v as f64) as f32).collect();
-            Tensor { shape: info.shape.clone(), data: TensorData::F32(x) }
-        })
-        .collect();
+    let outputs = guider.outputs().to_vec();
     let spaces = guider.spaces().to_vec();
+    let backend_error = |step: usize, output: &str, e: crate::backend::BackendError| RuntimeError::Backend {
+        rank,
+        step,
+        output: output.to_string(),
+        message: e.0,
+    };
+    let mut latents: Vec<DeviceTensor> = Vec::with_capacity(outputs.len());
+    for (o, info) in outputs.iter().enumerate() {
+        let x = guider.backend_mut().init_latents(opts.seed, o, times[0].0, &info.shape);
+        latents.push(x.map_err(|e| backend_error(0, &info.name, e))?);
+    }
+    let on_host = latents.iter().all(|x| x.as_host().is_some());
     let mut reports = Vec::with_capacity(opts.steps);
+    let mut finals = Vec::new();
     for step in 0..opts.steps {
         let (t, sigma) = times[step];
         let t_next = times[step + 1].0;
+        let copied = guider.backend_mut().host_bytes();
         let info = StepInfo { step, num_steps: opts.steps, t, sigma };
         let guided = guider.step(model, &latents, info)?;
         for (o, (x, pred)) in latents.iter_mut().zip(&guided.outputs).enumerate() {
-            let noise = opts.sampler.is_stochastic().then(|| normal_vec(opts.seed, step as u32, o as u32, x.len()));
-            let TensorData::F32(xs) = &mut x.data else { unreachable!("latents are f32") };
-            opts.sampler.update(spaces[o], xs, &pred.to_f32(), t, t_next, noise.as_deref());
+            let at = UpdateStep { seed: opts.seed, step, output: o, t, t_next };
+            let b = guider.backend_mut();
+            b.update(&opts.sampler, spaces[o], x, pred, at).map_err(|e| backend_error(step, &outputs[o].name, e))?;
         }
-        let parts: Vec<&[u8]> = latents.iter().map(|t| t.as_bytes()).collect();
-        let fp = fingerprint(&parts);
         let last = step + 1 == opts.steps;
-        if last || (opts.fingerprint_every > 0 && (step + 1) % opts.fingerprint_every == 0) {
+        let check = last || (opts.fingerprint_every > 0 && (step + 1) % opts.fingerprint_every == 0);
+        // Host latents are hashed every step (no copy); device latents where checked.
+        let fp = if check || on_host {
+            let mut host = Vec::with_capacity(latents.len());
+            for (x, info) in latents.iter().zip(&outputs) {
+                host.push(guider.backend_mut().download(x).map_err(|e| backend_error(step, &info.name, e))?);
+            }
+            let fp = fingerprint(&host.iter().map(Tensor::as_bytes).collect::<Vec<_>>());
+            if last {
+                finals = host;
+            }
+            fp
+        } else {
+            [0; 32]
+        };
+        if check {
             // The last check is also the closing barrier: no rank returns
             // success while another has failed.
             if let Err(e) = check_fingerprint(guider.comm_mut(), step, &fp) {
@@ -133,10 +162,11 @@ where
                 return Err(e);
             }
         }
-        let report = StepReport { step, t, plan: guided.plan, timing: guided.timing, fingerprint: fp };
+        let host_bytes = guider.backend_mut().host_bytes() - copied;
+        let report = StepReport { step, t, plan: guided.plan, timing: guided.timing, fingerprint: fp, host_bytes };
         on_step(&report);
         reports.push(report);
     }
     let names = policy.outputs.names().map(String::from);
-    Ok(Sampled { outputs: names.zip(latents).collect(), reports })
+    Ok(Sampled { outputs: names.zip(finals).collect(), reports })
 }

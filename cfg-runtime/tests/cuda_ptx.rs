@@ -46,7 +46,7 @@ fn the_sampling_loop_kernels_compile_to_ptx() {
         eprintln!("SKIPPED: libnvrtc not found");
         return;
     }
-    let module = cfg_runtime::device_sample::UPDATE;
+    let module = cfg_runtime::cuda::sampler::UPDATE;
     for arch in ARCHS {
         let ptx = kernels::compile(&module, arch).unwrap_or_else(|e| panic!("{e}"));
         let text = ptx.to_src();

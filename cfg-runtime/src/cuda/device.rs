@@ -8,6 +8,7 @@ use super::kernels::{self, KernelModule};
 use cfg_core::{DType, Shape, Tensor};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Whether libcuda (the driver) can be loaded.
@@ -42,6 +43,8 @@ pub struct Device {
     sms: u32,
     name: String,
     modules: Mutex<HashMap<&'static str, LoadedModule>>,
+    /// Bytes copied between the host and this device so far (both ways).
+    host_bytes: AtomicU64,
 }
 
 /// A loaded module and the functions looked up in it so far.
@@ -94,7 +97,19 @@ impl Device {
             sms: sms.max(1) as u32,
             name,
             modules: Mutex::new(HashMap::new()),
+            host_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Bytes copied between the host and this device so far, both ways
+    /// (step reports show the per-step difference: only small values
+    /// should cross on a device-resident run).
+    pub fn host_bytes(&self) -> u64 {
+        self.host_bytes.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, bytes: usize) {
+        self.host_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// The device's name and architecture (`NVIDIA H100 80GB HBM3 (sm_90)`).
@@ -164,6 +179,7 @@ impl Device {
     pub fn upload(&self, t: &Tensor) -> Result<Buffer, CudaError> {
         let mut b = self.alloc(t.dtype(), t.len())?;
         let bytes = t.as_bytes();
+        self.count(bytes.len());
         if !bytes.is_empty() {
             self.stream
                 .memcpy_htod(bytes, &mut b.mem.slice_mut(..bytes.len()))
@@ -180,6 +196,7 @@ impl Device {
     /// Copies f64 values to raw device memory.
     pub(crate) fn upload_f64(&self, v: &[f64]) -> Result<CudaSlice<u8>, CudaError> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.count(bytes.len());
         let mut mem = self.zeros_u8(bytes.len())?;
         if !bytes.is_empty() {
             self.stream
@@ -199,6 +216,7 @@ impl Device {
     /// The raw bytes of a buffer (waits for the stream).
     pub fn download_bytes(&self, b: &Buffer) -> Result<Vec<u8>, CudaError> {
         let n = b.len * b.dtype.size();
+        self.count(n);
         let mut host = vec![0u8; n];
         if n > 0 {
             self.stream.memcpy_dtoh(&b.mem.slice(..n), &mut host).map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
@@ -210,6 +228,7 @@ impl Device {
     /// f64 values from raw device memory (waits for the stream).
     pub(crate) fn download_f64(&self, mem: &CudaSlice<u8>, len: usize) -> Result<Vec<f64>, CudaError> {
         let mut host = vec![0u8; len * 8];
+        self.count(len * 8);
         self.stream.memcpy_dtoh(&mem.slice(..len * 8), &mut host).map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
         self.sync()?;
         Ok(host.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
@@ -229,6 +248,54 @@ impl Device {
         self.stream
             .memcpy_dtod(&src.mem.slice(..bytes), &mut dst.mem.slice_mut(..bytes))
             .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
+    }
+
+    /// Copies the elements of `src` into raw memory `dst` at byte `at`.
+    pub fn copy_into(&self, src: &Buffer, dst: &mut CudaSlice<u8>, at: usize) -> Result<(), CudaError> {
+        let n = src.len * src.dtype.size();
+        if at + n > dst.len() {
+            return Err(CudaError::Unsupported(format!("copy of {n} bytes at {at} into {} bytes", dst.len())));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(&src.mem.slice(..n), &mut dst.slice_mut(at..at + n))
+            .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
+    }
+
+    /// A new buffer of `len` elements of `dtype` copied from raw memory `src` at byte `at`.
+    pub fn copy_out(&self, src: &CudaSlice<u8>, at: usize, dtype: DType, len: usize) -> Result<Buffer, CudaError> {
+        let n = len * dtype.size();
+        if at + n > src.len() {
+            return Err(CudaError::Unsupported(format!("copy of {n} bytes at {at} from {} bytes", src.len())));
+        }
+        let mut b = self.alloc(dtype, len)?;
+        if n > 0 {
+            self.stream
+                .memcpy_dtod(&src.slice(at..at + n), &mut b.mem.slice_mut(..n))
+                .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))?;
+        }
+        Ok(b)
+    }
+
+    /// A new buffer holding elements `start..start + len` of `src`.
+    pub fn copy_range(&self, src: &Buffer, start: usize, len: usize) -> Result<Buffer, CudaError> {
+        if start + len > src.len {
+            return Err(CudaError::Unsupported(format!("elements {start}..{} of {}", start + len, src.len)));
+        }
+        let size = src.dtype.size();
+        self.copy_out(&src.mem, start * size, src.dtype, len)
+    }
+
+    /// Zeroed raw memory of `bytes` bytes.
+    pub fn zeroed_bytes(&self, bytes: usize) -> Result<CudaSlice<u8>, CudaError> {
+        self.zeros_u8(bytes)
+    }
+
+    /// The device address of raw memory.
+    pub fn raw_addr(&self, mem: &CudaSlice<u8>) -> u64 {
+        self.addr(mem)
     }
 
     /// The median time in milliseconds of `f` over `reps` runs, measured with

@@ -59,7 +59,7 @@ fn forms_of(program: &Program, idx: &[usize], inputs: &[u64]) -> Result<Forms, C
 pub fn evaluate(
     dev: &Device,
     program: &Program,
-    inputs: &[Buffer],
+    inputs: &[&Buffer],
     dtype: DType,
     shape: &Shape,
     state: &mut GuidanceState,
@@ -171,13 +171,13 @@ fn fused(
 struct Generic<'a> {
     dev: &'a Device,
     program: &'a Program,
-    inputs: &'a [Buffer],
+    inputs: &'a [&'a Buffer],
     shape: &'a Shape,
     values: HashMap<Value, Buffer>,
 }
 
 impl<'a> Generic<'a> {
-    fn new(dev: &'a Device, program: &'a Program, inputs: &'a [Buffer], shape: &'a Shape) -> Self {
+    fn new(dev: &'a Device, program: &'a Program, inputs: &'a [&'a Buffer], shape: &'a Shape) -> Self {
         Generic { dev, program, inputs, shape, values: HashMap::new() }
     }
 

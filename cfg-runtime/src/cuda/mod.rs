@@ -20,6 +20,7 @@ mod backend;
 
 pub use backend::CudaBackend;
 mod noise;
+pub mod sampler;
 
 pub use noise::{philox_normals, philox_words};
 pub mod bootstrap;

@@ -1,10 +1,14 @@
 //! The NCCL communicator: [`Communicator`] over GPUs, through cudarc's
 //! run-time loaded `libnccl`.
 //!
-//! **Data path.** The trait works on host memory, so every collective stages
-//! through one device buffer per communicator (grown on demand, allocated
-//! outside the memory pool so peers in the same process can reach it): copy in, run
-//! the collective in place on this communicator's own stream, copy out.
+//! **Data path.** Every collective runs in place in one device buffer per
+//! communicator (grown on demand, allocated outside the memory pool so peers
+//! in the same process can reach it), on the stream of the rank's [`Device`],
+//! which the CUDA backend shares: kernels and collectives run in order with no
+//! host wait between them. Device tensors ([`Communicator::all_gather_bytes`],
+//! [`Communicator::all_reduce_sum_tensor`]) are copied into it and out of it
+//! on the device, never through the host; the host-memory collectives
+//! (fingerprints, host tensors) copy in from and out to the host.
 //! - `all_reduce_sum`: `ncclAllReduce` (f32, sum) in place. NCCL keeps one
 //!   reduction order for a given world size, topology, version and tuning, but
 //!   promises no bits across world sizes; that is why the runtime's
@@ -27,12 +31,13 @@
 //! remote error or their own timeout.
 
 use super::bootstrap::{fetch_id, BootstrapEnv, IdServer, ID_BYTES};
-use super::device::{device_count, driver_available};
+use super::device::{device_count, driver_available, Device};
 use super::error::CudaError;
 use super::staging::Staging;
 use crate::comm::Communicator;
 use crate::error::RuntimeError;
 use crate::local::panic_message;
+use crate::tensor::{DeviceBytes, DeviceTensor};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use cudarc::nccl::sys::{self, ncclDataType_t, ncclResult_t};
 use std::collections::BTreeMap;
@@ -228,6 +233,7 @@ pub struct NcclCommunicator {
     comm: sys::ncclComm_t,
     rank: usize,
     world: usize,
+    dev: Arc<Device>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     done: CudaEvent,
@@ -313,13 +319,11 @@ impl NcclCommunicator {
         if ordinal >= count {
             return Err(CudaError::BadOrdinal { ordinal, count });
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver("cuDevicePrimaryCtxRetain", e))?;
-        // SAFETY: this context object is private to the communicator, whose
-        // buffers live on its single stream: cudarc's cross-stream events are
-        // not needed.
-        unsafe { ctx.disable_event_tracking() };
+        // The rank's device, shared with the CUDA backend (`device()`): its one
+        // stream orders kernels and collectives.
+        let dev = Arc::new(Device::new(ordinal)?);
+        let (ctx, stream) = (dev.context().clone(), dev.stream().clone());
         ctx.bind_to_thread().map_err(|e| CudaError::driver("cuCtxSetCurrent", e))?;
-        let stream = ctx.new_stream().map_err(|e| CudaError::driver("cuStreamCreate", e))?;
         let done = ctx.new_event(None).map_err(|e| CudaError::driver("cuEventCreate", e))?;
         let mut config = nonblocking_config();
         let mut comm: sys::ncclComm_t = std::ptr::null_mut();
@@ -330,7 +334,7 @@ impl NcclCommunicator {
             sys::ncclCommInitRankConfig(&mut comm, world_size as c_int, id.raw(), rank as c_int, &mut config)
         };
         let mut this =
-            NcclCommunicator { comm, rank, world: world_size, ctx, stream, done, staging: None, options, signal };
+            NcclCommunicator { comm, rank, world: world_size, dev, ctx, stream, done, staging: None, options, signal };
         if !in_flight(started) || this.comm.is_null() {
             let message = this.describe(started);
             this.abort_comm();
@@ -509,27 +513,44 @@ impl NcclCommunicator {
         }
     }
 
-    /// Copies `bytes` to `offset` of the staging buffer, grown to `total` bytes.
-    fn upload(&mut self, total: usize, offset: usize, bytes: &[u8]) -> Result<(), String> {
+    /// The rank's device (its stream runs the collectives; give it to the
+    /// CUDA backend so kernels and collectives are ordered without waits).
+    pub fn device(&self) -> Arc<Device> {
+        self.dev.clone()
+    }
+
+    /// Grows the staging buffer to `total` bytes and copies this rank's part
+    /// to `offset`, from the host or from device memory.
+    fn stage(&mut self, total: usize, offset: usize, part: Source<'_>) -> Result<(), String> {
         if self.staging.as_ref().is_none_or(|s| s.len() < total) {
             self.staging = None;
             self.staging = Some(Staging::new(&self.ctx, &self.stream, total)?);
         }
         let stage = self.staging.as_ref().expect("allocated above");
-        if bytes.is_empty() {
-            return Ok(());
+        match part {
+            Source::Host(bytes) if bytes.is_empty() => Ok(()),
+            Source::Host(bytes) => stage.upload(&self.stream, offset, bytes),
+            Source::Device { len: 0, .. } => Ok(()),
+            Source::Device { addr, len } => stage.copy_in(&self.stream, offset, addr, len),
         }
-        stage.upload(&self.stream, offset, bytes)
     }
 
     /// The device address of the staging buffer.
     fn stage_addr(&self) -> u64 {
-        self.staging.as_ref().expect("upload allocates the staging buffer").addr()
+        self.staging.as_ref().expect("stage allocates the staging buffer").addr()
     }
 
     /// The first `len` bytes of the staging buffer (the collective has finished).
     fn download(&self, len: usize) -> Result<Vec<u8>, String> {
-        self.staging.as_ref().expect("upload allocates the staging buffer").download(&self.stream, len)
+        self.staging.as_ref().expect("stage allocates the staging buffer").download(&self.stream, len)
+    }
+
+    /// Copies the first `len` bytes of the staging buffer to device memory at `addr`.
+    fn copy_out(&self, addr: u64, len: usize) -> Result<(), String> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.staging.as_ref().expect("stage allocates the staging buffer").copy_out(&self.stream, addr, len)
     }
 
     /// Waits for a collective whose enqueue returned `started`.
@@ -588,31 +609,29 @@ impl NcclCommunicator {
 
     /// Every rank's `local` bytes, in rank order (`what` names the caller's
     /// collective in errors).
+    /// Every rank's part, concatenated in rank order in the staging buffer
+    /// (equal sizes: `ncclAllGather`; else one broadcast per rank with
+    /// bytes); returns the total bytes.
     fn gather(
         &mut self,
         what: &'static str,
         step: usize,
-        local: &[u8],
+        local: Source<'_>,
         sizes: &[usize],
-    ) -> Result<Vec<Vec<u8>>, RuntimeError> {
+    ) -> Result<usize, RuntimeError> {
         if sizes.len() != self.world || local.len() != sizes[self.rank] {
             let detail =
                 format!("rank {} gave {} bytes with sizes {sizes:?} for {} ranks", self.rank, local.len(), self.world);
             return Err(self.stopped(what, step, Stop::Failed(detail)));
         }
         self.ready(what, step)?;
-        let offsets: Vec<usize> = std::iter::once(0)
-            .chain(sizes.iter().scan(0, |sum, &s| {
-                *sum += s;
-                Some(*sum)
-            }))
-            .collect();
+        let offsets = offsets(sizes);
         let total = offsets[self.world];
         if total == 0 {
-            return Ok(vec![Vec::new(); self.world]);
+            return Ok(0);
         }
         let deadline = Instant::now() + self.options.timeout;
-        if let Err(e) = self.upload(total, offsets[self.rank], local) {
+        if let Err(e) = self.stage(total, offsets[self.rank], local) {
             return Err(self.stopped(what, step, Stop::Failed(e)));
         }
         let base = self.stage_addr();
@@ -629,9 +648,56 @@ impl NcclCommunicator {
             self.broadcast_each(base, &offsets, stream)
         };
         self.complete(what, step, started, deadline)?;
-        let all = self.download(total).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
-        Ok(offsets.windows(2).map(|w| all[w[0]..w[1]].to_vec()).collect())
+        Ok(total)
     }
+
+    /// The sum of every rank's `len` f32 values, in place in the staging buffer.
+    fn reduce(&mut self, what: &'static str, step: usize, local: Source<'_>, len: usize) -> Result<(), RuntimeError> {
+        self.ready(what, step)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.options.timeout;
+        if let Err(e) = self.stage(len * 4, 0, local) {
+            return Err(self.stopped(what, step, Stop::Failed(e)));
+        }
+        let at = self.stage_addr() as *mut c_void;
+        let stream = self.stream.cu_stream() as sys::cudaStream_t;
+        // SAFETY: the staging buffer holds `len` f32 values at `at` (in place
+        // is allowed); the communicator is live, its context current.
+        let started = unsafe {
+            sys::ncclAllReduce(at, at, len, ncclDataType_t::ncclFloat32, sys::ncclRedOp_t::ncclSum, self.comm, stream)
+        };
+        self.complete(what, step, started, deadline)
+    }
+}
+
+/// Where a rank's part of a collective comes from.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// Host memory.
+    Host(&'a [u8]),
+    /// Device memory of the rank's device.
+    Device { addr: u64, len: usize },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Host(b) => b.len(),
+            Source::Device { len, .. } => *len,
+        }
+    }
+}
+
+/// Byte offsets of each part and, last, the total.
+fn offsets(sizes: &[usize]) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(sizes.iter().scan(0, |sum, &s| {
+            *sum += s;
+            Some(*sum)
+        }))
+        .collect()
 }
 
 impl Communicator for NcclCommunicator {
@@ -644,14 +710,20 @@ impl Communicator for NcclCommunicator {
     }
 
     fn all_gather(&mut self, step: usize, local: &[u8], sizes: &[usize]) -> Result<Vec<Vec<u8>>, RuntimeError> {
-        self.gather("all-gather", step, local, sizes)
+        let what = "all-gather";
+        let total = self.gather(what, step, Source::Host(local), sizes)?;
+        if total == 0 {
+            return Ok(vec![Vec::new(); self.world]);
+        }
+        let all = self.download(total).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
+        Ok(offsets(sizes).windows(2).map(|w| all[w[0]..w[1]].to_vec()).collect())
     }
 
     fn all_reduce_sum(&mut self, step: usize, buf: &mut [f32]) -> Result<(), RuntimeError> {
         let what = "all-reduce";
         let bytes: Vec<u8> = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
         if self.options.fixed_order_reduce {
-            let parts = self.gather(what, step, &bytes, &vec![bytes.len(); self.world])?;
+            let parts = self.all_gather(step, &bytes, &vec![bytes.len(); self.world])?;
             // ((p0 + p1) + p2) + ...: the in-process communicator's order.
             for (r, part) in parts.iter().enumerate() {
                 for (x, c) in buf.iter_mut().zip(part.chunks_exact(4)) {
@@ -661,35 +733,65 @@ impl Communicator for NcclCommunicator {
             }
             return Ok(());
         }
-        self.ready(what, step)?;
+        self.reduce(what, step, Source::Host(&bytes), buf.len())?;
         if buf.is_empty() {
             return Ok(());
         }
-        let deadline = Instant::now() + self.options.timeout;
-        if let Err(e) = self.upload(bytes.len(), 0, &bytes) {
-            return Err(self.stopped(what, step, Stop::Failed(e)));
-        }
-        let at = self.stage_addr() as *mut c_void;
-        let stream = self.stream.cu_stream() as sys::cudaStream_t;
-        // SAFETY: the staging buffer holds `buf.len()` f32 values at `at`
-        // (in place is allowed); the communicator is live, its context current.
-        let started = unsafe {
-            sys::ncclAllReduce(
-                at,
-                at,
-                buf.len(),
-                ncclDataType_t::ncclFloat32,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                stream,
-            )
-        };
-        self.complete(what, step, started, deadline)?;
         let out = self.download(bytes.len()).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
         for (x, c) in buf.iter_mut().zip(out.chunks_exact(4)) {
             *x = f32::from_le_bytes(c.try_into().expect("4 bytes"));
         }
         Ok(())
+    }
+
+    fn all_gather_bytes(
+        &mut self,
+        step: usize,
+        local: &DeviceBytes,
+        sizes: &[usize],
+    ) -> Result<DeviceBytes, RuntimeError> {
+        let what = "all-gather";
+        let DeviceBytes::Cuda { mem, len } = local else {
+            let DeviceBytes::Host(bytes) = local else { unreachable!("two variants") };
+            return Ok(DeviceBytes::Host(self.all_gather(step, bytes, sizes)?.concat()));
+        };
+        let source = Source::Device { addr: self.dev.raw_addr(mem), len: *len };
+        let total = self.gather(what, step, source, sizes)?;
+        let out = self.dev.zeroed_bytes(total).map_err(|e| self.stopped(what, step, Stop::Failed(e.to_string())))?;
+        let addr = self.dev.raw_addr(&out);
+        self.copy_out(addr, total).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
+        Ok(DeviceBytes::Cuda { mem: out, len: total })
+    }
+
+    fn all_reduce_sum_tensor(&mut self, step: usize, buf: &mut DeviceTensor) -> Result<(), RuntimeError> {
+        let what = "all-reduce";
+        let Some(t) = buf.as_cuda() else {
+            let Some(cfg_core::tensor::TensorData::F32(v)) = buf.as_host_mut().map(|t| &mut t.data) else {
+                let detail = "an all-reduce sums f32 values".to_string();
+                return Err(RuntimeError::Collective { rank: self.rank, step, detail });
+            };
+            return self.all_reduce_sum(step, v);
+        };
+        if t.buf.dtype != cfg_core::DType::F32 {
+            let detail = "an all-reduce sums f32 values".to_string();
+            return Err(RuntimeError::Collective { rank: self.rank, step, detail });
+        }
+        if self.options.fixed_order_reduce {
+            // The in-process order, on the host: a test and debugging aid.
+            let mut host = self
+                .dev
+                .download(&t.buf, &t.shape)
+                .map_err(|e| self.stopped(what, step, Stop::Failed(e.to_string())))?;
+            if let cfg_core::tensor::TensorData::F32(v) = &mut host.data {
+                self.all_reduce_sum(step, v)?;
+            }
+            let up = self.dev.upload(&host).map_err(|e| self.stopped(what, step, Stop::Failed(e.to_string())))?;
+            *buf = DeviceTensor::Cuda(crate::tensor::CudaTensor { buf: up, shape: t.shape.clone() });
+            return Ok(());
+        }
+        let (addr, len) = (t.buf.addr(&self.dev), t.buf.len);
+        self.reduce(what, step, Source::Device { addr, len: len * 4 }, len)?;
+        self.copy_out(addr, len * 4).map_err(|e| self.stopped(what, step, Stop::Failed(e)))
     }
 
     fn abort(&mut self, step: usize, reason: &str) {

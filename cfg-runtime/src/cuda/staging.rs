@@ -54,6 +54,28 @@ impl Staging {
             .map_err(|e| format!("cuMemcpyHtoD: {e:?}"))
     }
 
+    /// Queues a device-to-device copy of `len` bytes at `src` to `offset` on `stream`.
+    pub fn copy_in(&self, stream: &CudaStream, offset: usize, src: u64, len: usize) -> Result<(), String> {
+        if offset + len > self.len {
+            return Err(format!("{len} bytes at offset {offset} overrun the {}-byte staging buffer", self.len));
+        }
+        // SAFETY: the range lies in the buffer (checked above); `src` holds
+        // `len` bytes of device memory (the caller's tensor), ordered on `stream`.
+        unsafe { result::memcpy_dtod_async(self.ptr + offset as u64, src, len, stream.cu_stream()) }
+            .map_err(|e| format!("cuMemcpyDtoDAsync: {e:?}"))
+    }
+
+    /// Queues a device-to-device copy of the first `len` bytes to `dst` on `stream`.
+    pub fn copy_out(&self, stream: &CudaStream, dst: u64, len: usize) -> Result<(), String> {
+        if len > self.len {
+            return Err(format!("{len} bytes read from the {}-byte staging buffer", self.len));
+        }
+        // SAFETY: `len` bytes lie in the buffer; `dst` holds `len` bytes of
+        // device memory, ordered on `stream`.
+        unsafe { result::memcpy_dtod_async(dst, self.ptr, len, stream.cu_stream()) }
+            .map_err(|e| format!("cuMemcpyDtoDAsync: {e:?}"))
+    }
+
     /// The first `len` bytes, after the work queued on `stream` has finished.
     pub fn download(&self, stream: &CudaStream, len: usize) -> Result<Vec<u8>, String> {
         if len > self.len {

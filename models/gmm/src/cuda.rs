@@ -1,8 +1,8 @@
 //! The GMM prediction on a CUDA device (`kernels/gmm.cu`).
 //!
 //! [`GmmModel::predict_branch_device`] fills one device buffer per output for
-//! a branch from the device latents; [`DeviceModel`] makes the model usable by
-//! the runtime's device-resident loop ([`cfg_runtime::device_sample`]).
+//! a branch from the device latents; the model's `predict_on` uses it on a
+//! CUDA rank, so the runtime's loop keeps everything in device memory.
 //!
 //! Per call the host computes, in f64 and exactly as the CPU model does, the
 //! tables that depend on the step and the branch (component variances at
@@ -21,8 +21,8 @@ use cfg_core::branch::BranchSpec;
 use cfg_core::expr::Space;
 use cfg_runtime::cuda::kernels::{KernelModule, COMMON, PORTABLE_MATH};
 use cfg_runtime::cuda::{Buffer, CudaError, Device};
-use cfg_runtime::device_sample::{DeviceCall, DeviceModel};
-use cfg_runtime::model::ModelError;
+use cfg_runtime::model::{DeviceCall, Model, ModelError};
+use cfg_runtime::tensor::{CudaTensor, DeviceTensor};
 use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use thiserror::Error;
 
@@ -215,13 +215,33 @@ fn driver(context: &'static str, e: cudarc::driver::DriverError) -> CudaError {
     CudaError::Driver { context, message: format!("{e:?}") }
 }
 
-impl DeviceModel for GmmModel {
-    fn predict_device(&self, dev: &Device, call: &DeviceCall<'_>) -> Result<Vec<Vec<Buffer>>, ModelError> {
+impl GmmModel {
+    /// [`cfg_runtime::Model::predict_on`] on a CUDA rank: the kernel reads the
+    /// latents and writes the predictions in device memory.
+    pub(crate) fn predict_on_cuda(
+        &self,
+        dev: &Device,
+        call: &DeviceCall<'_>,
+    ) -> Result<Vec<Vec<DeviceTensor>>, ModelError> {
+        let latents: Vec<&Buffer> = call
+            .latents
+            .iter()
+            .map(|t| {
+                t.as_cuda().map(|c| &c.buf).ok_or_else(|| ModelError("latents in host memory on a CUDA rank".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        let outputs = self.outputs();
         call.branches
             .iter()
             .map(|(name, spec)| {
-                self.predict_branch_device(dev, spec, call.latents, call.info.t, call.spaces)
-                    .map_err(|e| ModelError(format!("branch `{name}`: {e}")))
+                let bufs = self
+                    .predict_branch_device(dev, spec, &latents, call.info.t, call.spaces)
+                    .map_err(|e| ModelError(format!("branch `{name}`: {e}")))?;
+                Ok(bufs
+                    .into_iter()
+                    .zip(&outputs)
+                    .map(|(buf, o)| DeviceTensor::Cuda(CudaTensor { buf, shape: o.shape.clone() }))
+                    .collect())
             })
             .collect()
     }

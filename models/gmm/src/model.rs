@@ -15,7 +15,8 @@ use crate::mixture::{log_sum_exp, Mixture};
 use cfg_core::branch::{BranchSpec, Image, Modifier, Prompt};
 use cfg_core::expr::Space;
 use cfg_core::{DType, Shape, Tensor};
-use cfg_runtime::model::{Call, Model, ModelError, OutputInfo};
+use cfg_runtime::model::{predict_on_host, Call, DeviceCall, Model, ModelError, OutputInfo};
+use cfg_runtime::tensor::{DeviceTensor, Place};
 use rayon::prelude::*;
 
 /// One output: a slice of the joint dims.
@@ -246,6 +247,13 @@ impl Model for GmmModel {
             .iter()
             .map(|p| OutputInfo { name: p.name.clone(), shape: self.shape(p), dtype: self.dtype })
             .collect()
+    }
+
+    fn predict_on(&self, place: &Place, call: &DeviceCall<'_>) -> Result<Vec<Vec<DeviceTensor>>, ModelError> {
+        match place {
+            Place::Cuda(dev) => self.predict_on_cuda(dev, call),
+            Place::Host => predict_on_host(self, place, call),
+        }
     }
 
     fn predict(&self, call: &Call<'_>) -> Result<Vec<Vec<Tensor>>, ModelError> {

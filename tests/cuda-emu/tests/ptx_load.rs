@@ -9,7 +9,7 @@ use cuda_emu::ptx::Module;
 
 fn modules() -> Vec<KernelModule> {
     let mut all = kernels::ALL.to_vec();
-    all.push(cfg_runtime::device_sample::UPDATE);
+    all.push(cfg_runtime::cuda::sampler::UPDATE);
     all.push(cfg_gmm::cuda::GMM);
     all
 }
