@@ -32,7 +32,14 @@ fn gpus() -> Option<usize> {
 }
 
 fn options(kind: SamplerKind, mode: Mode, steps: usize) -> SampleOptions {
-    SampleOptions { steps, sampler: Sampler::new(kind), seed: 11, mode, fingerprint_every: 0, ..SampleOptions::default() }
+    SampleOptions {
+        steps,
+        sampler: Sampler::new(kind),
+        seed: 11,
+        mode,
+        fingerprint_every: 0,
+        ..SampleOptions::default()
+    }
 }
 
 fn nccl() -> NcclOptions {
@@ -148,7 +155,11 @@ fn idle_gpus_make_no_model_call_and_the_sums_are_right() {
         calls.iter().for_each(|c| c.store(0, Ordering::Relaxed));
         let ranks = ok(run_cuda(&counting, &policy, n, &opts), "cfg on idle GPUs");
         let per_rank: Vec<usize> = calls.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        assert_eq!(per_rank.iter().filter(|&&c| c == 0).count(), n - 2, "{mode:?}: idle ranks called the model: {per_rank:?}");
+        assert_eq!(
+            per_rank.iter().filter(|&&c| c == 0).count(),
+            n - 2,
+            "{mode:?}: idle ranks called the model: {per_rank:?}"
+        );
         assert_eq!(per_rank.iter().sum::<usize>(), 2 * steps, "{mode:?}: {per_rank:?}");
         for s in &ranks {
             // Every rank ends with the result (not rank 0 only), with no broadcast.

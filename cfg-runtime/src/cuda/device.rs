@@ -75,13 +75,17 @@ impl Device {
             return Err(CudaError::BadOrdinal { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver("cuCtxCreate", e))?;
-        // One stream does all the work in order, so cudarc's per-buffer events
-        // (for cross-stream ordering) are not needed, and raw pointers placed in
-        // parameter structs stay ordered with the launches that use them.
-        // SAFETY: no buffer exists yet in this context, and this backend uses a
-        // single stream.
+        // One stream does all of this device object's work in order (kernels,
+        // copies, and the collectives of a communicator sharing it), so
+        // cudarc's per-buffer events (for cross-stream ordering) are not
+        // needed, and raw pointers placed in parameter structs stay ordered
+        // with the launches that use them. It is a stream of its own, not the
+        // legacy default one: other users of the GPU (another rank group,
+        // another backend) never queue behind this one's collectives.
+        // SAFETY: no buffer exists yet in this context object, and this
+        // device uses a single stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream().map_err(|e| CudaError::driver("cuStreamCreate", e))?;
         if ctx.has_async_alloc() {
             keep_freed_memory(&ctx)?;
         }
