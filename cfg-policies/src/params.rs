@@ -51,8 +51,8 @@ pub enum SetError {
     Invalid {
         /// The path.
         path: String,
-        /// The value.
-        value: f64,
+        /// The value, as a short number.
+        value: String,
         /// The rule it breaks, at the position of the original value.
         source: PolicyError,
     },
@@ -321,6 +321,15 @@ pub fn set(policy: &mut Policy, path: &str, value: f64) -> Result<(), SetError> 
     }
 }
 
+/// `1e39` rather than forty digits; plain notation for ordinary numbers.
+fn short(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 /// `loaded` with every `(path, value)` of `sets` applied, validated again:
 /// a value that breaks a rule (a negative `phi`, an inverted window) is an
 /// error at the position of the value it replaces.
@@ -330,7 +339,7 @@ pub fn apply(loaded: &Loaded, sets: &[(String, f64)]) -> Result<Loaded, SetError
         set(&mut out.policy, path, *value)?;
         validate(&out.policy, &out.source, &out.origin).map_err(|source| SetError::Invalid {
             path: path.clone(),
-            value: *value,
+            value: short(*value),
             source,
         })?;
     }
