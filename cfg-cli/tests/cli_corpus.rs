@@ -52,9 +52,16 @@ fn scratch() -> tempfile::TempDir {
     let mut extra = vec![pair(v(1.0), v(0.5)), pair(v(0.9), v(0.4))];
     extra[0].push(("latents", shape.clone(), v(0.0)));
     dump(&d.join("extra.safetensors"), &extra);
-    let named = |c: &'static str, u: &'static str, a: f32| vec![(c, shape.clone(), v(a)), (u, shape.clone(), v(a / 2.0))];
-    dump(&d.join("diffusers.safetensors"), &[named("pred_cond", "pred_uncond", 1.0), named("pred_cond", "pred_uncond", 0.9)]);
-    dump(&d.join("mapped.safetensors"), &[named("noise_text", "noise_uncond", 1.0), named("noise_text", "noise_uncond", 0.9)]);
+    let named =
+        |c: &'static str, u: &'static str, a: f32| vec![(c, shape.clone(), v(a)), (u, shape.clone(), v(a / 2.0))];
+    dump(
+        &d.join("diffusers.safetensors"),
+        &[named("pred_cond", "pred_uncond", 1.0), named("pred_cond", "pred_uncond", 0.9)],
+    );
+    dump(
+        &d.join("mapped.safetensors"),
+        &[named("noise_text", "noise_uncond", 1.0), named("noise_text", "noise_uncond", 0.9)],
+    );
     dir
 }
 
@@ -84,11 +91,10 @@ fn every_bad_invocation_fails_as_its_line_says() {
             panic!("cases.txt:{}: expected `EXIT | FRAGMENT | ARGUMENTS`", n + 1);
         };
         let code: i32 = code.trim().parse().unwrap_or_else(|_| panic!("cases.txt:{}: bad exit code", n + 1));
-        let args: Vec<String> = args
-            .split_whitespace()
-            .map(|a| a.replace("{corpus}", corpus_dir.to_str().expect("utf-8 path")))
-            .collect();
-        let run = Command::new(env!("CARGO_BIN_EXE_cfg")).args(&args).current_dir(dir.path()).output().expect("run cfg");
+        let args: Vec<String> =
+            args.split_whitespace().map(|a| a.replace("{corpus}", corpus_dir.to_str().expect("utf-8 path"))).collect();
+        let run =
+            Command::new(env!("CARGO_BIN_EXE_cfg")).args(&args).current_dir(dir.path()).output().expect("run cfg");
         count += 1;
         let got = run.status.code();
         let all = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));

@@ -170,6 +170,20 @@ mod tests {
     }
 
     #[test]
+    fn names_and_paths_never_mix() {
+        for path in ["./cfg", "my.ron", "dir/apg", "/abs/x"] {
+            assert!(is_path(path), "{path}");
+        }
+        for name in ["cfg", "apg", "skip_layer", "cfg.r"] {
+            assert!(!is_path(name), "{name}");
+        }
+        // A library name resolves to the library whatever the current folder holds.
+        assert_eq!(resolve("apg").expect("builtin").origin, "builtin:apg");
+        let e = resolve("nosuch").unwrap_err().to_string();
+        assert!(e.contains("not a built-in policy") && e.contains("./nosuch.ron"), "{e}");
+    }
+
+    #[test]
     fn empty_text_has_no_policy() {
         for text in ["", "  \n", "// only\n/* comments */"] {
             let e = error(text);
