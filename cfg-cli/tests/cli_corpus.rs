@@ -11,8 +11,11 @@ fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus")
 }
 
-/// Writes `<step>/<name>` f32 tensors of `shape`, one per `(name, values)` of each step.
-fn dump(path: &Path, steps: &[Vec<(&str, Vec<usize>, Vec<f32>)>]) {
+/// One tensor of a dump: name, shape, values.
+type Entry<'a> = (&'a str, Vec<usize>, Vec<f32>);
+
+/// Writes `<step>/<name>` f32 tensors, one per entry of each step.
+fn dump(path: &Path, steps: &[Vec<Entry<'_>>]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = steps
         .iter()
         .enumerate()

@@ -108,11 +108,7 @@ fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
             }
             out.push(("offset", Slot::F64(offset)));
         }
-        Expr::Cfg { scale, .. } => {
-            if let ScaleRef::Value(v) = scale {
-                out.push(("scale", Slot::F64(v)));
-            }
-        }
+        Expr::Cfg { scale: ScaleRef::Value(v), .. } => out.push(("scale", Slot::F64(v))),
         Expr::MagnitudeAware { scale, alpha, .. } => {
             if let ScaleRef::Value(v) = scale {
                 out.push(("scale", Slot::F64(v)));

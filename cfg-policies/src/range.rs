@@ -65,7 +65,7 @@ impl Walker<'_> {
         if self.found.is_some() {
             return;
         }
-        if let Some((what, bound)) = b.iter().find(|(_, w)| !(**w <= f32::MAX as f64)) {
+        if let Some((what, bound)) = b.iter().find(|(_, w)| w.is_nan() || **w > f32::MAX as f64) {
             self.found = Some(OutOfRange { output: output.to_string(), what: what.clone(), bound: *bound });
         }
     }
