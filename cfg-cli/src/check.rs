@@ -7,16 +7,21 @@ use std::process::ExitCode;
 /// Arguments of `cfg check`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Policy files or built-in names; with none, the whole built-in library.
+    /// Policies: files (a path with a `/` or ending in `.ron`) or built-in
+    /// names; with none, the whole built-in library.
     pub policies: Vec<String>,
+    /// The same, as an option (repeatable).
+    #[arg(long = "policy", value_name = "POLICY")]
+    pub flagged: Vec<String>,
+    /// Also list every numeric parameter with its `--set` path and value.
+    #[arg(long)]
+    pub params: bool,
 }
 
 pub fn run(args: Args) -> CliResult {
-    let targets: Vec<String> = if args.policies.is_empty() {
-        cfg_policies::library::names().into_iter().map(String::from).collect()
-    } else {
-        args.policies
-    };
+    let given: Vec<String> = args.policies.into_iter().chain(args.flagged).collect();
+    let targets: Vec<String> =
+        if given.is_empty() { cfg_policies::library::names().into_iter().map(String::from).collect() } else { given };
     let mut failed = 0usize;
     for t in &targets {
         match cfg_policies::resolve(t) {
@@ -25,6 +30,18 @@ pub fn run(args: Args) -> CliResult {
                     eprintln!("{w}");
                 }
                 println!("{}", summary(&loaded));
+                if args.params {
+                    for p in cfg_policies::params::parameters(&loaded.policy) {
+                        match p.value {
+                            Some(v) => println!("  --set {}={v}", p.path),
+                            // A declared scale with a schedule, or an absent optional field.
+                            None if !p.path.contains('.') => {
+                                println!("  --set {}=V  (a schedule now; V makes it constant)", p.path)
+                            }
+                            None => println!("  --set {}=V  (absent now)", p.path),
+                        }
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{e}");

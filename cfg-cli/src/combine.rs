@@ -4,8 +4,18 @@
 //! policies with several outputs); the combined predictions are written as
 //! `<step>/<output>` in the input's dtype. Operator state (APG momentum,
 //! zero-init counters, adaptive latches) carries across the steps of the file.
+//!
+//! Branch tensors may also carry diffusers' names (`pred_cond`,
+//! `pred_uncond`, `pred_cond_skip`, `pred_cond_ptb`) or any name mapped with
+//! `--map FILE_NAME=BRANCH`. Every step's inputs and outputs are checked for
+//! NaN and infinity (unless `--allow-nonfinite`).
 
 use crate::error::{CliError, CliResult};
+use crate::finite::{describe, HINT};
+use crate::grid::parse_set;
+use crate::limits::{self, in_range};
+use crate::outpath::{self, Kind};
+use crate::policy_arg::PolicyArg;
 use crate::tensors;
 use cfg_core::lower::{lower, Overrides};
 use cfg_core::reference::{evaluate_f64, relative_error, ReferenceState};
@@ -20,53 +30,106 @@ use std::process::ExitCode;
 /// Arguments of `cfg combine`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A policy file or built-in name.
-    #[arg(long)]
-    pub policy: String,
+    #[command(flatten)]
+    pub policy: PolicyArg,
     /// Branch predictions, `<step>/<branch>[/<output>]` (safetensors).
     #[arg(long)]
     pub input: PathBuf,
-    /// Where to write the combined predictions, `<step>/<output>` (safetensors).
+    /// Where to write the combined predictions, `<step>/<output>` (safetensors;
+    /// must not be the input).
     #[arg(long)]
     pub output: PathBuf,
     /// Number of sampling steps (default: the steps present in the input).
     #[arg(long)]
     pub steps: Option<usize>,
     /// The scheduler's sigma at each step, comma-separated (default: the input's
-    /// `sigmas` metadata, a JSON list).
+    /// `sigmas` metadata, a JSON list). More sigmas than steps: a warning.
     #[arg(long, value_delimiter = ',')]
     pub sigmas: Option<Vec<f64>>,
-    /// Override a declared scale with a constant (repeatable).
-    #[arg(long = "scale", value_name = "NAME=V", value_parser = parse_scale)]
-    pub scales: Vec<(String, f64)>,
+    /// Replace a declared scale by a constant, NAME=V (repeatable).
+    #[arg(long = "scale", value_name = "NAME=V")]
+    pub scales: Vec<String>,
+    /// Set any numeric parameter, PATH=V (repeatable; `cfg check --params POLICY` lists them).
+    #[arg(long = "set", value_name = "PATH=V")]
+    pub sets: Vec<String>,
+    /// Read branch BRANCH from tensors named `<step>/NAME` (repeatable), e.g.
+    /// `--map noise_pred_text=cond`. diffusers' `pred_cond`, `pred_uncond`,
+    /// `pred_cond_skip` and `pred_cond_ptb` are understood without it.
+    #[arg(long = "map", value_name = "NAME=BRANCH")]
+    pub map: Vec<String>,
+    /// Write NaN or infinite outputs instead of stopping at the first one.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
     /// Print each step's relative error against the f64 reference.
     #[arg(long)]
     pub reference: bool,
 }
 
-fn parse_scale(s: &str) -> Result<(String, f64), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected NAME=VALUE"))?;
-    let v: f64 = value.trim().parse().map_err(|_| format!("`{value}` is not a number"))?;
-    if !v.is_finite() {
-        return Err(format!("`{value}` is not a finite number"));
+/// diffusers' guider names for our usual branch names.
+const DIFFUSERS: [(&str, &str); 4] =
+    [("pred_cond", "cond"), ("pred_uncond", "uncond"), ("pred_cond_skip", "skip"), ("pred_cond_ptb", "perturbed")];
+
+/// Refuses `--output` naming the same file as `--input` (compared as canonical paths).
+fn check_not_input(input: &Path, output: &Path) -> Result<(), CliError> {
+    let canonical = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        Some(outpath::folder(p).canonicalize().ok()?.join(p.file_name()?))
+    };
+    if let (Some(a), Some(b)) = (canonical(input), canonical(output)) {
+        if a == b {
+            return Err(CliError(format!(
+                "--output {} is the input file: writing it would destroy the dump; choose another name",
+                output.display()
+            )));
+        }
     }
-    Ok((name.trim().to_string(), v))
+    Ok(())
 }
 
 pub fn run(args: Args) -> CliResult {
-    let loaded = cfg_policies::resolve(&args.policy)?;
-    let policy = &loaded.policy;
-    let mut overrides = Overrides::none();
-    for (name, v) in &args.scales {
-        if policy.scales.get(name).is_none() {
-            let known: Vec<&str> = policy.scales.names().collect();
+    let loaded = cfg_policies::resolve(args.policy.required()?)?;
+    let mut sets = Vec::new();
+    for s in &args.scales {
+        let (name, v) = parse_set("--scale", s)?;
+        if loaded.policy.scales.get(&name).is_none() {
+            let known: Vec<&str> = loaded.policy.scales.names().collect();
             return Err(CliError(format!(
                 "--scale {name}: the policy declares no scale `{name}` (it has: {})",
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )));
         }
-        overrides = overrides.with(name, *v);
+        sets.push((name, v));
     }
+    for s in &args.sets {
+        sets.push(parse_set("--set", s)?);
+    }
+    let loaded = cfg_policies::params::apply(&loaded, &sets).map_err(|e| CliError(e.to_string()))?;
+    let policy = &loaded.policy;
+    let overrides = Overrides::none();
+    let mut map: Vec<(String, String)> = Vec::new();
+    for m in &args.map {
+        let (name, branch) = m.split_once('=').ok_or_else(|| CliError(format!("--map `{m}`: expected NAME=BRANCH")))?;
+        let (name, branch) = (name.trim(), branch.trim());
+        if policy.branches.get(branch).is_none() {
+            let known: Vec<&str> = policy.branches.names().collect();
+            return Err(CliError(format!(
+                "--map {m}: policy `{}` has no branch `{branch}` (it has: {})",
+                policy.name,
+                known.join(", ")
+            )));
+        }
+        if name.is_empty() || name.contains('/') {
+            return Err(CliError(format!("--map `{m}`: NAME is the part of a tensor name after `<step>/`")));
+        }
+        map.push((name.to_string(), branch.to_string()));
+    }
+    if let Some(n) = args.steps {
+        in_range("--steps", n, limits::MAX_STEPS, "steps")?;
+    }
+    check_not_input(&args.input, &args.output)?;
+    outpath::check("--output", &args.output, Kind::Tensors)?;
 
     let bytes = tensors::read_bytes(&args.input)?;
     let file = tensors::open(&bytes, &args.input)?;
@@ -80,11 +143,19 @@ pub fn run(args: Args) -> CliResult {
             CliError(format!("{}: no tensor is named `<step>/<branch>`; nothing to combine", args.input.display()))
         })?,
     };
-    if num_steps == 0 {
-        return Err(CliError("--steps must be at least 1".into()));
+    in_range("--steps", num_steps, limits::MAX_STEPS, "steps")?;
+    if let Some(s) = &sigmas {
+        if s.len() > num_steps {
+            eprintln!(
+                "warning: {} sigmas for {num_steps} steps: the last {} are not used",
+                s.len(),
+                s.len() - num_steps
+            );
+        }
     }
 
-    let inputs = Inputs { file: &file, path: &args.input, multi: policy.outputs.len() > 1 };
+    let inputs = Inputs { file: &file, path: &args.input, multi: policy.outputs.len() > 1, map: &map };
+    warn_unused(&inputs, policy, num_steps);
     let mut state = GuidanceState::new();
     let mut reference = ReferenceState::new();
     state.start();
@@ -101,8 +172,8 @@ pub fn run(args: Args) -> CliResult {
                 Some(_) => String::new(),
             };
             match e {
-                // Its message already names the step.
-                CoreError::SigmaRequired { .. } => CliError(format!("{e}{hint}")),
+                // Their messages already name the step.
+                CoreError::SigmaRequired { .. } | CoreError::WeightOutOfRange { .. } => CliError(format!("{e}{hint}")),
                 _ => CliError(format!("step {step}: {e}{hint}")),
             }
         })?;
@@ -130,9 +201,28 @@ pub fn run(args: Args) -> CliResult {
                     )));
                 }
             }
+            if !args.allow_nonfinite {
+                for (b, t) in out.branches.iter().zip(&branch_tensors) {
+                    if let Some(d) = describe(t) {
+                        return Err(CliError(format!(
+                            "step {step}, branch `{b}`, output `{}`: the input is not finite ({d}); {HINT}",
+                            out.output
+                        )));
+                    }
+                }
+            }
             let refs: Vec<&Tensor> = branch_tensors.iter().collect();
             let result = cpu::evaluate(out, &refs, dtype, &shape, &mut state)
                 .map_err(|e| CliError(format!("step {step}, output `{}`: {e}", out.output)))?;
+            if !args.allow_nonfinite {
+                if let Some(d) = describe(&result) {
+                    return Err(CliError(format!(
+                        "step {step}, output `{}`: the combined prediction is not finite ({d}) although its \
+                         inputs are: the guided value overflows {dtype}; lower the scales, or {HINT}",
+                        out.output
+                    )));
+                }
+            }
             if args.reference {
                 let exact = evaluate_f64(out, &refs, &shape, &mut reference);
                 let got: Vec<f64> = result.to_f32().into_iter().map(f64::from).collect();
@@ -176,6 +266,8 @@ struct Inputs<'a> {
     path: &'a Path,
     /// Several outputs: tensors are `<step>/<branch>/<output>`.
     multi: bool,
+    /// `--map`: file name → branch.
+    map: &'a [(String, String)],
 }
 
 impl Inputs<'_> {
@@ -187,14 +279,33 @@ impl Inputs<'_> {
         }
     }
 
-    /// Looks up `<step>/<branch>`; a single-output policy also accepts `<step>/<branch>/<output>`.
-    fn find(&self, step: usize, branch: &str, output: &str) -> Result<Option<Tensor>, CliError> {
-        let name = self.name(step, branch, output);
-        if let Some(t) = tensors::load(self.file, &name)? {
-            return Ok(Some(t));
+    /// The names a branch's tensors may carry: `--map`ped names, its own, diffusers'.
+    fn names_of<'b>(&'b self, branch: &'b str) -> impl Iterator<Item = &'b str> {
+        let mapped = self.map.iter().filter(move |(_, b)| b == branch).map(|(n, _)| n.as_str());
+        let diffusers = DIFFUSERS.iter().filter(move |(_, b)| *b == branch).map(|(n, _)| *n);
+        mapped.chain(std::iter::once(branch)).chain(diffusers)
+    }
+
+    /// The branch a file name stands for (`--map`, diffusers' names, or itself).
+    fn branch_of<'b>(&'b self, name: &'b str) -> &'b str {
+        if let Some((_, b)) = self.map.iter().find(|(n, _)| n == name) {
+            return b;
         }
-        if !self.multi {
-            return tensors::load(self.file, &format!("{step}/{branch}/{output}"));
+        DIFFUSERS.iter().find(|(n, _)| *n == name).map_or(name, |(_, b)| b)
+    }
+
+    /// Looks up `<step>/<branch>` under each of its names; a single-output
+    /// policy also accepts `<step>/<branch>/<output>`.
+    fn find(&self, step: usize, branch: &str, output: &str) -> Result<Option<Tensor>, CliError> {
+        for alias in self.names_of(branch) {
+            if let Some(t) = tensors::load(self.file, &self.name(step, alias, output))? {
+                return Ok(Some(t));
+            }
+            if !self.multi {
+                if let Some(t) = tensors::load(self.file, &format!("{step}/{alias}/{output}"))? {
+                    return Ok(Some(t));
+                }
+            }
         }
         Ok(None)
     }
@@ -226,6 +337,50 @@ impl Inputs<'_> {
              `{}` to take its shape from",
             self.name(step, "<branch>", output)
         )))
+    }
+}
+
+/// Warns about tensors that are not `<step>/<branch>[/<output>]` of this policy
+/// within the steps combined: a misspelt branch would otherwise go unnoticed.
+fn warn_unused(inputs: &Inputs<'_>, policy: &cfg_core::expr::Policy, steps: usize) {
+    let (mut unknown, mut beyond) = (Vec::new(), Vec::new());
+    for name in inputs.file.names() {
+        let mut parts = name.split('/');
+        let step = parts.next().and_then(|s| s.parse::<usize>().ok());
+        let branch = parts.next().map(|b| inputs.branch_of(b));
+        let output = parts.next();
+        let known = branch.is_some_and(|b| policy.branches.get(b).is_some())
+            && output.is_none_or(|o| policy.outputs.get(o).is_some())
+            && parts.next().is_none();
+        match step {
+            Some(s) if known && s >= steps => beyond.push(name.to_string()),
+            Some(_) if known => {}
+            _ => unknown.push(name.to_string()),
+        }
+    }
+    let list = |v: &mut Vec<String>| {
+        v.sort();
+        let more = if v.len() > 3 { format!(" and {} more", v.len() - 3) } else { String::new() };
+        format!("{}{more}", v.iter().take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+    };
+    if !unknown.is_empty() {
+        let branches: Vec<&str> = policy.branches.names().collect();
+        eprintln!(
+            "warning: {}: {} tensors are not `<step>/<branch>` of this policy and are not read: {} \
+             (its branches: {}; --map NAME=BRANCH reads other names)",
+            inputs.path.display(),
+            unknown.len(),
+            list(&mut unknown),
+            branches.join(", ")
+        );
+    }
+    if !beyond.is_empty() {
+        eprintln!(
+            "warning: {}: {} tensors lie beyond the {steps} steps combined and are not read: {}",
+            inputs.path.display(),
+            beyond.len(),
+            list(&mut beyond)
+        );
     }
 }
 

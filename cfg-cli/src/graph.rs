@@ -15,15 +15,15 @@ pub enum Format {
 /// Arguments of `cfg graph`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A policy file or built-in name.
-    pub policy: String,
+    #[command(flatten)]
+    pub policy: crate::policy_arg::PolicyArg,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
 
 pub fn run(args: Args) -> CliResult {
-    let loaded = cfg_policies::resolve(&args.policy)?;
+    let loaded = cfg_policies::resolve(args.policy.required()?)?;
     let graph = cfg_policies::graph::build(&loaded.policy);
     match args.format {
         Format::Dot => print!("{}", graph.to_dot(&loaded.policy.name)),

@@ -39,24 +39,6 @@ pub fn outputs_in_policy_order(model: &GmmModel, policy: &Policy) -> Vec<OutputI
     policy.outputs.names().filter_map(|n| all.iter().find(|o| o.name == n).cloned()).collect()
 }
 
-/// Parses `NAME=V` scale overrides, checking the names against the policy.
-pub fn overrides(policy: &Policy, items: &[String]) -> Result<cfg_core::lower::Overrides, String> {
-    let mut o = cfg_core::lower::Overrides::none();
-    for item in items {
-        let (name, value) = item.split_once('=').ok_or_else(|| format!("--scale `{item}`: expected NAME=VALUE"))?;
-        let v: f64 = value.trim().parse().map_err(|_| format!("--scale `{item}`: `{value}` is not a number"))?;
-        if !v.is_finite() {
-            return Err(format!("--scale `{item}`: the value must be finite"));
-        }
-        if policy.scales.get(name.trim()).is_none() {
-            let known: Vec<&str> = policy.scales.names().collect();
-            return Err(format!("--scale `{item}`: policy `{}` has no scale `{name}` (it has {known:?})", policy.name));
-        }
-        o = o.with(name.trim(), v);
-    }
-    Ok(o)
-}
-
 /// Human-readable bytes.
 pub fn bytes(n: usize) -> String {
     let n = n as f64;

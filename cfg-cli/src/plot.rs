@@ -43,14 +43,14 @@ fn blend(c: RGBColor, amount: f64) -> RGBColor {
     RGBColor(mix(c.0), mix(c.1), mix(c.2))
 }
 
-/// Draws the panels side by side (four per row) into the PNG at `path`.
-pub fn write_png(path: &Path, panels: &[Panel<'_>]) -> Result<(), String> {
+/// Draws the panels side by side, `cols` per row, into the PNG at `path`.
+pub fn write_png(path: &Path, panels: &[Panel<'_>], cols: usize) -> Result<(), String> {
     static FONT_ONCE: Once = Once::new();
     FONT_ONCE.call_once(|| {
         // Cannot fail for the embedded font; text is skipped if it ever did.
         let _ = register_font("sans-serif", FontStyle::Normal, FONT);
     });
-    let cols = panels.len().clamp(1, 4);
+    let cols = cols.clamp(1, panels.len().max(1));
     let rows = panels.len().div_ceil(cols).max(1);
     let root = BitMapBackend::new(path, (SIDE * cols as u32, SIDE * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
@@ -67,10 +67,16 @@ fn draw_panel<DB: DrawingBackend>(
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 18))
         .margin(8)
-        .x_label_area_size(24)
+        .x_label_area_size(36)
         .y_label_area_size(32)
         .build_cartesian_2d(-EXTENT..EXTENT, -EXTENT..EXTENT)?;
-    chart.configure_mesh().disable_mesh().label_style(("sans-serif", 12)).draw()?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .label_style(("sans-serif", 12))
+        .x_desc("dots: samples by requested class; shading: true class densities")
+        .axis_desc_style(("sans-serif", 11))
+        .draw()?;
 
     // The true class densities: each cell takes the colour of its most likely
     // class, stronger where the mixture is denser.
@@ -94,9 +100,22 @@ fn draw_panel<DB: DrawingBackend>(
         Rectangle::new([(x, y), (x + step, y + step)], blend(colour(class), strength).filled())
     }))?;
 
-    chart.draw_series(panel.labels.iter().enumerate().filter_map(|(b, &class)| {
-        let (x, y) = (panel.points[2 * b] as f64, panel.points[2 * b + 1] as f64);
-        (x.abs() < EXTENT && y.abs() < EXTENT).then(|| Circle::new((x, y), 2, colour(class).mix(0.7).filled()))
-    }))?;
+    // The samples, one series per requested class, so the legend names each colour.
+    for class in 0..panel.mixture.classes {
+        chart
+            .draw_series(panel.labels.iter().enumerate().filter(|(_, &c)| c == class).filter_map(|(b, _)| {
+                let (x, y) = (panel.points[2 * b] as f64, panel.points[2 * b + 1] as f64);
+                (x.abs() < EXTENT && y.abs() < EXTENT).then(|| Circle::new((x, y), 2, colour(class).mix(0.7).filled()))
+            }))?
+            .label(format!("class {class}"))
+            .legend(move |(x, y)| Circle::new((x + 6, y), 4, colour(class).filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 11))
+        .draw()?;
     Ok(())
 }

@@ -2,8 +2,10 @@
 //!
 //! With no arguments: standard CFG on the 2-D class-conditional mixture, two
 //! ranks, and a PNG scatter plot of the samples over the true densities.
-//! Output files are written to a temporary file and renamed into place only
-//! when every rank succeeded, so a failed run leaves no partial file.
+//! Everything that can be checked before the first step is: argument ranges,
+//! parameter overrides, output paths and the memory the run needs. Output
+//! files are written to a temporary file and renamed into place only when
+//! every rank succeeded, so a failed run leaves no partial file.
 //!
 //! `--device cuda --ranks M` runs one rank per GPU (threads, NCCL between
 //! them) with the latents resident on each device: the model's kernel, the
@@ -11,10 +13,15 @@
 //! loop (`cfg_runtime::sample`) as the CPU ranks; the summary is the same.
 
 use crate::error::{CliError, CliResult};
-use crate::models::{build, bytes, overrides, ModelKind};
+use crate::finite::{describe, latents_message, Checked, HINT};
+use crate::grid::{self, Point};
+use crate::limits::{self, in_range};
+use crate::models::{build, default_batch, ModelKind};
+use crate::outpath::{self, write_atomically, Kind};
 use crate::plot::{write_png, Panel};
+use crate::policy_arg::PolicyArg;
 use crate::quality::score;
-use cfg_core::lower::Overrides;
+use crate::report::{self, RunResult};
 use cfg_core::Tensor;
 use cfg_gmm::GmmModel;
 use cfg_runtime::cuda::{run_nccl_threads, CudaBackend, Device, NcclOptions};
@@ -25,17 +32,18 @@ use cfg_runtime::{
     run_local, sample, Backend, Communicator, CpuBackend, LocalComm, Mode, RuntimeError, SampleOptions, Sampled,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Arguments of `cfg sample`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A policy file or built-in name.
-    #[arg(long, default_value = cfg_policies::library::DEFAULT)]
-    pub policy: String,
+    #[command(flatten)]
+    pub policy: PolicyArg,
     /// The analytic model.
     #[arg(long, value_enum, default_value = "gmm2d")]
     pub model: ModelKind,
@@ -49,12 +57,17 @@ pub struct Args {
     /// Number of in-process ranks M (default: 2 on cpu; cuda runs 1).
     #[arg(long)]
     pub ranks: Option<usize>,
-    /// Number of steps (default: the policy's own, else 32).
+    /// Number of steps (default: the policy's own, else 32; at most 10000).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Scale overrides, NAME=V (repeatable).
-    #[arg(long = "scale")]
+    /// Replace a declared scale by a constant, NAME=V (repeatable).
+    #[arg(long = "scale", value_name = "NAME=V")]
     pub scales: Vec<String>,
+    /// Set any numeric parameter, PATH=V (repeatable): a declared scale
+    /// (`scale=4`) or an operator field (`sample.Apg.momentum=-0.3`);
+    /// `cfg check --params POLICY` lists the paths.
+    #[arg(long = "set", value_name = "PATH=V")]
+    pub sets: Vec<String>,
     /// Seed of the initial noise and of the stochastic sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,21 +80,35 @@ pub struct Args {
     /// Bit-identical for every M (gather); otherwise all-reduce where cheaper.
     #[arg(long)]
     pub deterministic: bool,
-    /// Write the final samples here (safetensors, f32, one tensor per output).
+    /// Write the final samples here (safetensors, f32, one tensor per output and run).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Write the scatter plot here (gmm2d; default `samples.png`).
-    #[arg(long)]
+    /// Write the scatter plot here (.png; gmm2d; default `samples.png`).
+    #[arg(long, conflicts_with = "no_plot")]
     pub plot: Option<PathBuf>,
-    /// One run per value, one panel each: NAME=V1,V2,... (e.g. scale=1,2,4,8).
+    /// Write no plot.
     #[arg(long)]
-    pub grid: Option<String>,
+    pub no_plot: bool,
+    /// Sweep an axis, AXIS=V1,V2,... (repeatable; one run per combination):
+    /// seed, steps, sampler, policy, or any --set path (e.g. scale=1,2,4,8).
+    #[arg(long, value_name = "AXIS=V1,V2,...")]
+    pub grid: Vec<String>,
     /// Check that ranks agree every K steps (0: after the last step only).
     #[arg(long, default_value_t = 0)]
     pub fingerprint_every: usize,
     /// Seconds a rank waits for the others before failing the run.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
+    /// Keep going when a prediction or the latents become NaN or infinite
+    /// (by default the run stops with an error naming the step).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// Run even when the memory estimate exceeds the available memory.
+    #[arg(long)]
+    pub no_memory_check: bool,
+    /// Print the summary as JSON on stdout (for scripts).
+    #[arg(long)]
+    pub json: bool,
     /// Testing aid: make the model fail on RANK at STEP.
     #[arg(long, hide = true, value_name = "RANK:STEP")]
     pub inject_fault: Option<String>,
@@ -127,48 +154,98 @@ impl Faulty<'_> {
     }
 }
 
-/// One run of the grid (or the only run).
+/// One run, ready to go.
 struct Run {
-    label: String,
-    overrides: Overrides,
+    point: Point,
+    policy: cfg_policies::Loaded,
+    model: GmmModel,
+    opts: SampleOptions,
 }
 
 pub fn run(args: Args) -> CliResult {
+    // 1. Everything that can fail before the first step.
     let ranks = args.ranks.unwrap_or(match args.device {
         SampleDevice::Cpu => 2,
         SampleDevice::Cuda => 1,
     });
-    if ranks == 0 {
-        return Err(CliError("--ranks must be at least 1".into()));
-    }
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        return Err(CliError("--timeout must be a positive number of seconds".into()));
+    in_range("--ranks", ranks, limits::MAX_SAMPLE_RANKS, "ranks (in-process ranks are threads)")?;
+    if !(args.timeout > 0.0 && args.timeout.is_finite() && args.timeout <= 1e6) {
+        return Err(CliError("--timeout must be a positive number of seconds (at most 1e6)".into()));
     }
     if !(args.shift > 0.0 && args.shift.is_finite()) {
-        return Err(CliError("--shift must be positive".into()));
+        return Err(CliError("--shift must be a positive finite number".into()));
     }
-    let loaded = cfg_policies::resolve(&args.policy)?;
-    let policy = loaded.policy;
-    let steps = args.steps.or(policy.steps).unwrap_or(32);
-    if steps == 0 {
-        return Err(CliError("--steps must be at least 1".into()));
+    if let Some(s) = args.steps {
+        in_range("--steps", s, limits::MAX_STEPS, "steps")?;
     }
+    let batch = in_range("--batch", args.batch.unwrap_or(default_batch(args.model)), limits::MAX_BATCH, "samples")?;
     let fault = args.inject_fault.as_deref().map(parse_fault).transpose().map_err(CliError)?;
-    let model = build(args.model, &policy, args.batch);
-    let base = overrides(&policy, &args.scales).map_err(CliError)?;
-    let runs = match &args.grid {
-        None => vec![Run { label: String::new(), overrides: base }],
-        Some(grid) => grid_runs(&policy, &base, grid).map_err(CliError)?,
-    };
-    let mode = if args.deterministic { Mode::Deterministic } else { Mode::Fast };
-    let sampler = Sampler { shift: args.shift, ..Sampler::new(args.sampler) };
-    let plot = match (&args.plot, args.model) {
-        (Some(p), _) => Some(p.clone()),
-        (None, ModelKind::Gmm2d) => Some(PathBuf::from("samples.png")),
-        (None, _) => None,
+    let scales = args.scales.iter().map(|s| grid::parse_set("--scale", s)).collect::<Result<Vec<_>, CliError>>()?;
+    let sets = args.sets.iter().map(|s| grid::parse_set("--set", s)).collect::<Result<Vec<_>, CliError>>()?;
+    let axes = grid::parse(&args.grid)?;
+    let plot = match (&args.plot, args.model, args.no_plot) {
+        (_, _, true) => None,
+        (Some(p), _, _) => Some(p.clone()),
+        (None, ModelKind::Gmm2d, _) => Some(PathBuf::from("samples.png")),
+        (None, _, _) => None,
     };
     if plot.is_some() && args.model != ModelKind::Gmm2d {
         return Err(CliError("--plot needs the 2-D model (--model gmm2d)".into()));
+    }
+    if let Some(p) = &args.out {
+        outpath::check("--out", p, Kind::Tensors)?;
+    }
+    if let Some(p) = &plot {
+        outpath::check("--plot", p, Kind::Png)?;
+    }
+    let mode = if args.deterministic { Mode::Deterministic } else { Mode::Fast };
+    let mut runs = Vec::new();
+    let mut policies: BTreeMap<String, cfg_policies::Loaded> = BTreeMap::new();
+    for point in grid::points(&axes)? {
+        let name = point.policy.clone().unwrap_or_else(|| args.policy.or(cfg_policies::library::DEFAULT).to_string());
+        if !policies.contains_key(&name) {
+            let loaded = cfg_policies::resolve(&name)?;
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            policies.insert(name.clone(), loaded);
+        }
+        let base = &policies[&name];
+        for (n, _) in &scales {
+            if base.policy.scales.get(n).is_none() {
+                let known: Vec<&str> = base.policy.scales.names().collect();
+                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                return Err(CliError(format!(
+                    "--scale {n}: policy `{}` declares no scale `{n}` (it has: {known}); --set reaches other parameters",
+                    base.policy.name
+                )));
+            }
+        }
+        let all: Vec<(String, f64)> = scales.iter().chain(&sets).chain(&point.sets).cloned().collect();
+        let loaded = cfg_policies::params::apply(base, &all).map_err(|e| CliError(e.to_string()))?;
+        let steps = point.steps.or(args.steps).or(loaded.policy.steps).unwrap_or(32);
+        in_range(if point.steps.is_some() { "--grid steps" } else { "--steps" }, steps, limits::MAX_STEPS, "steps")?;
+        let sampler = Sampler { shift: args.shift, ..Sampler::new(point.sampler.unwrap_or(args.sampler)) };
+        let opts = SampleOptions {
+            steps,
+            sampler,
+            seed: point.seed.unwrap_or(args.seed),
+            mode,
+            overrides: cfg_core::lower::Overrides::none(),
+            fingerprint_every: args.fingerprint_every,
+        };
+        let model = build(args.model, &loaded.policy, Some(batch));
+        runs.push(Run { point, policy: loaded, model, opts });
+    }
+    limits::check_memory(estimate(&runs, ranks), args.no_memory_check)?;
+    for (name, p) in &policies {
+        let branches = p.policy.branches.len();
+        if ranks > branches {
+            eprintln!(
+                "warning: {ranks} ranks for the {branches} branches of `{name}`: ranks {} stay idle at every step",
+                limits::ranges(&(branches..ranks).collect::<Vec<_>>())
+            );
+        }
     }
     let placement = match args.device {
         SampleDevice::Cpu => format!("{ranks} ranks"),
@@ -182,86 +259,152 @@ pub fn run(args: Args) -> CliResult {
             format!("{ranks} CUDA rank{} on {}", if ranks == 1 { "" } else { "s" }, Device::new(0)?.describe())
         }
     };
-    println!(
-        "policy `{}` ({}), model {:?} {}, {placement}, {steps} steps, {} sampler, {} mode, seed {}",
-        policy.name,
-        loaded.origin,
-        args.model,
-        model.outputs().iter().map(|o| format!("{}{} {}", o.name, o.shape, o.dtype)).collect::<Vec<_>>().join(" + "),
-        args.sampler,
-        if args.deterministic { "deterministic" } else { "fast" },
-        args.seed
-    );
 
+    // 2. The runs.
+    if !args.json {
+        let first = &runs[0];
+        println!(
+            "policy `{}` ({}), model {} {}, {placement}, {} steps, {} sampler, {} mode, seed {}",
+            first.policy.policy.name,
+            first.policy.origin,
+            model_name(args.model),
+            first
+                .model
+                .outputs()
+                .iter()
+                .map(|o| format!("{}{} {}", o.name, o.shape, o.dtype))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            first.opts.steps,
+            first.opts.sampler.kind,
+            if args.deterministic { "deterministic" } else { "fast" },
+            first.opts.seed
+        );
+    }
     let mut results = Vec::new();
     for r in &runs {
-        let opts = SampleOptions {
-            steps,
-            sampler,
-            seed: args.seed,
-            mode,
-            overrides: r.overrides.clone(),
-            fingerprint_every: args.fingerprint_every,
-        };
         let started = Instant::now();
         let timeout = Duration::from_secs_f64(args.timeout);
-        let sampled = run_ranks(&model, &policy, &opts, (args.device, ranks), timeout, fault)?;
-        if !r.label.is_empty() {
-            println!("\n== {} ==", r.label);
+        let sampled = run_ranks(r, (args.device, ranks), timeout, fault, args.allow_nonfinite)?;
+        if !args.allow_nonfinite {
+            for (name, x) in &sampled.outputs {
+                if let Some(d) = describe(x) {
+                    return Err(CliError(format!("{}; {HINT}", latents_message(r.opts.steps - 1, name, &d))));
+                }
+            }
         }
-        summarize(&model, &sampled, started.elapsed());
-        results.push(sampled);
+        let quality = sampled
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(k, (_, x))| score(r.model.mixture(k), &x.to_f32(), r.model.labels()))
+            .collect();
+        let result = RunResult {
+            coords: r.point.coords.clone(),
+            policy: r.policy.policy.name.clone(),
+            steps: r.opts.steps,
+            sampler: r.opts.sampler.kind.to_string(),
+            seed: r.opts.seed,
+            sampled,
+            wall: started.elapsed(),
+            quality,
+        };
+        if !args.json {
+            if !result.coords.is_empty() {
+                println!("\n== {} ==", result.label());
+            }
+            report::print_text(&result);
+        }
+        results.push(result);
+    }
+    if !args.json && results.len() > 1 {
+        report::print_table(&results);
     }
 
+    // 3. The files.
+    let mut wrote = Vec::new();
     if let Some(path) = &args.out {
-        write_safetensors(path, &runs, &results)?;
-        println!("wrote {}", path.display());
+        write_safetensors(path, &results)?;
+        wrote.push(path.display().to_string());
     }
     if let Some(path) = &plot {
+        let cols = match (axes.last(), results[0].sampled.outputs.len()) {
+            (_, n) if n > 1 => n,
+            (Some(a), _) => a.values.len().min(6),
+            (None, _) => 1,
+        };
         let panels: Vec<Panel<'_>> = runs
             .iter()
             .zip(&results)
-            .map(|(r, s)| {
-                let q = score(model.mixture(0), &s.outputs[0].1.to_f32(), model.labels());
-                let what =
-                    if r.label.is_empty() { policy.name.clone() } else { format!("{} {}", policy.name, r.label) };
-                Panel {
-                    title: format!("{what}: {:.1}% on class", 100.0 * q.on_class),
-                    points: match &s.outputs[0].1.data {
-                        cfg_core::tensor::TensorData::F32(v) => v.as_slice(),
-                        _ => unreachable!("latents are f32"),
-                    },
-                    labels: model.labels(),
-                    mixture: model.mixture(0),
-                }
+            .flat_map(|(r, s)| {
+                let multi = s.sampled.outputs.len() > 1;
+                s.sampled.outputs.iter().enumerate().map(move |(k, (name, x))| {
+                    let q = &s.quality[k];
+                    let mut what = r.policy.policy.name.clone();
+                    if !s.coords.is_empty() {
+                        what = format!("{what} {}", s.label());
+                    }
+                    if multi {
+                        what = format!("{what} `{name}`");
+                    }
+                    Panel {
+                        title: format!("{what}: {:.1}% on class, SW1 {:.3}", 100.0 * q.on_class, q.sliced_w1),
+                        points: match &x.data {
+                            cfg_core::tensor::TensorData::F32(v) => v.as_slice(),
+                            _ => &[],
+                        },
+                        labels: r.model.labels(),
+                        mixture: r.model.mixture(k),
+                    }
+                })
             })
             .collect();
-        write_atomically(path, |tmp| write_png(tmp, &panels))?;
-        println!("wrote {}", path.display());
+        write_atomically(path, |tmp| write_png(tmp, &panels, cols))?;
+        wrote.push(path.display().to_string());
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "runs": results.iter().map(report::to_json).collect::<Vec<_>>(),
+            "wrote": wrote,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for w in &wrote {
+            println!("wrote {w}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn model_name(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Gmm2d => "gmm2d",
+        ModelKind::Tokens => "tokens",
+    }
+}
+
+/// Bytes the largest run needs at once, plus the results every run keeps.
+fn estimate(runs: &[Run], ranks: usize) -> usize {
+    let per_run = |r: &Run| -> (usize, usize) {
+        let outs = r.model.outputs();
+        let numel: usize = outs.iter().map(|o| o.shape.numel()).sum();
+        let pred: usize = outs.iter().map(|o| o.bytes()).sum();
+        let branches = r.policy.policy.branches.len();
+        // Per rank: latents, every gathered prediction, and f32 temporaries of the combine and update.
+        let rank = numel.saturating_mul(4 * 5).saturating_add(pred.saturating_mul(branches));
+        // Scoring: each point in f64, with two exact draws of the same size.
+        let scoring = numel.saturating_mul(8 * 4);
+        (rank.saturating_mul(ranks).saturating_add(scoring), numel.saturating_mul(4))
+    };
+    let peak = runs.iter().map(|r| per_run(r).0).max().unwrap_or(0);
+    let kept: usize = runs.iter().map(|r| per_run(r).1).fold(0, usize::saturating_add);
+    peak.saturating_add(kept)
 }
 
 fn parse_fault(s: &str) -> Result<(usize, usize), String> {
     let (r, st) = s.split_once(':').ok_or_else(|| format!("--inject-fault `{s}`: expected RANK:STEP"))?;
     let parse = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("--inject-fault `{s}`: expected RANK:STEP"));
     Ok((parse(r)?, parse(st)?))
-}
-
-fn grid_runs(policy: &cfg_core::expr::Policy, base: &Overrides, grid: &str) -> Result<Vec<Run>, String> {
-    let (name, values) = grid.split_once('=').ok_or_else(|| format!("--grid `{grid}`: expected NAME=V1,V2,..."))?;
-    let mut runs = Vec::new();
-    for v in values.split(',').filter(|v| !v.trim().is_empty()) {
-        let item = format!("{}={}", name.trim(), v.trim());
-        let one = overrides(policy, std::slice::from_ref(&item))?;
-        let mut o = base.clone();
-        o.scales.extend(one.scales);
-        runs.push(Run { label: item, overrides: o });
-    }
-    if runs.is_empty() {
-        return Err(format!("--grid `{grid}`: no values"));
-    }
-    Ok(runs)
 }
 
 /// A progress bar of `steps` on a terminal, hidden otherwise.
@@ -280,32 +423,44 @@ fn progress(steps: usize) -> ProgressBar {
 /// Runs the sampler on `ranks` threads: in-process ranks on the CPU, or one
 /// CUDA rank per GPU (NCCL between them); on failure returns the root cause.
 fn run_ranks(
-    model: &GmmModel,
-    policy: &cfg_core::expr::Policy,
-    opts: &SampleOptions,
+    run: &Run,
     (device, ranks): (SampleDevice, usize),
     timeout: Duration,
     fault: Option<(usize, usize)>,
+    allow_nonfinite: bool,
 ) -> Result<Sampled, CliError> {
-    let bar = progress(opts.steps);
+    let bar = progress(run.opts.steps);
+    let finding = Mutex::new(None);
+    let names: Vec<String> = run.model.outputs().into_iter().map(|o| o.name).collect();
+    /// What a rank's run needs: the run, the injected fault, the progress bar
+    /// and, when checked, the output names and where the first non-finite
+    /// finding goes.
+    type Job<'a> =
+        (&'a Run, Option<(usize, usize)>, &'a ProgressBar, Option<(&'a [String], &'a Mutex<Option<String>>)>);
     /// One rank's run, with its progress shown by rank 0.
-    fn one<C: Communicator, B: Backend>(
-        job: (&GmmModel, &cfg_core::expr::Policy, &SampleOptions, Option<(usize, usize)>, &ProgressBar),
-        comm: C,
-        backend: B,
-    ) -> Result<Sampled, RuntimeError> {
-        let (model, policy, opts, fault, bar) = job;
+    fn one<C: Communicator, B: Backend>(job: Job<'_>, comm: C, backend: B) -> Result<Sampled, RuntimeError> {
+        let (run, fault, bar, check) = job;
         let rank = comm.rank();
-        let faulty = Faulty { inner: model, rank, fault };
+        let faulty = Faulty { inner: &run.model, rank, fault };
         let mut on_step = |r: &cfg_runtime::StepReport| {
             if rank == 0 {
                 bar.set_message(r.plan.collective.name());
                 bar.inc(1);
             }
         };
-        sample(&faulty, policy, opts, comm, backend, &mut on_step)
+        let policy = &run.policy.policy;
+        match check {
+            None => sample(&faulty, policy, &run.opts, comm, backend, &mut on_step),
+            Some((names, finding)) => {
+                let checked = Checked { inner: &faulty, names: names.to_vec(), finding };
+                sample(&checked, policy, &run.opts, comm, backend, &mut on_step)
+            }
+        }
     }
-    let job = (model, policy, opts, fault, &bar);
+    // Predictions are checked on the host only: on a GPU that would copy every
+    // prediction to the host; the final latents are checked on every device.
+    let check = (!allow_nonfinite && device == SampleDevice::Cpu).then_some((names.as_slice(), &finding));
+    let job: Job<'_> = (run, fault, &bar, check);
     let results: Vec<Result<Sampled, RuntimeError>> = match device {
         SampleDevice::Cpu => run_local(ranks, timeout, |comm| one(job, comm, CpuBackend)),
         SampleDevice::Cuda if ranks == 1 => {
@@ -334,91 +489,20 @@ fn run_ranks(
     if errors.is_empty() {
         return Ok(ok.swap_remove(0));
     }
+    if let Some(found) = finding.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(CliError(format!("{found}; {HINT}")));
+    }
     // The failing rank's own error says most; the others report it second-hand.
     let root = errors.iter().find(|e| !matches!(e, RuntimeError::PeerFailed { .. })).unwrap_or(&errors[0]);
     Err(CliError(format!("{} of {ranks} ranks failed; {root}", errors.len())))
 }
 
-fn summarize(model: &GmmModel, s: &Sampled, wall: Duration) {
-    let steps = s.reports.len().max(1) as f64;
-    let mut timing = cfg_runtime::StepTiming::default();
-    for r in &s.reports {
-        timing += r.timing;
-    }
-    let moved: usize = s.reports.iter().map(|r| r.plan.bytes()).sum();
-    let calls: usize = s.reports.iter().map(|r| r.plan.calls()).sum();
-    let per = |d: Duration| d.as_secs_f64() * 1e3 / steps;
-    println!(
-        "time per step (rank 0): model {:.3} ms, combine {:.3} ms, communication {:.3} ms; wall {:.2} s",
-        per(timing.model),
-        per(timing.combine),
-        per(timing.comm),
-        wall.as_secs_f64()
-    );
-    let collectives: Vec<&str> = {
-        let mut v: Vec<&str> = s.reports.iter().map(|r| r.plan.collective.name()).collect();
-        v.dedup();
-        v
-    };
-    println!(
-        "model calls {calls}; collective payload {} in all ({} per step; {})",
-        bytes(moved),
-        bytes((moved as f64 / steps) as usize),
-        collectives.join(" → ")
-    );
-    for (k, (name, x)) in s.outputs.iter().enumerate() {
-        let q = score(model.mixture(k), &x.to_f32(), model.labels());
-        println!(
-            "output `{name}`: {:.2}% of {} points on the requested class; mean log-likelihood {:.3}",
-            100.0 * q.on_class,
-            q.points,
-            q.log_likelihood
-        );
-        let errs: Vec<String> = q
-            .per_class
-            .iter()
-            .enumerate()
-            .map(|(c, (n, m, cov))| format!("class {c} (n={n}): mean err {m:.3}, cov err {cov:.3}"))
-            .collect();
-        for e in errs {
-            println!("  {e}");
-        }
-    }
-    let hex: String = s.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
-    println!("sha256 {hex}");
-}
-
-/// Writes through a temporary file in the same directory, renamed into
-/// place only on success.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), CliError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(".cfg-")
-        .suffix(&ext)
-        .tempfile_in(&dir)
-        .map_err(|e| CliError(format!("{}: {e}", dir.display())))?;
-    write(tmp.path()).map_err(|e| CliError(format!("{}: {e}", path.display())))?;
-    let file = tmp.persist(path).map_err(|e| CliError(format!("{}: {}", path.display(), e.error)))?;
-    // Temporary files are private; a result is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
-    }
-    drop(file);
-    Ok(())
-}
-
-fn write_safetensors(path: &Path, runs: &[Run], results: &[Sampled]) -> Result<(), CliError> {
+fn write_safetensors(path: &Path, results: &[RunResult]) -> Result<(), CliError> {
     let mut views = Vec::new();
-    for (r, s) in runs.iter().zip(results) {
-        for (name, t) in &s.outputs {
-            let key = if r.label.is_empty() { name.clone() } else { format!("{name}@{}", r.label) };
+    for r in results {
+        for (name, t) in &r.sampled.outputs {
+            let label = r.label();
+            let key = if label.is_empty() { name.clone() } else { format!("{name}@{label}") };
             let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.0.clone(), t.as_bytes())
                 .map_err(|e| CliError(format!("{key}: {e}")))?;
             views.push((key, view));

@@ -129,3 +129,72 @@ fn sample_on_cuda_says_when_there_is_no_driver() {
     assert!(stderr.contains("no CUDA driver found"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file without a device");
 }
+
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let b = std::fs::read(path).expect("png written");
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn set_reaches_operator_parameters_and_changes_the_result() {
+    let sha = |extra: &[&str]| {
+        let run = cfg()
+            .args(["sample", "--policy", "apg", "--steps", "4", "--batch", "32", "--no-plot", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON on stdout");
+        doc["runs"][0]["sha256"].as_str().expect("a hash").to_string()
+    };
+    let base = sha(&[]);
+    assert_eq!(base, sha(&["--set", "sample.Apg[0].momentum=-0.5"]), "the policy's own value changes nothing");
+    assert_ne!(base, sha(&["--set", "Apg.momentum=0"]));
+    assert_ne!(base, sha(&["--set", "Apg.eta=1"]));
+}
+
+#[test]
+fn grid_over_several_axes_prints_a_table_and_plots_every_run_and_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("grid.png");
+    let run = cfg()
+        .args(["sample", "--policy", "world_model", "--steps", "3", "--batch", "48", "--grid", "seed=0,1"])
+        .args(["--grid", "scale=1,3", "--plot"])
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // The table: one row per run, each output's scores.
+    assert!(stdout.contains("seed  scale  video on-class %"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("1     3 ")).count(), 1, "{stdout}");
+    // 4 runs × 2 outputs, one row per run.
+    assert_eq!(png_size(&plot), (2 * 560, 4 * 560));
+    // A grid over the policy itself.
+    let run = cfg()
+        .args(["sample", "--steps", "2", "--batch", "16", "--no-plot", "--grid", "policy=cfg,apg,zero_star"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && stdout.contains("== policy=zero_star =="), "{stdout}");
+}
+
+#[test]
+fn plan_json_shows_each_steps_scales_windows_and_ranks() {
+    let run = cfg().args(["plan", "skip_layer", "--json", "--ranks", "5", "--steps", "28"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&run.stdout).expect("JSON");
+    let plan = doc["plan"].as_array().expect("per-step plan");
+    assert_eq!(plan.len(), 28);
+    let on: Vec<u64> = plan
+        .iter()
+        .filter(|s| !s["windows_on"].as_array().unwrap().is_empty())
+        .map(|s| s["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(on, vec![1, 2, 3, 4], "SD3.5's strict window at 28 steps");
+    assert_eq!(plan[1]["scales"]["skip_scale"], 2.8);
+    assert_eq!(plan[0]["idle"], serde_json::json!([2, 3, 4]));
+    assert!(plan[0]["sigma"].as_f64().unwrap() > plan[1]["sigma"].as_f64().unwrap());
+    assert_eq!(doc["model_calls"], 60);
+}

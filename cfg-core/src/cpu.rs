@@ -211,6 +211,10 @@ pub fn evaluate(
             if state.device_momentum(slot).is_some() {
                 return Err(CoreError::DeviceState(slot.clone()));
             }
+            // A momentum of another size belongs to another run: never restart it silently.
+            if let Some(held) = state.momentum(slot).map(<[f32]>::len).filter(|&n| n != shape.numel()) {
+                return Err(CoreError::StateMismatch { slot: slot.clone(), held, got: shape.numel() });
+            }
         }
     }
     let out = if program.ops.is_empty() && program.latches.is_empty() {
@@ -671,5 +675,14 @@ mod device_state_tests {
         assert!(matches!(&e, CoreError::DeviceState(s) if *s == slot), "{e}");
         state.start();
         evaluate(&program, &[&t, &t], DType::F32, &shape, &mut state).expect("a new run starts afresh");
+
+        // A momentum of another size is an error naming the operator, not a silent restart.
+        let wide = Shape::new([2, 4]);
+        let t8 = Tensor::from_f32(DType::F32, wide.clone(), &[1.0; 8]);
+        let e = evaluate(&program, &[&t8, &t8], DType::F32, &wide, &mut state).unwrap_err();
+        assert_eq!(e, CoreError::StateMismatch { slot: slot.clone(), held: 4, got: 8 });
+        assert!(e.to_string().contains("`Apg`") && e.to_string().contains("explicit start"), "{e}");
+        state.start();
+        evaluate(&program, &[&t8, &t8], DType::F32, &wide, &mut state).expect("after a start, any shape");
     }
 }

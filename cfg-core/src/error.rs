@@ -44,6 +44,35 @@ pub enum CoreError {
         /// The step.
         step: usize,
     },
+    /// A scale, or a weight folded from several, does not fit in f32.
+    #[error(
+        "step {step}, output `{output}`: the folded weight of {what} is {value:e}, beyond the f32 range \
+         (±3.4e38): lower the scales that multiply it"
+    )]
+    WeightOutOfRange {
+        /// The output being lowered.
+        output: String,
+        /// Which weight: `branch \`cond\``, or `scale \`s\``.
+        what: String,
+        /// The value in f64.
+        value: f64,
+        /// The step.
+        step: usize,
+    },
+    /// Operator state saved for one tensor size, met with another.
+    #[error(
+        "the `Apg` operator at `{slot}` holds momentum for {held} elements but this step's prediction \
+         has {got}: operator state carries over until an explicit start of sampling, so every step of \
+         a run must have the same shape"
+    )]
+    StateMismatch {
+        /// The operator's state slot (output and position in the policy).
+        slot: String,
+        /// Elements of the state.
+        held: usize,
+        /// Elements of this step's prediction.
+        got: usize,
+    },
     /// An expression referred to a name that does not exist.
     #[error("unknown {kind} `{name}`")]
     Unknown {

@@ -45,7 +45,7 @@ pub fn lower(
         .map(|(name, spec)| {
             let mut l = Lowerer::new(policy, ctx, state, overrides, name);
             let lin = l.expr(&spec.guidance, name)?;
-            let result = l.materialize(lin);
+            let result = l.materialize(lin)?;
             Ok(l.finish(name, spec.space, result))
         })
         .collect::<Result<Vec<_>, CoreError>>()?;
@@ -135,7 +135,14 @@ impl<'a> Lowerer<'a> {
         if !v.is_finite() {
             return Err(CoreError::NonFiniteScale { name: name.to_string(), step: self.ctx.step });
         }
+        if v.abs() > f32::MAX as f64 {
+            return Err(self.out_of_range(format!("scale `{name}`"), v));
+        }
         Ok(v)
+    }
+
+    fn out_of_range(&self, what: String, value: f64) -> CoreError {
+        CoreError::WeightOutOfRange { output: self.output.to_string(), what, value, step: self.ctx.step }
     }
 
     /// Lowers `e`; `path` names its position (the key of any operator state).
@@ -164,6 +171,9 @@ impl<'a> Lowerer<'a> {
             }
             Expr::Scaled { scale, offset, term } => {
                 let k = self.scale(scale)? + offset;
+                if k.abs() > f32::MAX as f64 {
+                    return Err(self.out_of_range("a scale plus its offset".into(), k));
+                }
                 let t = self.expr(term, &child(0))?;
                 scaled(&t, k)
             }
@@ -230,7 +240,7 @@ impl<'a> Lowerer<'a> {
                 } else {
                     let s = self.scale(scale)?;
                     let u = self.expr(uncond, &child(1))?;
-                    let (a, b) = (self.materialize(c.clone()), self.materialize(u.clone()));
+                    let (a, b) = (self.materialize(c.clone())?, self.materialize(u.clone())?);
                     self.latches.push(Latch { a, b, threshold: *threshold, slot });
                     self.cfg_lin(&c, &u, s, false)
                 }
@@ -247,7 +257,7 @@ impl<'a> Lowerer<'a> {
     fn pair(&mut self, a: &Expr, b: &Expr, path: &str) -> Result<(Value, Value), CoreError> {
         let a = self.expr(a, &format!("{path}.0"))?;
         let b = self.expr(b, &format!("{path}.1"))?;
-        Ok((self.materialize(a), self.materialize(b)))
+        Ok((self.materialize(a)?, self.materialize(b)?))
     }
 
     fn named_value(&mut self, name: &str) -> Result<Lin, CoreError> {
@@ -272,13 +282,20 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Turns a linear combination into a program value, reusing equal forms.
-    fn materialize(&mut self, lin: Lin) -> Value {
+    fn materialize(&mut self, lin: Lin) -> Result<Value, CoreError> {
         let mut branch_part = BTreeMap::new();
         let mut op_part = Vec::new();
         for (atom, w) in lin {
             let w32 = w as f32;
             if w32 == 0.0 {
                 continue;
+            }
+            if !w32.is_finite() {
+                let what = match &atom {
+                    Atom::Branch(b) => format!("branch `{b}`"),
+                    Atom::Op(i) => format!("the result of `{}`", self.ops[*i].name()),
+                };
+                return Err(self.out_of_range(what, w));
             }
             match atom {
                 Atom::Branch(b) => {
@@ -295,7 +312,7 @@ impl<'a> Lowerer<'a> {
             self.forms.push(branch_part);
             Some(Value::Form(self.forms.len() - 1))
         };
-        match (form, op_part.as_slice()) {
+        Ok(match (form, op_part.as_slice()) {
             (None, []) => Value::Zero,
             (Some(f), []) => f,
             (None, [(v, w)]) if *w == 1.0 => *v,
@@ -305,7 +322,7 @@ impl<'a> Lowerer<'a> {
                 self.ops.push(Op::Mix { terms });
                 Value::Op(self.ops.len() - 1)
             }
-        }
+        })
     }
 
     fn finish(self, name: &str, space: crate::expr::Space, result: Value) -> Program {
@@ -441,6 +458,31 @@ mod tests {
         let after = lower0(&p, 1, 10, &state);
         assert_eq!(after.branches, vec!["cond".to_string()]);
         assert!(after.latches.is_empty());
+    }
+
+    #[test]
+    fn weights_beyond_f32_are_errors_naming_the_step_and_branch() {
+        let p = policy(cfg(2.0));
+        let over = Overrides::none();
+        let ok = lower(&p, &StepContext::new(0, 4), &GuidanceState::new(), &over);
+        assert!(ok.is_ok());
+        // A literal beyond f32 (finite in f64).
+        let err = lower(&policy(cfg(1e39)), &StepContext::new(2, 4), &GuidanceState::new(), &over).unwrap_err();
+        assert!(matches!(&err, CoreError::WeightOutOfRange { step: 2, .. }), "{err}");
+        // Each scale fits; their product, folded, does not.
+        let nested = Expr::Cfg {
+            cond: Box::new(Expr::Cfg {
+                cond: r("cond"),
+                uncond: r("skip"),
+                scale: ScaleRef::Value(1e20),
+                original: false,
+            }),
+            uncond: r("uncond"),
+            scale: ScaleRef::Value(1e20),
+            original: false,
+        };
+        let err = lower(&policy(nested), &StepContext::new(3, 4), &GuidanceState::new(), &over).unwrap_err();
+        assert!(err.to_string().starts_with("step 3, output `x`: the folded weight of branch `cond`"), "{err}");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 
 const SHIFTER: f64 = 6_755_399_441_055_744.0; // 1.5 · 2⁵²: adding it rounds to an integer
 const INV_LN2: f64 = std::f64::consts::LOG2_E;
-const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1; // ln 2 to 32 bits: k·LN2_HI is exact
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10; // ln 2 − LN2_HI
+const LN2_HI: f64 = 0.693_147_180_369_123_8; // ln 2 to 32 bits: k·LN2_HI is exact
+const LN2_LO: f64 = 1.908_214_929_270_587_7e-10; // ln 2 − LN2_HI
 const EXP_MAX: f64 = 709.782_712_893_384; // ln(f64::MAX)
 const EXP_MIN: f64 = -745.133_219_101_941_2; // below: rounds to 0
 const SQRT2: f64 = std::f64::consts::SQRT_2;

@@ -95,7 +95,7 @@ pub fn evaluate_f64(program: &Program, inputs: &[&Tensor], shape: &Shape, state:
                 let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
                 let mut delta: Vec<f64> = (0..n).map(|i| c[i] - u[i]).collect();
                 if *momentum != 0.0 {
-                    if let Some(prev) = state.momentum.get(slot) {
+                    if let Some(prev) = state.momentum.get(slot).filter(|p| p.len() == n) {
                         delta = (0..n).map(|i| delta[i] + *momentum as f64 * prev[i]).collect();
                     }
                     state.momentum.insert(slot.clone(), delta.clone());

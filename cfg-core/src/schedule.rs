@@ -98,6 +98,16 @@ impl Schedule {
         matches!(self, Schedule::TwoExpert { .. })
     }
 
+    /// The largest magnitude it takes at any step (for range checks).
+    pub fn max_abs(&self) -> f64 {
+        match self {
+            Schedule::Const(v) => v.abs(),
+            Schedule::Linear { start, end } | Schedule::Cosine { start, end } => start.abs().max(end.abs()),
+            Schedule::Piecewise(pieces) => pieces.iter().map(|p| p.value.abs()).fold(0.0, f64::max),
+            Schedule::TwoExpert { high, low, .. } => high.abs().max(low.abs()),
+        }
+    }
+
     /// Every number it holds (for validation).
     pub fn numbers(&self) -> Vec<f64> {
         match self {

@@ -60,8 +60,11 @@ pub enum LoadError {
     /// The path is a directory.
     #[error("{0}: is a directory, expected a policy file (.ron)")]
     Directory(String),
-    /// Neither a file nor a built-in name.
-    #[error("`{0}` is neither a policy file nor a built-in policy (run `cfg list` for the library)")]
+    /// Not a path (no `/`, no `.ron`) and not a built-in name.
+    #[error(
+        "`{0}` is not a built-in policy (run `cfg list` for the library); a policy file is named by a path \
+         with a `/` or ending in `.ron` (for example `./{0}.ron`)"
+    )]
     NotFound(String),
     /// The policy itself is wrong.
     #[error(transparent)]

@@ -99,14 +99,33 @@ pub fn op_label(e: &Expr) -> String {
     };
     match e {
         Expr::Scaled { offset, .. } if *offset != 0.0 => format!("Scaled({scale} {offset:+})"),
-        Expr::Windowed { window, .. } => format!("Windowed({window:?})"),
-        Expr::Renorm { over, min, max, .. } => {
-            format!("Renorm({over:?}, min {min:?}, max {max:?})")
+        Expr::Windowed { window, .. } => format!("Windowed({})", window_label(window)),
+        Expr::Renorm { over, min, max, eps, .. } => {
+            let mut parts = vec![format!("over: {over:?}")];
+            parts.extend(min.map(|v| format!("min: {v}")));
+            parts.extend(max.map(|v| format!("max: {v}")));
+            if *eps != 0.0 {
+                parts.push(format!("eps: {eps}"));
+            }
+            format!("Renorm({})", parts.join(", "))
         }
-        Expr::StdRescale { phi, over, .. } => format!("StdRescale(phi {phi}, {over:?})"),
+        Expr::StdRescale { phi, over, .. } => format!("StdRescale(phi: {phi}, over: {over:?})"),
         Expr::NormCap { ratio, .. } => format!("NormCap({ratio})"),
         _ if !scale.is_empty() => format!("{}({scale})", e.operator()),
         _ => e.operator().to_string(),
+    }
+}
+
+/// A window as it is written in a policy (`Sigma(low: 0.28, high: 2.9)`).
+pub fn window_label(w: &cfg_core::window::Window) -> String {
+    use cfg_core::window::{Window, WindowRule};
+    match w {
+        Window::Steps { start, stop } => format!("Steps(start: {start}, stop: {stop})"),
+        Window::Progress { start, stop, rule: WindowRule::HalfOpen } => {
+            format!("Progress(start: {start}, stop: {stop})")
+        }
+        Window::Progress { start, stop, rule } => format!("Progress(start: {start}, stop: {stop}, rule: {rule:?})"),
+        Window::Sigma { low, high } => format!("Sigma(low: {low}, high: {high})"),
     }
 }
 

@@ -12,7 +12,9 @@ pub mod graph;
 pub mod library;
 pub mod load;
 pub mod locate;
+pub mod params;
+pub mod range;
 pub mod validate;
 
 pub use error::{LoadError, PolicyError, Warning};
-pub use load::{load_file, parse, resolve, Loaded};
+pub use load::{is_path, load_file, parse, resolve, Loaded};

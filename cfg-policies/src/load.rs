@@ -125,22 +125,32 @@ pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
     Ok(parse(&text, &shown)?)
 }
 
-/// Loads `arg` as a file path when one exists there, else as a built-in name.
+/// Whether `arg` names a policy file rather than a built-in policy: it
+/// contains a path separator (`/`, or `\\` on Windows) or ends in `.ron`.
+/// Everything else is a library name, whatever the current folder holds, so a
+/// file or folder called like a built-in policy never shadows it; write
+/// `./NAME` to load a file without the extension.
+pub fn is_path(arg: &str) -> bool {
+    arg.contains('/') || arg.contains(std::path::MAIN_SEPARATOR) || arg.ends_with(".ron")
+}
+
+/// Loads `arg`: a policy file when [`is_path`] says it is a path, else the
+/// built-in policy of that name. The same rule holds in every subcommand.
 pub fn resolve(arg: &str) -> Result<Loaded, LoadError> {
-    let path = Path::new(arg);
-    if path.exists() {
+    if is_path(arg) {
+        let path = Path::new(arg);
+        if !path.exists() {
+            return Err(LoadError::Io {
+                path: arg.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
         return load_file(path);
     }
-    if let Some(source) = library::source(arg) {
-        return Ok(parse(source, &format!("builtin:{arg}"))?);
+    match library::source(arg) {
+        Some(source) => Ok(parse(source, &format!("builtin:{arg}"))?),
+        None => Err(LoadError::NotFound(arg.to_string())),
     }
-    if arg.ends_with(".ron") || arg.contains('/') || arg.contains('\\') {
-        return Err(LoadError::Io {
-            path: arg.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-        });
-    }
-    Err(LoadError::NotFound(arg.to_string()))
 }
 
 #[cfg(test)]
@@ -157,6 +167,20 @@ mod tests {
             "Policy(name: \"x\", branches: {\"c\": (prompt: Positive)}, outputs: {\"o\": (space: Eps, guidance: R",
         );
         assert!(e.message.contains("3 unclosed bracket(s)"), "{e}");
+    }
+
+    #[test]
+    fn names_and_paths_never_mix() {
+        for path in ["./cfg", "my.ron", "dir/apg", "/abs/x"] {
+            assert!(is_path(path), "{path}");
+        }
+        for name in ["cfg", "apg", "skip_layer", "cfg.r"] {
+            assert!(!is_path(name), "{name}");
+        }
+        // A library name resolves to the library whatever the current folder holds.
+        assert_eq!(resolve("apg").expect("builtin").origin, "builtin:apg");
+        let e = resolve("nosuch").unwrap_err().to_string();
+        assert!(e.contains("not a built-in policy") && e.contains("./nosuch.ron"), "{e}");
     }
 
     #[test]

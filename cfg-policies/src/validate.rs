@@ -64,6 +64,12 @@ impl Validator<'_> {
         if p.outputs.is_empty() {
             return Err(self.error(self.loc.field("outputs"), "no outputs: a policy needs at least one output".into()));
         }
+        if p.steps == Some(0) {
+            return Err(self.error(
+                self.loc.field("steps"),
+                "`steps: 0`: a run needs at least one step (leave `steps` out to use the default)".into(),
+            ));
+        }
         self.duplicates()?;
         for (name, b) in p.branches.iter() {
             if !(b.cost.is_finite() && b.cost > 0.0) {
@@ -90,7 +96,24 @@ impl Validator<'_> {
             self.walk_values()?;
         }
         self.cycles()?;
+        if let Some(o) = crate::range::check(p) {
+            return Err(self.error(
+                self.output_key(&o.output),
+                format!(
+                    "output `{}`: the folded weight of {} can reach {:e}, beyond the f32 range (±3.4e38): \
+                     lower the scales that multiply it",
+                    o.output, o.what, o.bound
+                ),
+            ));
+        }
         Ok(self.unused())
+    }
+
+    /// The position of output `name`'s key (its name may also be a branch, scale or value).
+    fn output_key(&self, name: &str) -> Option<(usize, usize)> {
+        let p = self.policy;
+        let before = p.branches.names().chain(p.scales.names()).chain(p.values.names()).filter(|n| *n == name).count();
+        self.loc.key(name, before)
     }
 
     fn duplicates(&self) -> Result<(), PolicyError> {

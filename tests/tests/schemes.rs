@@ -1,4 +1,4 @@
-//! Every library scheme against a direct f64 statement of its DESIGN §4 formula:
+//! Every library scheme against a direct f64 statement of its formula (`docs/architecture.md`, section 4):
 //! load the RON file, lower it at a step, evaluate on the CPU on random inputs,
 //! compare (f32: relative error ≤ 1e-6; f16/bf16: rounding of the f64 result + 1 ulp).
 

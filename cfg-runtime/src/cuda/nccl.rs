@@ -528,7 +528,7 @@ impl NcclCommunicator {
         }
         let stage = self.staging.as_ref().expect("allocated above");
         match part {
-            Source::Host(bytes) if bytes.is_empty() => Ok(()),
+            Source::Host([]) => Ok(()),
             Source::Host(bytes) => stage.upload(&self.stream, offset, bytes),
             Source::Device { len: 0, .. } => Ok(()),
             Source::Device { addr, len } => stage.copy_in(&self.stream, offset, addr, len),

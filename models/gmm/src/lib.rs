@@ -1,4 +1,4 @@
-//! The analytic model (DESIGN §7): data from a class-conditional Gaussian
+//! The analytic model (`docs/architecture.md`, section 7): data from a class-conditional Gaussian
 //! mixture, so the optimal denoiser is closed-form and samples can be checked
 //! against the true distribution.
 //!

@@ -1,4 +1,4 @@
-//! The exact denoiser of a Gaussian mixture under flow matching (DESIGN §7).
+//! The exact denoiser of a Gaussian mixture under flow matching (`docs/architecture.md`, section 7).
 //!
 //! With `x_t = (1 − t)·x₀ + t·ε` and component `j`: `x₀ ~ N(μ_j, diag(s_j²))`,
 //! `x_t | j ~ N((1 − t)μ_j, diag(v_j))`, `v_j = (1 − t)²s_j² + t²`; the

@@ -1,5 +1,5 @@
 //! Shared by the numeric tests: seeded inputs, running a library policy at a
-//! step, hand-written f64 statistics, and the accuracy checks of DESIGN §5.
+//! step, hand-written f64 statistics, and the accuracy checks of `docs/architecture.md`, section 5.
 #![allow(dead_code)]
 
 use cfg_core::expr::{Expr, Policy};
@@ -156,7 +156,7 @@ pub fn scale_groups(g: &[f64], shape: &Shape, group: Group, factor: impl Fn(&[us
     out
 }
 
-/// DESIGN §5: in f32, ‖out − ref‖/‖ref‖ ≤ 1e-6; in f16/bf16, every element within
+/// `docs/architecture.md`, section 5: in f32, ‖out − ref‖/‖ref‖ ≤ 1e-6; in f16/bf16, every element within
 /// the rounding of the f64 result to the dtype plus one ulp.
 pub fn check(out: &Tensor, reference: &[f64]) -> Result<(), String> {
     let got: Vec<f64> = out.to_f32().into_iter().map(f64::from).collect();

@@ -1,0 +1,384 @@
+//! Every numeric parameter of a policy, addressed by a path, so that a run can
+//! override or sweep it (`cfg sample --set PATH=VALUE`, `--grid PATH=V1,V2`).
+//!
+//! Paths:
+//! - `NAME`: a declared scale, replaced by the constant VALUE at every step;
+//! - `NAME.FIELD`: a field of a declared scale's schedule (`start`, `end`,
+//!   `high`, `low`, `boundary`; `value` of a `Const`; `K.value`, `K.until` of
+//!   the K-th piece of a `Piecewise`, from 0);
+//! - `[OUTPUT.]OPERATOR[K].FIELD`: a field of the K-th (from 0, in source
+//!   order; `[0]` may be left out) `OPERATOR` in the expression of output (or
+//!   named value) OUTPUT, for example `sample.Apg.momentum`,
+//!   `video.StdRescale.phi`, `sample.Windowed[1].start`. OUTPUT may be left
+//!   out when only one output or value has such an operator. A window's bounds
+//!   are fields of its `Windowed` (`start`, `stop`; `low`, `high` for `Sigma`);
+//!   `scale` is a field only where a number is written (a named scale is set
+//!   by its name).
+//!
+//! [`parameters`] lists every path with its value.
+
+use crate::error::PolicyError;
+use crate::load::Loaded;
+use crate::validate::validate;
+use cfg_core::expr::{Expr, Policy, ScaleRef};
+use cfg_core::schedule::Schedule;
+use cfg_core::window::Window;
+use thiserror::Error;
+
+/// Why a `PATH=VALUE` could not be applied.
+#[derive(Debug, Error)]
+pub enum SetError {
+    /// No parameter has this path.
+    #[error("`{path}`: policy `{policy}` has no such parameter{hint} (`cfg check --params {policy}` lists them)")]
+    Unknown {
+        /// The path.
+        path: String,
+        /// The policy.
+        policy: String,
+        /// What might have been meant.
+        hint: String,
+    },
+    /// The value does not fit the parameter.
+    #[error("`{path}`: {why}")]
+    BadValue {
+        /// The path.
+        path: String,
+        /// What was expected.
+        why: String,
+    },
+    /// The policy with the new values breaks a rule.
+    #[error("`{path}={value}`: {source}")]
+    Invalid {
+        /// The path.
+        path: String,
+        /// The value, as a short number.
+        value: String,
+        /// The rule it breaks, at the position of the original value.
+        source: PolicyError,
+    },
+}
+
+/// One settable parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parameter {
+    /// Its path.
+    pub path: String,
+    /// Its current value (`None` for an absent optional field such as `Renorm`'s `max`).
+    pub value: Option<f64>,
+}
+
+/// A parameter's storage.
+enum Slot<'a> {
+    F64(&'a mut f64),
+    Opt(&'a mut Option<f64>),
+    Count(&'a mut usize),
+}
+
+impl Slot<'_> {
+    fn get(&self) -> Option<f64> {
+        match self {
+            Slot::F64(v) => Some(**v),
+            Slot::Opt(v) => **v,
+            Slot::Count(v) => Some(**v as f64),
+        }
+    }
+
+    fn set(&mut self, value: f64) -> Result<(), String> {
+        match self {
+            Slot::F64(v) => **v = value,
+            Slot::Opt(v) => **v = Some(value),
+            Slot::Count(v) => {
+                if !(value >= 0.0 && value.fract() == 0.0 && value <= u32::MAX as f64) {
+                    return Err(format!("expected a whole number ≥ 0, got {value}"));
+                }
+                **v = value as usize;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The settable fields of one expression node.
+fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
+    let mut out = Vec::new();
+    match e {
+        Expr::Scaled { scale, offset, .. } => {
+            if let ScaleRef::Value(v) = scale {
+                out.push(("scale", Slot::F64(v)));
+            }
+            out.push(("offset", Slot::F64(offset)));
+        }
+        Expr::Cfg { scale: ScaleRef::Value(v), .. } => out.push(("scale", Slot::F64(v))),
+        Expr::MagnitudeAware { scale, alpha, .. } => {
+            if let ScaleRef::Value(v) = scale {
+                out.push(("scale", Slot::F64(v)));
+            }
+            out.push(("alpha", Slot::F64(alpha)));
+        }
+        Expr::Adaptive { scale, threshold, .. } => {
+            if let ScaleRef::Value(v) = scale {
+                out.push(("scale", Slot::F64(v)));
+            }
+            out.push(("threshold", Slot::F64(threshold)));
+        }
+        Expr::ZeroStar { scale, zero_init_steps, .. } => {
+            if let ScaleRef::Value(v) = scale {
+                out.push(("scale", Slot::F64(v)));
+            }
+            out.push(("zero_init_steps", Slot::Count(zero_init_steps)));
+        }
+        Expr::Apg { scale, momentum, norm_threshold, eta, .. } => {
+            if let ScaleRef::Value(v) = scale {
+                out.push(("scale", Slot::F64(v)));
+            }
+            out.extend([
+                ("momentum", Slot::F64(momentum)),
+                ("norm_threshold", Slot::F64(norm_threshold)),
+                ("eta", Slot::F64(eta)),
+            ]);
+        }
+        Expr::Renorm { min, max, eps, .. } => {
+            out.extend([("min", Slot::Opt(min)), ("max", Slot::Opt(max)), ("eps", Slot::F64(eps))])
+        }
+        Expr::NormCap { ratio, .. } => out.push(("ratio", Slot::F64(ratio))),
+        Expr::StdRescale { phi, .. } => out.push(("phi", Slot::F64(phi))),
+        Expr::Windowed { window, .. } => match window {
+            Window::Steps { start, stop } => out.extend([("start", Slot::Count(start)), ("stop", Slot::Count(stop))]),
+            Window::Progress { start, stop, .. } => {
+                out.extend([("start", Slot::F64(start)), ("stop", Slot::F64(stop))])
+            }
+            Window::Sigma { low, high } => out.extend([("low", Slot::F64(low)), ("high", Slot::F64(high))]),
+        },
+        _ => {}
+    }
+    out
+}
+
+fn schedule_fields(s: &mut Schedule) -> Vec<(String, Slot<'_>)> {
+    match s {
+        Schedule::Const(v) => vec![("value".into(), Slot::F64(v))],
+        Schedule::Linear { start, end } | Schedule::Cosine { start, end } => {
+            vec![("start".into(), Slot::F64(start)), ("end".into(), Slot::F64(end))]
+        }
+        Schedule::Piecewise(pieces) => pieces
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(k, p)| {
+                [(format!("{k}.until"), Slot::F64(&mut p.until)), (format!("{k}.value"), Slot::F64(&mut p.value))]
+            })
+            .collect(),
+        Schedule::TwoExpert { boundary, high, low } => vec![
+            ("boundary".into(), Slot::F64(boundary)),
+            ("high".into(), Slot::F64(high)),
+            ("low".into(), Slot::F64(low)),
+        ],
+    }
+}
+
+/// The direct sub-expressions of `e`, in source order, mutably.
+fn children_mut(e: &mut Expr) -> Vec<&mut Expr> {
+    match e {
+        Expr::Ref(_) | Expr::Use(_) => vec![],
+        Expr::Sum(terms) => terms.iter_mut().collect(),
+        Expr::Diff(a, b) => vec![a, b],
+        Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
+        Expr::Renorm { input, reference, .. }
+        | Expr::NormCap { input, reference, .. }
+        | Expr::StdRescale { input, reference, .. } => vec![input, reference],
+        Expr::Cfg { cond, uncond, .. }
+        | Expr::ZeroStar { cond, uncond, .. }
+        | Expr::Apg { cond, uncond, .. }
+        | Expr::MagnitudeAware { cond, uncond, .. }
+        | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
+    }
+}
+
+type Visitor<'f> = dyn FnMut(String, Slot<'_>) + 'f;
+
+/// Visits `e`'s fields, then its children's (pre-order, source order),
+/// counting each operator's occurrences in `seen`.
+fn walk(e: &mut Expr, owner: &str, seen: &mut std::collections::BTreeMap<&'static str, usize>, f: &mut Visitor<'_>) {
+    let op = e.operator();
+    let k = *seen.entry(op).and_modify(|k| *k += 1).or_insert(0);
+    for (field, slot) in fields(e) {
+        f(format!("{owner}.{op}[{k}].{field}"), slot);
+    }
+    for c in children_mut(e) {
+        walk(c, owner, seen, f);
+    }
+}
+
+/// Calls `f(path, slot)` for every parameter of `policy`, with full paths
+/// (`OUTPUT.OPERATOR[K].FIELD`, `NAME.FIELD`).
+fn visit(policy: &mut Policy, f: &mut Visitor<'_>) {
+    for (name, schedule) in policy.scales.0.iter_mut() {
+        for (field, slot) in schedule_fields(schedule) {
+            f(format!("{name}.{field}"), slot);
+        }
+    }
+    let exprs = policy
+        .outputs
+        .0
+        .iter_mut()
+        .map(|(n, o)| (n.as_str(), &mut o.guidance))
+        .chain(policy.values.0.iter_mut().map(|(n, e)| (n.as_str(), e)));
+    for (owner, e) in exprs {
+        walk(e, owner, &mut Default::default(), f);
+    }
+}
+
+/// Every settable parameter of `policy`, with its full path and value.
+/// Declared scales are listed by name (set to a constant) and by field.
+pub fn parameters(policy: &Policy) -> Vec<Parameter> {
+    let mut p = policy.clone();
+    let mut out: Vec<Parameter> = policy
+        .scales
+        .iter()
+        .map(|(n, s)| Parameter {
+            path: n.to_string(),
+            value: match s {
+                Schedule::Const(v) => Some(*v),
+                _ => None,
+            },
+        })
+        .collect();
+    visit(&mut p, &mut |path, slot| out.push(Parameter { path, value: slot.get() }));
+    out
+}
+
+/// Whether full path `full` (`OUT.Op[K].field`) is what the user's `path` means.
+fn matches(full: &str, path: &str) -> bool {
+    if full == path {
+        return true;
+    }
+    // `[0]` may be left out.
+    let strip = |s: &str| s.replace("[0]", "");
+    if strip(full) == path || strip(full) == strip(path) {
+        return true;
+    }
+    // The owner may be left out: compare from the first `.` on.
+    let tail = |s: &str| s.split_once('.').map(|(_, t)| t.to_string());
+    match tail(full) {
+        Some(t) => t == path || strip(&t) == strip(path),
+        None => false,
+    }
+}
+
+/// Sets one parameter of `policy` (no validation: see [`apply`]).
+pub fn set(policy: &mut Policy, path: &str, value: f64) -> Result<(), SetError> {
+    if !value.is_finite() {
+        return Err(SetError::BadValue { path: path.into(), why: format!("{value} is not a finite number") });
+    }
+    if let Some((_, s)) = policy.scales.0.iter_mut().find(|(n, _)| n == path) {
+        *s = Schedule::Const(value);
+        return Ok(());
+    }
+    // Exact full paths first (so an output named like an operator is unambiguous), then short forms.
+    let mut full: Vec<String> = Vec::new();
+    visit(&mut policy.clone(), &mut |p, _| full.push(p));
+    let mut hits: Vec<&String> = full.iter().filter(|f| *f == path).collect();
+    if hits.is_empty() {
+        hits = full.iter().filter(|f| matches(f, path)).collect();
+    }
+    match hits.as_slice() {
+        [] => {
+            let field = path.rsplit('.').next().unwrap_or(path);
+            let near: Vec<&str> =
+                full.iter().filter(|f| f.ends_with(&format!(".{field}"))).map(String::as_str).collect();
+            let hint = if near.is_empty() {
+                let some: Vec<&str> = full.iter().map(String::as_str).take(6).collect();
+                if some.is_empty() {
+                    String::new()
+                } else {
+                    format!("; it has for example {}", some.join(", "))
+                }
+            } else {
+                format!("; did you mean {}?", near.join(" or "))
+            };
+            Err(SetError::Unknown { path: path.into(), policy: policy.name.clone(), hint })
+        }
+        [one] => {
+            let target = (*one).clone();
+            let mut result = Ok(());
+            visit(policy, &mut |p, mut slot| {
+                if p == target {
+                    result = slot.set(value);
+                }
+            });
+            result.map_err(|why| SetError::BadValue { path: path.into(), why })
+        }
+        many => Err(SetError::BadValue {
+            path: path.into(),
+            why: format!(
+                "ambiguous: it could be {}; write the whole path",
+                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+            ),
+        }),
+    }
+}
+
+/// `1e39` rather than forty digits; plain notation for ordinary numbers.
+fn short(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
+/// `loaded` with every `(path, value)` of `sets` applied, validated again:
+/// a value that breaks a rule (a negative `phi`, an inverted window) is an
+/// error at the position of the value it replaces.
+pub fn apply(loaded: &Loaded, sets: &[(String, f64)]) -> Result<Loaded, SetError> {
+    let mut out = loaded.clone();
+    for (path, value) in sets {
+        set(&mut out.policy, path, *value)?;
+        validate(&out.policy, &out.source, &out.origin).map_err(|source| SetError::Invalid {
+            path: path.clone(),
+            value: short(*value),
+            source,
+        })?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apg() -> Loaded {
+        crate::resolve("apg").expect("library policy")
+    }
+
+    #[test]
+    fn lists_and_sets_operator_fields_by_short_and_full_paths() {
+        let l = apg();
+        let params = parameters(&l.policy);
+        assert!(params.iter().any(|p| p.path == "sample.Apg[0].momentum"), "{params:?}");
+        for path in ["sample.Apg[0].momentum", "sample.Apg.momentum", "Apg.momentum", "Apg[0].momentum"] {
+            let out = apply(&l, &[(path.to_string(), 0.25)]).expect(path);
+            let Expr::Apg { momentum, .. } = &out.policy.outputs.0[0].1.guidance else { panic!("an Apg") };
+            assert_eq!(*momentum, 0.25, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_declared_scale_becomes_a_constant() {
+        let l = apg();
+        let name = l.policy.scales.names().next().expect("a scale").to_string();
+        let out = apply(&l, &[(name.clone(), 3.0)]).unwrap();
+        assert_eq!(out.policy.scales.get(&name), Some(&Schedule::Const(3.0)));
+    }
+
+    #[test]
+    fn unknown_paths_bad_values_and_broken_rules_are_errors() {
+        let l = apg();
+        let e = apply(&l, &[("Apg.nope".into(), 1.0)]).unwrap_err().to_string();
+        assert!(e.contains("no such parameter"), "{e}");
+        let e = apply(&l, &[("Apg.norm_threshold".into(), -1.0)]).unwrap_err().to_string();
+        assert!(e.contains("norm_threshold -1 must be ≥ 0") && e.contains("builtin:apg:"), "{e}");
+        let z = crate::resolve("zero_star").unwrap();
+        let e = apply(&z, &[("ZeroStar.zero_init_steps".into(), 1.5)]).unwrap_err().to_string();
+        assert!(e.contains("whole number"), "{e}");
+    }
+}
