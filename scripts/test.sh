@@ -38,5 +38,6 @@ else
 fi
 export CFG_REQUIRE_CUDA=1
 cargo test --locked -p cfg-runtime --test cuda_nccl --test cuda_ptx
-cargo test --locked -p cfg-tests --test runtime_cuda
+# One test at a time: they share the emulated GPUs and the stand-in's copy counters.
+cargo test --locked -p cfg-tests --test runtime_cuda -- --test-threads=1
 cargo test --locked -p cfg-cli --test cli_cuda -- --nocapture

@@ -24,7 +24,8 @@ use crate::quality::score;
 use crate::report::{self, RunResult};
 use cfg_core::Tensor;
 use cfg_gmm::GmmModel;
-use cfg_runtime::cuda::{run_nccl_threads, CudaBackend, Device, NcclOptions};
+use cfg_runtime::cuda::bootstrap::BootstrapEnv;
+use cfg_runtime::cuda::{run_nccl_threads, CudaBackend, Device, NcclCommunicator, NcclOptions};
 use cfg_runtime::model::{Call, DeviceCall, Model, ModelError, OutputInfo};
 use cfg_runtime::scheduler::{Sampler, SamplerKind};
 use cfg_runtime::tensor::{DeviceTensor, Place};
@@ -164,7 +165,18 @@ struct Run {
 
 pub fn run(args: Args) -> CliResult {
     // 1. Everything that can fail before the first step.
-    let ranks = args.ranks.unwrap_or(match args.device {
+    // Under torchrun (WORLD_SIZE set) a CUDA run is one rank of WORLD_SIZE
+    // processes, one GPU each, bootstrapped from RANK/LOCAL_RANK/MASTER_ADDR/MASTER_PORT.
+    let torchrun = match args.device {
+        SampleDevice::Cuda if std::env::var_os("WORLD_SIZE").is_some() => Some(BootstrapEnv::from_env()?),
+        _ => None,
+    };
+    if let (Some(env), Some(r)) = (&torchrun, args.ranks) {
+        if r != env.world_size {
+            return Err(CliError(format!("--ranks {r}, but torchrun's WORLD_SIZE is {}", env.world_size)));
+        }
+    }
+    let ranks = torchrun.as_ref().map(|e| e.world_size).or(args.ranks).unwrap_or(match args.device {
         SampleDevice::Cpu => 2,
         SampleDevice::Cuda => 1,
     });
@@ -247,9 +259,13 @@ pub fn run(args: Args) -> CliResult {
             );
         }
     }
-    let placement = match args.device {
-        SampleDevice::Cpu => format!("{ranks} ranks"),
-        SampleDevice::Cuda => {
+    let placement = match (args.device, &torchrun) {
+        (SampleDevice::Cuda, Some(env)) => {
+            let dev = Device::new(env.local_rank)?;
+            format!("rank {} of {} processes (torchrun), {}", env.rank, env.world_size, dev.describe())
+        }
+        (SampleDevice::Cpu, _) => format!("{ranks} ranks"),
+        (SampleDevice::Cuda, None) => {
             let count = cfg_runtime::cuda::device_count()?;
             if ranks > count {
                 return Err(CliError(format!(
@@ -285,7 +301,10 @@ pub fn run(args: Args) -> CliResult {
     for r in &runs {
         let started = Instant::now();
         let timeout = Duration::from_secs_f64(args.timeout);
-        let sampled = run_ranks(r, (args.device, ranks), timeout, fault, args.allow_nonfinite)?;
+        let sampled = match &torchrun {
+            Some(env) => run_torchrun_rank(r, env, timeout, fault)?,
+            None => run_ranks(r, (args.device, ranks), timeout, fault, args.allow_nonfinite)?,
+        };
         if !args.allow_nonfinite {
             for (name, x) in &sampled.outputs {
                 if let Some(d) = describe(x) {
@@ -321,7 +340,10 @@ pub fn run(args: Args) -> CliResult {
         report::print_table(&results);
     }
 
-    // 3. The files.
+    // 3. The files (under torchrun, rank 0 writes them: every rank holds the same latents).
+    if torchrun.as_ref().is_some_and(|e| e.rank != 0) {
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut wrote = Vec::new();
     if let Some(path) = &args.out {
         write_safetensors(path, &results)?;
@@ -418,6 +440,25 @@ fn progress(steps: usize) -> ProgressBar {
     } else {
         ProgressBar::hidden()
     }
+}
+
+/// Runs this process's rank of a torchrun launch on GPU `LOCAL_RANK`, with
+/// NCCL across the processes.
+fn run_torchrun_rank(
+    run: &Run,
+    env: &BootstrapEnv,
+    timeout: Duration,
+    fault: Option<(usize, usize)>,
+) -> Result<Sampled, CliError> {
+    let options = NcclOptions { timeout, init_timeout: timeout, ..NcclOptions::default() };
+    let mut comm = NcclCommunicator::from_bootstrap(env, options)?;
+    let backend = CudaBackend::on(comm.device());
+    let faulty = Faulty { inner: &run.model, rank: env.rank, fault };
+    let bar = progress(run.opts.steps);
+    let mut on_step = |_: &cfg_runtime::StepReport| bar.inc(1);
+    let result = sample(&faulty, &run.policy.policy, &run.opts, &mut comm, backend, &mut on_step);
+    bar.finish_and_clear();
+    result.map_err(|e| CliError(format!("rank {} of {} failed; {e}", env.rank, env.world_size)))
 }
 
 /// Runs the sampler on `ranks` threads: in-process ranks on the CPU, or one

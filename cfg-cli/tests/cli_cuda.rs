@@ -78,3 +78,51 @@ fn cuda_sample_matches_the_cpu_sample() {
         assert!(bits(g) == bits(c), "{name}: {differ} of {} values differ", c.len());
     }
 }
+
+#[test]
+fn a_failing_gpu_rank_fails_the_run_naming_it_and_writes_nothing() {
+    if !cuda_device() || cfg_runtime::cuda::device_count().unwrap_or(0) < 2 {
+        eprintln!("SKIPPED: needs 2 CUDA devices");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.safetensors");
+    let run = Command::new(env!("CARGO_BIN_EXE_cfg"))
+        .args(["sample", "--device", "cuda", "--ranks", "2", "--batch", "64", "--steps", "4", "--inject-fault", "1:2"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--plot")
+        .arg(dir.path().join("x.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rank 1") && stderr.contains("step 2") && stderr.contains("injected fault"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file after a failed run");
+}
+
+#[test]
+fn torchrun_variables_make_one_process_one_rank() {
+    if !cuda_device() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let digest = |out: std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout.lines().find(|l| l.starts_with("sha256")).map(str::to_string).unwrap_or_else(|| panic!("{stdout}"))
+    };
+    let args = ["sample", "--device", "cuda", "--batch", "64", "--steps", "4", "--deterministic", "--no-plot"];
+    let single = digest(Command::new(env!("CARGO_BIN_EXE_cfg")).args(args).current_dir(dir.path()).output().unwrap());
+    let torchrun = Command::new(env!("CARGO_BIN_EXE_cfg"))
+        .args(args)
+        .current_dir(dir.path())
+        .envs([("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")])
+        .env("MASTER_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&torchrun.stdout).into_owned();
+    assert!(text.contains("rank 0 of 1 processes (torchrun)"), "{text}");
+    assert_eq!(digest(torchrun), single);
+}

@@ -13,7 +13,9 @@ use cfg_runtime::cuda::{device_count, run_nccl_threads, CudaBackend, NcclOptions
 use cfg_runtime::local::DEFAULT_TIMEOUT;
 use cfg_runtime::model::{Call, DeviceCall, Model, ModelError, OutputInfo};
 use cfg_runtime::scheduler::{Sampler, SamplerKind};
-use cfg_runtime::{sample, Collective, DeviceTensor, LocalComm, Mode, Place, RuntimeError, SampleOptions, Sampled};
+use cfg_runtime::{
+    sample, Collective, Communicator, DeviceTensor, LocalComm, Mode, Place, RuntimeError, SampleOptions, Sampled,
+};
 use runtime_support::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -175,6 +177,18 @@ fn idle_gpus_make_no_model_call_and_the_sums_are_right() {
     }
 }
 
+/// The stand-in's count of bytes copied between the host and `device`
+/// (`direction` 0: to the device, 1: to the host); None on a real driver.
+fn emulator_copied(device: usize, direction: i32) -> Option<u64> {
+    // SAFETY: the library is loaded (a device was found); the symbol, when
+    // present, is the stand-in's `u64 cfgEmuCopiedBytes(int, int)`.
+    unsafe {
+        let lib = cudarc::driver::sys::culib();
+        let f = lib.get::<unsafe extern "C" fn(i32, i32) -> u64>(b"cfgEmuCopiedBytes\0").ok()?;
+        Some(f(device as i32, direction))
+    }
+}
+
 #[test]
 fn no_prediction_or_form_crosses_to_the_host() {
     let Some(n) = gpus().filter(|&n| n >= 2) else { return };
@@ -184,16 +198,33 @@ fn no_prediction_or_form_crosses_to_the_host() {
         let model = cfg_gmm::GmmModel::tokens(&names, 2, 64, 16, cfg_core::DType::F32);
         let prediction: usize = model.outputs().iter().map(|o| o.bytes()).min().unwrap();
         let steps = 4;
-        let ranks = ok(run_cuda(&model, &policy, n, &options(SamplerKind::Euler, mode, steps)), name);
-        for s in &ranks {
-            for r in &s.reports[..steps - 1] {
+        let opts = options(SamplerKind::Euler, mode, steps);
+        let ordinals: Vec<usize> = (0..n).collect();
+        // Per rank and step: the runtime's count, and the stand-in's device-to-host bytes.
+        let runs = run_nccl_threads(&ordinals, nccl(), |comm| {
+            let device = comm.rank();
+            let backend = CudaBackend::on(comm.device());
+            let mut to_host = Vec::new();
+            let mut before = emulator_copied(device, 1);
+            let mut on_step = |_: &cfg_runtime::StepReport| {
+                let now = emulator_copied(device, 1);
+                to_host.push(now.zip(before).map(|(a, b)| a - b));
+                before = now;
+            };
+            let s = sample(&model, &policy, &opts, comm, backend, &mut on_step)?;
+            Ok((s, to_host))
+        })
+        .unwrap();
+        for (rank, run) in runs.into_iter().enumerate() {
+            let (s, to_host) = run.unwrap_or_else(|e| panic!("{name} rank {rank}: {e}"));
+            // The last step downloads the latents (the fingerprint check): skip it.
+            for (r, d2h) in s.reports[..steps - 1].iter().zip(&to_host) {
+                let what = format!("{name} {mode:?} rank {rank} step {}", r.step);
                 // Small values only (latches, per-sample factors, the model's per-step tables).
-                assert!(
-                    (r.host_bytes as usize) < prediction / 4,
-                    "{name} {mode:?} step {}: {} bytes crossed (a prediction is {prediction})",
-                    r.step,
-                    r.host_bytes
-                );
+                assert!((r.host_bytes as usize) < prediction / 4, "{what}: {} bytes counted", r.host_bytes);
+                if let Some(d2h) = d2h {
+                    assert!((*d2h as usize) < prediction / 4, "{what}: {d2h} bytes reached the host");
+                }
             }
         }
     }

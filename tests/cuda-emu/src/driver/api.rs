@@ -10,7 +10,7 @@ use super::state::{self, driver, Function, LoadedModule};
 use super::stream::{lock, Event, HostFn, Op, Stream};
 use crate::ptx::{Launch, Module};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 type Handle = *mut c_void;
@@ -348,6 +348,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(dst: u64, src: *const c_void, len:
         // Pageable host memory is read when the call is made, as CUDA does.
         let data =
             if len == 0 { Vec::new() } else { unsafe { std::slice::from_raw_parts(src.cast::<u8>(), len) }.to_vec() };
+        count_copy(s.device, 0, len);
         ok(s.enqueue(Op::CopyIn { dst, data }))
     }))
 }
@@ -372,6 +373,7 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: u64, len: u
         if dst.is_null() {
             return Err(codes::INVALID_VALUE);
         }
+        count_copy(s.device, 1, len);
         let mem = lock(&driver().memory);
         let from = mem.slice(src, len).map_err(|f| super::stream::fault("cuMemcpyDtoH", f))?;
         // SAFETY: the caller's buffer holds `len` bytes.
@@ -396,6 +398,26 @@ pub extern "C" fn cuMemcpyDtoD_v2(dst: u64, src: u64, len: usize) -> CuResult {
         ok(s.enqueue(Op::CopyDevice { dst, src, len }))?;
         ok(s.synchronize())
     }))
+}
+
+// ---- the stand-in's own test hook ----
+
+/// Bytes copied between the host and each emulated device, by direction.
+static COPIED: [[AtomicU64; 2]; 64] = [const { [const { AtomicU64::new(0) }; 2] }; 64];
+
+fn count_copy(device: usize, direction: usize, bytes: usize) {
+    if let Some(d) = COPIED.get(device) {
+        d[direction].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Bytes copied between the host and emulated device `device` so far:
+/// `direction` 0 is host to device, 1 device to host. Not a CUDA function:
+/// tests look it up to check that predictions stay on the device.
+#[no_mangle]
+pub extern "C" fn cfgEmuCopiedBytes(device: c_int, direction: c_int) -> u64 {
+    let (Ok(d), Ok(dir)) = (usize::try_from(device), usize::try_from(direction)) else { return 0 };
+    COPIED.get(d).and_then(|c| c.get(dir)).map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 // ---- modules and functions ----
