@@ -131,15 +131,19 @@ where
         let copied = guider.backend_mut().host_bytes();
         let info = StepInfo { step, num_steps: opts.steps, t, sigma };
         let guided = guider.step(model, &latents, info)?;
-        for (o, (x, pred)) in latents.iter_mut().zip(&guided.outputs).enumerate() {
-            let at = UpdateStep { seed: opts.seed, step, output: o, t, t_next };
-            let b = guider.backend_mut();
-            b.update(&opts.sampler, spaces[o], x, pred, at).map_err(|e| backend_error(step, &outputs[o].name, e))?;
-        }
         let last = step + 1 == opts.steps;
         let check = last || (opts.fingerprint_every > 0 && (step + 1) % opts.fingerprint_every == 0);
-        // Host latents are hashed every step (no copy); device latents where checked.
-        let fp = if check || on_host {
+        // The update, and the fingerprint of the new latents: host latents are
+        // hashed every step (no copy), device latents where checked.
+        let mut finish = || -> Result<[u8; 32], RuntimeError> {
+            for (o, (x, pred)) in latents.iter_mut().zip(&guided.outputs).enumerate() {
+                let at = UpdateStep { seed: opts.seed, step, output: o, t, t_next };
+                let b = guider.backend_mut();
+                b.update(&opts.sampler, spaces[o], x, pred, at).map_err(|e| backend_error(step, &outputs[o].name, e))?;
+            }
+            if !(check || on_host) {
+                return Ok([0; 32]);
+            }
             let mut host = Vec::with_capacity(latents.len());
             for (x, info) in latents.iter().zip(&outputs) {
                 host.push(guider.backend_mut().download(x).map_err(|e| backend_error(step, &info.name, e))?);
@@ -148,9 +152,15 @@ where
             if last {
                 finals = host;
             }
-            fp
-        } else {
-            [0; 32]
+            Ok(fp)
+        };
+        let fp = match finish() {
+            Ok(fp) => fp,
+            Err(e) => {
+                // Every rank must learn of it, or the others wait at the next collective.
+                guider.comm_mut().abort(step, &e.to_string());
+                return Err(e);
+            }
         };
         if check {
             // The last check is also the closing barrier: no rank returns
