@@ -6,6 +6,7 @@ use super::codes::{self, CuResult};
 use super::state::{driver, LoadedModule};
 use crate::ptx::Launch;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -109,7 +110,10 @@ impl Stream {
                 continue;
             }
             let op = inner.queue.pop_front().expect("front exists");
-            if let Err(code) = execute(self, op) {
+            let started = Instant::now();
+            let done = execute(self, op);
+            count_busy(self.device, started.elapsed());
+            if let Err(code) = done {
                 inner.error.get_or_insert(code);
             }
         }
@@ -219,6 +223,23 @@ fn execute(stream: &Arc<Stream>, op: Op) -> Result<(), CuResult> {
         }
         Op::Wait { .. } => unreachable!("waits are polled by drain"),
     }
+}
+
+/// Nanoseconds each emulated device spent running queued work (kernels, copies).
+static BUSY: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+fn count_busy(device: usize, d: std::time::Duration) {
+    if let Some(b) = BUSY.get(device) {
+        b.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Nanoseconds emulated device `device` spent running queued work so far.
+/// Not a CUDA function: benchmarks subtract it from wall time to get the
+/// host's own time (the emulation stands in for GPU time).
+#[no_mangle]
+pub extern "C" fn cfgEmuBusyNanos(device: std::ffi::c_int) -> u64 {
+    usize::try_from(device).ok().and_then(|d| BUSY.get(d)).map_or(0, |b| b.load(Ordering::Relaxed))
 }
 
 /// Reports a refused copy or free (the host side of the sanitizer).
