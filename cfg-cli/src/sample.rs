@@ -51,11 +51,12 @@ pub struct Args {
     /// Batch size (default: 4096 for gmm2d, 4 for tokens).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Where to run: `cpu` (in-process ranks) or `cuda` (one rank on GPU 0,
-    /// latents resident on the device).
+    /// Where to run: `cpu` (in-process ranks) or `cuda` (one rank per GPU,
+    /// latents resident on the devices; under torchrun, this process's GPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: SampleDevice,
-    /// Number of in-process ranks M (default: 2 on cpu; cuda runs 1).
+    /// Number of ranks M: threads on the CPU, GPUs 0..M on CUDA (default: 2 on
+    /// cpu, 1 on cuda; under torchrun, WORLD_SIZE).
     #[arg(long)]
     pub ranks: Option<usize>,
     /// Number of steps (default: the policy's own, else 32; at most 10000).
