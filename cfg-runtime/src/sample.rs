@@ -139,7 +139,8 @@ where
             for (o, (x, pred)) in latents.iter_mut().zip(&guided.outputs).enumerate() {
                 let at = UpdateStep { seed: opts.seed, step, output: o, t, t_next };
                 let b = guider.backend_mut();
-                b.update(&opts.sampler, spaces[o], x, pred, at).map_err(|e| backend_error(step, &outputs[o].name, e))?;
+                b.update(&opts.sampler, spaces[o], x, pred, at)
+                    .map_err(|e| backend_error(step, &outputs[o].name, e))?;
             }
             if !(check || on_host) {
                 return Ok([0; 32]);

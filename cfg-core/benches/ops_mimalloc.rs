@@ -1,0 +1,13 @@
+//! The `ops` bench with mimalloc as the global allocator (what the `cfg`
+//! binary uses); `--serve` answers `scripts/bench-cpu.sh`.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod ops_common;
+
+fn main() {
+    if std::env::args().any(|a| a == "--serve") {
+        ops_common::serve();
+    }
+}
