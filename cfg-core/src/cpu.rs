@@ -1,8 +1,11 @@
 //! The CPU evaluator of canonical programs (rayon, explicit fma, f32 accumulation).
 
+use crate::apg_fused::{apg, Apg};
+use crate::canon::dot_slices;
 use crate::error::CoreError;
+use crate::fused::{self, run_groups, Terms};
 use crate::program::{Form, Op, Program, Value};
-use crate::reduce::{dot_f32, dot_f64, Groups, Reduce};
+use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::state::GuidanceState;
 use crate::tensor::{Tensor, TensorData};
 use crate::{DType, Shape};
@@ -205,6 +208,21 @@ pub fn evaluate(
     shape: &Shape,
     state: &mut GuidanceState,
 ) -> Result<Tensor, CoreError> {
+    let mut out = Tensor::zeros(dtype, shape.clone());
+    evaluate_into(program, inputs, dtype, shape, state, &mut out)?;
+    Ok(out)
+}
+
+/// [`evaluate`] into `out`, which is replaced when its dtype or shape differ:
+/// a caller that keeps `out` from call to call allocates no tensor after the first.
+pub fn evaluate_into(
+    program: &Program,
+    inputs: &[&Tensor],
+    dtype: DType,
+    shape: &Shape,
+    state: &mut GuidanceState,
+    out: &mut Tensor,
+) -> Result<(), CoreError> {
     check_inputs(program, inputs, dtype, shape)?;
     for op in &program.ops {
         if let Op::Apg { slot, .. } = op {
@@ -217,19 +235,125 @@ pub fn evaluate(
             }
         }
     }
-    let out = if program.ops.is_empty() && program.latches.is_empty() {
+    if out.dtype() != dtype || out.shape != *shape || out.len() != shape.numel() {
+        *out = Tensor::zeros(dtype, shape.clone());
+    }
+    if program.ops.is_empty() && program.latches.is_empty() {
         match program.result {
-            Value::Form(i) => fused_form(&program.forms[i], inputs, dtype, shape),
-            _ => Tensor::zeros(dtype, shape.clone()),
+            Value::Form(i) => fused_form_into(&program.forms[i], inputs, out),
+            _ => zero(out),
+        }
+    } else if let Some(op) = single_fused_op(program) {
+        match &mut out.data {
+            TensorData::F32(o) => fused_op(program, op, &slices(inputs, TensorData::as_f32), shape, state, o),
+            TensorData::F16(o) => fused_op(program, op, &slices(inputs, TensorData::as_f16), shape, state, o),
+            TensorData::BF16(o) => fused_op(program, op, &slices(inputs, TensorData::as_bf16), shape, state, o),
         }
     } else {
         let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
-        round_to(dtype, shape, &f32_result)
-    };
+        round_into(&f32_result, out);
+    }
     for slot in &program.counters {
         state.advance(slot);
     }
-    Ok(out)
+    Ok(())
+}
+
+fn zero(out: &mut Tensor) {
+    match &mut out.data {
+        TensorData::F32(o) => o.fill(0.0),
+        TensorData::F16(o) => o.fill(f16::ZERO),
+        TensorData::BF16(o) => o.fill(bf16::ZERO),
+    }
+}
+
+/// The element slices of the inputs (all of one dtype, checked by the caller).
+fn slices<'a, E>(inputs: &[&'a Tensor], get: fn(&'a TensorData) -> Option<&'a [E]>) -> Vec<&'a [E]> {
+    inputs.iter().map(|t| get(&t.data).unwrap_or(&[])).collect()
+}
+
+/// The program's only op, when it reads linear forms and has contiguous groups:
+/// then it is evaluated straight from the inputs, with no intermediate tensor.
+fn single_fused_op(program: &Program) -> Option<&Op> {
+    let [op] = program.ops.as_slice() else { return None };
+    let contiguous = !matches!(
+        op,
+        Op::Mix { .. } | Op::Renorm { over: Reduce::Channel, .. } | Op::StdRescale { over: Reduce::Channel, .. }
+    );
+    let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
+    (program.latches.is_empty() && program.result == Value::Op(0) && contiguous && on_forms).then_some(op)
+}
+
+/// Evaluates the single `op` of `program` from the branch slices into `out`.
+fn fused_op<E: Element>(
+    program: &Program,
+    op: &Op,
+    branches: &[&[E]],
+    shape: &Shape,
+    state: &mut GuidanceState,
+    out: &mut [E],
+) {
+    let terms = |v: Value| -> Vec<(&[E], f32)> {
+        match v {
+            Value::Form(i) => program.forms[i].terms.iter().map(|&(b, w)| (branches[b], w)).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let vals = op.inputs();
+    let (a, b) = (terms(vals[0]), terms(vals[1]));
+    op_into(op, &a, &b, &|over| Groups::new(over, shape).len, state, out);
+}
+
+/// Evaluates a two-input `op` (every op but `Mix`) over contiguous groups.
+fn op_into<I: Element, O: Element>(
+    op: &Op,
+    a: Terms<I>,
+    b: Terms<I>,
+    len: &dyn Fn(Reduce) -> usize,
+    state: &mut GuidanceState,
+    out: &mut [O],
+) {
+    match op {
+        Op::Mix { .. } => {}
+        Op::Renorm { over, eps, min, max, .. } => {
+            let op = fused::Renorm { input: a, reference: b, eps: *eps, min: *min, max: *max };
+            run_groups(&op, len(*over), out)
+        }
+        Op::NormCap { ratio, .. } => {
+            run_groups(&fused::NormCap { input: a, reference: b, ratio: *ratio }, len(Reduce::Tensor), out)
+        }
+        Op::StdRescale { phi, over, .. } => {
+            run_groups(&fused::StdRescale { input: a, reference: b, phi: *phi }, len(*over), out)
+        }
+        Op::ZeroStar { scale, original, .. } => {
+            let op = fused::ZeroStar { cond: a, uncond: b, scale: *scale, original: *original };
+            run_groups(&op, len(Reduce::Sample), out)
+        }
+        Op::MagnitudeAware { scale, alpha, .. } => {
+            let op = fused::MagnitudeAware { cond: a, uncond: b, scale: *scale, alpha: *alpha };
+            run_groups(&op, len(Reduce::Sample), out)
+        }
+        Op::Apg { scale, momentum, norm_threshold, eta, original, slot, .. } => {
+            let p = Apg {
+                cond: a,
+                uncond: b,
+                scale: *scale,
+                momentum: *momentum,
+                threshold: *norm_threshold,
+                eta: *eta,
+                original: *original,
+            };
+            let len = len(Reduce::Sample);
+            if *momentum == 0.0 {
+                return apg(&p, len, None, false, out);
+            }
+            let has_prev = state.momentum(slot).is_some();
+            if !has_prev {
+                state.set_momentum(slot, vec![0.0; out.len()]);
+            }
+            apg(&p, len, state.momentum_mut(slot), has_prev, out)
+        }
+    }
 }
 
 /// Checks that inputs match the program's branches, `dtype` and `shape`.
@@ -255,22 +379,25 @@ pub fn check_inputs(program: &Program, inputs: &[&Tensor], dtype: DType, shape: 
 /// Rounds f32 values into a tensor of `dtype` (nearest even).
 pub fn round_to(dtype: DType, shape: &Shape, values: &[f32]) -> Tensor {
     let mut out = Tensor::zeros(dtype, shape.clone());
+    round_into(values, &mut out);
+    out
+}
+
+/// Rounds f32 values (nearest even) into `out`, of as many elements.
+pub fn round_into(values: &[f32], out: &mut Tensor) {
     match &mut out.data {
         TensorData::F32(o) => o.copy_from_slice(values),
         TensorData::F16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| f16::store(v, o)),
         TensorData::BF16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o)),
     }
-    out
 }
 
-fn fused_form(form: &Form, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Tensor {
-    let mut out = Tensor::zeros(dtype, shape.clone());
+fn fused_form_into(form: &Form, inputs: &[&Tensor], out: &mut Tensor) {
     match &mut out.data {
         TensorData::F32(o) => form_into(form, inputs, o),
         TensorData::F16(o) => form_into(form, inputs, o),
         TensorData::BF16(o) => form_into(form, inputs, o),
     }
-    out
 }
 
 /// Computes a linear form over the inputs into f32.
@@ -302,148 +429,141 @@ fn form_into<O: Element>(form: &Form, inputs: &[&Tensor], out: &mut [O]) {
     }
 }
 
+/// The general path (several ops, latches, channel groups): every value is
+/// computed into an f32 buffer once and read by reference.
 struct Evaluation<'a> {
     program: &'a Program,
     inputs: &'a [&'a Tensor],
     shape: &'a Shape,
     forms: Vec<Option<Vec<f32>>>,
-    ops: Vec<Option<Vec<f32>>>,
+    ops: Vec<Vec<f32>>,
 }
 
 impl<'a> Evaluation<'a> {
     fn new(program: &'a Program, inputs: &'a [&'a Tensor], shape: &'a Shape) -> Self {
-        Evaluation {
-            program,
-            inputs,
-            shape,
-            forms: vec![None; program.forms.len()],
-            ops: vec![None; program.ops.len()],
-        }
+        Evaluation { program, inputs, shape, forms: vec![None; program.forms.len()], ops: Vec::new() }
     }
 
     fn n(&self) -> usize {
         self.shape.numel()
     }
 
-    fn value(&mut self, v: Value) -> Vec<f32> {
-        match v {
-            Value::Zero => vec![0.0; self.n()],
-            Value::Form(i) => {
-                if self.forms[i].is_none() {
-                    self.forms[i] = Some(form_f32(&self.program.forms[i], self.inputs, self.n()));
-                }
-                self.forms[i].clone().expect("computed above")
+    /// Computes `v` if it is a form not computed yet.
+    fn ensure(&mut self, v: Value) {
+        if let Value::Form(i) = v {
+            if self.forms[i].is_none() {
+                self.forms[i] = Some(form_f32(&self.program.forms[i], self.inputs, self.n()));
             }
-            Value::Op(i) => self.ops[i].clone().expect("ops are evaluated in order"),
+        }
+    }
+
+    /// The values of `v` (empty for zero).
+    fn value(&self, v: Value) -> &[f32] {
+        match v {
+            Value::Zero => &[],
+            Value::Form(i) => self.forms[i].as_deref().unwrap_or(&[]),
+            Value::Op(i) => self.ops.get(i).map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// `v` as a one-term form (`1·x` is `x`); zero is the empty form.
+    fn terms(&self, v: Value) -> Vec<(&[f32], f32)> {
+        match v {
+            Value::Zero => Vec::new(),
+            _ => vec![(self.value(v), 1.0)],
         }
     }
 
     fn run(mut self, state: &mut GuidanceState) -> Result<Vec<f32>, CoreError> {
-        for (i, op) in self.program.ops.iter().enumerate() {
+        for op in &self.program.ops {
+            for v in op.inputs() {
+                self.ensure(v);
+            }
             let out = self.op(op, state);
-            self.ops[i] = Some(out);
+            self.ops.push(out);
         }
         for latch in &self.program.latches {
-            let (a, b) = (self.value(latch.a), self.value(latch.b));
-            if cosine(&a, &b) > latch.threshold {
+            self.ensure(latch.a);
+            self.ensure(latch.b);
+            if cosine(&self.dense(latch.a), &self.dense(latch.b)) > latch.threshold {
                 state.latch(&latch.slot);
             }
         }
-        Ok(self.value(self.program.result))
+        self.ensure(self.program.result);
+        Ok(self.dense(self.program.result).into_owned())
     }
 
-    fn op(&mut self, op: &Op, state: &mut GuidanceState) -> Vec<f32> {
-        let shape = self.shape;
-        match op {
-            Op::Mix { terms } => {
-                let vals: Vec<(Vec<f32>, f32)> = terms.iter().map(|&(v, w)| (self.value(v), w)).collect();
-                let refs: Vec<(&[f32], f32)> = vals.iter().map(|(v, w)| (v.as_slice(), *w)).collect();
-                let mut out = vec![0.0; self.n()];
-                combine_into(&refs, &mut out);
-                out
-            }
-            Op::Renorm { input, reference, over, eps, min, max } => {
-                let (g, r) = (self.value(*input), self.value(*reference));
-                let groups = Groups::new(*over, shape);
-                let factors = group_stats(&groups, |k| {
-                    let nr = dot_f32(groups.len, |j| sq(&r, groups.index(k, j))).sqrt();
-                    let ng = dot_f32(groups.len, |j| sq(&g, groups.index(k, j))).sqrt();
-                    renorm_factor(nr, ng, *eps, *min, *max)
-                });
-                scale_by_group(&g, &groups, &factors)
-            }
-            Op::NormCap { input, reference, ratio } => {
-                let (g, r) = (self.value(*input), self.value(*reference));
-                let nr = dot_f32(r.len(), |j| (r[j], r[j])).sqrt();
-                let ng = dot_f32(g.len(), |j| (g[j], g[j])).sqrt();
-                let f = norm_cap_factor(nr, ng, *ratio);
-                g.par_iter().map(|&x| x * f).collect()
-            }
-            Op::StdRescale { input, reference, phi, over } => {
-                let (g, r) = (self.value(*input), self.value(*reference));
-                let groups = Groups::new(*over, shape);
-                let factors = group_stats(&groups, |k| {
-                    let sr = std_of(&groups, k, &r);
-                    let sg = std_of(&groups, k, &g);
-                    rescale_factor(sr, sg, *phi)
-                });
-                scale_by_group(&g, &groups, &factors)
-            }
-            Op::ZeroStar { cond, uncond, scale, original } => {
-                let (c, u) = (self.value(*cond), self.value(*uncond));
-                let groups = Groups::new(Reduce::Sample, shape);
-                let alphas = group_stats(&groups, |k| {
-                    let dot = dot_f32(groups.len, |j| (c[groups.index(k, j)], u[groups.index(k, j)]));
-                    let nu = dot_f32(groups.len, |j| sq(&u, groups.index(k, j)));
-                    zero_star_alpha(dot, nu)
-                });
-                let s = *scale;
-                let original = *original;
-                (0..self.n())
-                    .into_par_iter()
-                    .map(|i| {
-                        let ua = alphas[groups.group_of(i)] * u[i];
-                        let base = if original { c[i] } else { ua };
-                        s.mul_add(c[i] - ua, base)
-                    })
-                    .collect()
-            }
-            Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
-                let (c, u) = (self.value(*cond), self.value(*uncond));
-                apg(&c, &u, shape, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)
-            }
-            Op::MagnitudeAware { cond, uncond, scale, alpha } => {
-                let (c, u) = (self.value(*cond), self.value(*uncond));
-                let delta: Vec<f32> = c.par_iter().zip(&u).map(|(a, b)| a - b).collect();
-                let groups = Groups::new(Reduce::Sample, shape);
-                let scales = group_stats(&groups, |k| {
-                    let nd = dot_f32(groups.len, |j| sq(&delta, groups.index(k, j))).sqrt();
-                    let nu = dot_f32(groups.len, |j| sq(&u, groups.index(k, j))).sqrt();
-                    magnitude_scale(*scale, *alpha, nd, nu)
-                });
-                (0..self.n()).into_par_iter().map(|i| scales[groups.group_of(i)].mul_add(delta[i], u[i])).collect()
+    /// The values of `v`, zeros spelled out.
+    fn dense(&self, v: Value) -> std::borrow::Cow<'_, [f32]> {
+        match v {
+            Value::Zero => vec![0.0; self.n()].into(),
+            _ => self.value(v).into(),
+        }
+    }
+
+    fn op(&self, op: &Op, state: &mut GuidanceState) -> Vec<f32> {
+        let mut out = vec![0.0; self.n()];
+        if let Op::Mix { terms } = op {
+            let dense: Vec<(std::borrow::Cow<'_, [f32]>, f32)> =
+                terms.iter().map(|&(v, w)| (self.dense(v), w)).collect();
+            let refs: Vec<(&[f32], f32)> = dense.iter().map(|(v, w)| (&v[..], *w)).collect();
+            combine_into(&refs, &mut out);
+            return out;
+        }
+        let vals = op.inputs();
+        let (a, b) = (self.terms(vals[0]), self.terms(vals[1]));
+        let channel =
+            matches!(op, Op::Renorm { over: Reduce::Channel, .. } | Op::StdRescale { over: Reduce::Channel, .. });
+        if !channel {
+            op_into(op, &a, &b, &|over| Groups::new(over, self.shape).len, state, &mut out);
+            return out;
+        }
+        // Channel groups made contiguous: [batch, tokens, width] -> [batch, width, tokens] and back.
+        let (width, per_sample) = (self.shape.last().max(1), self.shape.per_sample().max(1));
+        let t = |x: &[(&[f32], f32)]| -> Vec<f32> {
+            x.first().map_or_else(|| vec![0.0; self.n()], |(v, _)| transpose(v, per_sample, width))
+        };
+        let (ta, tb) = (t(&a), t(&b));
+        let (ta, tb) = ([(ta.as_slice(), 1.0)], [(tb.as_slice(), 1.0)]);
+        let (ta, tb): (Terms<f32>, Terms<f32>) =
+            (if a.is_empty() { &[] } else { &ta }, if b.is_empty() { &[] } else { &tb });
+        let mut tout = vec![0.0; self.n()];
+        op_into(op, ta, tb, &|_| per_sample / width, state, &mut tout);
+        transpose_back(&tout, &mut out, per_sample, width);
+        out
+    }
+}
+
+/// Each sample's `[tokens, width]` block transposed to `[width, tokens]`.
+fn transpose(v: &[f32], per_sample: usize, width: usize) -> Vec<f32> {
+    let tokens = per_sample / width;
+    let mut out = vec![0.0; v.len()];
+    for (o, s) in out.chunks_mut(per_sample).zip(v.chunks(per_sample)) {
+        for t in 0..tokens {
+            for c in 0..width {
+                o[c * tokens + t] = s[t * width + c];
             }
         }
     }
+    out
 }
 
-#[inline]
-fn sq(v: &[f32], i: usize) -> (f32, f32) {
-    (v[i], v[i])
-}
-
-fn group_stats(groups: &Groups, f: impl Fn(usize) -> f32 + Sync + Send) -> Vec<f32> {
-    (0..groups.count).into_par_iter().map(f).collect()
-}
-
-fn scale_by_group(g: &[f32], groups: &Groups, factors: &[f32]) -> Vec<f32> {
-    (0..g.len()).into_par_iter().map(|i| g[i] * factors[groups.group_of(i)]).collect()
+/// The inverse of [`transpose`].
+fn transpose_back(v: &[f32], out: &mut [f32], per_sample: usize, width: usize) {
+    let tokens = per_sample / width;
+    for (o, s) in out.chunks_mut(per_sample).zip(v.chunks(per_sample)) {
+        for t in 0..tokens {
+            for c in 0..width {
+                o[t * width + c] = s[c * tokens + t];
+            }
+        }
+    }
 }
 
 /// Unbiased std of group `k` of `v` from canonical Σx and Σx².
 pub fn std_of(groups: &Groups, k: usize, v: &[f32]) -> f64 {
     let s1 = dot_f32(groups.len, |j| (v[groups.index(k, j)], 1.0));
-    let s2 = dot_f32(groups.len, |j| sq(v, groups.index(k, j)));
+    let s2 = dot_f32(groups.len, |j| (v[groups.index(k, j)], v[groups.index(k, j)]));
     std_from_sums(s1, s2, groups.len)
 }
 
@@ -508,69 +628,15 @@ pub fn magnitude_scale_of_ratio(s: f64, alpha: f64, ratio: f64) -> f32 {
 
 /// Whole-tensor cosine similarity in the canonical order.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let ab = dot_f32(a.len(), |j| (a[j], b[j]));
-    let aa = dot_f32(a.len(), |j| (a[j], a[j]));
-    let bb = dot_f32(b.len(), |j| (b[j], b[j]));
+    let ab = dot_slices(a, b);
+    let aa = dot_slices(a, a);
+    let bb = dot_slices(b, b);
     let den = (aa * bb).sqrt();
     if den == 0.0 {
         0.0
     } else {
         ab / den
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apg(
-    c: &[f32],
-    u: &[f32],
-    shape: &Shape,
-    state: &mut GuidanceState,
-    slot: &str,
-    scale: f32,
-    momentum: f32,
-    threshold: f64,
-    eta: f32,
-    original: bool,
-) -> Vec<f32> {
-    let n = c.len();
-    let delta: Vec<f32> = c.par_iter().zip(u).map(|(a, b)| a - b).collect();
-    let running: Vec<f32> = match state.momentum(slot) {
-        Some(prev) if momentum != 0.0 && prev.len() == n => {
-            delta.par_iter().zip(prev).map(|(&d, &r)| momentum.mul_add(r, d)).collect()
-        }
-        _ => delta,
-    };
-    if momentum != 0.0 {
-        state.set_momentum(slot, running.clone());
-    }
-    let groups = Groups::new(Reduce::Sample, shape);
-    let clipped: Vec<f32> = if threshold > 0.0 {
-        let factors = group_stats(&groups, |k| {
-            let norm = dot_f32(groups.len, |j| sq(&running, groups.index(k, j))).sqrt();
-            apg_clip_factor(norm, threshold)
-        });
-        scale_by_group(&running, &groups, &factors)
-    } else {
-        running
-    };
-    let coef: Vec<f64> = (0..groups.count)
-        .into_par_iter()
-        .map(|k| {
-            let dc = dot_f64(groups.len, |j| (clipped[groups.index(k, j)] as f64, c[groups.index(k, j)] as f64));
-            let cc = dot_f64(groups.len, |j| (c[groups.index(k, j)] as f64, c[groups.index(k, j)] as f64));
-            apg_projection(dc, cc)
-        })
-        .collect();
-    (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let par = coef[groups.group_of(i)] * c[i] as f64;
-            let perp = clipped[i] as f64 - par;
-            let update = eta.mul_add(par as f32, perp as f32);
-            let base = if original { c[i] } else { u[i] };
-            scale.mul_add(update, base)
-        })
-        .collect()
 }
 
 /// APG's norm clip `min(1, threshold/‖Δ‖)`.

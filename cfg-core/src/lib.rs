@@ -8,11 +8,14 @@
 #![deny(missing_docs)]
 #![warn(clippy::all)]
 
+pub mod apg_fused;
 pub mod branch;
+pub mod canon;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
 pub mod expr;
+pub mod fused;
 pub mod lower;
 pub mod portable_math;
 pub mod program;
@@ -20,6 +23,7 @@ pub mod reduce;
 pub mod reference;
 pub mod schedule;
 pub mod shape;
+pub mod simd;
 pub mod state;
 pub mod tensor;
 pub mod window;

@@ -95,6 +95,14 @@ impl GuidanceState {
         }
     }
 
+    /// The momentum buffer of `slot` to update in place, if any step has filled it.
+    pub fn momentum_mut(&mut self, slot: &str) -> Option<&mut [f32]> {
+        match self.slots.get_mut(slot) {
+            Some(OpState::Momentum(v)) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Replaces the momentum buffer of `slot`.
     pub fn set_momentum(&mut self, slot: &str, running: Vec<f32>) {
         self.slots.insert(slot.to_string(), OpState::Momentum(running));

@@ -14,6 +14,32 @@ pub enum TensorData {
     BF16(Vec<bf16>),
 }
 
+impl TensorData {
+    /// The f32 elements, if that is the dtype.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            TensorData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The f16 elements, if that is the dtype.
+    pub fn as_f16(&self) -> Option<&[f16]> {
+        match self {
+            TensorData::F16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The bf16 elements, if that is the dtype.
+    pub fn as_bf16(&self) -> Option<&[bf16]> {
+        match self {
+            TensorData::BF16(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// A dense row-major tensor on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {

@@ -1,0 +1,241 @@
+//! APG evaluated from its linear forms: the momentum updated in place, the
+//! norm clip and the f64 projection from per-segment statistics, then the
+//! apply. Passes: running average and ‖running‖² (with the f64 dots when there
+//! is no clip), the f64 dots of the clipped update (only with a clip), apply.
+
+use crate::canon::{segment_dot_f64, segment_sq};
+use crate::cpu::{apg_clip_factor, apg_projection, Element};
+use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
+use crate::reduce::SEGMENT;
+use crate::simd::{self, Task};
+use rayon::prelude::*;
+
+/// APG's parameters and inputs.
+pub struct Apg<'a, I> {
+    /// Cond.
+    pub cond: Terms<'a, I>,
+    /// Uncond.
+    pub uncond: Terms<'a, I>,
+    /// Scale.
+    pub scale: f32,
+    /// β.
+    pub momentum: f32,
+    /// Norm threshold (0 = off).
+    pub threshold: f64,
+    /// η.
+    pub eta: f32,
+    /// Base on cond.
+    pub original: bool,
+}
+
+/// Evaluates APG over groups of `len` elements into `out`. With a momentum,
+/// `buffer` holds the previous running average when `has_prev`, and holds
+/// the new one on return.
+pub fn apg<I: Element, O: Element>(
+    p: &Apg<I>,
+    len: usize,
+    mut buffer: Option<&mut [f32]>,
+    has_prev: bool,
+    out: &mut [O],
+) {
+    if out.is_empty() || len == 0 {
+        return;
+    }
+    let count = out.len() / len;
+    let clipping = p.threshold > 0.0;
+    // Per group, per segment: [‖running‖², ⟨clipped, c⟩, ‖c‖²].
+    let first: Vec<Vec<[f64; 3]>> = match buffer.as_deref_mut() {
+        Some(buf) => buf
+            .par_chunks_mut(len)
+            .enumerate()
+            .map(|(g, group)| {
+                group
+                    .par_chunks_mut(SEGMENT)
+                    .enumerate()
+                    .map(|(j, seg)| {
+                        simd::run(Update { p, start: g * len + j * SEGMENT, seg, has_prev, dots: !clipping })
+                    })
+                    .collect()
+            })
+            .collect(),
+        None => per_segment(count, len, |start, n| {
+            simd::run(Stats { p, start, n, stored: None, clip: None, norm: true, dots: !clipping })
+        }),
+    };
+    let stored = buffer.as_deref();
+    let clips: Vec<Option<f32>> =
+        first.iter().map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
+    let dots: Vec<Vec<[f64; 3]>> = if clipping {
+        let clips = &clips;
+        per_segment(count, len, |start, n| {
+            let clip = clips[start / len];
+            simd::run(Stats { p, start, n, stored, clip, norm: false, dots: true })
+        })
+    } else {
+        first
+    };
+    let coefs: Vec<f64> = dots
+        .iter()
+        .map(|s| {
+            let t = in_order(s);
+            apg_projection(t[1], t[2])
+        })
+        .collect();
+    out.par_chunks_mut(len).enumerate().for_each(|(g, group)| {
+        let (clip, coef) = (clips[g], coefs[g]);
+        group
+            .par_chunks_mut(TASK)
+            .enumerate()
+            .for_each(|(t, out)| simd::run(Apply { p, start: g * len + t * TASK, stored, clip, coef, out }))
+    });
+}
+
+/// `f(start, n)` for every segment of every group, in parallel, grouped by group.
+fn per_segment<R: Send>(count: usize, len: usize, f: impl Fn(usize, usize) -> R + Sync) -> Vec<Vec<R>> {
+    let segs = len.div_ceil(SEGMENT);
+    (0..count)
+        .into_par_iter()
+        .map(|g| {
+            (0..segs)
+                .into_par_iter()
+                .map(|j| {
+                    let lo = j * SEGMENT;
+                    f(g * len + lo, SEGMENT.min(len - lo))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Loads c, u and Δ = c − u over `start..start + c.len()`.
+#[inline(always)]
+fn load<I: Element>(p: &Apg<I>, start: usize, c: &mut [f32], u: &mut [f32], r: &mut [f32]) {
+    form_into(p.cond, start, c);
+    form_into(p.uncond, start, u);
+    for ((r, c), u) in r.iter_mut().zip(c.iter()).zip(u.iter()) {
+        *r = c - u;
+    }
+}
+
+/// The f64 dots of a segment: [0, ⟨r, c⟩, ‖c‖²].
+#[inline(always)]
+fn dots(r: &[f32], c: &[f32]) -> [f64; 3] {
+    [0.0, segment_dot_f64(r, c), segment_dot_f64(c, c)]
+}
+
+/// Pass 1 with a momentum: updates one segment of the buffer.
+struct Update<'a, I> {
+    p: &'a Apg<'a, I>,
+    start: usize,
+    seg: &'a mut [f32],
+    has_prev: bool,
+    dots: bool,
+}
+
+impl<I: Element> Task for Update<'_, I> {
+    type Out = [f64; 3];
+    #[inline(always)]
+    fn run(self) -> [f64; 3] {
+        let n = self.seg.len();
+        let mut buf = take_scratch(3 * SEGMENT);
+        let (c, rest) = buf.split_at_mut(SEGMENT);
+        let (u, r) = rest.split_at_mut(SEGMENT);
+        let (c, u, r) = (&mut c[..n], &mut u[..n], &mut r[..n]);
+        load(self.p, self.start, c, u, r);
+        if self.has_prev {
+            let m = self.p.momentum;
+            for (prev, d) in self.seg.iter_mut().zip(r.iter_mut()) {
+                *d = m.mul_add(*prev, *d);
+                *prev = *d;
+            }
+        } else {
+            self.seg.copy_from_slice(r);
+        }
+        let mut s = if self.dots { dots(r, c) } else { [0.0; 3] };
+        s[0] = segment_sq(r);
+        put_scratch(buf);
+        s
+    }
+}
+
+/// A statistics pass over one segment, reading the stored running average or Δ.
+struct Stats<'a, I> {
+    p: &'a Apg<'a, I>,
+    start: usize,
+    n: usize,
+    stored: Option<&'a [f32]>,
+    clip: Option<f32>,
+    norm: bool,
+    dots: bool,
+}
+
+impl<I: Element> Task for Stats<'_, I> {
+    type Out = [f64; 3];
+    #[inline(always)]
+    fn run(self) -> [f64; 3] {
+        let n = self.n;
+        let mut buf = take_scratch(3 * SEGMENT);
+        let (c, rest) = buf.split_at_mut(SEGMENT);
+        let (u, r) = rest.split_at_mut(SEGMENT);
+        let (c, u, r) = (&mut c[..n], &mut u[..n], &mut r[..n]);
+        load(self.p, self.start, c, u, r);
+        if let Some(s) = self.stored {
+            r.copy_from_slice(&s[self.start..self.start + n]);
+        }
+        if let Some(f) = self.clip {
+            for x in r.iter_mut() {
+                *x *= f;
+            }
+        }
+        let mut s = if self.dots { dots(r, c) } else { [0.0; 3] };
+        if self.norm {
+            s[0] = segment_sq(r);
+        }
+        put_scratch(buf);
+        s
+    }
+}
+
+/// The apply over a run of one group.
+struct Apply<'a, I, O> {
+    p: &'a Apg<'a, I>,
+    start: usize,
+    stored: Option<&'a [f32]>,
+    clip: Option<f32>,
+    coef: f64,
+    out: &'a mut [O],
+}
+
+impl<I: Element, O: Element> Task for Apply<'_, I, O> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let p = self.p;
+        let mut buf = take_scratch(4 * BLOCK);
+        let (c, rest) = buf.split_at_mut(BLOCK);
+        let (u, rest) = rest.split_at_mut(BLOCK);
+        let (r, y) = rest.split_at_mut(BLOCK);
+        for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
+            let (m, start) = (out.len(), self.start + k * BLOCK);
+            let (c, u, r, y) = (&mut c[..m], &mut u[..m], &mut r[..m], &mut y[..m]);
+            load(p, start, c, u, r);
+            if let Some(s) = self.stored {
+                r.copy_from_slice(&s[start..start + m]);
+            }
+            if let Some(f) = self.clip {
+                for x in r.iter_mut() {
+                    *x *= f;
+                }
+            }
+            for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(r.iter()) {
+                let par = self.coef * *c as f64;
+                let perp = *r as f64 - par;
+                let update = p.eta.mul_add(par as f32, perp as f32);
+                let base = if p.original { *c } else { *u };
+                *y = p.scale.mul_add(update, base);
+            }
+            store(y, out);
+        }
+        put_scratch(buf);
+    }
+}

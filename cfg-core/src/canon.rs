@@ -1,0 +1,185 @@
+//! The canonical reduction of [`crate::reduce`] computed on slices, fast.
+//!
+//! Same order as [`crate::reduce::dot`]: lane `l` of a segment accumulates
+//! elements `l, l+LANES, ...` with fma, the lanes fold by the fixed tree, and
+//! segments add in f64. Only lanes that hold an element are folded: adding a
+//! lane that never received one adds a zero, which changes no non-zero value
+//! and, since the f64 total starts at +0, not the sign of a zero total either.
+//!
+//! Everything here is `#[inline(always)]` so that it compiles with the
+//! features of the caller (an `avx2,fma` region makes `mul_add` one instruction).
+
+use crate::reduce::{LANES, SEGMENT};
+use crate::simd::{self, Task};
+use rayon::prelude::*;
+
+/// Folds the first `m` lanes of the canonical tree (the lanes past `m`, and
+/// past `lanes.len()`, are zero and never touched).
+#[inline(always)]
+pub fn fold_active<T: Copy + std::ops::AddAssign>(lanes: &mut [T], m: usize) -> T {
+    let mut m = m.min(LANES).min(lanes.len());
+    let mut s = LANES / 2;
+    while s > 0 {
+        if m > s {
+            let (low, high) = lanes.split_at_mut(s);
+            for (l, h) in low.iter_mut().zip(&high[..m - s]) {
+                *l += *h;
+            }
+            m = s;
+        }
+        s /= 2;
+    }
+    lanes[0]
+}
+
+/// An accumulator of the canonical reduction: f32 or f64 lanes.
+pub trait Acc: Copy + std::ops::AddAssign + Default {
+    /// `x·y + acc`, rounded once.
+    fn fma(x: f32, y: f32, acc: Self) -> Self;
+    /// As f64.
+    fn wide(self) -> f64;
+}
+
+impl Acc for f32 {
+    #[inline(always)]
+    fn fma(x: f32, y: f32, acc: f32) -> f32 {
+        x.mul_add(y, acc)
+    }
+    #[inline(always)]
+    fn wide(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Acc for f64 {
+    #[inline(always)]
+    fn fma(x: f32, y: f32, acc: f64) -> f64 {
+        (x as f64).mul_add(y as f64, acc)
+    }
+    #[inline(always)]
+    fn wide(self) -> f64 {
+        self
+    }
+}
+
+/// One segment with `M` lanes held (`M` a power of two ≤ LANES and, when
+/// below LANES, at least the segment's length: a short group touches only those).
+#[inline(always)]
+fn lanes_dot<T: Acc, const M: usize>(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [T::default(); M];
+    let mut ac = a.chunks_exact(M);
+    let mut bc = b.chunks_exact(M);
+    for (x, y) in (&mut ac).zip(&mut bc) {
+        for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *l = T::fma(*x, *y, *l);
+        }
+    }
+    for ((l, x), y) in lanes.iter_mut().zip(ac.remainder()).zip(bc.remainder()) {
+        *l = T::fma(*x, *y, *l);
+    }
+    fold_active(&mut lanes, a.len()).wide()
+}
+
+/// One segment (`a.len() <= SEGMENT`) of Σ a·b in `T` lanes, then the fold.
+#[inline(always)]
+fn segment<T: Acc>(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert!(a.len() <= SEGMENT && a.len() == b.len());
+    match a.len() {
+        0..=16 => lanes_dot::<T, 16>(a, b),
+        17..=64 => lanes_dot::<T, 64>(a, b),
+        _ => lanes_dot::<T, LANES>(a, b),
+    }
+}
+
+/// One segment of Σ a·b: f32 lanes.
+#[inline(always)]
+pub fn segment_dot(a: &[f32], b: &[f32]) -> f64 {
+    segment::<f32>(a, b)
+}
+
+/// One segment of Σ a·a.
+#[inline(always)]
+pub fn segment_sq(a: &[f32]) -> f64 {
+    segment_dot(a, a)
+}
+
+/// One segment of Σ a (the canonical Σ a·1: `fma(a, 1, acc)` is `a + acc`).
+#[inline(always)]
+pub fn segment_sum(a: &[f32]) -> f64 {
+    debug_assert!(a.len() <= SEGMENT);
+    let mut lanes = [0.0f32; LANES];
+    let mut ac = a.chunks_exact(LANES);
+    for x in &mut ac {
+        for (l, x) in lanes.iter_mut().zip(x) {
+            *l += *x;
+        }
+    }
+    for (l, x) in lanes.iter_mut().zip(ac.remainder()) {
+        *l += *x;
+    }
+    fold_active(&mut lanes, a.len()) as f64
+}
+
+/// One segment of Σ a·b with f64 products and lanes (APG's projection).
+#[inline(always)]
+pub fn segment_dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    segment::<f64>(a, b)
+}
+
+/// Σ over a group of per-segment results, in segment order from +0.
+#[inline(always)]
+pub fn over_segments(len: usize, mut segment: impl FnMut(std::ops::Range<usize>) -> f64) -> f64 {
+    let mut total = 0.0f64;
+    let mut start = 0;
+    while start < len {
+        let end = (start + SEGMENT).min(len);
+        total += segment(start..end);
+        start = end;
+    }
+    total
+}
+
+/// Σ a·b over two whole slices (one group), segments in parallel.
+pub fn dot_slices(a: &[f32], b: &[f32]) -> f64 {
+    let parts: Vec<f64> =
+        a.par_chunks(SEGMENT).zip(b.par_chunks(SEGMENT)).map(|(a, b)| simd::run(SegmentDot(a, b))).collect();
+    parts.iter().fold(0.0, |total, p| total + p)
+}
+
+struct SegmentDot<'a>(&'a [f32], &'a [f32]);
+
+impl Task for SegmentDot<'_> {
+    type Out = f64;
+    #[inline(always)]
+    fn run(self) -> f64 {
+        segment_dot(self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reduce::{dot_f32, dot_f64};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = i.wrapping_mul(2_654_435_761).wrapping_add(seed.wrapping_mul(40503)) >> 9;
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segments_match_the_closure_reduction() {
+        for n in [0, 1, 2, 63, 64, 65, 255, 256, 257, 1000, 8191, 8192, 8193, 20000] {
+            let (a, b) = (values(n, 1), values(n, 2));
+            let want = dot_f32(n, |k| (a[k], b[k]));
+            assert_eq!(over_segments(n, |r| segment_dot(&a[r.clone()], &b[r])).to_bits(), want.to_bits(), "{n}");
+            let want = dot_f32(n, |k| (a[k], 1.0));
+            assert_eq!(over_segments(n, |r| segment_sum(&a[r])).to_bits(), want.to_bits(), "{n}");
+            let want = dot_f64(n, |k| (a[k] as f64, b[k] as f64));
+            assert_eq!(over_segments(n, |r| segment_dot_f64(&a[r.clone()], &b[r])).to_bits(), want.to_bits(), "{n}");
+        }
+    }
+}

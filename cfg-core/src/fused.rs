@@ -1,0 +1,415 @@
+//! Per-group operators evaluated straight from their linear forms.
+//!
+//! A group that fits in cache is done in one pass over memory: its forms are
+//! computed into a small block, reduced and applied while still in cache.
+//! Larger groups take two passes: per-segment statistics in parallel (summed
+//! in segment order, as the canonical reduction does), then the apply, which
+//! computes the forms again rather than storing them.
+
+use crate::canon::{segment_dot, segment_sq, segment_sum};
+use crate::cpu::{
+    magnitude_scale, norm_cap_factor, renorm_factor, rescale_factor, std_from_sums, zero_star_alpha, Element,
+};
+use crate::reduce::SEGMENT;
+use crate::simd::{self, Task};
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// A linear form over slices: `Σ w_k·x_k`, evaluated as `w_0·x_0`, then fma in order.
+pub type Terms<'a, I> = &'a [(&'a [I], f32)];
+
+/// Elements computed at once (a few blocks stay in L1).
+pub const BLOCK: usize = 2048;
+/// Elements per parallel task.
+pub const TASK: usize = BLOCK * 32;
+/// The largest group done in one pass (its two values stay in L2).
+const ONE_PASS: usize = 2 * SEGMENT;
+
+thread_local! {
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// This thread's scratch, at least `n` long (grown once, then reused).
+pub fn take_scratch(n: usize) -> Vec<f32> {
+    let mut v = SCRATCH.with(Cell::take);
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    v
+}
+
+/// Returns the scratch for the next task on this thread.
+pub fn put_scratch(v: Vec<f32>) {
+    SCRATCH.with(|s| s.set(v));
+}
+
+/// Writes the form over elements `start..start + out.len()` into `out`.
+#[inline(always)]
+pub fn form_into<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
+    if I::DIRECT {
+        match terms.len() {
+            0 => return out.fill(0.0),
+            1 => return direct::<I, 1>(terms, start, out),
+            2 => return direct::<I, 2>(terms, start, out),
+            3 => return direct::<I, 3>(terms, start, out),
+            4 => return direct::<I, 4>(terms, start, out),
+            _ => {}
+        }
+    }
+    by_term(terms, start, out)
+}
+
+/// A known number of terms: the sum stays in a register.
+#[inline(always)]
+fn direct<I: Element, const N: usize>(terms: Terms<I>, start: usize, out: &mut [f32]) {
+    let n = out.len();
+    let x: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[start..start + n]);
+    let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = w[0] * x[0][i].get();
+        for k in 1..N {
+            acc = w[k].mul_add(x[k][i].get(), acc);
+        }
+        *o = acc;
+    }
+}
+
+/// Any number of terms, each widened through a small buffer (f16 converts by slices).
+#[inline(always)]
+fn by_term<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
+    let Some(((x0, w0), rest)) = terms.split_first() else {
+        return out.fill(0.0);
+    };
+    let mut tmp = [0.0f32; 256];
+    for (c, o) in out.chunks_mut(256).enumerate() {
+        let (s, t) = (start + c * 256, &mut tmp[..o.len()]);
+        I::load(&x0[s..s + o.len()], t);
+        for (a, v) in o.iter_mut().zip(t.iter()) {
+            *a = w0 * v;
+        }
+        for (x, w) in rest {
+            I::load(&x[s..s + o.len()], t);
+            for (a, v) in o.iter_mut().zip(t.iter()) {
+                *a = w.mul_add(*v, *a);
+            }
+        }
+    }
+}
+
+/// Writes `f32` values into `out`, rounding (nearest even) to its type.
+#[inline(always)]
+pub fn store<O: Element>(vals: &[f32], out: &mut [O]) {
+    if O::DIRECT {
+        for (o, v) in out.iter_mut().zip(vals) {
+            *o = O::put(*v);
+        }
+    } else {
+        O::store(vals, out);
+    }
+}
+
+/// An operator with one f32 factor per group from `K` canonical statistics.
+pub trait GroupOp<const K: usize>: Sync {
+    /// Computes its two values over `start..start + a.len()` into `a` and `b`.
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]);
+    /// The statistics of one segment.
+    fn segment(a: &[f32], b: &[f32]) -> [f64; K];
+    /// The group's factor from its statistics.
+    fn factor(&self, totals: [f64; K], len: usize) -> f32;
+    /// One output element.
+    fn apply(&self, a: f32, b: f32, f: f32) -> f32;
+}
+
+/// Evaluates `op` over consecutive groups of `len` elements into `out`.
+pub fn run_groups<const K: usize, P: GroupOp<K>, O: Element>(op: &P, len: usize, out: &mut [O]) {
+    if out.is_empty() || len == 0 {
+        return;
+    }
+    if len <= ONE_PASS {
+        let per_task = (TASK / len).max(1) * len;
+        out.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(t, out)| simd::run(OnePass::<P, O, K> { op, start: t * per_task, len, out }));
+        return;
+    }
+    let segs = len.div_ceil(SEGMENT);
+    let count = out.len() / len;
+    let partials: Vec<[f64; K]> = (0..count * segs)
+        .into_par_iter()
+        .map(|s| {
+            let lo = (s % segs) * SEGMENT;
+            simd::run(Stats::<P, K> { op, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
+        })
+        .collect();
+    let factors: Vec<f32> = partials.chunks(segs).map(|p| op.factor(in_order(p), len)).collect();
+    out.par_chunks_mut(len).zip(factors).enumerate().for_each(|(g, (group, f))| {
+        group
+            .par_chunks_mut(TASK)
+            .enumerate()
+            .for_each(|(t, out)| simd::run(Apply::<P, O, K> { op, start: g * len + t * TASK, f, out }))
+    });
+}
+
+/// Σ of per-segment statistics in segment order, from +0 (the canonical f64 sum).
+pub fn in_order<const K: usize>(partials: &[[f64; K]]) -> [f64; K] {
+    let mut t = [0.0f64; K];
+    for p in partials {
+        for k in 0..K {
+            t[k] += p[k];
+        }
+    }
+    t
+}
+
+/// Whole groups: load, reduce and apply while the block is in cache.
+struct OnePass<'a, P, O, const K: usize> {
+    op: &'a P,
+    start: usize,
+    len: usize,
+    out: &'a mut [O],
+}
+
+impl<const K: usize, P: GroupOp<K>, O: Element> Task for OnePass<'_, P, O, K> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let len = self.len;
+        let per_block = (BLOCK / len).max(1) * len;
+        let mut buf = take_scratch(3 * per_block);
+        let (a, rest) = buf.split_at_mut(per_block);
+        let (b, y) = rest.split_at_mut(per_block);
+        for (k, block) in self.out.chunks_mut(per_block).enumerate() {
+            let m = block.len();
+            self.op.load(self.start + k * per_block, &mut a[..m], &mut b[..m]);
+            for (g, out) in block.chunks_mut(len).enumerate() {
+                let (a, b, y) = (&a[g * len..][..len], &b[g * len..][..len], &mut y[..len]);
+                let mut t = [0.0f64; K];
+                for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
+                    let p = P::segment(sa, sb);
+                    for i in 0..K {
+                        t[i] += p[i];
+                    }
+                }
+                let f = self.op.factor(t, len);
+                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+                    *y = self.op.apply(*a, *b, f);
+                }
+                store(y, out);
+            }
+        }
+        put_scratch(buf);
+    }
+}
+
+/// The statistics of one segment.
+struct Stats<'a, P, const K: usize> {
+    op: &'a P,
+    start: usize,
+    n: usize,
+}
+
+impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
+    type Out = [f64; K];
+    #[inline(always)]
+    fn run(self) -> [f64; K] {
+        let mut buf = take_scratch(2 * SEGMENT);
+        let (a, b) = buf.split_at_mut(SEGMENT);
+        let (a, b) = (&mut a[..self.n], &mut b[..self.n]);
+        self.op.load(self.start, a, b);
+        let p = P::segment(a, b);
+        put_scratch(buf);
+        p
+    }
+}
+
+/// Applies a known factor to a run of one group.
+struct Apply<'a, P, O, const K: usize> {
+    op: &'a P,
+    start: usize,
+    f: f32,
+    out: &'a mut [O],
+}
+
+impl<const K: usize, P: GroupOp<K>, O: Element> Task for Apply<'_, P, O, K> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let mut buf = take_scratch(3 * BLOCK);
+        let (a, rest) = buf.split_at_mut(BLOCK);
+        let (b, y) = rest.split_at_mut(BLOCK);
+        for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
+            let m = out.len();
+            let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
+            self.op.load(self.start + k * BLOCK, a, b);
+            for ((y, a), b) in y.iter_mut().zip(a.iter()).zip(b.iter()) {
+                *y = self.op.apply(*a, *b, self.f);
+            }
+            store(y, out);
+        }
+        put_scratch(buf);
+    }
+}
+
+/// `input · clamp(‖reference‖/(‖input‖+eps), min, max)` per group.
+pub struct Renorm<'a, I> {
+    /// The guided prediction.
+    pub input: Terms<'a, I>,
+    /// The reference.
+    pub reference: Terms<'a, I>,
+    /// Added to ‖input‖.
+    pub eps: f64,
+    /// Lower clamp.
+    pub min: Option<f64>,
+    /// Upper clamp.
+    pub max: Option<f64>,
+}
+
+impl<I: Element> GroupOp<2> for Renorm<'_, I> {
+    #[inline(always)]
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+        form_into(self.input, start, a);
+        form_into(self.reference, start, b);
+    }
+    #[inline(always)]
+    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
+        [segment_sq(a), segment_sq(b)]
+    }
+    #[inline(always)]
+    fn factor(&self, t: [f64; 2], _: usize) -> f32 {
+        renorm_factor(t[1].sqrt(), t[0].sqrt(), self.eps, self.min, self.max)
+    }
+    #[inline(always)]
+    fn apply(&self, a: f32, _: f32, f: f32) -> f32 {
+        a * f
+    }
+}
+
+/// The whole-tensor norm cap.
+pub struct NormCap<'a, I> {
+    /// The guided prediction.
+    pub input: Terms<'a, I>,
+    /// The reference.
+    pub reference: Terms<'a, I>,
+    /// The largest norm ratio.
+    pub ratio: f64,
+}
+
+impl<I: Element> GroupOp<2> for NormCap<'_, I> {
+    #[inline(always)]
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+        form_into(self.input, start, a);
+        form_into(self.reference, start, b);
+    }
+    #[inline(always)]
+    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
+        [segment_sq(a), segment_sq(b)]
+    }
+    #[inline(always)]
+    fn factor(&self, t: [f64; 2], _: usize) -> f32 {
+        norm_cap_factor(t[1].sqrt(), t[0].sqrt(), self.ratio)
+    }
+    #[inline(always)]
+    fn apply(&self, a: f32, _: f32, f: f32) -> f32 {
+        a * f
+    }
+}
+
+/// `input · (phi·std(reference)/std(input) + 1 − phi)` per group.
+pub struct StdRescale<'a, I> {
+    /// The guided prediction.
+    pub input: Terms<'a, I>,
+    /// The reference.
+    pub reference: Terms<'a, I>,
+    /// φ.
+    pub phi: f64,
+}
+
+impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
+    #[inline(always)]
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+        form_into(self.input, start, a);
+        form_into(self.reference, start, b);
+    }
+    #[inline(always)]
+    fn segment(a: &[f32], b: &[f32]) -> [f64; 4] {
+        [segment_sum(b), segment_sq(b), segment_sum(a), segment_sq(a)]
+    }
+    #[inline(always)]
+    fn factor(&self, t: [f64; 4], len: usize) -> f32 {
+        rescale_factor(std_from_sums(t[0], t[1], len), std_from_sums(t[2], t[3], len), self.phi)
+    }
+    #[inline(always)]
+    fn apply(&self, a: f32, _: f32, f: f32) -> f32 {
+        a * f
+    }
+}
+
+/// CFG-Zero*: `α·u + s·(c − α·u)` (or based on `c`), α per sample.
+pub struct ZeroStar<'a, I> {
+    /// Cond.
+    pub cond: Terms<'a, I>,
+    /// Uncond.
+    pub uncond: Terms<'a, I>,
+    /// The scale.
+    pub scale: f32,
+    /// Base on cond.
+    pub original: bool,
+}
+
+impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
+    #[inline(always)]
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+        form_into(self.cond, start, a);
+        form_into(self.uncond, start, b);
+    }
+    #[inline(always)]
+    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
+        [segment_dot(a, b), segment_sq(b)]
+    }
+    #[inline(always)]
+    fn factor(&self, t: [f64; 2], _: usize) -> f32 {
+        zero_star_alpha(t[0], t[1])
+    }
+    #[inline(always)]
+    fn apply(&self, c: f32, u: f32, alpha: f32) -> f32 {
+        let ua = alpha * u;
+        let base = if self.original { c } else { ua };
+        self.scale.mul_add(c - ua, base)
+    }
+}
+
+/// Magnitude-aware guidance: `u + s(‖Δ‖/‖u‖)·Δ`, Δ = c − u, per sample.
+pub struct MagnitudeAware<'a, I> {
+    /// Cond.
+    pub cond: Terms<'a, I>,
+    /// Uncond.
+    pub uncond: Terms<'a, I>,
+    /// The scale.
+    pub scale: f64,
+    /// α.
+    pub alpha: f64,
+}
+
+impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
+    /// `a` holds Δ, `b` holds u.
+    #[inline(always)]
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+        form_into(self.cond, start, a);
+        form_into(self.uncond, start, b);
+        for (d, u) in a.iter_mut().zip(b.iter()) {
+            *d -= *u;
+        }
+    }
+    #[inline(always)]
+    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
+        [segment_sq(a), segment_sq(b)]
+    }
+    #[inline(always)]
+    fn factor(&self, t: [f64; 2], _: usize) -> f32 {
+        magnitude_scale(self.scale, self.alpha, t[0].sqrt(), t[1].sqrt())
+    }
+    #[inline(always)]
+    fn apply(&self, d: f32, u: f32, s: f32) -> f32 {
+        s.mul_add(d, u)
+    }
+}

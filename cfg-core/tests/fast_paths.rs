@@ -1,0 +1,209 @@
+//! The fast CPU paths against a straightforward canonical evaluation, kept
+//! here as the reference implementation: element by element, every statistic
+//! through `reduce::dot` with closures, bit for bit, on random shapes
+//! (group sizes around the lane and segment boundaries) with signed zeros.
+
+use cfg_core::cpu::{
+    apg_clip_factor, apg_projection, evaluate, magnitude_scale, norm_cap_factor, renorm_factor, rescale_factor,
+    std_from_sums, zero_star_alpha,
+};
+use cfg_core::expr::Space;
+use cfg_core::program::{Form, Op, Program, Value};
+use cfg_core::reduce::{dot_f32, dot_f64, Groups, Reduce};
+use cfg_core::simd::force_portable;
+use cfg_core::state::GuidanceState;
+use cfg_core::{DType, Shape, Tensor};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+/// The reference: one op on forms, f32 values, then rounded to `dtype`.
+fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Option<Vec<f32>>) -> Vec<f32> {
+    let n = shape.numel();
+    let x: Vec<Vec<f32>> = inputs.iter().map(Tensor::to_f32).collect();
+    let value = |v: Value| -> Vec<f32> {
+        let Value::Form(i) = v else { return vec![0.0; n] };
+        let terms = &p.forms[i].terms;
+        (0..n)
+            .map(|e| match terms.split_first() {
+                None => 0.0,
+                Some((&(b0, w0), rest)) => rest.iter().fold(w0 * x[b0][e], |acc, &(b, w)| w.mul_add(x[b][e], acc)),
+            })
+            .collect()
+    };
+    let sq = |v: &[f32], g: &Groups, k: usize| dot_f32(g.len, |j| (v[g.index(k, j)], v[g.index(k, j)]));
+    let per_group = |g: &Groups, f: &dyn Fn(usize) -> f32| -> Vec<f32> { (0..g.count).map(f).collect() };
+    let std = |v: &[f32], g: &Groups, k: usize| {
+        std_from_sums(dot_f32(g.len, |j| (v[g.index(k, j)], 1.0)), sq(v, g, k), g.len)
+    };
+    let inputs_of = p.ops[0].inputs();
+    let (a, b) = (value(inputs_of[0]), value(inputs_of[1]));
+    let sample = Groups::new(Reduce::Sample, shape);
+    match &p.ops[0] {
+        Op::Renorm { over, eps, min, max, .. } => {
+            let g = Groups::new(*over, shape);
+            let f = per_group(&g, &|k| renorm_factor(sq(&b, &g, k).sqrt(), sq(&a, &g, k).sqrt(), *eps, *min, *max));
+            (0..n).map(|i| a[i] * f[g.group_of(i)]).collect()
+        }
+        Op::NormCap { ratio, .. } => {
+            let g = Groups::new(Reduce::Tensor, shape);
+            let f = norm_cap_factor(sq(&b, &g, 0).sqrt(), sq(&a, &g, 0).sqrt(), *ratio);
+            a.iter().map(|x| x * f).collect()
+        }
+        Op::StdRescale { phi, over, .. } => {
+            let g = Groups::new(*over, shape);
+            let f = per_group(&g, &|k| rescale_factor(std(&b, &g, k), std(&a, &g, k), *phi));
+            (0..n).map(|i| a[i] * f[g.group_of(i)]).collect()
+        }
+        Op::ZeroStar { scale, original, .. } => {
+            let g = &sample;
+            let al = per_group(g, &|k| {
+                zero_star_alpha(dot_f32(g.len, |j| (a[g.index(k, j)], b[g.index(k, j)])), sq(&b, g, k))
+            });
+            (0..n)
+                .map(|i| {
+                    let ua = al[g.group_of(i)] * b[i];
+                    scale.mul_add(a[i] - ua, if *original { a[i] } else { ua })
+                })
+                .collect()
+        }
+        Op::MagnitudeAware { scale, alpha, .. } => {
+            let g = &sample;
+            let d: Vec<f32> = (0..n).map(|i| a[i] - b[i]).collect();
+            let s = per_group(g, &|k| magnitude_scale(*scale, *alpha, sq(&d, g, k).sqrt(), sq(&b, g, k).sqrt()));
+            (0..n).map(|i| s[g.group_of(i)].mul_add(d[i], b[i])).collect()
+        }
+        Op::Apg { scale, momentum: beta, norm_threshold, eta, original, .. } => {
+            let g = &sample;
+            let mut r: Vec<f32> = (0..n).map(|i| a[i] - b[i]).collect();
+            if *beta != 0.0 {
+                if let Some(prev) = momentum.as_ref() {
+                    r = (0..n).map(|i| beta.mul_add(prev[i], r[i])).collect();
+                }
+                *momentum = Some(r.clone());
+            }
+            if *norm_threshold > 0.0 {
+                let f = per_group(g, &|k| apg_clip_factor(sq(&r, g, k).sqrt(), *norm_threshold));
+                r = (0..n).map(|i| r[i] * f[g.group_of(i)]).collect();
+            }
+            let coef: Vec<f64> = (0..g.count)
+                .map(|k| {
+                    let dc = dot_f64(g.len, |j| (r[g.index(k, j)] as f64, a[g.index(k, j)] as f64));
+                    let cc = dot_f64(g.len, |j| (a[g.index(k, j)] as f64, a[g.index(k, j)] as f64));
+                    apg_projection(dc, cc)
+                })
+                .collect();
+            (0..n)
+                .map(|i| {
+                    let par = coef[g.group_of(i)] * a[i] as f64;
+                    let update = eta.mul_add(par as f32, (r[i] as f64 - par) as f32);
+                    scale.mul_add(update, if *original { a[i] } else { b[i] })
+                })
+                .collect()
+        }
+        Op::Mix { .. } => unreachable!("not generated"),
+    }
+}
+
+/// Group sizes around lane and segment boundaries, and a few others.
+const WIDTHS: &[usize] = &[1, 2, 63, 64, 65, 255, 256, 257, 3000, 8191, 8192, 8193];
+
+fn case() -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
+    let shape = (1usize..=3, 0usize..WIDTHS.len(), 1usize..=4)
+        .prop_map(|(batch, w, tokens)| Shape::new([batch, if WIDTHS[w] > 4000 { 1 } else { tokens }, WIDTHS[w]]));
+    let forms = (2usize..=4).prop_flat_map(|branches| {
+        let form = prop::collection::vec((0..branches, -4.0f32..4.0), 0..=4).prop_map(|mut t| {
+            t.sort_by_key(|x| x.0);
+            t.dedup_by_key(|x| x.0);
+            Form { terms: t }
+        });
+        (Just(branches), form.clone(), form)
+    });
+    let over = prop_oneof![Just(Reduce::Token), Just(Reduce::Channel), Just(Reduce::Sample), Just(Reduce::Tensor)];
+    let op = (0usize..7, over, -3.0f32..8.0, -0.9f32..0.9, prop::bool::ANY, 0.0f64..2.0);
+    let dtype = prop_oneof![Just(DType::F32), Just(DType::BF16), Just(DType::F16)];
+    (shape, forms, op, dtype, any::<u64>()).prop_map(
+        |(shape, (branches, fa, fb), (kind, over, s, m, orig, t), dtype, seed)| {
+            let (a, b) = (Value::Form(0), Value::Form(1));
+            let op = match kind {
+                0 => Op::Renorm { input: a, reference: b, over, eps: 0.0, min: None, max: None },
+                1 => Op::Renorm { input: a, reference: b, over, eps: 1e-8, min: Some(0.0), max: Some(1.0) },
+                2 => Op::StdRescale { input: a, reference: b, phi: 0.7, over },
+                3 => Op::NormCap { input: a, reference: b, ratio: t },
+                4 => Op::ZeroStar { cond: a, uncond: b, scale: s, original: orig },
+                5 => Op::MagnitudeAware { cond: a, uncond: b, scale: s as f64, alpha: t * 4.0 },
+                _ => Op::Apg {
+                    cond: a,
+                    uncond: b,
+                    scale: s,
+                    momentum: m,
+                    norm_threshold: t * 10.0,
+                    eta: m.abs(),
+                    original: orig,
+                    slot: "apg".into(),
+                },
+            };
+            let program = Program {
+                output: "x".into(),
+                space: Space::Eps,
+                branches: (0..branches).map(|k| format!("b{k}")).collect(),
+                forms: vec![fa, fb],
+                ops: vec![op],
+                latches: vec![],
+                counters: vec![],
+                result: Value::Op(0),
+            };
+            let n = shape.numel();
+            let mut h = seed | 1;
+            let inputs = (0..branches)
+                .map(|_| {
+                    let v: Vec<f32> = (0..n)
+                        .map(|_| {
+                            h ^= h << 13;
+                            h ^= h >> 7;
+                            h ^= h << 17;
+                            match h % 16 {
+                                0 => 0.0,
+                                1 => -0.0,
+                                _ => ((h >> 20) % 20001) as f32 / 5000.0 - 2.0,
+                            }
+                        })
+                        .collect();
+                    Tensor::from_f32(dtype, shape.clone(), &v)
+                })
+                .collect();
+            (program, inputs, shape, dtype)
+        },
+    )
+}
+
+#[test]
+fn fast_paths_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 96, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[13; 32]);
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&case(), |(program, inputs, shape, dtype)| {
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let (mut state, mut momentum) = (GuidanceState::new(), None);
+                // Two steps: the second reads APG's momentum from the first.
+                for step in 0..2 {
+                    let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                    let want = reference(&program, &inputs, &shape, &mut momentum);
+                    let want = Tensor::from_f32(dtype, shape.clone(), &want);
+                    prop_assert_eq!(
+                        got.bits(),
+                        want.bits(),
+                        "step {} portable {} {:?}",
+                        step,
+                        portable,
+                        program.ops[0]
+                    );
+                }
+                Ok(())
+            })
+            .expect("fast paths match the reference");
+    }
+    force_portable(false);
+}

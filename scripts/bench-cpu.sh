@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# PyTorch eager vs the cfg CPU evaluator, every library operator, interleaved
+# row by row on the same inputs: scripts/bench-cpu.sh [op,op,...]
+# Installs torch (CPU) into target/torch on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! PYTHONPATH=target/torch python3 -c "import torch" 2>/dev/null; then
+    python3 -m pip install --quiet --target target/torch torch --index-url https://download.pytorch.org/whl/cpu ||
+        python3 -m pip install --quiet --target target/torch torch
+fi
+bins=$(cargo bench -p cfg-core --bench ops --bench ops_mimalloc --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] in ("ops", "ops_mimalloc") and m.get("executable"):
+        print(m["target"]["name"], m["executable"])')
+system=$(echo "$bins" | awk '$1 == "ops" {print $2}')
+mimalloc=$(echo "$bins" | awk '$1 == "ops_mimalloc" {print $2}')
+PYTHONPATH=target/torch exec python3 scripts/bench_torch.py "$system" "$mimalloc" "${1:-}"

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""PyTorch eager beside the cfg CPU evaluator, row by row, on the same inputs.
+
+Each operator is written as diffusers, vllm-omni and the official LTX-2 code
+write it. For every row this times torch, then asks the Rust bench (started
+with --serve, one per allocator) for cfg and the memcpy floor, so the two
+sides run interleaved. Prints a table of medians and ratios.
+"""
+import subprocess
+import sys
+import time
+
+import torch
+
+WIDTH = 64
+OPS = ["renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2"]
+SIZES = [262_144, 4_792_320, 33_554_432]
+ONE_PASS = {"renorm", "renorm_clamped"}
+
+
+def branch(n, b, dtype):
+    i = torch.arange(n, dtype=torch.int64)
+    x = ((i * 7 + b * 13) % 1000).to(torch.float32) / 500.0 - 1.0
+    return x.reshape(1, n // WIDTH, WIDTH).to(dtype)
+
+
+def cfg(cond, uncond, s):
+    return uncond + s * (cond - uncond)
+
+
+def renorm(cond, uncond):  # Qwen-Image (diffusers / vllm-omni QwenImagePipeline)
+    comb = cfg(cond, uncond, 4.0)
+    cond_norm = torch.norm(cond, dim=-1, keepdim=True)
+    noise_norm = torch.norm(comb, dim=-1, keepdim=True)
+    return comb * (cond_norm / noise_norm)
+
+
+def renorm_clamped(cond, uncond):  # LongCat-Image / Bagel cfg_renorm_min
+    comb = cfg(cond, uncond, 4.5)
+    cond_norm = torch.norm(cond, dim=-1, keepdim=True)
+    noise_norm = torch.norm(comb, dim=-1, keepdim=True)
+    scale = (cond_norm / (noise_norm + 1e-8)).clamp(min=0.0, max=1.0)
+    return comb * scale
+
+
+def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale):  # diffusers
+    std_text = noise_pred_text.std(dim=list(range(1, noise_pred_text.ndim)), keepdim=True)
+    std_cfg = noise_cfg.std(dim=list(range(1, noise_cfg.ndim)), keepdim=True)
+    noise_pred_rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * noise_pred_rescaled + (1 - guidance_rescale) * noise_cfg
+
+
+def std_sample(cond, uncond):
+    return rescale_noise_cfg(cfg(cond, uncond, 7.5), cond, 0.7)
+
+
+def std_tensor(cond, uncond):  # LTX-2 MultiModalGuider's rescale, on a 2-branch CFG
+    pred = cfg(cond, uncond, 7.5)
+    factor = cond.std() / pred.std()
+    factor = 0.7 * factor + (1 - 0.7)
+    return pred * factor
+
+
+def norm_cap(cond, uncond):  # Z-Image cfg_normalization (diffusers / sglang)
+    pred = cond + (4.0 - 1.0) * (cond - uncond)
+    ori_pos_norm = torch.linalg.vector_norm(cond)
+    new_pos_norm = torch.linalg.vector_norm(pred)
+    max_new_norm = ori_pos_norm * 1.0
+    if new_pos_norm > max_new_norm:
+        pred = pred * (max_new_norm / new_pos_norm)
+    return pred
+
+
+def zero_star(cond, uncond):  # diffusers ClassifierFreeZeroStarGuidance
+    b = cond.shape[0]
+    positive_flat, negative_flat = cond.reshape(b, -1), uncond.reshape(b, -1)
+    dot_product = torch.sum(positive_flat * negative_flat, dim=1, keepdim=True)
+    squared_norm = torch.sum(negative_flat**2, dim=1, keepdim=True) + 1e-8
+    alpha = (dot_product / squared_norm).view(b, *([1] * (cond.ndim - 1)))
+    uncond = uncond * alpha
+    return uncond + 7.5 * (cond - uncond)
+
+
+def magnitude(cond, uncond):  # diffusers MagnitudeAwareGuidance
+    diff = cond - uncond
+    dim = list(range(1, cond.ndim))
+    ratio = torch.norm(diff, dim=dim, keepdim=True) / torch.norm(uncond, dim=dim, keepdim=True)
+    scale = 1 + (10.0 - 1) * torch.exp(-8.0 * ratio)
+    return uncond + scale * diff
+
+
+class MomentumBuffer:  # diffusers
+    def __init__(self, momentum):
+        self.momentum, self.running_average = momentum, 0
+
+    def update(self, update_value):
+        new_average = self.momentum * self.running_average
+        self.running_average = update_value + new_average
+
+
+def make_apg():
+    buf = MomentumBuffer(-0.5)
+
+    def apg(cond, uncond):  # diffusers normalized_guidance
+        diff = cond - uncond
+        dim = [-i for i in range(1, len(diff.shape))]
+        buf.update(diff)
+        diff = buf.running_average
+        ones = torch.ones_like(diff)
+        diff_norm = diff.norm(p=2, dim=dim, keepdim=True)
+        scale_factor = torch.minimum(ones, 15.0 / diff_norm)
+        diff = diff * scale_factor
+        v0, v1 = diff.double(), cond.double()
+        v1 = torch.nn.functional.normalize(v1, dim=dim)
+        v0_parallel = (v0 * v1).sum(dim=dim, keepdim=True) * v1
+        v0_orthogonal = v0 - v0_parallel
+        diff_parallel, diff_orthogonal = v0_parallel.type_as(diff), v0_orthogonal.type_as(diff)
+        normalized_update = diff_orthogonal + 0.0 * diff_parallel
+        return uncond + 7.5 * normalized_update
+
+    return apg
+
+
+def ltx2(cond, isolated, perturbed, uncond):  # LTX-2 MultiModalGuider
+    pred = cond + (3.0 - 1) * (cond - uncond) + 1.0 * (cond - perturbed) + (3.0 - 1) * (cond - isolated)
+    factor = cond.std() / pred.std()
+    factor = 0.7 * factor + (1 - 0.7)
+    return pred * factor
+
+
+def median_ms(reps, f):
+    f()
+    t = []
+    for _ in range(reps):
+        s = time.perf_counter()
+        f()
+        t.append((time.perf_counter() - s) * 1e3)
+    return sorted(t)[len(t) // 2]
+
+
+def main():
+    system, mimalloc = sys.argv[1], sys.argv[2]
+    only = sys.argv[3].split(",") if len(sys.argv) > 3 and sys.argv[3] else None
+    torch.set_num_threads(2)
+    servers = [subprocess.Popen([b, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for b in (system, mimalloc)]
+
+    def ask(server, line):
+        server.stdin.write(line + "\n")
+        server.stdin.flush()
+        return [float(x) for x in server.stdout.readline().split()]
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians in ms; floor = fastest copy of the bytes the op must move")
+    hdr = f"{'op':15} {'dtype':5} {'n':>9} | {'torch':>8} {'cfg':>8} {'cfg+alloc':>9} {'cfg+alloc':>9} {'floor':>7} | {'torch/cfg':>9} {'floor/cfg':>9}"
+    print(hdr)
+    print(f"{'':15} {'':5} {'':>9} | {'eager':>8} {'into':>8} {'system':>9} {'mimalloc':>9} {'':>7} |")
+    for n in SIZES:
+        reps = 20 if n < 1_000_000 else (8 if n < 10_000_000 else 3)
+        for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            for op in OPS:
+                if only and op not in only:
+                    continue
+                branches = 4 if op == "ltx2" else 2
+                xs = [branch(n, b, dtype) for b in range(branches)]
+                if op == "ltx2":
+                    f = lambda: ltx2(*xs)
+                elif op == "apg":
+                    g = make_apg()
+                    f = lambda: g(xs[0], xs[1])
+                else:
+                    fn = globals()[op]
+                    f = lambda: fn(xs[0], xs[1])
+                t = median_ms(reps, f)
+                del xs
+                into, alloc_sys, floor = ask(servers[0], f"{op} {name} {n} {reps}")
+                _, alloc_mi, _ = ask(servers[1], f"{op} {name} {n} {reps}")
+                worst = max(into, alloc_sys, alloc_mi)
+                print(
+                    f"{op:15} {name:5} {n:>9} | {t:8.3f} {into:8.3f} {alloc_sys:9.3f} {alloc_mi:9.3f} {floor:7.3f} | "
+                    f"{t / worst:8.2f}x {floor / worst:8.0%}",
+                    flush=True,
+                )
+    for s in servers:
+        s.stdin.close()
+        s.wait()
+
+
+if __name__ == "__main__":
+    main()
