@@ -4,8 +4,11 @@
 //!   rank assignment, batched groups, idle ranks, the collective by bytes).
 //! - [`comm`]: the [`comm::Communicator`] trait; [`local`] implements it
 //!   with threads of one process (NCCL lives in [`cuda`]).
+//! - [`tensor`]: [`tensor::DeviceTensor`], a tensor where a rank's work
+//!   happens (host memory, or CUDA device memory).
 //! - [`backend`]: the [`backend::Backend`] trait; [`cpu`] runs the canonical
-//!   program of `cfg-core`.
+//!   program of `cfg-core`, [`cuda`] the same program with our kernels, NCCL
+//!   and the sampler on the GPU (one guider and one loop serve both).
 //! - [`model`]: the [`model::Model`] trait a model crate implements;
 //!   [`guider`] is the per-step call, [`sample`] the whole loop, over the
 //!   [`scheduler`]s, with noise from [`philox`].
