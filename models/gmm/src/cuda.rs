@@ -16,7 +16,7 @@
 //! Always built: without libcuda no [`Device`] can be opened (the runtime
 //! returns [`CudaError::NoDriver`]), so nothing here is reached.
 
-use crate::model::{Condition, GmmModel};
+use crate::model::{terms, Condition, GmmModel};
 use cfg_core::branch::BranchSpec;
 use cfg_core::expr::Space;
 use cfg_runtime::cuda::kernels::{KernelModule, COMMON, PORTABLE_MATH};
@@ -193,18 +193,13 @@ impl GmmModel {
         let (log_var, rest) = rest.split_at_mut(jd);
         let (coef, log_weight) = rest.split_at_mut(jd);
         for (j, c) in comps.iter().enumerate() {
-            log_weight[j] = c.weight.ln();
+            log_weight[j] = cond.prior * c.weight.ln();
             for k in 0..self.mixture.dim {
                 let i = j * self.mixture.dim + k;
                 mean[i] = c.mean[k];
-                // The likelihood's variance, as in `predict_sample`.
-                let s = cond.kappa * c.std[k];
-                var[i] = a * a * s * s + t * t;
-                log_var[i] = var[i].ln();
-                // The posterior mean's coefficient, as in `predict_sample`.
-                let s2 = (cond.kappa * c.std[k]).powi(2);
-                let vx = a * a * s2 + t * t;
-                coef[i] = a * s2 / vx;
+                // The likelihood's terms and the posterior mean's
+                // coefficient, as in `predict_sample`.
+                (var[i], log_var[i], coef[i]) = terms(cond, a, t, c.std[k]);
             }
         }
         v
