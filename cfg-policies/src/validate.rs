@@ -188,6 +188,9 @@ impl Validator<'_> {
                 )),
                 None => Ok(()),
             },
+            Schedule::TimestepDecay { rate, .. } if *rate < 0.0 => {
+                Err(self.error(at, format!("scale `{name}`: a timestep decay's rate {rate} must be ≥ 0 (0: no decay)")))
+            }
             _ => Ok(()),
         }
     }

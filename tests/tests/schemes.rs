@@ -143,6 +143,27 @@ proptest! {
     }
 
     #[test]
+    fn pag_with_the_adaptive_scale_damps_its_term_as_t_falls(
+        (shape, dtype, seed) in inputs(), i in 1usize..5, sigma in 0.0f64..=1.0, a in 0.0f64..0.02,
+    ) {
+        // pag.ron with diffusers' pipelines' adaptive PAG scale:
+        // max(0, 3.0 − a·(1000 − t)), t = 1000·sigma.
+        let text = cfg_policies::library::source("pag").expect("pag is in the library");
+        let text = text.replace(
+            r#""pag_scale": Const(2.8)"#,
+            &format!(r#""pag_scale": TimestepDecay(start: 3.0, rate: {a:?})"#),
+        );
+        let p = cfg_policies::parse(&text, "pag_adaptive").unwrap_or_else(|e| panic!("{e}")).policy;
+        let case = Case::random(&p, dtype, shape, seed);
+        let ctx = StepContext { step: i, num_steps: 28, sigma: Some(sigma) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (c, u, ptb) = (case.get("cond"), case.get("uncond"), case.get("perturbed"));
+        let s_pag = (3.0 - a * (1000.0 - 1000.0 * sigma)).max(0.0);
+        let direct: Vec<f64> = (0..c.len()).map(|k| u[k] + 7.5 * (c[k] - u[k]) + s_pag * (c[k] - ptb[k])).collect();
+        expect(&out[0].1, &direct, "pag adaptive")?;
+    }
+
+    #[test]
     fn seg_adds_its_smoothed_term_after_the_first_step(
         (shape, dtype, seed) in inputs(), i in 0usize..28, s in 1.0f64..9.0, s_seg in 0.0f64..4.0,
     ) {
