@@ -7,7 +7,9 @@
 //! Per call the host computes, in f64 and exactly as the CPU model does, the
 //! tables that depend on the step and the branch (component variances at
 //! `t`, their logs, the posterior-mean coefficients, the log weights, and
-//! which components each sample may use) and uploads them (a few kB); the
+//! which components each sample may use; PAG's and SEG's tempering is folded
+//! into the variances, their logs and the log weights) and uploads them (a
+//! few kB); the
 //! kernel does the rest (likelihoods, log-sum-exp responsibilities, `E[x₀|x_t]`,
 //! the output space). The softmax's `exp` and `log` are the portable ones
 //! (`cfg_core::portable_math`, `kernels/portable_math.cu`) the CPU model uses
