@@ -6,7 +6,7 @@
 //! zero-init counters, adaptive latches) carries across the steps of the file.
 //!
 //! Branch tensors may also carry diffusers' names (`pred_cond`,
-//! `pred_uncond`, `pred_cond_skip`, `pred_cond_ptb`) or any name mapped with
+//! `pred_uncond`, `pred_cond_skip`, `pred_cond_ptb`, `pred_cond_seg`) or any name mapped with
 //! `--map FILE_NAME=BRANCH`. Every step's inputs and outputs are checked for
 //! NaN and infinity (unless `--allow-nonfinite`).
 
@@ -54,7 +54,7 @@ pub struct Args {
     pub sets: Vec<String>,
     /// Read branch BRANCH from tensors named `<step>/NAME` (repeatable), e.g.
     /// `--map noise_pred_text=cond`. diffusers' `pred_cond`, `pred_uncond`,
-    /// `pred_cond_skip` and `pred_cond_ptb` are understood without it.
+    /// `pred_cond_skip`, `pred_cond_ptb` and `pred_cond_seg` are understood without it.
     #[arg(long = "map", value_name = "NAME=BRANCH")]
     pub map: Vec<String>,
     /// Write NaN or infinite outputs instead of stopping at the first one.
@@ -66,8 +66,13 @@ pub struct Args {
 }
 
 /// diffusers' guider names for our usual branch names.
-const DIFFUSERS: [(&str, &str); 4] =
-    [("pred_cond", "cond"), ("pred_uncond", "uncond"), ("pred_cond_skip", "skip"), ("pred_cond_ptb", "perturbed")];
+const DIFFUSERS: [(&str, &str); 5] = [
+    ("pred_cond", "cond"),
+    ("pred_uncond", "uncond"),
+    ("pred_cond_skip", "skip"),
+    ("pred_cond_ptb", "perturbed"),
+    ("pred_cond_seg", "blurred"),
+];
 
 /// Refuses `--output` naming the same file as `--input` (compared as canonical paths).
 fn check_not_input(input: &Path, output: &Path) -> Result<(), CliError> {

@@ -7,6 +7,9 @@
 //! of the largest input magnitude at that element's step (torch rounds
 //! `u + s·(c − u)` op by op, we fold weights and use fma), and ‖out − ref‖/‖ref‖
 //! ≤ 1e-6 per step. Zero-star's zero-init step and APG's momentum carry state.
+//! PAG and SEG replay the combine only (their perturbations act inside the
+//! model): PAG's strict window 0.01–0.2 is on at steps 1–3 of 20, SEG's strict
+//! window 0–1 at steps 1–19.
 
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -88,4 +91,14 @@ fn magnitude_aware_matches_diffusers_mambo_g() {
 #[test]
 fn skip_layer_matches_diffusers_with_its_strict_window() {
     replay("skip_layer");
+}
+
+#[test]
+fn pag_matches_diffusers_perturbed_attention_guidance() {
+    replay("pag");
+}
+
+#[test]
+fn seg_matches_diffusers_smoothed_energy_guidance() {
+    replay("seg");
 }

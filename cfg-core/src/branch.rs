@@ -25,8 +25,13 @@ pub enum Image {
     NegativeReference,
 }
 
+/// Query-blur sigmas at or above this mean "infinite blur": every query is
+/// replaced by the mean over the token grid (diffusers'
+/// `seg_blur_threshold_inf = 9999.0`).
+pub const BLUR_UNIFORM_SIGMA: f64 = 9999.0;
+
 /// How the model is modified for this branch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub enum Modifier {
     /// The model as it is.
     #[default]
@@ -35,6 +40,19 @@ pub enum Modifier {
     SkipLayers(Vec<u32>),
     /// Skip self-attention in these blocks (STG, LTX-2 perturbed branch).
     SkipSelfAttention(Vec<u32>),
+    /// Self-attention scores replaced by the identity in these blocks
+    /// (perturbed-attention guidance, PAG): each token attends only to itself.
+    IdentityAttention(Vec<u32>),
+    /// Self-attention queries blurred by a Gaussian of `sigma` (in tokens)
+    /// over the 2-D token grid in these blocks (smoothed energy guidance,
+    /// SEG); `sigma` ≥ [`BLUR_UNIFORM_SIGMA`] replaces every query by the
+    /// grid's mean.
+    BlurQueries {
+        /// The blocks whose queries are blurred.
+        layers: Vec<u32>,
+        /// The blur's standard deviation in tokens, > 0.
+        sigma: f64,
+    },
     /// Each modality attends only to itself (LTX-2 modality isolation).
     IsolateModality,
     /// Another, weaker model (autoguidance); the string names it.
@@ -42,6 +60,19 @@ pub enum Modifier {
     /// This reference input is zeroed (DreamID-Omni's reference-negative
     /// branches); the string names it (`"image"`, `"audio"`).
     DropReference(String),
+}
+
+impl Modifier {
+    /// The block list of a modifier that names blocks, with the variant's name.
+    pub fn layers(&self) -> Option<(&'static str, &[u32])> {
+        match self {
+            Modifier::SkipLayers(l) => Some(("SkipLayers", l)),
+            Modifier::SkipSelfAttention(l) => Some(("SkipSelfAttention", l)),
+            Modifier::IdentityAttention(l) => Some(("IdentityAttention", l)),
+            Modifier::BlurQueries { layers, .. } => Some(("BlurQueries", layers)),
+            Modifier::None | Modifier::IsolateModality | Modifier::Model(_) | Modifier::DropReference(_) => None,
+        }
+    }
 }
 
 /// One branch: a model call with a given condition and modification.

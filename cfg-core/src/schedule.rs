@@ -70,6 +70,16 @@ pub enum Schedule {
         /// Scale of the low-noise expert.
         low: f64,
     },
+    /// PAG's adaptive scale (diffusers' PAG pipelines, `pag_adaptive_scale`):
+    /// `max(0, start − rate·(1000 − 1000·t))` with `t` the step's sigma read
+    /// as normalized flow time and clamped to [0, 1] (`1000·t` is the
+    /// timestep diffusers' flow pipelines pass). `rate` ≥ 0; needs sigma.
+    TimestepDecay {
+        /// The value at `t = 1` (the scale before damping).
+        start: f64,
+        /// The decrease per unit of timestep below 1000.
+        rate: f64,
+    },
 }
 
 impl Schedule {
@@ -90,12 +100,16 @@ impl Schedule {
                     *low
                 }
             }
+            Schedule::TimestepDecay { start, rate } => {
+                let timestep = 1000.0 * ctx.sigma?.clamp(0.0, 1.0);
+                (start - rate * (1000.0 - timestep)).max(0.0)
+            }
         })
     }
 
     /// Whether evaluating it needs the step's sigma.
     pub fn needs_sigma(&self) -> bool {
-        matches!(self, Schedule::TwoExpert { .. })
+        matches!(self, Schedule::TwoExpert { .. } | Schedule::TimestepDecay { .. })
     }
 
     /// The largest magnitude it takes at any step (for range checks).
@@ -105,6 +119,8 @@ impl Schedule {
             Schedule::Linear { start, end } | Schedule::Cosine { start, end } => start.abs().max(end.abs()),
             Schedule::Piecewise(pieces) => pieces.iter().map(|p| p.value.abs()).fold(0.0, f64::max),
             Schedule::TwoExpert { high, low, .. } => high.abs().max(low.abs()),
+            // In [0, max(start, 0)] for rate ≥ 0 (validation's rule).
+            Schedule::TimestepDecay { start, .. } => start.abs(),
         }
     }
 
@@ -115,6 +131,7 @@ impl Schedule {
             Schedule::Linear { start, end } | Schedule::Cosine { start, end } => vec![*start, *end],
             Schedule::Piecewise(pieces) => pieces.iter().flat_map(|p| [p.until, p.value]).collect(),
             Schedule::TwoExpert { boundary, high, low } => vec![*boundary, *high, *low],
+            Schedule::TimestepDecay { start, rate } => vec![*start, *rate],
         }
     }
 }
@@ -141,6 +158,21 @@ mod tests {
         let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma) };
         assert_eq!(s.at(&ctx(0.875)), Some(4.0));
         assert_eq!(s.at(&ctx(0.5)), Some(3.0));
+    }
+
+    #[test]
+    fn timestep_decay_is_pags_adaptive_scale() {
+        let s = Schedule::TimestepDecay { start: 3.0, rate: 0.005 };
+        assert_eq!(s.at(&StepContext::new(0, 10)), None);
+        let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma) };
+        // max(0, 3 − 0.005·(1000 − t)) at t = 1000, 800, 400.
+        assert_eq!(s.at(&ctx(1.0)), Some(3.0));
+        assert!((s.at(&ctx(0.8)).unwrap() - 2.0).abs() < 1e-12);
+        assert_eq!(s.at(&ctx(0.4)), Some(0.0));
+        // Sigma beyond the flow range is clamped to it.
+        assert_eq!(s.at(&ctx(14.0)), Some(3.0));
+        assert!(s.needs_sigma());
+        assert_eq!(Schedule::TimestepDecay { start: 3.0, rate: 0.0 }.at(&ctx(0.1)), Some(3.0));
     }
 
     #[test]

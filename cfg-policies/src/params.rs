@@ -172,6 +172,9 @@ fn schedule_fields(s: &mut Schedule) -> Vec<(String, Slot<'_>)> {
             ("high".into(), Slot::F64(high)),
             ("low".into(), Slot::F64(low)),
         ],
+        Schedule::TimestepDecay { start, rate } => {
+            vec![("start".into(), Slot::F64(start)), ("rate".into(), Slot::F64(rate))]
+        }
     }
 }
 

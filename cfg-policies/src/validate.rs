@@ -2,6 +2,7 @@
 
 use crate::error::{ErrorKind, PolicyError, Warning};
 use crate::locate::Locator;
+use cfg_core::branch::{Modifier, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::{Expr, Policy, ScaleRef};
 use cfg_core::schedule::Schedule;
 use cfg_core::window::Window;
@@ -36,6 +37,33 @@ impl Validator<'_> {
     fn error(&self, at: Option<(usize, usize)>, message: String) -> PolicyError {
         let (line, col) = at.unwrap_or((1, 1));
         PolicyError { origin: self.origin.to_string(), line, col, message, kind: ErrorKind::Invalid }
+    }
+
+    /// Block lists must name a block; a blur's sigma must be positive.
+    fn modifier(&mut self, branch: &str, m: &Modifier) -> Result<(), PolicyError> {
+        let Some((variant, layers)) = m.layers() else { return Ok(()) };
+        let n = self.counts.entry(variant).or_insert(0);
+        let at = self.loc.ident(&[variant], *n);
+        *n += 1;
+        if layers.is_empty() {
+            let field = at.and_then(|a| self.loc.field_in_call(a, "layers"));
+            return Err(self.error(
+                field.or(at),
+                format!("branch `{branch}`: `{variant}` names no block: list at least one layer"),
+            ));
+        }
+        if let Modifier::BlurQueries { sigma, .. } = m {
+            if !(sigma.is_finite() && *sigma > 0.0) {
+                return Err(self.error(
+                    at.and_then(|a| self.loc.field_in_call(a, "sigma")).or(at),
+                    format!(
+                        "branch `{branch}`: blur sigma {sigma} must be a positive number \
+                         (at least {BLUR_UNIFORM_SIGMA} for a uniform mean)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn warning(&self, at: Option<(usize, usize)>, message: String) -> Warning {
@@ -78,6 +106,9 @@ impl Validator<'_> {
                     format!("branch `{name}`: cost {} must be a positive number", b.cost),
                 ));
             }
+        }
+        for (name, b) in p.branches.iter() {
+            self.modifier(name, &b.modify)?;
         }
         for (name, s) in p.scales.iter() {
             self.schedule(name, s)?;
@@ -157,6 +188,9 @@ impl Validator<'_> {
                 )),
                 None => Ok(()),
             },
+            Schedule::TimestepDecay { rate, .. } if *rate < 0.0 => {
+                Err(self.error(at, format!("scale `{name}`: a timestep decay's rate {rate} must be ≥ 0 (0: no decay)")))
+            }
             _ => Ok(()),
         }
     }

@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 17] = [
+const NAMES: [&str; 19] = [
     "adaptive",
     "apg",
     "autoguidance",
@@ -56,7 +56,9 @@ const NAMES: [&str; 17] = [
     "ltx2",
     "magnitude_aware",
     "norm_cap",
+    "pag",
     "pix2pix",
+    "seg",
     "skip_layer",
     "std_rescale",
     "world_model",
@@ -121,7 +123,9 @@ proptest! {
         (shape, _dtype, seed) in inputs(), a in -3.0f64..3.0, b in -3.0f64..3.0, i in 0usize..28,
     ) {
         // combine(a·x + b·y) = a·combine(x) + b·combine(y), in f32, for every linear scheme.
-        for name in ["cfg", "pix2pix", "dreamid", "skip_layer", "autoguidance", "guidance_interval", "world_model"] {
+        for name in [
+            "cfg", "pix2pix", "dreamid", "skip_layer", "pag", "seg", "autoguidance", "guidance_interval", "world_model",
+        ] {
             let p = library(name);
             let ctx = StepContext { step: i, num_steps: 28, sigma: Some(1.0) };
             let x = Case::random(&p, DType::F32, shape.clone(), seed);

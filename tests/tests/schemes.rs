@@ -129,6 +129,56 @@ proptest! {
     }
 
     #[test]
+    fn pag_adds_its_perturbed_term_in_the_strict_window(
+        (shape, dtype, seed) in inputs(), i in 0usize..28, s in 1.0f64..9.0, s_pag in 0.0f64..4.0,
+    ) {
+        let p = library("pag");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 28), &overrides(&[("scale", s), ("pag_scale", s_pag)]));
+        let (c, u, ptb) = (case.get("cond"), case.get("uncond"), case.get("perturbed"));
+        // int(0.01·28) = 0 < i < int(0.2·28) = 5.
+        let s_pag = if 0 < i && i < 5 { s_pag } else { 0.0 };
+        let direct: Vec<f64> = (0..c.len()).map(|k| u[k] + s * (c[k] - u[k]) + s_pag * (c[k] - ptb[k])).collect();
+        expect(&out[0].1, &direct, "pag")?;
+    }
+
+    #[test]
+    fn pag_with_the_adaptive_scale_damps_its_term_as_t_falls(
+        (shape, dtype, seed) in inputs(), i in 1usize..5, sigma in 0.0f64..=1.0, a in 0.0f64..0.02,
+    ) {
+        // pag.ron with diffusers' pipelines' adaptive PAG scale:
+        // max(0, 3.0 − a·(1000 − t)), t = 1000·sigma.
+        let text = cfg_policies::library::source("pag").expect("pag is in the library");
+        let text = text.replace(
+            r#""pag_scale": Const(2.8)"#,
+            &format!(r#""pag_scale": TimestepDecay(start: 3.0, rate: {a:?})"#),
+        );
+        let p = cfg_policies::parse(&text, "pag_adaptive").unwrap_or_else(|e| panic!("{e}")).policy;
+        let case = Case::random(&p, dtype, shape, seed);
+        let ctx = StepContext { step: i, num_steps: 28, sigma: Some(sigma) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (c, u, ptb) = (case.get("cond"), case.get("uncond"), case.get("perturbed"));
+        let s_pag = (3.0 - a * (1000.0 - 1000.0 * sigma)).max(0.0);
+        let direct: Vec<f64> = (0..c.len()).map(|k| u[k] + 7.5 * (c[k] - u[k]) + s_pag * (c[k] - ptb[k])).collect();
+        expect(&out[0].1, &direct, "pag adaptive")?;
+    }
+
+    #[test]
+    fn seg_adds_its_smoothed_term_after_the_first_step(
+        (shape, dtype, seed) in inputs(), i in 0usize..28, s in 1.0f64..9.0, s_seg in 0.0f64..4.0,
+    ) {
+        let p = library("seg");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 28), &overrides(&[("scale", s), ("seg_scale", s_seg)]));
+        let (c, u, blurred) = (case.get("cond"), case.get("uncond"), case.get("blurred"));
+        // int(0.0·28) = 0 < i < int(1.0·28) = 28.
+        let s_seg = if 0 < i && i < 28 { s_seg } else { 0.0 };
+        let direct: Vec<f64> =
+            (0..c.len()).map(|k| u[k] + s * (c[k] - u[k]) + s_seg * (c[k] - blurred[k])).collect();
+        expect(&out[0].1, &direct, "seg")?;
+    }
+
+    #[test]
     fn ltx2_guides_each_output_then_rescales_the_whole_tensor(
         (shape, dtype, seed) in inputs(), scales in proptest::array::uniform6(0.0f64..8.0),
     ) {

@@ -7,7 +7,9 @@
 //! Per call the host computes, in f64 and exactly as the CPU model does, the
 //! tables that depend on the step and the branch (component variances at
 //! `t`, their logs, the posterior-mean coefficients, the log weights, and
-//! which components each sample may use) and uploads them (a few kB); the
+//! which components each sample may use; PAG's and SEG's tempering is folded
+//! into the variances, their logs and the log weights) and uploads them (a
+//! few kB); the
 //! kernel does the rest (likelihoods, log-sum-exp responsibilities, `E[x₀|x_t]`,
 //! the output space). The softmax's `exp` and `log` are the portable ones
 //! (`cfg_core::portable_math`, `kernels/portable_math.cu`) the CPU model uses
@@ -16,7 +18,7 @@
 //! Always built: without libcuda no [`Device`] can be opened (the runtime
 //! returns [`CudaError::NoDriver`]), so nothing here is reached.
 
-use crate::model::{Condition, GmmModel};
+use crate::model::{terms, Condition, GmmModel};
 use cfg_core::branch::BranchSpec;
 use cfg_core::expr::Space;
 use cfg_runtime::cuda::kernels::{KernelModule, COMMON, PORTABLE_MATH};
@@ -193,18 +195,13 @@ impl GmmModel {
         let (log_var, rest) = rest.split_at_mut(jd);
         let (coef, log_weight) = rest.split_at_mut(jd);
         for (j, c) in comps.iter().enumerate() {
-            log_weight[j] = c.weight.ln();
+            log_weight[j] = cond.prior * c.weight.ln();
             for k in 0..self.mixture.dim {
                 let i = j * self.mixture.dim + k;
                 mean[i] = c.mean[k];
-                // The likelihood's variance, as in `predict_sample`.
-                let s = cond.kappa * c.std[k];
-                var[i] = a * a * s * s + t * t;
-                log_var[i] = var[i].ln();
-                // The posterior mean's coefficient, as in `predict_sample`.
-                let s2 = (cond.kappa * c.std[k]).powi(2);
-                let vx = a * a * s2 + t * t;
-                coef[i] = a * s2 / vx;
+                // The likelihood's terms and the posterior mean's
+                // coefficient, as in `predict_sample`.
+                (var[i], log_var[i], coef[i]) = terms(cond, a, t, c.std[k]);
             }
         }
         v

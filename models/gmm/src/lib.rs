@@ -10,6 +10,13 @@
 //!   prompt this is the dual condition;
 //! - modifier `SkipLayers`, `SkipSelfAttention`, `Model(_)`: the perturbed
 //!   ("weak") model, component stds inflated by κ ([`model::DEFAULT_KAPPA`]);
+//!   `IdentityAttention(layers)` (PAG): the log-likelihoods of `x_t` tempered
+//!   by `1 + layers.len()` ([`model::identity_attention_evidence`]), so the
+//!   responsibilities drift to the prior weights;
+//!   `BlurQueries { sigma, .. }` (SEG): log weights and log-likelihoods
+//!   tempered by `1 + sigma`, uniform over the allowed components for
+//!   `sigma` ≥ 9999 ([`model::blur_temperature_factor`]); in both each
+//!   component's own denoising stays exact;
 //!   `IsolateModality`: each output's responsibilities from that output alone
 //!   (no cross-modal evidence); identical to plain with one output;
 //!   `DropReference(_)`: the image condition is dropped (as `Image::None`).

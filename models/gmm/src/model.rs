@@ -12,7 +12,7 @@
 //! so a sample's prediction never depends on what else is in the batch.
 
 use crate::mixture::{log_sum_exp, Mixture};
-use cfg_core::branch::{BranchSpec, Image, Modifier, Prompt};
+use cfg_core::branch::{BranchSpec, Image, Modifier, Prompt, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::Space;
 use cfg_core::{DType, Shape, Tensor};
 use cfg_runtime::model::{predict_on_host, Call, DeviceCall, Model, ModelError, OutputInfo};
@@ -49,22 +49,71 @@ pub(crate) struct Condition {
     pub(crate) image: Image,
     pub(crate) kappa: f64,
     pub(crate) isolate: bool,
+    /// Multiplies each component's log-likelihood in the responsibilities
+    /// (1: exact; below 1 the evidence of `x_t` is tempered; 0: ignored).
+    pub(crate) evidence: f64,
+    /// Multiplies each component's log weight in the responsibilities
+    /// (1: exact; 0: the allowed components are equally likely a priori).
+    pub(crate) prior: f64,
+}
+
+/// The likelihood terms of one dim of one component under `cond` at `(a, t)`:
+/// the variance and log variance the responsibilities divide and add (the
+/// variance over `evidence`, the log variance times it, so that the
+/// log-likelihood is `evidence` times the exact one, up to rounding), and the
+/// posterior-mean coefficient. The CPU model and the device tables both
+/// compute them here, so they agree bit for bit.
+pub(crate) fn terms(cond: Condition, a: f64, t: f64, std: f64) -> (f64, f64, f64) {
+    let s = cond.kappa * std;
+    let v = a * a * s * s + t * t;
+    let s2 = s.powi(2);
+    let vx = a * a * s2 + t * t;
+    (v / cond.evidence, cond.evidence * v.ln(), a * s2 / vx)
 }
 
 /// Std inflation of perturbed branches (skip layers / attention, weak model).
 pub const DEFAULT_KAPPA: f64 = 1.6;
 
+/// The evidence factor of an identity-attention (PAG) branch with `layers`
+/// perturbed blocks: `1/(1 + layers)`. Each token attends only to itself, so
+/// the branch loses the context that tells the components apart: the
+/// log-likelihood of `x_t` under each component is tempered by `1 + layers`
+/// (responsibilities drift towards the prior weights), while each
+/// component's own denoising stays exact.
+pub fn identity_attention_evidence(layers: usize) -> f64 {
+    1.0 / (1.0 + layers as f64)
+}
+
+/// The temperature factor of a query-blur (SEG) branch: `1/(1 + sigma)`, and
+/// 0 for `sigma` ≥ [`BLUR_UNIFORM_SIGMA`]. Blurred queries smooth the
+/// attention energy: the whole posterior over components (log weight and
+/// log-likelihood alike) is tempered by `1 + sigma`, so responsibilities
+/// flatten towards uniform over the allowed components, and are uniform at
+/// infinite blur; each component's own denoising stays exact.
+pub fn blur_temperature_factor(sigma: f64) -> f64 {
+    if sigma >= BLUR_UNIFORM_SIGMA {
+        0.0
+    } else {
+        1.0 / (1.0 + sigma)
+    }
+}
+
 impl GmmModel {
     /// One branch of every kind the model answers: cond, uncond, weak
-    /// (skip-layer), modality-isolated and the reference-image condition
-    /// (for checks that must cover them all).
-    pub fn branch_kinds() -> [BranchSpec; 5] {
+    /// (skip-layer), modality-isolated, the reference-image condition,
+    /// identity attention (PAG), query blur (SEG) with a finite and an
+    /// infinite sigma (for checks that must cover them all).
+    pub fn branch_kinds() -> [BranchSpec; 8] {
+        let positive = || BranchSpec::prompt(Prompt::Positive);
         [
-            BranchSpec::prompt(Prompt::Positive),
+            positive(),
             BranchSpec::prompt(Prompt::Empty),
-            BranchSpec { modify: Modifier::SkipLayers(vec![7]), ..BranchSpec::prompt(Prompt::Positive) },
-            BranchSpec { modify: Modifier::IsolateModality, ..BranchSpec::prompt(Prompt::Positive) },
+            BranchSpec { modify: Modifier::SkipLayers(vec![7]), ..positive() },
+            BranchSpec { modify: Modifier::IsolateModality, ..positive() },
             BranchSpec { image: Image::Reference, ..BranchSpec::prompt(Prompt::Empty) },
+            BranchSpec { modify: Modifier::IdentityAttention(vec![13]), ..positive() },
+            BranchSpec { modify: Modifier::BlurQueries { layers: vec![13], sigma: 2.0 }, ..positive() },
+            BranchSpec { modify: Modifier::BlurQueries { layers: vec![13], sigma: 9999999.0 }, ..positive() },
         ]
     }
 
@@ -130,8 +179,16 @@ impl GmmModel {
 
     pub(crate) fn condition(&self, spec: &BranchSpec) -> Condition {
         let kappa = match spec.modify {
-            Modifier::None | Modifier::IsolateModality | Modifier::DropReference(_) => 1.0,
             Modifier::SkipLayers(_) | Modifier::SkipSelfAttention(_) | Modifier::Model(_) => self.kappa,
+            _ => 1.0,
+        };
+        let (evidence, prior) = match &spec.modify {
+            Modifier::IdentityAttention(layers) => (identity_attention_evidence(layers.len()), 1.0),
+            Modifier::BlurQueries { sigma, .. } => {
+                let f = blur_temperature_factor(*sigma);
+                (f, f)
+            }
+            _ => (1.0, 1.0),
         };
         Condition {
             text: spec.prompt == Prompt::Positive,
@@ -139,6 +196,8 @@ impl GmmModel {
             image: if matches!(spec.modify, Modifier::DropReference(_)) { Image::None } else { spec.image },
             kappa,
             isolate: spec.modify == Modifier::IsolateModality,
+            evidence,
+            prior,
         }
     }
 
@@ -180,10 +239,9 @@ impl GmmModel {
                 for (p, part) in self.parts.iter().enumerate() {
                     let mut acc = 0.0;
                     for k in part.offset..part.offset + part.dim {
-                        let s = cond.kappa * c.std[k];
-                        let v = a * a * s * s + t * t;
+                        let (v, log_v, _) = terms(cond, a, t, c.std[k]);
                         let z = x[k] - a * c.mean[k];
-                        acc -= 0.5 * (z * z / v + v.ln());
+                        acc -= 0.5 * (z * z / v + log_v);
                     }
                     logs[p][ci] = acc;
                 }
@@ -195,13 +253,14 @@ impl GmmModel {
                             comps
                                 .iter()
                                 .enumerate()
-                                .map(|(ci, &j)| self.mixture.components[j].weight.ln() + logs[p][ci]),
+                                .map(|(ci, &j)| cond.prior * self.mixture.components[j].weight.ln() + logs[p][ci]),
                         )
                     })
                     .collect()
             } else {
                 let joint = softmax(comps.iter().enumerate().map(|(ci, &j)| {
-                    self.mixture.components[j].weight.ln() + (0..self.parts.len()).map(|p| logs[p][ci]).sum::<f64>()
+                    cond.prior * self.mixture.components[j].weight.ln()
+                        + (0..self.parts.len()).map(|p| logs[p][ci]).sum::<f64>()
                 }));
                 vec![joint; self.parts.len()]
             };
@@ -210,9 +269,8 @@ impl GmmModel {
                     let mut x0 = 0.0;
                     for (ci, &j) in comps.iter().enumerate() {
                         let c = &self.mixture.components[j];
-                        let s2 = (cond.kappa * c.std[k]).powi(2);
-                        let v = a * a * s2 + t * t;
-                        x0 += resp[p][ci] * (c.mean[k] + a * s2 / v * (x[k] - a * c.mean[k]));
+                        let (_, _, coef) = terms(cond, a, t, c.std[k]);
+                        x0 += resp[p][ci] * (c.mean[k] + coef * (x[k] - a * c.mean[k]));
                     }
                     let value = match spaces[p] {
                         Space::X0 => x0,
@@ -333,6 +391,62 @@ mod tests {
                 let back = (1.0 - t) * x0[i] as f64 + t * eps[i] as f64;
                 assert!((back - values[i] as f64).abs() < 1e-5);
                 assert!(((eps[i] - x0[i]) - v[i]).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn every_modifier_has_its_own_effect() {
+        let m = GmmModel::planar(&["sample"], 12);
+        let values: Vec<f32> = (0..24).map(|i| (i as f32 * 0.61).cos() * 2.5).collect();
+        let x = Tensor::from_f32(DType::F32, Shape::new(vec![12, 2]), &values);
+        let positive = |modify| BranchSpec { modify, ..BranchSpec::prompt(Prompt::Positive) };
+        let specs = [
+            positive(Modifier::None),
+            positive(Modifier::SkipLayers(vec![7])),
+            positive(Modifier::SkipSelfAttention(vec![7])),
+            positive(Modifier::Model("weak".into())),
+            positive(Modifier::IdentityAttention(vec![7])),
+            positive(Modifier::IdentityAttention(vec![7, 8])),
+            positive(Modifier::BlurQueries { layers: vec![7], sigma: 2.0 }),
+            positive(Modifier::BlurQueries { layers: vec![7], sigma: 9999999.0 }),
+        ];
+        let preds: Vec<Vec<f32>> = specs.iter().map(|s| predict(&m, s.clone(), &x, 0.6, Space::X0)).collect();
+        // Skip layers, skip attention and the weak model share one effect
+        // (specs 1 to 3); every other pair differs.
+        for i in 0..specs.len() {
+            for j in i + 1..specs.len() {
+                let same_kind = (1..=3).contains(&i) && (1..=3).contains(&j);
+                assert_eq!(preds[i] == preds[j], same_kind, "{:?} vs {:?}", specs[i].modify, specs[j].modify);
+            }
+        }
+    }
+
+    #[test]
+    fn infinite_blur_weighs_the_class_components_equally() {
+        let m = GmmModel::planar(&["sample"], 6);
+        let values: Vec<f32> = (0..12).map(|i| (i as f32 * 0.83).sin() * 2.0).collect();
+        let x = Tensor::from_f32(DType::F32, Shape::new(vec![6, 2]), &values);
+        let t = 0.5;
+        let blur = BranchSpec {
+            modify: Modifier::BlurQueries { layers: vec![1], sigma: BLUR_UNIFORM_SIGMA },
+            ..BranchSpec::prompt(Prompt::Positive)
+        };
+        let got = predict(&m, blur, &x, t, Space::X0);
+        let a = 1.0 - t;
+        for b in 0..6 {
+            for k in 0..2 {
+                // Class b owns components 2b and 2b + 1: the mean of their posterior means.
+                let xk = values[b * 2 + k] as f64;
+                let want: f64 = [2 * b, 2 * b + 1]
+                    .iter()
+                    .map(|&j| {
+                        let c = &m.mixture.components[j];
+                        let s2 = c.std[k] * c.std[k];
+                        0.5 * (c.mean[k] + a * s2 / (a * a * s2 + t * t) * (xk - a * c.mean[k]))
+                    })
+                    .sum();
+                assert!((got[b * 2 + k] as f64 - want).abs() < 1e-5, "sample {b} dim {k}");
             }
         }
     }
