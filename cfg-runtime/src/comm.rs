@@ -53,23 +53,45 @@ pub trait Communicator: Send {
         sizes: &[usize],
     ) -> Result<DeviceBytes, RuntimeError> {
         match local {
-            DeviceBytes::Host(bytes) => Ok(DeviceBytes::Host(self.all_gather(step, bytes, sizes)?.concat())),
+            DeviceBytes::Host(bytes) => all_gather_host(self, step, bytes, sizes),
             DeviceBytes::Cuda { .. } => Err(host_only(self.rank(), step)),
         }
     }
 
     /// [`Communicator::all_reduce_sum`] where the f32 values live, in place.
     fn all_reduce_sum_tensor(&mut self, step: usize, buf: &mut DeviceTensor) -> Result<(), RuntimeError> {
-        match buf.as_host_mut().map(|t| &mut t.data) {
-            Some(TensorData::F32(v)) => self.all_reduce_sum(step, v),
-            Some(_) => Err(RuntimeError::Collective {
-                rank: self.rank(),
-                step,
-                detail: "an all-reduce sums f32 values".into(),
-            }),
+        match buf.as_host_mut() {
+            Some(t) => all_reduce_host(self, step, t),
             None => Err(host_only(self.rank(), step)),
         }
     }
+}
+
+/// The host-memory side of [`Communicator::all_gather_bytes`].
+pub fn all_gather_host<C: Communicator + ?Sized>(
+    comm: &mut C,
+    step: usize,
+    bytes: &[u8],
+    sizes: &[usize],
+) -> Result<DeviceBytes, RuntimeError> {
+    Ok(DeviceBytes::Host(comm.all_gather(step, bytes, sizes)?.concat()))
+}
+
+/// The host-memory side of [`Communicator::all_reduce_sum_tensor`]: f32 only.
+pub fn all_reduce_host<C: Communicator + ?Sized>(
+    comm: &mut C,
+    step: usize,
+    t: &mut cfg_core::Tensor,
+) -> Result<(), RuntimeError> {
+    match &mut t.data {
+        TensorData::F32(v) => comm.all_reduce_sum(step, v),
+        _ => Err(not_f32(comm.rank(), step)),
+    }
+}
+
+/// The error for an all-reduce of something other than f32 values.
+pub(crate) fn not_f32(rank: usize, step: usize) -> RuntimeError {
+    RuntimeError::Collective { rank, step, detail: "an all-reduce sums f32 values".into() }
 }
 
 fn host_only(rank: usize, step: usize) -> RuntimeError {

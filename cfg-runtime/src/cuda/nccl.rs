@@ -34,7 +34,7 @@ use super::bootstrap::{fetch_id, BootstrapEnv, IdServer, ID_BYTES};
 use super::device::{device_count, driver_available, Device};
 use super::error::CudaError;
 use super::staging::Staging;
-use crate::comm::Communicator;
+use crate::comm::{all_gather_host, all_reduce_host, not_f32, Communicator};
 use crate::error::RuntimeError;
 use crate::local::panic_message;
 use crate::tensor::{DeviceBytes, DeviceTensor};
@@ -751,9 +751,9 @@ impl Communicator for NcclCommunicator {
         sizes: &[usize],
     ) -> Result<DeviceBytes, RuntimeError> {
         let what = "all-gather";
-        let DeviceBytes::Cuda { mem, len } = local else {
-            let DeviceBytes::Host(bytes) = local else { unreachable!("two variants") };
-            return Ok(DeviceBytes::Host(self.all_gather(step, bytes, sizes)?.concat()));
+        let (mem, len) = match local {
+            DeviceBytes::Host(bytes) => return all_gather_host(self, step, bytes, sizes),
+            DeviceBytes::Cuda { mem, len } => (mem, len),
         };
         let source = Source::Device { addr: self.dev.raw_addr(mem), len: *len };
         let total = self.gather(what, step, source, sizes)?;
@@ -765,16 +765,12 @@ impl Communicator for NcclCommunicator {
 
     fn all_reduce_sum_tensor(&mut self, step: usize, buf: &mut DeviceTensor) -> Result<(), RuntimeError> {
         let what = "all-reduce";
-        let Some(t) = buf.as_cuda() else {
-            let Some(cfg_core::tensor::TensorData::F32(v)) = buf.as_host_mut().map(|t| &mut t.data) else {
-                let detail = "an all-reduce sums f32 values".to_string();
-                return Err(RuntimeError::Collective { rank: self.rank, step, detail });
-            };
-            return self.all_reduce_sum(step, v);
+        let t = match buf {
+            DeviceTensor::Host(t) => return all_reduce_host(self, step, t),
+            DeviceTensor::Cuda(t) => t,
         };
         if t.buf.dtype != cfg_core::DType::F32 {
-            let detail = "an all-reduce sums f32 values".to_string();
-            return Err(RuntimeError::Collective { rank: self.rank, step, detail });
+            return Err(not_f32(self.rank, step));
         }
         if self.options.fixed_order_reduce {
             // The in-process order, on the host: a test and debugging aid.
@@ -786,7 +782,7 @@ impl Communicator for NcclCommunicator {
                 self.all_reduce_sum(step, v)?;
             }
             let up = self.dev.upload(&host).map_err(|e| self.stopped(what, step, Stop::Failed(e.to_string())))?;
-            *buf = DeviceTensor::Cuda(crate::tensor::CudaTensor { buf: up, shape: t.shape.clone() });
+            t.buf = up;
             return Ok(());
         }
         let (addr, len) = (t.buf.addr(&self.dev), t.buf.len);
