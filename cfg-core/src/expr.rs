@@ -231,6 +231,24 @@ impl Expr {
         }
     }
 
+    /// The direct sub-expressions, in source order, mutably.
+    pub fn children_mut(&mut self) -> Vec<&mut Expr> {
+        match self {
+            Expr::Ref(_) | Expr::Use(_) => vec![],
+            Expr::Sum(terms) => terms.iter_mut().collect(),
+            Expr::Diff(a, b) => vec![a, b],
+            Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
+            Expr::Renorm { input, reference, .. }
+            | Expr::NormCap { input, reference, .. }
+            | Expr::StdRescale { input, reference, .. } => vec![input, reference],
+            Expr::Cfg { cond, uncond, .. }
+            | Expr::ZeroStar { cond, uncond, .. }
+            | Expr::Apg { cond, uncond, .. }
+            | Expr::MagnitudeAware { cond, uncond, .. }
+            | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
+        }
+    }
+
     /// The scale this node uses, if any.
     pub fn scale(&self) -> Option<&ScaleRef> {
         match self {

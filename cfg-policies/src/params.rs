@@ -178,24 +178,6 @@ fn schedule_fields(s: &mut Schedule) -> Vec<(String, Slot<'_>)> {
     }
 }
 
-/// The direct sub-expressions of `e`, in source order, mutably.
-fn children_mut(e: &mut Expr) -> Vec<&mut Expr> {
-    match e {
-        Expr::Ref(_) | Expr::Use(_) => vec![],
-        Expr::Sum(terms) => terms.iter_mut().collect(),
-        Expr::Diff(a, b) => vec![a, b],
-        Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
-        Expr::Renorm { input, reference, .. }
-        | Expr::NormCap { input, reference, .. }
-        | Expr::StdRescale { input, reference, .. } => vec![input, reference],
-        Expr::Cfg { cond, uncond, .. }
-        | Expr::ZeroStar { cond, uncond, .. }
-        | Expr::Apg { cond, uncond, .. }
-        | Expr::MagnitudeAware { cond, uncond, .. }
-        | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
-    }
-}
-
 type Visitor<'f> = dyn FnMut(String, Slot<'_>) + 'f;
 
 /// Visits `e`'s fields, then its children's (pre-order, source order),
@@ -206,7 +188,7 @@ fn walk(e: &mut Expr, owner: &str, seen: &mut std::collections::BTreeMap<&'stati
     for (field, slot) in fields(e) {
         f(format!("{owner}.{op}[{k}].{field}"), slot);
     }
-    for c in children_mut(e) {
+    for c in e.children_mut() {
         walk(c, owner, seen, f);
     }
 }

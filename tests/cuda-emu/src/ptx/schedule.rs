@@ -278,33 +278,22 @@ impl Runner<'_> {
         let warp0 = ti - lane;
         let n = b.threads.len() as u32;
         let mask = b.threads[ti as usize].shfl.mask | (1 << lane);
+        let bad_lane = |l: u32, why: &str| {
+            let t = &b.threads[ti as usize];
+            let msg = format!("shfl.sync member mask {mask:#x} names lane {l}, which {why}");
+            Err(self.error(b.ctaid, t.tid, Some((t.func, t.pc - 1)), 719, msg))
+        };
         for l in 0..32 {
             if mask & (1 << l) == 0 {
                 continue;
             }
             let i = warp0 + l;
             if i >= n {
-                let t = &b.threads[ti as usize];
-                return Err(self.error(
-                    b.ctaid,
-                    t.tid,
-                    Some((t.func, t.pc - 1)),
-                    719,
-                    format!("shfl.sync member mask {mask:#x} names lane {l}, which does not exist"),
-                ));
+                return bad_lane(l, "does not exist");
             }
             match b.threads[i as usize].state {
                 State::Shfl => {}
-                State::Exited => {
-                    let t = &b.threads[ti as usize];
-                    return Err(self.error(
-                        b.ctaid,
-                        t.tid,
-                        Some((t.func, t.pc - 1)),
-                        719,
-                        format!("shfl.sync member mask {mask:#x} names lane {l}, which has exited"),
-                    ));
-                }
+                State::Exited => return bad_lane(l, "has exited"),
                 _ => return Ok(false),
             }
         }
