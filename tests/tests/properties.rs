@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 19] = [
+const NAMES: [&str; 21] = [
     "adaptive",
     "apg",
     "autoguidance",
@@ -53,6 +53,7 @@ const NAMES: [&str; 19] = [
     "cfg_renorm_clamped",
     "dreamid",
     "guidance_interval",
+    "ideogram4",
     "ltx2",
     "magnitude_aware",
     "norm_cap",
@@ -62,6 +63,7 @@ const NAMES: [&str; 19] = [
     "skip_layer",
     "std_rescale",
     "world_model",
+    "z_image",
     "zero_star",
 ];
 

@@ -272,6 +272,33 @@ proptest! {
     }
 
     #[test]
+    fn z_image_truncates_cfg_above_normalized_time((shape, dtype, seed) in inputs(), sigma in 0.0f64..=1.0) {
+        let p = library("z_image");
+        let case = Case::random(&p, dtype, shape, seed);
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        // diffusers: t = 1 − sigma; scale 0 where t > 0.9; c + s·(c − u).
+        let s = if 1.0 - sigma > 0.9 + 1e-12 { 0.0 } else if 1.0 - sigma < 0.9 - 1e-12 { 5.0 } else { return Ok(()) };
+        let direct: Vec<f64> = (0..c.len()).map(|k| c[k] + s * (c[k] - u[k])).collect();
+        expect(&out[0].1, &direct, "z_image")?;
+        if s == 0.0 {
+            prop_assert_eq!(out[0].1.bits(), case.branches["cond"].bits());
+        }
+    }
+
+    #[test]
+    fn ideogram4_follows_its_per_step_list((shape, dtype, seed) in inputs(), i in 0usize..48) {
+        let p = library("ideogram4");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 48), &Overrides::none());
+        let g = if i < 45 { 7.0 } else { 3.0 };
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        let direct: Vec<f64> = (0..c.len()).map(|k| g * c[k] + (1.0 - g) * u[k]).collect();
+        expect(&out[0].1, &direct, "ideogram4")?;
+    }
+
+    #[test]
     fn world_model_guides_video_and_passes_action_through((shape, dtype, seed) in inputs(), s in 0.0f64..8.0) {
         let p = library("world_model");
         let case = Case::random(&p, dtype, shape, seed);
