@@ -154,6 +154,12 @@ fn cases(small_run: bool) -> Vec<Case> {
             steps: 1,
         },
         Case {
+            name: "TCFG",
+            program: hand_built(2, cu(), vec![Op::Tcfg { cond: g, uncond: c, scale: 5.0, original: false }]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
             name: "APG (3 steps, momentum)",
             program: hand_built(
                 2,

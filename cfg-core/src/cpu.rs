@@ -7,6 +7,7 @@ use crate::fused::{self, run_groups, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::state::GuidanceState;
+use crate::tcfg::tcfg_into;
 use crate::tensor::{Tensor, TensorData};
 use crate::{DType, Shape};
 use half::slice::HalfFloatSliceExt;
@@ -333,6 +334,7 @@ fn op_into<I: Element, O: Element>(
             let op = fused::MagnitudeAware { cond: a, uncond: b, scale: *scale, alpha: *alpha };
             run_groups(&op, len(Reduce::Sample), out)
         }
+        Op::Tcfg { scale, original, .. } => tcfg_into(a, b, len(Reduce::Sample), *scale, *original, out),
         Op::Apg { scale, momentum, norm_threshold, eta, original, slot, .. } => {
             let p = Apg {
                 cond: a,

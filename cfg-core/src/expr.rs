@@ -214,6 +214,20 @@ pub enum Expr {
         /// Damping strength α.
         alpha: ScaleRef,
     },
+    /// Tangential CFG (diffusers TangentialClassifierFreeGuidance): u' = the
+    /// projection of u on the top right-singular vector of the stacked [c; u]
+    /// per sample; `u' + s·(c − u')` (`original: true`: `c + s·(c − u')`).
+    Tcfg {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Base on cond instead of u'.
+        #[serde(default)]
+        original: bool,
+    },
     /// Adaptive guidance (Castillo et al. 2023): CFG until cos(c, u) > threshold,
     /// then cond alone (uncond leaves the plan) for the rest of sampling.
     Adaptive {
@@ -256,6 +270,7 @@ impl Expr {
             | Expr::ZeroStar { cond, uncond, .. }
             | Expr::Apg { cond, uncond, .. }
             | Expr::MagnitudeAware { cond, uncond, .. }
+            | Expr::Tcfg { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -277,6 +292,7 @@ impl Expr {
             | Expr::ZeroStar { cond, uncond, .. }
             | Expr::Apg { cond, uncond, .. }
             | Expr::MagnitudeAware { cond, uncond, .. }
+            | Expr::Tcfg { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -289,6 +305,7 @@ impl Expr {
             | Expr::ZeroStar { scale, .. }
             | Expr::Apg { scale, .. }
             | Expr::MagnitudeAware { scale, .. }
+            | Expr::Tcfg { scale, .. }
             | Expr::Adaptive { scale, .. } => Some(scale),
             _ => None,
         }
@@ -310,6 +327,7 @@ impl Expr {
             Expr::ZeroStar { .. } => "ZeroStar",
             Expr::Apg { .. } => "Apg",
             Expr::MagnitudeAware { .. } => "MagnitudeAware",
+            Expr::Tcfg { .. } => "Tcfg",
             Expr::Adaptive { .. } => "Adaptive",
         }
     }
@@ -324,6 +342,7 @@ impl Expr {
                 | Expr::ZeroStar { .. }
                 | Expr::Apg { .. }
                 | Expr::MagnitudeAware { .. }
+                | Expr::Tcfg { .. }
                 | Expr::Adaptive { .. }
         )
     }

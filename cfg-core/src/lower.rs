@@ -235,6 +235,11 @@ impl<'a> Lowerer<'a> {
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
                 self.push(Op::MagnitudeAware { cond, uncond, scale: s, alpha })
             }
+            Expr::Tcfg { cond, uncond, scale, original } => {
+                let s = self.scale(scale)? as f32;
+                let (cond, uncond) = self.pair(cond, uncond, path)?;
+                self.push(Op::Tcfg { cond, uncond, scale: s, original: *original })
+            }
             Expr::Adaptive { cond, uncond, scale, threshold } => {
                 let slot = format!("{}/{path}", self.output);
                 let c = self.expr(cond, &child(0))?;

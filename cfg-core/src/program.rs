@@ -110,6 +110,18 @@ pub enum Op {
         /// α.
         alpha: f64,
     },
+    /// Tangential CFG: `u' = α·c + β·u` with (α, β) per sample from the
+    /// Gram matrix of (c, u); `u' + s·(c − u')`.
+    Tcfg {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// Scale.
+        scale: f32,
+        /// Base on cond.
+        original: bool,
+    },
 }
 
 impl Op {
@@ -122,7 +134,8 @@ impl Op {
             | Op::StdRescale { input, reference, .. } => vec![*input, *reference],
             Op::ZeroStar { cond, uncond, .. }
             | Op::Apg { cond, uncond, .. }
-            | Op::MagnitudeAware { cond, uncond, .. } => vec![*cond, *uncond],
+            | Op::MagnitudeAware { cond, uncond, .. }
+            | Op::Tcfg { cond, uncond, .. } => vec![*cond, *uncond],
         }
     }
 
@@ -136,6 +149,7 @@ impl Op {
             Op::ZeroStar { .. } => "zero-star",
             Op::Apg { .. } => "apg",
             Op::MagnitudeAware { .. } => "magnitude-aware",
+            Op::Tcfg { .. } => "tcfg",
         }
     }
 }

@@ -133,6 +133,21 @@ pub fn evaluate_f64(program: &Program, inputs: &[&Tensor], shape: &Shape, state:
                 });
                 (0..n).map(|i| u[i] + s[i] * delta[i]).collect()
             }
+            Op::Tcfg { cond, uncond, scale, original } => {
+                let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
+                let groups = Groups::new(Reduce::Sample, shape);
+                let mut out = vec![0.0; n];
+                for g in 0..groups.count {
+                    let idx: Vec<usize> = (0..groups.len).map(|k| groups.index(g, k)).collect();
+                    let (a, b) = tcfg_f64(dot(&c, &c, &idx), dot(&c, &u, &idx), dot(&u, &u, &idx));
+                    for &i in &idx {
+                        let up = a * c[i] + b * u[i];
+                        let base = if *original { c[i] } else { up };
+                        out[i] = base + *scale as f64 * (c[i] - up);
+                    }
+                }
+                out
+            }
         };
         ops.push(out);
     }
@@ -155,6 +170,16 @@ fn per_group(v: &[f64], shape: &Shape, over: Reduce, factor: impl Fn(&[usize]) -
         }
     }
     out
+}
+
+/// TCFG's (α, β) with u' = α·c + β·u, in f64 (see [`crate::tcfg`]).
+pub fn tcfg_f64(cc: f64, cu: f64, uu: f64) -> (f64, f64) {
+    let (w0, w1) = crate::tcfg::top_eigenvector(cc, cu, uu);
+    let n2 = w0 * w0 + w1 * w1;
+    if n2 == 0.0 {
+        return (0.0, 0.0);
+    }
+    (w0 * w1 / n2, w1 * w1 / n2)
 }
 
 fn dot(a: &[f64], b: &[f64], idx: &[usize]) -> f64 {

@@ -12,6 +12,7 @@ use cfg_core::program::{Form, Op, Program, Value};
 use cfg_core::reduce::{dot_f32, dot_f64, Groups, Reduce};
 use cfg_core::simd::force_portable;
 use cfg_core::state::GuidanceState;
+use cfg_core::tcfg::tcfg_coefficients;
 use cfg_core::{DType, Shape, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -97,6 +98,19 @@ fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Optio
                     let par = coef[g.group_of(i)] * a[i] as f64;
                     let update = eta.mul_add(par as f32, (r[i] as f64 - par) as f32);
                     scale.mul_add(update, if *original { a[i] } else { b[i] })
+                })
+                .collect()
+        }
+        Op::Tcfg { scale, original, .. } => {
+            let g = &sample;
+            let dot = |x: &[f32], y: &[f32], k: usize| dot_f32(g.len, |j| (x[g.index(k, j)], y[g.index(k, j)]));
+            let co: Vec<(f32, f32)> =
+                (0..g.count).map(|k| tcfg_coefficients(dot(&a, &a, k), dot(&a, &b, k), dot(&b, &b, k))).collect();
+            (0..n)
+                .map(|i| {
+                    let (al, be) = co[g.group_of(i)];
+                    let up = al.mul_add(a[i], be * b[i]);
+                    scale.mul_add(a[i] - up, if *original { a[i] } else { up })
                 })
                 .collect()
         }
@@ -204,6 +218,35 @@ fn fast_paths_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("fast paths match the reference");
+    }
+    force_portable(false);
+}
+
+/// The operators added after the test above, on the same cases (its own test,
+/// so that the cases above stay as they were).
+#[test]
+fn later_operators_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[17; 32]);
+    let cases = (case(), -3.0f32..8.0, prop::bool::ANY).prop_map(|((mut program, inputs, shape, dtype), s, orig)| {
+        let (cond, uncond) = (Value::Form(0), Value::Form(1));
+        program.ops = vec![Op::Tcfg { cond, uncond, scale: s, original: orig }];
+        (program, inputs, shape, dtype)
+    });
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape, dtype)| {
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let mut state = GuidanceState::new();
+                let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                let want = reference(&program, &inputs, &shape, &mut None);
+                let want = Tensor::from_f32(dtype, shape.clone(), &want);
+                prop_assert_eq!(got.bits(), want.bits(), "portable {} {:?}", portable, program.ops[0]);
+                Ok(())
+            })
+            .expect("later operators match the reference");
     }
     force_portable(false);
 }

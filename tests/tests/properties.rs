@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 21] = [
+const NAMES: [&str; 22] = [
     "adaptive",
     "apg",
     "autoguidance",
@@ -62,6 +62,7 @@ const NAMES: [&str; 21] = [
     "seg",
     "skip_layer",
     "std_rescale",
+    "tcfg",
     "world_model",
     "z_image",
     "zero_star",

@@ -299,6 +299,40 @@ proptest! {
     }
 
     #[test]
+    fn tcfg_projects_uncond_on_the_top_singular_direction(
+        (shape, dtype, seed) in inputs(), s in 0.0f64..10.0, i in 0usize..50, stop in 0.05f64..1.0,
+    ) {
+        // diffusers' start/stop as a window with an else: TCFG on steps
+        // int(0·50) ≤ i < int(stop·50), the cond prediction elsewhere.
+        let mut p = library("tcfg");
+        cfg_policies::params::set(&mut p, "Windowed.stop", stop).expect("a window stop");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(i, 50), &overrides(&[("scale", s)]));
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        if i >= (stop * 50.0) as usize {
+            prop_assert_eq!(out[0].1.bits(), case.branches["cond"].bits());
+            return Ok(());
+        }
+        let mut direct = vec![0.0; c.len()];
+        for (k, chunk) in direct.chunks_mut(shape.per_sample()).enumerate() {
+            let idx: Vec<usize> = (k * chunk.len()..(k + 1) * chunk.len()).collect();
+            // The SVD's definition: v₁ = Aᵀw/‖Aᵀw‖ for the top eigenvector w of AAᵀ.
+            let (cc, cu, uu) = (dot(&c, &c, &idx), dot(&c, &u, &idx), dot(&u, &u, &idx));
+            let (tr, det) = (cc + uu, cc * uu - cu * cu);
+            let l1 = tr / 2.0 + (tr * tr / 4.0 - det).max(0.0).sqrt();
+            let w = if (l1 - cc).abs() + cu.abs() > (l1 - uu).abs() + cu.abs() { (cu, l1 - cc) } else { (l1 - uu, cu) };
+            let v: Vec<f64> = idx.iter().map(|&j| w.0 * c[j] + w.1 * u[j]).collect();
+            let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let uv: f64 = if nv > 0.0 { idx.iter().zip(&v).map(|(&j, x)| u[j] * x / nv).sum() } else { 0.0 };
+            for (o, (&j, x)) in chunk.iter_mut().zip(idx.iter().zip(&v)) {
+                let up = if nv > 0.0 { uv * x / nv } else { 0.0 };
+                *o = up + s * (c[j] - up);
+            }
+        }
+        expect(&out[0].1, &direct, "tcfg")?;
+    }
+
+    #[test]
     fn world_model_guides_video_and_passes_action_through((shape, dtype, seed) in inputs(), s in 0.0f64..8.0) {
         let p = library("world_model");
         let case = Case::random(&p, dtype, shape, seed);

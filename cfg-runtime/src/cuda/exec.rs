@@ -332,6 +332,36 @@ impl<'a> Generic<'a> {
                 .map_err(driver)?;
                 dev.sync()?;
             }
+            Op::Tcfg { cond, uncond, scale, original } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                let groups = Groups::new(Reduce::Sample, shape);
+                let dots = [(src::X, src::X), (src::X, src::Y), (src::Y, src::Y)];
+                let coefficient = |kind| {
+                    let f = FactorArgs { kind, ..Default::default() };
+                    launch::group_factors(dev, c, u, &groups, &dots, false, f)
+                };
+                let (alpha, beta) = (coefficient(kind::TCFG_ALPHA)?, coefficient(kind::TCFG_BETA)?);
+                let (a, b, orig) = (dev.addr(&alpha), dev.addr(&beta), i32::from(*original));
+                let k = dev.function(&kernels::GUIDANCE, "tcfg")?;
+                // SAFETY: matches `tcfg(c, u, alpha, beta, Groups, float, int, float*, i64)`;
+                // alpha and beta hold one double per group.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&k)
+                        .arg(&c)
+                        .arg(&u)
+                        .arg(&a)
+                        .arg(&b)
+                        .arg(&groups)
+                        .arg(scale)
+                        .arg(&orig)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
             Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
                 let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
                 self.apg(c, u, o, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)?;

@@ -96,6 +96,8 @@ pub(crate) mod kind {
     pub const APG_CLIP: i32 = 5;
     pub const APG_PROJ: i32 = 6;
     pub const COSINE: i32 = 7;
+    pub const TCFG_ALPHA: i32 = 8;
+    pub const TCFG_BETA: i32 = 9;
 }
 
 /// `struct FactorArgs` (factors.cu).
