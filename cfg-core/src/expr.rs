@@ -203,6 +203,53 @@ pub enum Expr {
         #[serde(default)]
         original: bool,
     },
+    /// APG-Mix (diffusers AdaptiveProjectedMixGuidance, HunyuanImage-2.1):
+    /// CFG with `cfg_scale` at steps i ≤ `apg_start_step`, APG with `scale`
+    /// after; the momentum buffer advances in both phases.
+    ApgMix {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// CFG's scale (steps up to `apg_start_step`).
+        cfg_scale: ScaleRef,
+        /// APG's scale (steps after `apg_start_step`).
+        scale: ScaleRef,
+        /// The last CFG step: APG at step indices i > this.
+        #[serde(default = "five_steps")]
+        apg_start_step: usize,
+        /// Momentum β: r ← Δ + β·r (0 = none).
+        #[serde(default = "zero")]
+        momentum: ScaleRef,
+        /// Clip ‖Δ‖ to this per sample (0 = off).
+        #[serde(default = "zero")]
+        norm_threshold: ScaleRef,
+        /// Weight of the parallel component.
+        #[serde(default = "one")]
+        eta: ScaleRef,
+        /// Base on cond instead of uncond.
+        #[serde(default)]
+        original: bool,
+    },
+    /// Perp-Neg (ComfyUI `PerpNegGuider`): with P = pos − empty and
+    /// N = neg − empty, N⊥ = N − (⟨N,P⟩/‖P‖²)·P per group of `over`;
+    /// `empty + s·(P − neg_scale·N⊥)`.
+    PerpNeg {
+        /// The positive prompt's prediction.
+        pos: Box<Expr>,
+        /// The negative prompt's prediction.
+        neg: Box<Expr>,
+        /// The empty prompt's prediction.
+        empty: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Weight of the negative's perpendicular part.
+        #[serde(default = "one")]
+        neg_scale: ScaleRef,
+        /// Groups of the projection (ComfyUI: `Tensor`).
+        #[serde(default = "per_sample")]
+        over: Reduce,
+    },
     /// Magnitude-aware guidance (MAMBO-G): s' = 1 + (s−1)·exp(−α‖Δ‖/‖u‖) per sample.
     MagnitudeAware {
         /// Conditional prediction.
@@ -254,6 +301,14 @@ fn one_step() -> usize {
     1
 }
 
+fn per_sample() -> Reduce {
+    Reduce::Sample
+}
+
+fn five_steps() -> usize {
+    5
+}
+
 impl Expr {
     /// The direct sub-expressions, in source order.
     pub fn children(&self) -> Vec<&Expr> {
@@ -262,6 +317,7 @@ impl Expr {
             Expr::Sum(terms) => terms.iter().collect(),
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } => vec![term],
+            Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
             Expr::Windowed { term, otherwise, .. } => std::iter::once(&**term).chain(otherwise.as_deref()).collect(),
             Expr::Renorm { input, reference, .. }
             | Expr::NormCap { input, reference, .. }
@@ -271,6 +327,7 @@ impl Expr {
             | Expr::Apg { cond, uncond, .. }
             | Expr::MagnitudeAware { cond, uncond, .. }
             | Expr::Tcfg { cond, uncond, .. }
+            | Expr::ApgMix { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -282,6 +339,7 @@ impl Expr {
             Expr::Sum(terms) => terms.iter_mut().collect(),
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } => vec![term],
+            Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
             Expr::Windowed { term, otherwise, .. } => {
                 std::iter::once(&mut **term).chain(otherwise.as_deref_mut()).collect()
             }
@@ -293,6 +351,7 @@ impl Expr {
             | Expr::Apg { cond, uncond, .. }
             | Expr::MagnitudeAware { cond, uncond, .. }
             | Expr::Tcfg { cond, uncond, .. }
+            | Expr::ApgMix { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -306,6 +365,8 @@ impl Expr {
             | Expr::Apg { scale, .. }
             | Expr::MagnitudeAware { scale, .. }
             | Expr::Tcfg { scale, .. }
+            | Expr::ApgMix { scale, .. }
+            | Expr::PerpNeg { scale, .. }
             | Expr::Adaptive { scale, .. } => Some(scale),
             _ => None,
         }
@@ -328,6 +389,8 @@ impl Expr {
             Expr::Apg { .. } => "Apg",
             Expr::MagnitudeAware { .. } => "MagnitudeAware",
             Expr::Tcfg { .. } => "Tcfg",
+            Expr::ApgMix { .. } => "ApgMix",
+            Expr::PerpNeg { .. } => "PerpNeg",
             Expr::Adaptive { .. } => "Adaptive",
         }
     }
@@ -343,6 +406,8 @@ impl Expr {
                 | Expr::Apg { .. }
                 | Expr::MagnitudeAware { .. }
                 | Expr::Tcfg { .. }
+                | Expr::ApgMix { .. }
+                | Expr::PerpNeg { .. }
                 | Expr::Adaptive { .. }
         )
     }
@@ -362,7 +427,14 @@ impl Expr {
             Expr::Apg { momentum, norm_threshold, eta, .. } => {
                 out.extend([("momentum", momentum), ("norm_threshold", norm_threshold), ("eta", eta)])
             }
+            Expr::ApgMix { cfg_scale, momentum, norm_threshold, eta, .. } => out.extend([
+                ("cfg_scale", cfg_scale),
+                ("momentum", momentum),
+                ("norm_threshold", norm_threshold),
+                ("eta", eta),
+            ]),
             Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", alpha)),
+            Expr::PerpNeg { neg_scale, .. } => out.push(("neg_scale", neg_scale)),
             Expr::Adaptive { threshold, .. } => out.push(("threshold", threshold)),
             _ => {}
         }

@@ -235,6 +235,56 @@ impl<'a> Lowerer<'a> {
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
                 self.push(Op::MagnitudeAware { cond, uncond, scale: s, alpha })
             }
+            Expr::ApgMix {
+                cond,
+                uncond,
+                cfg_scale,
+                scale,
+                apg_start_step,
+                momentum,
+                norm_threshold,
+                eta,
+                original,
+            } => {
+                let slot = format!("{}/{path}", self.output);
+                let beta = self.scale(momentum)? as f32;
+                if self.ctx.step > *apg_start_step {
+                    let (s, norm_threshold, eta) =
+                        (self.scale(scale)? as f32, self.scale(norm_threshold)?, self.scale(eta)? as f32);
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::Apg {
+                        cond,
+                        uncond,
+                        scale: s,
+                        momentum: beta,
+                        norm_threshold,
+                        eta,
+                        original: *original,
+                        slot,
+                    })
+                } else if beta == 0.0 {
+                    // No momentum to advance: plain CFG, folded.
+                    let s = self.scale(cfg_scale)?;
+                    let c = self.expr(cond, &child(0))?;
+                    let u = self.expr(uncond, &child(1))?;
+                    self.cfg_lin(&c, &u, s, *original)
+                } else {
+                    let s = self.scale(cfg_scale)? as f32;
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::MomentumCfg { cond, uncond, scale: s, momentum: beta, original: *original, slot })
+                }
+            }
+            Expr::PerpNeg { pos, neg, empty, scale, neg_scale, over } => {
+                let (s, sn) = (self.scale(scale)?, self.scale(neg_scale)?);
+                let p = self.expr(pos, &child(0))?;
+                let n = self.expr(neg, &child(1))?;
+                let e = self.expr(empty, &child(2))?;
+                let (pd, nd) = (add(p, &e, -1.0), add(n, &e, -1.0));
+                let (input, direction) = (self.materialize(nd)?, self.materialize(pd.clone())?);
+                let perp = self.push(Op::Reject { input, direction, over: *over });
+                // empty + s·P − s·sn·N⊥
+                add(add(e, &pd, s), &perp, -s * sn)
+            }
             Expr::Tcfg { cond, uncond, scale, original } => {
                 let s = self.scale(scale)? as f32;
                 let (cond, uncond) = self.pair(cond, uncond, path)?;

@@ -134,6 +134,14 @@ fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
             literal("norm_threshold", norm_threshold, &mut out);
             literal("eta", eta, &mut out);
         }
+        Expr::ApgMix { cfg_scale, scale, apg_start_step, momentum, norm_threshold, eta, .. } => {
+            literal("cfg_scale", cfg_scale, &mut out);
+            literal("scale", scale, &mut out);
+            out.push(("apg_start_step", Slot::Count(apg_start_step)));
+            literal("momentum", momentum, &mut out);
+            literal("norm_threshold", norm_threshold, &mut out);
+            literal("eta", eta, &mut out);
+        }
         Expr::Renorm { min, max, eps, .. } => {
             for (name, v) in [("min", min), ("max", max)] {
                 if !matches!(v, Some(ScaleRef::Named(_))) {

@@ -139,9 +139,10 @@ impl Walker<'_> {
                 for c in e.children() {
                     self.operand(c, output, d);
                 }
-                if let Some(s) = e.scale() {
+                let scales = e.params().into_iter().filter(|(field, _)| field.ends_with("scale"));
+                for (field, s) in scales {
                     let s = self.scale(s);
-                    let what = format!("the scale of `{}`", e.operator());
+                    let what = format!("the {field} of `{}`", e.operator());
                     self.check(output, &Bounds::from([(what, s)]));
                 }
                 Bounds::from([(format!("the result of `{}`", e.operator()), 1.0)])

@@ -4,6 +4,7 @@ use crate::error::{ErrorKind, PolicyError, Warning};
 use crate::locate::Locator;
 use cfg_core::branch::{Modifier, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::{Expr, Policy, ScaleRef};
+use cfg_core::reduce::Reduce;
 use cfg_core::schedule::Schedule;
 use cfg_core::window::Window;
 use petgraph::algo::tarjan_scc;
@@ -316,6 +317,12 @@ impl Validator<'_> {
     /// Operator parameters within their ranges, at every step of their schedules.
     fn ranges(&self, e: &Expr, at: Option<(usize, usize)>) -> Result<(), PolicyError> {
         let fail = |field: &str, message: String| Err(self.error(self.param(at, field), message));
+        if let Expr::Renorm { over, .. } | Expr::StdRescale { over, .. } | Expr::PerpNeg { over, .. } = e {
+            if *over == Reduce::Axis(0) {
+                let op = e.operator();
+                return fail("over", format!("`{op}`: `over: Axis(0)` is the batch axis: name another axis"));
+            }
+        }
         match e {
             Expr::Renorm { min, max, eps, .. } => {
                 if let (Some(lo), Some(hi)) = (min, max) {
@@ -342,13 +349,13 @@ impl Validator<'_> {
                     return fail("phi", format!("`StdRescale`: phi {} must be ≥ 0", Self::shown(phi, v)));
                 }
             }
-            Expr::Apg { norm_threshold: t, .. } => {
+            Expr::Apg { norm_threshold: t, .. } | Expr::ApgMix { norm_threshold: t, .. } => {
                 let v = self.extent(t).0;
                 if v < 0.0 {
-                    let shown = Self::shown(t, v);
+                    let (op, shown) = (e.operator(), Self::shown(t, v));
                     return fail(
                         "norm_threshold",
-                        format!("`Apg`: norm_threshold {shown} must be ≥ 0 (0 turns it off)"),
+                        format!("`{op}`: norm_threshold {shown} must be ≥ 0 (0 turns it off)"),
                     );
                 }
             }

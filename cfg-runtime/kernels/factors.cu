@@ -14,6 +14,7 @@
 #define K_COSINE 7      // sums: <a,b>, |a|^2, |b|^2
 #define K_TCFG_ALPHA 8  // sums: |c|^2, <c,u>, |u|^2 (factor: alpha of u' = alpha c + beta u)
 #define K_TCFG_BETA 9   // sums: as K_TCFG_ALPHA (factor: beta)
+#define K_REJECT 10     // sums: <x,d>, |d|^2 (factor: <x,d>/|d|^2, 0 where |d| = 0)
 
 struct FactorArgs {
     double p0;      // eps | ratio | phi | scale | threshold
@@ -93,6 +94,8 @@ __device__ __forceinline__ double group_factor(const FactorArgs& a, const double
         return tcfg_coefficient(s, 0);
     case K_TCFG_BETA:
         return tcfg_coefficient(s, 1);
+    case K_REJECT:
+        return s[1] == 0.0 ? 0.0 : (double)(float)(s[0] / s[1]);
     }
     return 1.0;
 }

@@ -53,3 +53,15 @@ extern "C" __global__ void __launch_bounds__(256) tcfg(const float* c, const flo
         out[i] = fma32(s, sub32(c[i], up), original ? c[i] : up);
     }
 }
+
+// APG-Mix's CFG phase (the momentum advanced by apg_running): out = fma(s, c - u, original ? c : u).
+extern "C" __global__ void __launch_bounds__(256) cfg_delta(const float* c, const float* u, float s, int original,
+                                                            float* out, i64 n) {
+    GRID_LOOP(i, n) out[i] = fma32(s, sub32(c[i], u[i]), original ? c[i] : u[i]);
+}
+
+// Perp-Neg's rejection: out = fma(-k, d, x), k = <x,d>/|d|^2 per group.
+extern "C" __global__ void __launch_bounds__(256) reject(const float* x, const float* d, const double* k,
+                                                         const Groups g, float* out, i64 n) {
+    GRID_LOOP(i, n) out[i] = fma32(-(float)k[group_of(g, i)], d[i], x[i]);
+}

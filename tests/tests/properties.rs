@@ -43,12 +43,14 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 22] = [
+const NAMES: [&str; 25] = [
     "adaptive",
     "apg",
+    "apg_mix",
     "autoguidance",
     "bagel",
     "cfg",
+    "cfg_norm",
     "cfg_renorm",
     "cfg_renorm_clamped",
     "dreamid",
@@ -58,6 +60,7 @@ const NAMES: [&str; 22] = [
     "magnitude_aware",
     "norm_cap",
     "pag",
+    "perp_neg",
     "pix2pix",
     "seg",
     "skip_layer",

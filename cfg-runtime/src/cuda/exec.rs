@@ -332,6 +332,48 @@ impl<'a> Generic<'a> {
                 .map_err(driver)?;
                 dev.sync()?;
             }
+            Op::Reject { input, direction, over } => {
+                let (x, d) = (self.addr(*input)?, self.addr(*direction)?);
+                let groups = Groups::new(*over, shape);
+                let f = FactorArgs { kind: kind::REJECT, ..Default::default() };
+                let k = launch::group_factors(dev, x, d, &groups, &[(src::X, src::Y), (src::Y, src::Y)], false, f)?;
+                let ka = dev.addr(&k);
+                let kernel = dev.function(&kernels::GUIDANCE, "reject")?;
+                // SAFETY: matches `reject(x, d, k, Groups, float*, i64)`; k holds one double per group.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&kernel)
+                        .arg(&x)
+                        .arg(&d)
+                        .arg(&ka)
+                        .arg(&groups)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
+            Op::MomentumCfg { cond, uncond, scale, momentum, original, slot } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                self.running(c, u, state, slot, *momentum)?;
+                let orig = i32::from(*original);
+                let k = dev.function(&kernels::GUIDANCE, "cfg_delta")?;
+                // SAFETY: matches `cfg_delta(c, u, float, int, float*, i64)`.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&k)
+                        .arg(&c)
+                        .arg(&u)
+                        .arg(scale)
+                        .arg(&orig)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
             Op::Tcfg { cond, uncond, scale, original } => {
                 let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
                 let groups = Groups::new(Reduce::Sample, shape);
@@ -370,23 +412,17 @@ impl<'a> Generic<'a> {
         Ok(out)
     }
 
-    /// APG: running average (the momentum stays in device memory between
-    /// steps), optional norm clip, f64 projection on c, update.
-    #[allow(clippy::too_many_arguments)]
-    fn apg(
+    /// APG's running average `d = c − u; r = fma(β, prev, d)` (or d) into a new
+    /// buffer, which becomes the slot's device-resident momentum when β ≠ 0.
+    fn running(
         &mut self,
         c: u64,
         u: u64,
-        o: u64,
         state: &mut GuidanceState,
         slot: &str,
-        scale: f32,
         beta: f32,
-        threshold: f64,
-        eta: f32,
-        original: bool,
-    ) -> Result<(), CudaError> {
-        let (dev, n, shape) = (self.dev, self.n(), self.shape);
+    ) -> Result<Arc<Buffer>, CudaError> {
+        let (dev, n) = (self.dev, self.n());
         let n64 = n as i64;
         // The previous momentum: kept on this device since the last step or,
         // in a state the CPU filled, uploaded once.
@@ -431,6 +467,29 @@ impl<'a> Generic<'a> {
         if beta != 0.0 {
             state.set_device_momentum(slot, n, running.clone());
         }
+        Ok(running)
+    }
+
+    /// APG: running average (the momentum stays in device memory between
+    /// steps), optional norm clip, f64 projection on c, update.
+    #[allow(clippy::too_many_arguments)]
+    fn apg(
+        &mut self,
+        c: u64,
+        u: u64,
+        o: u64,
+        state: &mut GuidanceState,
+        slot: &str,
+        scale: f32,
+        beta: f32,
+        threshold: f64,
+        eta: f32,
+        original: bool,
+    ) -> Result<(), CudaError> {
+        let (dev, shape) = (self.dev, self.shape);
+        let running = self.running(c, u, state, slot, beta)?;
+        let (n, r) = (self.n(), running.addr(dev));
+        let n64 = n as i64;
         let groups = Groups::new(Reduce::Sample, shape);
         let clipped = if threshold > 0.0 {
             let f = FactorArgs { p0: threshold, kind: kind::APG_CLIP, ..Default::default() };
