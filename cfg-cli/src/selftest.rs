@@ -180,7 +180,7 @@ fn cases(small_run: bool) -> Vec<Case> {
         },
         Case {
             // APG-Mix's CFG phase advances the buffer its APG phase reads.
-            name: "APG-Mix (momentum CFG, then APG on its buffer, 3 steps)",
+            name: "APG-Mix (3 steps)",
             program: hand_built(
                 2,
                 cu(),
@@ -217,7 +217,7 @@ fn cases(small_run: bool) -> Vec<Case> {
         },
         Case {
             // ComfyUI CFGNorm on [B, C, H, W]: norms over the channels.
-            name: "renorm over Axis(1) of [B, C, H, W]",
+            name: "renorm Axis(1), [B,C,H,W]",
             program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Axis(1), Some(0.0), Some(1.0))]),
             shape: Shape::new([2, 4, 12, 10]),
             steps: 1,
