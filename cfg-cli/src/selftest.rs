@@ -154,6 +154,12 @@ fn cases(small_run: bool) -> Vec<Case> {
             steps: 1,
         },
         Case {
+            name: "TCFG",
+            program: hand_built(2, cu(), vec![Op::Tcfg { cond: g, uncond: c, scale: 5.0, original: false }]),
+            shape: small.clone(),
+            steps: 1,
+        },
+        Case {
             name: "APG (3 steps, momentum)",
             program: hand_built(
                 2,
@@ -169,8 +175,52 @@ fn cases(small_run: bool) -> Vec<Case> {
                     slot: "apg".into(),
                 }],
             ),
+            shape: small.clone(),
+            steps: 3,
+        },
+        Case {
+            // APG-Mix's CFG phase advances the buffer its APG phase reads.
+            name: "APG-Mix (3 steps)",
+            program: hand_built(
+                2,
+                cu(),
+                vec![
+                    Op::MomentumCfg {
+                        cond: g,
+                        uncond: c,
+                        scale: 3.5,
+                        momentum: -0.5,
+                        original: false,
+                        slot: "mix".into(),
+                    },
+                    Op::Apg {
+                        cond: g,
+                        uncond: c,
+                        scale: 10.0,
+                        momentum: -0.5,
+                        norm_threshold: 10.0,
+                        eta: 0.0,
+                        original: false,
+                        slot: "mix".into(),
+                    },
+                    Op::Mix { terms: vec![(Value::Op(0), 0.5), (Value::Op(1), 0.5)] },
+                ],
+            ),
             shape: small,
             steps: 3,
+        },
+        Case {
+            name: "reject (Perp-Neg) per sample",
+            program: hand_built(2, cu(), vec![Op::Reject { input: g, direction: c, over: Reduce::Sample }]),
+            shape: Shape::new([2, 96, 64]),
+            steps: 1,
+        },
+        Case {
+            // ComfyUI CFGNorm on [B, C, H, W]: norms over the channels.
+            name: "renorm Axis(1), [B,C,H,W]",
+            program: hand_built(2, cfg_forms(), vec![renorm(Reduce::Axis(1), Some(0.0), Some(1.0))]),
+            shape: Shape::new([2, 4, 12, 10]),
+            steps: 1,
         },
         Case {
             name: "combine 3-way, odd size",

@@ -9,7 +9,18 @@
 //! ≤ 1e-6 per step. Zero-star's zero-init step and APG's momentum carry state.
 //! PAG and SEG replay the combine only (their perturbations act inside the
 //! model): PAG's strict window 0.01–0.2 is on at steps 1–3 of 20, SEG's strict
-//! window 0–1 at steps 1–19.
+//! window 0–1 at steps 1–19. APG-Mix crosses its switch: CFG at steps 0–5, APG
+//! from step 6 on, the momentum advanced at every step.
+//!
+//! TCFG: diffusers runs a float32 SVD, about 3e-5 relative from the formula in
+//! f64, less accurate than our closed form. Its fixture also holds the formula
+//! in f64 (`expected_f64/<step>/sample`): we must be within 1e-6 relative of
+//! that, and no farther from diffusers than twice diffusers' own distance to it.
+//! diffusers 0.42.1's `TangentialClassifierFreeGuidance.is_conditional` reads
+//! `_num_outputs_prepared`, an attribute `BaseGuidance` never sets (it counts
+//! `_count_prepared`): a pipeline that asks fails with AttributeError. The
+//! fixture calls `forward`, which does not read it; nothing of that bug is
+//! copied here.
 
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -26,7 +37,20 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
     t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
-fn replay(policy: &str) {
+fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn relative(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// Runs `cfg combine` on the policy's fixture; returns (fixture, output) bytes.
+fn combine(policy: &str) -> (Vec<u8>, Vec<u8>) {
     let input = fixture(policy);
     let dir = tempfile::tempdir().expect("temp dir");
     let output = dir.path().join("out.safetensors");
@@ -38,9 +62,12 @@ fn replay(policy: &str) {
         .output()
         .expect("run cfg");
     assert!(run.status.success(), "{policy}: {}", String::from_utf8_lossy(&run.stderr));
-    let fixture_bytes = std::fs::read(&input).expect("fixture");
+    (std::fs::read(&input).expect("fixture"), std::fs::read(&output).expect("output"))
+}
+
+fn replay(policy: &str) {
+    let (fixture_bytes, out_bytes) = combine(policy);
     let expected = SafeTensors::deserialize(&fixture_bytes).expect("fixture parses");
-    let out_bytes = std::fs::read(&output).expect("output");
     let got = SafeTensors::deserialize(&out_bytes).expect("output parses");
     let branches: Vec<String> =
         expected.names().into_iter().filter_map(|n| n.strip_prefix("0/").map(str::to_string)).collect();
@@ -101,4 +128,25 @@ fn pag_matches_diffusers_perturbed_attention_guidance() {
 #[test]
 fn seg_matches_diffusers_smoothed_energy_guidance() {
     replay("seg");
+}
+
+#[test]
+fn apg_mix_matches_diffusers_across_its_switch_step() {
+    replay("apg_mix");
+}
+
+#[test]
+fn tcfg_matches_the_f64_formula_and_diffusers_to_its_own_accuracy() {
+    let (fixture_bytes, out_bytes) = combine("tcfg");
+    let expected = SafeTensors::deserialize(&fixture_bytes).expect("fixture parses");
+    let got = SafeTensors::deserialize(&out_bytes).expect("output parses");
+    for step in 0..STEPS {
+        let exact = f64s(&expected, &format!("expected_f64/{step}/sample"));
+        let theirs: Vec<f64> = f32s(&expected, &format!("expected/{step}/sample")).into_iter().map(f64::from).collect();
+        let ours: Vec<f64> = f32s(&got, &format!("{step}/sample")).into_iter().map(f64::from).collect();
+        let (ours_err, theirs_err) = (relative(&ours, &exact), relative(&theirs, &exact));
+        assert!(ours_err <= 1e-6, "step {step}: {ours_err} from the f64 formula");
+        let apart = relative(&ours, &theirs);
+        assert!(apart <= 2.0 * theirs_err, "step {step}: {apart} from diffusers, whose own error is {theirs_err}");
+    }
 }

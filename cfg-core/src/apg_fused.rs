@@ -239,3 +239,37 @@ impl<I: Element, O: Element> Task for Apply<'_, I, O> {
         put_scratch(buf);
     }
 }
+
+/// APG-Mix's CFG phase: Δ = c − u advances the momentum (`buffer` ←
+/// fma(β, buffer, Δ), or Δ without a previous one), and `out` = fma(s, Δ, base),
+/// base = u (or c with `original`). Element-wise, in blocks.
+#[allow(clippy::too_many_arguments)] // the op's own fields, its state and its output
+pub fn momentum_cfg<I: Element, O: Element>(
+    cond: Terms<I>,
+    uncond: Terms<I>,
+    scale: f32,
+    beta: f32,
+    original: bool,
+    buffer: &mut [f32],
+    has_prev: bool,
+    out: &mut [O],
+) {
+    out.par_chunks_mut(TASK).zip(buffer.par_chunks_mut(TASK)).enumerate().for_each(|(t, (out, running))| {
+        let mut buf = take_scratch(3 * BLOCK);
+        let (c, rest) = buf.split_at_mut(BLOCK);
+        let (u, y) = rest.split_at_mut(BLOCK);
+        for (k, (out, running)) in out.chunks_mut(BLOCK).zip(running.chunks_mut(BLOCK)).enumerate() {
+            let (m, start) = (out.len(), t * TASK + k * BLOCK);
+            let (c, u, y) = (&mut c[..m], &mut u[..m], &mut y[..m]);
+            form_into(cond, start, c);
+            form_into(uncond, start, u);
+            for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(running.iter_mut()) {
+                let d = c - u;
+                *r = if has_prev { beta.mul_add(*r, d) } else { d };
+                *y = scale.mul_add(d, if original { *c } else { *u });
+            }
+            store(y, out);
+        }
+        put_scratch(buf);
+    });
+}

@@ -1,12 +1,13 @@
 //! The CPU evaluator of canonical programs (rayon, explicit fma, f32 accumulation).
 
-use crate::apg_fused::{apg, Apg};
+use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
 use crate::error::CoreError;
 use crate::fused::{self, run_groups, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::state::GuidanceState;
+use crate::tcfg::tcfg_into;
 use crate::tensor::{Tensor, TensorData};
 use crate::{DType, Shape};
 use half::slice::HalfFloatSliceExt;
@@ -224,8 +225,9 @@ pub fn evaluate_into(
     out: &mut Tensor,
 ) -> Result<(), CoreError> {
     check_inputs(program, inputs, dtype, shape)?;
+    program.check_shape(shape)?;
     for op in &program.ops {
-        if let Op::Apg { slot, .. } = op {
+        if let Op::Apg { slot, .. } | Op::MomentumCfg { slot, .. } = op {
             if state.device_momentum(slot).is_some() {
                 return Err(CoreError::DeviceState(slot.clone()));
             }
@@ -276,10 +278,7 @@ fn slices<'a, E>(inputs: &[&'a Tensor], get: fn(&'a TensorData) -> Option<&'a [E
 /// then it is evaluated straight from the inputs, with no intermediate tensor.
 fn single_fused_op(program: &Program) -> Option<&Op> {
     let [op] = program.ops.as_slice() else { return None };
-    let contiguous = !matches!(
-        op,
-        Op::Mix { .. } | Op::Renorm { over: Reduce::Channel, .. } | Op::StdRescale { over: Reduce::Channel, .. }
-    );
+    let contiguous = !matches!(op, Op::Mix { .. }) && op.over().is_none_or(Reduce::is_contiguous);
     let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
     (program.latches.is_empty() && program.result == Value::Op(0) && contiguous && on_forms).then_some(op)
 }
@@ -319,6 +318,7 @@ fn op_into<I: Element, O: Element>(
             let op = fused::Renorm { input: a, reference: b, eps: *eps, min: *min, max: *max };
             run_groups(&op, len(*over), out)
         }
+        Op::Reject { over, .. } => run_groups(&fused::Reject { input: a, direction: b }, len(*over), out),
         Op::NormCap { ratio, .. } => {
             run_groups(&fused::NormCap { input: a, reference: b, ratio: *ratio }, len(Reduce::Tensor), out)
         }
@@ -332,6 +332,15 @@ fn op_into<I: Element, O: Element>(
         Op::MagnitudeAware { scale, alpha, .. } => {
             let op = fused::MagnitudeAware { cond: a, uncond: b, scale: *scale, alpha: *alpha };
             run_groups(&op, len(Reduce::Sample), out)
+        }
+        Op::Tcfg { scale, original, .. } => tcfg_into(a, b, len(Reduce::Sample), *scale, *original, out),
+        Op::MomentumCfg { scale, momentum, original, slot, .. } => {
+            let has_prev = state.momentum(slot).is_some();
+            if !has_prev {
+                state.set_momentum(slot, vec![0.0; out.len()]);
+            }
+            let buffer = state.momentum_mut(slot).unwrap_or_default();
+            momentum_cfg(a, b, *scale, *momentum, *original, buffer, has_prev, out)
         }
         Op::Apg { scale, momentum, norm_threshold, eta, original, slot, .. } => {
             let p = Apg {
@@ -512,14 +521,15 @@ impl<'a> Evaluation<'a> {
         }
         let vals = op.inputs();
         let (a, b) = (self.terms(vals[0]), self.terms(vals[1]));
-        let channel =
-            matches!(op, Op::Renorm { over: Reduce::Channel, .. } | Op::StdRescale { over: Reduce::Channel, .. });
-        if !channel {
+        let strided = op.over().filter(|o| !o.is_contiguous());
+        let Some(over) = strided else {
             op_into(op, &a, &b, &|over| Groups::new(over, self.shape).len, state, &mut out);
             return out;
-        }
-        // Channel groups made contiguous: [batch, tokens, width] -> [batch, width, tokens] and back.
-        let (width, per_sample) = (self.shape.last().max(1), self.shape.per_sample().max(1));
+        };
+        // Strided groups made contiguous: each block [len, width] -> [width, len] and back
+        // (channel groups: [batch, tokens, width] -> [batch, width, tokens]).
+        let groups = Groups::new(over, self.shape);
+        let (width, per_sample) = (groups.width, groups.per_sample);
         let t = |x: &[(&[f32], f32)]| -> Vec<f32> {
             x.first().map_or_else(|| vec![0.0; self.n()], |(v, _)| transpose(v, per_sample, width))
         };
@@ -528,7 +538,7 @@ impl<'a> Evaluation<'a> {
         let (ta, tb): (Terms<f32>, Terms<f32>) =
             (if a.is_empty() { &[] } else { &ta }, if b.is_empty() { &[] } else { &tb });
         let mut tout = vec![0.0; self.n()];
-        op_into(op, ta, tb, &|_| per_sample / width, state, &mut tout);
+        op_into(op, ta, tb, &|_| groups.len, state, &mut tout);
         transpose_back(&tout, &mut out, per_sample, width);
         out
     }
@@ -636,6 +646,15 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         0.0
     } else {
         ab / den
+    }
+}
+
+/// Perp-Neg's rejection coefficient ⟨x, d⟩/‖d‖², rounded to f32; 0 where ‖d‖ = 0.
+pub fn reject_coefficient(xd: f64, dd: f64) -> f32 {
+    if dd == 0.0 {
+        0.0
+    } else {
+        (xd / dd) as f32
     }
 }
 

@@ -31,7 +31,7 @@ pub enum CoreError {
         why: String,
     },
     /// A scale, window or schedule needs the step's sigma, which was not given.
-    #[error("step {step}: the policy needs the scheduler's sigma (a sigma window or a two-expert schedule) but none was given")]
+    #[error("step {step}: the policy needs the scheduler's sigma (a sigma window or a sigma-keyed schedule) but none was given")]
     SigmaRequired {
         /// The step.
         step: usize,

@@ -12,13 +12,33 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A scale: a literal number, or the name of a declared (possibly scheduled) scale.
+/// A scale or any other numeric parameter: a literal number, or the name of
+/// a declared (possibly scheduled) scale, evaluated at each step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum ScaleRef {
     /// A constant.
     Value(f64),
     /// A scale declared in the policy's `scales`.
     Named(String),
+}
+
+impl ScaleRef {
+    /// The literal, if it is one.
+    pub fn literal(&self) -> Option<f64> {
+        match self {
+            ScaleRef::Value(v) => Some(*v),
+            ScaleRef::Named(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ScaleRef {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            ScaleRef::Value(v) => write!(f, "{v}"),
+            ScaleRef::Named(n) => write!(f, "\"{n}\""),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ScaleRef {
@@ -78,8 +98,8 @@ pub enum Expr {
         /// The scale.
         scale: ScaleRef,
         /// Added to the scale (LTX-2 writes `(s − 1)·Δ`: offset −1).
-        #[serde(default)]
-        offset: f64,
+        #[serde(default = "zero")]
+        offset: ScaleRef,
         /// The term.
         term: Box<Expr>,
     },
@@ -96,12 +116,16 @@ pub enum Expr {
         #[serde(default)]
         original: bool,
     },
-    /// `term` at the steps inside `window`, zero elsewhere.
+    /// `term` at the steps inside `window`; elsewhere `else` (zero when absent).
     Windowed {
         /// When the term is on.
         window: Window,
         /// The term.
         term: Box<Expr>,
+        /// What replaces the term where the window is off (diffusers' guiders:
+        /// the cond prediction). Written `else:`.
+        #[serde(default, rename = "else", skip_serializing_if = "Option::is_none")]
+        otherwise: Option<Box<Expr>>,
     },
     /// `input · clamp(‖reference‖ / (‖input‖ + eps), min, max)` per reduction group.
     Renorm {
@@ -113,13 +137,13 @@ pub enum Expr {
         over: Reduce,
         /// Lower clamp of the factor (none when absent).
         #[serde(default)]
-        min: Option<f64>,
+        min: Option<ScaleRef>,
         /// Upper clamp of the factor (none when absent).
         #[serde(default)]
-        max: Option<f64>,
+        max: Option<ScaleRef>,
         /// Added to ‖input‖.
-        #[serde(default)]
-        eps: f64,
+        #[serde(default = "zero")]
+        eps: ScaleRef,
     },
     /// If ‖input‖ > ratio·‖reference‖ (whole tensor) scale input down to that norm.
     NormCap {
@@ -128,7 +152,7 @@ pub enum Expr {
         /// The reference (usually cond).
         reference: Box<Expr>,
         /// The largest allowed norm ratio.
-        ratio: f64,
+        ratio: ScaleRef,
     },
     /// `phi·input·std(reference)/std(input) + (1 − phi)·input` (unbiased std).
     StdRescale {
@@ -137,7 +161,7 @@ pub enum Expr {
         /// The reference (cond).
         reference: Box<Expr>,
         /// Rescale strength φ.
-        phi: f64,
+        phi: ScaleRef,
         /// Sample (diffusers) or Tensor (LTX-2 official).
         over: Reduce,
     },
@@ -167,17 +191,64 @@ pub enum Expr {
         /// Guidance scale.
         scale: ScaleRef,
         /// Momentum β: r ← Δ + β·r (0 = none).
-        #[serde(default)]
-        momentum: f64,
+        #[serde(default = "zero")]
+        momentum: ScaleRef,
         /// Clip ‖Δ‖ to this per sample (0 = off).
-        #[serde(default)]
-        norm_threshold: f64,
+        #[serde(default = "zero")]
+        norm_threshold: ScaleRef,
         /// Weight of the parallel component.
         #[serde(default = "one")]
-        eta: f64,
+        eta: ScaleRef,
         /// Base on cond instead of uncond.
         #[serde(default)]
         original: bool,
+    },
+    /// APG-Mix (diffusers AdaptiveProjectedMixGuidance, HunyuanImage-2.1):
+    /// CFG with `cfg_scale` at steps i ≤ `apg_start_step`, APG with `scale`
+    /// after; the momentum buffer advances in both phases.
+    ApgMix {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// CFG's scale (steps up to `apg_start_step`).
+        cfg_scale: ScaleRef,
+        /// APG's scale (steps after `apg_start_step`).
+        scale: ScaleRef,
+        /// The last CFG step: APG at step indices i > this.
+        #[serde(default = "five_steps")]
+        apg_start_step: usize,
+        /// Momentum β: r ← Δ + β·r (0 = none).
+        #[serde(default = "zero")]
+        momentum: ScaleRef,
+        /// Clip ‖Δ‖ to this per sample (0 = off).
+        #[serde(default = "zero")]
+        norm_threshold: ScaleRef,
+        /// Weight of the parallel component.
+        #[serde(default = "one")]
+        eta: ScaleRef,
+        /// Base on cond instead of uncond.
+        #[serde(default)]
+        original: bool,
+    },
+    /// Perp-Neg (ComfyUI `PerpNegGuider`): with P = pos − empty and
+    /// N = neg − empty, N⊥ = N − (⟨N,P⟩/‖P‖²)·P per group of `over`;
+    /// `empty + s·(P − neg_scale·N⊥)`.
+    PerpNeg {
+        /// The positive prompt's prediction.
+        pos: Box<Expr>,
+        /// The negative prompt's prediction.
+        neg: Box<Expr>,
+        /// The empty prompt's prediction.
+        empty: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Weight of the negative's perpendicular part.
+        #[serde(default = "one")]
+        neg_scale: ScaleRef,
+        /// Groups of the projection (ComfyUI: `Tensor`).
+        #[serde(default = "per_sample")]
+        over: Reduce,
     },
     /// Magnitude-aware guidance (MAMBO-G): s' = 1 + (s−1)·exp(−α‖Δ‖/‖u‖) per sample.
     MagnitudeAware {
@@ -188,7 +259,21 @@ pub enum Expr {
         /// Guidance scale.
         scale: ScaleRef,
         /// Damping strength α.
-        alpha: f64,
+        alpha: ScaleRef,
+    },
+    /// Tangential CFG (diffusers TangentialClassifierFreeGuidance): u' = the
+    /// projection of u on the top right-singular vector of the stacked [c; u]
+    /// per sample; `u' + s·(c − u')` (`original: true`: `c + s·(c − u')`).
+    Tcfg {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// Guidance scale.
+        scale: ScaleRef,
+        /// Base on cond instead of u'.
+        #[serde(default)]
+        original: bool,
     },
     /// Adaptive guidance (Castillo et al. 2023): CFG until cos(c, u) > threshold,
     /// then cond alone (uncond leaves the plan) for the rest of sampling.
@@ -200,16 +285,28 @@ pub enum Expr {
         /// Guidance scale.
         scale: ScaleRef,
         /// Cosine similarity above which guidance stops.
-        threshold: f64,
+        threshold: ScaleRef,
     },
 }
 
-fn one() -> f64 {
-    1.0
+fn one() -> ScaleRef {
+    ScaleRef::Value(1.0)
+}
+
+fn zero() -> ScaleRef {
+    ScaleRef::Value(0.0)
 }
 
 fn one_step() -> usize {
     1
+}
+
+fn per_sample() -> Reduce {
+    Reduce::Sample
+}
+
+fn five_steps() -> usize {
+    5
 }
 
 impl Expr {
@@ -219,7 +316,9 @@ impl Expr {
             Expr::Ref(_) | Expr::Use(_) => vec![],
             Expr::Sum(terms) => terms.iter().collect(),
             Expr::Diff(a, b) => vec![a, b],
-            Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
+            Expr::Scaled { term, .. } => vec![term],
+            Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
+            Expr::Windowed { term, otherwise, .. } => std::iter::once(&**term).chain(otherwise.as_deref()).collect(),
             Expr::Renorm { input, reference, .. }
             | Expr::NormCap { input, reference, .. }
             | Expr::StdRescale { input, reference, .. } => vec![input, reference],
@@ -227,6 +326,8 @@ impl Expr {
             | Expr::ZeroStar { cond, uncond, .. }
             | Expr::Apg { cond, uncond, .. }
             | Expr::MagnitudeAware { cond, uncond, .. }
+            | Expr::Tcfg { cond, uncond, .. }
+            | Expr::ApgMix { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -237,7 +338,11 @@ impl Expr {
             Expr::Ref(_) | Expr::Use(_) => vec![],
             Expr::Sum(terms) => terms.iter_mut().collect(),
             Expr::Diff(a, b) => vec![a, b],
-            Expr::Scaled { term, .. } | Expr::Windowed { term, .. } => vec![term],
+            Expr::Scaled { term, .. } => vec![term],
+            Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
+            Expr::Windowed { term, otherwise, .. } => {
+                std::iter::once(&mut **term).chain(otherwise.as_deref_mut()).collect()
+            }
             Expr::Renorm { input, reference, .. }
             | Expr::NormCap { input, reference, .. }
             | Expr::StdRescale { input, reference, .. } => vec![input, reference],
@@ -245,6 +350,8 @@ impl Expr {
             | Expr::ZeroStar { cond, uncond, .. }
             | Expr::Apg { cond, uncond, .. }
             | Expr::MagnitudeAware { cond, uncond, .. }
+            | Expr::Tcfg { cond, uncond, .. }
+            | Expr::ApgMix { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -257,6 +364,9 @@ impl Expr {
             | Expr::ZeroStar { scale, .. }
             | Expr::Apg { scale, .. }
             | Expr::MagnitudeAware { scale, .. }
+            | Expr::Tcfg { scale, .. }
+            | Expr::ApgMix { scale, .. }
+            | Expr::PerpNeg { scale, .. }
             | Expr::Adaptive { scale, .. } => Some(scale),
             _ => None,
         }
@@ -278,6 +388,9 @@ impl Expr {
             Expr::ZeroStar { .. } => "ZeroStar",
             Expr::Apg { .. } => "Apg",
             Expr::MagnitudeAware { .. } => "MagnitudeAware",
+            Expr::Tcfg { .. } => "Tcfg",
+            Expr::ApgMix { .. } => "ApgMix",
+            Expr::PerpNeg { .. } => "PerpNeg",
             Expr::Adaptive { .. } => "Adaptive",
         }
     }
@@ -292,35 +405,49 @@ impl Expr {
                 | Expr::ZeroStar { .. }
                 | Expr::Apg { .. }
                 | Expr::MagnitudeAware { .. }
+                | Expr::Tcfg { .. }
+                | Expr::ApgMix { .. }
+                | Expr::PerpNeg { .. }
                 | Expr::Adaptive { .. }
         )
     }
 
+    /// Every numeric parameter of this node (the scale first), with its field name.
+    pub fn params(&self) -> Vec<(&'static str, &ScaleRef)> {
+        let mut out: Vec<(&'static str, &ScaleRef)> = self.scale().map(|s| ("scale", s)).into_iter().collect();
+        match self {
+            Expr::Scaled { offset, .. } => out.push(("offset", offset)),
+            Expr::Renorm { min, max, eps, .. } => {
+                out.extend(min.as_ref().map(|v| ("min", v)));
+                out.extend(max.as_ref().map(|v| ("max", v)));
+                out.push(("eps", eps));
+            }
+            Expr::NormCap { ratio, .. } => out.push(("ratio", ratio)),
+            Expr::StdRescale { phi, .. } => out.push(("phi", phi)),
+            Expr::Apg { momentum, norm_threshold, eta, .. } => {
+                out.extend([("momentum", momentum), ("norm_threshold", norm_threshold), ("eta", eta)])
+            }
+            Expr::ApgMix { cfg_scale, momentum, norm_threshold, eta, .. } => out.extend([
+                ("cfg_scale", cfg_scale),
+                ("momentum", momentum),
+                ("norm_threshold", norm_threshold),
+                ("eta", eta),
+            ]),
+            Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", alpha)),
+            Expr::PerpNeg { neg_scale, .. } => out.push(("neg_scale", neg_scale)),
+            Expr::Adaptive { threshold, .. } => out.push(("threshold", threshold)),
+            _ => {}
+        }
+        out
+    }
+
     /// The plain numbers this node holds (for finiteness checks), with their field names.
     pub fn numbers(&self) -> Vec<(&'static str, f64)> {
-        let mut out = Vec::new();
-        if let Some(ScaleRef::Value(v)) = self.scale() {
-            out.push(("scale", *v));
-        }
-        match self {
-            Expr::Scaled { offset, .. } => out.push(("offset", *offset)),
-            Expr::Renorm { min, max, eps, .. } => {
-                out.extend(min.map(|v| ("min", v)));
-                out.extend(max.map(|v| ("max", v)));
-                out.push(("eps", *eps));
-            }
-            Expr::NormCap { ratio, .. } => out.push(("ratio", *ratio)),
-            Expr::StdRescale { phi, .. } => out.push(("phi", *phi)),
-            Expr::Apg { momentum, norm_threshold, eta, .. } => {
-                out.extend([("momentum", *momentum), ("norm_threshold", *norm_threshold), ("eta", *eta)])
-            }
-            Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", *alpha)),
-            Expr::Adaptive { threshold, .. } => out.push(("threshold", *threshold)),
-            Expr::Windowed { window, .. } => {
-                let (a, b) = window.bounds();
-                out.extend([("window start", a), ("window stop", b)]);
-            }
-            _ => {}
+        let mut out: Vec<(&'static str, f64)> =
+            self.params().into_iter().filter_map(|(k, v)| v.literal().map(|v| (k, v))).collect();
+        if let Expr::Windowed { window, .. } = self {
+            let (a, b) = window.bounds();
+            out.extend([("window start", a), ("window stop", b)]);
         }
         out
     }

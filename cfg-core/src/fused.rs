@@ -8,7 +8,8 @@
 
 use crate::canon::{segment_dot, segment_sq, segment_sum};
 use crate::cpu::{
-    magnitude_scale, norm_cap_factor, renorm_factor, rescale_factor, std_from_sums, zero_star_alpha, Element,
+    magnitude_scale, norm_cap_factor, reject_coefficient, renorm_factor, rescale_factor, std_from_sums,
+    zero_star_alpha, Element,
 };
 use crate::reduce::SEGMENT;
 use crate::simd::{self, Task};
@@ -411,5 +412,33 @@ impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
     #[inline(always)]
     fn apply(&self, d: f32, u: f32, s: f32) -> f32 {
         s.mul_add(d, u)
+    }
+}
+
+/// Perp-Neg's rejection: `x − k·d`, k = ⟨x, d⟩/‖d‖² per group.
+pub struct Reject<'a, I> {
+    /// The vector whose perpendicular part is kept.
+    pub input: Terms<'a, I>,
+    /// The direction removed.
+    pub direction: Terms<'a, I>,
+}
+
+impl<I: Element> GroupOp<2> for Reject<'_, I> {
+    #[inline(always)]
+    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+        form_into(self.input, start, a);
+        form_into(self.direction, start, b);
+    }
+    #[inline(always)]
+    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
+        [segment_dot(a, b), segment_sq(b)]
+    }
+    #[inline(always)]
+    fn factor(&self, t: [f64; 2], _: usize) -> f32 {
+        reject_coefficient(t[0], t[1])
+    }
+    #[inline(always)]
+    fn apply(&self, x: f32, d: f32, k: f32) -> f32 {
+        (-k).mul_add(d, x)
     }
 }

@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod shape;
 pub mod simd;
 pub mod state;
+pub mod tcfg;
 pub mod tensor;
 pub mod window;
 

@@ -167,6 +167,10 @@ impl<'a> Lowerer<'a> {
         Ok(v)
     }
 
+    fn optional(&mut self, s: &Option<ScaleRef>) -> Result<Option<f64>, CoreError> {
+        s.as_ref().map(|s| self.scale(s)).transpose()
+    }
+
     fn out_of_range(&self, what: String, value: f64) -> CoreError {
         CoreError::WeightOutOfRange { output: self.output.to_string(), what, value, step: self.ctx.step }
     }
@@ -196,7 +200,7 @@ impl<'a> Lowerer<'a> {
                 add(a, &b, -1.0)
             }
             Expr::Scaled { scale, offset, term } => {
-                let k = self.scale(scale)? + offset;
+                let k = self.scale(scale)? + self.scale(offset)?;
                 if k.abs() > f32::MAX as f64 {
                     return Err(self.out_of_range("a scale plus its offset".into(), k));
                 }
@@ -209,22 +213,28 @@ impl<'a> Lowerer<'a> {
                 let u = self.expr(uncond, &child(1))?;
                 self.cfg_lin(&c, &u, s, *original)
             }
-            Expr::Windowed { window, term } => match self.read_window(window) {
+            Expr::Windowed { window, term, otherwise } => match self.read_window(window) {
                 None => return Err(CoreError::SigmaRequired { step: self.ctx.step }),
                 Some(true) => self.expr(term, &child(0))?,
-                Some(false) => Lin::new(),
+                Some(false) => match otherwise {
+                    Some(e) => self.expr(e, &child(1))?,
+                    None => Lin::new(),
+                },
             },
             Expr::Renorm { input, reference, over, min, max, eps } => {
+                let (eps, min, max) = (self.scale(eps)?, self.optional(min)?, self.optional(max)?);
                 let (input, reference) = self.pair(input, reference, path)?;
-                self.push(Op::Renorm { input, reference, over: *over, eps: *eps, min: *min, max: *max })
+                self.push(Op::Renorm { input, reference, over: *over, eps, min, max })
             }
             Expr::NormCap { input, reference, ratio } => {
+                let ratio = self.scale(ratio)?;
                 let (input, reference) = self.pair(input, reference, path)?;
-                self.push(Op::NormCap { input, reference, ratio: *ratio })
+                self.push(Op::NormCap { input, reference, ratio })
             }
             Expr::StdRescale { input, reference, phi, over } => {
+                let phi = self.scale(phi)?;
                 let (input, reference) = self.pair(input, reference, path)?;
-                self.push(Op::StdRescale { input, reference, phi: *phi, over: *over })
+                self.push(Op::StdRescale { input, reference, phi, over: *over })
             }
             Expr::ZeroStar { cond, uncond, scale, zero_init_steps, original } => {
                 let slot = format!("{}/{path}", self.output);
@@ -241,23 +251,71 @@ impl<'a> Lowerer<'a> {
             }
             Expr::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original } => {
                 let s = self.scale(scale)? as f32;
+                let (momentum, norm_threshold, eta) =
+                    (self.scale(momentum)? as f32, self.scale(norm_threshold)?, self.scale(eta)? as f32);
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
                 let slot = format!("{}/{path}", self.output);
-                self.push(Op::Apg {
-                    cond,
-                    uncond,
-                    scale: s,
-                    momentum: *momentum as f32,
-                    norm_threshold: *norm_threshold,
-                    eta: *eta as f32,
-                    original: *original,
-                    slot,
-                })
+                self.push(Op::Apg { cond, uncond, scale: s, momentum, norm_threshold, eta, original: *original, slot })
             }
             Expr::MagnitudeAware { cond, uncond, scale, alpha } => {
-                let s = self.scale(scale)?;
+                let (s, alpha) = (self.scale(scale)?, self.scale(alpha)?);
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
-                self.push(Op::MagnitudeAware { cond, uncond, scale: s, alpha: *alpha })
+                self.push(Op::MagnitudeAware { cond, uncond, scale: s, alpha })
+            }
+            Expr::ApgMix {
+                cond,
+                uncond,
+                cfg_scale,
+                scale,
+                apg_start_step,
+                momentum,
+                norm_threshold,
+                eta,
+                original,
+            } => {
+                let slot = format!("{}/{path}", self.output);
+                let beta = self.scale(momentum)? as f32;
+                if self.read_after(*apg_start_step) {
+                    let (s, norm_threshold, eta) =
+                        (self.scale(scale)? as f32, self.scale(norm_threshold)?, self.scale(eta)? as f32);
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::Apg {
+                        cond,
+                        uncond,
+                        scale: s,
+                        momentum: beta,
+                        norm_threshold,
+                        eta,
+                        original: *original,
+                        slot,
+                    })
+                } else if beta == 0.0 {
+                    // No momentum to advance: plain CFG, folded.
+                    let s = self.scale(cfg_scale)?;
+                    let c = self.expr(cond, &child(0))?;
+                    let u = self.expr(uncond, &child(1))?;
+                    self.cfg_lin(&c, &u, s, *original)
+                } else {
+                    let s = self.scale(cfg_scale)? as f32;
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::MomentumCfg { cond, uncond, scale: s, momentum: beta, original: *original, slot })
+                }
+            }
+            Expr::PerpNeg { pos, neg, empty, scale, neg_scale, over } => {
+                let (s, sn) = (self.scale(scale)?, self.scale(neg_scale)?);
+                let p = self.expr(pos, &child(0))?;
+                let n = self.expr(neg, &child(1))?;
+                let e = self.expr(empty, &child(2))?;
+                let (pd, nd) = (add(p, &e, -1.0), add(n, &e, -1.0));
+                let (input, direction) = (self.materialize(nd)?, self.materialize(pd.clone())?);
+                let perp = self.push(Op::Reject { input, direction, over: *over });
+                // empty + s·P − s·sn·N⊥
+                add(add(e, &pd, s), &perp, -s * sn)
+            }
+            Expr::Tcfg { cond, uncond, scale, original } => {
+                let s = self.scale(scale)? as f32;
+                let (cond, uncond) = self.pair(cond, uncond, path)?;
+                self.push(Op::Tcfg { cond, uncond, scale: s, original: *original })
             }
             Expr::Adaptive { cond, uncond, scale, threshold } => {
                 let slot = format!("{}/{path}", self.output);
@@ -270,11 +328,19 @@ impl<'a> Lowerer<'a> {
                     let s = self.scale(scale)?;
                     let u = self.expr(uncond, &child(1))?;
                     let (a, b) = (self.materialize(c.clone())?, self.materialize(u.clone())?);
-                    self.latches.push(Latch { a, b, threshold: *threshold, slot });
+                    let threshold = self.scale(threshold)?;
+                    self.latches.push(Latch { a, b, threshold, slot });
                     self.cfg_lin(&c, &u, s, false)
                 }
             }
         })
+    }
+
+    /// Whether this step comes after step `n`.
+    fn read_after(&mut self, n: usize) -> bool {
+        let after = self.ctx.step > n;
+        self.reads.push(Read::After { step: n, after });
+        after
     }
 
     fn read_window(&mut self, window: &crate::window::Window) -> Option<bool> {
@@ -440,9 +506,10 @@ mod tests {
                 window: Window::Progress { start: 0.01, stop: 0.2, rule: WindowRule::DiffusersStrict },
                 term: Box::new(Expr::Scaled {
                     scale: ScaleRef::Value(2.8),
-                    offset: 0.0,
+                    offset: ScaleRef::Value(0.0),
                     term: Box::new(Expr::Diff(r("cond"), r("skip"))),
                 }),
+                otherwise: None,
             },
         ]);
         let p = policy(slg);
@@ -452,6 +519,43 @@ mod tests {
         assert!(!off.branches.contains(&"skip".to_string()));
         let off = lower0(&p, 10, 50, &GuidanceState::new());
         assert!(!off.branches.contains(&"skip".to_string()));
+    }
+
+    #[test]
+    fn an_off_window_falls_back_to_its_else() {
+        // diffusers' start/stop: CFG inside the window, cond alone outside.
+        let p = policy(Expr::Windowed {
+            window: Window::Steps { start: 2, stop: 4 },
+            term: Box::new(cfg(5.0)),
+            otherwise: Some(r("cond")),
+        });
+        let inside = lower0(&p, 2, 10, &GuidanceState::new());
+        assert_eq!(inside.forms[0].terms, vec![(0, 5.0), (1, -4.0)]);
+        for step in [0, 1, 4, 9] {
+            let outside = lower0(&p, step, 10, &GuidanceState::new());
+            assert_eq!(outside.branches, vec!["cond".to_string()], "step {step}");
+            assert_eq!(outside.forms[0].terms, vec![(0, 1.0)]);
+        }
+    }
+
+    #[test]
+    fn operator_parameters_follow_their_schedules() {
+        use crate::schedule::{Run, Schedule};
+        let mut p = policy(Expr::StdRescale {
+            input: Box::new(cfg(3.0)),
+            reference: r("cond"),
+            phi: ScaleRef::Named("phi".into()),
+            over: crate::reduce::Reduce::Sample,
+        });
+        p.scales = Named(vec![(
+            "phi".into(),
+            Schedule::StepList(vec![Run { steps: 2, value: 0.7 }, Run { steps: 1, value: 0.0 }]),
+        )]);
+        let phi = |step| match lower0(&p, step, 3, &GuidanceState::new()).ops.last() {
+            Some(Op::StdRescale { phi, .. }) => *phi,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((phi(0), phi(1), phi(2)), (0.7, 0.7, 0.0));
     }
 
     #[test]
@@ -483,7 +587,7 @@ mod tests {
             cond: r("cond"),
             uncond: r("uncond"),
             scale: ScaleRef::Value(5.0),
-            threshold: 0.99,
+            threshold: ScaleRef::Value(0.99),
         });
         let mut state = GuidanceState::new();
         let before = lower0(&p, 0, 10, &state);
@@ -530,7 +634,11 @@ mod tests {
         });
         let err = lower(&p, &StepContext::new(0, 1), &GuidanceState::new(), &Overrides::none()).unwrap_err();
         assert_eq!(err, CoreError::Unknown { kind: "scale", name: "nope".into() });
-        let p = policy(Expr::Windowed { window: Window::Sigma { low: 0.1, high: 0.9 }, term: Box::new(cfg(2.0)) });
+        let p = policy(Expr::Windowed {
+            window: Window::Sigma { low: 0.1, high: 0.9 },
+            term: Box::new(cfg(2.0)),
+            otherwise: None,
+        });
         let err = lower(&p, &StepContext::new(3, 5), &GuidanceState::new(), &Overrides::none()).unwrap_err();
         assert_eq!(err, CoreError::SigmaRequired { step: 3 });
     }

@@ -27,6 +27,8 @@ pub(crate) enum Read {
     ZeroInit { slot: String, steps: usize, zeroed: bool },
     /// Whether an adaptive operator has latched.
     Latched { slot: String, latched: bool },
+    /// Whether the step comes after a given step (APG-Mix's switch).
+    After { step: usize, after: bool },
 }
 
 impl Read {
@@ -40,6 +42,7 @@ impl Read {
             Read::Window { window, inside } => window.contains(ctx) == *inside,
             Read::ZeroInit { slot, steps, zeroed } => (state.count(slot) < *steps) == *zeroed,
             Read::Latched { slot, latched } => state.latched(slot) == *latched,
+            Read::After { step, after } => (ctx.step > *step) == *after,
         }
     }
 }
@@ -112,6 +115,7 @@ mod tests {
             Some((start, stop)) => Expr::Windowed {
                 window: Window::Progress { start, stop, rule: Default::default() },
                 term: Box::new(cfg),
+                otherwise: None,
             },
             None => cfg,
         };

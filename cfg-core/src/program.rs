@@ -99,6 +99,34 @@ pub enum Op {
         /// State key of the momentum buffer.
         slot: String,
     },
+    /// CFG whose Δ = c − u also advances an APG momentum buffer (APG-Mix's
+    /// CFG phase): `r ← Δ + β·r` into the state under `slot`; the result is
+    /// `fma(s, Δ, u)` (`original`: base c).
+    MomentumCfg {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// CFG's scale.
+        scale: f32,
+        /// β (not 0).
+        momentum: f32,
+        /// Base on cond.
+        original: bool,
+        /// State key of the momentum buffer (shared with the APG phase).
+        slot: String,
+    },
+    /// `input − (⟨input, direction⟩/‖direction‖²)·direction` per group: the
+    /// part of `input` perpendicular to `direction` (Perp-Neg); `input` where
+    /// ‖direction‖ = 0.
+    Reject {
+        /// The vector whose perpendicular part is kept.
+        input: Value,
+        /// The direction removed.
+        direction: Value,
+        /// Groups.
+        over: Reduce,
+    },
     /// Magnitude-aware guidance.
     MagnitudeAware {
         /// Cond.
@@ -110,6 +138,18 @@ pub enum Op {
         /// α.
         alpha: f64,
     },
+    /// Tangential CFG: `u' = α·c + β·u` with (α, β) per sample from the
+    /// Gram matrix of (c, u); `u' + s·(c − u')`.
+    Tcfg {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// Scale.
+        scale: f32,
+        /// Base on cond.
+        original: bool,
+    },
 }
 
 impl Op {
@@ -117,12 +157,23 @@ impl Op {
     pub fn inputs(&self) -> Vec<Value> {
         match self {
             Op::Mix { terms } => terms.iter().map(|(v, _)| *v).collect(),
-            Op::Renorm { input, reference, .. }
+            Op::Reject { input, direction: reference, .. }
+            | Op::Renorm { input, reference, .. }
             | Op::NormCap { input, reference, .. }
             | Op::StdRescale { input, reference, .. } => vec![*input, *reference],
             Op::ZeroStar { cond, uncond, .. }
             | Op::Apg { cond, uncond, .. }
-            | Op::MagnitudeAware { cond, uncond, .. } => vec![*cond, *uncond],
+            | Op::MagnitudeAware { cond, uncond, .. }
+            | Op::Tcfg { cond, uncond, .. }
+            | Op::MomentumCfg { cond, uncond, .. } => vec![*cond, *uncond],
+        }
+    }
+
+    /// The reduction groups it declares (`over:`), if any.
+    pub fn over(&self) -> Option<Reduce> {
+        match self {
+            Op::Renorm { over, .. } | Op::StdRescale { over, .. } | Op::Reject { over, .. } => Some(*over),
+            _ => None,
         }
     }
 
@@ -136,6 +187,9 @@ impl Op {
             Op::ZeroStar { .. } => "zero-star",
             Op::Apg { .. } => "apg",
             Op::MagnitudeAware { .. } => "magnitude-aware",
+            Op::Tcfg { .. } => "tcfg",
+            Op::MomentumCfg { .. } => "momentum-cfg",
+            Op::Reject { .. } => "reject",
         }
     }
 }
@@ -178,6 +232,14 @@ impl Program {
     /// Whether the result is a single linear form (one fused pass, all-reducible).
     pub fn is_linear(&self) -> bool {
         matches!(self.result, Value::Form(_) | Value::Zero) && self.ops.is_empty() && self.latches.is_empty()
+    }
+
+    /// Whether every op's reduction groups fit `shape` (an `Axis` beyond its rank).
+    pub fn check_shape(&self, shape: &crate::Shape) -> Result<(), crate::CoreError> {
+        for over in self.ops.iter().filter_map(Op::over) {
+            over.check(shape).map_err(|why| crate::CoreError::BadShape { shape: shape.to_string(), why })?;
+        }
+        Ok(())
     }
 
     /// How many times each value is read (by ops, latches and the result).

@@ -28,6 +28,27 @@ pub enum Reduce {
     Sample,
     /// The whole tensor.
     Tensor,
+    /// Along one axis (`Axis(1)`: the channels of a [B, C, H, W] latent): one
+    /// group per position of every other axis. Axis 0 (batch) is not allowed.
+    Axis(usize),
+}
+
+impl Reduce {
+    /// Whether every group is a run of consecutive elements.
+    pub fn is_contiguous(self) -> bool {
+        !matches!(self, Reduce::Channel | Reduce::Axis(_))
+    }
+
+    /// Why `shape` cannot be grouped this way, if it cannot.
+    pub fn check(self, shape: &Shape) -> Result<(), String> {
+        match self {
+            Reduce::Axis(0) => Err("`Axis(0)` is the batch axis: reduce over another axis".into()),
+            Reduce::Axis(a) if a >= shape.0.len() => {
+                Err(format!("`Axis({a})` is beyond the {} axes of shape {shape}", shape.0.len()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The reduction groups of a shape: `count` groups of `len` elements each.
@@ -39,23 +60,31 @@ pub struct Groups {
     pub count: usize,
     /// Elements per group.
     pub len: usize,
-    /// Width of the last dim (for channel groups).
-    width: usize,
-    /// Elements per sample (for channel groups).
-    per_sample: usize,
+    /// Strided groups (channel, axis): the distance between a group's
+    /// consecutive elements (the last dim's width for channel groups).
+    pub width: usize,
+    /// Strided groups: the elements of one block of groups (a sample for
+    /// channel groups; the axis times its stride for axis groups).
+    pub per_sample: usize,
 }
 
 impl Groups {
     /// The groups of `reduce` over `shape`.
     pub fn new(reduce: Reduce, shape: &Shape) -> Groups {
         let n = shape.numel();
-        let width = shape.last().max(1);
-        let per_sample = shape.per_sample().max(1);
+        let (mut width, mut per_sample) = (shape.last().max(1), shape.per_sample().max(1));
         let (count, len) = match reduce {
             Reduce::Token => (n / width, width),
             Reduce::Channel => (shape.batch() * width, per_sample / width),
             Reduce::Sample => (shape.batch(), per_sample),
             Reduce::Tensor => (1, n),
+            Reduce::Axis(a) => {
+                let dims = &shape.0;
+                let len = dims.get(a).copied().unwrap_or(1).max(1);
+                width = dims.get(a + 1..).map_or(1, |d| d.iter().product::<usize>()).max(1);
+                per_sample = len * width;
+                (n / len, len)
+            }
         };
         Groups { reduce, count, len, width, per_sample }
     }
@@ -64,7 +93,7 @@ impl Groups {
     #[inline]
     pub fn index(&self, g: usize, k: usize) -> usize {
         match self.reduce {
-            Reduce::Channel => (g / self.width) * self.per_sample + k * self.width + g % self.width,
+            Reduce::Channel | Reduce::Axis(_) => (g / self.width) * self.per_sample + k * self.width + g % self.width,
             _ => g * self.len + k,
         }
     }
@@ -73,7 +102,7 @@ impl Groups {
     #[inline]
     pub fn group_of(&self, i: usize) -> usize {
         match self.reduce {
-            Reduce::Channel => (i / self.per_sample) * self.width + i % self.width,
+            Reduce::Channel | Reduce::Axis(_) => (i / self.per_sample) * self.width + i % self.width,
             _ => i / self.len.max(1),
         }
     }
@@ -164,6 +193,26 @@ mod tests {
                 assert_eq!(g.group_of(g.index(gi, k)), gi);
             }
         }
+    }
+
+    #[test]
+    fn axis_groups_are_the_channels_of_bchw() {
+        // [B=2, C=3, H=2, W=2]: one group per (b, h, w), over C, stride H·W.
+        let s = Shape::new([2, 3, 2, 2]);
+        let g = Groups::new(Reduce::Axis(1), &s);
+        assert_eq!((g.count, g.len), (8, 3));
+        assert_eq!((0..3).map(|k| g.index(5, k)).collect::<Vec<_>>(), vec![13, 17, 21]);
+        for gi in 0..g.count {
+            for k in 0..g.len {
+                assert_eq!(g.group_of(g.index(gi, k)), gi);
+            }
+        }
+        // On [B, T, D], Axis(1) is the channel grouping.
+        let s = Shape::new([2, 3, 4]);
+        let (a, c) = (Groups::new(Reduce::Axis(1), &s), Groups::new(Reduce::Channel, &s));
+        assert_eq!((a.count, a.len), (c.count, c.len));
+        assert!((0..a.count).all(|gi| (0..a.len).all(|k| a.index(gi, k) == c.index(gi, k))));
+        assert!(Reduce::Axis(0).check(&s).is_err() && Reduce::Axis(3).check(&s).is_err());
     }
 
     #[test]

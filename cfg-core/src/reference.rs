@@ -133,6 +133,45 @@ pub fn evaluate_f64(program: &Program, inputs: &[&Tensor], shape: &Shape, state:
                 });
                 (0..n).map(|i| u[i] + s[i] * delta[i]).collect()
             }
+            Op::MomentumCfg { cond, uncond, scale, momentum, original, slot } => {
+                let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
+                let mut running: Vec<f64> = (0..n).map(|i| c[i] - u[i]).collect();
+                if let Some(prev) = state.momentum.get(slot).filter(|p| p.len() == n) {
+                    running = (0..n).map(|i| running[i] + *momentum as f64 * prev[i]).collect();
+                }
+                state.momentum.insert(slot.clone(), running);
+                let s = *scale as f64;
+                (0..n).map(|i| if *original { c[i] } else { u[i] } + s * (c[i] - u[i])).collect()
+            }
+            Op::Reject { input, direction, over } => {
+                let (x, d) = (get(*input, &ops), get(*direction, &ops));
+                let groups = Groups::new(*over, shape);
+                let mut out = x.clone();
+                for g in 0..groups.count {
+                    let idx: Vec<usize> = (0..groups.len).map(|k| groups.index(g, k)).collect();
+                    let dd = dot(&d, &d, &idx);
+                    let k = if dd == 0.0 { 0.0 } else { dot(&x, &d, &idx) / dd };
+                    for &i in &idx {
+                        out[i] = x[i] - k * d[i];
+                    }
+                }
+                out
+            }
+            Op::Tcfg { cond, uncond, scale, original } => {
+                let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
+                let groups = Groups::new(Reduce::Sample, shape);
+                let mut out = vec![0.0; n];
+                for g in 0..groups.count {
+                    let idx: Vec<usize> = (0..groups.len).map(|k| groups.index(g, k)).collect();
+                    let (a, b) = tcfg_f64(dot(&c, &c, &idx), dot(&c, &u, &idx), dot(&u, &u, &idx));
+                    for &i in &idx {
+                        let up = a * c[i] + b * u[i];
+                        let base = if *original { c[i] } else { up };
+                        out[i] = base + *scale as f64 * (c[i] - up);
+                    }
+                }
+                out
+            }
         };
         ops.push(out);
     }
@@ -155,6 +194,16 @@ fn per_group(v: &[f64], shape: &Shape, over: Reduce, factor: impl Fn(&[usize]) -
         }
     }
     out
+}
+
+/// TCFG's (α, β) with u' = α·c + β·u, in f64 (see [`crate::tcfg`]).
+pub fn tcfg_f64(cc: f64, cu: f64, uu: f64) -> (f64, f64) {
+    let (w0, w1) = crate::tcfg::top_eigenvector(cc, cu, uu);
+    let n2 = w0 * w0 + w1 * w1;
+    if n2 == 0.0 {
+        return (0.0, 0.0);
+    }
+    (w0 * w1 / n2, w1 * w1 / n2)
 }
 
 fn dot(a: &[f64], b: &[f64], idx: &[usize]) -> f64 {

@@ -39,7 +39,28 @@ pub struct Piece {
     pub value: f64,
 }
 
-/// A guidance scale as a function of the step.
+/// One run of a per-step list: `value` for `steps` consecutive steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// How many steps (≥ 1).
+    pub steps: usize,
+    /// The value during them.
+    pub value: f64,
+}
+
+/// One bin of a sigma lookup: `value` applies where sigma ≥ `at_least` (and
+/// no earlier bin applies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bin {
+    /// The bin's lower sigma bound (inclusive).
+    pub at_least: f64,
+    /// The value in the bin.
+    pub value: f64,
+}
+
+/// A guidance scale (or any numeric parameter) as a function of the step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum Schedule {
@@ -80,6 +101,13 @@ pub enum Schedule {
         /// The decrease per unit of timestep below 1000.
         rate: f64,
     },
+    /// A per-step list in runs (Ideogram-4: 7.0 for 45 steps, then 3.0 for 3);
+    /// the last run's value holds past the listed steps.
+    StepList(Vec<Run>),
+    /// Piecewise constant in sigma (LTX-Video's `guidance_timesteps`): the
+    /// value of the first bin with sigma ≥ `at_least`, the last bin's when
+    /// none; `at_least` decreases strictly. Needs sigma.
+    SigmaBins(Vec<Bin>),
 }
 
 impl Schedule {
@@ -104,17 +132,52 @@ impl Schedule {
                 let timestep = 1000.0 * ctx.sigma?.clamp(0.0, 1.0);
                 (start - rate * (1000.0 - timestep)).max(0.0)
             }
+            Schedule::StepList(runs) => {
+                let mut left = ctx.step;
+                let found = runs.iter().find(|r| {
+                    let here = left < r.steps;
+                    left = left.saturating_sub(r.steps);
+                    here
+                });
+                found.or(runs.last()).map_or(0.0, |r| r.value)
+            }
+            Schedule::SigmaBins(bins) => {
+                let sigma = ctx.sigma?;
+                bins.iter().find(|b| sigma >= b.at_least).or(bins.last()).map_or(0.0, |b| b.value)
+            }
         })
     }
 
     /// Whether evaluating it needs the step's sigma.
     pub fn needs_sigma(&self) -> bool {
-        matches!(self, Schedule::TwoExpert { .. } | Schedule::TimestepDecay { .. })
+        matches!(self, Schedule::TwoExpert { .. } | Schedule::TimestepDecay { .. } | Schedule::SigmaBins(_))
+    }
+
+    /// The smallest and largest values it takes at any step (for range checks).
+    pub fn extent(&self) -> (f64, f64) {
+        let vals: Vec<f64> = match self {
+            Schedule::Const(v) => vec![*v],
+            Schedule::Linear { start, end } | Schedule::Cosine { start, end } => vec![*start, *end],
+            Schedule::Piecewise(pieces) => pieces.iter().map(|p| p.value).collect(),
+            Schedule::TwoExpert { high, low, .. } => vec![*high, *low],
+            Schedule::TimestepDecay { start, .. } => vec![0.0, start.max(0.0)],
+            Schedule::StepList(runs) => runs.iter().map(|r| r.value).collect(),
+            Schedule::SigmaBins(bins) => bins.iter().map(|b| b.value).collect(),
+        };
+        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if vals.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (lo, hi)
+        }
     }
 
     /// The largest magnitude it takes at any step (for range checks).
     pub fn max_abs(&self) -> f64 {
         match self {
+            Schedule::StepList(runs) => runs.iter().map(|r| r.value.abs()).fold(0.0, f64::max),
+            Schedule::SigmaBins(bins) => bins.iter().map(|b| b.value.abs()).fold(0.0, f64::max),
             Schedule::Const(v) => v.abs(),
             Schedule::Linear { start, end } | Schedule::Cosine { start, end } => start.abs().max(end.abs()),
             Schedule::Piecewise(pieces) => pieces.iter().map(|p| p.value.abs()).fold(0.0, f64::max),
@@ -132,6 +195,8 @@ impl Schedule {
             Schedule::Piecewise(pieces) => pieces.iter().flat_map(|p| [p.until, p.value]).collect(),
             Schedule::TwoExpert { boundary, high, low } => vec![*boundary, *high, *low],
             Schedule::TimestepDecay { start, rate } => vec![*start, *rate],
+            Schedule::StepList(runs) => runs.iter().map(|r| r.value).collect(),
+            Schedule::SigmaBins(bins) => bins.iter().flat_map(|b| [b.at_least, b.value]).collect(),
         }
     }
 }
@@ -173,6 +238,29 @@ mod tests {
         assert_eq!(s.at(&ctx(14.0)), Some(3.0));
         assert!(s.needs_sigma());
         assert_eq!(Schedule::TimestepDecay { start: 3.0, rate: 0.0 }.at(&ctx(0.1)), Some(3.0));
+    }
+
+    #[test]
+    fn step_list_is_ideogram_4s_per_step_scale() {
+        let s = Schedule::StepList(vec![Run { steps: 45, value: 7.0 }, Run { steps: 3, value: 3.0 }]);
+        let at = |i| s.at(&StepContext::new(i, 48)).unwrap();
+        assert_eq!((at(0), at(44), at(45), at(47)), (7.0, 7.0, 3.0, 3.0));
+        // Past the list the last value holds.
+        assert_eq!(s.at(&StepContext::new(60, 61)), Some(3.0));
+    }
+
+    #[test]
+    fn sigma_bins_follow_ltx_videos_lookup() {
+        // LTX-Video: the first guidance timestep at or below t.
+        let s = Schedule::SigmaBins(vec![
+            Bin { at_least: 1.0, value: 1.0 },
+            Bin { at_least: 0.996, value: 6.0 },
+            Bin { at_least: 0.9, value: 8.0 },
+        ]);
+        let at = |sigma| s.at(&StepContext { step: 0, num_steps: 10, sigma: Some(sigma) }).unwrap();
+        assert_eq!((at(1.0), at(0.998), at(0.996), at(0.95), at(0.9), at(0.1)), (1.0, 6.0, 6.0, 8.0, 8.0, 8.0));
+        assert_eq!(s.at(&StepContext::new(0, 10)), None);
+        assert_eq!(s.extent(), (1.0, 8.0));
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! (group sizes around the lane and segment boundaries) with signed zeros.
 
 use cfg_core::cpu::{
-    apg_clip_factor, apg_projection, evaluate, magnitude_scale, norm_cap_factor, renorm_factor, rescale_factor,
-    std_from_sums, zero_star_alpha,
+    apg_clip_factor, apg_projection, evaluate, magnitude_scale, norm_cap_factor, reject_coefficient, renorm_factor,
+    rescale_factor, std_from_sums, zero_star_alpha,
 };
 use cfg_core::expr::Space;
 use cfg_core::program::{Form, Op, Program, Value};
 use cfg_core::reduce::{dot_f32, dot_f64, Groups, Reduce};
 use cfg_core::simd::force_portable;
 use cfg_core::state::GuidanceState;
+use cfg_core::tcfg::tcfg_coefficients;
 use cfg_core::{DType, Shape, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
@@ -99,6 +100,35 @@ fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Optio
                     scale.mul_add(update, if *original { a[i] } else { b[i] })
                 })
                 .collect()
+        }
+        Op::Tcfg { scale, original, .. } => {
+            let g = &sample;
+            let dot = |x: &[f32], y: &[f32], k: usize| dot_f32(g.len, |j| (x[g.index(k, j)], y[g.index(k, j)]));
+            let co: Vec<(f32, f32)> =
+                (0..g.count).map(|k| tcfg_coefficients(dot(&a, &a, k), dot(&a, &b, k), dot(&b, &b, k))).collect();
+            (0..n)
+                .map(|i| {
+                    let (al, be) = co[g.group_of(i)];
+                    let up = al.mul_add(a[i], be * b[i]);
+                    scale.mul_add(a[i] - up, if *original { a[i] } else { up })
+                })
+                .collect()
+        }
+        Op::Reject { over, .. } => {
+            let g = Groups::new(*over, shape);
+            let k = per_group(&g, &|k| {
+                reject_coefficient(dot_f32(g.len, |j| (a[g.index(k, j)], b[g.index(k, j)])), sq(&b, &g, k))
+            });
+            (0..n).map(|i| (-k[g.group_of(i)]).mul_add(b[i], a[i])).collect()
+        }
+        Op::MomentumCfg { scale, momentum: beta, original, .. } => {
+            let d: Vec<f32> = (0..n).map(|i| a[i] - b[i]).collect();
+            let r = match momentum.as_ref() {
+                Some(prev) => (0..n).map(|i| beta.mul_add(prev[i], d[i])).collect(),
+                None => d.clone(),
+            };
+            *momentum = Some(r);
+            (0..n).map(|i| scale.mul_add(d[i], if *original { a[i] } else { b[i] })).collect()
         }
         Op::Mix { .. } => unreachable!("not generated"),
     }
@@ -204,6 +234,62 @@ fn fast_paths_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("fast paths match the reference");
+    }
+    force_portable(false);
+}
+
+/// The operators added after the test above, on the same cases (its own test,
+/// so that the cases above stay as they were).
+#[test]
+fn later_operators_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[17; 32]);
+    let over = prop_oneof![
+        Just(Reduce::Token),
+        Just(Reduce::Channel),
+        Just(Reduce::Sample),
+        Just(Reduce::Tensor),
+        Just(Reduce::Axis(1)),
+        Just(Reduce::Axis(2)),
+    ];
+    let cases = (case(), 0usize..3, over, -3.0f32..8.0, -0.9f32..0.9, prop::bool::ANY).prop_map(
+        |((mut program, inputs, shape, dtype), kind, over, s, m, orig)| {
+            let (a, b) = (Value::Form(0), Value::Form(1));
+            program.ops = vec![match kind {
+                0 => Op::Tcfg { cond: a, uncond: b, scale: s, original: orig },
+                1 => Op::Reject { input: a, direction: b, over },
+                _ => Op::MomentumCfg { cond: a, uncond: b, scale: s, momentum: m, original: orig, slot: "m".into() },
+            }];
+            (program, inputs, shape, dtype)
+        },
+    );
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape, dtype)| {
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let (mut state, mut momentum) = (GuidanceState::new(), None);
+                for step in 0..2 {
+                    let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                    let want = reference(&program, &inputs, &shape, &mut momentum);
+                    let want = Tensor::from_f32(dtype, shape.clone(), &want);
+                    prop_assert_eq!(
+                        got.bits(),
+                        want.bits(),
+                        "step {} portable {} {:?}",
+                        step,
+                        portable,
+                        program.ops[0]
+                    );
+                }
+                if let Op::MomentumCfg { slot, .. } = &program.ops[0] {
+                    let held = state.momentum(slot).expect("a momentum").to_vec();
+                    prop_assert_eq!(Some(held), momentum);
+                }
+                Ok(())
+            })
+            .expect("later operators match the reference");
     }
     force_portable(false);
 }

@@ -98,13 +98,14 @@ pub fn op_label(e: &Expr) -> String {
         None => String::new(),
     };
     match e {
-        Expr::Scaled { offset, .. } if *offset != 0.0 => format!("Scaled({scale} {offset:+})"),
+        Expr::Scaled { offset: ScaleRef::Value(o), .. } if *o != 0.0 => format!("Scaled({scale} {o:+})"),
+        Expr::Scaled { offset: ScaleRef::Named(o), .. } => format!("Scaled({scale} + {o})"),
         Expr::Windowed { window, .. } => format!("Windowed({})", window_label(window)),
         Expr::Renorm { over, min, max, eps, .. } => {
             let mut parts = vec![format!("over: {over:?}")];
-            parts.extend(min.map(|v| format!("min: {v}")));
-            parts.extend(max.map(|v| format!("max: {v}")));
-            if *eps != 0.0 {
+            parts.extend(min.as_ref().map(|v| format!("min: {v}")));
+            parts.extend(max.as_ref().map(|v| format!("max: {v}")));
+            if *eps != ScaleRef::Value(0.0) {
                 parts.push(format!("eps: {eps}"));
             }
             format!("Renorm({})", parts.join(", "))

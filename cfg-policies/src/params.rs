@@ -70,7 +70,8 @@ pub struct Parameter {
 /// A parameter's storage.
 enum Slot<'a> {
     F64(&'a mut f64),
-    Opt(&'a mut Option<f64>),
+    /// An optional parameter (`Renorm`'s `min`, `max`): absent, a literal, or a named scale.
+    Opt(&'a mut Option<ScaleRef>),
     Count(&'a mut usize),
 }
 
@@ -78,7 +79,7 @@ impl Slot<'_> {
     fn get(&self) -> Option<f64> {
         match self {
             Slot::F64(v) => Some(**v),
-            Slot::Opt(v) => **v,
+            Slot::Opt(v) => v.as_ref().and_then(ScaleRef::literal),
             Slot::Count(v) => Some(**v as f64),
         }
     }
@@ -86,7 +87,7 @@ impl Slot<'_> {
     fn set(&mut self, value: f64) -> Result<(), String> {
         match self {
             Slot::F64(v) => **v = value,
-            Slot::Opt(v) => **v = Some(value),
+            Slot::Opt(v) => **v = Some(ScaleRef::Value(value)),
             Slot::Count(v) => {
                 if !(value >= 0.0 && value.fract() == 0.0 && value <= u32::MAX as f64) {
                     return Err(format!("expected a whole number ≥ 0, got {value}"));
@@ -98,50 +99,59 @@ impl Slot<'_> {
     }
 }
 
+/// A parameter written as a number is a field; one written as a scale's
+/// name is set by that name.
+fn literal<'a>(name: &'static str, p: &'a mut ScaleRef, out: &mut Vec<(&'static str, Slot<'a>)>) {
+    if let ScaleRef::Value(v) = p {
+        out.push((name, Slot::F64(v)));
+    }
+}
+
 /// The settable fields of one expression node.
 fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
     let mut out = Vec::new();
     match e {
         Expr::Scaled { scale, offset, .. } => {
-            if let ScaleRef::Value(v) = scale {
-                out.push(("scale", Slot::F64(v)));
-            }
-            out.push(("offset", Slot::F64(offset)));
+            literal("scale", scale, &mut out);
+            literal("offset", offset, &mut out);
         }
-        Expr::Cfg { scale: ScaleRef::Value(v), .. } => out.push(("scale", Slot::F64(v))),
+        Expr::Cfg { scale, .. } => literal("scale", scale, &mut out),
         Expr::MagnitudeAware { scale, alpha, .. } => {
-            if let ScaleRef::Value(v) = scale {
-                out.push(("scale", Slot::F64(v)));
-            }
-            out.push(("alpha", Slot::F64(alpha)));
+            literal("scale", scale, &mut out);
+            literal("alpha", alpha, &mut out);
         }
         Expr::Adaptive { scale, threshold, .. } => {
-            if let ScaleRef::Value(v) = scale {
-                out.push(("scale", Slot::F64(v)));
-            }
-            out.push(("threshold", Slot::F64(threshold)));
+            literal("scale", scale, &mut out);
+            literal("threshold", threshold, &mut out);
         }
         Expr::ZeroStar { scale, zero_init_steps, .. } => {
-            if let ScaleRef::Value(v) = scale {
-                out.push(("scale", Slot::F64(v)));
-            }
+            literal("scale", scale, &mut out);
             out.push(("zero_init_steps", Slot::Count(zero_init_steps)));
         }
         Expr::Apg { scale, momentum, norm_threshold, eta, .. } => {
-            if let ScaleRef::Value(v) = scale {
-                out.push(("scale", Slot::F64(v)));
-            }
-            out.extend([
-                ("momentum", Slot::F64(momentum)),
-                ("norm_threshold", Slot::F64(norm_threshold)),
-                ("eta", Slot::F64(eta)),
-            ]);
+            literal("scale", scale, &mut out);
+            literal("momentum", momentum, &mut out);
+            literal("norm_threshold", norm_threshold, &mut out);
+            literal("eta", eta, &mut out);
+        }
+        Expr::ApgMix { cfg_scale, scale, apg_start_step, momentum, norm_threshold, eta, .. } => {
+            literal("cfg_scale", cfg_scale, &mut out);
+            literal("scale", scale, &mut out);
+            out.push(("apg_start_step", Slot::Count(apg_start_step)));
+            literal("momentum", momentum, &mut out);
+            literal("norm_threshold", norm_threshold, &mut out);
+            literal("eta", eta, &mut out);
         }
         Expr::Renorm { min, max, eps, .. } => {
-            out.extend([("min", Slot::Opt(min)), ("max", Slot::Opt(max)), ("eps", Slot::F64(eps))])
+            for (name, v) in [("min", min), ("max", max)] {
+                if !matches!(v, Some(ScaleRef::Named(_))) {
+                    out.push((name, Slot::Opt(v)));
+                }
+            }
+            literal("eps", eps, &mut out);
         }
-        Expr::NormCap { ratio, .. } => out.push(("ratio", Slot::F64(ratio))),
-        Expr::StdRescale { phi, .. } => out.push(("phi", Slot::F64(phi))),
+        Expr::NormCap { ratio, .. } => literal("ratio", ratio, &mut out),
+        Expr::StdRescale { phi, .. } => literal("phi", phi, &mut out),
         Expr::Windowed { window, .. } => match window {
             Window::Steps { start, stop } => out.extend([("start", Slot::Count(start)), ("stop", Slot::Count(stop))]),
             Window::Progress { start, stop, .. } => {
@@ -175,6 +185,20 @@ fn schedule_fields(s: &mut Schedule) -> Vec<(String, Slot<'_>)> {
         Schedule::TimestepDecay { start, rate } => {
             vec![("start".into(), Slot::F64(start)), ("rate".into(), Slot::F64(rate))]
         }
+        Schedule::StepList(runs) => runs
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(k, r)| {
+                [(format!("{k}.steps"), Slot::Count(&mut r.steps)), (format!("{k}.value"), Slot::F64(&mut r.value))]
+            })
+            .collect(),
+        Schedule::SigmaBins(bins) => bins
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(k, b)| {
+                [(format!("{k}.at_least"), Slot::F64(&mut b.at_least)), (format!("{k}.value"), Slot::F64(&mut b.value))]
+            })
+            .collect(),
     }
 }
 
@@ -343,7 +367,7 @@ mod tests {
         for path in ["sample.Apg[0].momentum", "sample.Apg.momentum", "Apg.momentum", "Apg[0].momentum"] {
             let out = apply(&l, &[(path.to_string(), 0.25)]).expect(path);
             let Expr::Apg { momentum, .. } = &out.policy.outputs.0[0].1.guidance else { panic!("an Apg") };
-            assert_eq!(*momentum, 0.25, "{path}");
+            assert_eq!(*momentum, ScaleRef::Value(0.25), "{path}");
         }
     }
 

@@ -97,7 +97,7 @@ impl Walker<'_> {
                 add(a, &b, 1.0)
             }
             Expr::Scaled { scale, offset, term } => {
-                let k = self.scale(scale) + offset.abs();
+                let k = self.scale(scale) + self.scale(offset);
                 let t = self.expr(term, output, d);
                 add(Bounds::new(), &t, k)
             }
@@ -117,16 +117,32 @@ impl Walker<'_> {
                 self.check(output, &u);
                 add(add(u.clone(), &c, s), &u, s)
             }
-            Expr::Windowed { term, .. } => self.expr(term, output, d),
+            Expr::Windowed { term, otherwise, .. } => {
+                let t = self.expr(term, output, d);
+                match otherwise {
+                    Some(e) => {
+                        // Either one or the other is lowered at a step: the larger bound holds.
+                        let o = self.expr(e, output, d);
+                        let mut b = t;
+                        for (what, w) in o {
+                            let e = b.entry(what).or_insert(0.0);
+                            *e = e.max(w);
+                        }
+                        b
+                    }
+                    None => t,
+                }
+            }
             _ => {
                 // A non-linear operator: its operands are materialized on their
                 // own; its result enters the enclosing form with weight 1.
                 for c in e.children() {
                     self.operand(c, output, d);
                 }
-                if let Some(s) = e.scale() {
+                let scales = e.params().into_iter().filter(|(field, _)| field.ends_with("scale"));
+                for (field, s) in scales {
                     let s = self.scale(s);
-                    let what = format!("the scale of `{}`", e.operator());
+                    let what = format!("the {field} of `{}`", e.operator());
                     self.check(output, &Bounds::from([(what, s)]));
                 }
                 Bounds::from([(format!("the result of `{}`", e.operator()), 1.0)])

@@ -4,6 +4,7 @@ use crate::error::{ErrorKind, PolicyError, Warning};
 use crate::locate::Locator;
 use cfg_core::branch::{Modifier, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::{Expr, Policy, ScaleRef};
+use cfg_core::reduce::Reduce;
 use cfg_core::schedule::Schedule;
 use cfg_core::window::Window;
 use petgraph::algo::tarjan_scc;
@@ -188,6 +189,26 @@ impl Validator<'_> {
                 )),
                 None => Ok(()),
             },
+            Schedule::StepList(runs) if runs.is_empty() => {
+                Err(self.error(at, format!("scale `{name}`: a step list needs at least one run")))
+            }
+            Schedule::StepList(runs) => match runs.iter().position(|r| r.steps == 0) {
+                Some(k) => Err(self.error(at, format!("scale `{name}`: run {k} of the step list has `steps: 0`"))),
+                None => Ok(()),
+            },
+            Schedule::SigmaBins(bins) if bins.is_empty() => {
+                Err(self.error(at, format!("scale `{name}`: sigma bins need at least one bin")))
+            }
+            Schedule::SigmaBins(bins) => match bins.windows(2).find(|w| w[0].at_least <= w[1].at_least) {
+                Some(w) => Err(self.error(
+                    at,
+                    format!(
+                        "scale `{name}`: sigma bins' `at_least` must decrease strictly, found {} then {}",
+                        w[0].at_least, w[1].at_least
+                    ),
+                )),
+                None => Ok(()),
+            },
             Schedule::TimestepDecay { rate, .. } if *rate < 0.0 => {
                 Err(self.error(at, format!("scale `{name}`: a timestep decay's rate {rate} must be ≥ 0 (0: no decay)")))
             }
@@ -253,49 +274,99 @@ impl Validator<'_> {
                 return Err(self.error(at, "`Sum` needs at least one term".into()));
             }
             Expr::Windowed { window, .. } => self.window(window)?,
-            Expr::Renorm { min: Some(lo), max: Some(hi), .. } if lo > hi => {
-                let pos = self.param(at, "min");
-                return Err(self.error(pos, format!("`Renorm`: min {lo} is above max {hi}")));
-            }
-            Expr::Renorm { eps, .. } if *eps < 0.0 => {
-                let pos = self.param(at, "eps");
-                return Err(self.error(pos, format!("`Renorm`: eps {eps} must be ≥ 0")));
-            }
-            Expr::NormCap { ratio, .. } if *ratio <= 0.0 => {
-                let pos = self.param(at, "ratio");
-                return Err(self.error(pos, format!("`NormCap`: ratio {ratio} must be > 0")));
-            }
-            Expr::StdRescale { phi, .. } if *phi < 0.0 => {
-                let pos = self.param(at, "phi");
-                return Err(self.error(pos, format!("`StdRescale`: phi {phi} must be ≥ 0")));
-            }
-            Expr::Apg { norm_threshold, .. } if *norm_threshold < 0.0 => {
-                let pos = self.param(at, "norm_threshold");
-                return Err(
-                    self.error(pos, format!("`Apg`: norm_threshold {norm_threshold} must be ≥ 0 (0 turns it off)"))
-                );
-            }
-            Expr::Adaptive { threshold, .. } if !(-1.0..=1.0).contains(threshold) => {
-                let pos = self.param(at, "threshold");
-                return Err(self.error(pos, format!("`Adaptive`: threshold {threshold} is a cosine, expected -1..=1")));
-            }
             _ => {}
         }
-        if let Some(ScaleRef::Named(n)) = e.scale() {
-            if p.scales.get(n).is_none() {
-                let known: Vec<&str> = p.scales.names().collect();
-                let hint = if known.is_empty() {
-                    "no scales are declared".to_string()
-                } else {
-                    format!("expected a number or one of {}", known.join(", "))
-                };
-                let pos = self.loc.field_string("scale", n).or(self.loc.reference(n)).or(at);
-                return Err(self.error(pos, format!("unknown scale `{n}`: {hint}")));
+        for (field, param) in e.params() {
+            if let ScaleRef::Named(n) = param {
+                if p.scales.get(n).is_none() {
+                    let known: Vec<&str> = p.scales.names().collect();
+                    let hint = if known.is_empty() {
+                        "no scales are declared".to_string()
+                    } else {
+                        format!("expected a number or one of {}", known.join(", "))
+                    };
+                    let pos = self.loc.field_string(field, n).or(self.loc.reference(n)).or(at);
+                    return Err(self.error(pos, format!("unknown scale `{n}`: {hint}")));
+                }
+                self.used.scales.insert(n.clone());
             }
-            self.used.scales.insert(n.clone());
         }
+        self.ranges(e, at)?;
         for c in e.children() {
             self.expr(c)?;
+        }
+        Ok(())
+    }
+
+    /// The smallest and largest value a parameter takes over the run, and how
+    /// to name it (`1.5`, or the scale's name and the value it reaches).
+    fn extent(&self, p: &ScaleRef) -> (f64, f64) {
+        match p {
+            ScaleRef::Value(v) => (*v, *v),
+            ScaleRef::Named(n) => self.policy.scales.get(n).map_or((0.0, 0.0), Schedule::extent),
+        }
+    }
+
+    fn shown(p: &ScaleRef, v: f64) -> String {
+        match p {
+            ScaleRef::Value(_) => format!("{v}"),
+            ScaleRef::Named(n) => format!("(scale `{n}`, reaching {v})"),
+        }
+    }
+
+    /// Operator parameters within their ranges, at every step of their schedules.
+    fn ranges(&self, e: &Expr, at: Option<(usize, usize)>) -> Result<(), PolicyError> {
+        let fail = |field: &str, message: String| Err(self.error(self.param(at, field), message));
+        if let Expr::Renorm { over, .. } | Expr::StdRescale { over, .. } | Expr::PerpNeg { over, .. } = e {
+            if *over == Reduce::Axis(0) {
+                let op = e.operator();
+                return fail("over", format!("`{op}`: `over: Axis(0)` is the batch axis: name another axis"));
+            }
+        }
+        match e {
+            Expr::Renorm { min, max, eps, .. } => {
+                if let (Some(lo), Some(hi)) = (min, max) {
+                    let (l, h) = (self.extent(lo).1, self.extent(hi).0);
+                    if l > h {
+                        let (l, h) = (Self::shown(lo, l), Self::shown(hi, h));
+                        return fail("min", format!("`Renorm`: min {l} is above max {h}"));
+                    }
+                }
+                let v = self.extent(eps).0;
+                if v < 0.0 {
+                    return fail("eps", format!("`Renorm`: eps {} must be ≥ 0", Self::shown(eps, v)));
+                }
+            }
+            Expr::NormCap { ratio, .. } => {
+                let v = self.extent(ratio).0;
+                if v <= 0.0 {
+                    return fail("ratio", format!("`NormCap`: ratio {} must be > 0", Self::shown(ratio, v)));
+                }
+            }
+            Expr::StdRescale { phi, .. } => {
+                let v = self.extent(phi).0;
+                if v < 0.0 {
+                    return fail("phi", format!("`StdRescale`: phi {} must be ≥ 0", Self::shown(phi, v)));
+                }
+            }
+            Expr::Apg { norm_threshold: t, .. } | Expr::ApgMix { norm_threshold: t, .. } => {
+                let v = self.extent(t).0;
+                if v < 0.0 {
+                    let (op, shown) = (e.operator(), Self::shown(t, v));
+                    return fail(
+                        "norm_threshold",
+                        format!("`{op}`: norm_threshold {shown} must be ≥ 0 (0 turns it off)"),
+                    );
+                }
+            }
+            Expr::Adaptive { threshold: t, .. } => {
+                let (lo, hi) = self.extent(t);
+                if let Some(v) = [lo, hi].into_iter().find(|v| !(-1.0..=1.0).contains(v)) {
+                    let shown = Self::shown(t, v);
+                    return fail("threshold", format!("`Adaptive`: threshold {shown} is a cosine, expected -1..=1"));
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

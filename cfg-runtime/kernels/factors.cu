@@ -12,6 +12,9 @@
 #define K_APG_CLIP 5    // sums: |d|^2
 #define K_APG_PROJ 6    // sums (f64 lanes): <d,c>, |c|^2
 #define K_COSINE 7      // sums: <a,b>, |a|^2, |b|^2
+#define K_TCFG_ALPHA 8  // sums: |c|^2, <c,u>, |u|^2 (factor: alpha of u' = alpha c + beta u)
+#define K_TCFG_BETA 9   // sums: as K_TCFG_ALPHA (factor: beta)
+#define K_REJECT 10     // sums: <x,d>, |d|^2 (factor: <x,d>/|d|^2, 0 where |d| = 0)
 
 struct FactorArgs {
     double p0;      // eps | ratio | phi | scale | threshold
@@ -28,6 +31,18 @@ __device__ __forceinline__ double std_from_sums(double s1, double s2, i64 n) {
     if (n < 2) return 0.0;
     const double dn = (double)n;
     return sqrt(fmax((s2 - s1 * s1 / dn) / (dn - 1.0), 0.0));
+}
+
+// TCFG's coefficient (alpha or beta) of u' = alpha c + beta u, rounded to f32,
+// exactly as cfg-core/src/tcfg.rs (top_eigenvector, tcfg_coefficients).
+__device__ __forceinline__ double tcfg_coefficient(const double* s, int beta) {
+    const double h = 0.5 * (s[0] - s[2]);
+    const double r = sqrt(h * h + s[1] * s[1]);
+    const double w0 = h >= 0.0 ? h + r : s[1];
+    const double w1 = h >= 0.0 ? s[1] : r - h;
+    const double n2 = w0 * w0 + w1 * w1;
+    if (n2 == 0.0) return 0.0;
+    return (double)(float)((beta ? w1 : w0) * w1 / n2);
 }
 
 // s[] are the group's sums in the order listed for the kind.
@@ -75,6 +90,12 @@ __device__ __forceinline__ double group_factor(const FactorArgs& a, const double
         const double den = sqrt(s[1] * s[2]);
         return den == 0.0 ? 0.0 : s[0] / den;
     }
+    case K_TCFG_ALPHA:
+        return tcfg_coefficient(s, 0);
+    case K_TCFG_BETA:
+        return tcfg_coefficient(s, 1);
+    case K_REJECT:
+        return s[1] == 0.0 ? 0.0 : (double)(float)(s[0] / s[1]);
     }
     return 1.0;
 }
@@ -85,6 +106,8 @@ __device__ __forceinline__ int kind_sums(int kind) {
     case K_STD: return 4;
     case K_APG_CLIP: return 1;
     case K_COSINE: return 3;
+    case K_TCFG_ALPHA: return 3;
+    case K_TCFG_BETA: return 3;
     default: return 2;
     }
 }

@@ -42,3 +42,26 @@ extern "C" __global__ void __launch_bounds__(256) apg_combine(const float* c, co
         out[i] = fma32(s, update, original ? c[i] : u[i]);
     }
 }
+
+// TCFG: up = fma(alpha, c, beta*u); out = fma(s, c - up, original ? c : up).
+extern "C" __global__ void __launch_bounds__(256) tcfg(const float* c, const float* u, const double* alpha,
+                                                       const double* beta, const Groups g, float s, int original,
+                                                       float* out, i64 n) {
+    GRID_LOOP(i, n) {
+        const i64 k = group_of(g, i);
+        const float up = fma32((float)alpha[k], c[i], mul32((float)beta[k], u[i]));
+        out[i] = fma32(s, sub32(c[i], up), original ? c[i] : up);
+    }
+}
+
+// APG-Mix's CFG phase (the momentum advanced by apg_running): out = fma(s, c - u, original ? c : u).
+extern "C" __global__ void __launch_bounds__(256) cfg_delta(const float* c, const float* u, float s, int original,
+                                                            float* out, i64 n) {
+    GRID_LOOP(i, n) out[i] = fma32(s, sub32(c[i], u[i]), original ? c[i] : u[i]);
+}
+
+// Perp-Neg's rejection: out = fma(-k, d, x), k = <x,d>/|d|^2 per group.
+extern "C" __global__ void __launch_bounds__(256) reject(const float* x, const float* d, const double* k,
+                                                         const Groups g, float* out, i64 n) {
+    GRID_LOOP(i, n) out[i] = fma32(-(float)k[group_of(g, i)], d[i], x[i]);
+}

@@ -43,25 +43,31 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 19] = [
+const NAMES: [&str; 25] = [
     "adaptive",
     "apg",
+    "apg_mix",
     "autoguidance",
     "bagel",
     "cfg",
+    "cfg_norm",
     "cfg_renorm",
     "cfg_renorm_clamped",
     "dreamid",
     "guidance_interval",
+    "ideogram4",
     "ltx2",
     "magnitude_aware",
     "norm_cap",
     "pag",
+    "perp_neg",
     "pix2pix",
     "seg",
     "skip_layer",
     "std_rescale",
+    "tcfg",
     "world_model",
+    "z_image",
     "zero_star",
 ];
 

@@ -4,7 +4,7 @@
 
 mod numerics;
 
-use cfg_core::expr::Policy;
+use cfg_core::expr::{Expr, Policy};
 use cfg_core::lower::Overrides;
 use cfg_core::schedule::StepContext;
 use cfg_core::state::GuidanceState;
@@ -272,6 +272,113 @@ proptest! {
     }
 
     #[test]
+    fn z_image_truncates_cfg_above_normalized_time((shape, dtype, seed) in inputs(), sigma in 0.0f64..=1.0) {
+        let p = library("z_image");
+        let case = Case::random(&p, dtype, shape, seed);
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        // diffusers: t = 1 − sigma; scale 0 where t > 0.9; c + s·(c − u).
+        let s = if 1.0 - sigma > 0.9 + 1e-12 { 0.0 } else if 1.0 - sigma < 0.9 - 1e-12 { 5.0 } else { return Ok(()) };
+        let direct: Vec<f64> = (0..c.len()).map(|k| c[k] + s * (c[k] - u[k])).collect();
+        expect(&out[0].1, &direct, "z_image")?;
+        if s == 0.0 {
+            prop_assert_eq!(out[0].1.bits(), case.branches["cond"].bits());
+        }
+    }
+
+    #[test]
+    fn ideogram4_follows_its_per_step_list((shape, dtype, seed) in inputs(), i in 0usize..48) {
+        let p = library("ideogram4");
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 48), &Overrides::none());
+        let g = if i < 45 { 7.0 } else { 3.0 };
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        let direct: Vec<f64> = (0..c.len()).map(|k| g * c[k] + (1.0 - g) * u[k]).collect();
+        expect(&out[0].1, &direct, "ideogram4")?;
+    }
+
+    #[test]
+    fn tcfg_projects_uncond_on_the_top_singular_direction(
+        (shape, dtype, seed) in inputs(), s in 0.0f64..10.0, i in 0usize..50, stop in 0.05f64..1.0,
+    ) {
+        // diffusers' start/stop as a window with an else: TCFG on steps
+        // int(0·50) ≤ i < int(stop·50), the cond prediction elsewhere.
+        let mut p = library("tcfg");
+        cfg_policies::params::set(&mut p, "Windowed.stop", stop).expect("a window stop");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(i, 50), &overrides(&[("scale", s)]));
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        if i >= (stop * 50.0) as usize {
+            prop_assert_eq!(out[0].1.bits(), case.branches["cond"].bits());
+            return Ok(());
+        }
+        let mut direct = vec![0.0; c.len()];
+        for (k, chunk) in direct.chunks_mut(shape.per_sample()).enumerate() {
+            let idx: Vec<usize> = (k * chunk.len()..(k + 1) * chunk.len()).collect();
+            // The SVD's definition: v₁ = Aᵀw/‖Aᵀw‖ for the top eigenvector w of AAᵀ.
+            let (cc, cu, uu) = (dot(&c, &c, &idx), dot(&c, &u, &idx), dot(&u, &u, &idx));
+            let (tr, det) = (cc + uu, cc * uu - cu * cu);
+            let l1 = tr / 2.0 + (tr * tr / 4.0 - det).max(0.0).sqrt();
+            let w = if (l1 - cc).abs() + cu.abs() > (l1 - uu).abs() + cu.abs() { (cu, l1 - cc) } else { (l1 - uu, cu) };
+            let v: Vec<f64> = idx.iter().map(|&j| w.0 * c[j] + w.1 * u[j]).collect();
+            let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let uv: f64 = if nv > 0.0 { idx.iter().zip(&v).map(|(&j, x)| u[j] * x / nv).sum() } else { 0.0 };
+            for (o, (&j, x)) in chunk.iter_mut().zip(idx.iter().zip(&v)) {
+                let up = if nv > 0.0 { uv * x / nv } else { 0.0 };
+                *o = up + s * (c[j] - up);
+            }
+        }
+        expect(&out[0].1, &direct, "tcfg")?;
+    }
+
+    #[test]
+    fn perp_neg_removes_the_negatives_part_along_the_positive(
+        (shape, dtype, seed) in inputs(), s in 0.0f64..10.0, sn in 0.0f64..2.0, whole in any::<bool>(),
+    ) {
+        let mut p = library("perp_neg");
+        let group = if whole { Group::Tensor } else { Group::Sample };
+        if whole {
+            // ComfyUI's own reduction: the whole batch.
+            let Expr::PerpNeg { over, .. } = &mut p.outputs.0[0].1.guidance else { panic!("a PerpNeg") };
+            *over = cfg_core::reduce::Reduce::Tensor;
+        }
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 20), &overrides(&[("scale", s), ("neg_scale", sn)]));
+        let (pos, neg, e) = (case.get("pos"), case.get("neg"), case.get("empty"));
+        let pd: Vec<f64> = pos.iter().zip(&e).map(|(p, e)| p - e).collect();
+        let nd: Vec<f64> = neg.iter().zip(&e).map(|(n, e)| n - e).collect();
+        // perp = N − (⟨N,P⟩/‖P‖²)·P: k per group, then N − k·P.
+        let k = scale_groups(&vec![1.0; pd.len()], &shape, group, |idx| dot(&nd, &pd, idx) / dot(&pd, &pd, idx));
+        let direct: Vec<f64> =
+            (0..pd.len()).map(|i| e[i] + s * (pd[i] - sn * (nd[i] - k[i] * pd[i]))).collect();
+        expect(&out[0].1, &direct, "perp_neg")?;
+    }
+
+    #[test]
+    fn cfg_norm_clamps_the_channel_norm_of_bchw_latents(
+        (b, c, h, w) in (1usize..=2, 1usize..=5, 1usize..=3, 1usize..=4),
+        k in 0usize..3, seed in any::<u64>(), s in 0.5f64..10.0,
+    ) {
+        // A [B, C, H, W] latent: norms over C (torch.norm(dim=1)), per (b, h, w).
+        let (shape, dtype) = (Shape::new([b, c, h, w]), DType::ALL[k]);
+        let p = library("cfg_norm");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 20), &overrides(&[("scale", s)]));
+        let (cond, uncond) = (case.get("cond"), case.get("uncond"));
+        let g = cfg(&cond, &uncond, s);
+        let mut direct = g.clone();
+        for (bi, hi, wi) in (0..b).flat_map(|bi| (0..h).flat_map(move |hi| (0..w).map(move |wi| (bi, hi, wi)))) {
+            let idx: Vec<usize> = (0..c).map(|ci| ((bi * c + ci) * h + hi) * w + wi).collect();
+            let f = (norm(&cond, &idx) / (norm(&g, &idx) + 1e-8)).clamp(0.0, 1.0);
+            for &i in &idx {
+                direct[i] = g[i] * f;
+            }
+        }
+        expect(&out[0].1, &direct, "cfg_norm")?;
+    }
+
+    #[test]
     fn world_model_guides_video_and_passes_action_through((shape, dtype, seed) in inputs(), s in 0.0f64..8.0) {
         let p = library("world_model");
         let case = Case::random(&p, dtype, shape, seed);
@@ -331,6 +438,36 @@ proptest! {
             let (c, u) = (case.get("cond"), case.get("uncond"));
             let reference = apg_reference(&c, &u, &shape, s, momentum, threshold, eta, &mut running);
             expect(&out[0].1, &reference, &format!("apg step {i}"))?;
+        }
+    }
+
+    #[test]
+    fn apg_mix_is_cfg_then_apg_with_momentum_from_every_step(
+        (shape, dtype, seed) in inputs(), s1 in 1.0f64..6.0, s2 in 1.0f64..12.0, first in 3usize..7,
+    ) {
+        // Steps `first`..first+4 of 50 cross the switch (APG from step 6 on); the
+        // momentum starts at the first evaluated step, whatever its index.
+        let p = library("apg_mix");
+        let mut state = GuidanceState::new();
+        state.start();
+        let mut running: Option<Vec<f64>> = None;
+        for i in first..first + 4 {
+            let case = Case::random(&p, dtype, shape.clone(), seed.wrapping_add(i as u64));
+            let o = overrides(&[("cfg_scale", s1), ("scale", s2)]);
+            let out = case.run(&p, &StepContext::new(i, 50), &mut state, &o);
+            let (c, u) = (case.get("cond"), case.get("uncond"));
+            let reference = if i <= 5 {
+                // diffusers' update_momentum_buffer: r ← Δ + β·r, then plain CFG.
+                let d: Vec<f64> = c.iter().zip(&u).map(|(c, u)| c - u).collect();
+                running = Some(match running.take() {
+                    Some(r) => d.iter().zip(&r).map(|(d, r)| d + (-0.5) * r).collect(),
+                    None => d,
+                });
+                cfg(&c, &u, s1)
+            } else {
+                apg_reference(&c, &u, &shape, s2, -0.5, 10.0, 0.0, &mut running)
+            };
+            expect(&out[0].1, &reference, &format!("apg_mix step {i}"))?;
         }
     }
 

@@ -106,6 +106,7 @@ impl Backend for CudaBackend {
         shape: &Shape,
         state: &mut GuidanceState,
     ) -> Result<DeviceTensor, BackendError> {
+        program.check_shape(shape)?;
         let bufs = inputs.iter().map(|t| cuda(t, "a prediction")).collect::<Result<Few<_>, _>>()?;
         if bufs.len() != program.branches.len() || bufs.iter().any(|b| b.dtype != dtype || b.len != shape.numel()) {
             return Err(BackendError(format!(
@@ -158,6 +159,7 @@ impl Backend for CudaBackend {
         state: &mut GuidanceState,
     ) -> Result<DeviceTensor, BackendError> {
         let n = shape.numel();
+        program.check_shape(shape)?;
         check_forms_size(program, forms, n)?;
         let dev = self.dev.clone();
         let all = cuda(forms, "reduced forms")?;

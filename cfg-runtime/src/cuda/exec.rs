@@ -333,6 +333,78 @@ impl<'a> Generic<'a> {
                 .map_err(driver)?;
                 dev.sync()?;
             }
+            Op::Reject { input, direction, over } => {
+                let (x, d) = (self.addr(*input)?, self.addr(*direction)?);
+                let groups = Groups::new(*over, shape);
+                let f = FactorArgs { kind: kind::REJECT, ..Default::default() };
+                let k = launch::group_factors(dev, x, d, &groups, &[(src::X, src::Y), (src::Y, src::Y)], false, f)?;
+                let ka = dev.addr(&k);
+                let kernel = dev.function(&kernels::GUIDANCE, "reject")?;
+                // SAFETY: matches `reject(x, d, k, Groups, float*, i64)`; k holds one double per group.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&kernel)
+                        .arg(&x)
+                        .arg(&d)
+                        .arg(&ka)
+                        .arg(&groups)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
+            Op::MomentumCfg { cond, uncond, scale, momentum, original, slot } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                self.running(c, u, state, slot, *momentum)?;
+                let orig = i32::from(*original);
+                let k = dev.function(&kernels::GUIDANCE, "cfg_delta")?;
+                // SAFETY: matches `cfg_delta(c, u, float, int, float*, i64)`.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&k)
+                        .arg(&c)
+                        .arg(&u)
+                        .arg(scale)
+                        .arg(&orig)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
+            Op::Tcfg { cond, uncond, scale, original } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                let groups = Groups::new(Reduce::Sample, shape);
+                let dots = [(src::X, src::X), (src::X, src::Y), (src::Y, src::Y)];
+                let coefficient = |kind| {
+                    let f = FactorArgs { kind, ..Default::default() };
+                    launch::group_factors(dev, c, u, &groups, &dots, false, f)
+                };
+                let (alpha, beta) = (coefficient(kind::TCFG_ALPHA)?, coefficient(kind::TCFG_BETA)?);
+                let (a, b, orig) = (dev.addr(&alpha), dev.addr(&beta), i32::from(*original));
+                let k = dev.function(&kernels::GUIDANCE, "tcfg")?;
+                // SAFETY: matches `tcfg(c, u, alpha, beta, Groups, float, int, float*, i64)`;
+                // alpha and beta hold one double per group.
+                unsafe {
+                    dev.stream()
+                        .launch_builder(&k)
+                        .arg(&c)
+                        .arg(&u)
+                        .arg(&a)
+                        .arg(&b)
+                        .arg(&groups)
+                        .arg(scale)
+                        .arg(&orig)
+                        .arg(&o)
+                        .arg(&n64)
+                        .launch(dev.grid(n))
+                }
+                .map_err(driver)?;
+                dev.sync()?;
+            }
             Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
                 let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
                 self.apg(c, u, o, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)?;
@@ -341,23 +413,17 @@ impl<'a> Generic<'a> {
         Ok(out)
     }
 
-    /// APG: running average (the momentum stays in device memory between
-    /// steps), optional norm clip, f64 projection on c, update.
-    #[allow(clippy::too_many_arguments)]
-    fn apg(
+    /// APG's running average `d = c − u; r = fma(β, prev, d)` (or d) into a new
+    /// buffer, which becomes the slot's device-resident momentum when β ≠ 0.
+    fn running(
         &mut self,
         c: u64,
         u: u64,
-        o: u64,
         state: &mut GuidanceState,
         slot: &str,
-        scale: f32,
         beta: f32,
-        threshold: f64,
-        eta: f32,
-        original: bool,
-    ) -> Result<(), CudaError> {
-        let (dev, n, shape) = (self.dev, self.n(), self.shape);
+    ) -> Result<Arc<Buffer>, CudaError> {
+        let (dev, n) = (self.dev, self.n());
         let n64 = n as i64;
         // The previous momentum: kept on this device since the last step or,
         // in a state the CPU filled, uploaded once.
@@ -402,6 +468,29 @@ impl<'a> Generic<'a> {
         if beta != 0.0 {
             state.set_device_momentum(slot, n, running.clone());
         }
+        Ok(running)
+    }
+
+    /// APG: running average (the momentum stays in device memory between
+    /// steps), optional norm clip, f64 projection on c, update.
+    #[allow(clippy::too_many_arguments)]
+    fn apg(
+        &mut self,
+        c: u64,
+        u: u64,
+        o: u64,
+        state: &mut GuidanceState,
+        slot: &str,
+        scale: f32,
+        beta: f32,
+        threshold: f64,
+        eta: f32,
+        original: bool,
+    ) -> Result<(), CudaError> {
+        let (dev, shape) = (self.dev, self.shape);
+        let running = self.running(c, u, state, slot, beta)?;
+        let (n, r) = (self.n(), running.addr(dev));
+        let n64 = n as i64;
         let groups = Groups::new(Reduce::Sample, shape);
         let clipped = if threshold > 0.0 {
             let f = FactorArgs { p0: threshold, kind: kind::APG_CLIP, ..Default::default() };

@@ -111,7 +111,7 @@ pub const RESCALE: KernelModule = KernelModule {
 pub const GUIDANCE: KernelModule = KernelModule {
     name: "guidance",
     parts: &[COMMON, include_str!("../../kernels/guidance.cu")],
-    functions: &["zero_star", "magnitude_aware", "apg_running", "apg_combine"],
+    functions: &["zero_star", "magnitude_aware", "apg_running", "apg_combine", "tcfg", "cfg_delta", "reject"],
 };
 /// Copy (bandwidth reference) and poison fill.
 pub const COPY: KernelModule = KernelModule {

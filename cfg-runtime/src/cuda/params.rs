@@ -64,9 +64,10 @@ impl Groups {
         Groups {
             count: g.count as i64,
             len: g.len as i64,
-            width: shape.last().max(1) as i64,
-            per_sample: shape.per_sample().max(1) as i64,
-            channel: i32::from(reduce == cfg_core::reduce::Reduce::Channel),
+            width: g.width as i64,
+            per_sample: g.per_sample as i64,
+            // Strided groups (channel, axis) share one index formula.
+            channel: i32::from(!reduce.is_contiguous()),
             pad: 0,
         }
     }
@@ -96,6 +97,9 @@ pub(crate) mod kind {
     pub const APG_CLIP: i32 = 5;
     pub const APG_PROJ: i32 = 6;
     pub const COSINE: i32 = 7;
+    pub const TCFG_ALPHA: i32 = 8;
+    pub const TCFG_BETA: i32 = 9;
+    pub const REJECT: i32 = 10;
 }
 
 /// `struct FactorArgs` (factors.cu).

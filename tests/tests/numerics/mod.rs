@@ -193,9 +193,9 @@ pub fn bits(t: &Tensor) -> Vec<u32> {
 pub fn set_apg(policy: &mut Policy, b: f64, thr: f64, e: f64) {
     match &mut policy.outputs.0[0].1.guidance {
         Expr::Apg { momentum, norm_threshold, eta, .. } => {
-            *momentum = b;
-            *norm_threshold = thr;
-            *eta = e;
+            *momentum = cfg_core::expr::ScaleRef::Value(b);
+            *norm_threshold = cfg_core::expr::ScaleRef::Value(thr);
+            *eta = cfg_core::expr::ScaleRef::Value(e);
         }
         other => panic!("apg.ron's output is {}", other.operator()),
     }

@@ -1,0 +1,129 @@
+//! Tangential CFG (TCFG): the unconditional prediction projected on the top
+//! right-singular vector of the stacked [c; u], per sample.
+//!
+//! No SVD is needed. With A = [c; u] (2 × N), the right-singular vectors are
+//! v = Aᵀw/σ for the eigenvectors w of the 2 × 2 Gram matrix G = AAᵀ =
+//! [[⟨c,c⟩, ⟨c,u⟩], [⟨c,u⟩, ⟨u,u⟩]]. For the top eigenpair (λ₁, w), ⟨u, v₁⟩ =
+//! (Gw)₁/√λ₁ = √λ₁·w₁, so the projection u' = ⟨u,v₁⟩v₁ = (w₁/‖w‖²)(w₀c + w₁u):
+//! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
+
+use crate::canon::{over_segments, segment_dot, segment_sq};
+use crate::cpu::Element;
+use crate::fused::{form_into, store, Terms};
+use rayon::prelude::*;
+
+/// An eigenvector (not normalized) of the symmetric [[cc, cu], [cu, uu]] for
+/// its largest eigenvalue, in closed form without cancellation: with
+/// h = (cc − uu)/2 and r = √(h² + cu²), λ₁ = (cc + uu)/2 + r and
+/// w = (h + r, cu) when h ≥ 0, (cu, r − h) otherwise. It is (0, 0) when
+/// λ₁ = 0 (c = u = 0) and when the eigenvalue is double (c ⊥ u with equal
+/// norms: every direction of the plane is top; the caller then projects on c).
+/// Every step is a correctly rounded f64 operation, so the CUDA kernel
+/// (factors.cu, `--fmad=false`) computes the same bits.
+pub fn top_eigenvector(cc: f64, cu: f64, uu: f64) -> (f64, f64) {
+    let h = 0.5 * (cc - uu);
+    let r = (h * h + cu * cu).sqrt();
+    if h >= 0.0 {
+        (h + r, cu)
+    } else {
+        (cu, r - h)
+    }
+}
+
+/// TCFG's (α, β), rounded to f32: u' = α·c + β·u. Zero (u' = 0) when the
+/// eigenvector is zero: for c = u = 0 the projection is 0 whatever the
+/// direction, and for a double eigenvalue this picks v₁ = ĉ, on which u ⊥ c
+/// projects to 0.
+pub fn tcfg_coefficients(cc: f64, cu: f64, uu: f64) -> (f32, f32) {
+    let (w0, w1) = top_eigenvector(cc, cu, uu);
+    let n2 = w0 * w0 + w1 * w1;
+    if n2 == 0.0 {
+        return (0.0, 0.0);
+    }
+    ((w0 * w1 / n2) as f32, (w1 * w1 / n2) as f32)
+}
+
+/// One element: u' = fma(α, c, β·u); out = fma(s, c − u', base), base = c or u'.
+#[inline(always)]
+pub fn tcfg_apply(c: f32, u: f32, alpha: f32, beta: f32, scale: f32, original: bool) -> f32 {
+    let up = alpha.mul_add(c, beta * u);
+    let base = if original { c } else { up };
+    scale.mul_add(c - up, base)
+}
+
+/// Evaluates TCFG over consecutive groups (samples) of `len` elements into
+/// `out`; the statistics are the canonical reductions of `crate::reduce`.
+pub fn tcfg_into<I: Element, O: Element>(
+    cond: Terms<I>,
+    uncond: Terms<I>,
+    len: usize,
+    scale: f32,
+    original: bool,
+    out: &mut [O],
+) {
+    if out.is_empty() || len == 0 {
+        return;
+    }
+    out.par_chunks_mut(len).enumerate().for_each(|(g, out)| {
+        let (mut c, mut u) = (vec![0.0f32; len], vec![0.0f32; len]);
+        form_into(cond, g * len, &mut c);
+        form_into(uncond, g * len, &mut u);
+        let cc = over_segments(len, |r| segment_sq(&c[r]));
+        let cu = over_segments(len, |r| segment_dot(&c[r.clone()], &u[r]));
+        let uu = over_segments(len, |r| segment_sq(&u[r]));
+        let (alpha, beta) = tcfg_coefficients(cc, cu, uu);
+        let y: Vec<f32> = c.iter().zip(&u).map(|(&c, &u)| tcfg_apply(c, u, alpha, beta, scale, original)).collect();
+        store(&y, out);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The top right-singular vector by power iteration on G, in f64.
+    fn projection_by_iteration(c: &[f64], u: &[f64]) -> Vec<f64> {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let g = [[dot(c, c), dot(c, u)], [dot(c, u), dot(u, u)]];
+        let mut w = [1.0, 0.3];
+        for _ in 0..200 {
+            let next = [g[0][0] * w[0] + g[0][1] * w[1], g[1][0] * w[0] + g[1][1] * w[1]];
+            let n = (next[0] * next[0] + next[1] * next[1]).sqrt();
+            w = [next[0] / n, next[1] / n];
+        }
+        let v: Vec<f64> = c.iter().zip(u).map(|(c, u)| w[0] * c + w[1] * u).collect();
+        let nv = dot(&v, &v).sqrt();
+        let v: Vec<f64> = v.iter().map(|x| x / nv).collect();
+        let k = dot(u, &v);
+        v.iter().map(|x| k * x).collect()
+    }
+
+    #[test]
+    fn closed_form_is_the_projection_on_the_top_singular_vector() {
+        let cases: [(&[f64], &[f64]); 4] = [
+            (&[1.0, 2.0, 3.0], &[0.5, -1.0, 2.0]),
+            (&[1.0, 0.0, 0.0], &[0.0, 3.0, 0.0]),
+            (&[-2.0, 1.0, 0.5], &[-2.1, 0.9, 0.4]),
+            (&[0.1, 0.2, 0.3], &[5.0, -4.0, 1.0]),
+        ];
+        for (c, u) in cases {
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+            let (a, b) = crate::reference::tcfg_f64(dot(c, c), dot(c, u), dot(u, u));
+            let want = projection_by_iteration(c, u);
+            for i in 0..c.len() {
+                assert!((a * c[i] + b * u[i] - want[i]).abs() < 1e-12, "{c:?} {u:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_and_double_eigenvalues_are_guarded() {
+        assert_eq!(tcfg_coefficients(0.0, 0.0, 0.0), (0.0, 0.0));
+        // c ⊥ u, equal norms: projected on ĉ, u' = 0.
+        assert_eq!(tcfg_coefficients(4.0, 0.0, 4.0), (0.0, 0.0));
+        // c = 0: u' = u.
+        assert_eq!(tcfg_coefficients(0.0, 0.0, 9.0), (0.0, 1.0));
+        // u = 0: u' = 0.
+        assert_eq!(tcfg_coefficients(9.0, 0.0, 0.0), (0.0, 0.0));
+    }
+}
