@@ -26,6 +26,7 @@ pub mod shape;
 pub mod simd;
 pub mod state;
 pub mod tensor;
+pub mod view;
 pub mod window;
 
 pub use dtype::DType;
