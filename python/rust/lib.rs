@@ -1,0 +1,29 @@
+//! `cfg_guidance._native`: the compiled half of the `cfg_guidance` Python
+//! package. The Python half (`python/cfg_guidance/`) turns torch tensors and
+//! NumPy arrays into the raw descriptors read here, allocates outputs and
+//! runs collectives; everything about policies, plans and arithmetic is the
+//! Rust workspace's own code, reached from here.
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+
+mod buffers;
+mod errors;
+mod guider;
+mod plan;
+mod policy;
+
+use pyo3::prelude::*;
+
+/// The extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("PolicyError", py.get_type::<errors::PolicyError>())?;
+    m.add("GuidanceError", py.get_type::<errors::GuidanceError>())?;
+    m.add_class::<policy::Policy>()?;
+    m.add_class::<plan::StepPlan>()?;
+    m.add_class::<guider::Guider>()?;
+    m.add_function(wrap_pyfunction!(policy::list_policies, m)?)?;
+    m.add_function(wrap_pyfunction!(policy::check, m)?)?;
+    Ok(())
+}
