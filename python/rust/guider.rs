@@ -79,8 +79,9 @@ impl Guider {
         })
     }
 
-    /// The outputs to write, one per policy output, checked, in program order.
-    fn outputs_of(&self, program: &StepProgram, outputs: &[Output]) -> PyResult<Vec<Checked>> {
+    /// The outputs to write, checked, with their programs (in policy order).
+    /// A subset of the outputs may be given (one diffusers guider per output).
+    fn outputs_of<'p>(&self, program: &'p StepProgram, outputs: &[Output]) -> PyResult<Vec<(&'p Program, Checked)>> {
         for (name, _) in outputs {
             if !program.outputs.iter().any(|p| p.output == *name) {
                 return Err(guidance(format!(
@@ -90,14 +91,16 @@ impl Guider {
                 )));
             }
         }
-        program
-            .outputs
-            .iter()
-            .map(|p| match outputs.iter().find(|(n, _)| *n == p.output) {
-                Some((n, d)) => Checked::new(d, &format!("output `{n}`")),
-                None => Err(guidance(format!("output `{}`: no tensor to write it into", p.output))),
-            })
-            .collect()
+        if outputs.is_empty() {
+            return Err(guidance(format!("no output tensor given (policy outputs: {})", names(program))));
+        }
+        let mut out = Vec::new();
+        for p in &program.outputs {
+            if let Some((n, d)) = outputs.iter().find(|(n, _)| *n == p.output) {
+                out.push((p, Checked::new(d, &format!("output `{n}`"))?));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -219,11 +222,11 @@ impl Guider {
         let inputs = Inputs::new(&inputs)?;
         let outs = self.outputs_of(&program, &outputs)?;
         let named_outs: Vec<(String, &Checked)> =
-            program.outputs.iter().zip(&outs).map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
+            outs.iter().map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
         check_disjoint(&named_outs, &inputs.named())?;
         // Everything is checked before anything runs, so a refused step leaves the state as it was.
-        let mut jobs = Vec::with_capacity(program.outputs.len());
-        for (p, out) in program.outputs.iter().zip(&outs) {
+        let mut jobs = Vec::with_capacity(outs.len());
+        for (p, out) in &outs {
             let mut views: Vec<TensorView<'_>> = Vec::with_capacity(p.branches.len());
             for b in &p.branches {
                 let c = inputs.get(b, &p.output).ok_or_else(|| missing(step, p, b, &inputs))?;
@@ -232,7 +235,7 @@ impl Guider {
             }
             cfg_core::cpu::check_views(p, &views, out.dtype, &out.shape)
                 .map_err(|e| guidance(format!("step {step}, output `{}`: {e}", p.output)))?;
-            jobs.push((p, views, out));
+            jobs.push((*p, views, out));
         }
         let state = &mut self.state;
         py.detach(|| {
@@ -335,20 +338,22 @@ impl Guider {
     ) -> PyResult<()> {
         let program = self.lower(step, num_steps, sigma)?;
         let outs = self.outputs_of(&program, &outputs)?;
-        let shapes: Vec<(String, Vec<usize>)> =
-            program.outputs.iter().zip(&outs).map(|(p, c)| (p.output.clone(), c.shape.0.clone())).collect();
+        if outs.len() != program.outputs.len() {
+            return Err(guidance(format!("finish writes every output: give tensors for {}", names(&program))));
+        }
+        let shapes: Vec<(String, Vec<usize>)> = outs.iter().map(|(p, c)| (p.output.clone(), c.shape.0.clone())).collect();
         let sizes = layout(&program, &shapes)?;
         let total = sizes.iter().map(|(n, f)| n * f).sum();
         let buf = f32_buffer(&forms, total, "the reduced forms")?;
         let named_outs: Vec<(String, &Checked)> =
-            program.outputs.iter().zip(&outs).map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
+            outs.iter().map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
         check_disjoint(&named_outs, &[("the reduced forms".to_string(), &buf)])?;
         // SAFETY: kept alive by the Python half; no output overlaps it (checked).
         let Elements::F32(all) = unsafe { buf.view() }.data else { unreachable!("checked to be f32") };
         let state = &mut self.state;
         py.detach(|| {
             let mut at = 0;
-            for ((p, out), (n, count)) in program.outputs.iter().zip(&outs).zip(&sizes) {
+            for ((p, out), (n, count)) in outs.iter().zip(&sizes) {
                 let forms = &all[at..at + n * count];
                 at += n * count;
                 // SAFETY: as above.
