@@ -39,7 +39,9 @@ def empty_like(x: Any) -> Any:
         import torch
 
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return np.empty(x.shape, dtype=x.dtype)
+    if isinstance(x, np.ndarray):
+        return np.empty(x.shape, dtype=x.dtype)
+    raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
 def dtype_name(dtype: Any) -> str:

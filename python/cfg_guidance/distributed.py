@@ -65,7 +65,7 @@ def guided_step(
 
     if plan.collective == "all-reduce":
         forms = torch.empty(guider.forms_len(step, num_steps, sigma, shapes), dtype=torch.float32, device=device)
-        guider.partial_forms(step, num_steps, sigma, {b: {o: t} for (b, o), t in local.items()}, shapes, forms)
+        guider.partial_forms(step, num_steps, sigma, local, shapes, forms)
         dist.all_reduce(forms, op=dist.ReduceOp.SUM, group=group)
         outputs = {o: torch.empty(shapes[o], dtype=dtype, device=device) for o in guider.outputs}
         guider.finish(step, num_steps, sigma, forms, outputs)

@@ -129,13 +129,13 @@ class Guider:
         step: int,
         num_steps: int,
         sigma: Optional[float],
-        local: Predictions,
+        local: Union[Predictions, Dict[Tuple[str, str], Any]],
         shapes: Mapping[str, Sequence[int]],
         forms: Any,
     ) -> None:
         """Writes this rank's weighted f32 partial forms of its `local`
         predictions into `forms` (float32, `forms_len` values), for an all-reduce."""
-        flat = self._flatten(local)
+        flat = local if _is_flat(local) else self._flatten(local)
         inputs = [(b, o, describe(t)) for (b, o), t in flat.items()]
         shape_list = [(o, list(s)) for o, s in shapes.items()]
         self._native.partial_forms(step, num_steps, sigma, inputs, shape_list, describe(forms))
