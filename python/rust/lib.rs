@@ -18,8 +18,13 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add("PolicyError", py.get_type::<errors::PolicyError>())?;
-    m.add("GuidanceError", py.get_type::<errors::GuidanceError>())?;
+    // Shown as `cfg_guidance.PolicyError`, where users import them from.
+    let policy_error = py.get_type::<errors::PolicyError>();
+    policy_error.setattr("__module__", "cfg_guidance")?;
+    m.add("PolicyError", policy_error)?;
+    let guidance_error = py.get_type::<errors::GuidanceError>();
+    guidance_error.setattr("__module__", "cfg_guidance")?;
+    m.add("GuidanceError", guidance_error)?;
     m.add_class::<policy::Policy>()?;
     m.add_class::<plan::StepPlan>()?;
     m.add_class::<guider::Guider>()?;
