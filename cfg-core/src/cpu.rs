@@ -443,7 +443,9 @@ pub fn round_into_view(values: &[f32], out: &mut ElementsMut<'_>) {
     match out {
         ElementsMut::F32(o) => o.copy_from_slice(values),
         ElementsMut::F16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| f16::store(v, o)),
-        ElementsMut::BF16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o)),
+        ElementsMut::BF16(o) => {
+            o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o))
+        }
     }
 }
 

@@ -43,7 +43,9 @@ impl Checked {
             "float16" => DType::F16,
             "bfloat16" => DType::BF16,
             other => {
-                return Err(guidance(format!("{what}: dtype {other} is not supported: expected float32, float16 or bfloat16")))
+                return Err(guidance(format!(
+                    "{what}: dtype {other} is not supported: expected float32, float16 or bfloat16"
+                )))
             }
         };
         if strides.len() != shape.len() {
@@ -126,7 +128,9 @@ pub fn check_disjoint(outputs: &[(String, &Checked)], inputs: &[(String, &Checke
         for (other, t) in others {
             let r = t.range();
             if !o.is_empty() && !r.is_empty() && o.start < r.end && r.start < o.end {
-                return Err(guidance(format!("{name} shares memory with {other}: the output must be a tensor of its own")));
+                return Err(guidance(format!(
+                    "{name} shares memory with {other}: the output must be a tensor of its own"
+                )));
             }
         }
     }

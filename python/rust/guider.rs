@@ -341,7 +341,8 @@ impl Guider {
         if outs.len() != program.outputs.len() {
             return Err(guidance(format!("finish writes every output: give tensors for {}", names(&program))));
         }
-        let shapes: Vec<(String, Vec<usize>)> = outs.iter().map(|(p, c)| (p.output.clone(), c.shape.0.clone())).collect();
+        let shapes: Vec<(String, Vec<usize>)> =
+            outs.iter().map(|(p, c)| (p.output.clone(), c.shape.0.clone())).collect();
         let sizes = layout(&program, &shapes)?;
         let total = sizes.iter().map(|(n, f)| n * f).sum();
         let buf = f32_buffer(&forms, total, "the reduced forms")?;
@@ -367,13 +368,7 @@ impl Guider {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "Guider({:?}, rank {} of {}, {})",
-            self.policy.loaded.policy.name,
-            self.rank,
-            self.world,
-            self.mode()
-        )
+        format!("Guider({:?}, rank {} of {}, {})", self.policy.loaded.policy.name, self.rank, self.world, self.mode())
     }
 }
 

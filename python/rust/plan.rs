@@ -121,8 +121,10 @@ pub struct OutputShapes {
 impl OutputShapes {
     /// From `(name, shape, dtype)` per output.
     pub fn new(outputs: Vec<(String, Vec<usize>, DType)>) -> Self {
-        let infos =
-            outputs.into_iter().map(|(name, shape, dtype)| OutputInfo { name, shape: Shape::new(shape), dtype }).collect();
+        let infos = outputs
+            .into_iter()
+            .map(|(name, shape, dtype)| OutputInfo { name, shape: Shape::new(shape), dtype })
+            .collect();
         OutputShapes { infos }
     }
 }
@@ -136,4 +138,3 @@ impl Model for OutputShapes {
         Err(ModelError("the planner's stand-in model makes no predictions".into()))
     }
 }
-
