@@ -195,3 +195,20 @@ def test_numpy_in_numpy_out(rng):
     assert np.array_equal(out, torch_out.numpy())
     f16 = g.combine(0, 10, None, {"cond": c.astype(np.float16), "uncond": u.astype(np.float16)})["sample"]
     assert f16.dtype == np.float16
+
+
+def test_prepare_inputs_from_block_state_picks_as_diffusers_does():
+    from diffusers.modular_pipelines.modular_pipeline import BlockState
+
+    state = BlockState(prompt_embeds=torch.zeros(1), negative_prompt_embeds=torch.ones(1))
+    fields = {"prompt_embeds": ("prompt_embeds", "negative_prompt_embeds")}
+    theirs, ours = dg.ClassifierFreeGuidance(guidance_scale=7.5), PolicyGuidance("cfg")
+    for g in (theirs, ours):
+        g.set_state(step=0, num_inference_steps=10, timestep=torch.tensor(999))
+    want = [(b.__guidance_identifier__, float(b.prompt_embeds)) for b in theirs.prepare_inputs_from_block_state(state, fields)]
+    got = [(b.__guidance_identifier__, float(b.prompt_embeds)) for b in ours.prepare_inputs_from_block_state(state, fields)]
+    assert got == want == [("pred_cond", 0.0), ("pred_uncond", 1.0)]
+    ours.prepare_models(None)
+    assert ours.is_conditional
+    ours.prepare_models(None)
+    assert not ours.is_conditional
