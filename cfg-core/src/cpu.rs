@@ -720,6 +720,42 @@ pub fn apg_projection(dc: f64, cc: f64) -> f64 {
 mod tests {
     use super::*;
 
+    /// `out = 2·a − b`, one linear form over branches `a`, `b`.
+    fn linear() -> Program {
+        Program {
+            output: "sample".into(),
+            space: crate::expr::Space::Eps,
+            branches: vec!["a".into(), "b".into()],
+            forms: vec![Form { terms: vec![(0, 2.0), (1, -1.0)] }],
+            ops: Vec::new(),
+            latches: Vec::new(),
+            counters: Vec::new(),
+            result: Value::Form(0),
+        }
+    }
+
+    #[test]
+    fn views_evaluate_in_place_like_owned_tensors() {
+        let shape = Shape::new([2, 3]);
+        let a = Tensor::from_f32(DType::BF16, shape.clone(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = Tensor::from_f32(DType::BF16, shape.clone(), &[0.5; 6]);
+        let owned = evaluate(&linear(), &[&a, &b], DType::BF16, &shape, &mut GuidanceState::new()).unwrap();
+        let mut out = Tensor::zeros(DType::BF16, shape.clone());
+        let (va, vb) = (a.view(), b.view());
+        evaluate_view(&linear(), &[va, vb], &shape, &mut GuidanceState::new(), &mut out.view_mut()).unwrap();
+        assert_eq!(out, owned);
+    }
+
+    #[test]
+    fn views_refuse_an_output_of_another_shape() {
+        let shape = Shape::new([2, 3]);
+        let a = Tensor::from_f32(DType::F32, shape.clone(), &[1.0; 6]);
+        let mut out = Tensor::zeros(DType::F32, Shape::new([3, 2]));
+        let err =
+            evaluate_view(&linear(), &[a.view(), a.view()], &shape, &mut GuidanceState::new(), &mut out.view_mut());
+        assert!(matches!(err, Err(CoreError::BadShape { .. })), "{err:?}");
+    }
+
     #[test]
     fn bf16_rounding_matches_half_on_every_class_of_input() {
         let mut bits: Vec<u32> = (0..200_000u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
