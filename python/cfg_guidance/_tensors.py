@@ -46,6 +46,8 @@ def empty_like(x: Any) -> Any:
 
 def dtype_name(dtype: Any) -> str:
     """`float32`, `float16` or `bfloat16` (others are refused by the native module)."""
+    if isinstance(dtype, str):
+        return dtype.removeprefix("torch.")
     if type(dtype).__module__.startswith("torch"):
         return str(dtype).removeprefix("torch.")
     return np.dtype(dtype).name

@@ -94,3 +94,15 @@ def test_fast_mode_all_reduces_when_it_moves_fewer_bytes():
     (p,) = cg.load("ltx2").plan(4, sigmas=[0.5], dtype="float32", mode="fast")
     assert p.collective == "all-reduce"
     assert p.reduce_bytes < p.gather_bytes
+
+
+def test_a_guider_plan_gives_the_gather_layout():
+    g = cg.Guider("ltx2", world_size=3, rank=1)
+    shapes = {"video": [1, 64, 16], "audio": [1, 32, 8]}
+    p = g.plan(0, 10, None, shapes, "bfloat16")
+    assert p.branches_for(1) and p.idle == []
+    for r in range(3):
+        parts = p.payload[r]
+        assert [b for b, _ in parts] == [b for b in p.ranks[r] for _ in g.outputs]
+        assert sum(2 * (1024 if o == "video" else 256) for _, o in parts) == p.gather_sizes[r]
+    assert g.forms_len(0, 10, None, shapes) * 4 == p.reduce_bytes
