@@ -146,6 +146,9 @@ class PolicyGuidance(BaseGuidance):
         that needs none (a zero-init step), the first positive branch, for the shape."""
         if not self._enabled:
             return [self._first_positive()]
+        if self._step is None or self._num_inference_steps is None:
+            # Before set_state (a repr, a config dump): every declared branch.
+            return list(self._guider.policy.branches)
         step, steps = self._position()
         needed = set(self._guider.needed(step, steps, self._sigma).get(self._output, []))
         active = [b for b in self._guider.policy.branches if b in needed]

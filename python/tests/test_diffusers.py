@@ -212,3 +212,10 @@ def test_prepare_inputs_from_block_state_picks_as_diffusers_does():
     assert ours.is_conditional
     ours.prepare_models(None)
     assert not ours.is_conditional
+
+
+def test_repr_before_set_state_and_forward_needs_it():
+    g = PolicyGuidance("skip_layer")
+    assert "num_conditions: 3" in repr(g)
+    with pytest.raises(cg.GuidanceError, match="set_state"):
+        g.forward(pred_cond=torch.zeros(2), pred_uncond=torch.zeros(2))
