@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need (the NVRTC wheel, so
 # every CUDA kernel is compiled to PTX even on a machine with no GPU), runs the
-# whole workspace's tests, then runs the CUDA tests again on a CUDA device: the
+# whole workspace's tests, the Python package's (scripts/test-python.sh), then
+# runs the CUDA tests again on a CUDA device: the
 # CUDA stand-in (tests/cuda-emu, our PTX run on the CPU with checked memory and
 # NCCL across threads), or the real driver where a GPU is present.
 set -euo pipefail
@@ -23,9 +24,18 @@ fi
 # 1. Everything, as a machine without a GPU sees it (the no-driver paths run).
 cargo test --workspace --all-targets --locked
 
+# 2. The Python package (python/): built with maturin into target/pyenv, tested
+#    with pytest against diffusers' own guiders and torch.distributed (gloo).
+#    It needs PyPI; CFG_SKIP_PYTHON=1 skips it.
+if [ "${CFG_SKIP_PYTHON:-0}" = 1 ]; then
+    echo "CFG_SKIP_PYTHON=1: the Python package's tests are skipped" >&2
+else
+    scripts/test-python.sh
+fi
+
 [ "${CFG_SKIP_NVRTC:-0}" = 1 ] && exit 0
 
-# 2. The CUDA tests on a CUDA device: the real one where a GPU is present
+# 3. The CUDA tests on a CUDA device: the real one where a GPU is present
 #    (nvidia-smi lists one), else the stand-in with 4 emulated GPUs of 2
 #    multiprocessors each (small shapes then reach every grid-size limit).
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then

@@ -8,7 +8,8 @@ use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::Tensor;
+use crate::view::{Elements, ElementsMut, TensorView, TensorViewMut};
 use crate::{DType, Shape};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -225,7 +226,32 @@ pub fn evaluate_into(
     out: &mut Tensor,
 ) -> Result<(), CoreError> {
     check_inputs(program, inputs, dtype, shape)?;
+    if out.dtype() != dtype || out.shape != *shape || out.len() != shape.numel() {
+        *out = Tensor::zeros(dtype, shape.clone());
+    }
+    let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+    evaluate_view(program, &views, shape, state, &mut out.view_mut())
+}
+
+/// [`evaluate`] on borrowed tensors: the inputs are read in place and the
+/// result is written into `out`, whose dtype is the result's. Inputs and
+/// output must all have `shape` and the output's dtype.
+pub fn evaluate_view(
+    program: &Program,
+    inputs: &[TensorView<'_>],
+    shape: &Shape,
+    state: &mut GuidanceState,
+    out: &mut TensorViewMut<'_>,
+) -> Result<(), CoreError> {
+    let dtype = out.dtype();
+    check_views(program, inputs, dtype, shape)?;
     program.check_shape(shape)?;
+    if out.shape != *shape || out.len() != shape.numel() {
+        return Err(CoreError::BadShape {
+            shape: out.shape.to_string(),
+            why: format!("the output must have the inputs' shape {shape} ({} elements)", shape.numel()),
+        });
+    }
     for op in &program.ops {
         if let Op::Apg { slot, .. } | Op::MomentumCfg { slot, .. } = op {
             if state.device_momentum(slot).is_some() {
@@ -237,23 +263,20 @@ pub fn evaluate_into(
             }
         }
     }
-    if out.dtype() != dtype || out.shape != *shape || out.len() != shape.numel() {
-        *out = Tensor::zeros(dtype, shape.clone());
-    }
     if program.ops.is_empty() && program.latches.is_empty() {
         match program.result {
-            Value::Form(i) => fused_form_into(&program.forms[i], inputs, out),
-            _ => zero(out),
+            Value::Form(i) => fused_form_into(&program.forms[i], inputs, &mut out.data),
+            _ => zero(&mut out.data),
         }
     } else if let Some(op) = single_fused_op(program) {
         match &mut out.data {
-            TensorData::F32(o) => fused_op(program, op, &slices(inputs, TensorData::as_f32), shape, state, o),
-            TensorData::F16(o) => fused_op(program, op, &slices(inputs, TensorData::as_f16), shape, state, o),
-            TensorData::BF16(o) => fused_op(program, op, &slices(inputs, TensorData::as_bf16), shape, state, o),
+            ElementsMut::F32(o) => fused_op(program, op, &slices(inputs, as_f32), shape, state, o),
+            ElementsMut::F16(o) => fused_op(program, op, &slices(inputs, as_f16), shape, state, o),
+            ElementsMut::BF16(o) => fused_op(program, op, &slices(inputs, as_bf16), shape, state, o),
         }
     } else {
         let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
-        round_into(&f32_result, out);
+        round_into_view(&f32_result, &mut out.data);
     }
     for slot in &program.counters {
         state.advance(slot);
@@ -261,16 +284,37 @@ pub fn evaluate_into(
     Ok(())
 }
 
-fn zero(out: &mut Tensor) {
-    match &mut out.data {
-        TensorData::F32(o) => o.fill(0.0),
-        TensorData::F16(o) => o.fill(f16::ZERO),
-        TensorData::BF16(o) => o.fill(bf16::ZERO),
+fn zero(out: &mut ElementsMut<'_>) {
+    match out {
+        ElementsMut::F32(o) => o.fill(0.0),
+        ElementsMut::F16(o) => o.fill(f16::ZERO),
+        ElementsMut::BF16(o) => o.fill(bf16::ZERO),
+    }
+}
+
+fn as_f32<'a>(e: &Elements<'a>) -> Option<&'a [f32]> {
+    match *e {
+        Elements::F32(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn as_f16<'a>(e: &Elements<'a>) -> Option<&'a [f16]> {
+    match *e {
+        Elements::F16(v) => Some(v),
+        _ => None,
+    }
+}
+
+fn as_bf16<'a>(e: &Elements<'a>) -> Option<&'a [bf16]> {
+    match *e {
+        Elements::BF16(v) => Some(v),
+        _ => None,
     }
 }
 
 /// The element slices of the inputs (all of one dtype, checked by the caller).
-fn slices<'a, E>(inputs: &[&'a Tensor], get: fn(&'a TensorData) -> Option<&'a [E]>) -> Vec<&'a [E]> {
+fn slices<'a, E>(inputs: &[TensorView<'a>], get: fn(&Elements<'a>) -> Option<&'a [E]>) -> Vec<&'a [E]> {
     inputs.iter().map(|t| get(&t.data).unwrap_or(&[])).collect()
 }
 
@@ -367,6 +411,12 @@ fn op_into<I: Element, O: Element>(
 
 /// Checks that inputs match the program's branches, `dtype` and `shape`.
 pub fn check_inputs(program: &Program, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Result<(), CoreError> {
+    let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+    check_views(program, &views, dtype, shape)
+}
+
+/// [`check_inputs`] on borrowed tensors.
+pub fn check_views(program: &Program, inputs: &[TensorView<'_>], dtype: DType, shape: &Shape) -> Result<(), CoreError> {
     if inputs.len() != program.branches.len() {
         let missing = program.branches.get(inputs.len()).cloned().unwrap_or_default();
         return Err(CoreError::MissingBranch(missing));
@@ -394,37 +444,49 @@ pub fn round_to(dtype: DType, shape: &Shape, values: &[f32]) -> Tensor {
 
 /// Rounds f32 values (nearest even) into `out`, of as many elements.
 pub fn round_into(values: &[f32], out: &mut Tensor) {
-    match &mut out.data {
-        TensorData::F32(o) => o.copy_from_slice(values),
-        TensorData::F16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| f16::store(v, o)),
-        TensorData::BF16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o)),
+    round_into_view(values, &mut out.view_mut().data)
+}
+
+/// [`round_into`] borrowed elements.
+pub fn round_into_view(values: &[f32], out: &mut ElementsMut<'_>) {
+    match out {
+        ElementsMut::F32(o) => o.copy_from_slice(values),
+        ElementsMut::F16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| f16::store(v, o)),
+        ElementsMut::BF16(o) => {
+            o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o))
+        }
     }
 }
 
-fn fused_form_into(form: &Form, inputs: &[&Tensor], out: &mut Tensor) {
-    match &mut out.data {
-        TensorData::F32(o) => form_into(form, inputs, o),
-        TensorData::F16(o) => form_into(form, inputs, o),
-        TensorData::BF16(o) => form_into(form, inputs, o),
+fn fused_form_into(form: &Form, inputs: &[TensorView<'_>], out: &mut ElementsMut<'_>) {
+    match out {
+        ElementsMut::F32(o) => form_into(form, inputs, o),
+        ElementsMut::F16(o) => form_into(form, inputs, o),
+        ElementsMut::BF16(o) => form_into(form, inputs, o),
     }
 }
 
 /// Computes a linear form over the inputs into f32.
 pub fn form_f32(form: &Form, inputs: &[&Tensor], n: usize) -> Vec<f32> {
+    let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+    form_f32_view(form, &views, n)
+}
+
+fn form_f32_view(form: &Form, inputs: &[TensorView<'_>], n: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; n];
     form_into(form, inputs, &mut out);
     out
 }
 
 /// `out = form(inputs)`, the inputs all of one dtype (checked by the caller).
-fn form_into<O: Element>(form: &Form, inputs: &[&Tensor], out: &mut [O]) {
+fn form_into<O: Element>(form: &Form, inputs: &[TensorView<'_>], out: &mut [O]) {
     macro_rules! go {
         ($variant:ident) => {{
             let terms: Vec<_> = form
                 .terms
                 .iter()
-                .map(|&(b, w)| match &inputs[b].data {
-                    TensorData::$variant(v) => (v.as_slice(), w),
+                .map(|&(b, w)| match inputs[b].data {
+                    Elements::$variant(v) => (v, w),
                     _ => unreachable!("dtypes checked"),
                 })
                 .collect();
@@ -442,14 +504,14 @@ fn form_into<O: Element>(form: &Form, inputs: &[&Tensor], out: &mut [O]) {
 /// computed into an f32 buffer once and read by reference.
 struct Evaluation<'a> {
     program: &'a Program,
-    inputs: &'a [&'a Tensor],
+    inputs: &'a [TensorView<'a>],
     shape: &'a Shape,
     forms: Vec<Option<Vec<f32>>>,
     ops: Vec<Vec<f32>>,
 }
 
 impl<'a> Evaluation<'a> {
-    fn new(program: &'a Program, inputs: &'a [&'a Tensor], shape: &'a Shape) -> Self {
+    fn new(program: &'a Program, inputs: &'a [TensorView<'a>], shape: &'a Shape) -> Self {
         Evaluation { program, inputs, shape, forms: vec![None; program.forms.len()], ops: Vec::new() }
     }
 
@@ -461,7 +523,7 @@ impl<'a> Evaluation<'a> {
     fn ensure(&mut self, v: Value) {
         if let Value::Form(i) = v {
             if self.forms[i].is_none() {
-                self.forms[i] = Some(form_f32(&self.program.forms[i], self.inputs, self.n()));
+                self.forms[i] = Some(form_f32_view(&self.program.forms[i], self.inputs, self.n()));
             }
         }
     }
@@ -676,6 +738,42 @@ pub fn apg_projection(dc: f64, cc: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `out = 2·a − b`, one linear form over branches `a`, `b`.
+    fn linear() -> Program {
+        Program {
+            output: "sample".into(),
+            space: crate::expr::Space::Eps,
+            branches: vec!["a".into(), "b".into()],
+            forms: vec![Form { terms: vec![(0, 2.0), (1, -1.0)] }],
+            ops: Vec::new(),
+            latches: Vec::new(),
+            counters: Vec::new(),
+            result: Value::Form(0),
+        }
+    }
+
+    #[test]
+    fn views_evaluate_in_place_like_owned_tensors() {
+        let shape = Shape::new([2, 3]);
+        let a = Tensor::from_f32(DType::BF16, shape.clone(), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = Tensor::from_f32(DType::BF16, shape.clone(), &[0.5; 6]);
+        let owned = evaluate(&linear(), &[&a, &b], DType::BF16, &shape, &mut GuidanceState::new()).unwrap();
+        let mut out = Tensor::zeros(DType::BF16, shape.clone());
+        let (va, vb) = (a.view(), b.view());
+        evaluate_view(&linear(), &[va, vb], &shape, &mut GuidanceState::new(), &mut out.view_mut()).unwrap();
+        assert_eq!(out, owned);
+    }
+
+    #[test]
+    fn views_refuse_an_output_of_another_shape() {
+        let shape = Shape::new([2, 3]);
+        let a = Tensor::from_f32(DType::F32, shape.clone(), &[1.0; 6]);
+        let mut out = Tensor::zeros(DType::F32, Shape::new([3, 2]));
+        let err =
+            evaluate_view(&linear(), &[a.view(), a.view()], &shape, &mut GuidanceState::new(), &mut out.view_mut());
+        assert!(matches!(err, Err(CoreError::BadShape { .. })), "{err:?}");
+    }
 
     #[test]
     fn bf16_rounding_matches_half_on_every_class_of_input() {

@@ -28,6 +28,7 @@ pub mod simd;
 pub mod state;
 pub mod tcfg;
 pub mod tensor;
+pub mod view;
 pub mod window;
 
 pub use dtype::DType;

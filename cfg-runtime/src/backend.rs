@@ -128,7 +128,7 @@ impl From<cfg_core::CoreError> for BackendError {
 
 /// A copy of `program` whose inputs are its own reduced forms: the forms are
 /// the identity (`1·x` is exact), so the non-linear ops run unchanged.
-pub(crate) fn identity_forms(program: &Program) -> Program {
+pub fn identity_forms(program: &Program) -> Program {
     let mut p = program.clone();
     p.branches = (0..program.forms.len()).map(|i| format!("form{i:04}")).collect();
     p.forms = (0..program.forms.len()).map(|i| Form { terms: vec![(i, 1.0)] }).collect();
