@@ -202,8 +202,8 @@ impl Guider {
         }
         let model = OutputShapes::new(infos);
         let policy = &self.policy.loaded.policy;
-        let plan = plan_step(step, policy, &program, &model.infos, &model, self.world, self.mode);
-        Ok(StepPlan::from_plan(&plan, Some(&program)))
+        let plan = plan_step(policy, &program, &model.infos, &model, self.world, self.mode);
+        Ok(StepPlan::from_plan(step, &plan, Some(&program)))
     }
 
     /// Runs the step: reads every needed `(branch, output)` prediction in
@@ -342,7 +342,7 @@ impl Guider {
             return Err(guidance(format!("finish writes every output: give tensors for {}", names(&program))));
         }
         let shapes: Vec<(String, Vec<usize>)> =
-            outs.iter().map(|(p, c)| (p.output.clone(), c.shape.0.clone())).collect();
+            outs.iter().map(|(p, c)| (p.output.clone(), c.shape.dims().to_vec())).collect();
         let sizes = layout(&program, &shapes)?;
         let total = sizes.iter().map(|(n, f)| n * f).sum();
         let buf = f32_buffer(&forms, total, "the reduced forms")?;

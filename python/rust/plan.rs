@@ -45,8 +45,8 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
-    /// From the runtime's plan; `program` gives the gather layout.
-    pub fn from_plan(p: &cfg_runtime::StepPlan, program: Option<&StepProgram>) -> StepPlan {
+    /// From the runtime's plan of `step`; `program` gives the gather layout.
+    pub fn from_plan(step: usize, p: &cfg_runtime::StepPlan, program: Option<&StepProgram>) -> StepPlan {
         let name = |i: &usize| p.active[*i].clone();
         let payload = match program {
             Some(program) => (0..p.world)
@@ -65,12 +65,12 @@ impl StepPlan {
             None => vec![Vec::new(); p.world],
         };
         StepPlan {
-            step: p.step,
+            step,
             world_size: p.world,
             active: p.active.clone(),
             skipped: p.skipped.clone(),
             owner: p.active.iter().cloned().zip(p.owner.iter().copied()).collect(),
-            ranks: (0..p.world).map(|r| p.local(r).iter().map(name).collect()).collect(),
+            ranks: (0..p.world).map(|r| p.local(r).map(|i| name(&i)).collect()).collect(),
             groups: p.groups.iter().map(|g| g.iter().map(|call| call.iter().map(name).collect()).collect()).collect(),
             idle: p.idle.clone(),
             collective: p.collective.name().to_string(),

@@ -181,7 +181,7 @@ impl Policy {
             &times,
         )
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(plans.iter().map(|p| StepPlan::from_plan(p, None)).collect())
+        Ok(plans.iter().enumerate().map(|(step, p)| StepPlan::from_plan(step, p, None)).collect())
     }
 
     fn __repr__(&self) -> String {
