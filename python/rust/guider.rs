@@ -342,7 +342,7 @@ impl Guider {
             return Err(guidance(format!("finish writes every output: give tensors for {}", names(&program))));
         }
         let shapes: Vec<(String, Vec<usize>)> =
-            outs.iter().map(|(p, c)| (p.output.clone(), c.shape.0.to_vec())).collect();
+            outs.iter().map(|(p, c)| (p.output.clone(), c.shape.dims().to_vec())).collect();
         let sizes = layout(&program, &shapes)?;
         let total = sizes.iter().map(|(n, f)| n * f).sum();
         let buf = f32_buffer(&forms, total, "the reduced forms")?;

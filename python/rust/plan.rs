@@ -45,7 +45,7 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
-    /// From the runtime's plan; `program` gives the gather layout.
+    /// From the runtime's plan of `step`; `program` gives the gather layout.
     pub fn from_plan(step: usize, p: &cfg_runtime::StepPlan, program: Option<&StepProgram>) -> StepPlan {
         let name = |i: &usize| p.active[*i].clone();
         let payload = match program {
