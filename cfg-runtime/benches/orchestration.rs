@@ -16,37 +16,16 @@ use cfg_runtime::cuda::{device_count, run_nccl_threads, CudaBackend, NcclOptions
 use cfg_runtime::local::DEFAULT_TIMEOUT;
 use cfg_runtime::{run_local, Backend, Communicator, CpuBackend, Guider, Mode, StepInfo, StepTiming};
 use criterion::{criterion_group, criterion_main, Criterion};
-use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/support/null_model.rs"]
 mod null_model;
 
-use null_model::{count_allocation, Null, ALLOCATIONS, FOUR_BRANCHES, MODEL_ALLOCATIONS};
+use null_model::{Counting, Null, ALLOCATIONS, FOUR_BRANCHES, MODEL_ALLOCATIONS};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-struct Counting;
-
-// SAFETY: forwards to mimalloc unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: the caller's layout contract is passed on.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_allocation();
-        // SAFETY: as for `alloc` and `dealloc`.
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
-    }
-}
+static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting(mimalloc::MiMalloc);
 
 /// What rank 0 saw over the measured steps.
 struct Measured {

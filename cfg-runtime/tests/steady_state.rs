@@ -11,7 +11,7 @@ use cfg_core::{Shape, Tensor};
 use cfg_runtime::cuda::{device_count, run_nccl_threads, CudaBackend, NcclOptions};
 use cfg_runtime::local::DEFAULT_TIMEOUT;
 use cfg_runtime::{run_local, CpuBackend, Guider, Mode, StepInfo};
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::sync::atomic::Ordering;
 use std::sync::Barrier;
 use std::time::Duration;
@@ -19,30 +19,10 @@ use std::time::Duration;
 #[path = "support/null_model.rs"]
 mod null_model;
 
-use null_model::{count_allocation, Null, ALLOCATIONS, FOUR_BRANCHES};
+use null_model::{Counting, Null, ALLOCATIONS, FOUR_BRANCHES};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-struct Counting;
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: the caller's layout contract is passed on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_allocation();
-        // SAFETY: as for `alloc` and `dealloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+static ALLOCATOR: Counting<System> = Counting(System);
 
 fn null_model() -> (Null, Tensor) {
     Null::new(Shape::new([1, 256, 64]))

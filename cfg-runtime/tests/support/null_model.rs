@@ -2,14 +2,14 @@
 //! prediction per branch, copied where the rank's tensors live (device to
 //! device on a CUDA rank), and the allocations made inside it are counted
 //! apart from the runtime's. Shared by `tests/steady_state.rs` and
-//! `benches/orchestration.rs`; each defines a global allocator that calls
-//! [`count_allocation`].
+//! `benches/orchestration.rs`; each makes [`Counting`] its global allocator.
 
 use cfg_core::{DType, Shape, Tensor};
 use cfg_runtime::cuda::Buffer;
 use cfg_runtime::model::DeviceCall;
 use cfg_runtime::tensor::CudaTensor;
 use cfg_runtime::{Call, DeviceTensor, Model, ModelError, OutputInfo, Place};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -27,8 +27,29 @@ thread_local! {
 }
 
 /// Counts one allocation (or reallocation) of the calling thread.
-pub fn count_allocation() {
+fn count_allocation() {
     if IN_MODEL.with(Cell::get) { &MODEL_ALLOCATIONS } else { &ALLOCATIONS }.fetch_add(1, Ordering::Relaxed);
+}
+
+/// An allocator that counts every allocation and hands it to `A`.
+pub struct Counting<A>(pub A);
+
+// SAFETY: forwards to `A` unchanged; only counts.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        // SAFETY: the caller's layout contract is passed on.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
+        // SAFETY: as for `alloc` and `dealloc`.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
 }
 
 /// Marks the calling thread as inside a model call while alive.
