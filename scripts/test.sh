@@ -37,7 +37,8 @@ else
     echo "== CUDA tests on the CUDA stand-in ($emu_dir, $CFG_EMU_DEVICES emulated GPUs)" >&2
 fi
 export CFG_REQUIRE_CUDA=1
-cargo test --locked -p cfg-runtime --test cuda_nccl --test cuda_ptx
+# `--workspace` keeps stage 1's feature set, so nothing is compiled again.
+cargo test --workspace --locked --test cuda_nccl --test cuda_ptx --test steady_state
 # One test at a time: they share the emulated GPUs and the stand-in's copy counters.
-cargo test --locked -p cfg-tests --test runtime_cuda -- --test-threads=1
-cargo test --locked -p cfg-cli --test cli_cuda -- --nocapture
+cargo test --workspace --locked --test runtime_cuda -- --test-threads=1
+cargo test --workspace --locked --test cli_cuda -- --nocapture

@@ -135,15 +135,16 @@ pub fn run(args: Args) -> CliResult {
     if args.json {
         let per_step: Vec<_> = plans
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(step, p)| {
                 let scales: serde_json::Map<String, serde_json::Value> =
-                    scale_values(p.step).into_iter().map(|(n, v)| (n, json!(v))).collect();
+                    scale_values(step).into_iter().map(|(n, v)| (n, json!(v))).collect();
                 json!({
-                    "step": p.step,
-                    "t": times[p.step].0,
-                    "sigma": times[p.step].1,
+                    "step": step,
+                    "t": times[step].0,
+                    "sigma": times[step].1,
                     "scales": scales,
-                    "windows_on": windows_on(p.step).into_iter().map(|w| wins[w].0.clone()).collect::<Vec<_>>(),
+                    "windows_on": windows_on(step).into_iter().map(|w| wins[w].0.clone()).collect::<Vec<_>>(),
                     "active": p.active,
                     "skipped": p.skipped,
                     "calls": rank_calls(p).into_iter().map(|(r, c)| json!({"rank": r, "calls": c})).collect::<Vec<_>>(),
@@ -207,8 +208,8 @@ pub fn run(args: Args) -> CliResult {
     ]
     .map(String::from)
     .to_vec()];
-    for plan in &plans {
-        let scales: Vec<String> = scale_values(plan.step)
+    for (step, plan) in plans.iter().enumerate() {
+        let scales: Vec<String> = scale_values(step)
             .into_iter()
             .map(|(n, v)| {
                 format!(
@@ -220,16 +221,16 @@ pub fn run(args: Args) -> CliResult {
                 )
             })
             .collect();
-        let on: Vec<String> = windows_on(plan.step).into_iter().map(|w| format!("W{w}")).collect();
+        let on: Vec<String> = windows_on(step).into_iter().map(|w| format!("W{w}")).collect();
         let calls: Vec<String> = rank_calls(plan)
             .into_iter()
             .map(|(r, c)| format!("{r}:{}", c.iter().map(|g| format!("[{}]", g.join(","))).collect::<String>()))
             .collect();
         let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
         rows.push(vec![
-            plan.step.to_string(),
-            format!("{:.4}", times[plan.step].0),
-            format!("{:.4}", times[plan.step].1),
+            step.to_string(),
+            format!("{:.4}", times[step].0),
+            format!("{:.4}", times[step].1),
             dash(scales.join(" ")),
             if wins.is_empty() { "-".into() } else { dash(on.join(",")) },
             dash(plan.active.join(",")),

@@ -545,7 +545,7 @@ fn write_safetensors(path: &Path, results: &[RunResult]) -> Result<(), CliError>
         for (name, t) in &r.sampled.outputs {
             let label = r.label();
             let key = if label.is_empty() { name.clone() } else { format!("{name}@{label}") };
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.0.clone(), t.as_bytes())
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.0.to_vec(), t.as_bytes())
                 .map_err(|e| CliError(format!("{key}: {e}")))?;
             views.push((key, view));
         }

@@ -68,7 +68,7 @@ pub fn to_bytes(tensors: &[(String, Tensor)], metadata: HashMap<String, String>)
         .iter()
         .map(|(name, t)| {
             let view =
-                safetensors::tensor::TensorView::new(safetensors_dtype(t.dtype()), t.shape.0.clone(), t.as_bytes())
+                safetensors::tensor::TensorView::new(safetensors_dtype(t.dtype()), t.shape.0.to_vec(), t.as_bytes())
                     .map_err(|e| CliError(format!("tensor `{name}`: {e}")))?;
             Ok((name.clone(), view))
         })

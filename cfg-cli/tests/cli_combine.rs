@@ -33,7 +33,7 @@ fn write_file(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Option<
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let view = safetensors::tensor::TensorView::new(st_dtype(t.dtype()), t.shape.0.clone(), t.as_bytes());
+            let view = safetensors::tensor::TensorView::new(st_dtype(t.dtype()), t.shape.0.to_vec(), t.as_bytes());
             (n.clone(), view.expect("valid view"))
         })
         .collect();

@@ -17,6 +17,7 @@ pub mod error;
 pub mod expr;
 pub mod fused;
 pub mod lower;
+pub mod lower_cache;
 pub mod portable_math;
 pub mod program;
 pub mod reduce;

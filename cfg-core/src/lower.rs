@@ -7,6 +7,7 @@
 
 use crate::error::CoreError;
 use crate::expr::{Expr, Policy, ScaleRef};
+use crate::lower_cache::Read;
 use crate::program::{Form, Latch, Op, Program, StepProgram, Value};
 use crate::schedule::StepContext;
 use crate::state::GuidanceState;
@@ -39,17 +40,46 @@ pub fn lower(
     state: &GuidanceState,
     overrides: &Overrides,
 ) -> Result<StepProgram, CoreError> {
+    lower_recording(policy, ctx, state, overrides, &mut Vec::new())
+}
+
+/// [`lower`], appending to `reads` everything it read from the step and the
+/// state (what [`crate::lower_cache::LoweringCache`] checks to reuse it).
+pub(crate) fn lower_recording(
+    policy: &Policy,
+    ctx: &StepContext,
+    state: &GuidanceState,
+    overrides: &Overrides,
+    reads: &mut Vec<Read>,
+) -> Result<StepProgram, CoreError> {
     let outputs = policy
         .outputs
         .iter()
         .map(|(name, spec)| {
-            let mut l = Lowerer::new(policy, ctx, state, overrides, name);
+            let mut l = Lowerer::new(policy, ctx, state, overrides, name, reads);
             let lin = l.expr(&spec.guidance, name)?;
             let result = l.materialize(lin)?;
             Ok(l.finish(name, spec.space, result))
         })
         .collect::<Result<Vec<_>, CoreError>>()?;
     Ok(StepProgram { outputs })
+}
+
+/// The value of scale `s` at `ctx` (`None`: its schedule needs a sigma the
+/// step lacks). Lowering and the cache's check both read scales through it.
+pub(crate) fn scale_at(
+    policy: &Policy,
+    overrides: &Overrides,
+    ctx: &StepContext,
+    s: &ScaleRef,
+) -> Result<Option<f64>, CoreError> {
+    Ok(match s {
+        ScaleRef::Value(v) => Some(*v),
+        ScaleRef::Named(n) => match overrides.scales.get(n) {
+            Some(v) => Some(*v),
+            None => policy.scales.get(n).ok_or_else(|| CoreError::Unknown { kind: "scale", name: n.clone() })?.at(ctx),
+        },
+    })
 }
 
 /// An operand of a linear combination before numbering.
@@ -84,6 +114,9 @@ struct Lowerer<'a> {
     state: &'a GuidanceState,
     overrides: &'a Overrides,
     output: &'a str,
+    /// Every read of the step or the state, in order. Whatever the lowering
+    /// consults must be recorded here, or the cache would reuse stale programs.
+    reads: &'a mut Vec<Read>,
     forms: Vec<BTreeMap<String, f32>>,
     ops: Vec<Op>,
     latches: Vec<Latch>,
@@ -99,6 +132,7 @@ impl<'a> Lowerer<'a> {
         state: &'a GuidanceState,
         overrides: &'a Overrides,
         output: &'a str,
+        reads: &'a mut Vec<Read>,
     ) -> Self {
         Lowerer {
             policy,
@@ -106,6 +140,7 @@ impl<'a> Lowerer<'a> {
             state,
             overrides,
             output,
+            reads,
             forms: Vec::new(),
             ops: Vec::new(),
             latches: Vec::new(),
@@ -115,22 +150,13 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn scale(&self, s: &ScaleRef) -> Result<f64, CoreError> {
-        let (name, v) = match s {
-            ScaleRef::Value(v) => ("(literal)", Some(*v)),
-            ScaleRef::Named(n) => {
-                let v = match self.overrides.scales.get(n) {
-                    Some(v) => Some(*v),
-                    None => self
-                        .policy
-                        .scales
-                        .get(n)
-                        .ok_or_else(|| CoreError::Unknown { kind: "scale", name: n.clone() })?
-                        .at(self.ctx),
-                };
-                (n.as_str(), v)
-            }
+    fn scale(&mut self, s: &ScaleRef) -> Result<f64, CoreError> {
+        let name = match s {
+            ScaleRef::Value(_) => "(literal)",
+            ScaleRef::Named(n) => n.as_str(),
         };
+        let v = scale_at(self.policy, self.overrides, self.ctx, s)?;
+        self.reads.push(Read::Scale { scale: s.clone(), value: v });
         let v = v.ok_or(CoreError::SigmaRequired { step: self.ctx.step })?;
         if !v.is_finite() {
             return Err(CoreError::NonFiniteScale { name: name.to_string(), step: self.ctx.step });
@@ -141,7 +167,7 @@ impl<'a> Lowerer<'a> {
         Ok(v)
     }
 
-    fn optional(&self, s: &Option<ScaleRef>) -> Result<Option<f64>, CoreError> {
+    fn optional(&mut self, s: &Option<ScaleRef>) -> Result<Option<f64>, CoreError> {
         s.as_ref().map(|s| self.scale(s)).transpose()
     }
 
@@ -187,7 +213,7 @@ impl<'a> Lowerer<'a> {
                 let u = self.expr(uncond, &child(1))?;
                 self.cfg_lin(&c, &u, s, *original)
             }
-            Expr::Windowed { window, term, otherwise } => match window.contains(self.ctx) {
+            Expr::Windowed { window, term, otherwise } => match self.read_window(window) {
                 None => return Err(CoreError::SigmaRequired { step: self.ctx.step }),
                 Some(true) => self.expr(term, &child(0))?,
                 Some(false) => match otherwise {
@@ -212,9 +238,10 @@ impl<'a> Lowerer<'a> {
             }
             Expr::ZeroStar { cond, uncond, scale, zero_init_steps, original } => {
                 let slot = format!("{}/{path}", self.output);
-                let seen = self.state.count(&slot);
+                let zeroed = self.state.count(&slot) < *zero_init_steps;
+                self.reads.push(Read::ZeroInit { slot: slot.clone(), steps: *zero_init_steps, zeroed });
                 self.counters.push(slot);
-                if seen < *zero_init_steps {
+                if zeroed {
                     Lin::new()
                 } else {
                     let s = self.scale(scale)? as f32;
@@ -248,7 +275,9 @@ impl<'a> Lowerer<'a> {
             } => {
                 let slot = format!("{}/{path}", self.output);
                 let beta = self.scale(momentum)? as f32;
-                if self.ctx.step > *apg_start_step {
+                let apg = self.ctx.step > *apg_start_step;
+                self.reads.push(Read::StepAfter { step: *apg_start_step, after: apg });
+                if apg {
                     let (s, norm_threshold, eta) =
                         (self.scale(scale)? as f32, self.scale(norm_threshold)?, self.scale(eta)? as f32);
                     let (cond, uncond) = self.pair(cond, uncond, path)?;
@@ -293,7 +322,9 @@ impl<'a> Lowerer<'a> {
             Expr::Adaptive { cond, uncond, scale, threshold } => {
                 let slot = format!("{}/{path}", self.output);
                 let c = self.expr(cond, &child(0))?;
-                if self.state.latched(&slot) {
+                let latched = self.state.latched(&slot);
+                self.reads.push(Read::Latched { slot: slot.clone(), latched });
+                if latched {
                     c
                 } else {
                     let s = self.scale(scale)?;
@@ -305,6 +336,12 @@ impl<'a> Lowerer<'a> {
                 }
             }
         })
+    }
+
+    fn read_window(&mut self, window: &crate::window::Window) -> Option<bool> {
+        let inside = window.contains(self.ctx);
+        self.reads.push(Read::Window { window: window.clone(), inside });
+        inside
     }
 
     fn cfg_lin(&self, c: &Lin, u: &Lin, s: f64, original: bool) -> Lin {

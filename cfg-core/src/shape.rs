@@ -1,17 +1,27 @@
 //! Tensor shapes and the reduction groups defined over them.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::fmt;
+
+/// The dims of a shape; up to six live inline, so copying a shape (as every
+/// step's tensors do) allocates nothing.
+pub type Dims = SmallVec<[usize; 6]>;
 
 /// A dense row-major shape. The first dim is the batch; the last is the
 /// per-token feature width. Any rank ≥ 1 is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Shape(pub Vec<usize>);
+pub struct Shape(pub Dims);
 
 impl Shape {
     /// A shape from its dims.
-    pub fn new(dims: impl Into<Vec<usize>>) -> Self {
-        Shape(dims.into())
+    pub fn new(dims: impl AsRef<[usize]>) -> Self {
+        Shape(SmallVec::from_slice(dims.as_ref()))
+    }
+
+    /// The dims.
+    pub fn dims(&self) -> &[usize] {
+        &self.0
     }
 
     /// The number of elements.

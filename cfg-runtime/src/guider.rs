@@ -5,6 +5,12 @@
 //! prediction is identical on every rank, so no broadcast is needed. This is
 //! what a pipeline calls once per denoising step (the CFG-mixin way); the
 //! [`crate::sample`] loop is built on it.
+//!
+//! Steps repeat: a step whose scales, windows and operator state read as at
+//! the last lowering reuses its program, its plan and its model-call lists
+//! (see [`LoweringCache`]), and the step's small lists live on the stack, so
+//! a steady step allocates nothing on the host but what the model and the
+//! backend return.
 
 use crate::backend::Backend;
 use crate::comm::Communicator;
@@ -16,11 +22,24 @@ use crate::tensor::{DeviceBytes, DeviceTensor};
 use cfg_core::branch::BranchSpec;
 use cfg_core::expr::{Policy, Space};
 use cfg_core::lower::{lower, Overrides};
+use cfg_core::lower_cache::LoweringCache;
 use cfg_core::program::StepProgram;
 use cfg_core::schedule::StepContext;
 use cfg_core::state::GuidanceState;
+use smallvec::SmallVec;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A short list that lives on the stack (a step's inputs, outputs, parts).
+type Few<T> = SmallVec<[T; 8]>;
+
+/// One branch's predictions, one per output (policy order).
+type PerOutput = SmallVec<[DeviceTensor; 4]>;
+
+/// Every branch's predictions by index into the plan's `active` list;
+/// `None` where this rank has not got them.
+type Predictions = Vec<Option<PerOutput>>;
 
 /// Where one step's time went on this rank.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,11 +65,20 @@ impl std::ops::AddAssign for StepTiming {
 pub struct Guided {
     /// The combined prediction of each output, in the policy's output order,
     /// where the rank's tensors live.
-    pub outputs: Vec<DeviceTensor>,
-    /// The step's plan.
-    pub plan: StepPlan,
+    pub outputs: SmallVec<[DeviceTensor; 4]>,
+    /// The step's plan (shared by the steps whose program repeats).
+    pub plan: Arc<StepPlan>,
     /// Where the time went.
     pub timing: StepTiming,
+}
+
+/// A step's plan and this rank's model calls under it, kept while the
+/// step's program repeats.
+#[derive(Debug)]
+struct Planned {
+    plan: Arc<StepPlan>,
+    /// The branches (names and specs) of each of this rank's batched calls.
+    calls: Vec<Vec<(String, BranchSpec)>>,
 }
 
 /// One rank's guidance runtime.
@@ -62,10 +90,18 @@ pub struct Guider<C, B> {
     spaces: Vec<Space>,
     /// For each model output, the index of the policy output with its name.
     model_to_policy: Vec<usize>,
+    /// The working space of each model output.
+    model_spaces: Vec<Space>,
     comm: C,
     backend: B,
     state: GuidanceState,
     mode: Mode,
+    /// The last lowered program.
+    lowering: LoweringCache,
+    /// Its plan.
+    planned: Option<Planned>,
+    /// The step's predictions (kept between steps for their capacity).
+    preds: Predictions,
 }
 
 impl<C: Communicator, B: Backend> Guider<C, B> {
@@ -80,7 +116,8 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         mode: Mode,
     ) -> Result<Self, RuntimeError> {
         let (outputs, model_to_policy) = crate::model::match_outputs(model, &policy)?;
-        let spaces = policy.outputs.iter().map(|(_, spec)| spec.space).collect();
+        let spaces: Vec<Space> = policy.outputs.iter().map(|(_, spec)| spec.space).collect();
+        let model_spaces = model_to_policy.iter().map(|&p| spaces[p]).collect();
         if comm.world_size() == 0 || comm.rank() >= comm.world_size() {
             return Err(RuntimeError::Config(format!("rank {} of world size {}", comm.rank(), comm.world_size())));
         }
@@ -90,16 +127,29 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             outputs,
             spaces,
             model_to_policy,
+            model_spaces,
             comm,
             backend,
             state: GuidanceState::new(),
             mode,
+            lowering: LoweringCache::new(),
+            planned: None,
+            preds: Vec::new(),
         })
     }
 
-    /// Starts a sampling run: resets every stateful operator.
+    /// Starts a sampling run: resets every stateful operator. A guider plans
+    /// for one model: start a new guider for another.
     pub fn start(&mut self) {
         self.state.start();
+        self.lowering.clear();
+        self.planned = None;
+    }
+
+    /// How many times this guider lowered its policy (steps whose program
+    /// repeated the last one reuse it).
+    pub fn lowerings(&self) -> u64 {
+        self.lowering.lowerings()
     }
 
     /// The outputs, in the policy's order.
@@ -145,8 +195,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             step: info.step,
             source: Box::new(source),
         })?;
-        let plan =
-            plan_step(info.step, &self.policy, &program, &self.outputs, model, self.comm.world_size(), self.mode);
+        let plan = plan_step(&self.policy, &program, &self.outputs, model, self.comm.world_size(), self.mode);
         Ok((program, plan))
     }
 
@@ -175,7 +224,6 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         latents: &[DeviceTensor],
         info: StepInfo,
     ) -> Result<Guided, RuntimeError> {
-        let rank = self.rank();
         let step = info.step;
         if latents.len() != self.outputs.len() {
             return Err(RuntimeError::Config(format!(
@@ -184,29 +232,68 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                 self.outputs.len()
             )));
         }
-        let (program, plan) = self.plan(model, info)?;
+        // Taken out for the step so that the program and the predictions can
+        // be borrowed beside `&mut self`; put back (with their capacity) after.
+        let mut lowering = std::mem::take(&mut self.lowering);
+        let mut preds = std::mem::take(&mut self.preds);
+        let result = self.run_step(&mut lowering, &mut preds, model, latents, info);
+        preds.clear();
+        (self.lowering, self.preds) = (lowering, preds);
+        result
+    }
+
+    fn run_step<M: Model + ?Sized>(
+        &mut self,
+        lowering: &mut LoweringCache,
+        preds: &mut Predictions,
+        model: &M,
+        latents: &[DeviceTensor],
+        info: StepInfo,
+    ) -> Result<Guided, RuntimeError> {
+        let (rank, step) = (self.rank(), info.step);
+        let ctx = StepContext { step, num_steps: info.num_steps, sigma: Some(info.sigma) };
+        let (program, fresh) = lowering
+            .lower(&self.policy, &ctx, &self.state, &self.overrides)
+            .map_err(|source| RuntimeError::Core { rank, step, source: Box::new(source) })?;
+        if fresh || self.planned.is_none() {
+            let plan = plan_step(&self.policy, program, &self.outputs, model, self.comm.world_size(), self.mode);
+            let calls = plan.groups[rank]
+                .iter()
+                .map(|group| {
+                    group
+                        .iter()
+                        .map(|&i| {
+                            let name = plan.active[i].clone();
+                            let spec = self.policy.branches.get(&name).cloned().expect("active branches are declared");
+                            (name, spec)
+                        })
+                        .collect()
+                })
+                .collect();
+            self.planned = Some(Planned { plan: Arc::new(plan), calls });
+        }
+        let plan = self.planned.as_ref().expect("planned above").plan.clone();
         let mut timing = StepTiming::default();
 
         let t0 = Instant::now();
-        let mut preds: Vec<Option<Vec<DeviceTensor>>> = Vec::with_capacity(plan.active.len());
         preds.resize_with(plan.active.len(), || None);
-        for group in &plan.groups[rank] {
-            for (i, p) in group.iter().zip(self.call(model, latents, info, &plan, group)?) {
-                preds[*i] = Some(p);
+        for (g, group) in plan.groups[rank].iter().enumerate() {
+            for (i, p) in group.iter().zip(self.call(model, latents, info, g)?) {
+                preds[*i] = Some(PerOutput::from_vec(p));
             }
         }
         timing.model = t0.elapsed();
 
         let outputs = match plan.collective {
-            Collective::AllReduce => self.reduce_and_combine(&program, &plan, &preds, &mut timing, step)?,
+            Collective::AllReduce => self.reduce_and_combine(program, &plan, preds, &mut timing, step)?,
             Collective::None | Collective::Gather => {
                 if plan.collective == Collective::Gather {
                     let t = Instant::now();
-                    self.gather(&program, &plan, &mut preds, step)?;
+                    self.gather(program, &plan, preds, step)?;
                     timing.comm = t.elapsed();
                 }
                 let t = Instant::now();
-                let out = self.combine(&program, &plan, &preds, step)?;
+                let out = self.combine(program, &plan, preds, step)?;
                 timing.combine = t.elapsed();
                 out
             }
@@ -214,31 +301,22 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         Ok(Guided { outputs, plan, timing })
     }
 
-    /// Calls the model on one group and checks what comes back; returns the
-    /// predictions in the policy's output order.
+    /// Calls the model on this rank's batched group `g` and checks what comes
+    /// back; returns the predictions in the policy's output order.
     fn call<M: Model + ?Sized>(
         &self,
         model: &M,
         latents: &[DeviceTensor],
         info: StepInfo,
-        plan: &StepPlan,
-        group: &[usize],
+        g: usize,
     ) -> Result<Vec<Vec<DeviceTensor>>, RuntimeError> {
         let rank = self.rank();
-        let branches: Vec<(String, BranchSpec)> = group
-            .iter()
-            .map(|&i| {
-                let name = plan.active[i].clone();
-                let spec = self.policy.branches.get(&name).cloned().expect("active branches are declared");
-                (name, spec)
-            })
-            .collect();
-        let model_latents: Vec<&DeviceTensor> = self.model_to_policy.iter().map(|&p| &latents[p]).collect();
-        let model_spaces: Vec<Space> = self.model_to_policy.iter().map(|&p| self.spaces[p]).collect();
-        let call = DeviceCall { info, branches: &branches, latents: &model_latents, spaces: &model_spaces };
+        let branches = &self.planned.as_ref().expect("the step is planned").calls[g];
+        let model_latents: Few<&DeviceTensor> = self.model_to_policy.iter().map(|&p| &latents[p]).collect();
+        let call = DeviceCall { info, branches, latents: &model_latents, spaces: &self.model_spaces };
         let names = || branches.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
         let place = self.backend.place();
-        let got = match catch_unwind(AssertUnwindSafe(|| model.predict_on(&place, &call))) {
+        let mut got = match catch_unwind(AssertUnwindSafe(|| model.predict_on(&place, &call))) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return Err(RuntimeError::Model { rank, step: info.step, branches: names(), message: e.0 }),
             Err(panic) => {
@@ -256,8 +334,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                 got: format!("{}", got.len()),
             });
         }
-        let mut out = Vec::with_capacity(got.len());
-        for ((name, _), per_output) in branches.iter().zip(got) {
+        for ((name, _), per_output) in branches.iter().zip(&mut got) {
             if per_output.len() != self.outputs.len() {
                 return Err(RuntimeError::BadPrediction {
                     rank,
@@ -268,11 +345,8 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                     got: format!("{}", per_output.len()),
                 });
             }
-            let mut ordered: Vec<Option<DeviceTensor>> = Vec::with_capacity(self.outputs.len());
-            ordered.resize_with(self.outputs.len(), || None);
-            for (m, t) in per_output.into_iter().enumerate() {
-                let p = self.model_to_policy[m];
-                let o = &self.outputs[p];
+            for (m, t) in per_output.iter().enumerate() {
+                let o = &self.outputs[self.model_to_policy[m]];
                 if t.shape() != &o.shape || t.dtype() != o.dtype || t.len() != o.shape.numel() {
                     return Err(RuntimeError::BadPrediction {
                         rank,
@@ -283,11 +357,15 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                         got: format!("{} {}", t.shape(), t.dtype()),
                     });
                 }
-                ordered[p] = Some(t);
             }
-            out.push(ordered.into_iter().map(|t| t.expect("every output filled")).collect());
+            // Model output order → policy order, in place.
+            let mut slots: Few<Option<DeviceTensor>> = per_output.drain(..).map(Some).collect();
+            per_output.extend((0..self.outputs.len()).map(|p| {
+                let m = self.model_to_policy.iter().position(|&q| q == p).expect("a permutation");
+                slots[m].take().expect("each output taken once")
+            }));
         }
-        Ok(out)
+        Ok(got)
     }
 
     /// Deterministic path: every rank receives every needed prediction in its
@@ -297,21 +375,23 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
-        preds: &mut [Option<Vec<DeviceTensor>>],
+        preds: &mut Predictions,
         step: usize,
     ) -> Result<(), RuntimeError> {
         let rank = self.rank();
         let reads = |i: usize, p: usize| program.outputs[p].branches.iter().any(|b| *b == plan.active[i]);
         let backend =
             |e: crate::backend::BackendError| RuntimeError::Backend { rank, step, output: "*".into(), message: e.0 };
-        let mut parts: Vec<&DeviceTensor> = Vec::new();
-        for i in plan.local(rank) {
-            let pred = preds[i].as_ref().expect("local branches were predicted");
-            for p in (0..self.outputs.len()).filter(|&p| reads(i, p)) {
-                parts.push(&pred[p]);
+        let payload = {
+            let mut parts: Few<&DeviceTensor> = Few::new();
+            for i in plan.local(rank) {
+                let pred = preds[i].as_ref().expect("local branches were predicted");
+                for p in (0..self.outputs.len()).filter(|&p| reads(i, p)) {
+                    parts.push(&pred[p]);
+                }
             }
-        }
-        let payload = self.backend.pack(&parts).map_err(backend)?;
+            self.backend.pack(&parts).map_err(backend)?
+        };
         if payload.len() != plan.gather_sizes[rank] {
             let detail =
                 format!("rank {rank} packed {} bytes, the plan says {}", payload.len(), plan.gather_sizes[rank]);
@@ -326,7 +406,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             }
             let end = at + plan.gather_sizes[r];
             for i in plan.local(r) {
-                let mut per_output = Vec::with_capacity(self.outputs.len());
+                let mut per_output = PerOutput::new();
                 for (p, o) in self.outputs.iter().enumerate() {
                     if !reads(i, p) {
                         // Not needed by any program; never read.
@@ -353,13 +433,13 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
-        preds: &[Option<Vec<DeviceTensor>>],
+        preds: &Predictions,
         step: usize,
-    ) -> Result<Vec<DeviceTensor>, RuntimeError> {
+    ) -> Result<SmallVec<[DeviceTensor; 4]>, RuntimeError> {
         let rank = self.rank();
-        let mut out = Vec::with_capacity(self.outputs.len());
+        let mut out = SmallVec::new();
         for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
-            let mut inputs = Vec::with_capacity(prog.branches.len());
+            let mut inputs: Few<&DeviceTensor> = Few::new();
             for b in &prog.branches {
                 let i = plan.active.binary_search(b).expect("program branches are active");
                 inputs.push(&preds[i].as_ref().expect("gathered above")[p]);
@@ -379,12 +459,12 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
-        preds: &[Option<Vec<DeviceTensor>>],
+        preds: &Predictions,
         timing: &mut StepTiming,
         step: usize,
-    ) -> Result<Vec<DeviceTensor>, RuntimeError> {
+    ) -> Result<SmallVec<[DeviceTensor; 4]>, RuntimeError> {
         let rank = self.rank();
-        let mut out = Vec::with_capacity(self.outputs.len());
+        let mut out = SmallVec::new();
         for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
             let backend = |e: crate::backend::BackendError| RuntimeError::Backend {
                 rank,
@@ -393,7 +473,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                 message: e.0,
             };
             let t = Instant::now();
-            let local: Vec<Option<&DeviceTensor>> = prog
+            let local: Few<Option<&DeviceTensor>> = prog
                 .branches
                 .iter()
                 .map(|b| {

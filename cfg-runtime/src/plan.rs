@@ -53,8 +53,6 @@ impl Collective {
 /// The plan of one step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepPlan {
-    /// The step.
-    pub step: usize,
     /// The world size.
     pub world: usize,
     /// Active branches, sorted by name.
@@ -93,15 +91,15 @@ impl StepPlan {
     }
 
     /// The active branches owned by `rank`, in `active` order.
-    pub fn local(&self, rank: usize) -> Vec<usize> {
-        (0..self.active.len()).filter(|&i| self.owner[i] == rank).collect()
+    pub fn local(&self, rank: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.active.len()).filter(move |&i| self.owner[i] == rank)
     }
 }
 
-/// Plans step `step` of `program` (lowered from `policy`) for `world` ranks.
-/// `outputs` follow the program's outputs. Pure: no model call is made.
+/// Plans a step's `program` (lowered from `policy`) for `world` ranks.
+/// `outputs` follow the program's outputs. Pure: no model call is made, and
+/// steps with equal programs get equal plans.
 pub fn plan_step<M: Model + ?Sized>(
-    step: usize,
     policy: &Policy,
     program: &StepProgram,
     outputs: &[OutputInfo],
@@ -144,7 +142,7 @@ pub fn plan_step<M: Model + ?Sized>(
     } else {
         Collective::Gather
     };
-    StepPlan { step, world, active, skipped, owner, groups, idle, gather_sizes, gather_bytes, reduce_bytes, collective }
+    StepPlan { world, active, skipped, owner, groups, idle, gather_sizes, gather_bytes, reduce_bytes, collective }
 }
 
 fn fallback_spec() -> BranchSpec {
@@ -180,7 +178,8 @@ fn assign<M: Model + ?Sized>(active: &[String], specs: &[BranchSpec], model: &M,
 /// The plans of a whole run, without running anything: every step is lowered
 /// in order, zero-init counters advance as in a real run, and adaptive
 /// guidance is assumed never to latch (that depends on the predictions).
-/// `times` gives `(t, sigma)` per step (see [`crate::scheduler::Sampler::times`]).
+/// `times` gives `(t, sigma)` per step (see [`crate::scheduler::Sampler::times`]);
+/// plan `i` is step `i`'s.
 pub fn plan_run<M: Model + ?Sized>(
     policy: &Policy,
     overrides: &cfg_core::lower::Overrides,
@@ -202,7 +201,7 @@ pub fn plan_run<M: Model + ?Sized>(
                 state.advance(slot);
             }
         }
-        plans.push(plan_step(step, policy, &program, outputs, model, world, mode));
+        plans.push(plan_step(policy, &program, outputs, model, world, mode));
     }
     Ok(plans)
 }

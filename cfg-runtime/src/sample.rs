@@ -17,6 +17,7 @@ use crate::tensor::DeviceTensor;
 use cfg_core::expr::Policy;
 use cfg_core::lower::Overrides;
 use cfg_core::Tensor;
+use std::sync::Arc;
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,8 +57,8 @@ pub struct StepReport {
     pub step: usize,
     /// Flow time of the step.
     pub t: f64,
-    /// Its plan.
-    pub plan: StepPlan,
+    /// Its plan (shared by the steps whose program repeats).
+    pub plan: Arc<StepPlan>,
     /// Where the time went.
     pub timing: StepTiming,
     /// SHA-256 of the latents after the step (all outputs, f32 bytes); on a

@@ -2,9 +2,8 @@
 //! device memory for CUDA. The guider, the sampling loop and the collectives
 //! are written once over these; only backends and communicators look inside.
 
-use crate::cuda::{Buffer, Device};
+use crate::cuda::{Buffer, Device, DeviceMem};
 use cfg_core::{DType, Shape, Tensor};
-use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
 /// Where a rank's tensors live.
@@ -42,7 +41,7 @@ pub enum DeviceBytes {
     /// In CUDA device memory (`len` bytes used).
     Cuda {
         /// The memory.
-        mem: CudaSlice<u8>,
+        mem: DeviceMem,
         /// Bytes in use.
         len: usize,
     },

@@ -125,15 +125,15 @@ fn assignment_is_cost_aware_and_deterministic() {
     let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9) };
     let program = lower(&policy, &ctx, &GuidanceState::new(), &Overrides::none()).unwrap();
     let outputs = model.outputs();
-    let plan = plan_step(0, &policy, &program, &outputs, &model, 2, Mode::Deterministic);
+    let plan = plan_step(&policy, &program, &outputs, &model, 2, Mode::Deterministic);
     // The costly branch gets a rank of its own; the three others share the other.
     let perturbed = plan.active.iter().position(|b| b == "perturbed").unwrap();
     let r = plan.owner[perturbed];
     assert_eq!(plan.owner.iter().filter(|&&o| o == r).count(), 1, "{plan:?}");
-    assert_eq!(plan, plan_step(0, &policy, &program, &outputs, &model, 2, Mode::Deterministic));
+    assert_eq!(plan, plan_step(&policy, &program, &outputs, &model, 2, Mode::Deterministic));
     // With equal costs, branch i goes to rank i mod M.
     let plain = small_tokens(&policy);
-    let plan = plan_step(0, &policy, &program, &outputs, &plain, 3, Mode::Deterministic);
+    let plan = plan_step(&policy, &program, &outputs, &plain, 3, Mode::Deterministic);
     assert_eq!(plan.owner, [0, 1, 2, 0]);
 }
 
@@ -146,7 +146,7 @@ fn the_collective_is_chosen_by_bytes() {
     let f32_model = cfg_gmm::GmmModel::tokens(&names, 2, 8, 4, cfg_core::DType::F32);
     let bf16_model = cfg_gmm::GmmModel::tokens(&names, 2, 8, 4, cfg_core::DType::BF16);
     let n = 2 * 8 * 4;
-    let plan = |m: &cfg_gmm::GmmModel, mode, world| plan_step(0, &policy, &program, &m.outputs(), m, world, mode);
+    let plan = |m: &cfg_gmm::GmmModel, mode, world| plan_step(&policy, &program, &m.outputs(), m, world, mode);
     // f32: gather 2·4n bytes, all-reduce of one form 4n bytes.
     let p = plan(&f32_model, Mode::Fast, 2);
     assert_eq!((p.gather_bytes, p.reduce_bytes, p.collective), (8 * n, 4 * n, Collective::AllReduce));

@@ -15,7 +15,11 @@ use cfg_core::expr::Space;
 use cfg_core::program::{Program, Value};
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
+use smallvec::SmallVec;
 use std::sync::Arc;
+
+/// A short list on the stack (a form's terms and inputs: at most 8).
+type Few<T> = SmallVec<[T; 8]>;
 
 /// Runs guidance programs and the sampler on one CUDA device; bit-identical
 /// to the CPU backend in f32 (same evaluation order, explicit fma, canonical
@@ -103,7 +107,7 @@ impl Backend for CudaBackend {
         state: &mut GuidanceState,
     ) -> Result<DeviceTensor, BackendError> {
         program.check_shape(shape)?;
-        let bufs = inputs.iter().map(|t| cuda(t, "a prediction")).collect::<Result<Vec<_>, _>>()?;
+        let bufs = inputs.iter().map(|t| cuda(t, "a prediction")).collect::<Result<Few<_>, _>>()?;
         if bufs.len() != program.branches.len() || bufs.iter().any(|b| b.dtype != dtype || b.len != shape.numel()) {
             return Err(BackendError(format!(
                 "`{}`: expected {} predictions of {} {dtype}",
@@ -126,7 +130,7 @@ impl Backend for CudaBackend {
         let (dev, n) = (&self.dev, shape.numel());
         let out = dev.zeros(DType::F32, program.forms.len() * n)?;
         for (i, form) in program.forms.iter().enumerate() {
-            let mut present: Vec<(&Buffer, f32)> = Vec::with_capacity(form.terms.len());
+            let mut present: Few<(&Buffer, f32)> = Few::new();
             for &(b, w) in &form.terms {
                 if let Some(t) = local[b] {
                     present.push((cuda(t, "a prediction")?, w));
@@ -136,9 +140,9 @@ impl Backend for CudaBackend {
             if present.len() > MAX_TERMS || present.iter().any(|(b, _)| b.dtype != first.dtype || b.len != n) {
                 return Err(BackendError("local branch predictions differ in dtype or size, or exceed 8".into()));
             }
-            let addrs: Vec<u64> = present.iter().map(|(b, _)| b.addr(dev)).collect();
+            let addrs: Few<u64> = present.iter().map(|(b, _)| b.addr(dev)).collect();
             let mut f = Forms::new(&addrs);
-            let terms: Vec<(usize, f32)> = present.iter().enumerate().map(|(k, (_, w))| (k, *w)).collect();
+            let terms: Few<(usize, f32)> = present.iter().enumerate().map(|(k, (_, w))| (k, *w)).collect();
             f.push(&terms);
             let at = out.addr(dev) + (i * n * 4) as u64;
             launch::combine(dev, &f, first.dtype, &[at], DType::F32, n)?;

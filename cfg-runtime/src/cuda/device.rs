@@ -5,6 +5,7 @@
 
 use super::error::CudaError;
 use super::kernels::{self, KernelModule};
+use super::memory::{DeviceMem, FreeLists};
 use cfg_core::{DType, Shape, Tensor};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use std::collections::HashMap;
@@ -45,6 +46,8 @@ pub struct Device {
     modules: Mutex<HashMap<&'static str, LoadedModule>>,
     /// Bytes copied between the host and this device so far (both ways).
     host_bytes: AtomicU64,
+    /// Freed memory kept for reuse.
+    free: Arc<FreeLists>,
 }
 
 /// A loaded module and the functions looked up in it so far.
@@ -57,7 +60,7 @@ struct LoadedModule {
 /// Device memory holding `len` elements of `dtype`.
 #[derive(Debug)]
 pub struct Buffer {
-    mem: CudaSlice<u8>,
+    mem: DeviceMem,
     /// Element type.
     pub dtype: DType,
     /// Element count.
@@ -102,6 +105,7 @@ impl Device {
             name,
             modules: Mutex::new(HashMap::new()),
             host_bytes: AtomicU64::new(0),
+            free: Arc::default(),
         })
     }
 
@@ -163,20 +167,35 @@ impl Device {
 
     /// Uninitialised device memory for `len` elements of `dtype`.
     pub fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer, CudaError> {
-        // SAFETY: the memory is written by a kernel or a copy before it is read.
-        let mem = unsafe { self.stream.alloc::<u8>((len * dtype.size()).max(1)) }
-            .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
-        Ok(Buffer { mem, dtype, len })
+        Ok(Buffer { mem: self.take((len * dtype.size()).max(1))?, dtype, len })
+    }
+
+    /// Uninitialised memory of `bytes` bytes, recycled where one of that size was freed.
+    fn take(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
+        self.free.take(&self.stream, bytes).map_err(|e| CudaError::driver("cuMemAlloc", e))
     }
 
     /// Zeroed device memory of `bytes` bytes (counters, barriers).
-    pub(crate) fn zeros_u8(&self, bytes: usize) -> Result<CudaSlice<u8>, CudaError> {
-        self.stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| CudaError::driver("cuMemAlloc", e))
+    pub(crate) fn zeros_u8(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
+        let mut mem = self.take(bytes.max(1))?;
+        self.stream.memset_zeros(&mut *mem).map_err(|e| CudaError::driver("cuMemsetD8Async", e))?;
+        Ok(mem)
     }
 
     /// Zeroed memory for `len` elements of `dtype`.
     pub fn zeros(&self, dtype: DType, len: usize) -> Result<Buffer, CudaError> {
         Ok(Buffer { mem: self.zeros_u8(len * dtype.size())?, dtype, len })
+    }
+
+    /// Hands the memory kept for reuse back to the driver (freed buffers of
+    /// sizes a run no longer uses).
+    pub fn release_cached(&self) {
+        self.free.release();
+    }
+
+    /// Bytes of freed memory kept for reuse.
+    pub fn cached_bytes(&self) -> usize {
+        self.free.cached_bytes()
     }
 
     /// Copies a host tensor to the device.
@@ -198,7 +217,7 @@ impl Device {
     }
 
     /// Copies f64 values to raw device memory.
-    pub(crate) fn upload_f64(&self, v: &[f64]) -> Result<CudaSlice<u8>, CudaError> {
+    pub(crate) fn upload_f64(&self, v: &[f64]) -> Result<DeviceMem, CudaError> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.count(bytes.len());
         let mut mem = self.zeros_u8(bytes.len())?;
@@ -293,8 +312,13 @@ impl Device {
     }
 
     /// Zeroed raw memory of `bytes` bytes.
-    pub fn zeroed_bytes(&self, bytes: usize) -> Result<CudaSlice<u8>, CudaError> {
+    pub fn zeroed_bytes(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
         self.zeros_u8(bytes)
+    }
+
+    /// Uninitialised raw memory of `bytes` bytes (written before it is read).
+    pub fn raw_bytes(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
+        self.take(bytes.max(1))
     }
 
     /// The device address of raw memory.

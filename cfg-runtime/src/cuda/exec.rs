@@ -15,6 +15,7 @@ use cfg_core::reduce::{Reduce, SEGMENT};
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape};
 use cudarc::driver::PushKernelArg;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -66,7 +67,7 @@ pub fn evaluate(
     opts: ExecOptions,
 ) -> Result<Buffer, CudaError> {
     let n = shape.numel();
-    let addrs: Vec<u64> = inputs.iter().map(|b| b.addr(dev)).collect();
+    let addrs: SmallVec<[u64; MAX_TERMS]> = inputs.iter().map(|b| b.addr(dev)).collect();
     let out = dev.alloc(dtype, n)?;
     if opts.poison {
         launch::poison(dev, &out, 0xffff_ffff)?;

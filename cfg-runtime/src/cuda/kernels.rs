@@ -199,3 +199,36 @@ fn compile_error(module: &KernelModule, arch: &str, e: CompileError) -> CudaErro
 fn poisoned() -> CudaError {
     CudaError::Unsupported("the PTX cache lock was poisoned by a panic".into())
 }
+
+/// A kernel's name (`combine1_bf16_f32`) written on the stack: launches look
+/// their kernel up by name every step, and a `format!` would allocate.
+pub(crate) struct KernelName {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl KernelName {
+    /// The name `args` formats to (cut at 64 bytes; every name is shorter).
+    pub(crate) fn of(args: std::fmt::Arguments<'_>) -> KernelName {
+        let mut name = KernelName { buf: [0; 64], len: 0 };
+        let _ = std::fmt::Write::write_fmt(&mut name, args);
+        name
+    }
+
+    /// The name.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for KernelName {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}

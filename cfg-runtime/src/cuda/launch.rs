@@ -5,17 +5,54 @@
 use super::device::{Buffer, Device};
 use super::error::CudaError;
 use super::kernels;
+use super::kernels::KernelName;
+use super::memory::DeviceMem;
 use super::params::{Dots, FactorArgs, Forms, GroupArgs, Groups, Outs, RenormArgs, MAX_FORMS};
 use cfg_core::reduce::{LANES, SEGMENT};
 use cfg_core::DType;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
 
 pub(crate) fn driver(e: cudarc::driver::DriverError) -> CudaError {
     CudaError::driver("kernel launch", e)
 }
 
-fn aligned(addrs: &[u64]) -> i32 {
-    i32::from(addrs.iter().all(|a| a % 16 == 0))
+/// A kernel parameter: the address of a plain value, which `cuLaunchKernel`
+/// copies. `Copy` keeps device buffers out: they go as their `u64` address.
+pub(crate) fn param<T: Copy + DeviceRepr>(x: &T) -> *mut c_void {
+    (x as *const T).cast_mut().cast()
+}
+
+/// Launches `f` on the device's stream with `params`, without the heap
+/// allocation of cudarc's launch builder (the per-step launches use this).
+///
+/// # Safety
+/// `params` must match the kernel's parameter list, and every pointer they
+/// carry must address enough device memory for the launch.
+pub(crate) unsafe fn launch(
+    dev: &Device,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &mut [*mut c_void],
+) -> Result<(), CudaError> {
+    dev.context().bind_to_thread().map_err(driver)?;
+    let stream = dev.stream().cu_stream();
+    // SAFETY: the caller's contract; the function and stream belong to this device.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            f.cu_function(),
+            cfg.grid_dim,
+            cfg.block_dim,
+            cfg.shared_mem_bytes,
+            stream,
+            params,
+        )
+    }
+    .map_err(driver)
+}
+
+fn aligned<'a>(addrs: impl IntoIterator<Item = &'a u64>) -> i32 {
+    i32::from(addrs.into_iter().all(|a| a % 16 == 0))
 }
 
 pub(crate) fn blocks(n: usize) -> LaunchConfig {
@@ -34,18 +71,16 @@ pub(crate) fn combine(
     debug_assert!(outs.len() == forms.forms as usize && outs.len() <= MAX_FORMS);
     let mut o = Outs::default();
     o.o[..outs.len()].copy_from_slice(outs);
-    let mut all: Vec<u64> = forms.x[..forms.branches as usize].to_vec();
-    all.extend_from_slice(outs);
-    let vec = aligned(&all);
+    let vec = aligned(forms.x[..forms.branches as usize].iter().chain(outs));
     let kind = if outs.len() == 1 { "combine1" } else { "combine" };
-    let f = dev.function(&kernels::COMBINE, &format!("{kind}_{}_{}", input.name(), output.name()))?;
+    let name = KernelName::of(format_args!("{kind}_{}_{}", input.name(), output.name()));
+    let f = dev.function(&kernels::COMBINE, name.as_str())?;
     let n64 = n as i64;
     let cfg = dev.grid(n.div_ceil(8));
     // SAFETY: the argument list matches `combine[1]_<in>_<out>(Forms, Outs, i64, int)`
     // (combine1 reads form 0 only, and `outs` then holds one form);
     // every pointer in `forms`/`o` addresses at least `n` elements of its dtype.
-    unsafe { dev.stream().launch_builder(&f).arg(forms).arg(&o).arg(&n64).arg(&vec).launch(cfg) }.map_err(driver)?;
-    Ok(())
+    unsafe { launch(dev, &f, cfg, &mut [param(forms), param(&o), param(&n64), param(&vec)]) }
 }
 
 /// Fused combine + per-token renorm (width ≤ SEGMENT): form 0 is g, form 1 is r.
@@ -75,9 +110,9 @@ pub(crate) fn renorm_token(
 
 /// Scratch memory of the fused and generic statistics.
 pub(crate) struct Scratch {
-    pub segs: CudaSlice<u8>,
-    pub factors: CudaSlice<u8>,
-    pub sync: CudaSlice<u8>,
+    pub segs: DeviceMem,
+    pub factors: DeviceMem,
+    pub sync: DeviceMem,
 }
 
 impl Scratch {
@@ -213,7 +248,7 @@ pub(crate) fn group_factors(
     dots: &[(i32, i32)],
     f64_lanes: bool,
     factor: FactorArgs,
-) -> Result<CudaSlice<u8>, CudaError> {
+) -> Result<DeviceMem, CudaError> {
     let count = groups.count as usize;
     if count == 0 {
         return dev.zeros_u8(0); // no group; one launched block would read past the buffers

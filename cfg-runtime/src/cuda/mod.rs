@@ -10,7 +10,9 @@ pub mod kernels;
 mod params;
 
 pub use device::{device_count, driver_available, Buffer, Device};
+mod memory;
 pub use error::CudaError;
+pub use memory::DeviceMem;
 mod exec;
 pub mod launch;
 

@@ -40,6 +40,7 @@ use crate::local::panic_message;
 use crate::tensor::{DeviceBytes, DeviceTensor};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use cudarc::nccl::sys::{self, ncclDataType_t, ncclResult_t};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -691,7 +692,7 @@ impl Source<'_> {
 }
 
 /// Byte offsets of each part and, last, the total.
-fn offsets(sizes: &[usize]) -> Vec<usize> {
+fn offsets(sizes: &[usize]) -> SmallVec<[usize; 9]> {
     std::iter::once(0)
         .chain(sizes.iter().scan(0, |sum, &s| {
             *sum += s;

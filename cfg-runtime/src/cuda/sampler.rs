@@ -4,7 +4,8 @@
 //! (`kernels/update.cu`), so the latents stay bit-identical to the CPU's.
 
 use super::kernels;
-use super::launch::driver;
+use super::kernels::KernelName;
+use super::launch::{driver, launch, param};
 use super::{Buffer, CudaError, Device};
 use crate::philox::INIT_STEP;
 use crate::scheduler::{Sampler, SamplerKind};
@@ -134,10 +135,9 @@ pub fn update(
             x.len, x.dtype, pred.len, pred.dtype
         )));
     }
-    let k = dev.function(&UPDATE, &format!("update_{}", pred.dtype.name()))?;
+    let k = dev.function(&UPDATE, KernelName::of(format_args!("update_{}", pred.dtype.name())).as_str())?;
     let (xa, pa) = (x.addr(dev), pred.addr(dev));
     // SAFETY: matches `update_<dtype>(float*, const T*, UpdateArgs)`; both
     // buffers hold `args.n` elements of their dtype (checked above).
-    unsafe { dev.stream().launch_builder(&k).arg(&xa).arg(&pa).arg(&args).launch(grid(dev, x.len)) }.map_err(driver)?;
-    Ok(())
+    unsafe { launch(dev, &k, grid(dev, x.len), &mut [param(&xa), param(&pa), param(&args)]) }
 }

@@ -248,7 +248,7 @@ impl GmmModel {
 mod tests {
     use super::*;
     use cfg_core::portable_math;
-    use cfg_core::{DType, Shape, Tensor};
+    use cfg_core::{DType, Tensor};
     use cfg_runtime::model::{Call, Model, StepInfo};
     use std::mem::size_of;
 
@@ -344,11 +344,8 @@ mod tests {
                 .enumerate()
                 .map(|(o, info)| cfg_runtime::philox::normal_vec(3, 0, o as u32, info.shape.numel()))
                 .collect();
-            let tensors: Vec<Tensor> = outs
-                .iter()
-                .zip(&lat)
-                .map(|(info, v)| Tensor::from_f32(DType::F32, Shape::new(info.shape.0.clone()), v))
-                .collect();
+            let tensors: Vec<Tensor> =
+                outs.iter().zip(&lat).map(|(info, v)| Tensor::from_f32(DType::F32, info.shape.clone(), v)).collect();
             for spec in &specs {
                 for (t, spaces) in [(0.9, [Space::Eps, Space::V]), (0.3, [Space::X0, Space::Eps]), (1.0, [Space::V; 2])]
                 {

@@ -67,11 +67,14 @@ impl std::fmt::Display for Fault {
 pub struct Memory {
     allocs: BTreeMap<u64, Alloc>,
     next: u64,
+    /// Bytes in live allocations, per device (freed ones stay in `allocs`
+    /// to catch use after free, so summing them would grow with every step).
+    used: BTreeMap<usize, u64>,
 }
 
 impl Default for Memory {
     fn default() -> Self {
-        Memory { allocs: BTreeMap::new(), next: GLOBAL_BASE }
+        Memory { allocs: BTreeMap::new(), next: GLOBAL_BASE, used: BTreeMap::new() }
     }
 }
 
@@ -83,6 +86,7 @@ impl Memory {
         let len = bytes as u64;
         self.next = (addr + len.max(1) + GUARD).next_multiple_of(ALLOC_ALIGN);
         self.allocs.insert(addr, Alloc { len, data: vec![0xa5; bytes], live: true, device });
+        *self.used.entry(device).or_default() += len;
         addr
     }
 
@@ -92,6 +96,7 @@ impl Memory {
             Some(a) if a.live => {
                 a.live = false;
                 a.data = Vec::new();
+                *self.used.entry(a.device).or_default() -= a.len;
                 Ok(())
             }
             _ => Err(Fault::BadFree { addr }),
@@ -132,7 +137,7 @@ impl Memory {
 
     /// Bytes in live allocations on `device`.
     pub fn used(&self, device: usize) -> u64 {
-        self.allocs.values().filter(|a| a.live && a.device == device).map(|a| a.len).sum()
+        self.used.get(&device).copied().unwrap_or(0)
     }
 }
 

@@ -1,0 +1,73 @@
+//! Device memory recycled by size, as PyTorch's caching allocator does: a
+//! dropped buffer's memory goes back to its device's free list, and the next
+//! request of that byte size takes it without a driver call. A step's buffers
+//! have the same sizes as the last step's, so a steady run allocates nothing.
+//!
+//! Reuse is ordered like `cuMemFreeAsync`: a `Device` does all its work on
+//! one stream, so work queued with the new owner runs after the old owner's.
+
+use cudarc::driver::{CudaSlice, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+/// The free lists of one device, by byte size.
+#[derive(Debug, Default)]
+pub(crate) struct FreeLists {
+    by_size: Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>,
+}
+
+impl FreeLists {
+    /// Memory of exactly `bytes` bytes (contents undefined): a recycled
+    /// block, or a new one from the stream-ordered allocator.
+    pub(crate) fn take(self: &Arc<Self>, stream: &Arc<CudaStream>, bytes: usize) -> Result<DeviceMem, DriverError> {
+        let recycled = self.by_size.lock().ok().and_then(|mut lists| lists.get_mut(&bytes).and_then(Vec::pop));
+        let mem = match recycled {
+            Some(mem) => mem,
+            // SAFETY: callers write the memory (a kernel, a copy or a memset) before reading it.
+            None => unsafe { stream.alloc::<u8>(bytes) }?,
+        };
+        Ok(DeviceMem { mem: Some(mem), free: self.clone() })
+    }
+
+    /// Hands every cached block back to the driver.
+    pub(crate) fn release(&self) {
+        if let Ok(mut lists) = self.by_size.lock() {
+            lists.clear();
+        }
+    }
+
+    /// Bytes held in the free lists.
+    pub(crate) fn cached_bytes(&self) -> usize {
+        self.by_size.lock().map(|l| l.iter().map(|(size, v)| size * v.len()).sum()).unwrap_or(0)
+    }
+}
+
+/// Device memory that returns to its device's free list when dropped.
+#[derive(Debug)]
+pub struct DeviceMem {
+    /// Always `Some` until dropped.
+    mem: Option<CudaSlice<u8>>,
+    free: Arc<FreeLists>,
+}
+
+impl Deref for DeviceMem {
+    type Target = CudaSlice<u8>;
+    fn deref(&self) -> &CudaSlice<u8> {
+        self.mem.as_ref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for DeviceMem {
+    fn deref_mut(&mut self) -> &mut CudaSlice<u8> {
+        self.mem.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for DeviceMem {
+    fn drop(&mut self) {
+        if let (Some(mem), Ok(mut lists)) = (self.mem.take(), self.free.by_size.lock()) {
+            lists.entry(mem.len()).or_default().push(mem);
+        }
+    }
+}
