@@ -13,7 +13,10 @@ import time
 import torch
 
 WIDTH = 64
-OPS = ["renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2"]
+OPS = [
+    "renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2",
+    "tcfg", "perp_neg", "apg_mix_cfg",
+]
 SIZES = [262_144, 4_792_320, 33_554_432]
 ONE_PASS = {"renorm", "renorm_clamped"}
 
@@ -128,6 +131,33 @@ def ltx2(cond, isolated, perturbed, uncond):  # LTX-2 MultiModalGuider
     return pred * factor
 
 
+def tcfg(cond, uncond):  # diffusers TangentialClassifierFreeGuidance's normalized_guidance
+    preds = torch.stack([cond, uncond], dim=1).float().flatten(2)
+    _, _, vh = torch.linalg.svd(preds, full_matrices=False)
+    vh_modified = vh.clone()
+    vh_modified[:, 1] = 0
+    uncond_flat = uncond.reshape(uncond.size(0), 1, -1).float()
+    u = torch.matmul(torch.matmul(uncond_flat, vh.transpose(-2, -1)), vh_modified).reshape(uncond.shape).to(cond.dtype)
+    return u + 7.5 * (cond - u)
+
+
+def perp_neg(empty, neg, pos):  # ComfyUI perp_neg (branches in name order)
+    p = pos - empty
+    n = neg - empty
+    perp = n - ((torch.mul(n, p).sum()) / (torch.norm(p) ** 2)) * p
+    return empty + 8.0 * (p - 1.0 * perp)
+
+
+def make_apg_mix_cfg():
+    buf = MomentumBuffer(-0.5)
+
+    def apg_mix_cfg(cond, uncond):  # diffusers AdaptiveProjectedMixGuidance before its APG step
+        buf.update(cond - uncond)
+        return uncond + 3.5 * (cond - uncond)
+
+    return apg_mix_cfg
+
+
 def median_ms(reps, f):
     f()
     t = []
@@ -159,12 +189,17 @@ def main():
             for op in OPS:
                 if only and op not in only:
                     continue
-                branches = 4 if op == "ltx2" else 2
+                branches = {"ltx2": 4, "perp_neg": 3}.get(op, 2)
                 xs = [branch(n, b, dtype) for b in range(branches)]
                 if op == "ltx2":
                     f = lambda: ltx2(*xs)
+                elif op == "perp_neg":
+                    f = lambda: perp_neg(*xs)
                 elif op == "apg":
                     g = make_apg()
+                    f = lambda: g(xs[0], xs[1])
+                elif op == "apg_mix_cfg":
+                    g = make_apg_mix_cfg()
                     f = lambda: g(xs[0], xs[1])
                 else:
                     fn = globals()[op]

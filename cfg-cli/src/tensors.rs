@@ -56,7 +56,7 @@ pub fn load(file: &SafeTensors<'_>, name: &str) -> Result<Option<Tensor>, CliErr
     };
     let dtype = dtype_of(view.dtype())
         .ok_or_else(|| CliError(format!("tensor `{name}` has dtype {:?}: expected F32, F16 or BF16", view.dtype())))?;
-    let shape = Shape::new(view.shape().to_vec());
+    let shape = Shape::new(view.shape());
     let tensor = Tensor::from_bytes(dtype, shape, view.data())
         .ok_or_else(|| CliError(format!("tensor `{name}`: its byte count does not match its shape")))?;
     Ok(Some(tensor))

@@ -52,7 +52,7 @@ fn read_file(path: &Path) -> BTreeMap<String, Tensor> {
                 Dtype::BF16 => DType::BF16,
                 other => panic!("unexpected dtype {other:?}"),
             };
-            (name, Tensor::from_bytes(dtype, Shape::new(v.shape().to_vec()), v.data()).expect("sizes agree"))
+            (name, Tensor::from_bytes(dtype, Shape::new(v.shape()), v.data()).expect("sizes agree"))
         })
         .collect()
 }
@@ -71,7 +71,7 @@ fn predictions(
     for step in 0..steps {
         for b in branches {
             for (o, dims) in outputs {
-                let shape = Shape::new(dims.to_vec());
+                let shape = Shape::new(dims);
                 seed += 1;
                 let t = Tensor::from_f32(dtype, shape.clone(), &values(seed, shape.numel()));
                 let name = if multi { format!("{step}/{b}/{o}") } else { format!("{step}/{b}") };

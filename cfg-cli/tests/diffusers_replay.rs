@@ -1,8 +1,8 @@
 //! Replaying diffusers' own guider outputs through `cfg combine`.
 //!
 //! `tests/fixtures/diffusers/*.safetensors` were written by `make_fixtures.py`
-//! (diffusers 0.42.1, torch 2.15.0, f32): seeded branch predictions for 20 steps
-//! and diffusers' guided result of each step. The library policy of the same
+//! (diffusers 0.42.1, torch 2.15.0; tcfg and apg_mix with torch 2.9.1; f32):
+//! seeded branch predictions for 20 steps and diffusers' guided result of each step. The library policy of the same
 //! name must give them back to float32 rounding: per element within 8 f32 ulps
 //! of the largest input magnitude at that element's step (torch rounds
 //! `u + s·(c − u)` op by op, we fold weights and use fma), and ‖out − ref‖/‖ref‖

@@ -255,21 +255,49 @@ pub fn momentum_cfg<I: Element, O: Element>(
     out: &mut [O],
 ) {
     out.par_chunks_mut(TASK).zip(buffer.par_chunks_mut(TASK)).enumerate().for_each(|(t, (out, running))| {
+        let p = MomentumCfg { cond, uncond, scale, beta, original, has_prev };
+        simd::run(MomentumCfgTask { p: &p, start: t * TASK, running, out })
+    });
+}
+
+/// APG-Mix's CFG phase parameters.
+struct MomentumCfg<'a, I> {
+    cond: Terms<'a, I>,
+    uncond: Terms<'a, I>,
+    scale: f32,
+    beta: f32,
+    original: bool,
+    has_prev: bool,
+}
+
+/// One parallel run of [`momentum_cfg`].
+struct MomentumCfgTask<'a, I, O> {
+    p: &'a MomentumCfg<'a, I>,
+    start: usize,
+    running: &'a mut [f32],
+    out: &'a mut [O],
+}
+
+impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let p = self.p;
         let mut buf = take_scratch(3 * BLOCK);
         let (c, rest) = buf.split_at_mut(BLOCK);
         let (u, y) = rest.split_at_mut(BLOCK);
-        for (k, (out, running)) in out.chunks_mut(BLOCK).zip(running.chunks_mut(BLOCK)).enumerate() {
-            let (m, start) = (out.len(), t * TASK + k * BLOCK);
+        for (k, (out, running)) in self.out.chunks_mut(BLOCK).zip(self.running.chunks_mut(BLOCK)).enumerate() {
+            let (m, start) = (out.len(), self.start + k * BLOCK);
             let (c, u, y) = (&mut c[..m], &mut u[..m], &mut y[..m]);
-            form_into(cond, start, c);
-            form_into(uncond, start, u);
+            form_into(p.cond, start, c);
+            form_into(p.uncond, start, u);
             for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(running.iter_mut()) {
                 let d = c - u;
-                *r = if has_prev { beta.mul_add(*r, d) } else { d };
-                *y = scale.mul_add(d, if original { *c } else { *u });
+                *r = if p.has_prev { p.beta.mul_add(*r, d) } else { d };
+                *y = p.scale.mul_add(d, if p.original { *c } else { *u });
             }
             store(y, out);
         }
         put_scratch(buf);
-    });
+    }
 }

@@ -175,4 +175,30 @@ mod tests {
         assert_eq!(*cached, lower(&p, &ctx, &state, &overrides).expect("lowers"));
         assert!(!cache.lower(&p, &StepContext::new(1, 4), &state, &overrides).expect("lowers").1);
     }
+
+    #[test]
+    fn apg_mix_lowers_again_at_its_switch_step() {
+        let mut p = policy(Schedule::Const(7.0), None);
+        let r = |n: &str| Box::new(Expr::Ref(n.into()));
+        p.outputs.0[0].1.guidance = Expr::ApgMix {
+            cond: r("cond"),
+            uncond: r("uncond"),
+            cfg_scale: ScaleRef::Value(3.5),
+            scale: ScaleRef::Named("s".into()),
+            apg_start_step: 5,
+            momentum: ScaleRef::Value(-0.5),
+            norm_threshold: ScaleRef::Value(10.0),
+            eta: ScaleRef::Value(0.0),
+            original: false,
+        };
+        let (state, overrides) = (GuidanceState::new(), Overrides::none());
+        let mut cache = LoweringCache::new();
+        for step in 0..10 {
+            let ctx = StepContext::new(step, 10);
+            let (cached, _) = cache.lower(&p, &ctx, &state, &overrides).expect("lowers");
+            assert_eq!(*cached, lower(&p, &ctx, &state, &overrides).expect("lowers"), "step {step}");
+        }
+        // The CFG phase, then the APG phase.
+        assert_eq!(cache.lowerings(), 2);
+    }
 }

@@ -7,9 +7,11 @@
 //! (Gw)₁/√λ₁ = √λ₁·w₁, so the projection u' = ⟨u,v₁⟩v₁ = (w₁/‖w‖²)(w₀c + w₁u):
 //! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
 
-use crate::canon::{over_segments, segment_dot, segment_sq};
+use crate::canon::{segment_dot, segment_sq};
 use crate::cpu::Element;
-use crate::fused::{form_into, store, Terms};
+use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
+use crate::reduce::SEGMENT;
+use crate::simd::{self, Task};
 use rayon::prelude::*;
 
 /// An eigenvector (not normalized) of the symmetric [[cc, cu], [cu, uu]] for
@@ -52,7 +54,9 @@ pub fn tcfg_apply(c: f32, u: f32, alpha: f32, beta: f32, scale: f32, original: b
 }
 
 /// Evaluates TCFG over consecutive groups (samples) of `len` elements into
-/// `out`; the statistics are the canonical reductions of `crate::reduce`.
+/// `out`: per-segment statistics in parallel (the canonical reductions of
+/// `crate::reduce`, summed in segment order), then the apply, which computes
+/// the forms again rather than storing them.
 pub fn tcfg_into<I: Element, O: Element>(
     cond: Terms<I>,
     uncond: Terms<I>,
@@ -64,17 +68,83 @@ pub fn tcfg_into<I: Element, O: Element>(
     if out.is_empty() || len == 0 {
         return;
     }
-    out.par_chunks_mut(len).enumerate().for_each(|(g, out)| {
-        let (mut c, mut u) = (vec![0.0f32; len], vec![0.0f32; len]);
-        form_into(cond, g * len, &mut c);
-        form_into(uncond, g * len, &mut u);
-        let cc = over_segments(len, |r| segment_sq(&c[r]));
-        let cu = over_segments(len, |r| segment_dot(&c[r.clone()], &u[r]));
-        let uu = over_segments(len, |r| segment_sq(&u[r]));
-        let (alpha, beta) = tcfg_coefficients(cc, cu, uu);
-        let y: Vec<f32> = c.iter().zip(&u).map(|(&c, &u)| tcfg_apply(c, u, alpha, beta, scale, original)).collect();
-        store(&y, out);
+    let (segs, count) = (len.div_ceil(SEGMENT), out.len() / len);
+    let partials: Vec<[f64; 3]> = (0..count * segs)
+        .into_par_iter()
+        .map(|s| {
+            let lo = (s % segs) * SEGMENT;
+            simd::run(Stats { cond, uncond, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
+        })
+        .collect();
+    let coefficients: Vec<(f32, f32)> = partials
+        .chunks(segs)
+        .map(|p| {
+            let t = in_order(p);
+            tcfg_coefficients(t[0], t[1], t[2])
+        })
+        .collect();
+    out.par_chunks_mut(len).zip(coefficients).enumerate().for_each(|(g, (group, (alpha, beta)))| {
+        group.par_chunks_mut(TASK).enumerate().for_each(|(t, out)| {
+            let start = g * len + t * TASK;
+            simd::run(Apply { cond, uncond, start, alpha, beta, scale, original, out })
+        })
     });
+}
+
+/// One segment's [‖c‖², ⟨c,u⟩, ‖u‖²].
+struct Stats<'a, I> {
+    cond: Terms<'a, I>,
+    uncond: Terms<'a, I>,
+    start: usize,
+    n: usize,
+}
+
+impl<I: Element> Task for Stats<'_, I> {
+    type Out = [f64; 3];
+    #[inline(always)]
+    fn run(self) -> [f64; 3] {
+        let mut buf = take_scratch(2 * SEGMENT);
+        let (c, u) = buf.split_at_mut(SEGMENT);
+        let (c, u) = (&mut c[..self.n], &mut u[..self.n]);
+        form_into(self.cond, self.start, c);
+        form_into(self.uncond, self.start, u);
+        let s = [segment_sq(c), segment_dot(c, u), segment_sq(u)];
+        put_scratch(buf);
+        s
+    }
+}
+
+/// The apply over a run of one group.
+struct Apply<'a, I, O> {
+    cond: Terms<'a, I>,
+    uncond: Terms<'a, I>,
+    start: usize,
+    alpha: f32,
+    beta: f32,
+    scale: f32,
+    original: bool,
+    out: &'a mut [O],
+}
+
+impl<I: Element, O: Element> Task for Apply<'_, I, O> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let mut buf = take_scratch(3 * BLOCK);
+        let (c, rest) = buf.split_at_mut(BLOCK);
+        let (u, y) = rest.split_at_mut(BLOCK);
+        for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
+            let (m, start) = (out.len(), self.start + k * BLOCK);
+            let (c, u, y) = (&mut c[..m], &mut u[..m], &mut y[..m]);
+            form_into(self.cond, start, c);
+            form_into(self.uncond, start, u);
+            for ((y, c), u) in y.iter_mut().zip(c.iter()).zip(u.iter()) {
+                *y = tcfg_apply(*c, *u, self.alpha, self.beta, self.scale, self.original);
+            }
+            store(y, out);
+        }
+        put_scratch(buf);
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,20 @@ use std::io::BufRead;
 use std::time::Instant;
 
 /// Row names, in table order.
-pub const OPS: &[&str] =
-    &["renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2"];
+pub const OPS: &[&str] = &[
+    "renorm",
+    "renorm_clamped",
+    "std_sample",
+    "std_tensor",
+    "norm_cap",
+    "zero_star",
+    "magnitude",
+    "apg",
+    "ltx2",
+    "tcfg",
+    "perp_neg",
+    "apg_mix_cfg",
+];
 /// Element counts.
 pub const SIZES: &[usize] = &[262_144, 4_792_320, 33_554_432];
 /// Last dim (Qwen-Image's packed latent channels: the shortest token in use).
@@ -65,6 +77,33 @@ pub fn program(op: &str) -> (Program, bool) {
             };
             (two(cond, uncond, op), false)
         }
+        "tcfg" => (two(cond, uncond, Op::Tcfg { cond: f0, uncond: f1, scale: 7.5, original: false }), false),
+        "apg_mix_cfg" => {
+            // APG-Mix before its switch step: CFG, the momentum advanced.
+            let op = Op::MomentumCfg {
+                cond: f0,
+                uncond: f1,
+                scale: 3.5,
+                momentum: -0.5,
+                original: false,
+                slot: "apg_mix".into(),
+            };
+            (two(cond, uncond, op), true)
+        }
+        "perp_neg" => {
+            // perp_neg.ron's program (branches empty, neg, pos): N = neg − e, P = pos − e,
+            // N⊥ = reject(N, P) per sample, out = (e + 8·P) − 8·N⊥.
+            let mut p = two(
+                vec![(0, -1.0), (1, 1.0)],
+                vec![(0, -1.0), (2, 1.0)],
+                Op::Reject { input: f0, direction: f1, over: Reduce::Sample },
+            );
+            p.branches = vec!["empty".into(), "neg".into(), "pos".into()];
+            p.forms.push(Form { terms: vec![(0, -7.0), (2, 8.0)] });
+            p.ops.push(Op::Mix { terms: vec![(Value::Form(2), 1.0), (Value::Op(0), -8.0)] });
+            p.result = Value::Op(1);
+            (p, false)
+        }
         _ => {
             // LTX-2 video: c + 2(c−u) + (c−c_ptb) + 2(c−c_iso), std rescale over the tensor.
             let mut p = two(vec![(0, 6.0), (1, -2.0), (2, -1.0), (3, -2.0)], cond, std(Reduce::Tensor));
@@ -85,7 +124,7 @@ pub fn input(dtype: DType, n: usize, b: usize) -> Tensor {
 pub fn floor_bytes(op: &str, branches: usize, n: usize, size: usize) -> usize {
     let (_, one_pass) = program(op);
     let reads = if one_pass { 1 } else { 2 };
-    let momentum = if op == "apg" { 8 * n } else { 0 };
+    let momentum = if op == "apg" || op == "apg_mix_cfg" { 8 * n } else { 0 };
     (reads * branches + 1) * n * size + momentum
 }
 
