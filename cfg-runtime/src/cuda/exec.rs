@@ -8,13 +8,12 @@
 use super::device::{Buffer, Device};
 use super::error::CudaError;
 use super::kernels;
-use super::launch::{self, driver};
+use super::launch::{self, param};
 use super::params::{kind, src, FactorArgs, Forms, Groups, RenormArgs, MAX_FORMS, MAX_TERMS};
 use cfg_core::program::{Op, Program, Value};
 use cfg_core::reduce::{Reduce, SEGMENT};
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape};
-use cudarc::driver::PushKernelArg;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -291,19 +290,22 @@ impl<'a> Generic<'a> {
                 let k = dev.function(&kernels::GUIDANCE, "zero_star")?;
                 // SAFETY: matches `zero_star(c, u, alpha, Groups, float, int, float*, i64)`.
                 unsafe {
-                    dev.stream()
-                        .launch_builder(&k)
-                        .arg(&c)
-                        .arg(&u)
-                        .arg(&a)
-                        .arg(&groups)
-                        .arg(scale)
-                        .arg(&orig)
-                        .arg(&o)
-                        .arg(&n64)
-                        .launch(dev.grid(n))
-                }
-                .map_err(driver)?;
+                    launch::launch(
+                        dev,
+                        &k,
+                        dev.grid(n),
+                        &mut [
+                            param(&c),
+                            param(&u),
+                            param(&a),
+                            param(&groups),
+                            param(scale),
+                            param(&orig),
+                            param(&o),
+                            param(&n64),
+                        ],
+                    )
+                }?;
                 dev.sync()?;
             }
             Op::MagnitudeAware { cond, uncond, scale, alpha } => {
@@ -320,17 +322,13 @@ impl<'a> Generic<'a> {
                 let k = dev.function(&kernels::GUIDANCE, "magnitude_aware")?;
                 // SAFETY: matches `magnitude_aware(c, u, scale, Groups, float*, i64)`.
                 unsafe {
-                    dev.stream()
-                        .launch_builder(&k)
-                        .arg(&c)
-                        .arg(&u)
-                        .arg(&sa)
-                        .arg(&groups)
-                        .arg(&o)
-                        .arg(&n64)
-                        .launch(dev.grid(n))
-                }
-                .map_err(driver)?;
+                    launch::launch(
+                        dev,
+                        &k,
+                        dev.grid(n),
+                        &mut [param(&c), param(&u), param(&sa), param(&groups), param(&o), param(&n64)],
+                    )
+                }?;
                 dev.sync()?;
             }
             Op::Reject { input, direction, over } => {
@@ -342,17 +340,13 @@ impl<'a> Generic<'a> {
                 let kernel = dev.function(&kernels::GUIDANCE, "reject")?;
                 // SAFETY: matches `reject(x, d, k, Groups, float*, i64)`; k holds one double per group.
                 unsafe {
-                    dev.stream()
-                        .launch_builder(&kernel)
-                        .arg(&x)
-                        .arg(&d)
-                        .arg(&ka)
-                        .arg(&groups)
-                        .arg(&o)
-                        .arg(&n64)
-                        .launch(dev.grid(n))
-                }
-                .map_err(driver)?;
+                    launch::launch(
+                        dev,
+                        &kernel,
+                        dev.grid(n),
+                        &mut [param(&x), param(&d), param(&ka), param(&groups), param(&o), param(&n64)],
+                    )
+                }?;
                 dev.sync()?;
             }
             Op::MomentumCfg { cond, uncond, scale, momentum, original, slot } => {
@@ -362,17 +356,13 @@ impl<'a> Generic<'a> {
                 let k = dev.function(&kernels::GUIDANCE, "cfg_delta")?;
                 // SAFETY: matches `cfg_delta(c, u, float, int, float*, i64)`.
                 unsafe {
-                    dev.stream()
-                        .launch_builder(&k)
-                        .arg(&c)
-                        .arg(&u)
-                        .arg(scale)
-                        .arg(&orig)
-                        .arg(&o)
-                        .arg(&n64)
-                        .launch(dev.grid(n))
-                }
-                .map_err(driver)?;
+                    launch::launch(
+                        dev,
+                        &k,
+                        dev.grid(n),
+                        &mut [param(&c), param(&u), param(scale), param(&orig), param(&o), param(&n64)],
+                    )
+                }?;
                 dev.sync()?;
             }
             Op::Tcfg { cond, uncond, scale, original } => {
@@ -389,20 +379,23 @@ impl<'a> Generic<'a> {
                 // SAFETY: matches `tcfg(c, u, alpha, beta, Groups, float, int, float*, i64)`;
                 // alpha and beta hold one double per group.
                 unsafe {
-                    dev.stream()
-                        .launch_builder(&k)
-                        .arg(&c)
-                        .arg(&u)
-                        .arg(&a)
-                        .arg(&b)
-                        .arg(&groups)
-                        .arg(scale)
-                        .arg(&orig)
-                        .arg(&o)
-                        .arg(&n64)
-                        .launch(dev.grid(n))
-                }
-                .map_err(driver)?;
+                    launch::launch(
+                        dev,
+                        &k,
+                        dev.grid(n),
+                        &mut [
+                            param(&c),
+                            param(&u),
+                            param(&a),
+                            param(&b),
+                            param(&groups),
+                            param(scale),
+                            param(&orig),
+                            param(&o),
+                            param(&n64),
+                        ],
+                    )
+                }?;
                 dev.sync()?;
             }
             Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
@@ -453,18 +446,13 @@ impl<'a> Generic<'a> {
         // SAFETY: matches `apg_running(c, u, const float* prev, int, float, float*, i64)`;
         // `prev` holds n values when use_prev is set.
         unsafe {
-            dev.stream()
-                .launch_builder(&k)
-                .arg(&c)
-                .arg(&u)
-                .arg(&m)
-                .arg(&use_prev)
-                .arg(&beta)
-                .arg(&r)
-                .arg(&n64)
-                .launch(dev.grid(n))
-        }
-        .map_err(driver)?;
+            launch::launch(
+                dev,
+                &k,
+                dev.grid(n),
+                &mut [param(&c), param(&u), param(&m), param(&use_prev), param(&beta), param(&r), param(&n64)],
+            )
+        }?;
         if beta != 0.0 {
             state.set_device_momentum(slot, n, running.clone());
         }
@@ -509,21 +497,24 @@ impl<'a> Generic<'a> {
         let k = dev.function(&kernels::GUIDANCE, "apg_combine")?;
         // SAFETY: matches `apg_combine(c, u, d, coef, Groups, float, float, int, float*, i64)`.
         unsafe {
-            dev.stream()
-                .launch_builder(&k)
-                .arg(&c)
-                .arg(&u)
-                .arg(&d)
-                .arg(&ca)
-                .arg(&groups)
-                .arg(&eta)
-                .arg(&scale)
-                .arg(&orig)
-                .arg(&o)
-                .arg(&n64)
-                .launch(dev.grid(n))
-        }
-        .map_err(driver)?;
+            launch::launch(
+                dev,
+                &k,
+                dev.grid(n),
+                &mut [
+                    param(&c),
+                    param(&u),
+                    param(&d),
+                    param(&ca),
+                    param(&groups),
+                    param(&eta),
+                    param(&scale),
+                    param(&orig),
+                    param(&o),
+                    param(&n64),
+                ],
+            )
+        }?;
         dev.sync()
     }
 }

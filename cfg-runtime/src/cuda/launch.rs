@@ -93,19 +93,14 @@ pub(crate) fn renorm_token(
 ) -> Result<(), CudaError> {
     let team = if args.width <= 1024 { "warp" } else { "block" };
     let per_block = if team == "warp" { 8 } else { 1 };
-    let f = dev.function(&kernels::RENORM_TOKEN, &format!("renorm_token_{team}_{}_{}", dtype.name(), dtype.name()))?;
+    let f = dev.function(
+        &kernels::RENORM_TOKEN,
+        KernelName::of(format_args!("renorm_token_{team}_{}_{}", dtype.name(), dtype.name())).as_str(),
+    )?;
     let o = out.addr(dev);
     // SAFETY: matches `renorm_token_*(Forms, O*, RenormArgs)`; `out` holds tokens × width elements.
-    unsafe {
-        dev.stream()
-            .launch_builder(&f)
-            .arg(forms)
-            .arg(&o)
-            .arg(args)
-            .launch(blocks((args.tokens as usize).div_ceil(per_block)))
-    }
-    .map_err(driver)?;
-    Ok(())
+    let cfg = blocks((args.tokens as usize).div_ceil(per_block));
+    unsafe { launch(dev, &f, cfg, &mut [param(forms), param(&o), param(args)]) }
 }
 
 /// Scratch memory of the fused and generic statistics.
@@ -154,9 +149,9 @@ pub(crate) fn group_rescale(
     let (segs, factors, sync) = (dev.addr(&scratch.segs), dev.addr(&scratch.factors), dev.addr(&scratch.sync));
     let o = out.addr(dev);
     let total = groups * nseg;
-    let (d, io) = (dtype.name(), format!("{}_{}", dtype.name(), dtype.name()));
+    let d = dtype.name();
     if allow_coop {
-        let coop = dev.function(&kernels::RESCALE, &format!("group_coop_{io}"))?;
+        let coop = dev.function(&kernels::RESCALE, KernelName::of(format_args!("group_coop_{d}_{d}")).as_str())?;
         if total <= resident_blocks(dev, &coop)? {
             // SAFETY: matches `group_coop_*(Forms, GroupArgs, float*, double*, u32*, O*)`;
             // scratch sizes follow GroupArgs; every block is resident (checked above),
@@ -177,35 +172,21 @@ pub(crate) fn group_rescale(
             return Ok(1);
         }
     }
-    let stats = dev.function(&kernels::RESCALE, &format!("group_stats_{d}"))?;
+    let stats = dev.function(&kernels::RESCALE, KernelName::of(format_args!("group_stats_{d}")).as_str())?;
     // SAFETY: matches `group_stats_*(Forms, GroupArgs, float*, double*, u32*)`.
     unsafe {
-        dev.stream()
-            .launch_builder(&stats)
-            .arg(forms)
-            .arg(&args)
-            .arg(&segs)
-            .arg(&factors)
-            .arg(&sync)
-            .launch(blocks(total))
-    }
-    .map_err(driver)?;
-    let apply = dev.function(&kernels::RESCALE, &format!("group_apply_{io}"))?;
-    let mut all: Vec<u64> = forms.x[..forms.branches as usize].to_vec();
-    all.push(o);
-    let vec = aligned(&all);
+        launch(
+            dev,
+            &stats,
+            blocks(total),
+            &mut [param(forms), param(&args), param(&segs), param(&factors), param(&sync)],
+        )
+    }?;
+    let apply = dev.function(&kernels::RESCALE, KernelName::of(format_args!("group_apply_{d}_{d}")).as_str())?;
+    let vec = aligned(forms.x[..forms.branches as usize].iter().chain([&o]));
     // SAFETY: matches `group_apply_*(Forms, GroupArgs, const double*, O*, int)`.
-    unsafe {
-        dev.stream()
-            .launch_builder(&apply)
-            .arg(forms)
-            .arg(&args)
-            .arg(&factors)
-            .arg(&o)
-            .arg(&vec)
-            .launch(dev.grid((groups * len).div_ceil(8)))
-    }
-    .map_err(driver)?;
+    let cfg = dev.grid((groups * len).div_ceil(8));
+    unsafe { launch(dev, &apply, cfg, &mut [param(forms), param(&args), param(&factors), param(&o), param(&vec)]) }?;
     drop_after_sync(dev, scratch)?;
     Ok(2)
 }
@@ -222,8 +203,8 @@ fn resident_blocks(dev: &Device, f: &CudaFunction) -> Result<usize, CudaError> {
 /// fits on chip at once (cooperative launch), else 2.
 pub fn rescale_passes(dev: &Device, dtype: DType, groups: usize, len: usize) -> Result<usize, CudaError> {
     let total = groups * len.div_ceil(SEGMENT).max(1);
-    let io = format!("{}_{}", dtype.name(), dtype.name());
-    let coop = dev.function(&kernels::RESCALE, &format!("group_coop_{io}"))?;
+    let d = dtype.name();
+    let coop = dev.function(&kernels::RESCALE, KernelName::of(format_args!("group_coop_{d}_{d}")).as_str())?;
     Ok(if total <= resident_blocks(dev, &coop)? { 1 } else { 2 })
 }
 
@@ -262,50 +243,30 @@ pub(crate) fn group_factors(
         let k = dev.function(&kernels::STATS, "seg_dots_f64")?;
         // SAFETY: matches `seg_dots_f64(const float*, const float*, Groups, i64, double*)`.
         unsafe {
-            dev.stream()
-                .launch_builder(&k)
-                .arg(&x)
-                .arg(&y)
-                .arg(groups)
-                .arg(&nseg64)
-                .arg(&s)
-                .launch(blocks(count * nseg))
-        }
-        .map_err(driver)?;
+            launch(dev, &k, blocks(count * nseg), &mut [param(&x), param(&y), param(groups), param(&nseg64), param(&s)])
+        }?;
     } else {
         let k = dev.function(&kernels::STATS, "seg_dots_f32")?;
         let d = Dots::of(dots);
         // SAFETY: matches `seg_dots_f32(const float*, const float*, Groups, Dots, i64, float*)`.
         unsafe {
-            dev.stream()
-                .launch_builder(&k)
-                .arg(&x)
-                .arg(&y)
-                .arg(groups)
-                .arg(&d)
-                .arg(&nseg64)
-                .arg(&s)
-                .launch(blocks(count * nseg))
-        }
-        .map_err(driver)?;
+            launch(
+                dev,
+                &k,
+                blocks(count * nseg),
+                &mut [param(&x), param(&y), param(groups), param(&d), param(&nseg64), param(&s)],
+            )
+        }?;
     }
     let k = dev.function(&kernels::STATS, "finalize")?;
     let (is64, count64) = (i32::from(f64_lanes), count as i64);
     let a = FactorArgs { len: groups.len, ..factor };
     // SAFETY: matches `finalize(const void*, int, i64, i64, FactorArgs, double*)`.
+    // One thread per group, no grid-stride loop: cover every group.
+    let cfg = blocks(count.div_ceil(LANES));
     unsafe {
-        dev.stream()
-            .launch_builder(&k)
-            .arg(&s)
-            .arg(&is64)
-            .arg(&count64)
-            .arg(&nseg64)
-            .arg(&a)
-            .arg(&fa)
-            // One thread per group, no grid-stride loop: cover every group.
-            .launch(blocks(count.div_ceil(LANES)))
-    }
-    .map_err(driver)?;
+        launch(dev, &k, cfg, &mut [param(&s), param(&is64), param(&count64), param(&nseg64), param(&a), param(&fa)])
+    }?;
     if !dev.context().has_async_alloc() {
         dev.sync()?;
     }
@@ -321,11 +282,11 @@ pub(crate) fn scale_groups(
     groups: &Groups,
     out: &Buffer,
 ) -> Result<(), CudaError> {
-    let k = dev.function(&kernels::STATS, &format!("scale_groups_{}", out.dtype.name()))?;
+    let k =
+        dev.function(&kernels::STATS, KernelName::of(format_args!("scale_groups_{}", out.dtype.name())).as_str())?;
     let (fa, o, n) = (dev.addr(factors), out.addr(dev), out.len as i64);
     // SAFETY: matches `scale_groups_*(const float*, const double*, Groups, O*, i64)`.
-    unsafe { dev.stream().launch_builder(&k).arg(&x).arg(&fa).arg(groups).arg(&o).arg(&n).launch(dev.grid(out.len)) }
-        .map_err(driver)?;
+    unsafe { launch(dev, &k, dev.grid(out.len), &mut [param(&x), param(&fa), param(groups), param(&o), param(&n)]) }?;
     Ok(())
 }
 
@@ -336,8 +297,7 @@ pub fn copy_u16(dev: &Device, src: &Buffer, dst: &Buffer) -> Result<(), CudaErro
     let n = (src.len * src.dtype.size() / 2).min(dst.len * dst.dtype.size() / 2);
     let (n64, vec) = (n as i64, aligned(&[s, d]));
     // SAFETY: matches `copy_u16(const u16*, u16*, i64, int)`; both hold n 16-bit words.
-    unsafe { dev.stream().launch_builder(&k).arg(&s).arg(&d).arg(&n64).arg(&vec).launch(dev.grid(n.div_ceil(8))) }
-        .map_err(driver)?;
+    unsafe { launch(dev, &k, dev.grid(n.div_ceil(8)), &mut [param(&s), param(&d), param(&n64), param(&vec)]) }?;
     Ok(())
 }
 
@@ -348,14 +308,12 @@ pub fn poison(dev: &Device, b: &Buffer, pattern: u32) -> Result<(), CudaError> {
     let (words, a) = ((bytes / 4) as i64, b.addr(dev));
     let k = dev.function(&kernels::COPY, "poison_u32")?;
     // SAFETY: matches `poison_u32(u32*, i64, u32)`; the buffer holds `words` words.
-    unsafe { dev.stream().launch_builder(&k).arg(&a).arg(&words).arg(&pattern).launch(dev.grid(words as usize)) }
-        .map_err(driver)?;
+    unsafe { launch(dev, &k, dev.grid(words as usize), &mut [param(&a), param(&words), param(&pattern)]) }?;
     if bytes % 4 == 2 {
         let k = dev.function(&kernels::COPY, "poison_u16")?;
         let (tail, one, half) = (a + 4 * words as u64, 1i64, pattern as u16);
         // SAFETY: matches `poison_u16(u16*, i64, u16)`; the last 16-bit word of the buffer.
-        unsafe { dev.stream().launch_builder(&k).arg(&tail).arg(&one).arg(&half).launch(dev.grid(1)) }
-            .map_err(driver)?;
+        unsafe { launch(dev, &k, dev.grid(1), &mut [param(&tail), param(&one), param(&half)]) }?;
     }
     Ok(())
 }
@@ -366,6 +324,6 @@ pub(crate) fn hold_stream(dev: &Device, ns: u64) -> Result<(), CudaError> {
     let k = dev.function(&kernels::COPY, "hold_ns")?;
     let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: matches `hold_ns(u64)`; touches no memory.
-    unsafe { dev.stream().launch_builder(&k).arg(&ns).launch(one) }.map_err(driver)?;
+    unsafe { launch(dev, &k, one, &mut [param(&ns)]) }?;
     Ok(())
 }

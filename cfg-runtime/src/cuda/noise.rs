@@ -3,9 +3,8 @@
 use super::device::Device;
 use super::error::CudaError;
 use super::kernels;
-use super::launch::driver;
+use super::launch::{launch, param};
 use cfg_core::DType;
-use cudarc::driver::PushKernelArg;
 
 /// The generator's raw words for elements `0..n` of `(seed, step, stream)`;
 /// bit-identical to [`crate::philox::philox4x32_10`] under the same mapping.
@@ -24,16 +23,13 @@ fn run(dev: &Device, name: &str, seed: u64, step: u32, stream: u32, n: usize) ->
     let k = dev.function(&kernels::PHILOX, name)?;
     // SAFETY: matches `philox_*(u64, u32, u32, u32*/float*, i64)`; `out` holds n words.
     unsafe {
-        dev.stream()
-            .launch_builder(&k)
-            .arg(&seed)
-            .arg(&step)
-            .arg(&stream)
-            .arg(&o)
-            .arg(&n64)
-            .launch(dev.grid(n.div_ceil(4)))
-    }
-    .map_err(driver)?;
+        launch(
+            dev,
+            &k,
+            dev.grid(n.div_ceil(4)),
+            &mut [param(&seed), param(&step), param(&stream), param(&o), param(&n64)],
+        )
+    }?;
     let bytes = dev.download_bytes(&out)?;
     Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }

@@ -5,13 +5,13 @@
 
 use super::kernels;
 use super::kernels::KernelName;
-use super::launch::{driver, launch, param};
+use super::launch::{launch, param};
 use super::{Buffer, CudaError, Device};
 use crate::philox::INIT_STEP;
 use crate::scheduler::{Sampler, SamplerKind};
 use cfg_core::expr::Space;
 use cfg_core::DType;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 /// The update kernels (`kernels/update.cu`, after the prelude and Philox).
 pub const UPDATE: kernels::KernelModule = kernels::KernelModule::new(
@@ -100,17 +100,13 @@ pub fn init_latents(dev: &Device, seed: u64, stream: u32, t0: f64, n: usize) -> 
     let k = dev.function(&UPDATE, "init_latents")?;
     // SAFETY: matches `init_latents(u64, u32, u32, double, float*, i64)`; `x` holds n f32.
     unsafe {
-        dev.stream()
-            .launch_builder(&k)
-            .arg(&seed)
-            .arg(&INIT_STEP)
-            .arg(&stream)
-            .arg(&t0)
-            .arg(&a)
-            .arg(&n64)
-            .launch(grid(dev, n))
-    }
-    .map_err(driver)?;
+        launch(
+            dev,
+            &k,
+            grid(dev, n),
+            &mut [param(&seed), param(&INIT_STEP), param(&stream), param(&t0), param(&a), param(&n64)],
+        )
+    }?;
     Ok(x)
 }
 
