@@ -2,11 +2,15 @@
 use std::{env, fs, path::Path};
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    // Read at run time: a build script compiled once may run for another checkout.
+    let manifest = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest).join("../policies");
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut files: Vec<_> =
-        fs::read_dir(&dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading the policy library {}: {e}", dir.display()));
+    let mut files: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "ron"));
+    // An empty library would make `cfg sample` fail at run time; fail the build instead.
+    assert!(!files.is_empty(), "no policies/*.ron in {}", dir.display());
     files.sort();
     let mut out =
         String::from("/// (file stem, RON text) of each built-in policy.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
