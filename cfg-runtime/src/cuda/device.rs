@@ -193,11 +193,6 @@ impl Device {
         self.free.release();
     }
 
-    /// Bytes of freed memory kept for reuse.
-    pub fn cached_bytes(&self) -> usize {
-        self.free.cached_bytes()
-    }
-
     /// Copies a host tensor to the device.
     pub fn upload(&self, t: &Tensor) -> Result<Buffer, CudaError> {
         let mut b = self.alloc(t.dtype(), t.len())?;
@@ -309,11 +304,6 @@ impl Device {
         }
         let size = src.dtype.size();
         self.copy_out(&src.mem, start * size, src.dtype, len)
-    }
-
-    /// Zeroed raw memory of `bytes` bytes.
-    pub fn zeroed_bytes(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
-        self.zeros_u8(bytes)
     }
 
     /// Uninitialised raw memory of `bytes` bytes (written before it is read).

@@ -36,11 +36,6 @@ impl FreeLists {
             lists.clear();
         }
     }
-
-    /// Bytes held in the free lists.
-    pub(crate) fn cached_bytes(&self) -> usize {
-        self.by_size.lock().map(|l| l.iter().map(|(size, v)| size * v.len()).sum()).unwrap_or(0)
-    }
 }
 
 /// Device memory that returns to its device's free list when dropped.

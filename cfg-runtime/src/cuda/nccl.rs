@@ -758,7 +758,8 @@ impl Communicator for NcclCommunicator {
         };
         let source = Source::Device { addr: self.dev.raw_addr(mem), len: *len };
         let total = self.gather(what, step, source, sizes)?;
-        let out = self.dev.zeroed_bytes(total).map_err(|e| self.stopped(what, step, Stop::Failed(e.to_string())))?;
+        // `copy_out` writes all `total` bytes: no memset.
+        let out = self.dev.raw_bytes(total).map_err(|e| self.stopped(what, step, Stop::Failed(e.to_string())))?;
         let addr = self.dev.raw_addr(&out);
         self.copy_out(addr, total).map_err(|e| self.stopped(what, step, Stop::Failed(e)))?;
         Ok(DeviceBytes::Cuda { mem: out, len: total })
