@@ -4,7 +4,8 @@
 # installs the pinned test requirements from PyPI (python/requirements-test.txt:
 # torch, diffusers 0.42.1, numpy, pytest, maturin), builds and installs
 # cfg_guidance with `pip install ./python` (maturin, release build in the
-# workspace's target/), then runs the tests. scripts/test.sh calls it.
+# workspace's target/), then runs the tests (arguments, if any, go to pytest in
+# place of the folder). scripts/test.sh calls it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -25,4 +26,4 @@ fi
 PATH="$venv/bin:$PATH" "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     --no-build-isolation --no-deps --force-reinstall ./python
 # From the root, so `import cfg_guidance` is the installed package, not python/cfg_guidance.
-"$venv/bin/python" -m pytest -q -p no:cacheprovider python/tests
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -rs "${@:-python/tests}"

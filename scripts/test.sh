@@ -52,3 +52,7 @@ cargo test --workspace --locked --test cuda_nccl --test cuda_ptx --test steady_s
 # One test at a time: they share the emulated GPUs and the stand-in's copy counters.
 cargo test --workspace --locked --test runtime_cuda -- --test-threads=1
 cargo test --workspace --locked --test cli_cuda -- --nocapture
+# The Python package on CUDA memory (DLPack import, the kernels in place).
+if [ "${CFG_SKIP_PYTHON:-0}" != 1 ]; then
+    scripts/test-python.sh python/tests/test_cuda.py
+fi

@@ -1,12 +1,12 @@
 """Type stubs of the compiled module (python/rust/). Use the package's
 public names (`cfg_guidance.Policy`, `cfg_guidance.Guider`, ...); the raw
-`Guider` below takes tensor descriptors and is wrapped by
-`cfg_guidance.guider.Guider`."""
+`Guider` below takes DLPack producers and a raw CUDA stream handle, and is
+wrapped by `cfg_guidance.guider.Guider`."""
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-# (data address, dtype name, shape, byte strides, device)
-Desc = Tuple[int, str, Sequence[int], Sequence[int], str]
+# Any object with `__dlpack__` and `__dlpack_device__` (torch.Tensor, numpy.ndarray, ...).
+Desc = Any
 
 class PolicyError(ValueError):
     """A policy that cannot be loaded: `file:line:col: what is wrong`."""
@@ -100,6 +100,7 @@ class Guider:
         sigma: Optional[float],
         inputs: Sequence[Tuple[str, str, Desc]],
         outputs: Sequence[Tuple[str, Desc]],
+        stream: Optional[int] = None,
     ) -> None: ...
     def forms_len(
         self, step: int, num_steps: int, sigma: Optional[float], shapes: Sequence[Tuple[str, Sequence[int]]]
@@ -112,9 +113,16 @@ class Guider:
         inputs: Sequence[Tuple[str, str, Desc]],
         shapes: Sequence[Tuple[str, Sequence[int]]],
         forms: Desc,
+        stream: Optional[int] = None,
     ) -> None: ...
     def finish(
-        self, step: int, num_steps: int, sigma: Optional[float], forms: Desc, outputs: Sequence[Tuple[str, Desc]]
+        self,
+        step: int,
+        num_steps: int,
+        sigma: Optional[float],
+        forms: Desc,
+        outputs: Sequence[Tuple[str, Desc]],
+        stream: Optional[int] = None,
     ) -> None: ...
 
 def list_policies() -> List[str]: ...

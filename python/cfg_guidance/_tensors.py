@@ -1,20 +1,16 @@
-"""Tensors in and out: torch tensors and NumPy arrays described for the
-native module (data address, dtype, shape, byte strides, device), and
-outputs allocated once, of the same kind as the inputs.
+"""Tensors in and out: any DLPack producer (torch tensors, NumPy arrays, ...)
+is handed to the native module as it is, which reads and writes it in
+place; outputs are allocated here, of the same kind as the inputs.
 
-Nothing here copies a tensor: the native module reads predictions where
-they are and writes into the outputs allocated here. The caller keeps every
-described object alive until the native call returns (they are locals of
-the calling frame).
+The caller keeps every tensor alive until the native call returns (they are
+locals of the calling frame).
 """
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Iterable, Optional
 
 import numpy as np
-
-Desc = Tuple[int, str, list, list, str]
 
 
 def is_torch(x: Any) -> bool:
@@ -22,15 +18,17 @@ def is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
 
-def describe(x: Any) -> Desc:
-    """The native descriptor of a torch tensor or NumPy array."""
-    if is_torch(x):
-        size = x.element_size()
-        dtype = str(x.dtype).removeprefix("torch.")
-        return (x.data_ptr(), dtype, list(x.shape), [s * size for s in x.stride()], str(x.device))
-    if isinstance(x, np.ndarray):
-        return (x.__array_interface__["data"][0], x.dtype.name, list(x.shape), list(x.strides), "cpu")
-    raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+def stream_of(tensors: Iterable[Any]) -> Optional[int]:
+    """The raw handle of torch's current stream on the device of the first
+    CUDA torch tensor among `tensors` (the native module orders its kernels
+    on it); None when there is none (CPU tensors, or the legacy default
+    stream for other CUDA producers)."""
+    for t in tensors:
+        if is_torch(t) and t.is_cuda:
+            import torch
+
+            return int(torch.cuda.current_stream(t.device).cuda_stream)
+    return None
 
 
 def empty_like(x: Any) -> Any:

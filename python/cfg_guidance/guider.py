@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native
-from ._tensors import describe, empty_like
+from ._tensors import empty_like, stream_of
 from ._native import GuidanceError, Policy, StepPlan
 
 Predictions = Mapping[str, Any]
@@ -99,9 +99,10 @@ class Guider:
     ) -> None:
         """`combine` into tensors the caller allocated (contiguous, the predictions' dtype)."""
         flat = predictions if _is_flat(predictions) else self._flatten(predictions)
-        inputs = [(b, o, describe(t)) for (b, o), t in flat.items()]
-        outs = [(o, describe(t)) for o, t in outputs.items()]
-        self._native.combine(step, num_steps, sigma, inputs, outs)
+        inputs = [(b, o, t) for (b, o), t in flat.items()]
+        outs = list(outputs.items())
+        stream = stream_of(list(outputs.values()) + list(flat.values()))
+        self._native.combine(step, num_steps, sigma, inputs, outs, stream)
 
     # CFG-parallel pieces (see cfg_guidance.distributed for the one-call helper).
 
@@ -136,14 +137,15 @@ class Guider:
         """Writes this rank's weighted f32 partial forms of its `local`
         predictions into `forms` (float32, `forms_len` values), for an all-reduce."""
         flat = local if _is_flat(local) else self._flatten(local)
-        inputs = [(b, o, describe(t)) for (b, o), t in flat.items()]
+        inputs = [(b, o, t) for (b, o), t in flat.items()]
         shape_list = [(o, list(s)) for o, s in shapes.items()]
-        self._native.partial_forms(step, num_steps, sigma, inputs, shape_list, describe(forms))
+        stream = stream_of([forms, *flat.values()])
+        self._native.partial_forms(step, num_steps, sigma, inputs, shape_list, forms, stream)
 
     def finish(self, step: int, num_steps: int, sigma: Optional[float], forms: Any, outputs: Mapping[str, Any]) -> None:
         """Finishes an all-reduce step from the summed `forms` into `outputs`. State advances."""
-        outs = [(o, describe(t)) for o, t in outputs.items()]
-        self._native.finish(step, num_steps, sigma, describe(forms), outs)
+        outs = list(outputs.items())
+        self._native.finish(step, num_steps, sigma, forms, outs, stream_of([forms, *outputs.values()]))
 
     # Helpers.
 

@@ -1,24 +1,91 @@
-//! Tensors handed over from Python as raw descriptors, read and written in
-//! place.
+//! Tensors handed over from Python through DLPack, read and written in place.
 //!
-//! The Python half describes each torch tensor or NumPy array by its data
-//! address, dtype name, shape, byte strides and device, and keeps the object
-//! alive for the whole call. Everything that can be checked here is:
-//! dtype, device, row-major contiguity, alignment, and that an output
-//! overlaps no other tensor of the call. What cannot be checked (that the
-//! address really holds that many elements) is the Python half's contract.
+//! Each torch tensor, NumPy array or other DLPack producer is imported as a
+//! managed DLPack tensor, kept alive for the whole call. Everything that can
+//! be checked is: device, dtype, row-major contiguity, alignment, and that
+//! an output overlaps no other tensor of the call.
 
 use crate::errors::guidance;
 use cfg_core::view::{Elements, ElementsMut, TensorView, TensorViewMut};
 use cfg_core::{DType, Shape};
+use dlpark::ffi::{DLDataTypeCode, DLDevice, DLDeviceType};
+use dlpark::python::consumer::stream;
+use dlpark::python::{from_dlpack, DlpackStream, ImportedDlpack, StreamArg};
 use half::{bf16, f16};
 use pyo3::prelude::*;
 
-/// `(address, dtype, shape, byte strides, device)` of one tensor.
-#[derive(Debug, Clone, FromPyObject)]
-pub struct Desc(pub usize, pub String, pub Vec<usize>, pub Vec<isize>, pub String);
+/// Where a tensor's memory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Host memory.
+    Cpu,
+    /// The memory of CUDA device `n`.
+    Cuda(usize),
+}
 
-/// A checked descriptor: CPU memory, a supported dtype, row-major contiguous.
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Cpu => write!(f, "cpu"),
+            Place::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Imports the tensors of one call and keeps them alive until it is dropped.
+pub struct Importer {
+    /// The raw CUDA stream the call's work is ordered on (0: the default stream).
+    stream: usize,
+    keep: Vec<ImportedDlpack>,
+}
+
+/// The consumer stream handed to a producer's `__dlpack__`: data written on
+/// the producer's streams must be ready on it.
+struct Consumer(usize);
+
+// SAFETY: the handle is the caller's live stream (torch's current stream, or
+// 0 for the legacy default one), in DLPack's CUDA stream convention.
+unsafe impl DlpackStream for Consumer {
+    fn as_python_arg(&self, _py: Python<'_>, device: DLDevice) -> PyResult<StreamArg> {
+        Ok(match device.device_type {
+            DLDeviceType::CUDA => stream::cuda(std::ptr::without_provenance_mut(self.0)),
+            _ => stream::none(),
+        })
+    }
+}
+
+impl Importer {
+    /// An importer for a call whose CUDA work runs ordered on `stream`.
+    pub fn new(stream: Option<usize>) -> Importer {
+        Importer { stream: stream.unwrap_or(0), keep: Vec::new() }
+    }
+
+    /// The raw CUDA stream of the call.
+    pub fn stream(&self) -> usize {
+        self.stream
+    }
+
+    /// Imports and checks `obj`; `what` names it in messages (`branch \`cond\``).
+    pub fn import(&mut self, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Checked> {
+        if !obj.hasattr("__dlpack__")? {
+            return Err(guidance(format!(
+                "{what}: expected a tensor (torch.Tensor, numpy.ndarray or another DLPack producer), got {}",
+                obj.get_type().name()?
+            )));
+        }
+        let imported = from_dlpack(obj.as_borrowed(), Some(&Consumer(self.stream)), None)
+            .map_err(|e| {
+                // The producer's message, without the C++ backtrace torch appends.
+                let e = e.to_string();
+                guidance(format!("{what}: could not be read through DLPack: {}", e.lines().next().unwrap_or("")))
+            })?;
+        let checked = Checked::new(&imported, what)?;
+        self.keep.push(imported);
+        Ok(checked)
+    }
+}
+
+/// A checked tensor: a supported device and dtype, row-major contiguous.
 #[derive(Debug, Clone)]
 pub struct Checked {
     addr: usize,
@@ -26,47 +93,61 @@ pub struct Checked {
     pub dtype: DType,
     /// The shape.
     pub shape: Shape,
+    /// Where its memory is.
+    pub place: Place,
 }
 
 impl Checked {
-    /// Checks `d`; `what` names the tensor in messages (`branch \`cond\``).
-    pub fn new(d: &Desc, what: &str) -> PyResult<Checked> {
-        let Desc(addr, dtype, shape, strides, device) = d;
-        if device != "cpu" {
-            return Err(guidance(format!(
-                "{what}: the tensor is on `{device}`, but this build of cfg_guidance combines CPU tensors only \
-                 (the CUDA kernels are not wired into the Python package yet); move it with `.cpu()`"
-            )));
-        }
-        let dtype = match dtype.as_str() {
-            "float32" => DType::F32,
-            "float16" => DType::F16,
-            "bfloat16" => DType::BF16,
+    fn new(imported: &ImportedDlpack, what: &str) -> PyResult<Checked> {
+        let t = imported.validate().map_err(|e| guidance(format!("{what}: an invalid DLPack tensor: {e}")))?;
+        let dev = t.device();
+        let place = match dev.device_type {
+            DLDeviceType::CPU => Place::Cpu,
+            DLDeviceType::CUDA => Place::Cuda(dev.device_id.max(0) as usize),
             other => {
                 return Err(guidance(format!(
-                    "{what}: dtype {other} is not supported: expected float32, float16 or bfloat16"
+                    "{what}: the tensor is on DLPack device type {}, expected CPU or CUDA memory",
+                    other.0
                 )))
             }
         };
-        if strides.len() != shape.len() {
-            return Err(guidance(format!("{what}: {} strides for {} dimensions", strides.len(), shape.len())));
-        }
-        let mut expected = dtype.size() as isize;
-        for (&n, &s) in shape.iter().zip(strides).rev() {
-            // A dimension of size 1 is never stepped over, whatever its stride.
-            if n > 1 && s != expected {
+        let dt = t.dtype();
+        let dtype = match (dt.code, dt.bits, dt.lanes) {
+            (DLDataTypeCode::FLOAT, 32, 1) => DType::F32,
+            (DLDataTypeCode::FLOAT, 16, 1) => DType::F16,
+            (DLDataTypeCode::BFLOAT, 16, 1) => DType::BF16,
+            _ => {
                 return Err(guidance(format!(
-                    "{what}: the tensor is not contiguous (shape {shape:?}, byte strides {strides:?}); \
-                     pass a row-major contiguous tensor (`.contiguous()`, `np.ascontiguousarray`)"
-                )));
+                    "{what}: dtype {} is not supported: expected float32, float16 or bfloat16",
+                    dtype_name(dt.code, dt.bits, dt.lanes)
+                )))
             }
-            expected = expected.saturating_mul(n as isize);
+        };
+        let shape: Vec<usize> = t.shape().iter().map(|&d| d.max(0) as usize).collect();
+        if let Some(strides) = t.strides() {
+            let mut expected = 1i64;
+            for (&n, &s) in shape.iter().zip(strides).rev() {
+                // A dimension of size 1 is never stepped over, whatever its stride.
+                if n > 1 && s != expected {
+                    return Err(guidance(format!(
+                        "{what}: the tensor is not contiguous (shape {shape:?}, element strides {strides:?}); \
+                         pass a row-major contiguous tensor (`.contiguous()`, `np.ascontiguousarray`)"
+                    )));
+                }
+                expected = expected.saturating_mul(n as i64);
+            }
         }
-        let shape = Shape::new(shape.clone());
-        if shape.numel() > 0 && (*addr == 0 || addr % dtype.size() != 0) {
+        let addr = (t.data_ptr() as usize).wrapping_add(t.byte_offset() as usize);
+        let shape = Shape::new(shape);
+        if shape.numel() > 0 && (addr == 0 || addr % dtype.size() != 0) {
             return Err(guidance(format!("{what}: data address {addr:#x} is not aligned for {dtype}")));
         }
-        Ok(Checked { addr: *addr, dtype, shape })
+        Ok(Checked { addr, dtype, shape, place })
+    }
+
+    /// The address of the first element (host or device memory, by `place`).
+    pub fn addr(&self) -> usize {
+        self.addr
     }
 
     /// The byte range it occupies.
@@ -77,6 +158,7 @@ impl Checked {
     /// Borrows the elements for reading.
     ///
     /// # Safety
+    /// The tensor must be in host memory ([`Place::Cpu`]).
     /// The memory described must hold `shape.numel()` elements of `dtype`,
     /// stay alive and not be written by anyone else for `'a`.
     pub unsafe fn view<'a>(&self) -> TensorView<'a> {
@@ -137,9 +219,9 @@ pub fn check_disjoint(outputs: &[(String, &Checked)], inputs: &[(String, &Checke
     Ok(())
 }
 
-/// A checked f32 buffer of `len` elements at `addr` (the reduced forms).
-pub fn f32_buffer(d: &Desc, len: usize, what: &str) -> PyResult<Checked> {
-    let c = Checked::new(d, what)?;
+/// A checked f32 buffer of `len` elements (the reduced forms).
+pub fn f32_buffer(importer: &mut Importer, obj: &Bound<'_, PyAny>, len: usize, what: &str) -> PyResult<Checked> {
+    let c = importer.import(obj, what)?;
     if c.dtype != DType::F32 || c.shape.numel() != len {
         return Err(guidance(format!(
             "{what}: expected {len} float32 values, got {} {} (allocate it with the size `forms_len` gives)",
@@ -148,4 +230,21 @@ pub fn f32_buffer(d: &Desc, len: usize, what: &str) -> PyResult<Checked> {
         )));
     }
     Ok(c)
+}
+
+/// A DLPack dtype in NumPy's words (`int64`, `float64`, `complex64`).
+fn dtype_name(code: DLDataTypeCode, bits: u8, lanes: u16) -> String {
+    let kind = match code {
+        DLDataTypeCode::INT => "int",
+        DLDataTypeCode::UINT => "uint",
+        DLDataTypeCode::FLOAT => "float",
+        DLDataTypeCode::BFLOAT => "bfloat",
+        DLDataTypeCode::COMPLEX => "complex",
+        DLDataTypeCode::BOOL => return "bool".into(),
+        other => return format!("DLPack type code {} of {bits} bits", other.0),
+    };
+    match lanes {
+        1 => format!("{kind}{bits}"),
+        _ => format!("{kind}{bits}x{lanes}"),
+    }
 }

@@ -10,7 +10,8 @@
 //! over ranks, and `finish` runs the non-linear ops on the sums. These are
 //! the Rust runtime's two paths, with the same arithmetic.
 
-use crate::buffers::{check_disjoint, f32_buffer, Checked, Desc};
+use crate::buffers::{check_disjoint, f32_buffer, Checked, Importer, Place};
+use crate::cuda;
 use crate::errors::guidance;
 use crate::plan::{mode_of, OutputShapes, StepPlan};
 use crate::policy::Policy;
@@ -26,9 +27,9 @@ use cfg_runtime::plan::{plan_step, Mode};
 use pyo3::prelude::*;
 
 /// A prediction handed in: `(branch, output, tensor)`.
-type Input = (String, String, Desc);
+type Input<'py> = (String, String, Bound<'py, PyAny>);
 /// An output to write: `(output, tensor)`.
-type Output = (String, Desc);
+type Output<'py> = (String, Bound<'py, PyAny>);
 
 /// One rank's guider for one policy.
 #[pyclass(module = "cfg_guidance._native")]
@@ -46,13 +47,13 @@ pub struct Guider {
 struct Inputs(Vec<(String, String, Checked)>);
 
 impl Inputs {
-    fn new(inputs: &[Input]) -> PyResult<Inputs> {
+    fn new(importer: &mut Importer, inputs: &[Input<'_>]) -> PyResult<Inputs> {
         let mut out = Vec::with_capacity(inputs.len());
         for (b, o, d) in inputs {
             if out.iter().any(|(b2, o2, _): &(String, String, Checked)| b2 == b && o2 == o) {
                 return Err(guidance(format!("branch `{b}`, output `{o}`: given twice")));
             }
-            out.push((b.clone(), o.clone(), Checked::new(d, &format!("branch `{b}` (output `{o}`)"))?));
+            out.push((b.clone(), o.clone(), importer.import(d, &format!("branch `{b}` (output `{o}`)"))?));
         }
         Ok(Inputs(out))
     }
@@ -81,7 +82,12 @@ impl Guider {
 
     /// The outputs to write, checked, with their programs (in policy order).
     /// A subset of the outputs may be given (one diffusers guider per output).
-    fn outputs_of<'p>(&self, program: &'p StepProgram, outputs: &[Output]) -> PyResult<Vec<(&'p Program, Checked)>> {
+    fn outputs_of<'p>(
+        &self,
+        program: &'p StepProgram,
+        importer: &mut Importer,
+        outputs: &[Output<'_>],
+    ) -> PyResult<Vec<(&'p Program, Checked)>> {
         for (name, _) in outputs {
             if !program.outputs.iter().any(|p| p.output == *name) {
                 return Err(guidance(format!(
@@ -97,7 +103,7 @@ impl Guider {
         let mut out = Vec::new();
         for p in &program.outputs {
             if let Some((n, d)) = outputs.iter().find(|(n, _)| *n == p.output) {
-                out.push((p, Checked::new(d, &format!("output `{n}`"))?));
+                out.push((p, importer.import(d, &format!("output `{n}`"))?));
             }
         }
         Ok(out)
@@ -207,47 +213,59 @@ impl Guider {
     }
 
     /// Runs the step: reads every needed `(branch, output)` prediction in
-    /// place and writes each output. Operator state advances.
-    #[pyo3(signature = (step, num_steps, sigma, inputs, outputs))]
-    fn combine(
+    /// place and writes each output. Operator state advances. CUDA tensors
+    /// are combined on their device, ordered on `stream` (a raw CUDA stream
+    /// handle; torch's current stream).
+    #[pyo3(signature = (step, num_steps, sigma, inputs, outputs, stream = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn combine<'py>(
         &mut self,
-        py: Python<'_>,
+        py: Python<'py>,
         step: usize,
         num_steps: usize,
         sigma: Option<f64>,
-        inputs: Vec<Input>,
-        outputs: Vec<Output>,
+        inputs: Vec<Input<'py>>,
+        outputs: Vec<Output<'py>>,
+        stream: Option<usize>,
     ) -> PyResult<()> {
         let program = self.lower(step, num_steps, sigma)?;
-        let inputs = Inputs::new(&inputs)?;
-        let outs = self.outputs_of(&program, &outputs)?;
+        let mut importer = Importer::new(stream);
+        let inputs = Inputs::new(&mut importer, &inputs)?;
+        let outs = self.outputs_of(&program, &mut importer, &outputs)?;
         let named_outs: Vec<(String, &Checked)> =
             outs.iter().map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
         check_disjoint(&named_outs, &inputs.named())?;
         // Everything is checked before anything runs, so a refused step leaves the state as it was.
         let mut jobs = Vec::with_capacity(outs.len());
         for (p, out) in &outs {
-            let mut views: Vec<TensorView<'_>> = Vec::with_capacity(p.branches.len());
+            let mut needed = Vec::with_capacity(p.branches.len());
             for b in &p.branches {
-                let c = inputs.get(b, &p.output).ok_or_else(|| missing(step, p, b, &inputs))?;
-                // SAFETY: the Python half keeps every tensor alive for the call; outputs overlap nothing (checked).
-                views.push(unsafe { c.view() });
+                needed.push(inputs.get(b, &p.output).ok_or_else(|| missing(step, p, b, &inputs))?);
             }
-            cfg_core::cpu::check_views(p, &views, out.dtype, &out.shape)
-                .map_err(|e| guidance(format!("step {step}, output `{}`: {e}", p.output)))?;
-            jobs.push((*p, views, out));
+            check_like(p, &needed, out).map_err(|e| guidance(format!("step {step}, output `{}`: {e}", p.output)))?;
+            jobs.push(cuda::Job { program: p, inputs: needed, out });
         }
+        let used = jobs.iter().flat_map(|j| j.inputs.iter().map(|c| ("a prediction".to_string(), *c)));
+        let place = cuda::place_of(named_outs.iter().map(|(n, c)| (n.clone(), *c)).chain(used))?;
+        let stream = importer.stream();
         let state = &mut self.state;
-        py.detach(|| {
-            for (p, views, out) in jobs {
-                // SAFETY: as above.
-                let mut view = unsafe { out.view_mut() };
-                evaluate_view(p, &views, &out.shape, state, &mut view)
-                    .map_err(|e| format!("step {step}, output `{}`: {e}", p.output))?;
+        let run = |state: &mut GuidanceState| match place {
+            Place::Cpu => {
+                for job in &jobs {
+                    // SAFETY: host memory (checked), kept alive by the importer; outputs overlap nothing.
+                    let views: Vec<TensorView<'_>> = job.inputs.iter().map(|c| unsafe { c.view() }).collect();
+                    let mut view = unsafe { job.out.view_mut() };
+                    evaluate_view(job.program, &views, &job.out.shape, state, &mut view)
+                        .map_err(|e| format!("output `{}`: {e}", job.program.output))?;
+                }
+                Ok(())
             }
-            Ok::<(), String>(())
-        })
-        .map_err(guidance)
+            Place::Cuda(ordinal) => {
+                let dev = cuda::device(ordinal).map_err(|e| e.to_string())?;
+                cuda::combine(&dev, stream, &jobs, state)
+            }
+        };
+        py.detach(|| run(state)).map_err(|e| guidance(format!("step {step}, {e}")))
     }
 
     /// f32 values in this step's reduced buffer: every linear form of every
@@ -267,77 +285,93 @@ impl Guider {
     /// Writes this rank's weighted f32 partial sums of every linear form
     /// (from its local predictions only; absent branches count as zero) into
     /// `forms`, which has `forms_len` float32 values. Changes no state.
-    #[pyo3(signature = (step, num_steps, sigma, inputs, shapes, forms))]
+    #[pyo3(signature = (step, num_steps, sigma, inputs, shapes, forms, stream = None))]
     #[allow(clippy::too_many_arguments)]
-    fn partial_forms(
+    fn partial_forms<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         step: usize,
         num_steps: usize,
         sigma: Option<f64>,
-        inputs: Vec<Input>,
+        inputs: Vec<Input<'py>>,
         shapes: Vec<(String, Vec<usize>)>,
-        forms: Desc,
+        forms: Bound<'py, PyAny>,
+        stream: Option<usize>,
     ) -> PyResult<()> {
         let program = self.lower(step, num_steps, sigma)?;
         let sizes = layout(&program, &shapes)?;
         let total = sizes.iter().map(|(n, f)| n * f).sum();
-        let inputs = Inputs::new(&inputs)?;
-        let buf = f32_buffer(&forms, total, "the forms buffer")?;
+        let mut importer = Importer::new(stream);
+        let inputs = Inputs::new(&mut importer, &inputs)?;
+        let buf = f32_buffer(&mut importer, &forms, total, "the forms buffer")?;
         check_disjoint(&[("the forms buffer".to_string(), &buf)], &inputs.named())?;
         let mut jobs = Vec::new();
         for (p, &(n, _)) in program.outputs.iter().zip(&sizes) {
-            let mut local: Vec<Option<Elements<'_>>> = Vec::with_capacity(p.branches.len());
+            let mut local: Vec<Option<&Checked>> = Vec::with_capacity(p.branches.len());
             let mut dtype = None;
             for b in &p.branches {
-                let Some(c) = inputs.get(b, &p.output) else {
-                    local.push(None);
-                    continue;
-                };
-                if c.shape.numel() != n || dtype.is_some_and(|d| d != c.dtype) {
-                    return Err(guidance(format!(
-                        "step {step}, output `{}`: branch `{b}` is {} {}, expected {n} elements in the dtype of the \
-                         other local predictions",
-                        p.output, c.shape, c.dtype
-                    )));
+                let c = inputs.get(b, &p.output);
+                if let Some(c) = c {
+                    if c.shape.numel() != n || dtype.is_some_and(|d| d != c.dtype) {
+                        return Err(guidance(format!(
+                            "step {step}, output `{}`: branch `{b}` is {} {}, expected {n} elements in the dtype of \
+                             the other local predictions",
+                            p.output, c.shape, c.dtype
+                        )));
+                    }
+                    dtype = Some(c.dtype);
                 }
-                dtype = Some(c.dtype);
-                // SAFETY: the Python half keeps every tensor alive for the call; the buffer overlaps none.
-                local.push(Some(unsafe { c.view() }.data));
+                local.push(c);
             }
             jobs.push((p, n, local));
         }
-        // SAFETY: as above.
-        let mut buf = unsafe { buf.view_mut() };
-        let ElementsMut::F32(buf) = &mut buf.data else { unreachable!("checked to be f32") };
-        py.detach(|| {
-            let mut rest: &mut [f32] = buf;
-            for (p, n, local) in jobs {
-                for form in &p.forms {
-                    let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n);
-                    rest = tail;
-                    partial_form(form, &local, chunk);
+        let used = jobs.iter().flat_map(|(_, _, l)| l.iter().flatten().map(|c| ("a prediction".to_string(), *c)));
+        let place = cuda::place_of(std::iter::once(("the forms buffer".to_string(), &buf)).chain(used))?;
+        let stream = importer.stream();
+        let run = || match place {
+            Place::Cpu => {
+                // SAFETY: host memory (checked), kept alive by the importer; the buffer overlaps no input.
+                let mut view = unsafe { buf.view_mut() };
+                let ElementsMut::F32(all) = &mut view.data else { unreachable!("checked to be f32") };
+                let mut rest: &mut [f32] = all;
+                for (p, n, local) in &jobs {
+                    // SAFETY: as above.
+                    let local: Vec<Option<Elements<'_>>> =
+                        local.iter().map(|c| c.map(|c| unsafe { c.view() }.data)).collect();
+                    for form in &p.forms {
+                        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(*n);
+                        rest = tail;
+                        partial_form(form, &local, chunk);
+                    }
                 }
+                Ok(())
             }
-        });
-        Ok(())
+            Place::Cuda(ordinal) => {
+                let dev = cuda::device(ordinal).map_err(|e| e.to_string())?;
+                cuda::partial_forms(&dev, stream, &jobs, &buf)
+            }
+        };
+        py.detach(run).map_err(|e| guidance(format!("step {step}: {e}")))
     }
 
     /// Finishes an all-reduce step from the summed forms (`forms_len` f32
     /// values, identical on every rank): the non-linear ops run and every
     /// output is written. Operator state advances.
-    #[pyo3(signature = (step, num_steps, sigma, forms, outputs))]
-    fn finish(
+    #[pyo3(signature = (step, num_steps, sigma, forms, outputs, stream = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn finish<'py>(
         &mut self,
-        py: Python<'_>,
+        py: Python<'py>,
         step: usize,
         num_steps: usize,
         sigma: Option<f64>,
-        forms: Desc,
-        outputs: Vec<Output>,
+        forms: Bound<'py, PyAny>,
+        outputs: Vec<Output<'py>>,
+        stream: Option<usize>,
     ) -> PyResult<()> {
         let program = self.lower(step, num_steps, sigma)?;
-        let outs = self.outputs_of(&program, &outputs)?;
+        let mut importer = Importer::new(stream);
+        let outs = self.outputs_of(&program, &mut importer, &outputs)?;
         if outs.len() != program.outputs.len() {
             return Err(guidance(format!("finish writes every output: give tensors for {}", names(&program))));
         }
@@ -345,31 +379,59 @@ impl Guider {
             outs.iter().map(|(p, c)| (p.output.clone(), c.shape.dims().to_vec())).collect();
         let sizes = layout(&program, &shapes)?;
         let total = sizes.iter().map(|(n, f)| n * f).sum();
-        let buf = f32_buffer(&forms, total, "the reduced forms")?;
+        let buf = f32_buffer(&mut importer, &forms, total, "the reduced forms")?;
         let named_outs: Vec<(String, &Checked)> =
             outs.iter().map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
         check_disjoint(&named_outs, &[("the reduced forms".to_string(), &buf)])?;
-        // SAFETY: kept alive by the Python half; no output overlaps it (checked).
-        let Elements::F32(all) = unsafe { buf.view() }.data else { unreachable!("checked to be f32") };
+        for (p, out) in &outs {
+            p.check_shape(&out.shape).map_err(|e| guidance(format!("step {step}, output `{}`: {e}", p.output)))?;
+        }
+        let place = cuda::place_of(std::iter::once(("the reduced forms".to_string(), &buf)).chain(named_outs))?;
+        let stream = importer.stream();
         let state = &mut self.state;
-        py.detach(|| {
-            let mut at = 0;
-            for ((p, out), (n, count)) in outs.iter().zip(&sizes) {
-                let forms = &all[at..at + n * count];
-                at += n * count;
-                // SAFETY: as above.
-                let mut view = unsafe { out.view_mut() };
-                finish_output(p, forms, &out.shape, state, &mut view.data)
-                    .map_err(|e| format!("step {step}, output `{}`: {e}", p.output))?;
+        let run = |state: &mut GuidanceState| match place {
+            Place::Cpu => {
+                // SAFETY: host memory (checked), kept alive by the importer; no output overlaps it.
+                let Elements::F32(all) = unsafe { buf.view() }.data else { unreachable!("checked to be f32") };
+                let mut at = 0;
+                for ((p, out), (n, count)) in outs.iter().zip(&sizes) {
+                    let forms = &all[at..at + n * count];
+                    at += n * count;
+                    // SAFETY: as above.
+                    let mut view = unsafe { out.view_mut() };
+                    finish_output(p, forms, &out.shape, state, &mut view.data)
+                        .map_err(|e| format!("output `{}`: {e}", p.output))?;
+                }
+                Ok(())
             }
-            Ok::<(), String>(())
-        })
-        .map_err(guidance)
+            Place::Cuda(ordinal) => {
+                let dev = cuda::device(ordinal).map_err(|e| e.to_string())?;
+                let programs: Vec<(&Program, &Checked)> = outs.iter().map(|(p, c)| (*p, c)).collect();
+                cuda::finish(&dev, stream, &programs, &buf, state)
+            }
+        };
+        py.detach(|| run(state)).map_err(|e| guidance(format!("step {step}, {e}")))
     }
 
     fn __repr__(&self) -> String {
         format!("Guider({:?}, rank {} of {}, {})", self.policy.loaded.policy.name, self.rank, self.world, self.mode())
     }
+}
+
+/// Every prediction of `p` has the output's shape and dtype, and the shape suits `p`'s ops.
+fn check_like(p: &Program, inputs: &[&Checked], out: &Checked) -> Result<(), CoreError> {
+    for (name, t) in p.branches.iter().zip(inputs) {
+        if t.shape != out.shape || t.dtype != out.dtype {
+            return Err(CoreError::Mismatch {
+                branch: name.clone(),
+                expected: out.shape.to_string(),
+                expected_dtype: out.dtype.to_string(),
+                got: t.shape.to_string(),
+                got_dtype: t.dtype.to_string(),
+            });
+        }
+    }
+    p.check_shape(&out.shape)
 }
 
 /// Per output (program order): `(elements, number of forms)`.

@@ -1,12 +1,14 @@
 //! `cfg_guidance._native`: the compiled half of the `cfg_guidance` Python
-//! package. The Python half (`python/cfg_guidance/`) turns torch tensors and
-//! NumPy arrays into the raw descriptors read here, allocates outputs and
+//! package. Tensors arrive through DLPack (torch, NumPy, any producer) and
+//! are read and written in place, on the CPU or, for CUDA tensors, by the
+//! project's kernels on their device. The Python half allocates outputs and
 //! runs collectives; everything about policies, plans and arithmetic is the
 //! Rust workspace's own code, reached from here.
 #![deny(missing_docs)]
 #![warn(clippy::all)]
 
 mod buffers;
+mod cuda;
 mod errors;
 mod guider;
 mod plan;

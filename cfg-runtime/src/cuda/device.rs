@@ -182,6 +182,11 @@ impl Device {
         Ok(mem)
     }
 
+    /// Sets every byte of `b` to zero (queued on the stream).
+    pub fn memset_zeros(&self, b: &mut Buffer) -> Result<(), CudaError> {
+        self.stream.memset_zeros(&mut *b.mem).map_err(|e| CudaError::driver("cuMemsetD8Async", e))
+    }
+
     /// Zeroed memory for `len` elements of `dtype`.
     pub fn zeros(&self, dtype: DType, len: usize) -> Result<Buffer, CudaError> {
         Ok(Buffer { mem: self.zeros_u8(len * dtype.size())?, dtype, len })
@@ -266,6 +271,17 @@ impl Device {
         self.stream
             .memcpy_dtod(&src.mem.slice(..bytes), &mut dst.mem.slice_mut(..bytes))
             .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
+    }
+
+    /// Copies the elements of `src` into `dst` (of the same dtype) from element `at` on.
+    pub fn copy_to(&self, src: &Buffer, dst: &mut Buffer, at: usize) -> Result<(), CudaError> {
+        if src.dtype != dst.dtype || at + src.len > dst.len {
+            return Err(CudaError::Unsupported(format!(
+                "copy of {} {} at element {at} into {} {}",
+                src.len, src.dtype, dst.len, dst.dtype
+            )));
+        }
+        self.copy_into(src, &mut dst.mem, at * dst.dtype.size())
     }
 
     /// Copies the elements of `src` into raw memory `dst` at byte `at`.
@@ -363,6 +379,18 @@ impl Device {
 }
 
 impl Buffer {
+    /// Memory another framework owns (a torch tensor's), used in place: never
+    /// freed or recycled here.
+    ///
+    /// # Safety
+    /// `addr` must be device memory of `dev`'s context holding `len` elements
+    /// of `dtype`, alive and not written by others while the buffer is used.
+    pub unsafe fn borrowed(dev: &Device, addr: u64, dtype: DType, len: usize) -> Buffer {
+        // SAFETY: the caller's contract.
+        let mem = unsafe { DeviceMem::borrowed(&dev.stream, addr, (len * dtype.size()).max(1)) };
+        Buffer { mem, dtype, len }
+    }
+
     /// The device address of the first element.
     pub fn addr(&self, dev: &Device) -> u64 {
         dev.addr(&self.mem)

@@ -65,11 +65,33 @@ pub fn evaluate(
     state: &mut GuidanceState,
     opts: ExecOptions,
 ) -> Result<Buffer, CudaError> {
-    let n = shape.numel();
+    let mut out = dev.alloc(dtype, shape.numel())?;
+    evaluate_into(dev, program, inputs, shape, state, opts, &mut out)?;
+    Ok(out)
+}
+
+/// As [`evaluate`], writing the result into `out` (`shape.numel()` elements
+/// of the inputs' dtype, overlapping no input): memory of another framework
+/// (a torch tensor) is written in place.
+pub fn evaluate_into(
+    dev: &Device,
+    program: &Program,
+    inputs: &[&Buffer],
+    shape: &Shape,
+    state: &mut GuidanceState,
+    opts: ExecOptions,
+    out: &mut Buffer,
+) -> Result<(), CudaError> {
+    let (n, dtype) = (shape.numel(), out.dtype);
+    if out.len != n || inputs.iter().any(|b| b.dtype != dtype || b.len != n) {
+        return Err(CudaError::Unsupported(format!(
+            "`{}`: every prediction and the output must hold {shape} {dtype}",
+            program.output
+        )));
+    }
     let addrs: SmallVec<[u64; MAX_TERMS]> = inputs.iter().map(|b| b.addr(dev)).collect();
-    let out = dev.alloc(dtype, n)?;
     if opts.poison {
-        launch::poison(dev, &out, 0xffff_ffff)?;
+        launch::poison(dev, out, 0xffff_ffff)?;
     }
     let fast = program.branches.len() <= MAX_TERMS && program.latches.is_empty();
     let done = if program.ops.is_empty() && program.latches.is_empty() {
@@ -78,29 +100,28 @@ pub fn evaluate(
                 let f = forms_of(program, &[i], &addrs)?;
                 launch::combine(dev, &f, dtype, &[out.addr(dev)], dtype, n)?;
             }
-            _ => return dev.zeros(dtype, n).map(|z| advance(program, state, z)),
+            _ => dev.memset_zeros(out)?,
         }
         true
     } else if fast && program.ops.len() == 1 && program.result == Value::Op(0) {
-        fused(dev, program, &addrs, dtype, shape, &out, opts)?
+        fused(dev, program, &addrs, dtype, shape, out, opts)?
     } else {
         false
     };
-    if done {
-        return Ok(advance(program, state, out));
+    if !done {
+        let result = Generic::new(dev, program, inputs, shape).run(state)?;
+        let f = forms_of_identity(result.addr(dev));
+        launch::combine(dev, &f, DType::F32, &[out.addr(dev)], dtype, n)?;
+        dev.sync()?;
     }
-    let result = Generic::new(dev, program, inputs, shape).run(state)?;
-    let f = forms_of_identity(result.addr(dev));
-    launch::combine(dev, &f, DType::F32, &[out.addr(dev)], dtype, n)?;
-    dev.sync()?;
-    Ok(advance(program, state, out))
+    advance(program, state);
+    Ok(())
 }
 
-fn advance(program: &Program, state: &mut GuidanceState, out: Buffer) -> Buffer {
+fn advance(program: &Program, state: &mut GuidanceState) {
     for slot in &program.counters {
         state.advance(slot);
     }
-    out
 }
 
 /// `1·x`: exact, used to round an f32 buffer into another dtype.

@@ -27,7 +27,7 @@ impl FreeLists {
             // SAFETY: callers write the memory (a kernel, a copy or a memset) before reading it.
             None => unsafe { stream.alloc::<u8>(bytes) }?,
         };
-        Ok(DeviceMem { mem: Some(mem), free: self.clone() })
+        Ok(DeviceMem { mem: Some(mem), free: Some(self.clone()) })
     }
 
     /// Hands every cached block back to the driver.
@@ -38,12 +38,27 @@ impl FreeLists {
     }
 }
 
-/// Device memory that returns to its device's free list when dropped.
+/// Device memory that returns to its device's free list when dropped, or
+/// memory another framework owns, which is left alone.
 #[derive(Debug)]
 pub struct DeviceMem {
     /// Always `Some` until dropped.
     mem: Option<CudaSlice<u8>>,
-    free: Arc<FreeLists>,
+    /// `None` for borrowed memory.
+    free: Option<Arc<FreeLists>>,
+}
+
+impl DeviceMem {
+    /// `bytes` bytes at `addr`, owned by someone else: dropping it frees nothing.
+    ///
+    /// # Safety
+    /// `addr` must be a live allocation of `stream`'s context with `bytes`
+    /// bytes, alive for as long as this value is used.
+    pub(crate) unsafe fn borrowed(stream: &Arc<CudaStream>, addr: u64, bytes: usize) -> DeviceMem {
+        // SAFETY: the caller's contract; `Drop` leaks it instead of freeing.
+        let mem = unsafe { stream.upgrade_device_ptr::<u8>(addr, bytes) };
+        DeviceMem { mem: Some(mem), free: None }
+    }
 }
 
 impl Deref for DeviceMem {
@@ -61,8 +76,17 @@ impl DerefMut for DeviceMem {
 
 impl Drop for DeviceMem {
     fn drop(&mut self) {
-        if let (Some(mem), Ok(mut lists)) = (self.mem.take(), self.free.by_size.lock()) {
-            lists.entry(mem.len()).or_default().push(mem);
+        let Some(mem) = self.mem.take() else { return };
+        match &self.free {
+            Some(free) => {
+                if let Ok(mut lists) = free.by_size.lock() {
+                    lists.entry(mem.len()).or_default().push(mem);
+                }
+            }
+            // Not ours to free.
+            None => {
+                mem.leak();
+            }
         }
     }
 }

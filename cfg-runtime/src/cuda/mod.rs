@@ -14,9 +14,11 @@ mod memory;
 pub use error::CudaError;
 pub use memory::DeviceMem;
 mod exec;
+mod external;
 pub mod launch;
 
-pub use exec::{evaluate, ExecOptions};
+pub use exec::{evaluate, evaluate_into, ExecOptions};
+pub use external::ExternalStream;
 
 mod backend;
 
