@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """cfg_guidance's combine beside the same arithmetic in torch eager, on bf16
-CPU tensors of 262k and 4.8M elements, in one run; then the no-copy
+CPU tensors of 262k and 4.8M elements, in one run (and, where torch sees a
+GPU, on CUDA tensors: GPU time per call with torch's events, and the f32
+bits compared with the CPU run); then the no-copy
 evidence: the output's data pointer, the inputs' pointers and contents
 before and after, and the peak resident memory a fresh process adds over
 one combine (measured in a subprocess).
@@ -103,5 +105,48 @@ def main():
             print(f"{op:<12} {n:>10} {t_torch:>10.1f}µs {t_ours:>8.1f}µs {t_into:>11.1f}µs {t_ours / t_torch:>13.2f}x")
 
 
+def cuda_rows():
+    """The same ops on CUDA tensors (the project's kernels, on torch's current
+    stream) beside torch eager on the same tensors; f32 results must have the
+    CPU run's bits."""
+    dev = torch.device("cuda")
+    print()
+    print(f"CUDA: {torch.cuda.get_device_name(dev)}; time per call from CUDA events over a loop of calls")
+    print(f"{'op':<12} {'dtype':<9} {'elements':>10} {'torch eager':>12} {'combine':>10} {'f32 bits = CPU':>15}")
+
+    def per_call_us(fn, repeat):
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e3 / repeat
+
+    for op, eager in TORCH.items():
+        for dtype in (torch.bfloat16, torch.float32):
+            for n in SIZES + [33_554_432]:
+                gen = torch.Generator().manual_seed(n)
+                c_cpu = torch.randn(1, n // WIDTH, WIDTH, generator=gen).to(dtype)
+                u_cpu = torch.randn(1, n // WIDTH, WIDTH, generator=gen).to(dtype)
+                c, u = c_cpu.to(dev), u_cpu.to(dev)
+                g = cg.Guider(op)
+                out = {"sample": torch.empty_like(c)}
+                t_torch = per_call_us(lambda: eager(c, u), 50)
+                t_ours = per_call_us(lambda: g.combine_into(1, 10, None, {"cond": c, "uncond": u}, out), 50)
+                same = "-"
+                if dtype == torch.float32:
+                    want = cg.Guider(op).combine(1, 10, None, {"cond": c_cpu, "uncond": u_cpu})["sample"]
+                    same = str(torch.equal(out["sample"].cpu().view(torch.int32), want.view(torch.int32)))
+                name = str(dtype).removeprefix("torch.")
+                print(f"{op:<12} {name:<9} {n:>10} {t_torch:>10.1f}µs {t_ours:>8.1f}µs {same:>15}")
+
+
 if __name__ == "__main__":
     main()
+    if torch.cuda.is_available():
+        cuda_rows()
+    else:
+        print("\nno CUDA device visible to torch: the CUDA rows are skipped")

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from . import _nvrtc
+
 
 def is_torch(x: Any) -> bool:
     """Whether `x` is a torch tensor (without importing torch)."""
@@ -22,12 +24,18 @@ def stream_of(tensors: Iterable[Any]) -> Optional[int]:
     """The raw handle of torch's current stream on the device of the first
     CUDA torch tensor among `tensors` (the native module orders its kernels
     on it); None when there is none (CPU tensors, or the legacy default
-    stream for other CUDA producers)."""
+    stream for other CUDA producers). Finds NVRTC when a tensor is on CUDA."""
     for t in tensors:
-        if is_torch(t) and t.is_cuda:
+        if is_torch(t):
+            if not t.is_cuda:
+                continue
             import torch
 
+            _nvrtc.preload()
             return int(torch.cuda.current_stream(t.device).cuda_stream)
+        device = getattr(t, "__dlpack_device__", None)
+        if device is not None and device()[0] == 2:  # kDLCUDA
+            _nvrtc.preload()
     return None
 
 

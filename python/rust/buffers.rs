@@ -73,12 +73,11 @@ impl Importer {
                 obj.get_type().name()?
             )));
         }
-        let imported = from_dlpack(obj.as_borrowed(), Some(&Consumer(self.stream)), None)
-            .map_err(|e| {
-                // The producer's message, without the C++ backtrace torch appends.
-                let e = e.to_string();
-                guidance(format!("{what}: could not be read through DLPack: {}", e.lines().next().unwrap_or("")))
-            })?;
+        let imported = from_dlpack(obj.as_borrowed(), Some(&Consumer(self.stream)), None).map_err(|e| {
+            // The producer's message, without the C++ backtrace torch appends.
+            let e = e.to_string();
+            guidance(format!("{what}: could not be read through DLPack: {}", e.lines().next().unwrap_or("")))
+        })?;
         let checked = Checked::new(&imported, what)?;
         self.keep.push(imported);
         Ok(checked)

@@ -58,11 +58,7 @@ fn borrow(dev: &Device, t: &Checked) -> Buffer {
 }
 
 /// Runs `f` on `dev` ordered on `stream` (see the module's comment).
-fn ordered<T>(
-    dev: &Device,
-    stream: usize,
-    f: impl FnOnce() -> Result<T, String>,
-) -> Result<T, String> {
+fn ordered<T>(dev: &Device, stream: usize, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let stream = ExternalStream(stream);
     dev.wait_for(stream).map_err(|e| e.to_string())?;
     let out = f();
@@ -108,8 +104,7 @@ pub fn partial_forms(
         let mut dst = borrow(dev, forms);
         let mut at = 0usize;
         for (p, n, local) in programs {
-            let tensors: Vec<Option<DeviceTensor>> =
-                local.iter().map(|t| t.map(|t| device_tensor(dev, t))).collect();
+            let tensors: Vec<Option<DeviceTensor>> = local.iter().map(|t| t.map(|t| device_tensor(dev, t))).collect();
             let refs: Vec<Option<&DeviceTensor>> = tensors.iter().map(Option::as_ref).collect();
             let part = backend.partial_forms(p, &refs, &Shape::new([*n])).map_err(|e| e.to_string())?;
             copy_into(dev, &part, &mut dst, at)?;
@@ -137,8 +132,7 @@ pub fn finish(
             let mine = dev.copy_range(&all, at, len).map_err(|e| e.to_string())?;
             at += len;
             let mine = DeviceTensor::Cuda(CudaTensor { buf: mine, shape: Shape::new([len]) });
-            let result =
-                backend.evaluate_forms(p, &mine, out.dtype, &out.shape, state).map_err(|e| e.to_string())?;
+            let result = backend.evaluate_forms(p, &mine, out.dtype, &out.shape, state).map_err(|e| e.to_string())?;
             let mut dst = borrow(dev, out);
             copy_into(dev, &result, &mut dst, 0)?;
         }
