@@ -138,7 +138,7 @@ impl Checked {
         }
         let addr = (t.data_ptr() as usize).wrapping_add(t.byte_offset() as usize);
         let shape = Shape::new(shape);
-        if shape.numel() > 0 && (addr == 0 || addr % dtype.size() != 0) {
+        if shape.numel() > 0 && (addr == 0 || !addr.is_multiple_of(dtype.size())) {
             return Err(guidance(format!("{what}: data address {addr:#x} is not aligned for {dtype}")));
         }
         Ok(Checked { addr, dtype, shape, place })
