@@ -8,7 +8,7 @@ locals of the calling frame).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -20,22 +20,23 @@ def is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
 
-def stream_of(tensors: Iterable[Any]) -> Optional[int]:
-    """The raw handle of torch's current stream on the device of the first
-    CUDA torch tensor among `tensors` (the native module orders its kernels
-    on it); None when there is none (CPU tensors, or the legacy default
-    stream for other CUDA producers). Finds NVRTC when a tensor is on CUDA."""
-    for t in tensors:
-        if is_torch(t):
-            if not t.is_cuda:
-                continue
-            import torch
+def stream_of(t: Any) -> Optional[int]:
+    """The stream the native module orders its work on, for a call whose
+    tensors are on `t`'s device: torch's current stream there (its raw
+    handle) for a CUDA torch tensor; None otherwise (CPU tensors, or the
+    legacy default stream for other CUDA producers). A call's tensors are
+    all on one device (the native module checks), so one tells. Finds NVRTC
+    when the call is on CUDA."""
+    if is_torch(t):
+        if not t.is_cuda:
+            return None
+        import torch
 
-            _nvrtc.preload()
-            return int(torch.cuda.current_stream(t.device).cuda_stream)
-        device = getattr(t, "__dlpack_device__", None)
-        if device is not None and device()[0] == 2:  # kDLCUDA
-            _nvrtc.preload()
+        _nvrtc.preload()
+        return int(torch.cuda.current_stream(t.device).cuda_stream)
+    device = getattr(t, "__dlpack_device__", None)
+    if device is not None and device()[0] == 2:  # kDLCUDA
+        _nvrtc.preload()
     return None
 
 

@@ -38,14 +38,16 @@ class Guider:
         if params:
             policy = policy.with_params(dict(params))
         self._native = _native.Guider(policy, world_size, rank, mode)
+        self._policy = policy
+        self._outputs: List[str] = list(policy.outputs)
 
     @property
     def policy(self) -> Policy:
-        return self._native.policy
+        return self._policy
 
     @property
     def outputs(self) -> List[str]:
-        return self._native.policy.outputs
+        return list(self._outputs)
 
     @property
     def rank(self) -> int:
@@ -85,7 +87,7 @@ class Guider:
         may be given and are ignored. Operator state advances.
         """
         flat = self._flatten(predictions)
-        outputs = {o: empty_like(self._like(o, flat, step, num_steps, sigma)) for o in self.outputs}
+        outputs = {o: empty_like(self._like(o, flat, step, num_steps, sigma)) for o in self._outputs}
         self.combine_into(step, num_steps, sigma, flat, outputs)
         return outputs
 
@@ -101,7 +103,7 @@ class Guider:
         flat = predictions if _is_flat(predictions) else self._flatten(predictions)
         inputs = [(b, o, t) for (b, o), t in flat.items()]
         outs = list(outputs.items())
-        stream = stream_of(list(outputs.values()) + list(flat.values()))
+        stream = stream_of(next(iter(outputs.values()), None))
         self._native.combine(step, num_steps, sigma, inputs, outs, stream)
 
     # CFG-parallel pieces (see cfg_guidance.distributed for the one-call helper).
@@ -139,13 +141,13 @@ class Guider:
         flat = local if _is_flat(local) else self._flatten(local)
         inputs = [(b, o, t) for (b, o), t in flat.items()]
         shape_list = [(o, list(s)) for o, s in shapes.items()]
-        stream = stream_of([forms, *flat.values()])
+        stream = stream_of(forms)
         self._native.partial_forms(step, num_steps, sigma, inputs, shape_list, forms, stream)
 
     def finish(self, step: int, num_steps: int, sigma: Optional[float], forms: Any, outputs: Mapping[str, Any]) -> None:
         """Finishes an all-reduce step from the summed `forms` into `outputs`. State advances."""
         outs = list(outputs.items())
-        self._native.finish(step, num_steps, sigma, forms, outs, stream_of([forms, *outputs.values()]))
+        self._native.finish(step, num_steps, sigma, forms, outs, stream_of(forms))
 
     # Helpers.
 
@@ -153,7 +155,7 @@ class Guider:
         """`{(branch, output): tensor}` from `{branch: tensor}` or `{branch: {output: tensor}}`."""
         if not isinstance(predictions, Mapping):
             raise TypeError(f"predictions: expected a dict of branch name -> tensor, got {type(predictions).__name__}")
-        outputs = self.outputs
+        outputs = self._outputs
         flat: Dict[Tuple[str, str], Any] = {}
         for branch, value in predictions.items():
             if isinstance(value, Mapping):
@@ -182,4 +184,5 @@ class Guider:
 
 
 def _is_flat(predictions: Mapping) -> bool:
-    return all(isinstance(k, tuple) for k in predictions)
+    """Whether the keys are `(branch, output)` pairs (the first key tells)."""
+    return isinstance(next(iter(predictions), None), tuple)

@@ -9,8 +9,10 @@ use crate::errors::guidance;
 use cfg_core::view::{Elements, ElementsMut, TensorView, TensorViewMut};
 use cfg_core::{DType, Shape};
 use dlpark::ffi::{DLDataTypeCode, DLDevice, DLDeviceType};
+use dlpark::python::consumer::exchange::ExchangeApi;
 use dlpark::python::consumer::stream;
 use dlpark::python::{from_dlpack, DlpackStream, ImportedDlpack, StreamArg};
+use dlpark::tensor::TensorRef;
 use half::{bf16, f16};
 use pyo3::prelude::*;
 
@@ -73,12 +75,26 @@ impl Importer {
                 obj.get_type().name()?
             )));
         }
+        // A producer with the C exchange API's borrowed view (torch) is read
+        // without a managed tensor: its object, alive for the call, owns the memory.
+        if let Some(api) = ExchangeApi::from_object(obj.as_borrowed())? {
+            // SAFETY: the view is valid for the closure; only its fields are read.
+            let viewed =
+                api.with_tensor_view_no_sync(obj.as_borrowed(), |t, _| match unsafe { TensorRef::from_raw(t) } {
+                    Ok(t) => Checked::new(t, what),
+                    Err(e) => Err(guidance(format!("{what}: an invalid DLPack tensor: {e}"))),
+                });
+            if let Ok(checked) = viewed {
+                return checked;
+            }
+        }
         let imported = from_dlpack(obj.as_borrowed(), Some(&Consumer(self.stream)), None).map_err(|e| {
             // The producer's message, without the C++ backtrace torch appends.
             let e = e.to_string();
             guidance(format!("{what}: could not be read through DLPack: {}", e.lines().next().unwrap_or("")))
         })?;
-        let checked = Checked::new(&imported, what)?;
+        let t = imported.validate().map_err(|e| guidance(format!("{what}: an invalid DLPack tensor: {e}")))?;
+        let checked = Checked::new(t, what)?;
         self.keep.push(imported);
         Ok(checked)
     }
@@ -97,8 +113,7 @@ pub struct Checked {
 }
 
 impl Checked {
-    fn new(imported: &ImportedDlpack, what: &str) -> PyResult<Checked> {
-        let t = imported.validate().map_err(|e| guidance(format!("{what}: an invalid DLPack tensor: {e}")))?;
+    fn new(t: TensorRef<'_>, what: &str) -> PyResult<Checked> {
         let dev = t.device();
         let place = match dev.device_type {
             DLDeviceType::CPU => Place::Cpu,
