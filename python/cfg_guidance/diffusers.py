@@ -14,10 +14,15 @@ diffusers does (`pred_cond`, `pred_uncond`, `pred_cond_skip`,
 `pred_cond_seg`; `pred_<branch>` otherwise), and combines
 them with the policy's program.
 
-What it does not do: modify the model. `prepare_models` only counts calls,
-so branches that perturb the denoiser (skip layers, identity attention,
-blurred queries, another model) must be produced by the pipeline's own
-means (hooks, a second model); the adapter combines what it is given.
+Branches that modify the denoiser get diffusers' own hooks around their
+forward (`prepare_models` installs them, `cleanup_models` removes them), as
+diffusers' guiders do: `IdentityAttention(layers)` (PAG: attention scores
+skipped), `SkipLayers(layers)` (SLG: attention and feed-forward skipped),
+`SkipSelfAttention(layers)` (attention skipped) and `BlurQueries(layers,
+sigma)` (SEG's query blur), in the block stack `fqn` ("auto" finds it in a
+DiT; a UNet needs its name). Modifiers that no hook expresses (another
+model, modality isolation, a dropped reference) are the pipeline's to
+apply; the adapter combines what it is given.
 
 State: diffusers has no start-of-sampling call and its stateful guiders
 (APG's momentum) restart at step 0, so this adapter starts the policy's
@@ -62,8 +67,11 @@ class PolicyGuidance(BaseGuidance):
         names: Optional[Dict[str, str]] = None,
         restart_at_step_zero: bool = True,
         enabled: bool = True,
+        fqn: str = "auto",
     ):
         self._guider = Guider(policy, params=params)
+        self._fqn = fqn
+        self._hooks: List[str] = []  # the hooks installed for the branch being computed
         outputs = self._guider.outputs
         if output is None and len(outputs) != 1:
             raise GuidanceError(f"policy `{self._guider.policy.name}` has outputs {outputs}: choose one with output=")
@@ -104,6 +112,28 @@ class PolicyGuidance(BaseGuidance):
             self._prepare_batch_from_block_state(input_fields, data, self._tuple_index[b], self._ident[b])
             for b in self._active()
         ]
+
+    def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        """Before each branch's forward (in `prepare_inputs` order): its modifier's hooks."""
+        super().prepare_models(denoiser)
+        self.cleanup_models(denoiser)
+        active = self._active()
+        i = self._count_prepared - 1
+        if not (0 <= i < len(active)) or not self._enabled:
+            return
+        branch = active[i]
+        kind, params = self._guider.policy.modifier(branch)
+        self._hooks = _apply_hooks(denoiser, kind, params, self._fqn, f"cfg_guidance_{branch}")
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        """After each branch's forward: removes the hooks `prepare_models` installed."""
+        if self._hooks:
+            from diffusers.hooks import HookRegistry
+
+            registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+            for name in self._hooks:
+                registry.remove_hook(name, recurse=True)
+            self._hooks = []
 
     @property
     def num_conditions(self) -> int:
@@ -159,6 +189,37 @@ class PolicyGuidance(BaseGuidance):
             if i == 0:
                 return b
         return self._guider.policy.branches[0]
+
+
+def _apply_hooks(denoiser: torch.nn.Module, kind: str, params: Mapping[str, Any], fqn: str, name: str) -> List[str]:
+    """Installs diffusers' hooks for a modifier; returns their names (none for
+    modifiers no hook expresses)."""
+    from diffusers.hooks import LayerSkipConfig
+    from diffusers.hooks.layer_skip import _apply_layer_skip_hook
+
+    skips = {
+        # (skip_attention, skip_attention_scores, skip_ff), as diffusers' PAG and SLG guiders configure them.
+        "IdentityAttention": (False, True, False),
+        "SkipLayers": (True, False, True),
+        "SkipSelfAttention": (True, False, False),
+    }
+    if kind in skips:
+        attention, scores, ff = skips[kind]
+        config = LayerSkipConfig(
+            indices=list(params["layers"]), fqn=fqn, skip_attention=attention, skip_attention_scores=scores, skip_ff=ff
+        )
+        _apply_layer_skip_hook(denoiser, config, name=name)
+        return [name]
+    if kind == "BlurQueries":
+        from diffusers.hooks.smoothed_energy_guidance_utils import (
+            SmoothedEnergyGuidanceConfig,
+            _apply_smoothed_energy_guidance_hook,
+        )
+
+        config = SmoothedEnergyGuidanceConfig(indices=list(params["layers"]), fqn=fqn)
+        _apply_smoothed_energy_guidance_hook(denoiser, config, float(params["sigma"]), name=name)
+        return [name]
+    return []
 
 
 def _flat(by_branch: Mapping[str, Mapping[str, Any]]) -> Dict[tuple, Any]:

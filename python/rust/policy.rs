@@ -3,12 +3,13 @@
 
 use crate::errors::policy_error;
 use crate::plan::{mode_of, OutputShapes, StepPlan};
-use cfg_core::branch::Prompt;
+use cfg_core::branch::{Modifier, Prompt};
 use cfg_core::expr::Space;
 use cfg_policies::Loaded;
 use cfg_runtime::scheduler::{Sampler, SamplerKind};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use std::collections::HashMap;
 
 /// A loaded, validated policy.
@@ -101,6 +102,42 @@ impl Policy {
                 (name.to_string(), prompt.to_string(), format!("{:?}", s.modify), s.cost)
             })
             .collect()
+    }
+
+    /// How branch `name` modifies the model: `(kind, params)`, the kind as
+    /// in the policy file (`None`, `SkipLayers`, `SkipSelfAttention`,
+    /// `IdentityAttention`, `BlurQueries`, `IsolateModality`, `Model`,
+    /// `DropReference`) and its parameters (`layers`, `sigma`, `name`).
+    fn modifier<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(String, Bound<'py, PyDict>)> {
+        let Some(spec) = self.loaded.policy.branches.get(name) else {
+            return Err(PyValueError::new_err(format!(
+                "branch `{name}`: policy `{}` has no such branch",
+                self.loaded.policy.name
+            )));
+        };
+        let params = PyDict::new(py);
+        let kind = match &spec.modify {
+            Modifier::None => "None",
+            Modifier::SkipLayers(l) | Modifier::SkipSelfAttention(l) | Modifier::IdentityAttention(l) => {
+                params.set_item("layers", l.clone())?;
+                spec.modify.layers().map_or("None", |(kind, _)| kind)
+            }
+            Modifier::BlurQueries { layers, sigma } => {
+                params.set_item("layers", layers.clone())?;
+                params.set_item("sigma", *sigma)?;
+                "BlurQueries"
+            }
+            Modifier::IsolateModality => "IsolateModality",
+            Modifier::Model(m) => {
+                params.set_item("name", m)?;
+                "Model"
+            }
+            Modifier::DropReference(r) => {
+                params.set_item("name", r)?;
+                "DropReference"
+            }
+        };
+        Ok((kind.to_string(), params))
     }
 
     /// The outputs, in declaration order.
