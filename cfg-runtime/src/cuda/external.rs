@@ -20,8 +20,7 @@ impl Device {
     /// Queues a wait on this device's stream for the work queued on `external` so far.
     pub fn wait_for(&self, external: ExternalStream) -> Result<(), CudaError> {
         self.context().bind_to_thread().map_err(|e| CudaError::driver("cuCtxSetCurrent", e))?;
-        // SAFETY: `external` is a live stream of this context (the caller's
-        // handle); the event lives until the wait is queued.
+        // `external` must be a live stream of this context (the caller's handle).
         event_between(external.raw(), self.stream().cu_stream())
     }
 
