@@ -5,6 +5,7 @@
 //! RON; every struct and struct variant denies unknown fields.
 
 use crate::branch::BranchSpec;
+use crate::layout::Layout;
 use crate::reduce::Reduce;
 use crate::schedule::Schedule;
 use crate::window::Window;
@@ -275,6 +276,22 @@ pub enum Expr {
         #[serde(default)]
         original: bool,
     },
+    /// Frequency-decoupled guidance (diffusers FrequencyDecoupledGuidance):
+    /// a Laplacian pyramid of c and u over the rows and columns of the
+    /// output's declared layout; per level k (0: the highest frequencies)
+    /// `u_k + s_k·Δ_k` with Δ_k's parallel part (on c_k) weighted, an
+    /// optional std rescale and a window (off: c_k); reconstructed.
+    Fdg {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// The pyramid's levels, highest frequencies first (1 to 8).
+        levels: Vec<FdgLevel>,
+        /// Base each level on c_k instead of u_k.
+        #[serde(default)]
+        original: bool,
+    },
     /// Adaptive guidance (Castillo et al. 2023): CFG until cos(c, u) > threshold,
     /// then cond alone (uncond leaves the plan) for the rest of sampling.
     Adaptive {
@@ -287,6 +304,23 @@ pub enum Expr {
         /// Cosine similarity above which guidance stops.
         threshold: ScaleRef,
     },
+}
+
+/// One level of FDG's pyramid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdgLevel {
+    /// The level's guidance scale.
+    pub scale: ScaleRef,
+    /// Weight of the shift's part parallel to c_k (1: plain CFG shift).
+    #[serde(default = "one")]
+    pub parallel_weight: ScaleRef,
+    /// When the level is guided; elsewhere it is c_k (always on when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// Std rescale strength φ of the guided level against c_k, per sample (0: off).
+    #[serde(default = "zero")]
+    pub rescale: ScaleRef,
 }
 
 fn one() -> ScaleRef {
@@ -328,6 +362,7 @@ impl Expr {
             | Expr::MagnitudeAware { cond, uncond, .. }
             | Expr::Tcfg { cond, uncond, .. }
             | Expr::ApgMix { cond, uncond, .. }
+            | Expr::Fdg { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -352,6 +387,7 @@ impl Expr {
             | Expr::MagnitudeAware { cond, uncond, .. }
             | Expr::Tcfg { cond, uncond, .. }
             | Expr::ApgMix { cond, uncond, .. }
+            | Expr::Fdg { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -391,6 +427,7 @@ impl Expr {
             Expr::Tcfg { .. } => "Tcfg",
             Expr::ApgMix { .. } => "ApgMix",
             Expr::PerpNeg { .. } => "PerpNeg",
+            Expr::Fdg { .. } => "Fdg",
             Expr::Adaptive { .. } => "Adaptive",
         }
     }
@@ -408,6 +445,7 @@ impl Expr {
                 | Expr::Tcfg { .. }
                 | Expr::ApgMix { .. }
                 | Expr::PerpNeg { .. }
+                | Expr::Fdg { .. }
                 | Expr::Adaptive { .. }
         )
     }
@@ -436,6 +474,11 @@ impl Expr {
             Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", alpha)),
             Expr::PerpNeg { neg_scale, .. } => out.push(("neg_scale", neg_scale)),
             Expr::Adaptive { threshold, .. } => out.push(("threshold", threshold)),
+            Expr::Fdg { levels, .. } => {
+                for l in levels {
+                    out.extend([("scale", &l.scale), ("parallel_weight", &l.parallel_weight), ("rescale", &l.rescale)]);
+                }
+            }
             _ => {}
         }
         out
@@ -449,6 +492,12 @@ impl Expr {
             let (a, b) = window.bounds();
             out.extend([("window start", a), ("window stop", b)]);
         }
+        if let Expr::Fdg { levels, .. } = self {
+            for w in levels.iter().filter_map(|l| l.window.as_ref()) {
+                let (a, b) = w.bounds();
+                out.extend([("window start", a), ("window stop", b)]);
+            }
+        }
         out
     }
 }
@@ -459,6 +508,11 @@ impl Expr {
 pub struct OutputSpec {
     /// The space the prediction lives in.
     pub space: Space,
+    /// The axes of the prediction (`[B, C, H, W]`, `[B, T, C]` with a token
+    /// grid...), checked against its shape at every step; absent: `[B, ..., D]`
+    /// with no spatial axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
     /// How its branch predictions combine (a bare `Ref` passes one through unguided).
     pub guidance: Expr,
 }

@@ -8,7 +8,7 @@
 use crate::error::CoreError;
 use crate::expr::{Expr, Policy, ScaleRef};
 use crate::lower_cache::Read;
-use crate::program::{Form, Latch, Op, Program, StepProgram, Value};
+use crate::program::{FdgBand, Form, Latch, Op, Program, StepProgram, Value};
 use crate::schedule::StepContext;
 use crate::state::GuidanceState;
 use std::collections::BTreeMap;
@@ -57,6 +57,7 @@ pub(crate) fn lower_recording(
         .iter()
         .map(|(name, spec)| {
             let mut l = Lowerer::new(policy, ctx, state, overrides, name, reads);
+            l.layout = spec.layout.as_ref();
             let lin = l.expr(&spec.guidance, name)?;
             let result = l.materialize(lin)?;
             Ok(l.finish(name, spec.space, result))
@@ -114,6 +115,8 @@ struct Lowerer<'a> {
     state: &'a GuidanceState,
     overrides: &'a Overrides,
     output: &'a str,
+    /// The output's declared layout.
+    layout: Option<&'a crate::layout::Layout>,
     /// Every read of the step or the state, in order. Whatever the lowering
     /// consults must be recorded here, or the cache would reuse stale programs.
     reads: &'a mut Vec<Read>,
@@ -140,6 +143,7 @@ impl<'a> Lowerer<'a> {
             state,
             overrides,
             output,
+            layout: None,
             reads,
             forms: Vec::new(),
             ops: Vec::new(),
@@ -312,6 +316,36 @@ impl<'a> Lowerer<'a> {
                 // empty + s·P − s·sn·N⊥
                 add(add(e, &pd, s), &perp, -s * sn)
             }
+            Expr::Fdg { cond, uncond, levels, original } => {
+                let layout = self
+                    .layout
+                    .cloned()
+                    .ok_or_else(|| CoreError::NeedsLayout { output: self.output.to_string(), operator: "Fdg" })?;
+                let mut bands = Vec::with_capacity(levels.len());
+                for level in levels {
+                    let inside = match &level.window {
+                        None => true,
+                        Some(w) => self.read_window(w).ok_or(CoreError::SigmaRequired { step: self.ctx.step })?,
+                    };
+                    let s = self.scale(&level.scale)?;
+                    let (weight, rescale) = (self.scale(&level.parallel_weight)?, self.scale(&level.rescale)?);
+                    // diffusers' guider leaves a level whose scale is the identity's (1; 0 with `original`) as c_k.
+                    let idle = if *original { s == 0.0 } else { s == 1.0 };
+                    bands.push(FdgBand {
+                        on: inside && !idle,
+                        scale: s as f32,
+                        parallel: (weight != 1.0).then_some(weight as f32),
+                        rescale,
+                    });
+                }
+                if bands.iter().all(|b| !b.on) {
+                    // Every level is c_k: the pyramid rebuilds c, and u leaves the plan.
+                    self.expr(cond, &child(0))?
+                } else {
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::Fdg { cond, uncond, bands, original: *original, layout })
+                }
+            }
             Expr::Tcfg { cond, uncond, scale, original } => {
                 let s = self.scale(scale)? as f32;
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
@@ -436,6 +470,7 @@ impl<'a> Lowerer<'a> {
         Program {
             output: name.to_string(),
             space,
+            layout: self.layout.cloned(),
             forms,
             ops: self.ops,
             latches: self.latches,
@@ -471,7 +506,7 @@ mod tests {
             ]),
             scales: Named::default(),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
         }
     }
 

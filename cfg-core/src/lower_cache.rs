@@ -130,7 +130,7 @@ mod tests {
             ]),
             scales: Named(vec![("s".into(), s)]),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
         }
     }
 

@@ -5,6 +5,7 @@
 //! Terms with weight zero are never present, so a zero-weight branch changes no bit.
 
 use crate::expr::Space;
+use crate::layout::Layout;
 use crate::reduce::Reduce;
 
 /// A value the program computes: zero, a linear form or an op's result.
@@ -138,6 +139,20 @@ pub enum Op {
         /// α.
         alpha: f64,
     },
+    /// Frequency-decoupled guidance over the spatial axes of `layout`
+    /// (`crate::fdg` states the canonical order).
+    Fdg {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// The levels, highest frequencies first.
+        bands: Vec<FdgBand>,
+        /// Base each level on c_k.
+        original: bool,
+        /// The output's layout (rows and columns).
+        layout: Layout,
+    },
     /// Tangential CFG: `u' = α·c + β·u` with (α, β) per sample from the
     /// Gram matrix of (c, u); `u' + s·(c − u')`.
     Tcfg {
@@ -165,6 +180,7 @@ impl Op {
             | Op::Apg { cond, uncond, .. }
             | Op::MagnitudeAware { cond, uncond, .. }
             | Op::Tcfg { cond, uncond, .. }
+            | Op::Fdg { cond, uncond, .. }
             | Op::MomentumCfg { cond, uncond, .. } => vec![*cond, *uncond],
         }
     }
@@ -190,8 +206,22 @@ impl Op {
             Op::Tcfg { .. } => "tcfg",
             Op::MomentumCfg { .. } => "momentum-cfg",
             Op::Reject { .. } => "reject",
+            Op::Fdg { .. } => "fdg",
         }
     }
+}
+
+/// One FDG level as lowered at a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FdgBand {
+    /// Guided (else the level is c_k).
+    pub on: bool,
+    /// Scale.
+    pub scale: f32,
+    /// Weight of the shift's part parallel to c_k; `None`: plain shift (weight 1).
+    pub parallel: Option<f32>,
+    /// Std rescale φ against c_k per sample (0: off).
+    pub rescale: f64,
 }
 
 /// The adaptive-guidance check: latch `slot` once cos(a, b) (whole tensor) > threshold.
@@ -214,6 +244,8 @@ pub struct Program {
     pub output: String,
     /// Its working space.
     pub space: Space,
+    /// Its declared layout, if any.
+    pub layout: Option<Layout>,
     /// The branches it reads, sorted by name.
     pub branches: Vec<String>,
     /// Linear forms over `branches`.
@@ -234,8 +266,18 @@ impl Program {
         matches!(self.result, Value::Form(_) | Value::Zero) && self.ops.is_empty() && self.latches.is_empty()
     }
 
-    /// Whether every op's reduction groups fit `shape` (an `Axis` beyond its rank).
+    /// Whether `shape` fits the declared layout and every op's needs (reduction
+    /// groups: an `Axis` beyond its rank; FDG: its pyramid's rows and columns).
     pub fn check_shape(&self, shape: &crate::Shape) -> Result<(), crate::CoreError> {
+        let bad = |why: String| crate::CoreError::Layout { output: self.output.clone(), shape: shape.to_string(), why };
+        if let Some(layout) = &self.layout {
+            layout.resolve(shape).map_err(bad)?;
+        }
+        for op in &self.ops {
+            if let Op::Fdg { bands, layout, .. } = op {
+                crate::fdg::Pyramid::new(layout, shape, bands.len()).map_err(bad)?;
+            }
+        }
         for over in self.ops.iter().filter_map(Op::over) {
             over.check(shape).map_err(|why| crate::CoreError::BadShape { shape: shape.to_string(), why })?;
         }

@@ -157,6 +157,14 @@ pub fn evaluate_f64(program: &Program, inputs: &[&Tensor], shape: &Shape, state:
                 }
                 out
             }
+            Op::Fdg { cond, uncond, bands, original, layout } => {
+                let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
+                match crate::fdg::Pyramid::new(layout, shape, bands.len()) {
+                    Ok(p) => crate::fdg_reference::fdg_f64(&p, &c, &u, bands, *original),
+                    // A shape the pyramid cannot use: the evaluators refuse it.
+                    Err(_) => vec![f64::NAN; n],
+                }
+            }
             Op::Tcfg { cond, uncond, scale, original } => {
                 let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
                 let groups = Groups::new(Reduce::Sample, shape);

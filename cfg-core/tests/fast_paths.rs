@@ -175,6 +175,7 @@ fn case() -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
             let program = Program {
                 output: "x".into(),
                 space: Space::Eps,
+                layout: None,
                 branches: (0..branches).map(|k| format!("b{k}")).collect(),
                 forms: vec![fa, fb],
                 ops: vec![op],

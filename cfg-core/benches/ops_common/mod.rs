@@ -37,6 +37,7 @@ fn two(form_a: Vec<(usize, f32)>, form_b: Vec<(usize, f32)>, op: Op) -> Program 
     Program {
         output: "sample".into(),
         space: Space::V,
+        layout: None,
         branches: vec!["cond".into(), "uncond".into()],
         forms: vec![Form { terms: form_a }, Form { terms: form_b }],
         ops: vec![op],
