@@ -398,6 +398,11 @@ impl<'a> Generic<'a> {
                 }?;
                 dev.sync()?;
             }
+            Op::Fdg { cond, uncond, bands, original, layout } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                let p = cfg_core::fdg::Pyramid::new(layout, shape, bands.len()).map_err(CudaError::Unsupported)?;
+                super::fdg::fdg(dev, &p, c, u, bands, *original, &out)?;
+            }
             Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
                 let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
                 self.apg(c, u, o, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)?;

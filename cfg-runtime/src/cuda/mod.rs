@@ -14,6 +14,7 @@ mod memory;
 pub use error::CudaError;
 pub use memory::DeviceMem;
 mod exec;
+mod fdg;
 pub mod launch;
 
 pub use exec::{evaluate, ExecOptions};
