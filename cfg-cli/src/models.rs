@@ -11,7 +11,9 @@ use cfg_runtime::Model;
 pub enum ModelKind {
     /// The 2-D class-conditional mixture (`[batch, 2]` f32 per output); plots.
     Gmm2d,
-    /// iid tokens, `[batch, 1024, 64]` bf16 per output: realistic tensor sizes.
+    /// iid tokens, `[batch, 1024, 64]` bf16 per output: realistic tensor sizes;
+    /// for a policy whose outputs declare a `[B, C, H, W]` layout, images of
+    /// as many elements, `[batch, 16, 64, 64]`.
     Tokens,
 }
 
@@ -29,8 +31,14 @@ pub fn build(kind: ModelKind, policy: &Policy, batch: Option<usize>) -> GmmModel
     let batch = batch.unwrap_or_else(|| default_batch(kind)).max(1);
     match kind {
         ModelKind::Gmm2d => GmmModel::planar(&names, batch),
+        ModelKind::Tokens if wants_images(policy) => GmmModel::image(&names, batch, 16, 64, 64, DType::BF16),
         ModelKind::Tokens => GmmModel::tokens(&names, batch, 1024, 64, DType::BF16),
     }
+}
+
+/// Whether `policy`'s outputs declare a four-axis (`[B, C, H, W]`) layout.
+pub fn wants_images(policy: &Policy) -> bool {
+    policy.outputs.iter().any(|(_, o)| o.layout.as_ref().is_some_and(|l| l.axes.len() == 4))
 }
 
 /// The outputs of `model`, in the policy's order.

@@ -7,7 +7,7 @@ use cfg_core::lower::{lower, Overrides};
 use cfg_core::schedule::StepContext;
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
-use numerics::{config, library, Case};
+use numerics::{config, library, shape_for, Case};
 use proptest::prelude::*;
 
 fn inputs() -> impl Strategy<Value = (Shape, DType, u64)> {
@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 25] = [
+const NAMES: [&str; 26] = [
     "adaptive",
     "apg",
     "apg_mix",
@@ -54,6 +54,7 @@ const NAMES: [&str; 25] = [
     "cfg_renorm",
     "cfg_renorm_clamped",
     "dreamid",
+    "fdg",
     "guidance_interval",
     "ideogram4",
     "ltx2",
@@ -107,7 +108,7 @@ proptest! {
             reversed.branches.0.reverse();
             let n = p.steps.unwrap_or(30);
             let ctx = StepContext { step: step % n, num_steps: n, sigma: Some(1.0 - (step % n) as f64 / n as f64) };
-            let case = Case::random(&p, dtype, shape.clone(), seed);
+            let case = Case::random(&p, dtype, shape_for(&p, &shape), seed);
             prop_assert_eq!(
                 bits_of(&p, &case, &ctx, &Overrides::none()),
                 bits_of(&reversed, &case, &ctx, &Overrides::none()),

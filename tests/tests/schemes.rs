@@ -9,6 +9,7 @@ use cfg_core::lower::Overrides;
 use cfg_core::schedule::StepContext;
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
+use numerics::fdg::{fdg_direct, Level};
 use numerics::{apg_reference, cfg, check, config, dot, library, norm, scale_groups, set_apg, std, Case, Group, Rng};
 use proptest::prelude::*;
 
@@ -376,6 +377,49 @@ proptest! {
             }
         }
         expect(&out[0].1, &direct, "cfg_norm")?;
+    }
+
+    #[test]
+    fn fdg_guides_each_pyramid_level_with_its_own_scale(
+        (b, c, h, w) in (1usize..=2, 1usize..=3, 2usize..=5, 2usize..=5),
+        k in 0usize..3, seed in any::<u64>(), high in 0.0f64..12.0, low in 0.0f64..8.0,
+    ) {
+        // The library file: [B, C, H, W], two levels (10, 5 by default), both always on.
+        let (shape, dtype) = (Shape::new([b, c, 2 * h, 2 * w]), DType::ALL[k]);
+        let p = library("fdg");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("high", high), ("low", low)]));
+        let lv = |scale| Level { on: true, scale, parallel: 1.0, rescale: 0.0 };
+        let direct = fdg_direct(&case.get("cond"), &case.get("uncond"), [b, c, 2 * h, 2 * w], &[lv(high), lv(low)]);
+        expect(&out[0].1, &direct, "fdg")?;
+    }
+
+    #[test]
+    fn fdg_weights_parallel_parts_rescales_and_windows_each_level(
+        (b, c, h, w) in (1usize..=2, 1usize..=3, 2usize..=4, 2usize..=4),
+        k in 0usize..3, seed in any::<u64>(), weight in 0.0f64..1.0, phi in 0.0f64..1.0, i in 0usize..10,
+    ) {
+        // Three levels: a parallel weight on the finest, a rescale on the middle one, the
+        // coarsest on only for the first half of the run (Diffusers rule, 10 steps).
+        let text = cfg_policies::library::source("fdg").expect("fdg is in the library");
+        let text = text.replace(
+            r#"(scale: "low", window: Progress(start: 0.0, stop: 1.0, rule: Diffusers)),"#,
+            &format!(
+                r#"(scale: "low", rescale: {phi:?}),
+                   (scale: 3.0, window: Progress(start: 0.0, stop: 0.5, rule: Diffusers)),"#
+            ),
+        ).replace(r#"(scale: "high", "#, &format!(r#"(scale: "high", parallel_weight: {weight:?}, "#));
+        let p = cfg_policies::parse(&text, "fdg3").expect("the edited policy loads").policy;
+        let (dims, shape, dtype) = ([b, c, 4 * h, 4 * w], Shape::new([b, c, 4 * h, 4 * w]), DType::ALL[k]);
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 10), &Overrides::none());
+        let levels = [
+            Level { on: true, scale: 10.0, parallel: weight, rescale: 0.0 },
+            Level { on: true, scale: 5.0, parallel: 1.0, rescale: phi },
+            Level { on: i < 5, scale: 3.0, parallel: 1.0, rescale: 0.0 },
+        ];
+        let direct = fdg_direct(&case.get("cond"), &case.get("uncond"), dims, &levels);
+        expect(&out[0].1, &direct, &format!("fdg, 3 levels, step {i}"))?;
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct GmmModel {
     pub(crate) batch: usize,
     pub(crate) tokens: usize,
     flat: bool,
+    /// Image rows and columns of each token's features (the image model).
+    grid: Option<(usize, usize)>,
     pub(crate) labels: Vec<usize>,
     pub(crate) dtype: DType,
     kappa: f64,
@@ -131,6 +133,23 @@ impl GmmModel {
         Self::build(outputs, parts, batch, tokens, false, dtype)
     }
 
+    /// The image model: each output is a `[batch, channels, height, width]`
+    /// latent whose channel planes are iid draws of a mixture over
+    /// `height × width` pixels (the token model with one token per channel,
+    /// read as images), in `dtype`. Spatial operators (FDG) see real images.
+    pub fn image(
+        outputs: &[&str],
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        dtype: DType,
+    ) -> GmmModel {
+        let mut m = Self::tokens(outputs, batch, channels, height * width, dtype);
+        m.grid = Some((height, width));
+        m
+    }
+
     fn build(
         names: &[&str],
         part_mixtures: Vec<Mixture>,
@@ -151,7 +170,7 @@ impl GmmModel {
             .collect();
         let mixture = Mixture::joint(&part_mixtures);
         let labels = (0..batch).map(|b| b % mixture.classes).collect();
-        GmmModel { mixture, part_mixtures, parts, batch, tokens, flat, labels, dtype, kappa: DEFAULT_KAPPA }
+        GmmModel { mixture, part_mixtures, parts, batch, tokens, flat, grid: None, labels, dtype, kappa: DEFAULT_KAPPA }
     }
 
     /// Replaces the class of each sample (`labels.len()` must be the batch).
@@ -287,6 +306,8 @@ impl GmmModel {
     fn shape(&self, part: &Part) -> Shape {
         if self.flat {
             Shape::new(vec![self.batch, part.dim])
+        } else if let Some((h, w)) = self.grid {
+            Shape::new(vec![self.batch, self.tokens, h, w])
         } else {
             Shape::new(vec![self.batch, self.tokens, part.dim])
         }

@@ -18,6 +18,10 @@ pub fn policy(name: &str) -> Policy {
 /// A small token model (bf16 predictions) with the policy's outputs.
 pub fn small_tokens(policy: &Policy) -> GmmModel {
     let names: Vec<&str> = policy.outputs.names().collect();
+    if policy.outputs.iter().any(|(_, o)| o.layout.as_ref().is_some_and(|l| l.axes.len() == 4)) {
+        // [B, C, H, W] latents (FDG): 3 × 2 × 4 × 4.
+        return GmmModel::image(&names, 3, 2, 4, 4, DType::BF16);
+    }
     GmmModel::tokens(&names, 3, 4, 3, DType::BF16)
 }
 
