@@ -242,6 +242,24 @@ fn cases(small_run: bool) -> Vec<Case> {
             steps: 1,
         },
         Case {
+            // MAGI-1: three chunks of 2 frames at their own times, [B, C, F, H, W].
+            name: "chunked (MAGI-1), 3 chunks",
+            program: hand_built(
+                3,
+                vec![form(&[(0, 1.0)]), form(&[(1, 1.0)]), form(&[(2, 1.0)])],
+                vec![Op::Chunked {
+                    cond: Value::Form(0),
+                    prefix: Value::Form(1),
+                    uncond: Value::Form(2),
+                    weights: vec![[7.5, -6.0, -0.5], [3.0, -2.0, 0.0], [0.0, 1.0, 0.0]],
+                    chunk_frames: 2,
+                    layout: Layout { axes: vec![Axis::B, Axis::C, Axis::F, Axis::H, Axis::W], grid: None },
+                }],
+            ),
+            shape: Shape::new([2, 4, 6, 8, 12]),
+            steps: 1,
+        },
+        Case {
             name: "combine 3-way, odd size",
             program: hand_built(3, vec![form(&[(0, 2.5), (1, -1.0), (2, -0.5)])], vec![]),
             shape: Shape::new([1, 7, 37]),

@@ -2,6 +2,7 @@
 
 use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
+use crate::chunked::{chunked_into, Chunks};
 use crate::error::CoreError;
 use crate::fdg::{fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Terms};
@@ -323,7 +324,8 @@ fn slices<'a, E>(inputs: &[TensorView<'a>], get: fn(&Elements<'a>) -> Option<&'a
 /// then it is evaluated straight from the inputs, with no intermediate tensor.
 fn single_fused_op(program: &Program) -> Option<&Op> {
     let [op] = program.ops.as_slice() else { return None };
-    let contiguous = !matches!(op, Op::Mix { .. } | Op::Fdg { .. }) && op.over().is_none_or(Reduce::is_contiguous);
+    let contiguous = !matches!(op, Op::Mix { .. } | Op::Fdg { .. } | Op::Chunked { .. })
+        && op.over().is_none_or(Reduce::is_contiguous);
     let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
     (program.latches.is_empty() && program.result == Value::Op(0) && contiguous && on_forms).then_some(op)
 }
@@ -359,7 +361,7 @@ fn op_into<I: Element, O: Element>(
 ) {
     match op {
         // Evaluated on dense values by `Evaluation`.
-        Op::Mix { .. } | Op::Fdg { .. } => {}
+        Op::Mix { .. } | Op::Fdg { .. } | Op::Chunked { .. } => {}
         Op::Renorm { over, eps, min, max, .. } => {
             let op = fused::Renorm { input: a, reference: b, eps: *eps, min: *min, max: *max };
             run_groups(&op, len(*over), out)
@@ -554,6 +556,7 @@ impl<'a> Evaluation<'a> {
             }
             let out = match op {
                 Op::Fdg { .. } => self.fdg(op)?,
+                Op::Chunked { .. } => self.chunked(op)?,
                 _ => self.op(op, state),
             };
             self.ops.push(out);
@@ -575,6 +578,18 @@ impl<'a> Evaluation<'a> {
             Value::Zero => vec![0.0; self.n()].into(),
             _ => self.value(v).into(),
         }
+    }
+
+    /// MAGI-1's chunked combination on the dense values of its operands.
+    fn chunked(&self, op: &Op) -> Result<Vec<f32>, CoreError> {
+        let Op::Chunked { cond, prefix, uncond, weights, chunk_frames, layout } = op else { return Ok(Vec::new()) };
+        let chunks = Chunks::new(layout, self.shape, *chunk_frames, weights.len()).map_err(|why| {
+            CoreError::Layout { output: self.program.output.clone(), shape: self.shape.to_string(), why }
+        })?;
+        let mut out = vec![0.0; self.n()];
+        let (c, p, u) = (self.dense(*cond), self.dense(*prefix), self.dense(*uncond));
+        chunked_into(&chunks, weights, &c, &p, &u, &mut out);
+        Ok(out)
     }
 
     /// FDG on the dense values of its operands.

@@ -292,6 +292,27 @@ pub enum Expr {
         #[serde(default)]
         original: bool,
     },
+    /// MAGI-1's chunked guidance: per chunk of `chunk_frames` frames (along
+    /// the output's `F` axis), `u + p·(prefix − u) + t·(c − prefix)` with
+    /// (p, t) looked up from the chunk's own time: the last `thresholds[k]`
+    /// with `thresholds[k] − 1e-7 < time` gives `prefix_scales[k]`,
+    /// `text_scales[k]` (the first where none does).
+    Chunked {
+        /// Text and prefix (the full condition).
+        cond: Box<Expr>,
+        /// Prefix only (the clean earlier chunks, no text).
+        prefix: Box<Expr>,
+        /// Neither.
+        uncond: Box<Expr>,
+        /// Chunk-time thresholds, increasing (MAGI-1's `cfg_t_range`).
+        thresholds: Vec<f64>,
+        /// p per threshold (MAGI-1's `prev_chunk_scales`).
+        prefix_scales: Vec<f64>,
+        /// t per threshold (MAGI-1's `text_scales`).
+        text_scales: Vec<f64>,
+        /// Frames per chunk (≥ 1).
+        chunk_frames: usize,
+    },
     /// Adaptive guidance (Castillo et al. 2023): CFG until cos(c, u) > threshold,
     /// then cond alone (uncond leaves the plan) for the rest of sampling.
     Adaptive {
@@ -352,6 +373,7 @@ impl Expr {
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } => vec![term],
             Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
+            Expr::Chunked { cond, prefix, uncond, .. } => vec![cond, prefix, uncond],
             Expr::Windowed { term, otherwise, .. } => std::iter::once(&**term).chain(otherwise.as_deref()).collect(),
             Expr::Renorm { input, reference, .. }
             | Expr::NormCap { input, reference, .. }
@@ -375,6 +397,7 @@ impl Expr {
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } => vec![term],
             Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
+            Expr::Chunked { cond, prefix, uncond, .. } => vec![cond, prefix, uncond],
             Expr::Windowed { term, otherwise, .. } => {
                 std::iter::once(&mut **term).chain(otherwise.as_deref_mut()).collect()
             }
@@ -428,6 +451,7 @@ impl Expr {
             Expr::ApgMix { .. } => "ApgMix",
             Expr::PerpNeg { .. } => "PerpNeg",
             Expr::Fdg { .. } => "Fdg",
+            Expr::Chunked { .. } => "Chunked",
             Expr::Adaptive { .. } => "Adaptive",
         }
     }
@@ -446,6 +470,7 @@ impl Expr {
                 | Expr::ApgMix { .. }
                 | Expr::PerpNeg { .. }
                 | Expr::Fdg { .. }
+                | Expr::Chunked { .. }
                 | Expr::Adaptive { .. }
         )
     }
@@ -491,6 +516,11 @@ impl Expr {
         if let Expr::Windowed { window, .. } = self {
             let (a, b) = window.bounds();
             out.extend([("window start", a), ("window stop", b)]);
+        }
+        if let Expr::Chunked { thresholds, prefix_scales, text_scales, .. } = self {
+            out.extend(thresholds.iter().map(|v| ("thresholds", *v)));
+            out.extend(prefix_scales.iter().map(|v| ("prefix_scales", *v)));
+            out.extend(text_scales.iter().map(|v| ("text_scales", *v)));
         }
         if let Expr::Fdg { levels, .. } = self {
             for w in levels.iter().filter_map(|l| l.window.as_ref()) {

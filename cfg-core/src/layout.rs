@@ -169,6 +169,17 @@ impl Layout {
         Ok(out)
     }
 
+    /// The frames of `shape`: (count, flat distance between frames); an
+    /// error when it does not fit or the layout has no frames.
+    pub fn frames(&self, shape: &Shape) -> Result<(usize, usize), String> {
+        let axes = self.resolve(shape)?;
+        let at = axes
+            .iter()
+            .position(|(a, _)| *a == Axis::F)
+            .ok_or_else(|| format!("layout {self} has no frames (`F`, or a `T` grid with `frames`)"))?;
+        Ok((axes[at].1, axes[at + 1..].iter().map(|(_, n)| n).product()))
+    }
+
     /// The spatial structure of `shape` (an error when it does not fit or
     /// the layout has no rows and columns).
     pub fn spatial(&self, shape: &Shape) -> Result<Spatial, String> {

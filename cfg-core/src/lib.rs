@@ -11,6 +11,7 @@
 pub mod apg_fused;
 pub mod branch;
 pub mod canon;
+pub mod chunked;
 pub mod cpu;
 pub mod dtype;
 pub mod error;

@@ -153,6 +153,24 @@ pub enum Op {
         /// The output's layout (rows and columns).
         layout: Layout,
     },
+    /// MAGI-1's chunked guidance with chunks at different times: per chunk of
+    /// `chunk_frames` frames along the layout's `F` axis, the form
+    /// `w_c·c + w_p·prefix + w_u·u` of its own weights, evaluated as
+    /// `acc = w_c·c; acc = fma(w_p, prefix, acc); acc = fma(w_u, u, acc)`.
+    Chunked {
+        /// Text and prefix.
+        cond: Value,
+        /// Prefix only.
+        prefix: Value,
+        /// Neither.
+        uncond: Value,
+        /// Per chunk, oldest first: [w_c, w_p, w_u].
+        weights: Vec<[f32; 3]>,
+        /// Frames per chunk.
+        chunk_frames: usize,
+        /// The output's layout (its frames).
+        layout: Layout,
+    },
     /// Tangential CFG: `u' = α·c + β·u` with (α, β) per sample from the
     /// Gram matrix of (c, u); `u' + s·(c − u')`.
     Tcfg {
@@ -176,6 +194,7 @@ impl Op {
             | Op::Renorm { input, reference, .. }
             | Op::NormCap { input, reference, .. }
             | Op::StdRescale { input, reference, .. } => vec![*input, *reference],
+            Op::Chunked { cond, prefix, uncond, .. } => vec![*cond, *prefix, *uncond],
             Op::ZeroStar { cond, uncond, .. }
             | Op::Apg { cond, uncond, .. }
             | Op::MagnitudeAware { cond, uncond, .. }
@@ -207,6 +226,7 @@ impl Op {
             Op::MomentumCfg { .. } => "momentum-cfg",
             Op::Reject { .. } => "reject",
             Op::Fdg { .. } => "fdg",
+            Op::Chunked { .. } => "chunked",
         }
     }
 }
@@ -276,6 +296,9 @@ impl Program {
         for op in &self.ops {
             if let Op::Fdg { bands, layout, .. } = op {
                 crate::fdg::Pyramid::new(layout, shape, bands.len()).map_err(bad)?;
+            }
+            if let Op::Chunked { weights, chunk_frames, layout, .. } = op {
+                crate::chunked::Chunks::new(layout, shape, *chunk_frames, weights.len()).map_err(bad)?;
             }
         }
         for over in self.ops.iter().filter_map(Op::over) {

@@ -153,6 +153,14 @@ fn fields(e: &mut Expr) -> Vec<(String, Slot<'_>)> {
         Expr::NormCap { ratio, .. } => literal("ratio", ratio, &mut out),
         Expr::StdRescale { phi, .. } => literal("phi", phi, &mut out),
         Expr::Windowed { window, .. } => window_fields("", window, &mut out),
+        Expr::Chunked { thresholds, prefix_scales, text_scales, chunk_frames, .. } => {
+            for (name, list) in
+                [("thresholds", thresholds), ("prefix_scales", prefix_scales), ("text_scales", text_scales)]
+            {
+                out.extend(list.iter_mut().enumerate().map(|(k, v)| (format!("{name}.{k}"), Slot::F64(v))));
+            }
+            out.push(("chunk_frames".into(), Slot::Count(chunk_frames)));
+        }
         Expr::Fdg { levels, .. } => {
             for (k, l) in levels.iter_mut().enumerate() {
                 literal(format!("levels.{k}.scale"), &mut l.scale, &mut out);

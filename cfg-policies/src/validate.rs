@@ -24,6 +24,7 @@ pub fn validate(policy: &Policy, source: &str, origin: &str) -> Result<Vec<Warni
         counts: BTreeMap::new(),
         used: Used::default(),
         spatial: None,
+        frames: None,
     }
     .run()
 }
@@ -45,6 +46,8 @@ struct Validator<'a> {
     /// Walking an output: whether its layout has rows and columns (`None`
     /// for named values, whose output is known only when lowered).
     spatial: Option<bool>,
+    /// Walking an output: whether its layout has frames (as `spatial`).
+    frames: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -241,9 +244,13 @@ impl Validator<'_> {
             self.spatial = Some(out.layout.as_ref().is_some_and(|l| {
                 l.axes.contains(&Axis::T) || (l.axes.contains(&Axis::H) && l.axes.contains(&Axis::W))
             }));
+            self.frames = Some(out.layout.as_ref().is_some_and(|l| {
+                l.axes.contains(&Axis::F) || (l.axes.contains(&Axis::T) && l.grid.is_some_and(|g| g.frames.is_some()))
+            }));
             self.expr(&out.guidance)?;
         }
         self.spatial = None;
+        self.frames = None;
         Ok(())
     }
 
@@ -298,6 +305,38 @@ impl Validator<'_> {
                 return Err(self.error(at, "`Sum` needs at least one term".into()));
             }
             Expr::Windowed { window, .. } => self.window(window)?,
+            Expr::Chunked { thresholds, prefix_scales, text_scales, chunk_frames, .. } => {
+                if self.frames == Some(false) {
+                    return Err(self.error(
+                        at,
+                        "`Chunked` needs the output's layout with frames: add for example \
+                         `layout: (axes: [B, C, F, H, W])` to the output"
+                            .into(),
+                    ));
+                }
+                let n = thresholds.len();
+                if n == 0 || prefix_scales.len() != n || text_scales.len() != n {
+                    let (p, t) = (prefix_scales.len(), text_scales.len());
+                    return Err(self.error(
+                        self.param(at, "thresholds"),
+                        format!(
+                            "`Chunked`: {n} thresholds, {p} prefix_scales, {t} text_scales: \
+                             expected one scale of each per threshold, at least one"
+                        ),
+                    ));
+                }
+                if let Some(w) = thresholds.windows(2).find(|w| w[0] >= w[1]) {
+                    return Err(self.error(
+                        self.param(at, "thresholds"),
+                        format!("`Chunked`: thresholds must increase strictly, found {} then {}", w[0], w[1]),
+                    ));
+                }
+                if *chunk_frames == 0 {
+                    return Err(
+                        self.error(self.param(at, "chunk_frames"), "`Chunked`: chunk_frames must be ≥ 1".into())
+                    );
+                }
+            }
             Expr::Fdg { levels, .. } => {
                 if self.spatial == Some(false) {
                     return Err(self.error(

@@ -37,6 +37,10 @@ pub struct StepInfo {
     pub t: f64,
     /// The scheduler's sigma, as windows and schedules of the policy see it.
     pub sigma: f64,
+    /// Each frame chunk's own time, for a model that denoises chunks at
+    /// different noise levels (MAGI-1's `Chunked` guidance reads them); empty
+    /// when the whole latent is at the step's time.
+    pub chunks: cfg_core::schedule::ChunkTimes,
 }
 
 /// A model call: the branches of one batched group, at one step.

@@ -6,7 +6,7 @@ mod numerics;
 
 use cfg_core::expr::{Expr, Policy};
 use cfg_core::lower::Overrides;
-use cfg_core::schedule::StepContext;
+use cfg_core::schedule::{ChunkTimes, StepContext};
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
 use numerics::fdg::{fdg_direct, Level};
@@ -156,7 +156,7 @@ proptest! {
         );
         let p = cfg_policies::parse(&text, "pag_adaptive").unwrap_or_else(|e| panic!("{e}")).policy;
         let case = Case::random(&p, dtype, shape, seed);
-        let ctx = StepContext { step: i, num_steps: 28, sigma: Some(sigma) };
+        let ctx = StepContext { step: i, num_steps: 28, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &Overrides::none());
         let (c, u, ptb) = (case.get("cond"), case.get("uncond"), case.get("perturbed"));
         let s_pag = (3.0 - a * (1000.0 - 1000.0 * sigma)).max(0.0);
@@ -219,7 +219,7 @@ proptest! {
     ) {
         let p = library("bagel");
         let case = Case::random(&p, dtype, shape.clone(), seed);
-        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &overrides(&[("text_scale", s_t), ("image_scale", s_i)]));
         let (v, v_txt, v_img) = (case.get("full"), case.get("no_text"), case.get("no_image"));
         let reference = if 0.4 < sigma && sigma <= 1.0 {
@@ -265,7 +265,7 @@ proptest! {
     ) {
         let p = library("guidance_interval");
         let case = Case::random(&p, dtype, shape, seed);
-        let ctx = StepContext { step: 0, num_steps: 32, sigma: Some(sigma) };
+        let ctx = StepContext { step: 0, num_steps: 32, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &overrides(&[("scale", w)]));
         let (c, u) = (case.get("cond"), case.get("uncond"));
         let reference = if 0.28 < sigma && sigma <= 2.9 { cfg(&c, &u, w) } else { c };
@@ -276,7 +276,7 @@ proptest! {
     fn z_image_truncates_cfg_above_normalized_time((shape, dtype, seed) in inputs(), sigma in 0.0f64..=1.0) {
         let p = library("z_image");
         let case = Case::random(&p, dtype, shape, seed);
-        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &Overrides::none());
         let (c, u) = (case.get("cond"), case.get("uncond"));
         // diffusers: t = 1 − sigma; scale 0 where t > 0.9; c + s·(c − u).
@@ -420,6 +420,45 @@ proptest! {
         ];
         let direct = fdg_direct(&case.get("cond"), &case.get("uncond"), dims, &levels);
         expect(&out[0].1, &direct, &format!("fdg, 3 levels, step {i}"))?;
+    }
+
+    #[test]
+    fn magi1_guides_each_frame_chunk_with_the_scales_of_its_own_time(
+        (b, c, chunks, last, hw) in (1usize..=2, 1usize..=3, 1usize..=4, 1usize..=6, 1usize..=3),
+        k in 0usize..3, seed in any::<u64>(), raw in proptest::collection::vec(0.0f64..1.0, 4),
+    ) {
+        // [B, C, F, H, W] with F = 6·(chunks − 1) + last (the last chunk may be short),
+        // each chunk at its own time; some times on the thresholds themselves.
+        let frames = 6 * (chunks - 1) + last;
+        let (shape, dtype) = (Shape::new([b, c, frames, hw, 2]), DType::ALL[k]);
+        let p = library("magi1");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let th = [0.0, 0.0217, 0.1, 0.3, 0.999];
+        let times: Vec<f64> = raw[..chunks].iter().enumerate()
+            .map(|(i, &t)| if i == 1 { th[(t * 5.0) as usize % 5] } else { t })
+            .collect();
+        let ctx = StepContext { chunks: ChunkTimes::new(&times).expect("≤ 16 chunks"), ..StepContext::new(3, 64) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (cd, pre, u) = (case.get("cond"), case.get("prefix"), case.get("uncond"));
+        let scales = |t: f64| {
+            // MAGI-1's get_cfg_scale: searchsorted(cfg_t_range − 1e-7, t) − 1.
+            let k = th.iter().filter(|&&x| x - 1e-7 < t).count() - 1;
+            ([1.5, 1.5, 1.5, 1.0, 1.0][k], [7.5, 7.5, 7.5, 0.0, 0.0][k])
+        };
+        let per_frame = hw * 2;
+        let direct: Vec<f64> = (0..shape.numel()).map(|i| {
+            let frame = (i / per_frame) % frames;
+            let (ps, ts) = scales(times[frame / 6]);
+            u[i] + ps * (pre[i] - u[i]) + ts * (cd[i] - pre[i])
+        }).collect();
+        expect(&out[0].1, &direct, "magi1")?;
+        // Without per-chunk times, every chunk is at t = 1 − sigma.
+        let sigma = raw[3];
+        let ctx = StepContext { sigma: Some(sigma), ..StepContext::new(3, 64) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (ps, ts) = scales(1.0 - sigma);
+        let direct: Vec<f64> = (0..shape.numel()).map(|i| u[i] + ps * (pre[i] - u[i]) + ts * (cd[i] - pre[i])).collect();
+        expect(&out[0].1, &direct, "magi1, one time")?;
     }
 
     #[test]

@@ -111,7 +111,16 @@ pub const RESCALE: KernelModule = KernelModule {
 pub const GUIDANCE: KernelModule = KernelModule {
     name: "guidance",
     parts: &[COMMON, include_str!("../../kernels/guidance.cu")],
-    functions: &["zero_star", "magnitude_aware", "apg_running", "apg_combine", "tcfg", "cfg_delta", "reject"],
+    functions: &[
+        "zero_star",
+        "magnitude_aware",
+        "apg_running",
+        "apg_combine",
+        "tcfg",
+        "cfg_delta",
+        "reject",
+        "chunked",
+    ],
 };
 /// FDG's pyramid stages (blur, resize, gather/scatter between layouts).
 pub const FDG: KernelModule = KernelModule {

@@ -37,8 +37,9 @@ pub struct GmmModel {
     pub(crate) batch: usize,
     pub(crate) tokens: usize,
     flat: bool,
-    /// Image rows and columns of each token's features (the image model).
-    grid: Option<(usize, usize)>,
+    /// The dims each token's features are read as (the image model: rows and
+    /// columns; the video model: frames, rows and columns).
+    grid: Option<Vec<usize>>,
     pub(crate) labels: Vec<usize>,
     pub(crate) dtype: DType,
     kappa: f64,
@@ -146,7 +147,24 @@ impl GmmModel {
         dtype: DType,
     ) -> GmmModel {
         let mut m = Self::tokens(outputs, batch, channels, height * width, dtype);
-        m.grid = Some((height, width));
+        m.grid = Some(vec![height, width]);
+        m
+    }
+
+    /// The video model: `[batch, channels, frames, height, width]` latents
+    /// whose channel volumes are iid draws of a mixture over
+    /// `frames × height × width` values (the image model with frames).
+    pub fn video(
+        outputs: &[&str],
+        batch: usize,
+        channels: usize,
+        frames: usize,
+        height: usize,
+        width: usize,
+        dtype: DType,
+    ) -> GmmModel {
+        let mut m = Self::tokens(outputs, batch, channels, frames * height * width, dtype);
+        m.grid = Some(vec![frames, height, width]);
         m
     }
 
@@ -306,8 +324,8 @@ impl GmmModel {
     fn shape(&self, part: &Part) -> Shape {
         if self.flat {
             Shape::new(vec![self.batch, part.dim])
-        } else if let Some((h, w)) = self.grid {
-            Shape::new(vec![self.batch, self.tokens, h, w])
+        } else if let Some(grid) = &self.grid {
+            Shape::new([&[self.batch, self.tokens][..], grid].concat())
         } else {
             Shape::new(vec![self.batch, self.tokens, part.dim])
         }
@@ -391,7 +409,7 @@ mod tests {
     use cfg_runtime::model::StepInfo;
 
     fn predict(m: &GmmModel, spec: BranchSpec, x: &Tensor, t: f64, space: Space) -> Vec<f32> {
-        let info = StepInfo { step: 0, num_steps: 1, t, sigma: t };
+        let info = StepInfo { step: 0, num_steps: 1, t, sigma: t, chunks: cfg_core::schedule::ChunkTimes::NONE };
         let branches = [("b".to_string(), spec)];
         let latents = [x.clone()];
         let call = Call { info, branches: &branches, latents: &latents, spaces: &[space] };

@@ -26,11 +26,14 @@ pub fn library(name: &str) -> Policy {
 
 /// `shape` ([B, T, D]) made to fit the layout a policy's outputs declare:
 /// a [B, C, H, W] latent becomes [B, T, 4, 2·D] (rows and columns even, at
-/// least 4, as FDG's two-level pyramid needs); without a layout, `shape`.
+/// least 4, as FDG's two-level pyramid needs), a [B, C, F, H, W] one
+/// [B, T, 12, 2, D]; without a layout, `shape`.
 pub fn shape_for(policy: &Policy, shape: &Shape) -> Shape {
-    let four = policy.outputs.iter().any(|(_, o)| o.layout.as_ref().is_some_and(|l| l.axes.len() == 4));
-    match (four, shape.dims()) {
-        (true, &[b, t, d]) => Shape::new([b, t, 4, 2 * d.max(2)]),
+    let axes = policy.outputs.iter().filter_map(|(_, o)| o.layout.as_ref()).map(|l| l.axes.len()).max();
+    match (axes, shape.dims()) {
+        (Some(4), &[b, t, d]) => Shape::new([b, t, 4, 2 * d.max(2)]),
+        // [B, C, F, H, W] (MAGI-1's chunks are 6 frames).
+        (Some(5), &[b, t, d]) => Shape::new([b, t, 12, 2, d]),
         _ => shape.clone(),
     }
 }
