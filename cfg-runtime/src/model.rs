@@ -105,6 +105,15 @@ pub trait Model {
         a.modify == b.modify || matches!((&a.modify, &b.modify), (Modifier::None, Modifier::None))
     }
 
+    /// The time of each frame chunk at a step of flow time `t`, for a model
+    /// that denoises chunks at different noise levels (MAGI-1: older chunks
+    /// are cleaner); the sampler passes them to the guidance in
+    /// [`StepInfo::chunks`]. By default none: every chunk is at the step's time.
+    fn chunk_times(&self, step: usize, t: f64) -> cfg_core::schedule::ChunkTimes {
+        let _ = (step, t);
+        cfg_core::schedule::ChunkTimes::NONE
+    }
+
     /// Predicts every branch of `call`: one `Vec` per branch (in call order)
     /// of one tensor per output (model output order), each of the output's
     /// shape and dtype.
