@@ -125,7 +125,7 @@ pub fn down2(a: f32, b: f32, c: f32, d: f32) -> f32 {
 #[inline(always)]
 pub fn up_taps(j: usize, n: usize) -> (usize, usize) {
     let i = j / 2;
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         (i, i.saturating_sub(1))
     } else {
         (i, (i + 1).min(n - 1))
