@@ -25,6 +25,7 @@ use crate::cpu::{apg_projection, rescale_factor, std_from_sums};
 use crate::layout::{Layout, Spatial};
 use crate::program::FdgBand;
 use crate::reduce::{dot_f32, dot_f64};
+use crate::simd::{self, Task};
 use crate::Shape;
 use rayon::prelude::*;
 
@@ -138,65 +139,146 @@ pub fn lerp(near: f32, far: f32) -> f32 {
     0.75f32.mul_add(near, 0.25 * far)
 }
 
-/// Runs `f(image, out_image)` over consecutive images of `len` outputs each.
-fn per_image(dst: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    dst.par_chunks_mut(len.max(1)).enumerate().for_each(|(i, o)| f(i, o));
+/// A stage of the pyramid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    BlurRows,
+    BlurCols,
+    Down,
+    Upsample,
+}
+
+/// One stage on one image: a [`Task`], so that its loops are compiled in the
+/// AVX2+FMA region where the CPU has it (`mul_add` one instruction rather
+/// than a libm call; the same bits either way).
+struct Stage<'a> {
+    kind: Kind,
+    src: &'a [f32],
+    dst: &'a mut [f32],
+    h: usize,
+    w: usize,
+}
+
+impl Task for Stage<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let Stage { kind, src, dst, h, w } = self;
+        match kind {
+            Kind::BlurRows => blur_rows_image(src, dst, w),
+            Kind::BlurCols => blur_cols_image(src, dst, h, w),
+            Kind::Down => down_image(src, dst, h, w),
+            Kind::Upsample => upsample_image(src, dst, h, w),
+        }
+    }
+}
+
+/// Runs stage `kind` over consecutive images of h × w (source) into `dst`.
+fn per_image(kind: Kind, src: &[f32], dst: &mut [f32], h: usize, w: usize) {
+    let images = src.len() / (h * w).max(1);
+    if images == 0 {
+        return;
+    }
+    let out_len = dst.len() / images;
+    dst.par_chunks_mut(out_len.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| simd::run(Stage { kind, src: &src[i * h * w..(i + 1) * h * w], dst, h, w }));
+}
+
+/// `acc = t₀·a; acc = fma(t_k, x_k, acc)` over five aligned slices.
+#[inline(always)]
+fn taps5(r: [&[f32]; 5], o: &mut [f32]) {
+    let n = o.len();
+    let (r0, r1, r2, r3, r4) = (&r[0][..n], &r[1][..n], &r[2][..n], &r[3][..n], &r[4][..n]);
+    for i in 0..n {
+        let mut acc = TAPS[0] * r0[i];
+        acc = TAPS[1].mul_add(r1[i], acc);
+        acc = TAPS[2].mul_add(r2[i], acc);
+        acc = TAPS[3].mul_add(r3[i], acc);
+        o[i] = TAPS[4].mul_add(r4[i], acc);
+    }
+}
+
+#[inline(always)]
+fn blur_rows_image(s: &[f32], o: &mut [f32], w: usize) {
+    for (s, o) in s.chunks(w).zip(o.chunks_mut(w)) {
+        if w >= 5 {
+            taps5([&s[0..], &s[1..], &s[2..], &s[3..], &s[4..]], &mut o[2..w - 2]);
+        }
+        for x in (0..w.min(2)).chain(w.saturating_sub(2).max(2)..w) {
+            o[x] = blur5(|j| s[j], x, w);
+        }
+    }
+}
+
+#[inline(always)]
+fn blur_cols_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
+    for (y, o) in o.chunks_mut(w).enumerate() {
+        // The five source rows of output row y, reflected at the borders.
+        let r: [&[f32]; 5] = std::array::from_fn(|k| {
+            let j = reflect(y as isize + k as isize - 2, h);
+            &s[j * w..(j + 1) * w]
+        });
+        taps5(r, o);
+    }
+}
+
+#[inline(always)]
+fn down_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
+    let (ho, wo) = (h / 2, w / 2);
+    for y in 0..ho {
+        let (r0, r1) = (&s[2 * y * w..(2 * y + 1) * w], &s[(2 * y + 1) * w..(2 * y + 2) * w]);
+        for (x, o) in o[y * wo..(y + 1) * wo].iter_mut().enumerate() {
+            *o = down2(r0[2 * x], r0[2 * x + 1], r1[2 * x], r1[2 * x + 1]);
+        }
+    }
+}
+
+#[inline(always)]
+fn upsample_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
+    let wo = 2 * w;
+    // Each source row doubled along the columns, then two of them mixed per output row.
+    let mut rows = vec![0.0f32; 2 * wo];
+    for (y, o) in o.chunks_mut(wo).enumerate() {
+        let (ya, yb) = up_taps(y, h);
+        let (ta, tb) = rows.split_at_mut(wo);
+        double_row(&s[ya * w..(ya + 1) * w], ta);
+        double_row(&s[yb * w..(yb + 1) * w], tb);
+        for ((o, &a), &b) in o.iter_mut().zip(ta.iter()).zip(tb.iter()) {
+            *o = lerp(a, b);
+        }
+    }
+}
+
+/// `t[x] = lerp(r[near], r[far])` for the 2·w outputs of a row of w ([`up_taps`]).
+#[inline(always)]
+fn double_row(r: &[f32], t: &mut [f32]) {
+    let w = r.len();
+    for (i, pair) in t.chunks_exact_mut(2).enumerate() {
+        pair[0] = lerp(r[i], r[i.saturating_sub(1)]);
+        pair[1] = lerp(r[i], r[(i + 1).min(w - 1)]);
+    }
 }
 
 /// Blur along the columns axis (within each row) of images of h × w.
 pub fn blur_rows(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(dst, h * w, |i, o| {
-        let s = &src[i * h * w..(i + 1) * h * w];
-        for y in 0..h {
-            for x in 0..w {
-                o[y * w + x] = blur5(|j| s[y * w + j], x, w);
-            }
-        }
-    });
+    per_image(Kind::BlurRows, src, dst, h, w);
 }
 
 /// Blur along the rows axis (within each column) of images of h × w.
 pub fn blur_cols(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(dst, h * w, |i, o| {
-        let s = &src[i * h * w..(i + 1) * h * w];
-        for y in 0..h {
-            for x in 0..w {
-                o[y * w + x] = blur5(|j| s[j * w + x], y, h);
-            }
-        }
-    });
+    per_image(Kind::BlurCols, src, dst, h, w);
 }
 
 /// Halves images of h × w (even) by the 2 × 2 mean.
 pub fn down(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    let (ho, wo) = (h / 2, w / 2);
-    per_image(dst, ho * wo, |i, o| {
-        let s = &src[i * h * w..(i + 1) * h * w];
-        for y in 0..ho {
-            for x in 0..wo {
-                let (r0, r1) = (2 * y * w, (2 * y + 1) * w);
-                o[y * wo + x] = down2(s[r0 + 2 * x], s[r0 + 2 * x + 1], s[r1 + 2 * x], s[r1 + 2 * x + 1]);
-            }
-        }
-    });
+    per_image(Kind::Down, src, dst, h, w);
 }
 
 /// Doubles images of h × w bilinearly: along the columns in the near and the
 /// far source row, then between them.
 pub fn upsample(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    let (ho, wo) = (2 * h, 2 * w);
-    per_image(dst, ho * wo, |i, o| {
-        let s = &src[i * h * w..(i + 1) * h * w];
-        for y in 0..ho {
-            let (ya, yb) = up_taps(y, h);
-            for x in 0..wo {
-                let (xa, xb) = up_taps(x, w);
-                let ta = lerp(s[ya * w + xa], s[ya * w + xb]);
-                let tb = lerp(s[yb * w + xa], s[yb * w + xb]);
-                o[y * wo + x] = lerp(ta, tb);
-            }
-        }
-    });
+    per_image(Kind::Upsample, src, dst, h, w);
 }
 
 /// `up`: [`upsample`] then the blur, from images of h × w to 2h × 2w.
@@ -213,11 +295,12 @@ fn up(src: &[f32], h: usize, w: usize) -> Vec<f32> {
 pub fn gather(s: &Spatial, x: &[f32]) -> Vec<f32> {
     let (h, w) = (s.height, s.width);
     let mut out = vec![0.0; x.len()];
-    per_image(&mut out, h * w, |i, o| {
+    out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(i, o)| {
         let (b, p) = (i / s.planes, i % s.planes);
+        let base = b * s.batch_stride + s.plane_offset(p);
         for y in 0..h {
-            for xx in 0..w {
-                o[y * w + xx] = x[s.index(b, p, y, xx)];
+            for (xx, o) in o[y * w..(y + 1) * w].iter_mut().enumerate() {
+                *o = x[base + y * s.row_stride + xx * s.col_stride];
             }
         }
     });
@@ -227,14 +310,18 @@ pub fn gather(s: &Spatial, x: &[f32]) -> Vec<f32> {
 /// Planar images back into the native layout.
 pub fn scatter(s: &Spatial, planar: &[f32], out: &mut [f32]) {
     let (h, w) = (s.height, s.width);
-    for (i, img) in planar.chunks(h * w).enumerate() {
-        let (b, p) = (i / s.planes, i % s.planes);
-        for y in 0..h {
-            for x in 0..w {
-                out[s.index(b, p, y, x)] = img[y * w + x];
+    // Each sample of the output is written by one task.
+    let per = s.batch_stride;
+    out.par_chunks_mut(per.max(1)).enumerate().for_each(|(b, o)| {
+        for (p, img) in planar[b * per..(b + 1) * per].chunks(h * w).enumerate() {
+            let base = s.plane_offset(p);
+            for y in 0..h {
+                for x in 0..w {
+                    o[base + y * s.row_stride + x * s.col_stride] = img[y * w + x];
+                }
             }
         }
-    }
+    });
 }
 
 /// The Laplacian pyramid of planar images (level 0 first).
@@ -265,10 +352,29 @@ pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: b
     if !band.on {
         return c.to_vec();
     }
-    let s = band.scale;
     let mut g = vec![0.0f32; c.len()];
-    g.par_chunks_mut(len).enumerate().for_each(|(b, g)| {
+    g.par_chunks_mut(len.max(1)).enumerate().for_each(|(b, g)| {
         let (c, u) = (&c[b * len..(b + 1) * len], &u[b * len..(b + 1) * len]);
+        simd::run(Guide { c, u, g, band, original })
+    });
+    g
+}
+
+/// One sample of one guided level, as a [`Task`].
+struct Guide<'a> {
+    c: &'a [f32],
+    u: &'a [f32],
+    g: &'a mut [f32],
+    band: &'a FdgBand,
+    original: bool,
+}
+
+impl Task for Guide<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let Guide { c, u, g, band, original } = self;
+        let (s, len) = (band.scale, c.len());
         match band.parallel {
             None => {
                 for ((g, &c), &u) in g.iter_mut().zip(c).zip(u) {
@@ -294,8 +400,7 @@ pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: b
                 *g *= f;
             }
         }
-    });
-    g
+    }
 }
 
 /// FDG of c and u (native layout, f32) into `out`.

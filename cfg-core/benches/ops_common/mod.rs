@@ -143,7 +143,10 @@ pub fn floor_bytes(op: &str, branches: usize, n: usize, size: usize) -> usize {
 /// The most square grid of `tokens` with even sides (FDG's pyramid halves them).
 fn token_grid(tokens: usize) -> Grid {
     let root = (tokens as f64).sqrt() as usize;
-    let height = (2..=root).rev().find(|h| h.is_multiple_of(2) && tokens.is_multiple_of(*h) && (tokens / h).is_multiple_of(2)).unwrap_or(2);
+    let height = (2..=root)
+        .rev()
+        .find(|h| h.is_multiple_of(2) && tokens.is_multiple_of(*h) && (tokens / h).is_multiple_of(2))
+        .unwrap_or(2);
     Grid { frames: None, height, width: tokens / height }
 }
 
