@@ -169,7 +169,7 @@ pub fn run(args: Args) -> CliResult {
     let mut reads = 0usize;
     for step in 0..num_steps {
         let sigma = sigmas.as_ref().and_then(|s| s.get(step).copied());
-        let ctx = StepContext { step, num_steps, sigma };
+        let ctx = StepContext { step, num_steps, sigma, chunks: cfg_core::schedule::ChunkTimes::NONE };
         let program = lower(policy, &ctx, &state, &overrides).map_err(|e| {
             let hint = match &sigmas {
                 None => " (pass --sigmas or store a `sigmas` list in the input's metadata)".to_string(),

@@ -120,7 +120,12 @@ pub fn run(args: Args) -> CliResult {
         );
     }
     let wins = windows(policy);
-    let ctx = |step: usize| StepContext { step, num_steps: steps, sigma: Some(times[step].1) };
+    let ctx = |step: usize| StepContext {
+        step,
+        num_steps: steps,
+        sigma: Some(times[step].1),
+        chunks: cfg_core::schedule::ChunkTimes::NONE,
+    };
     let scale_values = |step: usize| -> Vec<(String, Option<f64>)> {
         policy.scales.iter().map(|(n, s)| (n.to_string(), s.at(&ctx(step)))).collect()
     };

@@ -9,6 +9,7 @@ pub fn hand_built(branches: usize, forms: Vec<Form>, ops: Vec<Op>) -> Program {
     Program {
         output: "x".into(),
         space: cfg_core::expr::Space::Eps,
+        layout: None,
         branches: (0..branches).map(|b| format!("b{b}")).collect(),
         forms,
         ops,

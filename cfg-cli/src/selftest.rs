@@ -6,7 +6,8 @@
 
 use crate::error::{CliError, CliResult};
 use crate::programs::hand_built;
-use cfg_core::program::{Form, Op, Program, Value};
+use cfg_core::layout::{Axis, Grid, Layout};
+use cfg_core::program::{FdgBand, Form, Op, Program, Value};
 use cfg_core::reduce::Reduce;
 use cfg_core::reference::{evaluate_f64, relative_error, ReferenceState};
 use cfg_core::state::GuidanceState;
@@ -223,6 +224,42 @@ fn cases(small_run: bool) -> Vec<Case> {
             steps: 1,
         },
         Case {
+            // FDG on [B, C, H, W]: 3 levels, one with a parallel weight, one
+            // rescaled, one off (c_k).
+            name: "FDG 3 levels, [B,C,H,W]",
+            program: hand_built(2, cu(), vec![fdg(&[Axis::B, Axis::C, Axis::H, Axis::W], None)]),
+            shape: Shape::new([2, 4, 32, 24]),
+            steps: 1,
+        },
+        Case {
+            name: "FDG 3 levels, [B,T,C] grid",
+            program: hand_built(
+                2,
+                cu(),
+                vec![fdg(&[Axis::B, Axis::T, Axis::C], Some(Grid { frames: None, height: 16, width: 12 }))],
+            ),
+            shape: Shape::new([2, 192, 8]),
+            steps: 1,
+        },
+        Case {
+            // MAGI-1: three chunks of 2 frames at their own times, [B, C, F, H, W].
+            name: "chunked (MAGI-1), 3 chunks",
+            program: hand_built(
+                3,
+                vec![form(&[(0, 1.0)]), form(&[(1, 1.0)]), form(&[(2, 1.0)])],
+                vec![Op::Chunked {
+                    cond: Value::Form(0),
+                    prefix: Value::Form(1),
+                    uncond: Value::Form(2),
+                    weights: vec![[7.5, -6.0, -0.5], [3.0, -2.0, 0.0], [0.0, 1.0, 0.0]],
+                    chunk_frames: 2,
+                    layout: Layout { axes: vec![Axis::B, Axis::C, Axis::F, Axis::H, Axis::W], grid: None },
+                }],
+            ),
+            shape: Shape::new([2, 4, 6, 8, 12]),
+            steps: 1,
+        },
+        Case {
             name: "combine 3-way, odd size",
             program: hand_built(3, vec![form(&[(0, 2.5), (1, -1.0), (2, -0.5)])], vec![]),
             shape: Shape::new([1, 7, 37]),
@@ -262,6 +299,18 @@ fn cases(small_run: bool) -> Vec<Case> {
             steps: 1,
         },
     ]
+}
+
+/// FDG over cond `b0` and uncond `b1` with three bands under `axes`.
+fn fdg(axes: &[Axis], grid: Option<Grid>) -> Op {
+    let band = |scale, parallel, rescale| FdgBand { on: true, scale, parallel, rescale };
+    Op::Fdg {
+        cond: Value::Form(0),
+        uncond: Value::Form(1),
+        bands: vec![band(10.0, Some(0.5), 0.0), band(5.0, None, 0.7), FdgBand { on: false, ..band(3.0, None, 0.0) }],
+        original: false,
+        layout: Layout { axes: axes.to_vec(), grid },
+    }
 }
 
 /// Whether a case's fused path has a one-pass (cooperative) and a two-pass form.

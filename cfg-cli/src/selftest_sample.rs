@@ -112,7 +112,8 @@ pub fn compare_predictions(dev: &Device) -> Result<SampleCheck, CliError> {
         for spec in &specs {
             for (t, spaces) in [(0.95, [Space::Eps, Space::V]), (0.4, [Space::X0, Space::Eps]), (0.03, [Space::V; 2])] {
                 let branches = [("b".to_string(), spec.clone())];
-                let info = StepInfo { step: 0, num_steps: 1, t, sigma: t };
+                let info =
+                    StepInfo { step: 0, num_steps: 1, t, sigma: t, chunks: cfg_core::schedule::ChunkTimes::NONE };
                 let call = Call { info, branches: &branches, latents: &latents, spaces: &spaces };
                 let want = m.predict(&call).map_err(|e| CliError(e.0))?.remove(0);
                 let got = m.predict_branch_device(dev, spec, &refs, t, &spaces)?;

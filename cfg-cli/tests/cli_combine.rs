@@ -96,7 +96,12 @@ fn expected(
     state.start();
     let mut out = BTreeMap::new();
     for step in 0..steps {
-        let ctx = StepContext { step, num_steps: steps, sigma: sigmas.map(|s| s[step]) };
+        let ctx = StepContext {
+            step,
+            num_steps: steps,
+            sigma: sigmas.map(|s| s[step]),
+            chunks: cfg_core::schedule::ChunkTimes::NONE,
+        };
         let program = lower(&policy, &ctx, &state, &Overrides::none()).expect("lowers");
         for p in &program.outputs {
             let name = |b: &str| if multi { format!("{step}/{b}/{}", p.output) } else { format!("{step}/{b}") };

@@ -51,7 +51,12 @@ fn relative(a: &[f64], b: &[f64]) -> f64 {
 
 /// Runs `cfg combine` on the policy's fixture; returns (fixture, output) bytes.
 fn combine(policy: &str) -> (Vec<u8>, Vec<u8>) {
-    let input = fixture(policy);
+    combine_with(policy, policy)
+}
+
+/// Runs `cfg combine --policy POLICY` (a library name or a file) on fixture `name`.
+fn combine_with(policy: &str, name: &str) -> (Vec<u8>, Vec<u8>) {
+    let input = fixture(name);
     let dir = tempfile::tempdir().expect("temp dir");
     let output = dir.path().join("out.safetensors");
     let run = Command::new(env!("CARGO_BIN_EXE_cfg"))
@@ -137,7 +142,35 @@ fn apg_mix_matches_diffusers_across_its_switch_step() {
 
 #[test]
 fn tcfg_matches_the_f64_formula_and_diffusers_to_its_own_accuracy() {
-    let (fixture_bytes, out_bytes) = combine("tcfg");
+    against_f64_and_diffusers(combine("tcfg"));
+}
+
+/// FDG on [2, 2, 16, 8] latents with the library defaults (scales 10 and 5,
+/// both levels always on): diffusers' own guider, through kornia's pyramid in
+/// float32 (its 5 × 5 convolutions round differently from our separable blur),
+/// and the same guider on float64 inputs.
+#[test]
+fn fdg_matches_the_f64_formula_and_diffusers_to_its_own_accuracy() {
+    against_f64_and_diffusers(combine("fdg"));
+}
+
+/// FDG with a parallel weight and levels switched off by their windows
+/// (`tests/fixtures/diffusers/fdg_levels.ron`). diffusers 0.42.1's
+/// `FrequencyDecoupledGuidance.forward` cannot run these steps: for a level
+/// outside its window it appends `pred_cond_freq`, a variable bound only in
+/// the enabled branch (UnboundLocalError when level 0 is off; level 0's cond,
+/// of the wrong size, when level 1 is). The fixture states the guider's
+/// formula directly with the disabled level's cond, as the guider intends;
+/// here a level that is off is c_k, and the bug is not reproduced.
+#[test]
+fn fdg_levels_off_by_window_are_the_conds_level() {
+    let policy = fixture("fdg_levels").with_extension("ron");
+    against_f64_and_diffusers(combine_with(policy.to_str().expect("a UTF-8 path"), "fdg_levels"));
+}
+
+/// Within 1e-6 relative of the f64 formula, and no farther from diffusers
+/// than twice diffusers' own distance to it, at every step.
+fn against_f64_and_diffusers((fixture_bytes, out_bytes): (Vec<u8>, Vec<u8>)) {
     let expected = SafeTensors::deserialize(&fixture_bytes).expect("fixture parses");
     let got = SafeTensors::deserialize(&out_bytes).expect("output parses");
     for step in 0..STEPS {

@@ -2,7 +2,9 @@
 
 use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
+use crate::chunked::{chunked_into, Chunks};
 use crate::error::CoreError;
+use crate::fdg::{fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
@@ -322,7 +324,8 @@ fn slices<'a, E>(inputs: &[TensorView<'a>], get: fn(&Elements<'a>) -> Option<&'a
 /// then it is evaluated straight from the inputs, with no intermediate tensor.
 fn single_fused_op(program: &Program) -> Option<&Op> {
     let [op] = program.ops.as_slice() else { return None };
-    let contiguous = !matches!(op, Op::Mix { .. }) && op.over().is_none_or(Reduce::is_contiguous);
+    let contiguous = !matches!(op, Op::Mix { .. } | Op::Fdg { .. } | Op::Chunked { .. })
+        && op.over().is_none_or(Reduce::is_contiguous);
     let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
     (program.latches.is_empty() && program.result == Value::Op(0) && contiguous && on_forms).then_some(op)
 }
@@ -357,7 +360,8 @@ fn op_into<I: Element, O: Element>(
     out: &mut [O],
 ) {
     match op {
-        Op::Mix { .. } => {}
+        // Evaluated on dense values by `Evaluation`.
+        Op::Mix { .. } | Op::Fdg { .. } | Op::Chunked { .. } => {}
         Op::Renorm { over, eps, min, max, .. } => {
             let op = fused::Renorm { input: a, reference: b, eps: *eps, min: *min, max: *max };
             run_groups(&op, len(*over), out)
@@ -550,7 +554,11 @@ impl<'a> Evaluation<'a> {
             for v in op.inputs() {
                 self.ensure(v);
             }
-            let out = self.op(op, state);
+            let out = match op {
+                Op::Fdg { .. } => self.fdg(op)?,
+                Op::Chunked { .. } => self.chunked(op)?,
+                _ => self.op(op, state),
+            };
             self.ops.push(out);
         }
         for latch in &self.program.latches {
@@ -570,6 +578,31 @@ impl<'a> Evaluation<'a> {
             Value::Zero => vec![0.0; self.n()].into(),
             _ => self.value(v).into(),
         }
+    }
+
+    /// MAGI-1's chunked combination on the dense values of its operands.
+    fn chunked(&self, op: &Op) -> Result<Vec<f32>, CoreError> {
+        let Op::Chunked { cond, prefix, uncond, weights, chunk_frames, layout } = op else { return Ok(Vec::new()) };
+        let chunks = Chunks::new(layout, self.shape, *chunk_frames, weights.len()).map_err(|why| {
+            CoreError::Layout { output: self.program.output.clone(), shape: self.shape.to_string(), why }
+        })?;
+        let mut out = vec![0.0; self.n()];
+        let (c, p, u) = (self.dense(*cond), self.dense(*prefix), self.dense(*uncond));
+        chunked_into(&chunks, weights, &c, &p, &u, &mut out);
+        Ok(out)
+    }
+
+    /// FDG on the dense values of its operands.
+    fn fdg(&self, op: &Op) -> Result<Vec<f32>, CoreError> {
+        let Op::Fdg { cond, uncond, bands, original, layout } = op else { return Ok(Vec::new()) };
+        let pyramid = Pyramid::new(layout, self.shape, bands.len()).map_err(|why| CoreError::Layout {
+            output: self.program.output.clone(),
+            shape: self.shape.to_string(),
+            why,
+        })?;
+        let mut out = vec![0.0; self.n()];
+        fdg_into(&pyramid, &self.dense(*cond), &self.dense(*uncond), bands, *original, &mut out);
+        Ok(out)
     }
 
     fn op(&self, op: &Op, state: &mut GuidanceState) -> Vec<f32> {
@@ -744,6 +777,7 @@ mod tests {
         Program {
             output: "sample".into(),
             space: crate::expr::Space::Eps,
+            layout: None,
             branches: vec!["a".into(), "b".into()],
             forms: vec![Form { terms: vec![(0, 2.0), (1, -1.0)] }],
             ops: Vec::new(),
@@ -832,6 +866,7 @@ mod device_state_tests {
         let program = Program {
             output: "x".into(),
             space: Space::Eps,
+            layout: None,
             branches: vec!["c".into(), "u".into()],
             forms: vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }],
             ops: vec![Op::Apg {

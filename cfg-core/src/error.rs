@@ -30,6 +30,28 @@ pub enum CoreError {
         /// What was expected.
         why: String,
     },
+    /// A prediction whose shape does not fit its output's declared layout
+    /// (or an operator's needs on it).
+    #[error("output `{output}`: shape {shape} does not fit: {why}")]
+    Layout {
+        /// The output.
+        output: String,
+        /// The prediction's shape.
+        shape: String,
+        /// Why.
+        why: String,
+    },
+    /// An operator that needs the output's declared layout, in an output without one.
+    #[error(
+        "output `{output}`: `{operator}` needs the output's layout with image rows and columns, \
+         for example `layout: (axes: [B, C, H, W])`"
+    )]
+    NeedsLayout {
+        /// The output.
+        output: String,
+        /// The operator.
+        operator: &'static str,
+    },
     /// A scale, window or schedule needs the step's sigma, which was not given.
     #[error("step {step}: the policy needs the scheduler's sigma (a sigma window or a sigma-keyed schedule) but none was given")]
     SigmaRequired {

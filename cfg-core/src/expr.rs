@@ -5,6 +5,7 @@
 //! RON; every struct and struct variant denies unknown fields.
 
 use crate::branch::BranchSpec;
+use crate::layout::Layout;
 use crate::reduce::Reduce;
 use crate::schedule::Schedule;
 use crate::window::Window;
@@ -275,6 +276,43 @@ pub enum Expr {
         #[serde(default)]
         original: bool,
     },
+    /// Frequency-decoupled guidance (diffusers FrequencyDecoupledGuidance):
+    /// a Laplacian pyramid of c and u over the rows and columns of the
+    /// output's declared layout; per level k (0: the highest frequencies)
+    /// `u_k + s_k·Δ_k` with Δ_k's parallel part (on c_k) weighted, an
+    /// optional std rescale and a window (off: c_k); reconstructed.
+    Fdg {
+        /// Conditional prediction.
+        cond: Box<Expr>,
+        /// Unconditional prediction.
+        uncond: Box<Expr>,
+        /// The pyramid's levels, highest frequencies first (1 to 8).
+        levels: Vec<FdgLevel>,
+        /// Base each level on c_k instead of u_k.
+        #[serde(default)]
+        original: bool,
+    },
+    /// MAGI-1's chunked guidance: per chunk of `chunk_frames` frames (along
+    /// the output's `F` axis), `u + p·(prefix − u) + t·(c − prefix)` with
+    /// (p, t) looked up from the chunk's own time: the last `thresholds[k]`
+    /// with `thresholds[k] − 1e-7 < time` gives `prefix_scales[k]`,
+    /// `text_scales[k]` (the first where none does).
+    Chunked {
+        /// Text and prefix (the full condition).
+        cond: Box<Expr>,
+        /// Prefix only (the clean earlier chunks, no text).
+        prefix: Box<Expr>,
+        /// Neither.
+        uncond: Box<Expr>,
+        /// Chunk-time thresholds, increasing (MAGI-1's `cfg_t_range`).
+        thresholds: Vec<f64>,
+        /// p per threshold (MAGI-1's `prev_chunk_scales`).
+        prefix_scales: Vec<f64>,
+        /// t per threshold (MAGI-1's `text_scales`).
+        text_scales: Vec<f64>,
+        /// Frames per chunk (≥ 1).
+        chunk_frames: usize,
+    },
     /// Adaptive guidance (Castillo et al. 2023): CFG until cos(c, u) > threshold,
     /// then cond alone (uncond leaves the plan) for the rest of sampling.
     Adaptive {
@@ -287,6 +325,23 @@ pub enum Expr {
         /// Cosine similarity above which guidance stops.
         threshold: ScaleRef,
     },
+}
+
+/// One level of FDG's pyramid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdgLevel {
+    /// The level's guidance scale.
+    pub scale: ScaleRef,
+    /// Weight of the shift's part parallel to c_k (1: plain CFG shift).
+    #[serde(default = "one")]
+    pub parallel_weight: ScaleRef,
+    /// When the level is guided; elsewhere it is c_k (always on when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// Std rescale strength φ of the guided level against c_k, per sample (0: off).
+    #[serde(default = "zero")]
+    pub rescale: ScaleRef,
 }
 
 fn one() -> ScaleRef {
@@ -318,6 +373,7 @@ impl Expr {
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } => vec![term],
             Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
+            Expr::Chunked { cond, prefix, uncond, .. } => vec![cond, prefix, uncond],
             Expr::Windowed { term, otherwise, .. } => std::iter::once(&**term).chain(otherwise.as_deref()).collect(),
             Expr::Renorm { input, reference, .. }
             | Expr::NormCap { input, reference, .. }
@@ -328,6 +384,7 @@ impl Expr {
             | Expr::MagnitudeAware { cond, uncond, .. }
             | Expr::Tcfg { cond, uncond, .. }
             | Expr::ApgMix { cond, uncond, .. }
+            | Expr::Fdg { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -340,6 +397,7 @@ impl Expr {
             Expr::Diff(a, b) => vec![a, b],
             Expr::Scaled { term, .. } => vec![term],
             Expr::PerpNeg { pos, neg, empty, .. } => vec![pos, neg, empty],
+            Expr::Chunked { cond, prefix, uncond, .. } => vec![cond, prefix, uncond],
             Expr::Windowed { term, otherwise, .. } => {
                 std::iter::once(&mut **term).chain(otherwise.as_deref_mut()).collect()
             }
@@ -352,6 +410,7 @@ impl Expr {
             | Expr::MagnitudeAware { cond, uncond, .. }
             | Expr::Tcfg { cond, uncond, .. }
             | Expr::ApgMix { cond, uncond, .. }
+            | Expr::Fdg { cond, uncond, .. }
             | Expr::Adaptive { cond, uncond, .. } => vec![cond, uncond],
         }
     }
@@ -391,6 +450,8 @@ impl Expr {
             Expr::Tcfg { .. } => "Tcfg",
             Expr::ApgMix { .. } => "ApgMix",
             Expr::PerpNeg { .. } => "PerpNeg",
+            Expr::Fdg { .. } => "Fdg",
+            Expr::Chunked { .. } => "Chunked",
             Expr::Adaptive { .. } => "Adaptive",
         }
     }
@@ -408,6 +469,8 @@ impl Expr {
                 | Expr::Tcfg { .. }
                 | Expr::ApgMix { .. }
                 | Expr::PerpNeg { .. }
+                | Expr::Fdg { .. }
+                | Expr::Chunked { .. }
                 | Expr::Adaptive { .. }
         )
     }
@@ -436,6 +499,11 @@ impl Expr {
             Expr::MagnitudeAware { alpha, .. } => out.push(("alpha", alpha)),
             Expr::PerpNeg { neg_scale, .. } => out.push(("neg_scale", neg_scale)),
             Expr::Adaptive { threshold, .. } => out.push(("threshold", threshold)),
+            Expr::Fdg { levels, .. } => {
+                for l in levels {
+                    out.extend([("scale", &l.scale), ("parallel_weight", &l.parallel_weight), ("rescale", &l.rescale)]);
+                }
+            }
             _ => {}
         }
         out
@@ -449,6 +517,17 @@ impl Expr {
             let (a, b) = window.bounds();
             out.extend([("window start", a), ("window stop", b)]);
         }
+        if let Expr::Chunked { thresholds, prefix_scales, text_scales, .. } = self {
+            out.extend(thresholds.iter().map(|v| ("thresholds", *v)));
+            out.extend(prefix_scales.iter().map(|v| ("prefix_scales", *v)));
+            out.extend(text_scales.iter().map(|v| ("text_scales", *v)));
+        }
+        if let Expr::Fdg { levels, .. } = self {
+            for w in levels.iter().filter_map(|l| l.window.as_ref()) {
+                let (a, b) = w.bounds();
+                out.extend([("window start", a), ("window stop", b)]);
+            }
+        }
         out
     }
 }
@@ -459,6 +538,11 @@ impl Expr {
 pub struct OutputSpec {
     /// The space the prediction lives in.
     pub space: Space,
+    /// The axes of the prediction (`[B, C, H, W]`, `[B, T, C]` with a token
+    /// grid...), checked against its shape at every step; absent: `[B, ..., D]`
+    /// with no spatial axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
     /// How its branch predictions combine (a bare `Ref` passes one through unguided).
     pub guidance: Expr,
 }

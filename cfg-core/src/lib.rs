@@ -11,11 +11,15 @@
 pub mod apg_fused;
 pub mod branch;
 pub mod canon;
+pub mod chunked;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
 pub mod expr;
+pub mod fdg;
+pub mod fdg_reference;
 pub mod fused;
+pub mod layout;
 pub mod lower;
 pub mod lower_cache;
 pub mod portable_math;

@@ -8,8 +8,8 @@
 use crate::error::CoreError;
 use crate::expr::{Expr, Policy, ScaleRef};
 use crate::lower_cache::Read;
-use crate::program::{Form, Latch, Op, Program, StepProgram, Value};
-use crate::schedule::StepContext;
+use crate::program::{FdgBand, Form, Latch, Op, Program, StepProgram, Value};
+use crate::schedule::{ChunkTimes, StepContext};
 use crate::state::GuidanceState;
 use std::collections::BTreeMap;
 
@@ -57,6 +57,7 @@ pub(crate) fn lower_recording(
         .iter()
         .map(|(name, spec)| {
             let mut l = Lowerer::new(policy, ctx, state, overrides, name, reads);
+            l.layout = spec.layout.as_ref();
             let lin = l.expr(&spec.guidance, name)?;
             let result = l.materialize(lin)?;
             Ok(l.finish(name, spec.space, result))
@@ -80,6 +81,17 @@ pub(crate) fn scale_at(
             None => policy.scales.get(n).ok_or_else(|| CoreError::Unknown { kind: "scale", name: n.clone() })?.at(ctx),
         },
     })
+}
+
+/// Each frame chunk's time at `ctx`: the step's own chunk times when it has
+/// them, else one time for every chunk, `1 − sigma` (MAGI-1's t: 0 pure noise,
+/// 1 clean; flow sigma: 1 pure noise); `None` with neither. Lowering and the
+/// cache's check both read chunk times through it.
+pub(crate) fn chunk_times(ctx: &StepContext) -> Option<ChunkTimes> {
+    if !ctx.chunks.as_slice().is_empty() {
+        return Some(ctx.chunks);
+    }
+    ctx.sigma.and_then(|s| ChunkTimes::new(&[1.0 - s]))
 }
 
 /// An operand of a linear combination before numbering.
@@ -114,6 +126,8 @@ struct Lowerer<'a> {
     state: &'a GuidanceState,
     overrides: &'a Overrides,
     output: &'a str,
+    /// The output's declared layout.
+    layout: Option<&'a crate::layout::Layout>,
     /// Every read of the step or the state, in order. Whatever the lowering
     /// consults must be recorded here, or the cache would reuse stale programs.
     reads: &'a mut Vec<Read>,
@@ -140,6 +154,7 @@ impl<'a> Lowerer<'a> {
             state,
             overrides,
             output,
+            layout: None,
             reads,
             forms: Vec::new(),
             ops: Vec::new(),
@@ -312,6 +327,66 @@ impl<'a> Lowerer<'a> {
                 // empty + s·P − s·sn·N⊥
                 add(add(e, &pd, s), &perp, -s * sn)
             }
+            Expr::Fdg { cond, uncond, levels, original } => {
+                let layout = self
+                    .layout
+                    .cloned()
+                    .ok_or_else(|| CoreError::NeedsLayout { output: self.output.to_string(), operator: "Fdg" })?;
+                let mut bands = Vec::with_capacity(levels.len());
+                for level in levels {
+                    let inside = match &level.window {
+                        None => true,
+                        Some(w) => self.read_window(w).ok_or(CoreError::SigmaRequired { step: self.ctx.step })?,
+                    };
+                    let s = self.scale(&level.scale)?;
+                    let (weight, rescale) = (self.scale(&level.parallel_weight)?, self.scale(&level.rescale)?);
+                    // diffusers' guider leaves a level whose scale is the identity's (1; 0 with `original`) as c_k.
+                    let idle = if *original { s == 0.0 } else { s == 1.0 };
+                    bands.push(FdgBand {
+                        on: inside && !idle,
+                        scale: s as f32,
+                        parallel: (weight != 1.0).then_some(weight as f32),
+                        rescale,
+                    });
+                }
+                if bands.iter().all(|b| !b.on) {
+                    // Every level is c_k: the pyramid rebuilds c, and u leaves the plan.
+                    self.expr(cond, &child(0))?
+                } else {
+                    let (cond, uncond) = self.pair(cond, uncond, path)?;
+                    self.push(Op::Fdg { cond, uncond, bands, original: *original, layout })
+                }
+            }
+            Expr::Chunked { cond, prefix, uncond, thresholds, prefix_scales, text_scales, chunk_frames } => {
+                let times = self.read_chunk_times().ok_or(CoreError::SigmaRequired { step: self.ctx.step })?;
+                let at = |t: f64| crate::chunked::lookup(thresholds, prefix_scales, text_scales, t);
+                if self.ctx.chunks.as_slice().is_empty() {
+                    // One time for the whole prediction: a linear form.
+                    let (p, t) = at(times.as_slice().first().copied().unwrap_or(0.0));
+                    let c = self.expr(cond, &child(0))?;
+                    let pre = self.expr(prefix, &child(1))?;
+                    let u = self.expr(uncond, &child(2))?;
+                    add(add(scaled(&c, t), &pre, p - t), &u, 1.0 - p)
+                } else {
+                    let layout = self.layout.cloned().ok_or_else(|| CoreError::NeedsLayout {
+                        output: self.output.to_string(),
+                        operator: "Chunked",
+                    })?;
+                    let weights = times
+                        .as_slice()
+                        .iter()
+                        .map(|&time| {
+                            let (p, t) = at(time);
+                            crate::chunked::weights(p, t)
+                        })
+                        .collect();
+                    let c = self.expr(cond, &child(0))?;
+                    let pre = self.expr(prefix, &child(1))?;
+                    let u = self.expr(uncond, &child(2))?;
+                    let (cond, prefix, uncond) = (self.materialize(c)?, self.materialize(pre)?, self.materialize(u)?);
+                    self.push(Op::Chunked { cond, prefix, uncond, weights, chunk_frames: *chunk_frames, layout })
+                }
+            }
             Expr::Tcfg { cond, uncond, scale, original } => {
                 let s = self.scale(scale)? as f32;
                 let (cond, uncond) = self.pair(cond, uncond, path)?;
@@ -341,6 +416,13 @@ impl<'a> Lowerer<'a> {
         let after = self.ctx.step > n;
         self.reads.push(Read::After { step: n, after });
         after
+    }
+
+    /// Each chunk's time ([`chunk_times`]), recorded.
+    fn read_chunk_times(&mut self) -> Option<ChunkTimes> {
+        let times = chunk_times(self.ctx);
+        self.reads.push(Read::Chunks { times });
+        times
     }
 
     fn read_window(&mut self, window: &crate::window::Window) -> Option<bool> {
@@ -436,6 +518,7 @@ impl<'a> Lowerer<'a> {
         Program {
             output: name.to_string(),
             space,
+            layout: self.layout.cloned(),
             forms,
             ops: self.ops,
             latches: self.latches,
@@ -471,7 +554,7 @@ mod tests {
             ]),
             scales: Named::default(),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
         }
     }
 

@@ -10,9 +10,9 @@
 
 use crate::error::CoreError;
 use crate::expr::{Policy, ScaleRef};
-use crate::lower::{lower_recording, scale_at, Overrides};
+use crate::lower::{chunk_times, lower_recording, scale_at, Overrides};
 use crate::program::StepProgram;
-use crate::schedule::StepContext;
+use crate::schedule::{ChunkTimes, StepContext};
 use crate::state::GuidanceState;
 use crate::window::Window;
 
@@ -29,6 +29,8 @@ pub(crate) enum Read {
     Latched { slot: String, latched: bool },
     /// Whether the step comes after a given step (APG-Mix's switch).
     After { step: usize, after: bool },
+    /// Each frame chunk's time (MAGI-1's chunked guidance).
+    Chunks { times: Option<ChunkTimes> },
 }
 
 impl Read {
@@ -43,6 +45,7 @@ impl Read {
             Read::ZeroInit { slot, steps, zeroed } => (state.count(slot) < *steps) == *zeroed,
             Read::Latched { slot, latched } => state.latched(slot) == *latched,
             Read::After { step, after } => (ctx.step > *step) == *after,
+            Read::Chunks { times } => chunk_times(ctx) == *times,
         }
     }
 }
@@ -130,7 +133,7 @@ mod tests {
             ]),
             scales: Named(vec![("s".into(), s)]),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
         }
     }
 

@@ -5,6 +5,7 @@
 //! Terms with weight zero are never present, so a zero-weight branch changes no bit.
 
 use crate::expr::Space;
+use crate::layout::Layout;
 use crate::reduce::Reduce;
 
 /// A value the program computes: zero, a linear form or an op's result.
@@ -138,6 +139,38 @@ pub enum Op {
         /// α.
         alpha: f64,
     },
+    /// Frequency-decoupled guidance over the spatial axes of `layout`
+    /// (`crate::fdg` states the canonical order).
+    Fdg {
+        /// Cond.
+        cond: Value,
+        /// Uncond.
+        uncond: Value,
+        /// The levels, highest frequencies first.
+        bands: Vec<FdgBand>,
+        /// Base each level on c_k.
+        original: bool,
+        /// The output's layout (rows and columns).
+        layout: Layout,
+    },
+    /// MAGI-1's chunked guidance with chunks at different times: per chunk of
+    /// `chunk_frames` frames along the layout's `F` axis, the form
+    /// `w_c·c + w_p·prefix + w_u·u` of its own weights, evaluated as
+    /// `acc = w_c·c; acc = fma(w_p, prefix, acc); acc = fma(w_u, u, acc)`.
+    Chunked {
+        /// Text and prefix.
+        cond: Value,
+        /// Prefix only.
+        prefix: Value,
+        /// Neither.
+        uncond: Value,
+        /// Per chunk, oldest first: [w_c, w_p, w_u].
+        weights: Vec<[f32; 3]>,
+        /// Frames per chunk.
+        chunk_frames: usize,
+        /// The output's layout (its frames).
+        layout: Layout,
+    },
     /// Tangential CFG: `u' = α·c + β·u` with (α, β) per sample from the
     /// Gram matrix of (c, u); `u' + s·(c − u')`.
     Tcfg {
@@ -161,10 +194,12 @@ impl Op {
             | Op::Renorm { input, reference, .. }
             | Op::NormCap { input, reference, .. }
             | Op::StdRescale { input, reference, .. } => vec![*input, *reference],
+            Op::Chunked { cond, prefix, uncond, .. } => vec![*cond, *prefix, *uncond],
             Op::ZeroStar { cond, uncond, .. }
             | Op::Apg { cond, uncond, .. }
             | Op::MagnitudeAware { cond, uncond, .. }
             | Op::Tcfg { cond, uncond, .. }
+            | Op::Fdg { cond, uncond, .. }
             | Op::MomentumCfg { cond, uncond, .. } => vec![*cond, *uncond],
         }
     }
@@ -190,8 +225,23 @@ impl Op {
             Op::Tcfg { .. } => "tcfg",
             Op::MomentumCfg { .. } => "momentum-cfg",
             Op::Reject { .. } => "reject",
+            Op::Fdg { .. } => "fdg",
+            Op::Chunked { .. } => "chunked",
         }
     }
+}
+
+/// One FDG level as lowered at a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FdgBand {
+    /// Guided (else the level is c_k).
+    pub on: bool,
+    /// Scale.
+    pub scale: f32,
+    /// Weight of the shift's part parallel to c_k; `None`: plain shift (weight 1).
+    pub parallel: Option<f32>,
+    /// Std rescale φ against c_k per sample (0: off).
+    pub rescale: f64,
 }
 
 /// The adaptive-guidance check: latch `slot` once cos(a, b) (whole tensor) > threshold.
@@ -214,6 +264,8 @@ pub struct Program {
     pub output: String,
     /// Its working space.
     pub space: Space,
+    /// Its declared layout, if any.
+    pub layout: Option<Layout>,
     /// The branches it reads, sorted by name.
     pub branches: Vec<String>,
     /// Linear forms over `branches`.
@@ -234,8 +286,21 @@ impl Program {
         matches!(self.result, Value::Form(_) | Value::Zero) && self.ops.is_empty() && self.latches.is_empty()
     }
 
-    /// Whether every op's reduction groups fit `shape` (an `Axis` beyond its rank).
+    /// Whether `shape` fits the declared layout and every op's needs (reduction
+    /// groups: an `Axis` beyond its rank; FDG: its pyramid's rows and columns).
     pub fn check_shape(&self, shape: &crate::Shape) -> Result<(), crate::CoreError> {
+        let bad = |why: String| crate::CoreError::Layout { output: self.output.clone(), shape: shape.to_string(), why };
+        if let Some(layout) = &self.layout {
+            layout.resolve(shape).map_err(bad)?;
+        }
+        for op in &self.ops {
+            if let Op::Fdg { bands, layout, .. } = op {
+                crate::fdg::Pyramid::new(layout, shape, bands.len()).map_err(bad)?;
+            }
+            if let Op::Chunked { weights, chunk_frames, layout, .. } = op {
+                crate::chunked::Chunks::new(layout, shape, *chunk_frames, weights.len()).map_err(bad)?;
+            }
+        }
         for over in self.ops.iter().filter_map(Op::over) {
             over.check(shape).map_err(|why| crate::CoreError::BadShape { shape: shape.to_string(), why })?;
         }

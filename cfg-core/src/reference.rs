@@ -157,6 +157,26 @@ pub fn evaluate_f64(program: &Program, inputs: &[&Tensor], shape: &Shape, state:
                 }
                 out
             }
+            Op::Chunked { cond, prefix, uncond, weights, chunk_frames, layout } => {
+                let (c, pre, u) = (get(*cond, &ops), get(*prefix, &ops), get(*uncond, &ops));
+                match crate::chunked::Chunks::new(layout, shape, *chunk_frames, weights.len()) {
+                    Ok(ch) => (0..n)
+                        .map(|i| {
+                            let w = weights[ch.chunk_of(i)].map(f64::from);
+                            w[0] * c[i] + w[1] * pre[i] + w[2] * u[i]
+                        })
+                        .collect(),
+                    Err(_) => vec![f64::NAN; n],
+                }
+            }
+            Op::Fdg { cond, uncond, bands, original, layout } => {
+                let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
+                match crate::fdg::Pyramid::new(layout, shape, bands.len()) {
+                    Ok(p) => crate::fdg_reference::fdg_f64(&p, &c, &u, bands, *original),
+                    // A shape the pyramid cannot use: the evaluators refuse it.
+                    Err(_) => vec![f64::NAN; n],
+                }
+            }
             Op::Tcfg { cond, uncond, scale, original } => {
                 let (c, u) = (get(*cond, &ops), get(*uncond, &ops));
                 let groups = Groups::new(Reduce::Sample, shape);

@@ -11,12 +11,46 @@ pub struct StepContext {
     pub num_steps: usize,
     /// The scheduler's sigma (noise level) at this step, when known.
     pub sigma: Option<f64>,
+    /// Each frame chunk's own time, for a model that denoises chunks at
+    /// different noise levels (MAGI-1); empty when every chunk is at the step's.
+    pub chunks: ChunkTimes,
+}
+
+/// The most frame chunks a step can carry their own times for.
+pub const MAX_CHUNKS: usize = 16;
+
+/// Per-chunk times of a step, oldest (cleanest) chunk first, inline so that a
+/// [`StepContext`] stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChunkTimes {
+    len: usize,
+    times: [f64; MAX_CHUNKS],
+}
+
+impl ChunkTimes {
+    /// No per-chunk times.
+    pub const NONE: ChunkTimes = ChunkTimes { len: 0, times: [0.0; MAX_CHUNKS] };
+
+    /// The times of `times.len()` chunks; `None` beyond [`MAX_CHUNKS`].
+    pub fn new(times: &[f64]) -> Option<ChunkTimes> {
+        if times.len() > MAX_CHUNKS {
+            return None;
+        }
+        let mut c = ChunkTimes { len: times.len(), ..ChunkTimes::NONE };
+        c.times[..times.len()].copy_from_slice(times);
+        Some(c)
+    }
+
+    /// The times (empty when none were given).
+    pub fn as_slice(&self) -> &[f64] {
+        &self.times[..self.len]
+    }
 }
 
 impl StepContext {
     /// A context with no sigma.
     pub fn new(step: usize, num_steps: usize) -> Self {
-        StepContext { step, num_steps, sigma: None }
+        StepContext { step, num_steps, sigma: None, chunks: ChunkTimes::NONE }
     }
 
     /// Progress through the run: 0 at the first step, 1 at the last.
@@ -220,7 +254,7 @@ mod tests {
     fn two_expert_needs_sigma() {
         let s = Schedule::TwoExpert { boundary: 0.875, high: 4.0, low: 3.0 };
         assert_eq!(s.at(&StepContext::new(0, 10)), None);
-        let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma) };
+        let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma), chunks: ChunkTimes::NONE };
         assert_eq!(s.at(&ctx(0.875)), Some(4.0));
         assert_eq!(s.at(&ctx(0.5)), Some(3.0));
     }
@@ -229,7 +263,7 @@ mod tests {
     fn timestep_decay_is_pags_adaptive_scale() {
         let s = Schedule::TimestepDecay { start: 3.0, rate: 0.005 };
         assert_eq!(s.at(&StepContext::new(0, 10)), None);
-        let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma) };
+        let ctx = |sigma| StepContext { step: 0, num_steps: 10, sigma: Some(sigma), chunks: ChunkTimes::NONE };
         // max(0, 3 − 0.005·(1000 − t)) at t = 1000, 800, 400.
         assert_eq!(s.at(&ctx(1.0)), Some(3.0));
         assert!((s.at(&ctx(0.8)).unwrap() - 2.0).abs() < 1e-12);
@@ -257,7 +291,9 @@ mod tests {
             Bin { at_least: 0.996, value: 6.0 },
             Bin { at_least: 0.9, value: 8.0 },
         ]);
-        let at = |sigma| s.at(&StepContext { step: 0, num_steps: 10, sigma: Some(sigma) }).unwrap();
+        let at = |sigma| {
+            s.at(&StepContext { step: 0, num_steps: 10, sigma: Some(sigma), chunks: ChunkTimes::NONE }).unwrap()
+        };
         assert_eq!((at(1.0), at(0.998), at(0.996), at(0.95), at(0.9), at(0.1)), (1.0, 6.0, 6.0, 8.0, 8.0, 8.0));
         assert_eq!(s.at(&StepContext::new(0, 10)), None);
         assert_eq!(s.extent(), (1.0, 8.0));

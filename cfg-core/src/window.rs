@@ -111,7 +111,15 @@ mod tests {
     #[test]
     fn sigma_window_is_open_below_closed_above() {
         let w = Window::Sigma { low: 0.2, high: 0.8 };
-        let at = |s| w.contains(&StepContext { step: 0, num_steps: 1, sigma: Some(s) }).unwrap();
+        let at = |s| {
+            w.contains(&StepContext {
+                step: 0,
+                num_steps: 1,
+                sigma: Some(s),
+                chunks: crate::schedule::ChunkTimes::NONE,
+            })
+            .unwrap()
+        };
         assert!(!at(0.2));
         assert!(at(0.2000001));
         assert!(at(0.8));

@@ -130,7 +130,8 @@ fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Optio
             *momentum = Some(r);
             (0..n).map(|i| scale.mul_add(d[i], if *original { a[i] } else { b[i] })).collect()
         }
-        Op::Mix { .. } => unreachable!("not generated"),
+        // Not fused: evaluated by the general path (FDG and chunked on dense values; fdg.rs and chunked.rs test them).
+        Op::Mix { .. } | Op::Fdg { .. } | Op::Chunked { .. } => unreachable!("not generated"),
     }
 }
 
@@ -175,6 +176,7 @@ fn case() -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
             let program = Program {
                 output: "x".into(),
                 space: Space::Eps,
+                layout: None,
                 branches: (0..branches).map(|k| format!("b{k}")).collect(),
                 forms: vec![fa, fb],
                 ops: vec![op],

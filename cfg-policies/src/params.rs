@@ -101,14 +101,14 @@ impl Slot<'_> {
 
 /// A parameter written as a number is a field; one written as a scale's
 /// name is set by that name.
-fn literal<'a>(name: &'static str, p: &'a mut ScaleRef, out: &mut Vec<(&'static str, Slot<'a>)>) {
+fn literal<'a>(name: impl Into<String>, p: &'a mut ScaleRef, out: &mut Vec<(String, Slot<'a>)>) {
     if let ScaleRef::Value(v) = p {
-        out.push((name, Slot::F64(v)));
+        out.push((name.into(), Slot::F64(v)));
     }
 }
 
 /// The settable fields of one expression node.
-fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
+fn fields(e: &mut Expr) -> Vec<(String, Slot<'_>)> {
     let mut out = Vec::new();
     match e {
         Expr::Scaled { scale, offset, .. } => {
@@ -126,7 +126,7 @@ fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
         }
         Expr::ZeroStar { scale, zero_init_steps, .. } => {
             literal("scale", scale, &mut out);
-            out.push(("zero_init_steps", Slot::Count(zero_init_steps)));
+            out.push(("zero_init_steps".into(), Slot::Count(zero_init_steps)));
         }
         Expr::Apg { scale, momentum, norm_threshold, eta, .. } => {
             literal("scale", scale, &mut out);
@@ -137,7 +137,7 @@ fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
         Expr::ApgMix { cfg_scale, scale, apg_start_step, momentum, norm_threshold, eta, .. } => {
             literal("cfg_scale", cfg_scale, &mut out);
             literal("scale", scale, &mut out);
-            out.push(("apg_start_step", Slot::Count(apg_start_step)));
+            out.push(("apg_start_step".into(), Slot::Count(apg_start_step)));
             literal("momentum", momentum, &mut out);
             literal("norm_threshold", norm_threshold, &mut out);
             literal("eta", eta, &mut out);
@@ -145,23 +145,47 @@ fn fields(e: &mut Expr) -> Vec<(&'static str, Slot<'_>)> {
         Expr::Renorm { min, max, eps, .. } => {
             for (name, v) in [("min", min), ("max", max)] {
                 if !matches!(v, Some(ScaleRef::Named(_))) {
-                    out.push((name, Slot::Opt(v)));
+                    out.push((name.into(), Slot::Opt(v)));
                 }
             }
             literal("eps", eps, &mut out);
         }
         Expr::NormCap { ratio, .. } => literal("ratio", ratio, &mut out),
         Expr::StdRescale { phi, .. } => literal("phi", phi, &mut out),
-        Expr::Windowed { window, .. } => match window {
-            Window::Steps { start, stop } => out.extend([("start", Slot::Count(start)), ("stop", Slot::Count(stop))]),
-            Window::Progress { start, stop, .. } => {
-                out.extend([("start", Slot::F64(start)), ("stop", Slot::F64(stop))])
+        Expr::Windowed { window, .. } => window_fields("", window, &mut out),
+        Expr::Chunked { thresholds, prefix_scales, text_scales, chunk_frames, .. } => {
+            for (name, list) in
+                [("thresholds", thresholds), ("prefix_scales", prefix_scales), ("text_scales", text_scales)]
+            {
+                out.extend(list.iter_mut().enumerate().map(|(k, v)| (format!("{name}.{k}"), Slot::F64(v))));
             }
-            Window::Sigma { low, high } => out.extend([("low", Slot::F64(low)), ("high", Slot::F64(high))]),
-        },
+            out.push(("chunk_frames".into(), Slot::Count(chunk_frames)));
+        }
+        Expr::Fdg { levels, .. } => {
+            for (k, l) in levels.iter_mut().enumerate() {
+                literal(format!("levels.{k}.scale"), &mut l.scale, &mut out);
+                literal(format!("levels.{k}.parallel_weight"), &mut l.parallel_weight, &mut out);
+                literal(format!("levels.{k}.rescale"), &mut l.rescale, &mut out);
+                if let Some(w) = &mut l.window {
+                    window_fields(&format!("levels.{k}."), w, &mut out);
+                }
+            }
+        }
         _ => {}
     }
     out
+}
+
+/// A window's bounds as fields, named with `prefix`.
+fn window_fields<'a>(prefix: &str, window: &'a mut Window, out: &mut Vec<(String, Slot<'a>)>) {
+    let f = |n: &str| format!("{prefix}{n}");
+    match window {
+        Window::Steps { start, stop } => out.extend([(f("start"), Slot::Count(start)), (f("stop"), Slot::Count(stop))]),
+        Window::Progress { start, stop, .. } => {
+            out.extend([(f("start"), Slot::F64(start)), (f("stop"), Slot::F64(stop))])
+        }
+        Window::Sigma { low, high } => out.extend([(f("low"), Slot::F64(low)), (f("high"), Slot::F64(high))]),
+    }
 }
 
 fn schedule_fields(s: &mut Schedule) -> Vec<(String, Slot<'_>)> {

@@ -4,6 +4,8 @@ use crate::error::{ErrorKind, PolicyError, Warning};
 use crate::locate::Locator;
 use cfg_core::branch::{Modifier, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::{Expr, Policy, ScaleRef};
+use cfg_core::fdg::MAX_LEVELS;
+use cfg_core::layout::Axis;
 use cfg_core::reduce::Reduce;
 use cfg_core::schedule::Schedule;
 use cfg_core::window::Window;
@@ -15,7 +17,16 @@ const WINDOW_VARIANTS: [&str; 3] = ["Steps", "Progress", "Sigma"];
 
 /// Checks `policy` (parsed from `source`); returns its warnings or the first error.
 pub fn validate(policy: &Policy, source: &str, origin: &str) -> Result<Vec<Warning>, PolicyError> {
-    Validator { policy, loc: Locator::new(source), origin, counts: BTreeMap::new(), used: Used::default() }.run()
+    Validator {
+        policy,
+        loc: Locator::new(source),
+        origin,
+        counts: BTreeMap::new(),
+        used: Used::default(),
+        spatial: None,
+        frames: None,
+    }
+    .run()
 }
 
 #[derive(Default)]
@@ -32,6 +43,11 @@ struct Validator<'a> {
     /// Occurrences seen so far of each operator (and of windows), to find the nth in the text.
     counts: BTreeMap<&'static str, usize>,
     used: Used,
+    /// Walking an output: whether its layout has rows and columns (`None`
+    /// for named values, whose output is known only when lowered).
+    spatial: Option<bool>,
+    /// Walking an output: whether its layout has frames (as `spatial`).
+    frames: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -217,9 +233,24 @@ impl Validator<'_> {
     }
 
     fn walk_outputs(&mut self) -> Result<(), PolicyError> {
-        for (_, out) in self.policy.outputs.iter() {
+        for (name, out) in self.policy.outputs.iter() {
+            if let Some(problem) = out.layout.as_ref().and_then(|l| l.problem()) {
+                let key = self.output_key(name);
+                let at = key
+                    .and_then(|(l, c)| self.loc.next_token(l, c + 1))
+                    .and_then(|p| self.loc.field_in_call(p, "layout"));
+                return Err(self.error(at.or(key), format!("output `{name}`: layout: {problem}")));
+            }
+            self.spatial = Some(out.layout.as_ref().is_some_and(|l| {
+                l.axes.contains(&Axis::T) || (l.axes.contains(&Axis::H) && l.axes.contains(&Axis::W))
+            }));
+            self.frames = Some(out.layout.as_ref().is_some_and(|l| {
+                l.axes.contains(&Axis::F) || (l.axes.contains(&Axis::T) && l.grid.is_some_and(|g| g.frames.is_some()))
+            }));
             self.expr(&out.guidance)?;
         }
+        self.spatial = None;
+        self.frames = None;
         Ok(())
     }
 
@@ -274,6 +305,58 @@ impl Validator<'_> {
                 return Err(self.error(at, "`Sum` needs at least one term".into()));
             }
             Expr::Windowed { window, .. } => self.window(window)?,
+            Expr::Chunked { thresholds, prefix_scales, text_scales, chunk_frames, .. } => {
+                if self.frames == Some(false) {
+                    return Err(self.error(
+                        at,
+                        "`Chunked` needs the output's layout with frames: add for example \
+                         `layout: (axes: [B, C, F, H, W])` to the output"
+                            .into(),
+                    ));
+                }
+                let n = thresholds.len();
+                if n == 0 || prefix_scales.len() != n || text_scales.len() != n {
+                    let (p, t) = (prefix_scales.len(), text_scales.len());
+                    return Err(self.error(
+                        self.param(at, "thresholds"),
+                        format!(
+                            "`Chunked`: {n} thresholds, {p} prefix_scales, {t} text_scales: \
+                             expected one scale of each per threshold, at least one"
+                        ),
+                    ));
+                }
+                if let Some(w) = thresholds.windows(2).find(|w| w[0] >= w[1]) {
+                    return Err(self.error(
+                        self.param(at, "thresholds"),
+                        format!("`Chunked`: thresholds must increase strictly, found {} then {}", w[0], w[1]),
+                    ));
+                }
+                if *chunk_frames == 0 {
+                    return Err(
+                        self.error(self.param(at, "chunk_frames"), "`Chunked`: chunk_frames must be ≥ 1".into())
+                    );
+                }
+            }
+            Expr::Fdg { levels, .. } => {
+                if self.spatial == Some(false) {
+                    return Err(self.error(
+                        at,
+                        "`Fdg` needs the output's layout with image rows and columns: \
+                         add for example `layout: (axes: [B, C, H, W])` to the output"
+                            .into(),
+                    ));
+                }
+                if levels.is_empty() || levels.len() > MAX_LEVELS {
+                    let n = levels.len();
+                    return Err(self.error(
+                        self.param(at, "levels"),
+                        format!("`Fdg`: {n} levels: expected 1 to {MAX_LEVELS}, highest frequencies first"),
+                    ));
+                }
+                for w in levels.iter().filter_map(|l| l.window.as_ref()) {
+                    self.window(w)?;
+                }
+            }
             _ => {}
         }
         for (field, param) in e.params() {
@@ -357,6 +440,18 @@ impl Validator<'_> {
                         "norm_threshold",
                         format!("`{op}`: norm_threshold {shown} must be ≥ 0 (0 turns it off)"),
                     );
+                }
+            }
+            Expr::Fdg { levels, .. } => {
+                for (k, level) in levels.iter().enumerate() {
+                    let v = self.extent(&level.rescale).0;
+                    if v < 0.0 {
+                        let shown = Self::shown(&level.rescale, v);
+                        return fail(
+                            "levels",
+                            format!("`Fdg`: level {k}'s rescale {shown} must be ≥ 0 (0 turns it off)"),
+                        );
+                    }
                 }
             }
             Expr::Adaptive { threshold: t, .. } => {

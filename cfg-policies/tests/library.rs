@@ -14,7 +14,12 @@ fn every_builtin_policy_loads_and_lowers() {
         assert!(loaded.warnings.is_empty(), "{name}: {:?}", loaded.warnings);
         let n = loaded.policy.steps.unwrap_or(30);
         for step in 0..n {
-            let ctx = StepContext { step, num_steps: n, sigma: Some(1.0 - step as f64 / n as f64) };
+            let ctx = StepContext {
+                step,
+                num_steps: n,
+                sigma: Some(1.0 - step as f64 / n as f64),
+                chunks: cfg_core::schedule::ChunkTimes::NONE,
+            };
             let program = lower(&loaded.policy, &ctx, &GuidanceState::new(), &Overrides::none())
                 .unwrap_or_else(|e| panic!("{name} step {step}: {e}"));
             assert_eq!(program.outputs.len(), loaded.policy.outputs.len());

@@ -65,7 +65,13 @@ fn steps(mode: Mode, cuda: bool, warmup: usize, iters: u64) -> Measured {
                 cpu0 = thread_cpu();
                 split = StepTiming::default();
             }
-            let info = StepInfo { step, num_steps: usize::MAX, t: 0.5, sigma: 0.5 };
+            let info = StepInfo {
+                step,
+                num_steps: usize::MAX,
+                t: 0.5,
+                sigma: 0.5,
+                chunks: cfg_core::schedule::ChunkTimes::NONE,
+            };
             split += g.step(model, &latents, info)?.timing;
         }
         Ok(Measured {

@@ -65,3 +65,14 @@ extern "C" __global__ void __launch_bounds__(256) reject(const float* x, const f
                                                          const Groups g, float* out, i64 n) {
     GRID_LOOP(i, n) out[i] = fma32(-(float)k[group_of(g, i)], d[i], x[i]);
 }
+
+// MAGI-1's chunked combination: the weights of element i's frame chunk,
+// w = weights + 3*chunk; out = fma(w2, u, fma(w1, prefix, w0*c)).
+extern "C" __global__ void __launch_bounds__(256) chunked(const float* c, const float* prefix, const float* u,
+                                                          const float* weights, i64 frames, i64 stride,
+                                                          i64 chunk_frames, float* out, i64 n) {
+    GRID_LOOP(i, n) {
+        const float* w = weights + 3 * ((i / stride) % frames / chunk_frames);
+        out[i] = fma32(w[2], u[i], fma32(w[1], prefix[i], mul32(w[0], c[i])));
+    }
+}

@@ -189,7 +189,8 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
 
     /// Lowers and plans the step without running anything.
     pub fn plan<M: Model + ?Sized>(&self, model: &M, info: StepInfo) -> Result<(StepProgram, StepPlan), RuntimeError> {
-        let ctx = StepContext { step: info.step, num_steps: info.num_steps, sigma: Some(info.sigma) };
+        let ctx =
+            StepContext { step: info.step, num_steps: info.num_steps, sigma: Some(info.sigma), chunks: info.chunks };
         let program = lower(&self.policy, &ctx, &self.state, &self.overrides).map_err(|source| RuntimeError::Core {
             rank: self.rank(),
             step: info.step,
@@ -251,7 +252,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         info: StepInfo,
     ) -> Result<Guided, RuntimeError> {
         let (rank, step) = (self.rank(), info.step);
-        let ctx = StepContext { step, num_steps: info.num_steps, sigma: Some(info.sigma) };
+        let ctx = StepContext { step, num_steps: info.num_steps, sigma: Some(info.sigma), chunks: info.chunks };
         let (program, fresh) = lowering
             .lower(&self.policy, &ctx, &self.state, &self.overrides)
             .map_err(|source| RuntimeError::Core { rank, step, source: Box::new(source) })?;

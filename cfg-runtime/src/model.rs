@@ -37,6 +37,10 @@ pub struct StepInfo {
     pub t: f64,
     /// The scheduler's sigma, as windows and schedules of the policy see it.
     pub sigma: f64,
+    /// Each frame chunk's own time, for a model that denoises chunks at
+    /// different noise levels (MAGI-1's `Chunked` guidance reads them); empty
+    /// when the whole latent is at the step's time.
+    pub chunks: cfg_core::schedule::ChunkTimes,
 }
 
 /// A model call: the branches of one batched group, at one step.
@@ -99,6 +103,15 @@ pub trait Model {
     /// with the same model modification can.
     fn can_batch(&self, a: &BranchSpec, b: &BranchSpec) -> bool {
         a.modify == b.modify || matches!((&a.modify, &b.modify), (Modifier::None, Modifier::None))
+    }
+
+    /// The time of each frame chunk at a step of flow time `t`, for a model
+    /// that denoises chunks at different noise levels (MAGI-1: older chunks
+    /// are cleaner); the sampler passes them to the guidance in
+    /// [`StepInfo::chunks`]. By default none: every chunk is at the step's time.
+    fn chunk_times(&self, step: usize, t: f64) -> cfg_core::schedule::ChunkTimes {
+        let _ = (step, t);
+        cfg_core::schedule::ChunkTimes::NONE
     }
 
     /// Predicts every branch of `call`: one `Vec` per branch (in call order)

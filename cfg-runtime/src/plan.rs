@@ -194,7 +194,12 @@ pub fn plan_run<M: Model + ?Sized>(
     let steps = times.len().saturating_sub(1);
     let mut plans = Vec::with_capacity(steps);
     for (step, &(_, sigma)) in times.iter().take(steps).enumerate() {
-        let ctx = cfg_core::schedule::StepContext { step, num_steps: steps, sigma: Some(sigma) };
+        let ctx = cfg_core::schedule::StepContext {
+            step,
+            num_steps: steps,
+            sigma: Some(sigma),
+            chunks: cfg_core::schedule::ChunkTimes::NONE,
+        };
         let program = cfg_core::lower::lower(policy, &ctx, &state, overrides)?;
         for p in &program.outputs {
             for slot in &p.counters {

@@ -130,7 +130,7 @@ where
         let (t, sigma) = times[step];
         let t_next = times[step + 1].0;
         let copied = guider.backend_mut().host_bytes();
-        let info = StepInfo { step, num_steps: opts.steps, t, sigma };
+        let info = StepInfo { step, num_steps: opts.steps, t, sigma, chunks: model.chunk_times(step, t) };
         let guided = guider.step(model, &latents, info)?;
         let last = step + 1 == opts.steps;
         let check = last || (opts.fingerprint_every > 0 && (step + 1) % opts.fingerprint_every == 0);

@@ -50,7 +50,17 @@ fn rank_steps<C: cfg_runtime::Communicator, B: cfg_runtime::Backend>(
             if step == WARMUP {
                 before = ALLOCATIONS.load(Ordering::SeqCst);
             }
-            g.step(model, &latents, StepInfo { step, num_steps: WARMUP + STEPS, t: 0.5, sigma: 0.5 })?;
+            g.step(
+                model,
+                &latents,
+                StepInfo {
+                    step,
+                    num_steps: WARMUP + STEPS,
+                    t: 0.5,
+                    sigma: 0.5,
+                    chunks: cfg_core::schedule::ChunkTimes::NONE,
+                },
+            )?;
         }
         Ok(ALLOCATIONS.load(Ordering::SeqCst) - before)
     };

@@ -72,7 +72,7 @@ impl Guider {
         if step >= num_steps {
             return Err(guidance(format!("step {step} is not below num_steps {num_steps}")));
         }
-        let ctx = StepContext { step, num_steps, sigma };
+        let ctx = StepContext { step, num_steps, sigma, chunks: cfg_core::schedule::ChunkTimes::NONE };
         lower(&self.policy.loaded.policy, &ctx, &self.state, &self.overrides).map_err(|e| match e {
             // Their messages already name the step.
             CoreError::SigmaRequired { .. } | CoreError::WeightOutOfRange { .. } => guidance(e.to_string()),

@@ -58,7 +58,8 @@ fn an_off_window_drops_its_branch_from_the_lowered_program() {
     // Sigma windows: guidance_interval drops uncond outside (0.28, 2.9].
     let p = library("guidance_interval");
     for (sigma, uncond) in [(0.28, false), (0.2801, true), (2.9, true), (2.9001, false)] {
-        let ctx = StepContext { step: 0, num_steps: 32, sigma: Some(sigma) };
+        let ctx =
+            StepContext { step: 0, num_steps: 32, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let step = lower(&p, &ctx, &GuidanceState::new(), &Overrides::none()).unwrap();
         assert_eq!(step.branches().contains(&"uncond".to_string()), uncond, "sigma {sigma}");
     }

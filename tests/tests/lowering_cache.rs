@@ -21,7 +21,12 @@ fn every_library_policy_caches_exactly() {
             let overrides = Overrides::none();
             for step in 0..steps {
                 let sigma = 1.0 - step as f64 / steps as f64;
-                let ctx = StepContext { step, num_steps: steps, sigma: Some(sigma) };
+                let ctx = StepContext {
+                    step,
+                    num_steps: steps,
+                    sigma: Some(sigma),
+                    chunks: cfg_core::schedule::ChunkTimes::NONE,
+                };
                 let fresh = lower(&policy, &ctx, &state, &overrides).expect("library policies lower");
                 let (cached, _) = cache.lower(&policy, &ctx, &state, &overrides).expect("lowers");
                 assert_eq!(*cached, fresh, "{name}: step {step} of {steps}");

@@ -141,7 +141,12 @@ fn exercise(text: &str) -> Result<(), TestCaseError> {
             let mut state = GuidanceState::new();
             state.start();
             for step in 0..4 {
-                let ctx = StepContext { step, num_steps: 4, sigma: Some(1.0 - step as f64 / 4.0) };
+                let ctx = StepContext {
+                    step,
+                    num_steps: 4,
+                    sigma: Some(1.0 - step as f64 / 4.0),
+                    chunks: cfg_core::schedule::ChunkTimes::NONE,
+                };
                 // Errors are fine (e.g. a scale that overflows); panics are not.
                 let _ = lower(&loaded.policy, &ctx, &state, &Overrides::none());
             }

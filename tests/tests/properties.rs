@@ -7,7 +7,7 @@ use cfg_core::lower::{lower, Overrides};
 use cfg_core::schedule::StepContext;
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
-use numerics::{config, library, Case};
+use numerics::{config, library, shape_for, Case};
 use proptest::prelude::*;
 
 fn inputs() -> impl Strategy<Value = (Shape, DType, u64)> {
@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 25] = [
+const NAMES: [&str; 27] = [
     "adaptive",
     "apg",
     "apg_mix",
@@ -54,9 +54,11 @@ const NAMES: [&str; 25] = [
     "cfg_renorm",
     "cfg_renorm_clamped",
     "dreamid",
+    "fdg",
     "guidance_interval",
     "ideogram4",
     "ltx2",
+    "magi1",
     "magnitude_aware",
     "norm_cap",
     "pag",
@@ -106,8 +108,8 @@ proptest! {
             let mut reversed = p.clone();
             reversed.branches.0.reverse();
             let n = p.steps.unwrap_or(30);
-            let ctx = StepContext { step: step % n, num_steps: n, sigma: Some(1.0 - (step % n) as f64 / n as f64) };
-            let case = Case::random(&p, dtype, shape.clone(), seed);
+            let ctx = StepContext { step: step % n, num_steps: n, sigma: Some(1.0 - (step % n) as f64 / n as f64), chunks: cfg_core::schedule::ChunkTimes::NONE };
+            let case = Case::random(&p, dtype, shape_for(&p, &shape), seed);
             prop_assert_eq!(
                 bits_of(&p, &case, &ctx, &Overrides::none()),
                 bits_of(&reversed, &case, &ctx, &Overrides::none()),
@@ -133,7 +135,7 @@ proptest! {
             "cfg", "pix2pix", "dreamid", "skip_layer", "pag", "seg", "autoguidance", "guidance_interval", "world_model",
         ] {
             let p = library(name);
-            let ctx = StepContext { step: i, num_steps: 28, sigma: Some(1.0) };
+            let ctx = StepContext { step: i, num_steps: 28, sigma: Some(1.0), chunks: cfg_core::schedule::ChunkTimes::NONE };
             let x = Case::random(&p, DType::F32, shape.clone(), seed);
             let y = Case::random(&p, DType::F32, shape.clone(), seed ^ 0xabc);
             let mut z = Case::random(&p, DType::F32, shape.clone(), 0);

@@ -122,7 +122,7 @@ impl Model for Costly {
 fn assignment_is_cost_aware_and_deterministic() {
     let policy = policy("ltx2");
     let model = Costly(small_tokens(&policy));
-    let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9) };
+    let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9), chunks: cfg_core::schedule::ChunkTimes::NONE };
     let program = lower(&policy, &ctx, &GuidanceState::new(), &Overrides::none()).unwrap();
     let outputs = model.outputs();
     let plan = plan_step(&policy, &program, &outputs, &model, 2, Mode::Deterministic);
@@ -140,7 +140,7 @@ fn assignment_is_cost_aware_and_deterministic() {
 #[test]
 fn the_collective_is_chosen_by_bytes() {
     let policy = policy("cfg");
-    let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9) };
+    let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9), chunks: cfg_core::schedule::ChunkTimes::NONE };
     let program = lower(&policy, &ctx, &GuidanceState::new(), &Overrides::none()).unwrap();
     let names: Vec<&str> = policy.outputs.names().collect();
     let f32_model = cfg_gmm::GmmModel::tokens(&names, 2, 8, 4, cfg_core::DType::F32);

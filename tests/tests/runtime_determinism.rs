@@ -85,3 +85,40 @@ fn fast_mode_ranks_agree_and_stay_close_to_deterministic() {
         }
     }
 }
+
+/// The video model with MAGI-1's staggered chunks: chunk k (of two) is at
+/// time 1 − t + 0.15·k, so the two chunks take different scales at some steps.
+struct Staggered(cfg_gmm::GmmModel);
+
+impl cfg_runtime::Model for Staggered {
+    fn outputs(&self) -> Vec<cfg_runtime::model::OutputInfo> {
+        self.0.outputs()
+    }
+
+    fn chunk_times(&self, _step: usize, t: f64) -> cfg_core::schedule::ChunkTimes {
+        cfg_core::schedule::ChunkTimes::new(&[1.0 - t + 0.15, 1.0 - t]).expect("two chunks")
+    }
+
+    fn predict(
+        &self,
+        call: &cfg_runtime::model::Call<'_>,
+    ) -> Result<Vec<Vec<cfg_core::Tensor>>, cfg_runtime::ModelError> {
+        self.0.predict(call)
+    }
+}
+
+#[test]
+fn magi1_chunks_at_their_own_times_are_bit_identical_for_every_world_size() {
+    let policy = policy("magi1");
+    let model = Staggered(small_tokens(&policy));
+    let opts = options(SamplerKind::Euler, Mode::Deterministic);
+    let want = hex(&run_ok(&model, &policy, 1, &opts)[0].fingerprint());
+    // The chunks' own times change the result (the op path, not one form).
+    let plain = hex(&run_ok(&small_tokens(&policy), &policy, 1, &opts)[0].fingerprint());
+    assert_ne!(want, plain, "staggered chunk times made no difference");
+    for world in WORLDS {
+        for (r, s) in run_ok(&model, &policy, world, &opts).iter().enumerate() {
+            assert_eq!(hex(&s.fingerprint()), want, "rank {r} of {world}");
+        }
+    }
+}

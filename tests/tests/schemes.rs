@@ -6,9 +6,10 @@ mod numerics;
 
 use cfg_core::expr::{Expr, Policy};
 use cfg_core::lower::Overrides;
-use cfg_core::schedule::StepContext;
+use cfg_core::schedule::{ChunkTimes, StepContext};
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
+use numerics::fdg::{fdg_direct, Level};
 use numerics::{apg_reference, cfg, check, config, dot, library, norm, scale_groups, set_apg, std, Case, Group, Rng};
 use proptest::prelude::*;
 
@@ -155,7 +156,7 @@ proptest! {
         );
         let p = cfg_policies::parse(&text, "pag_adaptive").unwrap_or_else(|e| panic!("{e}")).policy;
         let case = Case::random(&p, dtype, shape, seed);
-        let ctx = StepContext { step: i, num_steps: 28, sigma: Some(sigma) };
+        let ctx = StepContext { step: i, num_steps: 28, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &Overrides::none());
         let (c, u, ptb) = (case.get("cond"), case.get("uncond"), case.get("perturbed"));
         let s_pag = (3.0 - a * (1000.0 - 1000.0 * sigma)).max(0.0);
@@ -218,7 +219,7 @@ proptest! {
     ) {
         let p = library("bagel");
         let case = Case::random(&p, dtype, shape.clone(), seed);
-        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &overrides(&[("text_scale", s_t), ("image_scale", s_i)]));
         let (v, v_txt, v_img) = (case.get("full"), case.get("no_text"), case.get("no_image"));
         let reference = if 0.4 < sigma && sigma <= 1.0 {
@@ -264,7 +265,7 @@ proptest! {
     ) {
         let p = library("guidance_interval");
         let case = Case::random(&p, dtype, shape, seed);
-        let ctx = StepContext { step: 0, num_steps: 32, sigma: Some(sigma) };
+        let ctx = StepContext { step: 0, num_steps: 32, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &overrides(&[("scale", w)]));
         let (c, u) = (case.get("cond"), case.get("uncond"));
         let reference = if 0.28 < sigma && sigma <= 2.9 { cfg(&c, &u, w) } else { c };
@@ -275,7 +276,7 @@ proptest! {
     fn z_image_truncates_cfg_above_normalized_time((shape, dtype, seed) in inputs(), sigma in 0.0f64..=1.0) {
         let p = library("z_image");
         let case = Case::random(&p, dtype, shape, seed);
-        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma) };
+        let ctx = StepContext { step: 0, num_steps: 50, sigma: Some(sigma), chunks: cfg_core::schedule::ChunkTimes::NONE };
         let out = step(&p, &case, ctx, &Overrides::none());
         let (c, u) = (case.get("cond"), case.get("uncond"));
         // diffusers: t = 1 − sigma; scale 0 where t > 0.9; c + s·(c − u).
@@ -376,6 +377,88 @@ proptest! {
             }
         }
         expect(&out[0].1, &direct, "cfg_norm")?;
+    }
+
+    #[test]
+    fn fdg_guides_each_pyramid_level_with_its_own_scale(
+        (b, c, h, w) in (1usize..=2, 1usize..=3, 2usize..=5, 2usize..=5),
+        k in 0usize..3, seed in any::<u64>(), high in 0.0f64..12.0, low in 0.0f64..8.0,
+    ) {
+        // The library file: [B, C, H, W], two levels (10, 5 by default), both always on.
+        let (shape, dtype) = (Shape::new([b, c, 2 * h, 2 * w]), DType::ALL[k]);
+        let p = library("fdg");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let out = step(&p, &case, StepContext::new(0, 50), &overrides(&[("high", high), ("low", low)]));
+        let lv = |scale| Level { on: true, scale, parallel: 1.0, rescale: 0.0 };
+        let direct = fdg_direct(&case.get("cond"), &case.get("uncond"), [b, c, 2 * h, 2 * w], &[lv(high), lv(low)]);
+        expect(&out[0].1, &direct, "fdg")?;
+    }
+
+    #[test]
+    fn fdg_weights_parallel_parts_rescales_and_windows_each_level(
+        (b, c, h, w) in (1usize..=2, 1usize..=3, 2usize..=4, 2usize..=4),
+        k in 0usize..3, seed in any::<u64>(), weight in 0.0f64..1.0, phi in 0.0f64..1.0, i in 0usize..10,
+    ) {
+        // Three levels: a parallel weight on the finest, a rescale on the middle one, the
+        // coarsest on only for the first half of the run (Diffusers rule, 10 steps).
+        let text = cfg_policies::library::source("fdg").expect("fdg is in the library");
+        let text = text.replace(
+            r#"(scale: "low", window: Progress(start: 0.0, stop: 1.0, rule: Diffusers)),"#,
+            &format!(
+                r#"(scale: "low", rescale: {phi:?}),
+                   (scale: 3.0, window: Progress(start: 0.0, stop: 0.5, rule: Diffusers)),"#
+            ),
+        ).replace(r#"(scale: "high", "#, &format!(r#"(scale: "high", parallel_weight: {weight:?}, "#));
+        let p = cfg_policies::parse(&text, "fdg3").expect("the edited policy loads").policy;
+        let (dims, shape, dtype) = ([b, c, 4 * h, 4 * w], Shape::new([b, c, 4 * h, 4 * w]), DType::ALL[k]);
+        let case = Case::random(&p, dtype, shape, seed);
+        let out = step(&p, &case, StepContext::new(i, 10), &Overrides::none());
+        let levels = [
+            Level { on: true, scale: 10.0, parallel: weight, rescale: 0.0 },
+            Level { on: true, scale: 5.0, parallel: 1.0, rescale: phi },
+            Level { on: i < 5, scale: 3.0, parallel: 1.0, rescale: 0.0 },
+        ];
+        let direct = fdg_direct(&case.get("cond"), &case.get("uncond"), dims, &levels);
+        expect(&out[0].1, &direct, &format!("fdg, 3 levels, step {i}"))?;
+    }
+
+    #[test]
+    fn magi1_guides_each_frame_chunk_with_the_scales_of_its_own_time(
+        (b, c, chunks, last, hw) in (1usize..=2, 1usize..=3, 1usize..=4, 1usize..=6, 1usize..=3),
+        k in 0usize..3, seed in any::<u64>(), raw in proptest::collection::vec(0.0f64..1.0, 4),
+    ) {
+        // [B, C, F, H, W] with F = 6·(chunks − 1) + last (the last chunk may be short),
+        // each chunk at its own time; some times on the thresholds themselves.
+        let frames = 6 * (chunks - 1) + last;
+        let (shape, dtype) = (Shape::new([b, c, frames, hw, 2]), DType::ALL[k]);
+        let p = library("magi1");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let th = [0.0, 0.0217, 0.1, 0.3, 0.999];
+        let times: Vec<f64> = raw[..chunks].iter().enumerate()
+            .map(|(i, &t)| if i == 1 { th[(t * 5.0) as usize % 5] } else { t })
+            .collect();
+        let ctx = StepContext { chunks: ChunkTimes::new(&times).expect("≤ 16 chunks"), ..StepContext::new(3, 64) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (cd, pre, u) = (case.get("cond"), case.get("prefix"), case.get("uncond"));
+        let scales = |t: f64| {
+            // MAGI-1's get_cfg_scale: searchsorted(cfg_t_range − 1e-7, t) − 1.
+            let k = th.iter().filter(|&&x| x - 1e-7 < t).count() - 1;
+            ([1.5, 1.5, 1.5, 1.0, 1.0][k], [7.5, 7.5, 7.5, 0.0, 0.0][k])
+        };
+        let per_frame = hw * 2;
+        let direct: Vec<f64> = (0..shape.numel()).map(|i| {
+            let frame = (i / per_frame) % frames;
+            let (ps, ts) = scales(times[frame / 6]);
+            u[i] + ps * (pre[i] - u[i]) + ts * (cd[i] - pre[i])
+        }).collect();
+        expect(&out[0].1, &direct, "magi1")?;
+        // Without per-chunk times, every chunk is at t = 1 − sigma.
+        let sigma = raw[3];
+        let ctx = StepContext { sigma: Some(sigma), ..StepContext::new(3, 64) };
+        let out = step(&p, &case, ctx, &Overrides::none());
+        let (ps, ts) = scales(1.0 - sigma);
+        let direct: Vec<f64> = (0..shape.numel()).map(|i| u[i] + ps * (pre[i] - u[i]) + ts * (cd[i] - pre[i])).collect();
+        expect(&out[0].1, &direct, "magi1, one time")?;
     }
 
     #[test]

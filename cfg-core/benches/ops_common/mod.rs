@@ -4,7 +4,8 @@
 
 use cfg_core::cpu::{evaluate, evaluate_into};
 use cfg_core::expr::Space;
-use cfg_core::program::{Form, Op, Program, Value};
+use cfg_core::layout::{Axis, Grid, Layout};
+use cfg_core::program::{FdgBand, Form, Op, Program, Value};
 use cfg_core::reduce::Reduce;
 use cfg_core::state::GuidanceState;
 use cfg_core::{DType, Shape, Tensor};
@@ -27,6 +28,7 @@ pub const OPS: &[&str] = &[
     "tcfg",
     "perp_neg",
     "apg_mix_cfg",
+    "fdg",
 ];
 /// Element counts.
 pub const SIZES: &[usize] = &[262_144, 4_792_320, 33_554_432];
@@ -37,6 +39,7 @@ fn two(form_a: Vec<(usize, f32)>, form_b: Vec<(usize, f32)>, op: Op) -> Program 
     Program {
         output: "sample".into(),
         space: Space::V,
+        layout: None,
         branches: vec!["cond".into(), "uncond".into()],
         forms: vec![Form { terms: form_a }, Form { terms: form_b }],
         ops: vec![op],
@@ -76,6 +79,15 @@ pub fn program(op: &str) -> (Program, bool) {
                 slot: "apg".into(),
             };
             (two(cond, uncond, op), false)
+        }
+        "fdg" => {
+            // fdg.ron's two levels (10, 5) over a token grid ([1, T, 64]); `Row::new`
+            // sets the grid for the size. The floor counts each byte once.
+            let band = |scale| FdgBand { on: true, scale, parallel: None, rescale: 0.0 };
+            let grid = Some(Grid { frames: None, height: 2, width: 2 });
+            let layout = Layout { axes: vec![Axis::B, Axis::T, Axis::C], grid };
+            let op = Op::Fdg { cond: f0, uncond: f1, bands: vec![band(10.0), band(5.0)], original: false, layout };
+            (two(cond, uncond, op), true)
         }
         "tcfg" => (two(cond, uncond, Op::Tcfg { cond: f0, uncond: f1, scale: 7.5, original: false }), false),
         "apg_mix_cfg" => {
@@ -128,6 +140,16 @@ pub fn floor_bytes(op: &str, branches: usize, n: usize, size: usize) -> usize {
     (reads * branches + 1) * n * size + momentum
 }
 
+/// The most square grid of `tokens` with even sides (FDG's pyramid halves them).
+fn token_grid(tokens: usize) -> Grid {
+    let root = (tokens as f64).sqrt() as usize;
+    let height = (2..=root)
+        .rev()
+        .find(|h| h.is_multiple_of(2) && tokens.is_multiple_of(*h) && (tokens / h).is_multiple_of(2))
+        .unwrap_or(2);
+    Grid { frames: None, height, width: tokens / height }
+}
+
 /// Prepared inputs and reusable output of one row.
 pub struct Row {
     program: Program,
@@ -143,7 +165,10 @@ pub struct Row {
 impl Row {
     /// Row `op` at `n` elements of `dtype`.
     pub fn new(op: &str, dtype: DType, n: usize) -> Row {
-        let (program, _) = program(op);
+        let (mut program, _) = program(op);
+        if let Some(Op::Fdg { layout, .. }) = program.ops.first_mut() {
+            layout.grid = Some(token_grid(n / WIDTH));
+        }
         let inputs: Vec<Tensor> = (0..program.branches.len()).map(|b| input(dtype, n, b)).collect();
         let shape = inputs[0].shape.clone();
         let half = floor_bytes(op, inputs.len(), n, dtype.size()) / 2;

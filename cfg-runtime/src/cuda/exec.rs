@@ -419,6 +419,42 @@ impl<'a> Generic<'a> {
                 }?;
                 dev.sync()?;
             }
+            Op::Chunked { cond, prefix, uncond, weights, chunk_frames, layout } => {
+                let (c, p, u) = (self.addr(*cond)?, self.addr(*prefix)?, self.addr(*uncond)?);
+                let ch = cfg_core::chunked::Chunks::new(layout, shape, *chunk_frames, weights.len())
+                    .map_err(CudaError::Unsupported)?;
+                let table: Vec<f32> = weights.iter().flatten().copied().collect();
+                let w = dev.upload_f32(&table)?;
+                let wa = w.addr(dev);
+                let (frames, stride, cf) = (ch.frames as i64, ch.stride as i64, ch.chunk_frames as i64);
+                let k = dev.function(&kernels::GUIDANCE, "chunked")?;
+                // SAFETY: matches `chunked(c, prefix, u, weights, i64, i64, i64, float*, i64)`; the
+                // table holds 3 floats per chunk and every element's chunk is below its count.
+                unsafe {
+                    launch::launch(
+                        dev,
+                        &k,
+                        dev.grid(n),
+                        &mut [
+                            param(&c),
+                            param(&p),
+                            param(&u),
+                            param(&wa),
+                            param(&frames),
+                            param(&stride),
+                            param(&cf),
+                            param(&o),
+                            param(&n64),
+                        ],
+                    )
+                }?;
+                dev.sync()?;
+            }
+            Op::Fdg { cond, uncond, bands, original, layout } => {
+                let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
+                let p = cfg_core::fdg::Pyramid::new(layout, shape, bands.len()).map_err(CudaError::Unsupported)?;
+                super::fdg::fdg(dev, &p, c, u, bands, *original, &out)?;
+            }
             Op::Apg { cond, uncond, scale, momentum, norm_threshold, eta, original, slot } => {
                 let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
                 self.apg(c, u, o, state, slot, *scale, *momentum, *norm_threshold, *eta, *original)?;

@@ -111,7 +111,31 @@ pub const RESCALE: KernelModule = KernelModule {
 pub const GUIDANCE: KernelModule = KernelModule {
     name: "guidance",
     parts: &[COMMON, include_str!("../../kernels/guidance.cu")],
-    functions: &["zero_star", "magnitude_aware", "apg_running", "apg_combine", "tcfg", "cfg_delta", "reject"],
+    functions: &[
+        "zero_star",
+        "magnitude_aware",
+        "apg_running",
+        "apg_combine",
+        "tcfg",
+        "cfg_delta",
+        "reject",
+        "chunked",
+    ],
+};
+/// FDG's pyramid stages (blur, resize, gather/scatter between layouts).
+pub const FDG: KernelModule = KernelModule {
+    name: "fdg",
+    parts: &[COMMON, include_str!("../../kernels/fdg.cu")],
+    functions: &[
+        "fdg_gather",
+        "fdg_scatter",
+        "fdg_blur_rows",
+        "fdg_blur_cols",
+        "fdg_down",
+        "fdg_upsample",
+        "fdg_sub",
+        "fdg_add",
+    ],
 };
 /// Copy (bandwidth reference) and poison fill.
 pub const COPY: KernelModule = KernelModule {
@@ -127,7 +151,7 @@ pub const PHILOX: KernelModule = KernelModule {
 };
 
 /// Every kernel module, in a fixed order.
-pub const ALL: &[KernelModule] = &[COMBINE, RENORM_TOKEN, STATS, RESCALE, GUIDANCE, COPY, PHILOX];
+pub const ALL: &[KernelModule] = &[COMBINE, RENORM_TOKEN, STATS, RESCALE, GUIDANCE, FDG, COPY, PHILOX];
 
 /// Whether the environment demands NVRTC (`CFG_REQUIRE_NVRTC=1`, set by
 /// `scripts/test.sh`): the kernel compile tests then fail instead of skipping.

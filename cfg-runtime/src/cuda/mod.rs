@@ -15,6 +15,7 @@ pub use error::CudaError;
 pub use memory::DeviceMem;
 mod exec;
 mod external;
+mod fdg;
 pub mod launch;
 
 pub use exec::{evaluate, evaluate_into, ExecOptions};

@@ -350,7 +350,8 @@ mod tests {
                 for (t, spaces) in [(0.9, [Space::Eps, Space::V]), (0.3, [Space::X0, Space::Eps]), (1.0, [Space::V; 2])]
                 {
                     let branches = [("b".to_string(), spec.clone())];
-                    let info = StepInfo { step: 0, num_steps: 1, t, sigma: t };
+                    let info =
+                        StepInfo { step: 0, num_steps: 1, t, sigma: t, chunks: cfg_core::schedule::ChunkTimes::NONE };
                     let call = Call { info, branches: &branches, latents: &tensors, spaces: &spaces };
                     let want = m.predict(&call).unwrap().remove(0);
                     let got = kernel_in_rust(&m, spec, &lat, t, &spaces);

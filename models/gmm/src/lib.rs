@@ -22,7 +22,10 @@
 //!   `DropReference(_)`: the image condition is dropped (as `Image::None`).
 //!
 //! Variants: [`GmmModel::planar`] (2-D, for pictures), [`GmmModel::tokens`]
-//! (`[batch, tokens, dim]`, iid tokens, realistic sizes), and either one with
+//! (`[batch, tokens, dim]`, iid tokens, realistic sizes), [`GmmModel::image`]
+//! (`[batch, channels, height, width]`: iid channel planes, each an image
+//! drawn from a mixture over its pixels), [`GmmModel::video`]
+//! (`[batch, channels, frames, height, width]`, likewise), and any of them with
 //! several outputs (video + audio, video + action) sharing the component index.
 //! Predictions in ε, v or x₀, as each output's policy space asks.
 #![deny(missing_docs)]

@@ -37,6 +37,9 @@ pub struct GmmModel {
     pub(crate) batch: usize,
     pub(crate) tokens: usize,
     flat: bool,
+    /// The dims each token's features are read as (the image model: rows and
+    /// columns; the video model: frames, rows and columns).
+    grid: Option<Vec<usize>>,
     pub(crate) labels: Vec<usize>,
     pub(crate) dtype: DType,
     kappa: f64,
@@ -131,6 +134,40 @@ impl GmmModel {
         Self::build(outputs, parts, batch, tokens, false, dtype)
     }
 
+    /// The image model: each output is a `[batch, channels, height, width]`
+    /// latent whose channel planes are iid draws of a mixture over
+    /// `height × width` pixels (the token model with one token per channel,
+    /// read as images), in `dtype`. Spatial operators (FDG) see real images.
+    pub fn image(
+        outputs: &[&str],
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        dtype: DType,
+    ) -> GmmModel {
+        let mut m = Self::tokens(outputs, batch, channels, height * width, dtype);
+        m.grid = Some(vec![height, width]);
+        m
+    }
+
+    /// The video model: `[batch, channels, frames, height, width]` latents
+    /// whose channel volumes are iid draws of a mixture over
+    /// `frames × height × width` values (the image model with frames).
+    pub fn video(
+        outputs: &[&str],
+        batch: usize,
+        channels: usize,
+        frames: usize,
+        height: usize,
+        width: usize,
+        dtype: DType,
+    ) -> GmmModel {
+        let mut m = Self::tokens(outputs, batch, channels, frames * height * width, dtype);
+        m.grid = Some(vec![frames, height, width]);
+        m
+    }
+
     fn build(
         names: &[&str],
         part_mixtures: Vec<Mixture>,
@@ -151,7 +188,7 @@ impl GmmModel {
             .collect();
         let mixture = Mixture::joint(&part_mixtures);
         let labels = (0..batch).map(|b| b % mixture.classes).collect();
-        GmmModel { mixture, part_mixtures, parts, batch, tokens, flat, labels, dtype, kappa: DEFAULT_KAPPA }
+        GmmModel { mixture, part_mixtures, parts, batch, tokens, flat, grid: None, labels, dtype, kappa: DEFAULT_KAPPA }
     }
 
     /// Replaces the class of each sample (`labels.len()` must be the batch).
@@ -287,6 +324,8 @@ impl GmmModel {
     fn shape(&self, part: &Part) -> Shape {
         if self.flat {
             Shape::new(vec![self.batch, part.dim])
+        } else if let Some(grid) = &self.grid {
+            Shape::new([&[self.batch, self.tokens][..], grid].concat())
         } else {
             Shape::new(vec![self.batch, self.tokens, part.dim])
         }
@@ -370,7 +409,7 @@ mod tests {
     use cfg_runtime::model::StepInfo;
 
     fn predict(m: &GmmModel, spec: BranchSpec, x: &Tensor, t: f64, space: Space) -> Vec<f32> {
-        let info = StepInfo { step: 0, num_steps: 1, t, sigma: t };
+        let info = StepInfo { step: 0, num_steps: 1, t, sigma: t, chunks: cfg_core::schedule::ChunkTimes::NONE };
         let branches = [("b".to_string(), spec)];
         let latents = [x.clone()];
         let call = Call { info, branches: &branches, latents: &latents, spaces: &[space] };

@@ -2,6 +2,8 @@
 //! step, hand-written f64 statistics, and the accuracy checks of `docs/architecture.md`, section 5.
 #![allow(dead_code)]
 
+pub mod fdg;
+
 use cfg_core::expr::{Expr, Policy};
 use cfg_core::lower::{lower, Overrides};
 use cfg_core::schedule::StepContext;
@@ -20,6 +22,20 @@ pub fn library(name: &str) -> Policy {
     let loaded = cfg_policies::resolve(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert!(loaded.warnings.is_empty(), "{name}: {:?}", loaded.warnings);
     loaded.policy
+}
+
+/// `shape` ([B, T, D]) made to fit the layout a policy's outputs declare:
+/// a [B, C, H, W] latent becomes [B, T, 4, 2·D] (rows and columns even, at
+/// least 4, as FDG's two-level pyramid needs), a [B, C, F, H, W] one
+/// [B, T, 12, 2, D]; without a layout, `shape`.
+pub fn shape_for(policy: &Policy, shape: &Shape) -> Shape {
+    let axes = policy.outputs.iter().filter_map(|(_, o)| o.layout.as_ref()).map(|l| l.axes.len()).max();
+    match (axes, shape.dims()) {
+        (Some(4), &[b, t, d]) => Shape::new([b, t, 4, 2 * d.max(2)]),
+        // [B, C, F, H, W] (MAGI-1's chunks are 6 frames).
+        (Some(5), &[b, t, d]) => Shape::new([b, t, 12, 2, d]),
+        _ => shape.clone(),
+    }
 }
 
 /// SplitMix64: a tiny seeded generator, so inputs follow from one u64.

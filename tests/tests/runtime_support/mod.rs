@@ -18,6 +18,13 @@ pub fn policy(name: &str) -> Policy {
 /// A small token model (bf16 predictions) with the policy's outputs.
 pub fn small_tokens(policy: &Policy) -> GmmModel {
     let names: Vec<&str> = policy.outputs.names().collect();
+    match policy.outputs.iter().filter_map(|(_, o)| o.layout.as_ref()).map(|l| l.axes.len()).max() {
+        // [B, C, H, W] latents (FDG): 3 × 2 × 4 × 4.
+        Some(4) => return GmmModel::image(&names, 3, 2, 4, 4, DType::BF16),
+        // [B, C, F, H, W] latents (MAGI-1): 3 × 2 × 12 × 2 × 2, two chunks of 6 frames.
+        Some(5) => return GmmModel::video(&names, 3, 2, 12, 2, 2, DType::BF16),
+        _ => {}
+    }
     GmmModel::tokens(&names, 3, 4, 3, DType::BF16)
 }
 
