@@ -32,6 +32,55 @@ pub fn fold_active<T: Copy + std::ops::AddAssign>(lanes: &mut [T], m: usize) -> 
     lanes[0]
 }
 
+/// Eight consecutive lanes (one AVX2 register).
+pub type V8 = [f32; 8];
+
+/// The canonical fold of lanes held eight to a vector, the lanes past the
+/// group zero: the levels down to eight lanes add whole vectors, the last
+/// three run inside `v[0]`. Returns lane 0. Zero lanes past the group may be
+/// folded too, up to the next power of two of its length: the first level
+/// (the largest power of two below the length) is the same, and a zero added
+/// changes no non-zero value (only a zero's sign, which the f64 total drops).
+#[inline(always)]
+pub fn fold_vectors(v: &mut [V8]) -> f32 {
+    let mut m = v.len().min(LANES / 8);
+    let mut s = LANES / 16;
+    while s > 0 {
+        if m > s {
+            for i in 0..m - s {
+                let h = v[i + s];
+                for (l, h) in v[i].iter_mut().zip(h) {
+                    *l += h;
+                }
+            }
+            m = s;
+        }
+        s /= 2;
+    }
+    let h = v[0];
+    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+}
+
+/// Adds the products of a run that starts on lane 0 into `lanes`: for each
+/// element `l` (at most [`LANES`]) and statistic `k`, with `(x, y) = pairs(a[l], b[l])[k]`,
+/// `lanes[k][l] = fma(x, y, lanes[k][l])`.
+#[inline(always)]
+pub fn accumulate<const K: usize>(
+    lanes: &mut [[f32; LANES]; K],
+    a: &[f32],
+    b: &[f32],
+    pairs: impl Fn(f32, f32) -> [(f32, f32); K],
+) {
+    let n = a.len().min(b.len()).min(LANES);
+    let (a, b) = (&a[..n], &b[..n]);
+    for l in 0..n {
+        let p = pairs(a[l], b[l]);
+        for k in 0..K {
+            lanes[k][l] = p[k].0.mul_add(p[k].1, lanes[k][l]);
+        }
+    }
+}
+
 /// An accumulator of the canonical reduction: f32 or f64 lanes.
 pub trait Acc: Copy + std::ops::AddAssign + Default {
     /// `x·y + acc`, rounded once.
