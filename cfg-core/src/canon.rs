@@ -62,22 +62,52 @@ pub fn fold_vectors(v: &mut [V8]) -> f32 {
 }
 
 /// Adds the products of a run that starts on lane 0 into `lanes`: for each
-/// element `l` (at most [`LANES`]) and statistic `k`, with `(x, y) = pairs(a[l], b[l])[k]`,
-/// `lanes[k][l] = fma(x, y, lanes[k][l])`.
+/// element `l` (at most [`LANES`]), `lanes[l] = fma(x, y, lanes[l])` with
+/// `(x, y) = pair(a[l], b[l])`.
 #[inline(always)]
-pub fn accumulate<const K: usize>(
-    lanes: &mut [[f32; LANES]; K],
-    a: &[f32],
-    b: &[f32],
-    pairs: impl Fn(f32, f32) -> [(f32, f32); K],
-) {
+pub fn accumulate<T: Acc>(lanes: &mut [T; LANES], a: &[f32], b: &[f32], pair: impl Fn(f32, f32) -> (f32, f32)) {
     let n = a.len().min(b.len()).min(LANES);
-    let (a, b) = (&a[..n], &b[..n]);
-    for l in 0..n {
-        let p = pairs(a[l], b[l]);
-        for k in 0..K {
-            lanes[k][l] = p[k].0.mul_add(p[k].1, lanes[k][l]);
+    let (a, b, lanes) = (&a[..n], &b[..n], &mut lanes[..n]);
+    for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
+        let (x, y) = pair(*a, *b);
+        *l = T::fma(x, y, *l);
+    }
+}
+
+/// Canonical lanes of Σ x·y fed run by run (runs of a multiple of [`LANES`]
+/// elements, the last any length), for statistics computed in L1-sized chunks.
+#[derive(Debug, Clone)]
+pub struct Lanes<T> {
+    lanes: [T; LANES],
+    n: usize,
+}
+
+impl<T: Acc> Lanes<T> {
+    /// No element yet.
+    #[inline(always)]
+    pub fn new() -> Self {
+        Lanes { lanes: [T::default(); LANES], n: 0 }
+    }
+
+    /// Adds the products `a[l]·b[l]` of the next run.
+    #[inline(always)]
+    pub fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (a, b) in a.chunks(LANES).zip(b.chunks(LANES)) {
+            accumulate(&mut self.lanes, a, b, |x, y| (x, y));
         }
+        self.n += a.len();
+    }
+
+    /// The segment's total (lanes folded, as f64).
+    #[inline(always)]
+    pub fn total(mut self) -> f64 {
+        fold_active(&mut self.lanes, self.n).wide()
+    }
+}
+
+impl<T: Acc> Default for Lanes<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

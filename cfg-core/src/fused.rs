@@ -238,12 +238,29 @@ pub fn in_order<const K: usize>(partials: &[[f64; K]]) -> [f64; K] {
     t
 }
 
+/// Adds one run (at most [`LANES`] elements from lane 0) into every
+/// statistic's lanes, a statistic at a time (a constant index, so that the
+/// products vectorize; `K` at most 4).
+#[inline(always)]
+fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+    accumulate(&mut lanes[0], a, b, |a, b| P::pairs(a, b)[0]);
+    if K > 1 {
+        accumulate(&mut lanes[1], a, b, |a, b| P::pairs(a, b)[1]);
+    }
+    if K > 2 {
+        accumulate(&mut lanes[2], a, b, |a, b| P::pairs(a, b)[2]);
+    }
+    if K > 3 {
+        accumulate(&mut lanes[3], a, b, |a, b| P::pairs(a, b)[3]);
+    }
+}
+
 /// The statistics of one segment whose values are `a` and `b` (`a.len() <= SEGMENT`).
 #[inline(always)]
 fn segment_stats<const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
     for (a, b) in a.chunks(LANES).zip(b.chunks(LANES)) {
-        accumulate(&mut lanes, a, b, P::pairs);
+        accumulate_all::<K, P>(&mut lanes, a, b);
     }
     fold_all(&mut lanes, a.len())
 }
@@ -423,7 +440,7 @@ impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
             let m = CHUNK.min(self.n - c);
             self.op.load(self.start + c, &mut a[..m], &mut b[..m]);
             for (a, b) in a[..m].chunks(LANES).zip(b[..m].chunks(LANES)) {
-                accumulate(&mut lanes, a, b, P::pairs);
+                accumulate_all::<K, P>(&mut lanes, a, b);
             }
             c += m;
         }
