@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # PyTorch eager vs the cfg CPU evaluator, every library operator, interleaved
 # row by row on the same inputs: scripts/bench-cpu.sh [op,op,...]
-# Installs torch (CPU) into target/torch on first use.
+# Installs torch (CPU) into target/torch on first use, unless CFG_PYTHON names
+# a python that has torch. CFG_BENCH_SIZES=262144,4792320 picks the sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! PYTHONPATH=target/torch python3 -c "import torch" 2>/dev/null; then
+py=${CFG_PYTHON:-python3}
+if [ -z "${CFG_PYTHON:-}" ] && ! PYTHONPATH=target/torch python3 -c "import torch" 2>/dev/null; then
     python3 -m pip install --quiet --target target/torch torch --index-url https://download.pytorch.org/whl/cpu ||
         python3 -m pip install --quiet --target target/torch torch
 fi
@@ -16,4 +18,4 @@ for l in sys.stdin:
         print(m["target"]["name"], m["executable"])')
 system=$(echo "$bins" | awk '$1 == "ops" {print $2}')
 mimalloc=$(echo "$bins" | awk '$1 == "ops_mimalloc" {print $2}')
-PYTHONPATH=target/torch exec python3 scripts/bench_torch.py "$system" "$mimalloc" "${1:-}"
+PYTHONPATH=target/torch exec "$py" scripts/bench_torch.py "$system" "$mimalloc" "${1:-}"

@@ -6,6 +6,7 @@ write it. For every row this times torch, then asks the Rust bench (started
 with --serve, one per allocator) for cfg and the memcpy floor, so the two
 sides run interleaved. Prints a table of medians and ratios.
 """
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ OPS = [
     "renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2",
     "tcfg", "perp_neg", "apg_mix_cfg",
 ]
-SIZES = [262_144, 4_792_320, 33_554_432]
+SIZES = [int(n) for n in os.environ.get("CFG_BENCH_SIZES", "262144,4792320,33554432").split(",")]
 ONE_PASS = {"renorm", "renorm_clamped"}
 
 

@@ -3,10 +3,10 @@
 //! apply. Passes: running average and ‖running‖² (with the f64 dots when there
 //! is no clip), the f64 dots of the clipped update (only with a clip), apply.
 
-use crate::canon::{segment_dot_f64, segment_sq};
+use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
 use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
-use crate::reduce::SEGMENT;
+use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Task};
 use rayon::prelude::*;
 
@@ -117,10 +117,39 @@ fn load<I: Element>(p: &Apg<I>, start: usize, c: &mut [f32], u: &mut [f32], r: &
     }
 }
 
-/// The f64 dots of a segment: [0, ⟨r, c⟩, ‖c‖²].
-#[inline(always)]
-fn dots(r: &[f32], c: &[f32]) -> [f64; 3] {
-    [0.0, segment_dot_f64(r, c), segment_dot_f64(c, c)]
+/// Elements loaded at once by a statistics pass (three blocks stay in L1).
+const CHUNK: usize = 4 * LANES;
+
+/// One segment's [‖r‖², ⟨r, c⟩, ‖c‖²] (the dots in f64), fed chunk by chunk.
+struct SegmentStats {
+    norm: Lanes<f32>,
+    rc: Lanes<f64>,
+    cc: Lanes<f64>,
+    dots: bool,
+}
+
+impl SegmentStats {
+    #[inline(always)]
+    fn new(dots: bool) -> Self {
+        SegmentStats { norm: Lanes::new(), rc: Lanes::new(), cc: Lanes::new(), dots }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, r: &[f32], c: &[f32], norm: bool) {
+        if norm {
+            self.norm.add(r, r);
+        }
+        if self.dots {
+            self.rc.add(r, c);
+            self.cc.add(c, c);
+        }
+    }
+
+    #[inline(always)]
+    fn totals(self) -> [f64; 3] {
+        let d = self.dots;
+        [self.norm.total(), if d { self.rc.total() } else { 0.0 }, if d { self.cc.total() } else { 0.0 }]
+    }
 }
 
 /// Pass 1 with a momentum: updates one segment of the buffer.
@@ -136,25 +165,24 @@ impl<I: Element> Task for Update<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
     fn run(self) -> [f64; 3] {
-        let n = self.seg.len();
-        let mut buf = take_scratch(3 * SEGMENT);
-        let (c, rest) = buf.split_at_mut(SEGMENT);
-        let (u, r) = rest.split_at_mut(SEGMENT);
-        let (c, u, r) = (&mut c[..n], &mut u[..n], &mut r[..n]);
-        load(self.p, self.start, c, u, r);
-        if self.has_prev {
-            let m = self.p.momentum;
-            for (prev, d) in self.seg.iter_mut().zip(r.iter_mut()) {
-                *d = m.mul_add(*prev, *d);
-                *prev = *d;
+        let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
+        let (beta, has_prev) = (self.p.momentum, self.has_prev);
+        let mut stats = SegmentStats::new(self.dots);
+        for (k, seg) in self.seg.chunks_mut(CHUNK).enumerate() {
+            let m = seg.len();
+            let (c, u, r) = (&mut c[..m], &mut u[..m], &mut r[..m]);
+            load(self.p, self.start + k * CHUNK, c, u, r);
+            if has_prev {
+                for (prev, d) in seg.iter_mut().zip(r.iter_mut()) {
+                    *d = beta.mul_add(*prev, *d);
+                    *prev = *d;
+                }
+            } else {
+                seg.copy_from_slice(r);
             }
-        } else {
-            self.seg.copy_from_slice(r);
+            stats.add(r, c, true);
         }
-        let mut s = if self.dots { dots(r, c) } else { [0.0; 3] };
-        s[0] = segment_sq(r);
-        put_scratch(buf);
-        s
+        stats.totals()
     }
 }
 
@@ -173,26 +201,25 @@ impl<I: Element> Task for Stats<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
     fn run(self) -> [f64; 3] {
-        let n = self.n;
-        let mut buf = take_scratch(3 * SEGMENT);
-        let (c, rest) = buf.split_at_mut(SEGMENT);
-        let (u, r) = rest.split_at_mut(SEGMENT);
-        let (c, u, r) = (&mut c[..n], &mut u[..n], &mut r[..n]);
-        load(self.p, self.start, c, u, r);
-        if let Some(s) = self.stored {
-            r.copy_from_slice(&s[self.start..self.start + n]);
-        }
-        if let Some(f) = self.clip {
-            for x in r.iter_mut() {
-                *x *= f;
+        let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
+        let mut stats = SegmentStats::new(self.dots);
+        let mut pos = 0;
+        while pos < self.n {
+            let (m, start) = (CHUNK.min(self.n - pos), self.start + pos);
+            let (c, u, r) = (&mut c[..m], &mut u[..m], &mut r[..m]);
+            load(self.p, start, c, u, r);
+            if let Some(s) = self.stored {
+                r.copy_from_slice(&s[start..start + m]);
             }
+            if let Some(f) = self.clip {
+                for x in r.iter_mut() {
+                    *x *= f;
+                }
+            }
+            stats.add(r, c, self.norm);
+            pos += m;
         }
-        let mut s = if self.dots { dots(r, c) } else { [0.0; 3] };
-        if self.norm {
-            s[0] = segment_sq(r);
-        }
-        put_scratch(buf);
-        s
+        stats.totals()
     }
 }
 
@@ -227,12 +254,13 @@ impl<I: Element, O: Element> Task for Apply<'_, I, O> {
                     *x *= f;
                 }
             }
+            let (coef, eta, scale, original) = (self.coef, p.eta, p.scale, p.original);
             for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(r.iter()) {
-                let par = self.coef * *c as f64;
+                let par = coef * *c as f64;
                 let perp = *r as f64 - par;
-                let update = p.eta.mul_add(par as f32, perp as f32);
-                let base = if p.original { *c } else { *u };
-                *y = p.scale.mul_add(update, base);
+                let update = eta.mul_add(par as f32, perp as f32);
+                let base = if original { *c } else { *u };
+                *y = scale.mul_add(update, base);
             }
             store(y, out);
         }
@@ -291,10 +319,13 @@ impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
             let (c, u, y) = (&mut c[..m], &mut u[..m], &mut y[..m]);
             form_into(p.cond, start, c);
             form_into(p.uncond, start, u);
+            // Fields in locals: the loop then vectorizes, the flags as selects.
+            let (beta, scale, has_prev, original) = (p.beta, p.scale, p.has_prev, p.original);
             for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(running.iter_mut()) {
                 let d = c - u;
-                *r = if p.has_prev { p.beta.mul_add(*r, d) } else { d };
-                *y = p.scale.mul_add(d, if p.original { *c } else { *u });
+                let advanced = beta.mul_add(*r, d);
+                *r = if has_prev { advanced } else { d };
+                *y = scale.mul_add(d, if original { *c } else { *u });
             }
             store(y, out);
         }

@@ -32,6 +32,85 @@ pub fn fold_active<T: Copy + std::ops::AddAssign>(lanes: &mut [T], m: usize) -> 
     lanes[0]
 }
 
+/// Eight consecutive lanes (one AVX2 register).
+pub type V8 = [f32; 8];
+
+/// The canonical fold of lanes held eight to a vector, the lanes past the
+/// group zero: the levels down to eight lanes add whole vectors, the last
+/// three run inside `v[0]`. Returns lane 0. Zero lanes past the group may be
+/// folded too, up to the next power of two of its length: the first level
+/// (the largest power of two below the length) is the same, and a zero added
+/// changes no non-zero value (only a zero's sign, which the f64 total drops).
+#[inline(always)]
+pub fn fold_vectors(v: &mut [V8]) -> f32 {
+    let mut m = v.len().min(LANES / 8);
+    let mut s = LANES / 16;
+    while s > 0 {
+        if m > s {
+            for i in 0..m - s {
+                let h = v[i + s];
+                for (l, h) in v[i].iter_mut().zip(h) {
+                    *l += h;
+                }
+            }
+            m = s;
+        }
+        s /= 2;
+    }
+    let h = v[0];
+    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+}
+
+/// Adds the products of a run that starts on lane 0 into `lanes`: for each
+/// element `l` (at most [`LANES`]), `lanes[l] = fma(x, y, lanes[l])` with
+/// `(x, y) = pair(a[l], b[l])`.
+#[inline(always)]
+pub fn accumulate<T: Acc>(lanes: &mut [T; LANES], a: &[f32], b: &[f32], pair: impl Fn(f32, f32) -> (f32, f32)) {
+    let n = a.len().min(b.len()).min(LANES);
+    let (a, b, lanes) = (&a[..n], &b[..n], &mut lanes[..n]);
+    for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
+        let (x, y) = pair(*a, *b);
+        *l = T::fma(x, y, *l);
+    }
+}
+
+/// Canonical lanes of Σ x·y fed run by run (runs of a multiple of [`LANES`]
+/// elements, the last any length), for statistics computed in L1-sized chunks.
+#[derive(Debug, Clone)]
+pub struct Lanes<T> {
+    lanes: [T; LANES],
+    n: usize,
+}
+
+impl<T: Acc> Lanes<T> {
+    /// No element yet.
+    #[inline(always)]
+    pub fn new() -> Self {
+        Lanes { lanes: [T::default(); LANES], n: 0 }
+    }
+
+    /// Adds the products `a[l]·b[l]` of the next run.
+    #[inline(always)]
+    pub fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (a, b) in a.chunks(LANES).zip(b.chunks(LANES)) {
+            accumulate(&mut self.lanes, a, b, |x, y| (x, y));
+        }
+        self.n += a.len();
+    }
+
+    /// The segment's total (lanes folded, as f64).
+    #[inline(always)]
+    pub fn total(mut self) -> f64 {
+        fold_active(&mut self.lanes, self.n).wide()
+    }
+}
+
+impl<T: Acc> Default for Lanes<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// An accumulator of the canonical reduction: f32 or f64 lanes.
 pub trait Acc: Copy + std::ops::AddAssign + Default {
     /// `x·y + acc`, rounded once.

@@ -5,7 +5,7 @@ use crate::canon::dot_slices;
 use crate::chunked::{chunked_into, Chunks};
 use crate::error::CoreError;
 use crate::fdg::{fdg_into, Pyramid};
-use crate::fused::{self, run_groups, Terms};
+use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::state::GuidanceState;
@@ -276,6 +276,12 @@ pub fn evaluate_view(
             ElementsMut::F16(o) => fused_op(program, op, &slices(inputs, as_f16), shape, state, o),
             ElementsMut::BF16(o) => fused_op(program, op, &slices(inputs, as_bf16), shape, state, o),
         }
+    } else if let Some((op, mix)) = op_then_mix(program) {
+        match &mut out.data {
+            ElementsMut::F32(o) => fused_op_mix(program, op, mix, &slices(inputs, as_f32), shape, o),
+            ElementsMut::F16(o) => fused_op_mix(program, op, mix, &slices(inputs, as_f16), shape, o),
+            ElementsMut::BF16(o) => fused_op_mix(program, op, mix, &slices(inputs, as_bf16), shape, o),
+        }
     } else {
         let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
         round_into_view(&f32_result, &mut out.data);
@@ -330,6 +336,60 @@ fn single_fused_op(program: &Program) -> Option<&Op> {
     (program.latches.is_empty() && program.result == Value::Op(0) && contiguous && on_forms).then_some(op)
 }
 
+/// A one-factor group op on linear forms followed by a mix of forms and that
+/// op's value (Perp-Neg: `(e + s·P) − s·s_n·N⊥`): both are evaluated in the
+/// op's passes, with no intermediate tensor.
+fn op_then_mix(program: &Program) -> Option<(&Op, &[(Value, f32)])> {
+    let [op, Op::Mix { terms }] = program.ops.as_slice() else { return None };
+    let group_op = matches!(
+        op,
+        Op::Renorm { .. }
+            | Op::Reject { .. }
+            | Op::NormCap { .. }
+            | Op::StdRescale { .. }
+            | Op::ZeroStar { .. }
+            | Op::MagnitudeAware { .. }
+    );
+    let contiguous = op.over().is_none_or(Reduce::is_contiguous);
+    let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
+    let mix_on_forms = terms.iter().all(|(v, _)| matches!(v, Value::Form(_) | Value::Zero | Value::Op(0)));
+    let plain = program.latches.is_empty() && program.result == Value::Op(1);
+    (plain && group_op && contiguous && on_forms && mix_on_forms).then_some((op, terms.as_slice()))
+}
+
+/// Evaluates [`op_then_mix`]'s program from the branch slices into `out`.
+fn fused_op_mix<E: Element>(
+    program: &Program,
+    op: &Op,
+    mix: &[(Value, f32)],
+    branches: &[&[E]],
+    shape: &Shape,
+    out: &mut [E],
+) {
+    let terms = |v: Value| -> Vec<(&[E], f32)> {
+        match v {
+            Value::Form(i) => program.forms[i].terms.iter().map(|&(b, w)| (branches[b], w)).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let forms: Vec<Vec<(&[E], f32)>> = mix.iter().map(|&(v, _)| terms(v)).collect();
+    let parts: Vec<(Part<'_, E>, f32)> = mix
+        .iter()
+        .zip(&forms)
+        .map(|(&(v, w), f)| {
+            let part = match v {
+                Value::Form(_) => Part::Form(f),
+                Value::Op(_) => Part::Op,
+                Value::Zero => Part::Zero,
+            };
+            (part, w)
+        })
+        .collect();
+    let vals = op.inputs();
+    let (a, b) = (terms(vals[0]), terms(vals[1]));
+    group_op_into(op, &a, &b, &|over| Groups::new(over, shape).len, &Mix { terms: &parts }, out);
+}
+
 /// Evaluates the single `op` of `program` from the branch slices into `out`.
 fn fused_op<E: Element>(
     program: &Program,
@@ -350,6 +410,41 @@ fn fused_op<E: Element>(
     op_into(op, &a, &b, &|over| Groups::new(over, shape).len, state, out);
 }
 
+/// Evaluates `op` over contiguous groups when it is a one-factor group
+/// operator, its values passed through `fin`; false for any other op.
+fn group_op_into<I: Element, F: Finish, O: Element>(
+    op: &Op,
+    a: Terms<I>,
+    b: Terms<I>,
+    len: &dyn Fn(Reduce) -> usize,
+    fin: &F,
+    out: &mut [O],
+) -> bool {
+    match op {
+        Op::Renorm { over, eps, min, max, .. } => {
+            let op = fused::Renorm { input: a, reference: b, eps: *eps, min: *min, max: *max };
+            run_groups(&op, fin, len(*over), out)
+        }
+        Op::Reject { over, .. } => run_groups(&fused::Reject { input: a, direction: b }, fin, len(*over), out),
+        Op::NormCap { ratio, .. } => {
+            run_groups(&fused::NormCap { input: a, reference: b, ratio: *ratio }, fin, len(Reduce::Tensor), out)
+        }
+        Op::StdRescale { phi, over, .. } => {
+            run_groups(&fused::StdRescale { input: a, reference: b, phi: *phi }, fin, len(*over), out)
+        }
+        Op::ZeroStar { scale, original, .. } => {
+            let op = fused::ZeroStar { cond: a, uncond: b, scale: *scale, original: *original };
+            run_groups(&op, fin, len(Reduce::Sample), out)
+        }
+        Op::MagnitudeAware { scale, alpha, .. } => {
+            let op = fused::MagnitudeAware { cond: a, uncond: b, scale: *scale, alpha: *alpha };
+            run_groups(&op, fin, len(Reduce::Sample), out)
+        }
+        _ => return false,
+    }
+    true
+}
+
 /// Evaluates a two-input `op` (every op but `Mix`) over contiguous groups.
 fn op_into<I: Element, O: Element>(
     op: &Op,
@@ -359,28 +454,20 @@ fn op_into<I: Element, O: Element>(
     state: &mut GuidanceState,
     out: &mut [O],
 ) {
+    if group_op_into(op, a, b, len, &Store, out) {
+        return;
+    }
     match op {
-        // Evaluated on dense values by `Evaluation`.
-        Op::Mix { .. } | Op::Fdg { .. } | Op::Chunked { .. } => {}
-        Op::Renorm { over, eps, min, max, .. } => {
-            let op = fused::Renorm { input: a, reference: b, eps: *eps, min: *min, max: *max };
-            run_groups(&op, len(*over), out)
-        }
-        Op::Reject { over, .. } => run_groups(&fused::Reject { input: a, direction: b }, len(*over), out),
-        Op::NormCap { ratio, .. } => {
-            run_groups(&fused::NormCap { input: a, reference: b, ratio: *ratio }, len(Reduce::Tensor), out)
-        }
-        Op::StdRescale { phi, over, .. } => {
-            run_groups(&fused::StdRescale { input: a, reference: b, phi: *phi }, len(*over), out)
-        }
-        Op::ZeroStar { scale, original, .. } => {
-            let op = fused::ZeroStar { cond: a, uncond: b, scale: *scale, original: *original };
-            run_groups(&op, len(Reduce::Sample), out)
-        }
-        Op::MagnitudeAware { scale, alpha, .. } => {
-            let op = fused::MagnitudeAware { cond: a, uncond: b, scale: *scale, alpha: *alpha };
-            run_groups(&op, len(Reduce::Sample), out)
-        }
+        // Evaluated on dense values by `Evaluation`, or by `group_op_into` above.
+        Op::Mix { .. }
+        | Op::Fdg { .. }
+        | Op::Chunked { .. }
+        | Op::Renorm { .. }
+        | Op::Reject { .. }
+        | Op::NormCap { .. }
+        | Op::StdRescale { .. }
+        | Op::ZeroStar { .. }
+        | Op::MagnitudeAware { .. } => {}
         Op::Tcfg { scale, original, .. } => tcfg_into(a, b, len(Reduce::Sample), *scale, *original, out),
         Op::MomentumCfg { scale, momentum, original, slot, .. } => {
             let has_prev = state.momentum(slot).is_some();

@@ -2,16 +2,18 @@
 //!
 //! A group that fits in cache is done in one pass over memory: its forms are
 //! computed into a small block, reduced and applied while still in cache.
-//! Larger groups take two passes: per-segment statistics in parallel (summed
-//! in segment order, as the canonical reduction does), then the apply, which
-//! computes the forms again rather than storing them.
+//! Groups of at most [`LANES`] elements (tokens) hold one element per lane:
+//! their lanes fold as vectors of eight, eight groups at a time. Larger groups
+//! take two passes: per-segment statistics in parallel (summed in segment
+//! order, as the canonical reduction does), then the apply, which computes the
+//! forms again rather than storing them.
 
-use crate::canon::{segment_dot, segment_sq, segment_sum};
+use crate::canon::{accumulate, fold_active, fold_vectors};
 use crate::cpu::{
     magnitude_scale, norm_cap_factor, reject_coefficient, renorm_factor, rescale_factor, std_from_sums,
     zero_star_alpha, Element,
 };
-use crate::reduce::SEGMENT;
+use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Task};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -111,26 +113,100 @@ pub fn store<O: Element>(vals: &[f32], out: &mut [O]) {
 
 /// An operator with one f32 factor per group from `K` canonical statistics.
 pub trait GroupOp<const K: usize>: Sync {
+    // K is at most 4 (see `short_stats`).
     /// Computes its two values over `start..start + a.len()` into `a` and `b`.
     fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]);
-    /// The statistics of one segment.
-    fn segment(a: &[f32], b: &[f32]) -> [f64; K];
+    /// The `K` pairs `(x, y)` of one element whose canonical Σ x·y are the statistics.
+    fn pairs(a: f32, b: f32) -> [(f32, f32); K];
     /// The group's factor from its statistics.
     fn factor(&self, totals: [f64; K], len: usize) -> f32;
     /// One output element.
     fn apply(&self, a: f32, b: f32, f: f32) -> f32;
 }
 
+/// What becomes of an operator's f32 values: stored, or first mixed with linear forms.
+pub trait Finish: Sync {
+    /// Writes the values `y` of elements `start..start + y.len()` into `out`.
+    fn finish<O: Element>(&self, start: usize, y: &mut [f32], out: &mut [O]);
+}
+
+/// The operator's values are the output.
+pub struct Store;
+
+impl Finish for Store {
+    #[inline(always)]
+    fn finish<O: Element>(&self, _: usize, y: &mut [f32], out: &mut [O]) {
+        store(y, out)
+    }
+}
+
+/// One term of a [`Mix`].
+pub enum Part<'a, I> {
+    /// A linear form of the inputs.
+    Form(Terms<'a, I>),
+    /// The operator's value.
+    Op,
+    /// Zero.
+    Zero,
+}
+
+/// `Σ w_k·v_k` over forms and the operator's value, in term order (`w_0·v_0`,
+/// then fma), as the general evaluation combines a mix.
+pub struct Mix<'a, I> {
+    /// The terms.
+    pub terms: &'a [(Part<'a, I>, f32)],
+}
+
+impl<I: Element> Finish for Mix<'_, I> {
+    #[inline(always)]
+    fn finish<O: Element>(&self, start: usize, y: &mut [f32], out: &mut [O]) {
+        let (mut acc, mut tmp) = ([0.0f32; 256], [0.0f32; 256]);
+        for (c, (y, out)) in y.chunks(256).zip(out.chunks_mut(256)).enumerate() {
+            let n = y.len();
+            let acc = &mut acc[..n];
+            acc.fill(0.0);
+            for (j, (part, w)) in self.terms.iter().enumerate() {
+                let v: &[f32] = match part {
+                    Part::Form(f) => {
+                        form_into(f, start + c * 256, &mut tmp[..n]);
+                        &tmp[..n]
+                    }
+                    Part::Op => y,
+                    Part::Zero => {
+                        tmp[..n].fill(0.0);
+                        &tmp[..n]
+                    }
+                };
+                if j == 0 {
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = w * v;
+                    }
+                } else {
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = w.mul_add(*v, *a);
+                    }
+                }
+            }
+            store(acc, out);
+        }
+    }
+}
+
 /// Evaluates `op` over consecutive groups of `len` elements into `out`.
-pub fn run_groups<const K: usize, P: GroupOp<K>, O: Element>(op: &P, len: usize, out: &mut [O]) {
+pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, O: Element>(op: &P, fin: &F, len: usize, out: &mut [O]) {
     if out.is_empty() || len == 0 {
         return;
     }
     if len <= ONE_PASS {
         let per_task = (TASK / len).max(1) * len;
-        out.par_chunks_mut(per_task)
-            .enumerate()
-            .for_each(|(t, out)| simd::run(OnePass::<P, O, K> { op, start: t * per_task, len, out }));
+        out.par_chunks_mut(per_task).enumerate().for_each(|(t, out)| {
+            let start = t * per_task;
+            if len <= LANES {
+                simd::run(Short::<P, F, O, K> { op, fin, start, len, out })
+            } else {
+                simd::run(OnePass::<P, F, O, K> { op, fin, start, len, out })
+            }
+        });
         return;
     }
     let segs = len.div_ceil(SEGMENT);
@@ -147,7 +223,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, O: Element>(op: &P, len: usize,
         group
             .par_chunks_mut(TASK)
             .enumerate()
-            .for_each(|(t, out)| simd::run(Apply::<P, O, K> { op, start: g * len + t * TASK, f, out }))
+            .for_each(|(t, out)| simd::run(Apply::<P, F, O, K> { op, fin, start: g * len + t * TASK, f, out }))
     });
 }
 
@@ -162,15 +238,156 @@ pub fn in_order<const K: usize>(partials: &[[f64; K]]) -> [f64; K] {
     t
 }
 
-/// Whole groups: load, reduce and apply while the block is in cache.
-struct OnePass<'a, P, O, const K: usize> {
+/// Adds one run (at most [`LANES`] elements from lane 0) into every
+/// statistic's lanes, a statistic at a time (a constant index, so that the
+/// products vectorize; `K` at most 4).
+#[inline(always)]
+fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+    accumulate(&mut lanes[0], a, b, |a, b| P::pairs(a, b)[0]);
+    if K > 1 {
+        accumulate(&mut lanes[1], a, b, |a, b| P::pairs(a, b)[1]);
+    }
+    if K > 2 {
+        accumulate(&mut lanes[2], a, b, |a, b| P::pairs(a, b)[2]);
+    }
+    if K > 3 {
+        accumulate(&mut lanes[3], a, b, |a, b| P::pairs(a, b)[3]);
+    }
+}
+
+/// The statistics of one segment whose values are `a` and `b` (`a.len() <= SEGMENT`).
+#[inline(always)]
+fn segment_stats<const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+    let mut lanes = [[0.0f32; LANES]; K];
+    for (a, b) in a.chunks(LANES).zip(b.chunks(LANES)) {
+        accumulate_all::<K, P>(&mut lanes, a, b);
+    }
+    fold_all(&mut lanes, a.len())
+}
+
+/// Each statistic's lanes folded (plain loops: `std::array::from_fn` is not
+/// inlined, and would run outside the caller's target features).
+#[inline(always)]
+fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K] {
+    let mut t = [0.0f64; K];
+    for (t, lanes) in t.iter_mut().zip(lanes.iter_mut()) {
+        *t = fold_active(lanes, n) as f64;
+    }
+    t
+}
+
+/// Groups of at most [`LANES`] elements: each element is its own lane
+/// (`fma(x, y, +0)`), and the lanes past the group are zero, so the fold runs
+/// over a power of two of 8-lane vectors held in registers (its first level
+/// is the same as over the group's lanes: see [`fold_vectors`]).
+struct Short<'a, P, F, O, const K: usize> {
     op: &'a P,
+    fin: &'a F,
     start: usize,
     len: usize,
     out: &'a mut [O],
 }
 
-impl<const K: usize, P: GroupOp<K>, O: Element> Task for OnePass<'_, P, O, K> {
+/// Statistic `S` of one group padded to `8·V` elements (`S` a constant, so
+/// that the products vectorize).
+#[inline(always)]
+fn short_stat<const K: usize, const V: usize, const S: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> f64 {
+    let (a, b) = (&a[..8 * V], &b[..8 * V]);
+    let mut v = [[0.0f32; 8]; V];
+    for (j, v) in v.iter_mut().enumerate() {
+        for (i, l) in v.iter_mut().enumerate() {
+            let (x, y) = P::pairs(a[8 * j + i], b[8 * j + i])[S];
+            *l = x.mul_add(y, 0.0);
+        }
+    }
+    0.0 + fold_vectors(&mut v) as f64
+}
+
+/// The statistics of one group padded to `8·V` elements (`K` at most 4).
+#[inline(always)]
+fn short_stats<const K: usize, const V: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+    let mut t = [0.0f64; K];
+    t[0] = short_stat::<K, V, 0, P>(a, b);
+    if K > 1 {
+        t[1] = short_stat::<K, V, 1, P>(a, b);
+    }
+    if K > 2 {
+        t[2] = short_stat::<K, V, 2, P>(a, b);
+    }
+    if K > 3 {
+        t[3] = short_stat::<K, V, 3, P>(a, b);
+    }
+    t
+}
+
+impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P, F, O, K> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let (len, op) = (self.len, self.op);
+        let vectors = len.div_ceil(8).next_power_of_two();
+        let padded = 8 * vectors != len;
+        // A match, not a fn pointer: the callee must inline into the caller's features.
+        let stats = |a: &[f32], b: &[f32]| match vectors {
+            1 => short_stats::<K, 1, P>(a, b),
+            2 => short_stats::<K, 2, P>(a, b),
+            4 => short_stats::<K, 4, P>(a, b),
+            8 => short_stats::<K, 8, P>(a, b),
+            16 => short_stats::<K, 16, P>(a, b),
+            _ => short_stats::<K, 32, P>(a, b),
+        };
+        let per_block = (BLOCK / len).max(1) * len;
+        let mut buf = take_scratch(3 * per_block);
+        let (a, rest) = buf.split_at_mut(per_block);
+        let (b, y) = rest.split_at_mut(per_block);
+        // A padded group is copied before its zeros; an exact one is read in place.
+        let (mut pa, mut pb) = ([0.0f32; LANES], [0.0f32; LANES]);
+        for (blk, out) in self.out.chunks_mut(per_block).enumerate() {
+            let (m, start) = (out.len(), self.start + blk * per_block);
+            let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
+            op.load(start, a, b);
+            // Eight groups' statistics, then their factors (independent
+            // square roots and divisions overlap), then their apply.
+            for first in (0..m / len).step_by(8) {
+                let batch = 8.min(m / len - first);
+                let mut totals = [[0.0f64; K]; 8];
+                for (t, total) in totals.iter_mut().enumerate().take(batch) {
+                    let (ga, gb) = (&a[(first + t) * len..][..len], &b[(first + t) * len..][..len]);
+                    *total = if padded {
+                        pa[..len].copy_from_slice(ga);
+                        pb[..len].copy_from_slice(gb);
+                        stats(&pa, &pb)
+                    } else {
+                        stats(ga, gb)
+                    };
+                }
+                let mut f = [0.0f32; 8];
+                for (f, t) in f.iter_mut().zip(&totals).take(batch) {
+                    *f = op.factor(*t, len);
+                }
+                for (t, f) in f.iter().enumerate().take(batch) {
+                    let lo = (first + t) * len;
+                    for ((y, a), b) in y[lo..lo + len].iter_mut().zip(&a[lo..lo + len]).zip(&b[lo..lo + len]) {
+                        *y = op.apply(*a, *b, *f);
+                    }
+                }
+            }
+            self.fin.finish(start, y, out);
+        }
+        put_scratch(buf);
+    }
+}
+
+/// Whole groups: load, reduce and apply while the block is in cache.
+struct OnePass<'a, P, F, O, const K: usize> {
+    op: &'a P,
+    fin: &'a F,
+    start: usize,
+    len: usize,
+    out: &'a mut [O],
+}
+
+impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, P, F, O, K> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
@@ -180,13 +397,13 @@ impl<const K: usize, P: GroupOp<K>, O: Element> Task for OnePass<'_, P, O, K> {
         let (a, rest) = buf.split_at_mut(per_block);
         let (b, y) = rest.split_at_mut(per_block);
         for (k, block) in self.out.chunks_mut(per_block).enumerate() {
-            let m = block.len();
-            self.op.load(self.start + k * per_block, &mut a[..m], &mut b[..m]);
-            for (g, out) in block.chunks_mut(len).enumerate() {
-                let (a, b, y) = (&a[g * len..][..len], &b[g * len..][..len], &mut y[..len]);
+            let (m, start) = (block.len(), self.start + k * per_block);
+            let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
+            self.op.load(start, a, b);
+            for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
                 let mut t = [0.0f64; K];
                 for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
-                    let p = P::segment(sa, sb);
+                    let p = segment_stats::<K, P>(sa, sb);
                     for i in 0..K {
                         t[i] += p[i];
                     }
@@ -195,14 +412,17 @@ impl<const K: usize, P: GroupOp<K>, O: Element> Task for OnePass<'_, P, O, K> {
                 for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
                     *y = self.op.apply(*a, *b, f);
                 }
-                store(y, out);
             }
+            self.fin.finish(start, y, block);
         }
         put_scratch(buf);
     }
 }
 
-/// The statistics of one segment.
+/// Elements loaded at once by the statistics pass (L1-resident, a few lane rows).
+const CHUNK: usize = 4 * LANES;
+
+/// The statistics of one segment, its values computed a chunk at a time.
 struct Stats<'a, P, const K: usize> {
     op: &'a P,
     start: usize,
@@ -213,43 +433,49 @@ impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
     type Out = [f64; K];
     #[inline(always)]
     fn run(self) -> [f64; K] {
-        let mut buf = take_scratch(2 * SEGMENT);
-        let (a, b) = buf.split_at_mut(SEGMENT);
-        let (a, b) = (&mut a[..self.n], &mut b[..self.n]);
-        self.op.load(self.start, a, b);
-        let p = P::segment(a, b);
-        put_scratch(buf);
-        p
+        let mut lanes = [[0.0f32; LANES]; K];
+        let (mut a, mut b) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+        let mut c = 0;
+        while c < self.n {
+            let m = CHUNK.min(self.n - c);
+            self.op.load(self.start + c, &mut a[..m], &mut b[..m]);
+            for (a, b) in a[..m].chunks(LANES).zip(b[..m].chunks(LANES)) {
+                accumulate_all::<K, P>(&mut lanes, a, b);
+            }
+            c += m;
+        }
+        fold_all(&mut lanes, self.n)
     }
 }
 
 /// Applies a known factor to a run of one group.
-struct Apply<'a, P, O, const K: usize> {
+struct Apply<'a, P, F, O, const K: usize> {
     op: &'a P,
+    fin: &'a F,
     start: usize,
     f: f32,
     out: &'a mut [O],
 }
 
-impl<const K: usize, P: GroupOp<K>, O: Element> Task for Apply<'_, P, O, K> {
+impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Apply<'_, P, F, O, K> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
-        let mut buf = take_scratch(3 * BLOCK);
-        let (a, rest) = buf.split_at_mut(BLOCK);
-        let (b, y) = rest.split_at_mut(BLOCK);
-        for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
-            let m = out.len();
+        let (mut a, mut b, mut y) = ([0.0f32; APPLY], [0.0f32; APPLY], [0.0f32; APPLY]);
+        for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
+            let (m, start) = (out.len(), self.start + k * APPLY);
             let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
-            self.op.load(self.start + k * BLOCK, a, b);
+            self.op.load(start, a, b);
             for ((y, a), b) in y.iter_mut().zip(a.iter()).zip(b.iter()) {
                 *y = self.op.apply(*a, *b, self.f);
             }
-            store(y, out);
+            self.fin.finish(start, y, out);
         }
-        put_scratch(buf);
     }
 }
+
+/// Elements per block of the apply pass (three blocks stay in L1).
+const APPLY: usize = 1024;
 
 /// `input · clamp(‖reference‖/(‖input‖+eps), min, max)` per group.
 pub struct Renorm<'a, I> {
@@ -272,8 +498,8 @@ impl<I: Element> GroupOp<2> for Renorm<'_, I> {
         form_into(self.reference, start, b);
     }
     #[inline(always)]
-    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
-        [segment_sq(a), segment_sq(b)]
+    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+        [(a, a), (b, b)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
@@ -302,8 +528,8 @@ impl<I: Element> GroupOp<2> for NormCap<'_, I> {
         form_into(self.reference, start, b);
     }
     #[inline(always)]
-    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
-        [segment_sq(a), segment_sq(b)]
+    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+        [(a, a), (b, b)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
@@ -332,8 +558,8 @@ impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
         form_into(self.reference, start, b);
     }
     #[inline(always)]
-    fn segment(a: &[f32], b: &[f32]) -> [f64; 4] {
-        [segment_sum(b), segment_sq(b), segment_sum(a), segment_sq(a)]
+    fn pairs(a: f32, b: f32) -> [(f32, f32); 4] {
+        [(b, 1.0), (b, b), (a, 1.0), (a, a)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 4], len: usize) -> f32 {
@@ -364,8 +590,8 @@ impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
         form_into(self.uncond, start, b);
     }
     #[inline(always)]
-    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
-        [segment_dot(a, b), segment_sq(b)]
+    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+        [(a, b), (b, b)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
@@ -402,8 +628,8 @@ impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
         }
     }
     #[inline(always)]
-    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
-        [segment_sq(a), segment_sq(b)]
+    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+        [(a, a), (b, b)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
@@ -430,8 +656,8 @@ impl<I: Element> GroupOp<2> for Reject<'_, I> {
         form_into(self.direction, start, b);
     }
     #[inline(always)]
-    fn segment(a: &[f32], b: &[f32]) -> [f64; 2] {
-        [segment_dot(a, b), segment_sq(b)]
+    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+        [(a, b), (b, b)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {

@@ -7,10 +7,10 @@
 //! (Gw)₁/√λ₁ = √λ₁·w₁, so the projection u' = ⟨u,v₁⟩v₁ = (w₁/‖w‖²)(w₀c + w₁u):
 //! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
 
-use crate::canon::{segment_dot, segment_sq};
+use crate::canon::Lanes;
 use crate::cpu::Element;
 use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
-use crate::reduce::SEGMENT;
+use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Task};
 use rayon::prelude::*;
 
@@ -103,14 +103,21 @@ impl<I: Element> Task for Stats<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
     fn run(self) -> [f64; 3] {
-        let mut buf = take_scratch(2 * SEGMENT);
-        let (c, u) = buf.split_at_mut(SEGMENT);
-        let (c, u) = (&mut c[..self.n], &mut u[..self.n]);
-        form_into(self.cond, self.start, c);
-        form_into(self.uncond, self.start, u);
-        let s = [segment_sq(c), segment_dot(c, u), segment_sq(u)];
-        put_scratch(buf);
-        s
+        // L1-sized chunks fed to the canonical lanes.
+        let (mut c, mut u) = ([0.0f32; 4 * LANES], [0.0f32; 4 * LANES]);
+        let (mut cc, mut cu, mut uu) = (Lanes::<f32>::new(), Lanes::<f32>::new(), Lanes::<f32>::new());
+        let mut pos = 0;
+        while pos < self.n {
+            let m = (4 * LANES).min(self.n - pos);
+            let (c, u) = (&mut c[..m], &mut u[..m]);
+            form_into(self.cond, self.start + pos, c);
+            form_into(self.uncond, self.start + pos, u);
+            cc.add(c, c);
+            cu.add(c, u);
+            uu.add(u, u);
+            pos += m;
+        }
+        [cc.total(), cu.total(), uu.total()]
     }
 }
 

@@ -139,8 +139,13 @@ fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Optio
 const WIDTHS: &[usize] = &[1, 2, 63, 64, 65, 255, 256, 257, 3000, 8191, 8192, 8193];
 
 fn case() -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
-    let shape = (1usize..=3, 0usize..WIDTHS.len(), 1usize..=4)
-        .prop_map(|(batch, w, tokens)| Shape::new([batch, if WIDTHS[w] > 4000 { 1 } else { tokens }, WIDTHS[w]]));
+    case_with(WIDTHS)
+}
+
+/// Random single-op cases whose last dim is one of `widths`.
+fn case_with(widths: &'static [usize]) -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
+    let shape = (1usize..=3, 0usize..widths.len(), 1usize..=4)
+        .prop_map(|(batch, w, tokens)| Shape::new([batch, if widths[w] > 4000 { 1 } else { tokens }, widths[w]]));
     let forms = (2usize..=4).prop_flat_map(|branches| {
         let form = prop::collection::vec((0..branches, -4.0f32..4.0), 0..=4).prop_map(|mut t| {
             t.sort_by_key(|x| x.0);
@@ -292,6 +297,108 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("later operators match the reference");
+    }
+    force_portable(false);
+}
+
+/// Token widths that a group of at most 256 lanes pads differently, and the
+/// segment boundaries.
+const SHORT_WIDTHS: &[usize] =
+    &[1, 3, 7, 8, 9, 16, 17, 31, 33, 63, 64, 65, 100, 128, 129, 200, 255, 256, 8191, 8192, 8193];
+
+/// A group operator followed by a mix of forms and its value (Perp-Neg's
+/// shape), on the short widths: the fused path against the reference op
+/// followed by the general mix (`w_0·v_0`, then fma, in term order).
+#[test]
+fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[19; 32]);
+    let over = prop_oneof![Just(Reduce::Token), Just(Reduce::Sample), Just(Reduce::Tensor)];
+    let part = prop_oneof![Just(Value::Form(0)), Just(Value::Form(1)), Just(Value::Op(0)), Just(Value::Zero)];
+    let mix = prop::collection::vec((part, -9.0f32..9.0), 0..=4);
+    let cases = (case_with(SHORT_WIDTHS), 0usize..3, over, mix).prop_map(
+        |((mut program, inputs, shape, dtype), kind, over, mix)| {
+            let (a, b) = (Value::Form(0), Value::Form(1));
+            match kind {
+                0 => program.ops[0] = Op::Reject { input: a, direction: b, over },
+                1 => {
+                    program.ops[0] =
+                        Op::Renorm { input: a, reference: b, over, eps: 1e-8, min: Some(0.0), max: Some(1.0) }
+                }
+                _ => {}
+            }
+            program.ops.push(Op::Mix { terms: mix });
+            program.result = Value::Op(1);
+            (program, inputs, shape, dtype)
+        },
+    );
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape, dtype)| {
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let got = evaluate(&program, &refs, dtype, &shape, &mut GuidanceState::new()).expect("inputs match");
+                let op = reference(&program, &inputs, &shape, &mut None);
+                let Op::Mix { terms } = &program.ops[1] else { unreachable!("built above") };
+                let n = shape.numel();
+                let x: Vec<Vec<f32>> = inputs.iter().map(Tensor::to_f32).collect();
+                let form = |i: usize, e: usize| match program.forms[i].terms.split_first() {
+                    None => 0.0,
+                    Some((&(b0, w0), rest)) => rest.iter().fold(w0 * x[b0][e], |acc, &(b, w)| w.mul_add(x[b][e], acc)),
+                };
+                let want: Vec<f32> = (0..n)
+                    .map(|e| {
+                        let v = |val: Value| match val {
+                            Value::Form(i) => form(i, e),
+                            Value::Op(_) => op[e],
+                            Value::Zero => 0.0,
+                        };
+                        match terms.split_first() {
+                            None => 0.0,
+                            Some((&(v0, w0), rest)) => {
+                                rest.iter().fold(w0 * v(v0), |acc, &(val, w)| w.mul_add(v(val), acc))
+                            }
+                        }
+                    })
+                    .collect();
+                let want = Tensor::from_f32(dtype, shape.clone(), &want);
+                prop_assert_eq!(got.bits(), want.bits(), "portable {} {:?}", portable, program.ops);
+                Ok(())
+            })
+            .expect("op then mix matches the reference");
+    }
+    force_portable(false);
+}
+
+/// Every single operator on token widths that pad differently.
+#[test]
+fn short_groups_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[23; 32]);
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&case_with(SHORT_WIDTHS), |(program, inputs, shape, dtype)| {
+                let refs: Vec<&Tensor> = inputs.iter().collect();
+                let (mut state, mut momentum) = (GuidanceState::new(), None);
+                for step in 0..2 {
+                    let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                    let want = reference(&program, &inputs, &shape, &mut momentum);
+                    let want = Tensor::from_f32(dtype, shape.clone(), &want);
+                    prop_assert_eq!(
+                        got.bits(),
+                        want.bits(),
+                        "step {} portable {} {:?}",
+                        step,
+                        portable,
+                        program.ops[0]
+                    );
+                }
+                Ok(())
+            })
+            .expect("short groups match the reference");
     }
     force_portable(false);
 }
