@@ -358,9 +358,10 @@ impl<'a> Lowerer<'a> {
                 }
             }
             Expr::Chunked { cond, prefix, uncond, thresholds, prefix_scales, text_scales, chunk_frames } => {
-                let times = self.read_chunk_times().ok_or(CoreError::SigmaRequired { step: self.ctx.step })?;
+                let (times, given) = self.read_chunk_times();
+                let times = times.ok_or(CoreError::SigmaRequired { step: self.ctx.step })?;
                 let at = |t: f64| crate::chunked::lookup(thresholds, prefix_scales, text_scales, t);
-                if self.ctx.chunks.as_slice().is_empty() {
+                if !given {
                     // One time for the whole prediction: a linear form.
                     let (p, t) = at(times.as_slice().first().copied().unwrap_or(0.0));
                     let c = self.expr(cond, &child(0))?;
@@ -418,11 +419,12 @@ impl<'a> Lowerer<'a> {
         after
     }
 
-    /// Each chunk's time ([`chunk_times`]), recorded.
-    fn read_chunk_times(&mut self) -> Option<ChunkTimes> {
-        let times = chunk_times(self.ctx);
-        self.reads.push(Read::Chunks { times });
-        times
+    /// Each chunk's time ([`chunk_times`]) and whether the step gave them
+    /// (else one time for all), recorded.
+    fn read_chunk_times(&mut self) -> (Option<ChunkTimes>, bool) {
+        let (times, given) = (chunk_times(self.ctx), !self.ctx.chunks.as_slice().is_empty());
+        self.reads.push(Read::Chunks { times, given });
+        (times, given)
     }
 
     fn read_window(&mut self, window: &crate::window::Window) -> Option<bool> {

@@ -29,8 +29,9 @@ pub(crate) enum Read {
     Latched { slot: String, latched: bool },
     /// Whether the step comes after a given step (APG-Mix's switch).
     After { step: usize, after: bool },
-    /// Each frame chunk's time (MAGI-1's chunked guidance).
-    Chunks { times: Option<ChunkTimes> },
+    /// Each frame chunk's time (MAGI-1's chunked guidance), and whether the
+    /// step gave them (one linear form when it did not).
+    Chunks { times: Option<ChunkTimes>, given: bool },
 }
 
 impl Read {
@@ -45,7 +46,7 @@ impl Read {
             Read::ZeroInit { slot, steps, zeroed } => (state.count(slot) < *steps) == *zeroed,
             Read::Latched { slot, latched } => state.latched(slot) == *latched,
             Read::After { step, after } => (ctx.step > *step) == *after,
-            Read::Chunks { times } => chunk_times(ctx) == *times,
+            Read::Chunks { times, given } => chunk_times(ctx) == *times && ctx.chunks.as_slice().is_empty() != *given,
         }
     }
 }
@@ -177,6 +178,36 @@ mod tests {
         let (cached, _) = cache.lower(&p, &ctx, &state, &overrides).expect("lowers");
         assert_eq!(*cached, lower(&p, &ctx, &state, &overrides).expect("lowers"));
         assert!(!cache.lower(&p, &StepContext::new(1, 4), &state, &overrides).expect("lowers").1);
+    }
+
+    /// The same chunk times given by the step or implied by its sigma lower
+    /// differently (an op, or one form): the cache tells them apart.
+    #[test]
+    fn chunk_times_given_or_implied_are_different_reads() {
+        let mut p = policy(Schedule::Const(7.0), None);
+        let r = |n: &str| Box::new(Expr::Ref(n.into()));
+        p.outputs.0[0].1.layout = Some(crate::layout::Layout {
+            axes: vec![crate::layout::Axis::B, crate::layout::Axis::F, crate::layout::Axis::C],
+            grid: None,
+        });
+        p.outputs.0[0].1.guidance = Expr::Chunked {
+            cond: r("cond"),
+            prefix: r("uncond"),
+            uncond: r("uncond"),
+            thresholds: vec![0.0, 0.5],
+            prefix_scales: vec![1.5, 1.0],
+            text_scales: vec![7.5, 0.0],
+            chunk_frames: 2,
+        };
+        let (state, overrides) = (GuidanceState::new(), Overrides::none());
+        let mut cache = LoweringCache::new();
+        let implied = StepContext { sigma: Some(0.75), ..StepContext::new(0, 4) };
+        let given = StepContext { chunks: ChunkTimes::new(&[0.25]).expect("one chunk"), ..implied };
+        for ctx in [implied, given, implied] {
+            let (cached, _) = cache.lower(&p, &ctx, &state, &overrides).expect("lowers");
+            assert_eq!(*cached, lower(&p, &ctx, &state, &overrides).expect("lowers"));
+        }
+        assert_eq!(cache.lowerings(), 3);
     }
 
     #[test]
