@@ -475,7 +475,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Apply<'_, P,
 }
 
 /// Elements per block of the apply pass (three blocks stay in L1).
-const APPLY: usize = 1024;
+const APPLY: usize = 2048;
 
 /// `input · clamp(‖reference‖/(‖input‖+eps), min, max)` per group.
 pub struct Renorm<'a, I> {
