@@ -535,7 +535,6 @@ impl<'a> Generic<'a> {
         let (dev, shape) = (self.dev, self.shape);
         let running = self.running(c, u, state, slot, beta)?;
         let (n, r) = (self.n(), running.addr(dev));
-        let n64 = n as i64;
         let groups = Groups::new(Reduce::Sample, shape);
         let clipped = if threshold > 0.0 {
             let f = FactorArgs { p0: threshold, kind: kind::APG_CLIP, ..Default::default() };
@@ -547,31 +546,6 @@ impl<'a> Generic<'a> {
             None
         };
         let d = clipped.as_ref().map_or(r, |b| b.addr(dev));
-        let f = FactorArgs { kind: kind::APG_PROJ, ..Default::default() };
-        let coef = launch::group_factors(dev, d, c, &groups, &[], true, f)?;
-        let ca = dev.addr(&coef);
-        let orig = i32::from(original);
-        let k = dev.function(&kernels::GUIDANCE, "apg_combine")?;
-        // SAFETY: matches `apg_combine(c, u, d, coef, Groups, float, float, int, float*, i64)`.
-        unsafe {
-            launch::launch(
-                dev,
-                &k,
-                dev.grid(n),
-                &mut [
-                    param(&c),
-                    param(&u),
-                    param(&d),
-                    param(&ca),
-                    param(&groups),
-                    param(&eta),
-                    param(&scale),
-                    param(&orig),
-                    param(&o),
-                    param(&n64),
-                ],
-            )
-        }?;
-        dev.sync()
+        launch::apg_combine(dev, (c, u, d), &groups, eta, scale, original, o, n)
     }
 }

@@ -121,33 +121,7 @@ impl Stages<'_> {
             }
             Some(eta) => {
                 let d = self.pair("fdg_sub", &c, u)?;
-                let da = d.addr(dev);
-                let f = FactorArgs { kind: kind::APG_PROJ, ..Default::default() };
-                let coef = launch::group_factors(dev, da, ca, &groups, &[], true, f)?;
-                let co = dev.addr(&coef);
-                let k = dev.function(&kernels::GUIDANCE, "apg_combine")?;
-                // SAFETY: matches `apg_combine(c, u, d, coef, Groups, float, float, int, float*, i64)`;
-                // coef holds one double per group.
-                unsafe {
-                    launch::launch(
-                        dev,
-                        &k,
-                        dev.grid(n),
-                        &mut [
-                            param(&ca),
-                            param(&ua),
-                            param(&da),
-                            param(&co),
-                            param(&groups),
-                            param(&eta),
-                            param(&s),
-                            param(&orig),
-                            param(&o),
-                            param(&n64),
-                        ],
-                    )
-                }?;
-                dev.sync()?;
+                launch::apg_combine(dev, (ca, ua, d.addr(dev)), &groups, eta, s, original, o, n)?;
             }
         }
         if band.rescale <= 0.0 {

@@ -219,6 +219,50 @@ fn drop_after_sync(dev: &Device, scratch: Scratch) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// APG's last two launches, shared by `Apg` and FDG's parallel weight: the
+/// per-group projection coefficient of `d` on `c` (f64 lanes), then
+/// `out = apg_combine(c, u, d, coef)` with `eta`, `scale` and `original`
+/// (every address of `n` f32 values). Waits for the stream (the coefficients
+/// are freed on return).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apg_combine(
+    dev: &Device,
+    (c, u, d): (u64, u64, u64),
+    groups: &Groups,
+    eta: f32,
+    scale: f32,
+    original: bool,
+    out: u64,
+    n: usize,
+) -> Result<(), CudaError> {
+    let f = FactorArgs { kind: super::params::kind::APG_PROJ, ..Default::default() };
+    let coef = group_factors(dev, d, c, groups, &[], true, f)?;
+    let (co, orig, n64) = (dev.addr(&coef), i32::from(original), n as i64);
+    let k = dev.function(&kernels::GUIDANCE, "apg_combine")?;
+    // SAFETY: matches `apg_combine(c, u, d, coef, Groups, float, float, int, float*, i64)`;
+    // coef holds one double per group.
+    unsafe {
+        launch(
+            dev,
+            &k,
+            dev.grid(n),
+            &mut [
+                param(&c),
+                param(&u),
+                param(&d),
+                param(&co),
+                param(groups),
+                param(&eta),
+                param(&scale),
+                param(&orig),
+                param(&out),
+                param(&n64),
+            ],
+        )
+    }?;
+    dev.sync()
+}
+
 /// Per-group factors of `kind` from canonical dots of f32 values `x`, `y`.
 /// Returns the factors (one f64 per group) in device memory.
 pub(crate) fn group_factors(
