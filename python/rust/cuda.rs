@@ -22,12 +22,12 @@ fn devices() -> &'static Mutex<HashMap<usize, Arc<Device>>> {
 }
 
 /// Device `ordinal` (its primary context, which torch shares).
-pub fn device(ordinal: usize) -> PyResult<Arc<Device>> {
-    let mut open = devices().lock().map_err(|_| guidance("the CUDA device table is poisoned".to_string()))?;
+pub fn device(ordinal: usize) -> Result<Arc<Device>, String> {
+    let mut open = devices().lock().map_err(|_| "the CUDA device table is poisoned".to_string())?;
     if let Some(d) = open.get(&ordinal) {
         return Ok(d.clone());
     }
-    let d = Arc::new(Device::new(ordinal).map_err(|e| guidance(format!("CUDA device {ordinal}: {e}")))?);
+    let d = Arc::new(Device::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e}"))?);
     open.insert(ordinal, d.clone());
     Ok(d)
 }

@@ -261,7 +261,7 @@ impl Guider {
                 Ok(())
             }
             Place::Cuda(ordinal) => {
-                let dev = cuda::device(ordinal).map_err(|e| e.to_string())?;
+                let dev = cuda::device(ordinal)?;
                 cuda::combine(&dev, stream, &jobs, state)
             }
         };
@@ -347,7 +347,7 @@ impl Guider {
                 Ok(())
             }
             Place::Cuda(ordinal) => {
-                let dev = cuda::device(ordinal).map_err(|e| e.to_string())?;
+                let dev = cuda::device(ordinal)?;
                 cuda::partial_forms(&dev, stream, &jobs, &buf)
             }
         };
@@ -405,7 +405,7 @@ impl Guider {
                 Ok(())
             }
             Place::Cuda(ordinal) => {
-                let dev = cuda::device(ordinal).map_err(|e| e.to_string())?;
+                let dev = cuda::device(ordinal)?;
                 let programs: Vec<(&Program, &Checked)> = outs.iter().map(|(p, c)| (*p, c)).collect();
                 cuda::finish(&dev, stream, &programs, &buf, state)
             }

@@ -373,17 +373,7 @@ impl<'a> Generic<'a> {
             Op::MomentumCfg { cond, uncond, scale, momentum, original, slot } => {
                 let (c, u) = (self.addr(*cond)?, self.addr(*uncond)?);
                 self.running(c, u, state, slot, *momentum)?;
-                let orig = i32::from(*original);
-                let k = dev.function(&kernels::GUIDANCE, "cfg_delta")?;
-                // SAFETY: matches `cfg_delta(c, u, float, int, float*, i64)`.
-                unsafe {
-                    launch::launch(
-                        dev,
-                        &k,
-                        dev.grid(n),
-                        &mut [param(&c), param(&u), param(scale), param(&orig), param(&o), param(&n64)],
-                    )
-                }?;
+                launch::cfg_delta(dev, (c, u), *scale, *original, o, n)?;
                 dev.sync()?;
             }
             Op::Tcfg { cond, uncond, scale, original } => {

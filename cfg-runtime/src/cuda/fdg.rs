@@ -104,21 +104,9 @@ impl Stages<'_> {
         let n = c.len;
         let groups = Groups::new(Reduce::Sample, &Shape::new([n / len.max(1), len]));
         let g = self.alloc(n)?;
-        let (ca, ua, o, n64, orig, s) =
-            (c.addr(dev), u.addr(dev), g.addr(dev), n as i64, i32::from(original), band.scale);
+        let (ca, ua, o, s) = (c.addr(dev), u.addr(dev), g.addr(dev), band.scale);
         match band.parallel {
-            None => {
-                let k = dev.function(&kernels::GUIDANCE, "cfg_delta")?;
-                // SAFETY: matches `cfg_delta(c, u, float, int, float*, i64)`, all n floats.
-                unsafe {
-                    launch::launch(
-                        dev,
-                        &k,
-                        dev.grid(n),
-                        &mut [param(&ca), param(&ua), param(&s), param(&orig), param(&o), param(&n64)],
-                    )
-                }?;
-            }
+            None => launch::cfg_delta(dev, (ca, ua), s, original, o, n)?,
             Some(eta) => {
                 let d = self.pair("fdg_sub", &c, u)?;
                 launch::apg_combine(dev, (ca, ua, d.addr(dev)), &groups, eta, s, original, o, n)?;

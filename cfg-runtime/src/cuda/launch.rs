@@ -219,6 +219,24 @@ fn drop_after_sync(dev: &Device, scratch: Scratch) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// `out = u + scale·(c − u)` (`original`: `c + scale·(c − u)`) over `n` f32
+/// values: APG-Mix's CFG phase and an FDG level without a parallel weight.
+pub(crate) fn cfg_delta(
+    dev: &Device,
+    (c, u): (u64, u64),
+    scale: f32,
+    original: bool,
+    out: u64,
+    n: usize,
+) -> Result<(), CudaError> {
+    let (orig, n64) = (i32::from(original), n as i64);
+    let k = dev.function(&kernels::GUIDANCE, "cfg_delta")?;
+    // SAFETY: matches `cfg_delta(c, u, float, int, float*, i64)`, all n floats.
+    unsafe {
+        launch(dev, &k, dev.grid(n), &mut [param(&c), param(&u), param(&scale), param(&orig), param(&out), param(&n64)])
+    }
+}
+
 /// APG's last two launches, shared by `Apg` and FDG's parallel weight: the
 /// per-group projection coefficient of `d` on `c` (f64 lanes), then
 /// `out = apg_combine(c, u, d, coef)` with `eta`, `scale` and `original`
