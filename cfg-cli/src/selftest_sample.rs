@@ -116,7 +116,7 @@ pub fn compare_predictions(dev: &Device) -> Result<SampleCheck, CliError> {
                     StepInfo { step: 0, num_steps: 1, t, sigma: t, chunks: cfg_core::schedule::ChunkTimes::NONE };
                 let call = Call { info, branches: &branches, latents: &latents, spaces: &spaces };
                 let want = m.predict(&call).map_err(|e| CliError(e.0))?.remove(0);
-                let got = m.predict_branch_device(dev, spec, &refs, t, &spaces)?;
+                let got = m.predict_branch_device(dev, spec, &refs, t, t, &spaces)?;
                 for ((w, g), info) in want.iter().zip(&got).zip(&outs) {
                     let g = dev.download(g, &info.shape)?;
                     for (&a, &b) in g.to_f32().iter().zip(&w.to_f32()) {

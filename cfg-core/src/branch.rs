@@ -60,6 +60,50 @@ pub enum Modifier {
     /// This reference input is zeroed (DreamID-Omni's reference-negative
     /// branches); the string names it (`"image"`, `"audio"`).
     DropReference(String),
+    /// Normalized attention guidance (NAG): the branch's attention also runs
+    /// on a negative context, and per token its output becomes
+    /// `α·norm(s·z⁺ − (s − 1)·z⁻) + (1 − α)·z⁺`, where `norm` scales the
+    /// extrapolation down to at most `tau` times `z⁺`'s L1 norm. Guidance
+    /// inside the model: the policy's combine sees one branch.
+    Nag {
+        /// The negative context's prompt (`Negative` or `Empty`).
+        #[serde(default = "negative")]
+        negative: Prompt,
+        /// The extrapolation scale `s` (1: no guidance).
+        #[serde(default = "nag_scale")]
+        scale: f64,
+        /// The L1-norm ratio cap `τ` (≥ 1).
+        #[serde(default = "nag_tau")]
+        tau: f64,
+        /// The blend `α` of the normalized features, in [0, 1].
+        #[serde(default = "nag_alpha")]
+        alpha: f64,
+        /// NAG is applied while sigma is above this (0: at every step).
+        #[serde(default)]
+        sigma_end: f64,
+        /// The negative context's cost, as a share of one forward, added to
+        /// the branch's: 1 where it runs through every block (joint
+        /// attention: Flux, SD3, ComfyUI's batched NAG); less where only
+        /// cross-attention runs twice (Wan).
+        #[serde(default = "one")]
+        extra_cost: f64,
+    },
+}
+
+fn negative() -> Prompt {
+    Prompt::Negative
+}
+
+fn nag_scale() -> f64 {
+    5.0
+}
+
+fn nag_tau() -> f64 {
+    1.5
+}
+
+fn nag_alpha() -> f64 {
+    0.5
 }
 
 impl Modifier {
@@ -70,7 +114,20 @@ impl Modifier {
             Modifier::SkipSelfAttention(l) => Some(("SkipSelfAttention", l)),
             Modifier::IdentityAttention(l) => Some(("IdentityAttention", l)),
             Modifier::BlurQueries { layers, .. } => Some(("BlurQueries", layers)),
-            Modifier::None | Modifier::IsolateModality | Modifier::Model(_) | Modifier::DropReference(_) => None,
+            Modifier::None
+            | Modifier::IsolateModality
+            | Modifier::Model(_)
+            | Modifier::DropReference(_)
+            | Modifier::Nag { .. } => None,
+        }
+    }
+
+    /// The factor a forward of a branch with this modifier costs over a
+    /// plain one (NAG's negative context: `1 + extra_cost`).
+    pub fn cost_factor(&self) -> f64 {
+        match self {
+            Modifier::Nag { extra_cost, .. } => 1.0 + extra_cost,
+            _ => 1.0,
         }
     }
 }
@@ -100,5 +157,11 @@ impl BranchSpec {
     /// A plain branch with this prompt.
     pub fn prompt(prompt: Prompt) -> Self {
         BranchSpec { prompt, image: Image::None, modify: Modifier::None, cost: 1.0 }
+    }
+
+    /// The relative cost of one forward: the declared `cost` times the
+    /// modifier's extra work (the planner balances ranks by it).
+    pub fn forward_cost(&self) -> f64 {
+        self.cost * self.modify.cost_factor()
     }
 }

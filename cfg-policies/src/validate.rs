@@ -2,7 +2,7 @@
 
 use crate::error::{ErrorKind, PolicyError, Warning};
 use crate::locate::Locator;
-use cfg_core::branch::{Modifier, BLUR_UNIFORM_SIGMA};
+use cfg_core::branch::{Modifier, Prompt, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::{Expr, Policy, ScaleRef};
 use cfg_core::fdg::MAX_LEVELS;
 use cfg_core::layout::Axis;
@@ -56,8 +56,12 @@ impl Validator<'_> {
         PolicyError { origin: self.origin.to_string(), line, col, message, kind: ErrorKind::Invalid }
     }
 
-    /// Block lists must name a block; a blur's sigma must be positive.
-    fn modifier(&mut self, branch: &str, m: &Modifier) -> Result<(), PolicyError> {
+    /// Block lists must name a block; a blur's sigma must be positive; NAG's
+    /// parameters must be in their ranges.
+    fn modifier(&mut self, branch: &str, prompt: Prompt, m: &Modifier) -> Result<(), PolicyError> {
+        if let Modifier::Nag { .. } = m {
+            return self.nag(branch, prompt, m);
+        }
         let Some((variant, layers)) = m.layers() else { return Ok(()) };
         let n = self.counts.entry(variant).or_insert(0);
         let at = self.loc.ident(&[variant], *n);
@@ -79,6 +83,41 @@ impl Validator<'_> {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// NAG: `scale` ≥ 0, `tau` ≥ 1, `alpha` in [0, 1], `sigma_end` ≥ 0,
+    /// `extra_cost` ≥ 0, and a negative context other than the branch's own.
+    fn nag(&mut self, branch: &str, prompt: Prompt, m: &Modifier) -> Result<(), PolicyError> {
+        let Modifier::Nag { negative, scale, tau, alpha, sigma_end, extra_cost } = *m else { return Ok(()) };
+        let n = self.counts.entry("Nag").or_insert(0);
+        let at = self.loc.ident(&["Nag"], *n);
+        *n += 1;
+        let field = |this: &Self, name: &str| at.and_then(|a| this.loc.field_in_call(a, name)).or(at);
+        let checks: [(&str, f64, bool, &str); 5] = [
+            ("scale", scale, scale >= 0.0, "at least 0 (1 is no guidance)"),
+            ("tau", tau, tau >= 1.0, "at least 1"),
+            ("alpha", alpha, (0.0..=1.0).contains(&alpha), "in [0, 1]"),
+            ("sigma_end", sigma_end, sigma_end >= 0.0, "at least 0"),
+            ("extra_cost", extra_cost, extra_cost >= 0.0, "at least 0 (a share of one forward)"),
+        ];
+        for (name, value, ok, expected) in checks {
+            if !ok {
+                return Err(self.error(
+                    field(self, name),
+                    format!("branch `{branch}`: NAG's `{name}` is {value}; expected {expected}"),
+                ));
+            }
+        }
+        if negative == prompt {
+            return Err(self.error(
+                field(self, "negative"),
+                format!(
+                    "branch `{branch}`: NAG's negative context is the branch's own prompt ({negative:?}); \
+                     expected another (`Negative` or `Empty`)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -125,7 +164,7 @@ impl Validator<'_> {
             }
         }
         for (name, b) in p.branches.iter() {
-            self.modifier(name, &b.modify)?;
+            self.modifier(name, b.prompt, &b.modify)?;
         }
         for (name, s) in p.scales.iter() {
             self.schedule(name, s)?;

@@ -93,10 +93,11 @@ pub trait Model {
     fn outputs(&self) -> Vec<OutputInfo>;
 
     /// Relative cost of one forward of a branch (the planner balances ranks
-    /// by it). Defaults to the policy's `cost`.
+    /// by it). Defaults to the policy's `cost` times the modifier's extra
+    /// work ([`BranchSpec::forward_cost`]).
     fn cost(&self, name: &str, spec: &BranchSpec) -> f64 {
         let _ = name;
-        spec.cost
+        spec.forward_cost()
     }
 
     /// Whether two branches can share one batched forward. By default those

@@ -219,6 +219,12 @@ def _apply_hooks(denoiser: torch.nn.Module, kind: str, params: Mapping[str, Any]
         config = SmoothedEnergyGuidanceConfig(indices=list(params["layers"]), fqn=fqn)
         _apply_smoothed_energy_guidance_hook(denoiser, config, float(params["sigma"]), name=name)
         return [name]
+    if kind == "Nag":
+        # Running the cond branch without it would silently drop the guidance.
+        raise GuidanceError(
+            f"branch `{name.removeprefix('cfg_guidance_')}`: NAG runs inside the model's attention and diffusers "
+            "has no hook for it; apply it in the pipeline (Policy.modifier gives its parameters)"
+        )
     return []
 
 

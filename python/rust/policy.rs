@@ -93,21 +93,15 @@ impl Policy {
             .policy
             .branches
             .iter()
-            .map(|(name, s)| {
-                let prompt = match s.prompt {
-                    Prompt::Positive => "positive",
-                    Prompt::Negative => "negative",
-                    Prompt::Empty => "empty",
-                };
-                (name.to_string(), prompt.to_string(), format!("{:?}", s.modify), s.cost)
-            })
+            .map(|(name, s)| (name.to_string(), prompt_name(s.prompt).to_string(), format!("{:?}", s.modify), s.cost))
             .collect()
     }
 
     /// How branch `name` modifies the model: `(kind, params)`, the kind as
     /// in the policy file (`None`, `SkipLayers`, `SkipSelfAttention`,
     /// `IdentityAttention`, `BlurQueries`, `IsolateModality`, `Model`,
-    /// `DropReference`) and its parameters (`layers`, `sigma`, `name`).
+    /// `DropReference`, `Nag`) and its parameters (`layers`, `sigma`, `name`;
+    /// NAG's `negative`, `scale`, `tau`, `alpha`, `sigma_end`, `extra_cost`).
     fn modifier<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(String, Bound<'py, PyDict>)> {
         let Some(spec) = self.loaded.policy.branches.get(name) else {
             return Err(PyValueError::new_err(format!(
@@ -135,6 +129,15 @@ impl Policy {
             Modifier::DropReference(r) => {
                 params.set_item("name", r)?;
                 "DropReference"
+            }
+            Modifier::Nag { negative, scale, tau, alpha, sigma_end, extra_cost } => {
+                params.set_item("negative", prompt_name(*negative))?;
+                params.set_item("scale", *scale)?;
+                params.set_item("tau", *tau)?;
+                params.set_item("alpha", *alpha)?;
+                params.set_item("sigma_end", *sigma_end)?;
+                params.set_item("extra_cost", *extra_cost)?;
+                "Nag"
             }
         };
         Ok((kind.to_string(), params))
@@ -238,4 +241,13 @@ pub fn list_policies() -> Vec<String> {
 pub fn check(py: Python<'_>, policy: &str) -> PyResult<Vec<String>> {
     let loaded = cfg_policies::resolve(policy).map_err(|e| policy_error(py, &e))?;
     Ok(loaded.warnings.iter().map(|w| w.to_string()).collect())
+}
+
+/// A prompt as the Python side names it.
+fn prompt_name(prompt: Prompt) -> &'static str {
+    match prompt {
+        Prompt::Positive => "positive",
+        Prompt::Negative => "negative",
+        Prompt::Empty => "empty",
+    }
 }

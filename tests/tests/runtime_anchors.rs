@@ -138,6 +138,35 @@ fn assignment_is_cost_aware_and_deterministic() {
 }
 
 #[test]
+fn a_nag_branch_costs_its_negative_context_in_the_plan() {
+    // CFG on a NAG branch: the NAG branch counts 1 + extra_cost forwards.
+    let text = r#"Policy(
+        name: "nag_cfg",
+        branches: {
+            "cond": (prompt: Positive, modify: Nag(negative: Empty, extra_cost: 1.0)),
+            "uncond": (prompt: Negative),
+            "weak": (prompt: Positive, modify: Model("weak")),
+        },
+        outputs: { "sample": (space: V, guidance: Sum([
+            Cfg(cond: Ref("cond"), uncond: Ref("uncond"), scale: 4.0),
+            Scaled(scale: 1.0, term: Diff(Ref("cond"), Ref("weak"))),
+        ])) },
+    )"#;
+    let policy = cfg_policies::parse(text, "nag_cfg.ron").unwrap().policy;
+    let model = small_tokens(&policy);
+    let nag = &policy.branches.get("cond").unwrap();
+    assert_eq!(model.cost("cond", nag), 2.0);
+    let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9), chunks: cfg_core::schedule::ChunkTimes::NONE };
+    let program = lower(&policy, &ctx, &GuidanceState::new(), &Overrides::none()).unwrap();
+    let plan = plan_step(&policy, &program, &model.outputs(), &model, 2, Mode::Deterministic);
+    // Equal costs would put `cond` (first) with `weak` (third) on rank 0; its
+    // double cost gives it a rank of its own.
+    let rank_of = |b: &str| plan.owner[plan.active.iter().position(|a| a == b).unwrap()];
+    assert_ne!(rank_of("cond"), rank_of("uncond"), "{plan:?}");
+    assert_ne!(rank_of("cond"), rank_of("weak"), "{plan:?}");
+}
+
+#[test]
 fn the_collective_is_chosen_by_bytes() {
     let policy = policy("cfg");
     let ctx = StepContext { step: 0, num_steps: 10, sigma: Some(0.9), chunks: cfg_core::schedule::ChunkTimes::NONE };

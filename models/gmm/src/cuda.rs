@@ -18,7 +18,7 @@
 //! Always built: without libcuda no [`Device`] can be opened (the runtime
 //! returns [`CudaError::NoDriver`]), so nothing here is reached.
 
-use crate::model::{terms, Condition, GmmModel};
+use crate::model::{pulled_mean, terms, Condition, GmmModel};
 use cfg_core::branch::BranchSpec;
 use cfg_core::expr::Space;
 use cfg_runtime::cuda::kernels::{KernelModule, COMMON, PORTABLE_MATH};
@@ -65,42 +65,54 @@ struct GmmArgs {
     out: [u64; MAX_PARTS],
     table: u64,
     allowed: u64,
+    nag_table: u64,
+    nag_allowed: u64,
     t: f64,
     a: f64,
+    nag_scale: f64,
+    nag_tau: f64,
+    nag_alpha: f64,
     items: i64,
     tokens: i64,
     parts: i32,
     comps: i32,
     dim: i32,
     isolate: i32,
+    nag: i32,
     part_dim: [i32; MAX_PARTS],
     part_offset: [i32; MAX_PARTS],
     space: [i32; MAX_PARTS],
 }
 
-// SAFETY: `repr(C)` plain data laid out as its C twin: 14 eight-byte fields,
-// then 16 four-byte ones (176 bytes, no padding).
+// SAFETY: `repr(C)` plain data laid out as its C twin: 19 eight-byte fields,
+// then 17 four-byte ones (220 bytes, padded to 224).
 unsafe impl DeviceRepr for GmmArgs {}
 
 impl GmmModel {
-    /// Predicts branch `spec` at flow time `t` from the device `latents`
-    /// (f32, one per output in model order) into one new buffer per output,
-    /// in the model's dtype, each output in its `spaces` entry.
+    /// Predicts branch `spec` at flow time `t` (noise level `sigma`, which
+    /// NAG's `sigma_end` reads) from the device `latents` (f32, one per
+    /// output in model order) into one new buffer per output, in the model's
+    /// dtype, each output in its `spaces` entry.
     pub fn predict_branch_device(
         &self,
         dev: &Device,
         spec: &BranchSpec,
         latents: &[&Buffer],
         t: f64,
+        sigma: f64,
         spaces: &[Space],
     ) -> Result<Vec<Buffer>, GmmCudaError> {
         self.check_device_call(latents, t, spaces)?;
         let cond = self.condition(spec);
-        let masks = self.masks(cond)?;
-        let table = self.table(cond, t);
+        let nag = self.nag(spec, sigma);
         let stream = dev.stream();
-        let table = stream.clone_htod(&table).map_err(|e| driver("cuMemcpyHtoD", e))?;
-        let masks = stream.clone_htod(&masks).map_err(|e| driver("cuMemcpyHtoD", e))?;
+        let upload = |cond: Condition| -> Result<_, GmmCudaError> {
+            let table = stream.clone_htod(&self.table(cond, t)).map_err(|e| driver("cuMemcpyHtoD", e))?;
+            let masks = stream.clone_htod(&self.masks(cond)?).map_err(|e| driver("cuMemcpyHtoD", e))?;
+            Ok((table, masks))
+        };
+        let (table, masks) = upload(cond)?;
+        let negative = nag.map(|n| upload(n.negative)).transpose()?;
         let outs = self
             .parts
             .iter()
@@ -119,6 +131,12 @@ impl GmmModel {
             isolate: i32::from(cond.isolate),
             ..GmmArgs::default()
         };
+        if let (Some(n), Some((table, masks))) = (nag, &negative) {
+            args.nag = 1;
+            args.nag_table = table.device_ptr(stream).0;
+            args.nag_allowed = masks.device_ptr(stream).0;
+            (args.nag_scale, args.nag_tau, args.nag_alpha) = (n.scale, n.tau, n.alpha);
+        }
         for (p, part) in self.parts.iter().enumerate() {
             args.x[p] = latents[p].addr(dev);
             args.out[p] = outs[p].addr(dev);
@@ -140,7 +158,7 @@ impl GmmModel {
         // mixture and batch); `table` and `masks` are freed on the stream
         // after the launch (or after a sync), never before it runs.
         unsafe { stream.launch_builder(&k).arg(&args).launch(cfg) }.map_err(|e| driver("kernel launch", e))?;
-        drop((table, masks));
+        drop((table, masks, negative));
         Ok(outs)
     }
 
@@ -198,7 +216,7 @@ impl GmmModel {
             log_weight[j] = cond.prior * c.weight.ln();
             for k in 0..self.mixture.dim {
                 let i = j * self.mixture.dim + k;
-                mean[i] = c.mean[k];
+                mean[i] = pulled_mean(cond, c.mean[k], self.center[k]);
                 // The likelihood's terms and the posterior mean's
                 // coefficient, as in `predict_sample`.
                 (var[i], log_var[i], coef[i]) = terms(cond, a, t, c.std[k]);
@@ -232,7 +250,7 @@ impl GmmModel {
             .iter()
             .map(|(name, spec)| {
                 let bufs = self
-                    .predict_branch_device(dev, spec, &latents, call.info.t, call.spaces)
+                    .predict_branch_device(dev, spec, &latents, call.info.t, call.info.sigma, call.spaces)
                     .map_err(|e| ModelError(format!("branch `{name}`: {e}")))?;
                 Ok(bufs
                     .into_iter()
@@ -256,11 +274,12 @@ mod tests {
     /// that the host tables and the kernel's loop are the CPU model's math.
     fn kernel_in_rust(m: &GmmModel, spec: &BranchSpec, lat: &[Vec<f32>], t: f64, spaces: &[Space]) -> Vec<Vec<f32>> {
         let cond = m.condition(spec);
-        let (masks, table) = (m.masks(cond).unwrap(), m.table(cond, t));
+        let nag = m.nag(spec, t);
+        let upload = |c: Condition| (m.masks(c).unwrap(), m.table(c, t));
+        let positive = upload(cond);
+        let negative = nag.map(|n| upload(n.negative));
         let (comps, d) = (m.mixture.components.len(), m.mixture.dim);
         let jd = comps * d;
-        let (mean, var, log_var, coef, log_weight) =
-            (&table[..jd], &table[jd..2 * jd], &table[2 * jd..3 * jd], &table[3 * jd..4 * jd], &table[4 * jd..]);
         let a = 1.0 - t;
         let softmax = |v: &mut Vec<f64>| {
             let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -274,8 +293,10 @@ mod tests {
             }
             v.iter_mut().for_each(|x| *x = portable_math::exp(*x - lse));
         };
-        let mut out: Vec<Vec<f32>> = m.parts.iter().map(|p| vec![0.0; m.batch * m.tokens * p.dim]).collect();
-        for item in 0..m.batch * m.tokens {
+        // `responsibilities` of gmm.cu: rows of logits, then probabilities; the slots' components.
+        let responsibilities = |(masks, table): &(Vec<u32>, Vec<f64>), item: usize| {
+            let (mean, var, log_var, log_weight) =
+                (&table[..jd], &table[jd..2 * jd], &table[2 * jd..3 * jd], &table[4 * jd..]);
             let mask = masks[item / m.tokens];
             let idx: Vec<usize> = (0..comps).filter(|j| (mask >> j) & 1 == 1).collect();
             let mut lp: Vec<Vec<f64>> = m
@@ -311,19 +332,49 @@ mod tests {
                 }
                 softmax(&mut lp[0]);
             }
+            (lp, idx)
+        };
+        let posterior_mean = |table: &[f64], r: &[f64], idx: &[usize], jk0: usize, xk: f64| {
+            let (mean, coef) = (&table[..jd], &table[3 * jd..4 * jd]);
+            let mut x0 = 0.0;
+            for (c, &j) in idx.iter().enumerate() {
+                let jk = j * d + jk0;
+                x0 += r[c] * (mean[jk] + coef[jk] * (xk - a * mean[jk]));
+            }
+            x0
+        };
+        let mut out: Vec<Vec<f32>> = m.parts.iter().map(|p| vec![0.0; m.batch * m.tokens * p.dim]).collect();
+        for item in 0..m.batch * m.tokens {
+            let (lp, idx) = responsibilities(&positive, item);
+            let neg = negative.as_ref().map(|n| responsibilities(n, item));
             for (p, part) in m.parts.iter().enumerate() {
-                let r = &lp[if cond.isolate { p } else { 0 }];
+                let row = if cond.isolate { p } else { 0 };
+                let x = |k: usize| lat[p][item * part.dim + k] as f64;
+                let zp = |k: usize| posterior_mean(&positive.1, &lp[row], &idx, part.offset + k, x(k));
+                let zn = |k: usize| {
+                    let ((_, table), (lpn, idxn)) = (negative.as_ref().unwrap(), neg.as_ref().unwrap());
+                    posterior_mean(table, &lpn[row], idxn, part.offset + k, x(k))
+                };
+                let mut factor = 0.0;
+                if let Some(n) = nag {
+                    let (mut l1_positive, mut l1_guided) = (0.0f64, 0.0f64);
+                    for k in 0..part.dim {
+                        l1_positive += zp(k).abs();
+                        l1_guided += (zp(k) * n.scale - zn(k) * (n.scale - 1.0)).abs();
+                    }
+                    let ratio = l1_guided.max(1e-6) / l1_positive.max(1e-6);
+                    factor = ratio.min(n.tau) / ratio;
+                }
                 for k in 0..part.dim {
-                    let xk = lat[p][item * part.dim + k] as f64;
-                    let mut x0 = 0.0;
-                    for (c, &j) in idx.iter().enumerate() {
-                        let jk = j * d + part.offset + k;
-                        x0 += r[c] * (mean[jk] + coef[jk] * (xk - a * mean[jk]));
+                    let mut x0 = zp(k);
+                    if let Some(n) = nag {
+                        let guided = x0 * n.scale - zn(k) * (n.scale - 1.0);
+                        x0 = guided * factor * n.alpha + x0 * (1.0 - n.alpha);
                     }
                     let value = match spaces[p] {
                         Space::X0 => x0,
-                        Space::V => (xk - x0) / t,
-                        Space::Eps => (xk - a * x0) / t,
+                        Space::V => (x(k) - x0) / t,
+                        Space::Eps => (x(k) - a * x0) / t,
                     };
                     out[p][item * part.dim + k] = value as f32;
                 }
@@ -367,7 +418,7 @@ mod tests {
 
     #[test]
     fn args_have_the_c_layout() {
-        assert_eq!(size_of::<GmmArgs>(), 176);
+        assert_eq!(size_of::<GmmArgs>(), 224);
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! - image `Reference`: classes sharing the sample's image attribute
 //!   (`class % 2`); `NegativeReference`: the other attribute; with a positive
 //!   prompt this is the dual condition;
-//! - modifier `SkipLayers`, `SkipSelfAttention`, `Model(_)`: the perturbed
-//!   ("weak") model, component stds inflated by κ ([`model::DEFAULT_KAPPA`]);
+//! - modifier `SkipLayers`: component stds inflated by κ
+//!   ([`model::DEFAULT_KAPPA`]); `Model(_)`: another, weaker model, stds
+//!   inflated by κ and log-likelihoods tempered by κ; `SkipSelfAttention(layers)`:
+//!   component means pulled towards the mixture's mean
+//!   ([`model::skip_attention_pull`]); `Nag {..}`: NAG's extrapolation, L1
+//!   cap and blend applied per token to the posterior means under the
+//!   branch's prompt and its negative context;
 //!   `IdentityAttention(layers)` (PAG): the log-likelihoods of `x_t` tempered
 //!   by `1 + layers.len()` ([`model::identity_attention_evidence`]), so the
 //!   responsibilities drift to the prior weights;
