@@ -60,7 +60,11 @@ pub(crate) fn lower_recording(
             l.layout = spec.layout.as_ref();
             let lin = l.expr(&spec.guidance, name)?;
             let result = l.materialize(lin)?;
-            Ok(l.finish(name, spec.space, result))
+            let renoise = match &spec.renoise {
+                Some(e) => Some(l.renoise(e, name)?),
+                None => None,
+            };
+            Ok(l.finish(name, spec.space, result, renoise))
         })
         .collect::<Result<Vec<_>, CoreError>>()?;
     Ok(StepProgram { outputs })
@@ -510,7 +514,17 @@ impl<'a> Lowerer<'a> {
         })
     }
 
-    fn finish(self, name: &str, space: crate::expr::Space, result: Value) -> Program {
+    /// Lowers an output's `renoise` expression into a form of the same
+    /// program (a linear expression: no op, no state).
+    fn renoise(&mut self, e: &Expr, name: &str) -> Result<Value, CoreError> {
+        if let Some(operator) = e.first_nonlinear(&self.policy.values) {
+            return Err(CoreError::NonLinearRenoise { output: name.to_string(), operator });
+        }
+        let lin = self.expr(e, &format!("{name}.renoise"))?;
+        self.materialize(lin)
+    }
+
+    fn finish(self, name: &str, space: crate::expr::Space, result: Value, renoise: Option<Value>) -> Program {
         let mut branches: Vec<String> = self.forms.iter().flat_map(|f| f.keys().cloned()).collect();
         branches.sort();
         branches.dedup();
@@ -526,6 +540,7 @@ impl<'a> Lowerer<'a> {
             latches: self.latches,
             counters: self.counters,
             result,
+            renoise,
             branches,
         }
     }
@@ -556,7 +571,7 @@ mod tests {
             ]),
             scales: Named::default(),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance, renoise: None })]),
         }
     }
 
