@@ -89,7 +89,8 @@ impl Validator<'_> {
         let key = self.loc.key(branch, 0);
         let call = key.and_then(|(l, c)| self.loc.next_token(l, c + 1));
         let field = call.and_then(|p| self.loc.field_in_call(p, "slice"));
-        let axis = field.and_then(|(l, c)| self.loc.next_token(l, c + 1)).and_then(|p| self.loc.field_in_call(p, "axis"));
+        // `field` is the slice's `(`: the fields are in the call after the token before it.
+        let axis = field.and_then(|p| self.loc.token_before(p)).and_then(|p| self.loc.field_in_call(p, "axis"));
         let at = axis.or(field).or(key);
         if slice.axis == 0 {
             return Err(self.error(
