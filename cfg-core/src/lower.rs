@@ -575,6 +575,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn renoise_is_one_more_form_of_the_program_and_must_be_linear() {
+        let mut p = policy(cfg(0.8));
+        p.outputs.0[0].1.renoise = Some(Expr::Ref("uncond".into()));
+        let prog = lower(&p, &StepContext::new(0, 10), &GuidanceState::new(), &Overrides::none()).unwrap();
+        let out = &prog.outputs[0];
+        let Some(Value::Form(f)) = out.renoise else { panic!("a form: {:?}", out.renoise) };
+        let uncond = out.branches.iter().position(|b| b == "uncond").unwrap();
+        assert_eq!(out.forms[f].terms, vec![(uncond, 1.0)]);
+        let rp = out.renoise_program().unwrap();
+        assert!(rp.is_linear() && rp.result == Value::Form(f));
+        // A program built without validation still refuses a non-linear renoise.
+        p.outputs.0[0].1.renoise = Some(Expr::NormCap { input: r("uncond"), reference: r("cond"), ratio: ScaleRef::Value(1.0) });
+        let e = lower(&p, &StepContext::new(0, 10), &GuidanceState::new(), &Overrides::none()).unwrap_err();
+        assert!(matches!(e, CoreError::NonLinearRenoise { operator: "NormCap", .. }), "{e}");
+    }
+
     fn cfg(scale: f64) -> Expr {
         Expr::Cfg { cond: r("cond"), uncond: r("uncond"), scale: ScaleRef::Value(scale), original: false }
     }

@@ -201,3 +201,31 @@ impl Backend for CpuBackend {
         Ok(host(t, "a tensor")?.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::SamplerKind;
+
+    #[test]
+    fn a_renoise_prediction_of_another_length_is_an_error() {
+        let mut x: DeviceTensor = Tensor::from_f32(DType::F32, Shape::new([4]), &[0.5; 4]).into();
+        let pred: DeviceTensor = Tensor::from_f32(DType::BF16, Shape::new([4]), &[0.1; 4]).into();
+        let short: DeviceTensor = Tensor::from_f32(DType::BF16, Shape::new([3]), &[0.1; 3]).into();
+        let at = UpdateStep { seed: 1, step: 0, output: 0, t: 0.6, t_next: 0.4 };
+        let s = Sampler::new(SamplerKind::Euler);
+        let e = CpuBackend.update(&s, Space::Eps, &mut x, &pred, Some(&short), at).unwrap_err();
+        assert!(e.0.contains("4 latents, 3 re-noising predictions"), "{e}");
+        CpuBackend.update(&s, Space::Eps, &mut x, &pred, Some(&pred), at).unwrap();
+    }
+
+    #[test]
+    fn narrow_keeps_the_runs_and_refuses_what_does_not_fit() {
+        let t: DeviceTensor = Tensor::from_f32(DType::F16, Shape::new([2, 3]), &[1., 2., 3., 4., 5., 6.]).into();
+        let rows = crate::slice::Rows { outer: 2, got: 3, want: 2, start: 1 };
+        let cut = CpuBackend.narrow(&t, &rows, &Shape::new([2, 2])).unwrap();
+        assert_eq!(cut.as_host().unwrap().to_f32(), [2., 3., 5., 6.]);
+        let too_many = crate::slice::Rows { outer: 3, ..rows };
+        assert!(CpuBackend.narrow(&t, &too_many, &Shape::new([3, 2])).is_err());
+    }
+}
