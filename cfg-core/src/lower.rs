@@ -587,7 +587,8 @@ mod tests {
         let rp = out.renoise_program().unwrap();
         assert!(rp.is_linear() && rp.result == Value::Form(f));
         // A program built without validation still refuses a non-linear renoise.
-        p.outputs.0[0].1.renoise = Some(Expr::NormCap { input: r("uncond"), reference: r("cond"), ratio: ScaleRef::Value(1.0) });
+        p.outputs.0[0].1.renoise =
+            Some(Expr::NormCap { input: r("uncond"), reference: r("cond"), ratio: ScaleRef::Value(1.0) });
         let e = lower(&p, &StepContext::new(0, 10), &GuidanceState::new(), &Overrides::none()).unwrap_err();
         assert!(matches!(e, CoreError::NonLinearRenoise { operator: "NormCap", .. }), "{e}");
     }

@@ -479,7 +479,9 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             let t = self.backend.evaluate(prog, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?;
             out.push(t);
             let r = match prog.renoise_program() {
-                Some(rp) => Some(self.backend.evaluate(&rp, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?),
+                Some(rp) => {
+                    Some(self.backend.evaluate(&rp, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
+                }
                 None => None,
             };
             renoise.push(r);
@@ -525,9 +527,9 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             out.push(r);
             // CFG++: the re-noising prediction is one of the same reduced forms.
             let r = match prog.renoise_program() {
-                Some(rp) => {
-                    Some(self.backend.evaluate_forms(&rp, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
-                }
+                Some(rp) => Some(
+                    self.backend.evaluate_forms(&rp, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?,
+                ),
                 None => None,
             };
             renoise.push(r);
