@@ -67,7 +67,8 @@ pub(crate) fn lower_recording(
             Ok(l.finish(name, spec.space, result, renoise))
         })
         .collect::<Result<Vec<_>, CoreError>>()?;
-    Ok(StepProgram { outputs })
+    let renoise = outputs.iter().map(Program::renoise_program).collect();
+    Ok(StepProgram { outputs, renoise })
 }
 
 /// The value of scale `s` at `ctx` (`None`: its schedule needs a sigma the

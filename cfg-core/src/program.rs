@@ -342,6 +342,9 @@ impl Program {
 pub struct StepProgram {
     /// One program per output, in declaration order.
     pub outputs: Vec<Program>,
+    /// Per output, its `renoise` program ([`Program::renoise_program`]),
+    /// built once per lowering so that repeated steps reuse it.
+    pub renoise: Vec<Option<Program>>,
 }
 
 impl StepProgram {

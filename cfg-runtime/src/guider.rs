@@ -478,9 +478,9 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             };
             let t = self.backend.evaluate(prog, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?;
             out.push(t);
-            let r = match prog.renoise_program() {
+            let r = match &program.renoise[p] {
                 Some(rp) => {
-                    Some(self.backend.evaluate(&rp, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
+                    Some(self.backend.evaluate(rp, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
                 }
                 None => None,
             };
@@ -526,10 +526,10 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             let r = self.backend.evaluate_forms(prog, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?;
             out.push(r);
             // CFG++: the re-noising prediction is one of the same reduced forms.
-            let r = match prog.renoise_program() {
-                Some(rp) => Some(
-                    self.backend.evaluate_forms(&rp, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?,
-                ),
+            let r = match &program.renoise[p] {
+                Some(rp) => {
+                    Some(self.backend.evaluate_forms(rp, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
+                }
                 None => None,
             };
             renoise.push(r);
