@@ -2,7 +2,9 @@
 //!
 //! Input tensors are named `<step>/<branch>` (or `<step>/<branch>/<output>` for
 //! policies with several outputs); the combined predictions are written as
-//! `<step>/<output>` in the input's dtype. Operator state (APG momentum,
+//! `<step>/<output>` in the input's dtype, and where an output declares
+//! `renoise` (CFG++), its re-noising prediction as `<step>/<output>/renoise`.
+//! Operator state (APG momentum,
 //! zero-init counters, adaptive latches) carries across the steps of the file.
 //!
 //! Branch tensors may also carry diffusers' names (`pred_cond`,
@@ -240,6 +242,21 @@ pub fn run(args: Args) -> CliResult {
             reads += out.branches.len();
             read.extend(out.branches.iter().cloned());
             written.push((format!("{step}/{}", out.output), result));
+            // CFG++: the sampler's re-noising prediction, beside the guided one.
+            if let Some(rp) = out.renoise_program() {
+                let renoise = cpu::evaluate(&rp, &refs, dtype, &shape, &mut state)
+                    .map_err(|e| CliError(format!("step {step}, output `{}` (renoise): {e}", out.output)))?;
+                if !args.allow_nonfinite {
+                    if let Some(d) = describe(&renoise) {
+                        return Err(CliError(format!(
+                            "step {step}, output `{}`: the re-noising prediction is not finite ({d}) although \
+                             its inputs are: it overflows {dtype}; lower its weights, or {HINT}",
+                            out.output
+                        )));
+                    }
+                }
+                written.push((format!("{step}/{}/renoise", out.output), renoise));
+            }
         }
     }
 

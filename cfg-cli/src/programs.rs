@@ -16,5 +16,6 @@ pub fn hand_built(branches: usize, forms: Vec<Form>, ops: Vec<Op>) -> Program {
         latches: vec![],
         counters: vec![],
         result,
+        renoise: None,
     }
 }

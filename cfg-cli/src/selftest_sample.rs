@@ -1,5 +1,5 @@
-//! The end-to-end check of `cfg selftest --device cuda`: the default policy on
-//! the 2-D mixture, sampled on the GPU (model kernel, device combine and
+//! The end-to-end check of `cfg selftest --device cuda`: the default policy
+//! (and CFG++, whose sampler re-noises with a second prediction) on the 2-D mixture, sampled on the GPU (model kernel, device combine and
 //! update, latents resident) and on the CPU with the same seed and steps; the
 //! final latents are compared ([`compare_samples`]); and the GMM kernel's
 //! predictions against the CPU model's ([`compare_predictions`]), which tells
@@ -52,10 +52,10 @@ impl SampleCheck {
     }
 }
 
-/// Samples the default policy on the 2-D model with `kind` on `dev` and on
-/// the CPU (one rank each) and compares the final latents.
-pub fn compare_sample(dev: &Arc<Device>, kind: SamplerKind) -> Result<SampleCheck, CliError> {
-    let policy = cfg_policies::resolve(cfg_policies::library::DEFAULT)?.policy;
+/// Samples `policy` (a library name) on the 2-D model with `kind` on `dev`
+/// and on the CPU (one rank each) and compares the final latents.
+pub fn compare_sample(dev: &Arc<Device>, name: &str, kind: SamplerKind) -> Result<SampleCheck, CliError> {
+    let policy = cfg_policies::resolve(name)?.policy;
     let model = build(ModelKind::Gmm2d, &policy, Some(BATCH));
     let opts = SampleOptions {
         steps: policy.steps.unwrap_or(32),
@@ -80,7 +80,8 @@ pub fn compare_sample(dev: &Arc<Device>, kind: SamplerKind) -> Result<SampleChec
     }
     let rel_error = if norm2 > 0.0 { (diff2 / norm2).sqrt() } else { diff2.sqrt() };
     let ok = max_abs == 0.0;
-    Ok(SampleCheck { name: format!("sample gmm2d {kind}"), max_abs, in_ulps: false, rel_error, ok })
+    let name = if name == cfg_policies::library::DEFAULT { String::new() } else { format!("{name} ") };
+    Ok(SampleCheck { name: format!("sample gmm2d {name}{kind}"), max_abs, in_ulps: false, rel_error, ok })
 }
 
 /// The GMM kernel against the CPU model, one step's predictions: two outputs
@@ -140,8 +141,20 @@ pub fn compare_predictions(dev: &Device) -> Result<SampleCheck, CliError> {
     })
 }
 
-/// [`compare_sample`] with the deterministic flow Euler sampler and the
-/// stochastic ancestral one (its noise drawn on the device).
+/// [`compare_sample`] of the default policy with the deterministic flow
+/// Euler sampler and the stochastic ancestral one (its noise drawn on the
+/// device), and of CFG++ (`cfg_pp`: the sampler re-noises with the uncond
+/// prediction) with every sampler.
 pub fn compare_samples(dev: &Arc<Device>) -> Result<Vec<SampleCheck>, CliError> {
-    [SamplerKind::Euler, SamplerKind::Ancestral].into_iter().map(|k| compare_sample(dev, k)).collect()
+    let default = cfg_policies::library::DEFAULT;
+    [
+        (default, SamplerKind::Euler),
+        (default, SamplerKind::Ancestral),
+        ("cfg_pp", SamplerKind::Euler),
+        ("cfg_pp", SamplerKind::Ddim),
+        ("cfg_pp", SamplerKind::Ancestral),
+    ]
+    .into_iter()
+    .map(|(name, k)| compare_sample(dev, name, k))
+    .collect()
 }

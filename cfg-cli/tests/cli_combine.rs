@@ -320,3 +320,19 @@ fn unreadable_inputs_fail_with_the_path() {
     }
     assert!(!output.exists());
 }
+
+#[test]
+fn cfg_pp_writes_the_renoise_prediction_beside_the_guided_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    let inputs = predictions(&["cond", "uncond"], &[("sample", &[2, 4, 8])], 2, DType::BF16, false);
+    write_file(&input, &inputs, None);
+    assert_ok(&combine("cfg_pp", &input, &output, &[]));
+    let got = read_file(&output);
+    let mut want = expected("cfg_pp", &inputs, 2, None, false);
+    for step in 0..2 {
+        // `renoise: Ref("uncond")`: the uncond prediction, bit for bit.
+        want.insert(format!("{step}/sample/renoise"), inputs[&format!("{step}/uncond")].clone());
+    }
+    assert_same_bits(&got, &want);
+}

@@ -147,6 +147,49 @@ pub struct BranchSpec {
     /// Relative cost of this branch's forward (1.0 = a plain forward).
     #[serde(default = "one")]
     pub cost: f64,
+    /// The model's output for this branch carries extra tokens (vllm-omni's
+    /// `output_slice`, Ideogram-4's text tokens): each output's prediction is
+    /// sliced to the output's shape along an axis before the combine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<OutputSlice>,
+}
+
+/// Which part of a longer prediction a branch keeps, along one axis: the
+/// output's own extent `n` along `axis`, starting `offset` elements after
+/// the start, or (`from_end: true`) ending `offset` elements before the end.
+/// Written `slice: (axis: 1, from_end: true)` ("the last n tokens").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSlice {
+    /// The axis (≥ 1: axis 0 is the batch).
+    pub axis: usize,
+    /// Elements skipped before the kept part (after it with `from_end`).
+    #[serde(default)]
+    pub offset: usize,
+    /// Count `offset` from the end of the axis.
+    #[serde(default)]
+    pub from_end: bool,
+}
+
+impl OutputSlice {
+    /// The first kept index along the axis, for a prediction of extent `got`
+    /// there and an output of extent `want`; `None` when it does not fit.
+    pub fn start(&self, got: usize, want: usize) -> Option<usize> {
+        let end = got.checked_sub(self.offset)?;
+        if self.from_end {
+            end.checked_sub(want)
+        } else {
+            (self.offset + want <= got).then_some(self.offset)
+        }
+    }
+
+    /// The expected extent along the axis, for an output of extent `want`
+    /// (`from_end`: at least that; the part before it is dropped).
+    pub fn describe(&self, want: usize) -> String {
+        let side = if self.from_end { "the last" } else { "the first" };
+        let skip = if self.offset > 0 { format!(" after skipping {}", self.offset) } else { String::new() };
+        format!("at least {} along axis {} (keeping {side} {want}{skip})", want + self.offset, self.axis)
+    }
 }
 
 fn one() -> f64 {
@@ -156,7 +199,7 @@ fn one() -> f64 {
 impl BranchSpec {
     /// A plain branch with this prompt.
     pub fn prompt(prompt: Prompt) -> Self {
-        BranchSpec { prompt, image: Image::None, modify: Modifier::None, cost: 1.0 }
+        BranchSpec { prompt, image: Image::None, modify: Modifier::None, cost: 1.0, slice: None }
     }
 
     /// The relative cost of one forward: the declared `cost` times the

@@ -871,6 +871,7 @@ mod tests {
             latches: Vec::new(),
             counters: Vec::new(),
             result: Value::Form(0),
+            renoise: None,
         }
     }
 
@@ -969,6 +970,7 @@ mod device_state_tests {
             latches: vec![],
             counters: vec![],
             result: Value::Op(0),
+            renoise: None,
         };
         let shape = Shape::new([1, 4]);
         let t = Tensor::from_f32(DType::F32, shape.clone(), &[1.0, 2.0, 3.0, 4.0]);

@@ -103,6 +103,17 @@ pub enum CoreError {
         /// The name.
         name: String,
     },
+    /// An output's `renoise` expression contains a non-linear operator.
+    #[error(
+        "output `{output}`: `renoise` must be a linear expression of branches (Ref, Sum, Diff, Scaled, Cfg, \
+         Windowed, Use of linear values), found `{operator}`"
+    )]
+    NonLinearRenoise {
+        /// The output.
+        output: String,
+        /// The operator found.
+        operator: &'static str,
+    },
     /// A named value refers to itself, directly or through others.
     #[error("named value `{0}` refers to itself")]
     Cycle(String),

@@ -475,6 +475,27 @@ impl Expr {
         )
     }
 
+    /// The first non-linear operator in this expression (following `Use`
+    /// through the policy's `values`), if any: a `renoise` expression must
+    /// have none. Unknown values are left to validation.
+    pub fn first_nonlinear<'a>(&'a self, values: &'a Named<Expr>) -> Option<&'static str> {
+        self.first_nonlinear_in(values, &mut Vec::new())
+    }
+
+    fn first_nonlinear_in<'a>(&'a self, values: &'a Named<Expr>, seen: &mut Vec<&'a str>) -> Option<&'static str> {
+        if self.is_nonlinear() {
+            return Some(self.operator());
+        }
+        if let Expr::Use(v) = self {
+            if seen.contains(&v.as_str()) {
+                return None;
+            }
+            seen.push(v);
+            return values.get(v).and_then(|e| e.first_nonlinear_in(values, seen));
+        }
+        self.children().into_iter().find_map(|c| c.first_nonlinear_in(values, seen))
+    }
+
     /// Every numeric parameter of this node (the scale first), with its field name.
     pub fn params(&self) -> Vec<(&'static str, &ScaleRef)> {
         let mut out: Vec<(&'static str, &ScaleRef)> = self.scale().map(|s| ("scale", s)).into_iter().collect();
@@ -545,6 +566,12 @@ pub struct OutputSpec {
     pub layout: Option<Layout>,
     /// How its branch predictions combine (a bare `Ref` passes one through unguided).
     pub guidance: Expr,
+    /// CFG++ (ComfyUI's `*_cfg_pp` samplers): a second, linear expression
+    /// whose prediction gives the sampler's noise direction ε̂ (the guided
+    /// prediction still gives the denoised estimate x̂₀). Absent: the guided
+    /// prediction gives both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renoise: Option<Expr>,
 }
 
 /// An ordered list of named entries, read from a RON map. Duplicates are kept

@@ -60,10 +60,15 @@ pub(crate) fn lower_recording(
             l.layout = spec.layout.as_ref();
             let lin = l.expr(&spec.guidance, name)?;
             let result = l.materialize(lin)?;
-            Ok(l.finish(name, spec.space, result))
+            let renoise = match &spec.renoise {
+                Some(e) => Some(l.renoise(e, name)?),
+                None => None,
+            };
+            Ok(l.finish(name, spec.space, result, renoise))
         })
         .collect::<Result<Vec<_>, CoreError>>()?;
-    Ok(StepProgram { outputs })
+    let renoise = outputs.iter().map(Program::renoise_program).collect();
+    Ok(StepProgram { outputs, renoise })
 }
 
 /// The value of scale `s` at `ctx` (`None`: its schedule needs a sigma the
@@ -510,7 +515,17 @@ impl<'a> Lowerer<'a> {
         })
     }
 
-    fn finish(self, name: &str, space: crate::expr::Space, result: Value) -> Program {
+    /// Lowers an output's `renoise` expression into a form of the same
+    /// program (a linear expression: no op, no state).
+    fn renoise(&mut self, e: &Expr, name: &str) -> Result<Value, CoreError> {
+        if let Some(operator) = e.first_nonlinear(&self.policy.values) {
+            return Err(CoreError::NonLinearRenoise { output: name.to_string(), operator });
+        }
+        let lin = self.expr(e, &format!("{name}.renoise"))?;
+        self.materialize(lin)
+    }
+
+    fn finish(self, name: &str, space: crate::expr::Space, result: Value, renoise: Option<Value>) -> Program {
         let mut branches: Vec<String> = self.forms.iter().flat_map(|f| f.keys().cloned()).collect();
         branches.sort();
         branches.dedup();
@@ -526,6 +541,7 @@ impl<'a> Lowerer<'a> {
             latches: self.latches,
             counters: self.counters,
             result,
+            renoise,
             branches,
         }
     }
@@ -556,8 +572,26 @@ mod tests {
             ]),
             scales: Named::default(),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance, renoise: None })]),
         }
+    }
+
+    #[test]
+    fn renoise_is_one_more_form_of_the_program_and_must_be_linear() {
+        let mut p = policy(cfg(0.8));
+        p.outputs.0[0].1.renoise = Some(Expr::Ref("uncond".into()));
+        let prog = lower(&p, &StepContext::new(0, 10), &GuidanceState::new(), &Overrides::none()).unwrap();
+        let out = &prog.outputs[0];
+        let Some(Value::Form(f)) = out.renoise else { panic!("a form: {:?}", out.renoise) };
+        let uncond = out.branches.iter().position(|b| b == "uncond").unwrap();
+        assert_eq!(out.forms[f].terms, vec![(uncond, 1.0)]);
+        let rp = out.renoise_program().unwrap();
+        assert!(rp.is_linear() && rp.result == Value::Form(f));
+        // A program built without validation still refuses a non-linear renoise.
+        p.outputs.0[0].1.renoise =
+            Some(Expr::NormCap { input: r("uncond"), reference: r("cond"), ratio: ScaleRef::Value(1.0) });
+        let e = lower(&p, &StepContext::new(0, 10), &GuidanceState::new(), &Overrides::none()).unwrap_err();
+        assert!(matches!(e, CoreError::NonLinearRenoise { operator: "NormCap", .. }), "{e}");
     }
 
     fn cfg(scale: f64) -> Expr {

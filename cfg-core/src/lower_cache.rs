@@ -134,7 +134,7 @@ mod tests {
             ]),
             scales: Named(vec![("s".into(), s)]),
             values: Named::default(),
-            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance })]),
+            outputs: Named(vec![("x".into(), OutputSpec { space: Space::Eps, layout: None, guidance, renoise: None })]),
         }
     }
 

@@ -278,12 +278,34 @@ pub struct Program {
     pub counters: Vec<String>,
     /// The result.
     pub result: Value,
+    /// CFG++: the sampler's re-noising prediction, a form (or zero) over
+    /// the same branches; `None` when the output declares no `renoise`.
+    pub renoise: Option<Value>,
 }
 
 impl Program {
     /// Whether the result is a single linear form (one fused pass, all-reducible).
     pub fn is_linear(&self) -> bool {
         matches!(self.result, Value::Form(_) | Value::Zero) && self.ops.is_empty() && self.latches.is_empty()
+    }
+
+    /// The program that computes this output's `renoise` prediction: the
+    /// same forms, no ops, the renoise form as its result (linear, so the
+    /// backends' linear path evaluates it); `None` without `renoise`.
+    pub fn renoise_program(&self) -> Option<Program> {
+        let result = self.renoise?;
+        Some(Program {
+            output: self.output.clone(),
+            space: self.space,
+            layout: self.layout.clone(),
+            branches: self.branches.clone(),
+            forms: self.forms.clone(),
+            ops: Vec::new(),
+            latches: Vec::new(),
+            counters: Vec::new(),
+            result,
+            renoise: None,
+        })
     }
 
     /// Whether `shape` fits the declared layout and every op's needs (reduction
@@ -320,6 +342,9 @@ impl Program {
 pub struct StepProgram {
     /// One program per output, in declaration order.
     pub outputs: Vec<Program>,
+    /// Per output, its `renoise` program ([`Program::renoise_program`]),
+    /// built once per lowering so that repeated steps reuse it.
+    pub renoise: Vec<Option<Program>>,
 }
 
 impl StepProgram {

@@ -188,6 +188,7 @@ fn case_with(widths: &'static [usize]) -> impl Strategy<Value = (Program, Vec<Te
                 latches: vec![],
                 counters: vec![],
                 result: Value::Op(0),
+                renoise: None,
             };
             let n = shape.numel();
             let mut h = seed | 1;

@@ -50,6 +50,12 @@ pub fn build(policy: &Policy) -> BranchGraph {
         let top = b.expr(&spec.guidance);
         let out = b.graph.add_node(Node::Output(name.to_string()));
         b.graph.add_edge(top, out, ());
+        // CFG++: the sampler's re-noising prediction, a second sink.
+        if let Some(r) = &spec.renoise {
+            let top = b.expr(r);
+            let out = b.graph.add_node(Node::Output(format!("{name} (renoise)")));
+            b.graph.add_edge(top, out, ());
+        }
     }
     BranchGraph { graph: b.graph }
 }

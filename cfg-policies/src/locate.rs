@@ -216,6 +216,12 @@ impl Locator {
             .map(|w| (w[2].line, w[2].col))
     }
 
+    /// The token just before the one at `at`.
+    pub fn token_before(&self, at: (usize, usize)) -> Option<(usize, usize)> {
+        let i = self.tokens.iter().position(|t| (t.line, t.col) == at)?;
+        i.checked_sub(1).map(|j| (self.tokens[j].line, self.tokens[j].col))
+    }
+
     /// The value of field `name:` directly inside the parentheses that follow the
     /// token at `at` (an operator or window name), skipping nested brackets.
     pub fn field_in_call(&self, at: (usize, usize), name: &str) -> Option<(usize, usize)> {

@@ -29,8 +29,10 @@ pub struct OutOfRange {
 pub fn check(policy: &Policy) -> Option<OutOfRange> {
     let mut walker = Walker { policy, found: None };
     for (name, out) in policy.outputs.iter() {
-        let b = walker.expr(&out.guidance, name, 0);
-        walker.check(name, &b);
+        for e in std::iter::once(&out.guidance).chain(&out.renoise) {
+            let b = walker.expr(e, name, 0);
+            walker.check(name, &b);
+        }
         if let Some(f) = walker.found.take() {
             return Some(f);
         }

@@ -2,7 +2,7 @@
 
 use crate::error::{ErrorKind, PolicyError, Warning};
 use crate::locate::Locator;
-use cfg_core::branch::{Modifier, Prompt, BLUR_UNIFORM_SIGMA};
+use cfg_core::branch::{Modifier, OutputSlice, Prompt, BLUR_UNIFORM_SIGMA};
 use cfg_core::expr::{Expr, Policy, ScaleRef};
 use cfg_core::fdg::MAX_LEVELS;
 use cfg_core::layout::Axis;
@@ -122,6 +122,41 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// A branch's output slice must name an axis after the batch, and one
+    /// that every output with a declared layout has.
+    fn slice(&self, branch: &str, slice: &OutputSlice) -> Result<(), PolicyError> {
+        let key = self.loc.key(branch, 0);
+        let call = key.and_then(|(l, c)| self.loc.next_token(l, c + 1));
+        let field = call.and_then(|p| self.loc.field_in_call(p, "slice"));
+        // `field` is the slice's `(`: the fields are in the call after the token before it.
+        let axis = field.and_then(|p| self.loc.token_before(p)).and_then(|p| self.loc.field_in_call(p, "axis"));
+        let at = axis.or(field).or(key);
+        if slice.axis == 0 {
+            return Err(self.error(
+                at,
+                format!(
+                    "branch `{branch}`: `slice` along axis 0, the batch: expected the axis that carries \
+                     the extra tokens (1 for [B, T, C])"
+                ),
+            ));
+        }
+        for (output, spec) in self.policy.outputs.iter() {
+            if let Some(layout) = spec.layout.as_ref().filter(|l| slice.axis >= l.axes.len()) {
+                return Err(self.error(
+                    at,
+                    format!(
+                        "branch `{branch}`: `slice` along axis {}, but output `{output}` has {} axes \
+                         (layout {layout}): expected an axis from 1 to {}",
+                        slice.axis,
+                        layout.axes.len(),
+                        layout.axes.len() - 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn warning(&self, at: Option<(usize, usize)>, message: String) -> Warning {
         let (line, col) = at.unwrap_or((1, 1));
         Warning { origin: self.origin.to_string(), line, col, message }
@@ -165,6 +200,11 @@ impl Validator<'_> {
         }
         for (name, b) in p.branches.iter() {
             self.modifier(name, b.prompt, &b.modify)?;
+        }
+        for (name, b) in p.branches.iter() {
+            if let Some(slice) = &b.slice {
+                self.slice(name, slice)?;
+            }
         }
         for (name, s) in p.scales.iter() {
             self.schedule(name, s)?;
@@ -286,11 +326,36 @@ impl Validator<'_> {
             self.frames = Some(out.layout.as_ref().is_some_and(|l| {
                 l.axes.contains(&Axis::F) || (l.axes.contains(&Axis::T) && l.grid.is_some_and(|g| g.frames.is_some()))
             }));
-            self.expr(&out.guidance)?;
+            self.output_exprs(name, &out.guidance, out.renoise.as_ref())?;
         }
         self.spatial = None;
         self.frames = None;
         Ok(())
+    }
+
+    /// An output's `guidance` and its `renoise` (which must be linear),
+    /// walked in the order they appear in the text.
+    fn output_exprs(&mut self, name: &str, guidance: &Expr, renoise: Option<&Expr>) -> Result<(), PolicyError> {
+        let Some(renoise) = renoise else { return self.expr(guidance) };
+        let call = self.output_key(name).and_then(|(l, c)| self.loc.next_token(l, c + 1));
+        let field = |f: &str| call.and_then(|p| self.loc.field_in_call(p, f));
+        let at = field("renoise");
+        if let Some(operator) = renoise.first_nonlinear(&self.policy.values) {
+            return Err(self.error(
+                at.or(self.output_key(name)),
+                format!(
+                    "output `{name}`: `renoise` must be a linear expression of branches (Ref, Sum, Diff, \
+                     Scaled, Cfg, Windowed, Use of linear values), found `{operator}`"
+                ),
+            ));
+        }
+        if at.is_some() && at < field("guidance") {
+            self.expr(renoise)?;
+            self.expr(guidance)
+        } else {
+            self.expr(guidance)?;
+            self.expr(renoise)
+        }
     }
 
     fn walk_values(&mut self) -> Result<(), PolicyError> {

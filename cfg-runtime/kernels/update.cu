@@ -50,8 +50,24 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // One thread per Philox block of four elements (so each block is drawn once).
+// (x0, eps) from a prediction p in `space` at latents xi, as scheduler.rs `split`.
+__device__ __forceinline__ void split(int space, double t, double xi, double p, double* x0, double* eps) {
+    if (space == SPACE_EPS) {
+        *x0 = (xi - t * p) / (1.0 - t);
+        *eps = p;
+    } else if (space == SPACE_V) {
+        *x0 = xi - t * p;
+        *eps = xi + (1.0 - t) * p;
+    } else {
+        *x0 = p;
+        *eps = (xi - (1.0 - t) * p) / t;
+    }
+}
+
+// `renoise` null: the plain update. Otherwise CFG++: x0 from `pred`, eps from
+// `renoise` (scheduler.rs `Sampler::update`, operation for operation).
 template <typename T>
-__device__ __forceinline__ void update(float* x, const T* pred, const UpdateArgs& a) {
+__device__ __forceinline__ void update(float* x, const T* pred, const T* renoise, const UpdateArgs& a) {
     const i64 blocks = (a.n + 3) / 4;
     for (i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x; b < blocks; b += (i64)gridDim.x * blockDim.x) {
         float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -60,20 +76,18 @@ __device__ __forceinline__ void update(float* x, const T* pred, const UpdateArgs
             const i64 i = 4 * b + l;
             const double xi = (double)x[i];
             const double p = (double)to_f32(pred[i]);
-            // (x0, eps) from the prediction, as scheduler.rs `split`.
             double x0, eps;
-            if (a.space == SPACE_EPS) {
-                x0 = (xi - a.t * p) / (1.0 - a.t);
-                eps = p;
-            } else if (a.space == SPACE_V) {
-                x0 = xi - a.t * p;
-                eps = xi + (1.0 - a.t) * p;
-            } else {
-                x0 = p;
-                eps = (xi - (1.0 - a.t) * p) / a.t;
-            }
+            split(a.space, a.t, xi, p, &x0, &eps);
             double next;
-            if (a.kind == SAMPLER_EULER) {
+            if (renoise != nullptr) {
+                double x0_r, eps_r;
+                split(a.space, a.t, xi, (double)to_f32(renoise[i]), &x0_r, &eps_r);
+                if (a.kind == SAMPLER_ANCESTRAL) {
+                    next = (1.0 - a.t_next) * x0 + a.keep * eps_r + a.c * (double)z[l];
+                } else {
+                    next = (1.0 - a.t_next) * x0 + a.t_next * eps_r;
+                }
+            } else if (a.kind == SAMPLER_EULER) {
                 next = xi + (a.t_next - a.t) * (eps - x0);
             } else if (a.kind == SAMPLER_DDIM) {
                 next = (1.0 - a.t_next) * x0 + a.t_next * eps;
@@ -85,12 +99,12 @@ __device__ __forceinline__ void update(float* x, const T* pred, const UpdateArgs
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) update_f32(float* x, const float* pred, UpdateArgs a) {
-    update<float>(x, pred, a);
+extern "C" __global__ void __launch_bounds__(256) update_f32(float* x, const float* pred, const float* renoise, UpdateArgs a) {
+    update<float>(x, pred, renoise, a);
 }
-extern "C" __global__ void __launch_bounds__(256) update_f16(float* x, const f16* pred, UpdateArgs a) {
-    update<f16>(x, pred, a);
+extern "C" __global__ void __launch_bounds__(256) update_f16(float* x, const f16* pred, const f16* renoise, UpdateArgs a) {
+    update<f16>(x, pred, renoise, a);
 }
-extern "C" __global__ void __launch_bounds__(256) update_bf16(float* x, const bf16* pred, UpdateArgs a) {
-    update<bf16>(x, pred, a);
+extern "C" __global__ void __launch_bounds__(256) update_bf16(float* x, const bf16* pred, const bf16* renoise, UpdateArgs a) {
+    update<bf16>(x, pred, renoise, a);
 }

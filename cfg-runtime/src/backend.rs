@@ -9,6 +9,7 @@
 //! `cfg-core`); that is what makes deterministic mode bit-identical.
 
 use crate::scheduler::Sampler;
+use crate::slice::Rows;
 use crate::tensor::{DeviceBytes, DeviceTensor, Place};
 use cfg_core::expr::Space;
 use cfg_core::program::{Form, Program};
@@ -81,15 +82,22 @@ pub trait Backend: Send {
     fn init_latents(&mut self, seed: u64, output: usize, t0: f64, shape: &Shape) -> Result<DeviceTensor, BackendError>;
 
     /// The sampler's update of the f32 latents `x`, in place, from the
-    /// combined prediction `pred` in working space `space`.
+    /// combined prediction `pred` in working space `space`; with CFG++ the
+    /// noise direction comes from `renoise` (same space, dtype and length).
+    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         sampler: &Sampler,
         space: Space,
         x: &mut DeviceTensor,
         pred: &DeviceTensor,
+        renoise: Option<&DeviceTensor>,
         at: UpdateStep,
     ) -> Result<(), BackendError>;
+
+    /// The part of a branch's prediction `t` that its `slice` keeps (see
+    /// [`crate::slice`]): `rows` of it, a new tensor of `shape`, on this device.
+    fn narrow(&mut self, t: &DeviceTensor, rows: &Rows, shape: &Shape) -> Result<DeviceTensor, BackendError>;
 
     /// The bytes of `parts`, one after the other (a gather's payload).
     fn pack(&mut self, parts: &[&DeviceTensor]) -> Result<DeviceBytes, BackendError>;

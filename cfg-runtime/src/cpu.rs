@@ -6,6 +6,7 @@ use crate::backend::{
 };
 use crate::philox::{normal_vec, INIT_STEP};
 use crate::scheduler::Sampler;
+use crate::slice::Rows;
 use crate::tensor::{DeviceBytes, DeviceTensor, Place};
 use cfg_core::cpu::{combine_into, evaluate, round_to};
 use cfg_core::expr::Space;
@@ -136,18 +137,34 @@ impl Backend for CpuBackend {
         space: Space,
         x: &mut DeviceTensor,
         pred: &DeviceTensor,
+        renoise: Option<&DeviceTensor>,
         at: UpdateStep,
     ) -> Result<(), BackendError> {
         let pred = host(pred, "a prediction")?.to_f32();
+        let renoise = renoise.map(|r| host(r, "a re-noising prediction").map(Tensor::to_f32)).transpose()?;
         let Some(Tensor { data: TensorData::F32(xs), .. }) = x.as_host_mut() else {
             return Err(BackendError("the CPU backend updates f32 latents in host memory".into()));
         };
         if pred.len() != xs.len() {
             return Err(BackendError(format!("update: {} latents, {} predictions", xs.len(), pred.len())));
         }
+        if let Some(r) = renoise.as_ref().filter(|r| r.len() != xs.len()) {
+            return Err(BackendError(format!("update: {} latents, {} re-noising predictions", xs.len(), r.len())));
+        }
         let noise = sampler.is_stochastic().then(|| normal_vec(at.seed, at.step as u32, at.output as u32, xs.len()));
-        sampler.update(space, xs, &pred, at.t, at.t_next, noise.as_deref());
+        sampler.update(space, xs, &pred, renoise.as_deref(), at.t, at.t_next, noise.as_deref());
         Ok(())
+    }
+
+    fn narrow(&mut self, t: &DeviceTensor, rows: &Rows, shape: &Shape) -> Result<DeviceTensor, BackendError> {
+        let t = host(t, "a prediction")?;
+        if t.len() < rows.outer * rows.got || rows.outer * rows.want != shape.numel() {
+            return Err(BackendError(format!("slice of {} elements {}: {rows:?} does not fit", t.len(), t.shape)));
+        }
+        let bytes = crate::slice::cut_bytes(t.as_bytes(), t.dtype().size(), rows);
+        let cut = Tensor::from_bytes(t.dtype(), shape.clone(), &bytes)
+            .ok_or_else(|| BackendError(format!("slice: {} bytes for {shape} {}", bytes.len(), t.dtype())))?;
+        Ok(cut.into())
     }
 
     fn pack(&mut self, parts: &[&DeviceTensor]) -> Result<DeviceBytes, BackendError> {
@@ -182,5 +199,33 @@ impl Backend for CpuBackend {
 
     fn download(&mut self, t: &DeviceTensor) -> Result<Tensor, BackendError> {
         Ok(host(t, "a tensor")?.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::SamplerKind;
+
+    #[test]
+    fn a_renoise_prediction_of_another_length_is_an_error() {
+        let mut x: DeviceTensor = Tensor::from_f32(DType::F32, Shape::new([4]), &[0.5; 4]).into();
+        let pred: DeviceTensor = Tensor::from_f32(DType::BF16, Shape::new([4]), &[0.1; 4]).into();
+        let short: DeviceTensor = Tensor::from_f32(DType::BF16, Shape::new([3]), &[0.1; 3]).into();
+        let at = UpdateStep { seed: 1, step: 0, output: 0, t: 0.6, t_next: 0.4 };
+        let s = Sampler::new(SamplerKind::Euler);
+        let e = CpuBackend.update(&s, Space::Eps, &mut x, &pred, Some(&short), at).unwrap_err();
+        assert!(e.0.contains("4 latents, 3 re-noising predictions"), "{e}");
+        CpuBackend.update(&s, Space::Eps, &mut x, &pred, Some(&pred), at).unwrap();
+    }
+
+    #[test]
+    fn narrow_keeps_the_runs_and_refuses_what_does_not_fit() {
+        let t: DeviceTensor = Tensor::from_f32(DType::F16, Shape::new([2, 3]), &[1., 2., 3., 4., 5., 6.]).into();
+        let rows = crate::slice::Rows { outer: 2, got: 3, want: 2, start: 1 };
+        let cut = CpuBackend.narrow(&t, &rows, &Shape::new([2, 2])).unwrap();
+        assert_eq!(cut.as_host().unwrap().to_f32(), [2., 3., 5., 6.]);
+        let too_many = crate::slice::Rows { outer: 3, ..rows };
+        assert!(CpuBackend.narrow(&t, &too_many, &Shape::new([3, 2])).is_err());
     }
 }

@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 /// A short list that lives on the stack (a step's inputs, outputs, parts).
 type Few<T> = SmallVec<[T; 8]>;
 
+/// Each output's combined prediction, and its re-noising one (CFG++).
+type Combined = (SmallVec<[DeviceTensor; 4]>, SmallVec<[Option<DeviceTensor>; 4]>);
+
 /// One branch's predictions, one per output (policy order).
 type PerOutput = SmallVec<[DeviceTensor; 4]>;
 
@@ -66,6 +69,10 @@ pub struct Guided {
     /// The combined prediction of each output, in the policy's output order,
     /// where the rank's tensors live.
     pub outputs: SmallVec<[DeviceTensor; 4]>,
+    /// CFG++: each output's re-noising prediction (its `renoise`
+    /// expression), `None` for the outputs that declare none; the sampler
+    /// takes its noise direction from it.
+    pub renoise: SmallVec<[Option<DeviceTensor>; 4]>,
     /// The step's plan (shared by the steps whose program repeats).
     pub plan: Arc<StepPlan>,
     /// Where the time went.
@@ -285,7 +292,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         }
         timing.model = t0.elapsed();
 
-        let outputs = match plan.collective {
+        let (outputs, renoise) = match plan.collective {
             Collective::AllReduce => self.reduce_and_combine(program, &plan, preds, &mut timing, step)?,
             Collective::None | Collective::Gather => {
                 if plan.collective == Collective::Gather {
@@ -299,13 +306,14 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                 out
             }
         };
-        Ok(Guided { outputs, plan, timing })
+        Ok(Guided { outputs, renoise, plan, timing })
     }
 
-    /// Calls the model on this rank's batched group `g` and checks what comes
-    /// back; returns the predictions in the policy's output order.
+    /// Calls the model on this rank's batched group `g`, checks what comes
+    /// back and cuts the predictions of branches with a `slice` to their
+    /// outputs' shapes; returns the predictions in the policy's output order.
     fn call<M: Model + ?Sized>(
-        &self,
+        &mut self,
         model: &M,
         latents: &[DeviceTensor],
         info: StepInfo,
@@ -335,7 +343,7 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                 got: format!("{}", got.len()),
             });
         }
-        for ((name, _), per_output) in branches.iter().zip(&mut got) {
+        for ((name, spec), per_output) in branches.iter().zip(&mut got) {
             if per_output.len() != self.outputs.len() {
                 return Err(RuntimeError::BadPrediction {
                     rank,
@@ -346,17 +354,33 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
                     got: format!("{}", per_output.len()),
                 });
             }
-            for (m, t) in per_output.iter().enumerate() {
+            for (m, t) in per_output.iter_mut().enumerate() {
                 let o = &self.outputs[self.model_to_policy[m]];
-                if t.shape() != &o.shape || t.dtype() != o.dtype || t.len() != o.shape.numel() {
-                    return Err(RuntimeError::BadPrediction {
-                        rank,
-                        step: info.step,
-                        branch: name.clone(),
-                        output: o.name.clone(),
-                        expected: format!("{} {}", o.shape, o.dtype),
-                        got: format!("{} {}", t.shape(), t.dtype()),
-                    });
+                let bad = |expected: String| RuntimeError::BadPrediction {
+                    rank,
+                    step: info.step,
+                    branch: name.clone(),
+                    output: o.name.clone(),
+                    expected,
+                    got: format!("{} {}", t.shape(), t.dtype()),
+                };
+                if t.dtype() != o.dtype || t.len() != t.shape().numel() {
+                    return Err(bad(format!("{} {}", o.shape, o.dtype)));
+                }
+                match &spec.slice {
+                    None if t.shape() != &o.shape => return Err(bad(format!("{} {}", o.shape, o.dtype))),
+                    None => {}
+                    Some(slice) => {
+                        let rows = crate::slice::rows(slice, t.shape(), &o.shape)
+                            .map_err(|why| bad(format!("{} {why}", o.dtype)))?;
+                        let cut = self.backend.narrow(t, &rows, &o.shape).map_err(|e| RuntimeError::Backend {
+                            rank,
+                            step: info.step,
+                            output: o.name.clone(),
+                            message: format!("slicing branch `{name}`: {}", e.0),
+                        })?;
+                        *t = cut;
+                    }
                 }
             }
             // Model output order → policy order, in place.
@@ -429,29 +453,40 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         Ok(())
     }
 
-    /// Runs every output's program on the (gathered) predictions.
+    /// Runs every output's program (and its `renoise` program) on the
+    /// (gathered) predictions.
     fn combine(
         &mut self,
         program: &StepProgram,
         plan: &StepPlan,
         preds: &Predictions,
         step: usize,
-    ) -> Result<SmallVec<[DeviceTensor; 4]>, RuntimeError> {
+    ) -> Result<Combined, RuntimeError> {
         let rank = self.rank();
-        let mut out = SmallVec::new();
+        let (mut out, mut renoise) = (SmallVec::new(), SmallVec::new());
         for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
             let mut inputs: Few<&DeviceTensor> = Few::new();
             for b in &prog.branches {
                 let i = plan.active.binary_search(b).expect("program branches are active");
                 inputs.push(&preds[i].as_ref().expect("gathered above")[p]);
             }
-            let t = self
-                .backend
-                .evaluate(prog, &inputs, o.dtype, &o.shape, &mut self.state)
-                .map_err(|e| RuntimeError::Backend { rank, step, output: o.name.clone(), message: e.0 })?;
+            let backend = |e: crate::backend::BackendError| RuntimeError::Backend {
+                rank,
+                step,
+                output: o.name.clone(),
+                message: e.0,
+            };
+            let t = self.backend.evaluate(prog, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?;
             out.push(t);
+            let r = match &program.renoise[p] {
+                Some(rp) => {
+                    Some(self.backend.evaluate(rp, &inputs, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
+                }
+                None => None,
+            };
+            renoise.push(r);
         }
-        Ok(out)
+        Ok((out, renoise))
     }
 
     /// Fast path: f32 partial forms, an all-reduce per output (idle ranks
@@ -463,9 +498,9 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
         preds: &Predictions,
         timing: &mut StepTiming,
         step: usize,
-    ) -> Result<SmallVec<[DeviceTensor; 4]>, RuntimeError> {
+    ) -> Result<Combined, RuntimeError> {
         let rank = self.rank();
-        let mut out = SmallVec::new();
+        let (mut out, mut renoise) = (SmallVec::new(), SmallVec::new());
         for (p, (prog, o)) in program.outputs.iter().zip(&self.outputs).enumerate() {
             let backend = |e: crate::backend::BackendError| RuntimeError::Backend {
                 rank,
@@ -490,8 +525,16 @@ impl<C: Communicator, B: Backend> Guider<C, B> {
             let t = Instant::now();
             let r = self.backend.evaluate_forms(prog, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?;
             out.push(r);
+            // CFG++: the re-noising prediction is one of the same reduced forms.
+            let r = match &program.renoise[p] {
+                Some(rp) => {
+                    Some(self.backend.evaluate_forms(rp, &forms, o.dtype, &o.shape, &mut self.state).map_err(backend)?)
+                }
+                None => None,
+            };
+            renoise.push(r);
             timing.combine += t.elapsed();
         }
-        Ok(out)
+        Ok((out, renoise))
     }
 }

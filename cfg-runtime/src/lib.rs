@@ -37,6 +37,7 @@ pub mod philox;
 pub mod plan;
 pub mod sample;
 pub mod scheduler;
+pub mod slice;
 pub mod tensor;
 
 pub use backend::{Backend, BackendError, UpdateStep};

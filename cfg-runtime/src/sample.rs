@@ -140,7 +140,7 @@ where
             for (o, (x, pred)) in latents.iter_mut().zip(&guided.outputs).enumerate() {
                 let at = UpdateStep { seed: opts.seed, step, output: o, t, t_next };
                 let b = guider.backend_mut();
-                b.update(&opts.sampler, spaces[o], x, pred, at)
+                b.update(&opts.sampler, spaces[o], x, pred, guided.renoise[o].as_ref(), at)
                     .map_err(|e| backend_error(step, &outputs[o].name, e))?;
             }
             if !(check || on_host) {

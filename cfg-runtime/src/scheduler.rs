@@ -19,6 +19,13 @@
 //!   `c = η·t'·sqrt(1 − (t'(1 − t)/((1 − t')·t))²)` and `z` Philox normals
 //!   keyed by (seed, step, output index) (see [`crate::philox`]).
 //!
+//! **CFG++** (an output with `renoise`, ComfyUI's `*_cfg_pp` samplers): the
+//! guided prediction gives `x̂₀` and the re-noising prediction (the
+//! unconditional one, typically) gives `ε̂`, each split in its space at the
+//! same `x` and `t`; every sampler then moves to `(1 − t')·x̂₀ + t'·ε̂`
+//! (ancestral: `(1 − t')·x̂₀ + sqrt(t'² − c²)·ε̂ + c·z`). This is ComfyUI's
+//! `x ← denoised + σ'·(x − uncond_denoised)/σ` in flow units.
+//!
 //! The initial latents are `t_0·z` with `z` drawn at step [`crate::philox::INIT_STEP`].
 
 use cfg_core::expr::Space;
@@ -93,8 +100,19 @@ impl Sampler {
     }
 
     /// Updates `x` (flow latents at time `t`) to time `t_next` from the
-    /// combined prediction `pred` in `space`. `noise` is needed when stochastic.
-    pub fn update(&self, space: Space, x: &mut [f32], pred: &[f32], t: f64, t_next: f64, noise: Option<&[f32]>) {
+    /// combined prediction `pred` in `space`, and with CFG++ the re-noising
+    /// prediction `renoise` (same space and length). `noise` is needed when stochastic.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &self,
+        space: Space,
+        x: &mut [f32],
+        pred: &[f32],
+        renoise: Option<&[f32]>,
+        t: f64,
+        t_next: f64,
+        noise: Option<&[f32]>,
+    ) {
         use rayon::prelude::*;
         let c = if self.is_stochastic() && t_next > 0.0 {
             let r = (t_next * (1.0 - t) / ((1.0 - t_next) * t)).powi(2);
@@ -106,12 +124,20 @@ impl Sampler {
         let kind = self.kind;
         x.par_iter_mut().zip(pred).enumerate().for_each(|(i, (xi, &p))| {
             let (x0, eps) = split(space, *xi as f64, p as f64, t);
-            let next = match kind {
-                SamplerKind::Euler => *xi as f64 + (t_next - t) * (eps - x0),
-                SamplerKind::Ddim => (1.0 - t_next) * x0 + t_next * eps,
-                SamplerKind::Ancestral => {
-                    let z = noise.map(|n| n[i] as f64).unwrap_or(0.0);
-                    (1.0 - t_next) * x0 + keep * eps + c * z
+            let z = || noise.map(|n| n[i] as f64).unwrap_or(0.0);
+            let next = match renoise {
+                None => match kind {
+                    SamplerKind::Euler => *xi as f64 + (t_next - t) * (eps - x0),
+                    SamplerKind::Ddim => (1.0 - t_next) * x0 + t_next * eps,
+                    SamplerKind::Ancestral => (1.0 - t_next) * x0 + keep * eps + c * z(),
+                },
+                // CFG++: x̂₀ from the guided prediction, ε̂ from the re-noising one.
+                Some(r) => {
+                    let (_, eps) = split(space, *xi as f64, r[i] as f64, t);
+                    match kind {
+                        SamplerKind::Euler | SamplerKind::Ddim => (1.0 - t_next) * x0 + t_next * eps,
+                        SamplerKind::Ancestral => (1.0 - t_next) * x0 + keep * eps + c * z(),
+                    }
                 }
             };
             *xi = next as f32;
@@ -183,8 +209,79 @@ mod tests {
         for kind in [SamplerKind::Euler, SamplerKind::Ddim, SamplerKind::Ancestral] {
             let s = Sampler::new(kind);
             let mut x = vec![0.7f32];
-            s.update(Space::X0, &mut x, &[0.25], 0.3, 0.0, Some(&[5.0]));
+            s.update(Space::X0, &mut x, &[0.25], None, 0.3, 0.0, Some(&[5.0]));
             assert!((x[0] - 0.25).abs() < 1e-6, "{kind}: {}", x[0]);
+        }
+    }
+
+    /// x̂₀ of a prediction `p` in `space` at latents `x`, time `t`, stated directly.
+    fn x0_of(space: Space, x: f64, p: f64, t: f64) -> f64 {
+        match space {
+            Space::X0 => p,
+            Space::Eps => (x - t * p) / (1.0 - t),
+            Space::V => x - t * p,
+        }
+    }
+
+    #[test]
+    fn cfg_pp_matches_comfyuis_update() {
+        // ComfyUI's `sample_euler_cfg_pp` on a flow model (alpha = 1 − σ, eta = 0):
+        // x' = alpha'·x̂₀(guided) + σ'·(x − alpha·x̂₀(uncond))/σ, in f64 from
+        // x̂₀ alone (no ε̂ split). Ancestral: σ' becomes sqrt(σ'² − c²), plus c·z,
+        // this module's ancestral step.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0
+        };
+        for kind in [SamplerKind::Euler, SamplerKind::Ddim, SamplerKind::Ancestral] {
+            for space in [Space::Eps, Space::V, Space::X0] {
+                for (t, t_next) in [(0.999, 0.9), (0.6, 0.45), (0.2, 0.05), (0.3, 0.0)] {
+                    let s = Sampler::new(kind);
+                    let n = 64;
+                    let x: Vec<f32> = (0..n).map(|_| next() as f32).collect();
+                    let g: Vec<f32> = (0..n).map(|_| next() as f32).collect();
+                    let u: Vec<f32> = (0..n).map(|_| next() as f32).collect();
+                    let z: Vec<f32> = (0..n).map(|_| next() as f32).collect();
+                    let mut got = x.clone();
+                    s.update(space, &mut got, &g, Some(&u), t, t_next, Some(&z));
+                    let c = if kind == SamplerKind::Ancestral && t_next > 0.0 {
+                        let r = (t_next * (1.0 - t) / ((1.0 - t_next) * t)).powi(2);
+                        t_next * (1.0 - r).sqrt()
+                    } else {
+                        0.0
+                    };
+                    for i in 0..n {
+                        let xi = x[i] as f64;
+                        let x0_g = x0_of(space, xi, g[i] as f64, t);
+                        let x0_u = x0_of(space, xi, u[i] as f64, t);
+                        let d = (xi - (1.0 - t) * x0_u) / t;
+                        let down = (t_next * t_next - c * c).sqrt();
+                        let want = (1.0 - t_next) * x0_g + down * d + c * z[i] as f64;
+                        let err = (got[i] as f64 - want).abs();
+                        assert!(
+                            err <= 1e-6 * want.abs().max(1.0),
+                            "{kind} {space:?} t {t} → {t_next}, element {i}: {} vs {want}",
+                            got[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cfg_pp_with_renoise_equal_to_the_prediction_is_the_plain_sampler() {
+        // DDIM's update is the CFG++ form: renoise = pred changes no bit.
+        for space in [Space::Eps, Space::V, Space::X0] {
+            let s = Sampler::new(SamplerKind::Ddim);
+            let (mut a, mut b) = (vec![0.3f32, -1.2, 0.7], vec![0.3f32, -1.2, 0.7]);
+            let p = [0.1f32, 0.5, -0.4];
+            s.update(space, &mut a, &p, None, 0.7, 0.4, None);
+            s.update(space, &mut b, &p, Some(&p), 0.7, 0.4, None);
+            assert_eq!(a, b, "{space:?}");
         }
     }
 

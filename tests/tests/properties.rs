@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 27] = [
+const NAMES: [&str; 28] = [
     "adaptive",
     "apg",
     "apg_mix",
@@ -51,6 +51,7 @@ const NAMES: [&str; 27] = [
     "bagel",
     "cfg",
     "cfg_norm",
+    "cfg_pp",
     "cfg_renorm",
     "cfg_renorm_clamped",
     "dreamid",

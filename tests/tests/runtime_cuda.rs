@@ -192,7 +192,14 @@ fn emulator_copied(device: usize, direction: i32) -> Option<u64> {
 #[test]
 fn no_prediction_or_form_crosses_to_the_host() {
     let Some(n) = gpus().filter(|&n| n >= 2) else { return };
-    for (name, mode) in [("ltx2", Mode::Deterministic), ("ltx2", Mode::Fast), ("apg", Mode::Deterministic)] {
+    for (name, mode) in [
+        ("ltx2", Mode::Deterministic),
+        ("ltx2", Mode::Fast),
+        ("apg", Mode::Deterministic),
+        // The renoise prediction and the cond branch's slice stay on the device too.
+        ("cfg_pp", Mode::Deterministic),
+        ("ideogram4", Mode::Deterministic),
+    ] {
         let policy = policy(name);
         let names: Vec<&str> = policy.outputs.names().collect();
         let model = cfg_gmm::GmmModel::tokens(&names, 2, 64, 16, cfg_core::DType::F32);
@@ -226,6 +233,36 @@ fn no_prediction_or_form_crosses_to_the_host() {
                     assert!((*d2h as usize) < prediction / 4, "{what}: {d2h} bytes reached the host");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn cfg_pp_and_sliced_branches_are_the_cpu_bits_on_1_to_4_gpus() {
+    let Some(n) = gpus() else { return };
+    // CFG++: every sampler re-noises with the uncond prediction on the device.
+    let p = policy("cfg_pp");
+    let model = small_tokens(&p);
+    for kind in [SamplerKind::Euler, SamplerKind::Ddim, SamplerKind::Ancestral] {
+        let opts = options(kind, Mode::Deterministic, 6);
+        let want = hex(&run_ok(&model, &p, 1, &opts)[0].fingerprint());
+        for world in 1..=n {
+            for (r, s) in ok(run_cuda(&model, &p, world, &opts), "cfg_pp").iter().enumerate() {
+                assert_eq!(hex(&s.fingerprint()), want, "cfg_pp {kind}: rank {r} of {world} GPUs");
+            }
+        }
+    }
+    // Ideogram-4's cond branch carries junk tokens on the device and is sliced
+    // there: the bits of the policy without the slice, on the CPU.
+    let sliced = policy("ideogram4");
+    let mut plain = sliced.clone();
+    plain.branches.0.iter_mut().for_each(|(_, b)| b.slice = None);
+    let model = small_tokens(&plain);
+    let opts = options(SamplerKind::Euler, Mode::Deterministic, 6);
+    let want = hex(&run_ok(&model, &plain, 1, &opts)[0].fingerprint());
+    for world in 1..=n {
+        for (r, s) in ok(run_cuda(&model, &sliced, world, &opts), "ideogram4").iter().enumerate() {
+            assert_eq!(hex(&s.fingerprint()), want, "ideogram4 sliced: rank {r} of {world} GPUs");
         }
     }
 }

@@ -122,3 +122,61 @@ fn magi1_chunks_at_their_own_times_are_bit_identical_for_every_world_size() {
         }
     }
 }
+
+/// The CFG++ policy (`renoise: Ref("uncond")`) with the policy's outputs
+/// spaces replaced by `space`.
+fn cfg_pp_in(space: cfg_core::expr::Space) -> cfg_core::expr::Policy {
+    let mut p = policy("cfg_pp");
+    for (_, o) in p.outputs.0.iter_mut() {
+        o.space = space;
+    }
+    p
+}
+
+#[test]
+fn cfg_pp_is_bit_identical_for_every_world_size_sampler_and_space() {
+    use cfg_core::expr::Space;
+    for space in [Space::X0, Space::Eps, Space::V] {
+        let policy = cfg_pp_in(space);
+        let model = small_tokens(&policy);
+        // Without `renoise` the same guidance gives other latents: the sampler uses it.
+        let mut plain = policy.clone();
+        plain.outputs.0[0].1.renoise = None;
+        for kind in [SamplerKind::Euler, SamplerKind::Ddim, SamplerKind::Ancestral] {
+            let opts = options(kind, Mode::Deterministic);
+            let want = hex(&run_ok(&model, &policy, 1, &opts)[0].fingerprint());
+            let without = hex(&run_ok(&model, &plain, 1, &opts)[0].fingerprint());
+            assert_ne!(want, without, "{space:?} {kind}: renoise made no difference");
+            for world in 1..=4 {
+                for (r, s) in run_ok(&model, &policy, world, &opts).iter().enumerate() {
+                    assert_eq!(hex(&s.fingerprint()), want, "{space:?} {kind}: rank {r} of {world}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cfg_pp_fast_mode_ranks_agree_and_stay_close_to_deterministic() {
+    // Four branches, two forms (the guided one and `renoise`): the all-reduce
+    // moves fewer bytes than the gather, and the renoise rides on its forms.
+    let mut policy = policy("dreamid");
+    for (_, o) in policy.outputs.0.iter_mut() {
+        o.renoise = Some(cfg_core::expr::Expr::Ref("neg".into()));
+    }
+    let names: Vec<&str> = policy.outputs.names().collect();
+    // f32 predictions, so that the all-reduce is chosen; the renoise rides on its forms.
+    let model = cfg_gmm::GmmModel::tokens(&names, 3, 4, 3, cfg_core::DType::F32);
+    let exact = run_ok(&model, &policy, 1, &options(SamplerKind::Euler, Mode::Deterministic)).remove(0);
+    for world in [2, 3, 4] {
+        let ranks = run_ok(&model, &policy, world, &options(SamplerKind::Euler, Mode::Fast));
+        let reduced = ranks[0].reports.iter().filter(|r| r.plan.collective == cfg_runtime::Collective::AllReduce);
+        assert!(reduced.count() > 0, "dreamid + renoise on {world} ranks never chose the all-reduce");
+        for (o, (_, t)) in ranks[0].outputs.iter().enumerate() {
+            let (a, b) = (t.to_f32(), exact.outputs[o].1.to_f32());
+            let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+            let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+            assert!((num / den).sqrt() < 1e-4, "{world} ranks, output {o}: relative error {}", (num / den).sqrt());
+        }
+    }
+}

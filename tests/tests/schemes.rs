@@ -289,6 +289,23 @@ proptest! {
     }
 
     #[test]
+    fn cfg_pp_guides_x0_and_renoises_with_uncond((shape, dtype, seed) in inputs(), lambda in 0.0f64..2.0, i in 0usize..20) {
+        let p = library("cfg_pp");
+        let case = Case::random(&p, dtype, shape.clone(), seed);
+        let o = overrides(&[("scale", lambda)]);
+        let out = step(&p, &case, StepContext::new(i, 20), &o);
+        let (c, u) = (case.get("cond"), case.get("uncond"));
+        let direct: Vec<f64> = (0..c.len()).map(|k| u[k] + lambda * (c[k] - u[k])).collect();
+        expect(&out[0].1, &direct, "cfg_pp")?;
+        // The sampler's second tensor: the uncond prediction itself, bit for bit.
+        let program = cfg_core::lower::lower(&p, &StepContext::new(i, 20), &GuidanceState::new(), &o).unwrap();
+        let renoise = program.outputs[0].renoise_program().expect("cfg_pp declares renoise");
+        let inputs: Vec<&Tensor> = renoise.branches.iter().map(|b| &case.branches[b]).collect();
+        let r = cfg_core::cpu::evaluate(&renoise, &inputs, dtype, &shape, &mut GuidanceState::new()).unwrap();
+        prop_assert_eq!(r.bits(), case.branches["uncond"].bits());
+    }
+
+    #[test]
     fn ideogram4_follows_its_per_step_list((shape, dtype, seed) in inputs(), i in 0usize..48) {
         let p = library("ideogram4");
         let case = Case::random(&p, dtype, shape, seed);

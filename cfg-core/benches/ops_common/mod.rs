@@ -46,6 +46,7 @@ fn two(form_a: Vec<(usize, f32)>, form_b: Vec<(usize, f32)>, op: Op) -> Program 
         latches: vec![],
         counters: vec![],
         result: Value::Op(0),
+        renoise: None,
     }
 }
 

@@ -10,6 +10,7 @@ use crate::backend::{
     advance_counters, check_forms_size, check_partial_inputs, identity_forms, Backend, BackendError, UpdateStep,
 };
 use crate::scheduler::Sampler;
+use crate::slice::Rows;
 use crate::tensor::{CudaTensor, DeviceBytes, DeviceTensor, Place};
 use cfg_core::expr::Space;
 use cfg_core::program::{Program, Value};
@@ -187,11 +188,24 @@ impl Backend for CudaBackend {
         space: Space,
         x: &mut DeviceTensor,
         pred: &DeviceTensor,
+        renoise: Option<&DeviceTensor>,
         at: UpdateStep,
     ) -> Result<(), BackendError> {
         let (xb, pb) = (cuda(x, "latents")?, cuda(pred, "a prediction")?);
-        sampler::update(&self.dev, s, at.seed, space, at.step, at.output, xb, pb, (at.t, at.t_next))?;
+        let rb = renoise.map(|r| cuda(r, "a re-noising prediction")).transpose()?;
+        sampler::update(&self.dev, s, at.seed, space, at.step, at.output, xb, (pb, rb), (at.t, at.t_next))?;
         Ok(())
+    }
+
+    fn narrow(&mut self, t: &DeviceTensor, rows: &Rows, shape: &Shape) -> Result<DeviceTensor, BackendError> {
+        let src = cuda(t, "a prediction")?;
+        if src.len < rows.outer * rows.got || rows.outer * rows.want != shape.numel() {
+            return Err(BackendError(format!("slice of {} elements: {rows:?} does not fit {shape}", src.len)));
+        }
+        // Every element is written below: no memset.
+        let mut dst = self.dev.alloc(src.dtype, shape.numel())?;
+        self.dev.copy_rows(src, &mut dst, rows)?;
+        Ok(tensor(dst, shape))
     }
 
     fn pack(&mut self, parts: &[&DeviceTensor]) -> Result<DeviceBytes, BackendError> {

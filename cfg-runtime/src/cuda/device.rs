@@ -313,6 +313,30 @@ impl Device {
         Ok(b)
     }
 
+    /// Copies the runs of a slice (see [`crate::slice`]) from `src` into
+    /// `dst` (same dtype, `rows.outer × rows.want` elements), one
+    /// device-to-device copy per run.
+    pub fn copy_rows(&self, src: &Buffer, dst: &mut Buffer, rows: &crate::slice::Rows) -> Result<(), CudaError> {
+        let size = src.dtype.size();
+        if src.dtype != dst.dtype || src.len < rows.outer * rows.got || dst.len < rows.outer * rows.want {
+            return Err(CudaError::Unsupported(format!(
+                "slice of {} {} into {} {}: {rows:?}",
+                src.len, src.dtype, dst.len, dst.dtype
+            )));
+        }
+        let n = rows.want * size;
+        if n == 0 {
+            return Ok(());
+        }
+        for o in 0..rows.outer {
+            let (from, to) = ((o * rows.got + rows.start) * size, o * n);
+            self.stream
+                .memcpy_dtod(&src.mem.slice(from..from + n), &mut dst.mem.slice_mut(to..to + n))
+                .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))?;
+        }
+        Ok(())
+    }
+
     /// A new buffer holding elements `start..start + len` of `src`.
     pub fn copy_range(&self, src: &Buffer, start: usize, len: usize) -> Result<Buffer, CudaError> {
         if start + len > src.len {

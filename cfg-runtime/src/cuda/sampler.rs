@@ -1,6 +1,6 @@
 //! The sampler on a CUDA device: the initial latents (Philox normals drawn on
 //! the device) and the in-place update of the f32 latents from a combined
-//! prediction, with the CPU sampler's f64 arithmetic and the same noise
+//! prediction (and CFG++'s re-noising prediction), with the CPU sampler's f64 arithmetic and the same noise
 //! (`kernels/update.cu`), so the latents stay bit-identical to the CPU's.
 
 use super::kernels;
@@ -111,7 +111,8 @@ pub fn init_latents(dev: &Device, seed: u64, stream: u32, t0: f64, n: usize) -> 
 }
 
 /// Updates the f32 latents `x` (output `o`) in place from the combined
-/// prediction `pred`, stepping from flow time `t` to `t_next` at `step`.
+/// prediction `pred` and, with CFG++, the re-noising prediction `renoise`
+/// (same dtype and length), stepping from flow time `t` to `t_next` at `step`.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
     dev: &Device,
@@ -121,7 +122,7 @@ pub fn update(
     step: usize,
     o: usize,
     x: &Buffer,
-    pred: &Buffer,
+    (pred, renoise): (&Buffer, Option<&Buffer>),
     (t, t_next): (f64, f64),
 ) -> Result<(), CudaError> {
     let args = update_args(sampler, seed, space, step, o, x.len, t, t_next);
@@ -131,9 +132,17 @@ pub fn update(
             x.len, x.dtype, pred.len, pred.dtype
         )));
     }
+    if let Some(r) = renoise.filter(|r| r.len != x.len || r.dtype != pred.dtype) {
+        return Err(CudaError::Unsupported(format!(
+            "update: prediction {} {} and re-noising prediction {} {} differ",
+            pred.len, pred.dtype, r.len, r.dtype
+        )));
+    }
     let k = dev.function(&UPDATE, KernelName::of(format_args!("update_{}", pred.dtype.name())).as_str())?;
-    let (xa, pa) = (x.addr(dev), pred.addr(dev));
-    // SAFETY: matches `update_<dtype>(float*, const T*, UpdateArgs)`; both
-    // buffers hold `args.n` elements of their dtype (checked above).
-    unsafe { launch(dev, &k, grid(dev, x.len), &mut [param(&xa), param(&pa), param(&args)]) }
+    // A null pointer: no re-noising prediction (the plain update).
+    let (xa, pa, ra) = (x.addr(dev), pred.addr(dev), renoise.map_or(0u64, |r| r.addr(dev)));
+    // SAFETY: matches `update_<dtype>(float*, const T*, const T*, UpdateArgs)`;
+    // the buffers hold `args.n` elements of their dtype (checked above) and
+    // the kernel reads `renoise` only when it is not null.
+    unsafe { launch(dev, &k, grid(dev, x.len), &mut [param(&xa), param(&pa), param(&ra), param(&args)]) }
 }

@@ -252,11 +252,14 @@ impl GmmModel {
                 let bufs = self
                     .predict_branch_device(dev, spec, &latents, call.info.t, call.info.sigma, call.spaces)
                     .map_err(|e| ModelError(format!("branch `{name}`: {e}")))?;
-                Ok(bufs
-                    .into_iter()
+                bufs.into_iter()
                     .zip(&outputs)
-                    .map(|(buf, o)| DeviceTensor::Cuda(CudaTensor { buf, shape: o.shape.clone() }))
-                    .collect())
+                    .map(|(buf, o)| {
+                        let (buf, shape) = crate::extra_tokens::pad_device(dev, spec, buf, &o.shape)
+                            .map_err(|e| ModelError(format!("branch `{name}`: {e}")))?;
+                        Ok(DeviceTensor::Cuda(CudaTensor { buf, shape }))
+                    })
+                    .collect()
             })
             .collect()
     }

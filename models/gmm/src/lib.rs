@@ -37,6 +37,7 @@
 #![warn(clippy::all)]
 
 pub mod cuda;
+pub mod extra_tokens;
 pub mod mixture;
 pub mod model;
 

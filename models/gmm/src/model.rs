@@ -547,7 +547,7 @@ impl Model for GmmModel {
                 .enumerate()
                 .map(|(p, part)| {
                     let values: Vec<f32> = per_sample.iter().flat_map(|s| s[p].iter().copied()).collect();
-                    Tensor::from_f32(self.dtype, self.shape(part), &values)
+                    crate::extra_tokens::pad_host(spec, Tensor::from_f32(self.dtype, self.shape(part), &values))
                 })
                 .collect();
             result.push(tensors);
