@@ -22,6 +22,7 @@
 //! reductions of [`crate::reduce`]. So the CPU and CUDA agree bit for bit.
 
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums};
+use crate::fused::{put_scratch, take_scratch};
 use crate::layout::{Layout, Spatial};
 use crate::program::FdgBand;
 use crate::reduce::{dot_f32, dot_f64};
@@ -139,57 +140,170 @@ pub fn lerp(near: f32, far: f32) -> f32 {
     0.75f32.mul_add(near, 0.25 * far)
 }
 
-/// A stage of the pyramid.
+/// How the pyramid's images lie in f32 memory: `n` images of h × w pixels,
+/// each pixel `lanes` consecutive values. Planar images have one lane; a
+/// token grid (channels last) is one image per sample with a lane per
+/// channel, so every stage reads and writes whole rows of contiguous lanes
+/// and vectorizes across them, with no transpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    BlurRows,
-    BlurCols,
-    Down,
-    Upsample,
-}
-
-/// One stage on one image: a [`Task`], so that its loops are compiled in the
-/// AVX2+FMA region where the CPU has it (`mul_add` one instruction rather
-/// than a libm call; the same bits either way).
-struct Stage<'a> {
-    kind: Kind,
-    src: &'a [f32],
-    dst: &'a mut [f32],
+struct Grid {
+    n: usize,
     h: usize,
     w: usize,
+    lanes: usize,
 }
 
-impl Task for Stage<'_> {
+impl Grid {
+    fn row(&self) -> usize {
+        self.w * self.lanes
+    }
+    fn len(&self) -> usize {
+        self.n * self.h * self.row()
+    }
+    fn half(&self) -> Grid {
+        Grid { h: self.h / 2, w: self.w / 2, ..*self }
+    }
+    fn double(&self) -> Grid {
+        Grid { h: self.h * 2, w: self.w * 2, ..*self }
+    }
+    /// Row `y` of image `i` of `data`.
+    #[inline(always)]
+    fn at<'a>(&self, data: &'a [f32], i: usize, y: usize) -> &'a [f32] {
+        let r = self.row();
+        &data[(i * self.h + y) * r..(i * self.h + y + 1) * r]
+    }
+}
+
+/// The arrangement the native layout already has, if it is one of the two
+/// the stages read directly (planar, or planes last); else none (gather).
+fn native_grid(s: &Spatial) -> Option<Grid> {
+    let (h, w, p) = (s.height, s.width, s.planes);
+    let planar = s.col_stride == 1
+        && s.row_stride == w
+        && s.batch_stride == p * h * w
+        && (0..p).all(|k| s.plane_offset(k) == k * h * w);
+    if planar {
+        return Some(Grid { n: s.batch * p, h, w, lanes: 1 });
+    }
+    let last = s.col_stride == p
+        && s.row_stride == w * p
+        && s.batch_stride == h * w * p
+        && (0..p).all(|k| s.plane_offset(k) == k);
+    last.then_some(Grid { n: s.batch, h, w, lanes: p })
+}
+
+/// Values per parallel task (whole rows; a few rows of scratch stay in L2).
+const TASK: usize = 1 << 16;
+
+/// One pass over the output rows of a pyramid level. Each is an element-wise
+/// composition of the canonical stages, so the bits are those of the stages
+/// run one at a time.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// `blur` along the columns axis (within each row) of `src`, same grid.
+    Hblur(&'a [f32]),
+    /// `down` of the blur along the rows axis of `src` (already blurred
+    /// within rows), on the grid twice the output's.
+    Reduce(&'a [f32]),
+    /// The blur within rows of the bilinear doubling of `src` (half grid).
+    Expand(&'a [f32]),
+    /// `g − colblur(ub)`: a Laplacian level from its expanded coarser level.
+    Detail { ub: &'a [f32], g: &'a [f32] },
+    /// `colblur(ub) + g`: one step of the rebuild.
+    Rebuild { ub: &'a [f32], g: &'a [f32] },
+    /// The rebuild with the level's guidance fused:
+    /// `colblur(r) + guide(gc − colblur(c), gu − colblur(u))`.
+    Level { c: &'a [f32], u: &'a [f32], r: &'a [f32], gc: &'a [f32], gu: &'a [f32], band: &'a FdgBand, original: bool },
+}
+
+/// Runs `pass` over every row of `out` (grid `g`), in parallel bands of rows.
+fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
+    let row = g.row();
+    if row == 0 || out.is_empty() {
+        return;
+    }
+    let per = (TASK / row).max(1);
+    out.par_chunks_mut(per * row).enumerate().for_each(|(t, out)| simd::run(Band { p, g, first: t * per, out }));
+}
+
+/// A band of output rows of a [`Pass`], as a [`Task`] (its loops compiled
+/// in the AVX2+FMA region where the CPU has it).
+struct Band<'a> {
+    p: Pass<'a>,
+    g: Grid,
+    first: usize,
+    out: &'a mut [f32],
+}
+
+impl Task for Band<'_> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
-        let Stage { kind, src, dst, h, w } = self;
-        match kind {
-            Kind::BlurRows => blur_rows_image(src, dst, w),
-            Kind::BlurCols => blur_cols_image(src, dst, h, w),
-            Kind::Down => down_image(src, dst, h, w),
-            Kind::Upsample => upsample_image(src, dst, h, w),
+        let Band { p, g, first, out } = self;
+        let (row, l) = (g.row(), g.lanes);
+        // Two rows of the grid twice as wide (`Reduce`), or three rows.
+        let mut scratch = take_scratch(4 * row);
+        let (s0, s1) = scratch.split_at_mut(2 * row);
+        let s1 = &mut s1[..2 * row];
+        for (j, o) in out.chunks_mut(row).enumerate() {
+            let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+            match p {
+                Pass::Hblur(src) => hblur_row(g.at(src, i, y), o, g.w, l),
+                Pass::Reduce(src) => {
+                    let sg = g.double();
+                    let (v0, v1) = (&mut *s0, &mut *s1);
+                    vblur_row(sg, src, i, 2 * y, v0);
+                    vblur_row(sg, src, i, 2 * y + 1, v1);
+                    down_row(v0, v1, o, l);
+                }
+                Pass::Expand(src) => {
+                    let sg = g.half();
+                    let (ya, yb) = up_taps(y, sg.h);
+                    let (ta, tb) = s0.split_at_mut(row);
+                    double_row(sg.at(src, i, ya), ta, l);
+                    double_row(sg.at(src, i, yb), tb, l);
+                    let up = &mut s1[..row];
+                    for ((u, &a), &b) in up.iter_mut().zip(ta.iter()).zip(tb.iter()) {
+                        *u = lerp(a, b);
+                    }
+                    hblur_row(up, o, g.w, l);
+                }
+                Pass::Detail { ub, g: gk } => {
+                    vblur_row(g, ub, i, y, o);
+                    for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
+                        *o = x - *o;
+                    }
+                }
+                Pass::Rebuild { ub, g: gk } => {
+                    vblur_row(g, ub, i, y, o);
+                    for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
+                        *o += x;
+                    }
+                }
+                Pass::Level { c, u, r, gc, gu, band, original } => {
+                    let (tc, tu) = (&mut s0[..row], &mut s1[..row]);
+                    vblur_row(g, c, i, y, tc);
+                    vblur_row(g, u, i, y, tu);
+                    vblur_row(g, r, i, y, o);
+                    let (gc, gu) = (g.at(gc, i, y), g.at(gu, i, y));
+                    let s = band.scale;
+                    for k in 0..row {
+                        let (lc, lu) = (gc[k] - tc[k], gu[k] - tu[k]);
+                        let gk = if !band.on { lc } else { s.mul_add(lc - lu, if original { lc } else { lu }) };
+                        o[k] += gk;
+                    }
+                }
+            }
         }
+        put_scratch(scratch);
     }
 }
 
-/// Runs stage `kind` over consecutive images of h × w (source) into `dst`.
-fn per_image(kind: Kind, src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    let images = src.len() / (h * w).max(1);
-    if images == 0 {
-        return;
-    }
-    let out_len = dst.len() / images;
-    dst.par_chunks_mut(out_len.max(1))
-        .enumerate()
-        .for_each(|(i, dst)| simd::run(Stage { kind, src: &src[i * h * w..(i + 1) * h * w], dst, h, w }));
-}
-
-/// `acc = t₀·a; acc = fma(t_k, x_k, acc)` over five aligned slices.
+/// `acc = t₀·x₀; acc = fma(t_k, x_k, acc)` over five aligned slices.
 #[inline(always)]
-fn taps5(r: [&[f32]; 5], o: &mut [f32]) {
+fn taps5(r0: &[f32], r1: &[f32], r2: &[f32], r3: &[f32], r4: &[f32], o: &mut [f32]) {
     let n = o.len();
-    let (r0, r1, r2, r3, r4) = (&r[0][..n], &r[1][..n], &r[2][..n], &r[3][..n], &r[4][..n]);
+    let (r0, r1, r2, r3, r4) = (&r0[..n], &r1[..n], &r2[..n], &r3[..n], &r4[..n]);
     for i in 0..n {
         let mut acc = TAPS[0] * r0[i];
         acc = TAPS[1].mul_add(r1[i], acc);
@@ -199,96 +313,68 @@ fn taps5(r: [&[f32]; 5], o: &mut [f32]) {
     }
 }
 
+/// The blur within one row of `w` pixels of `l` lanes: the interior as five
+/// shifted slices, the two pixels at each border reflected.
 #[inline(always)]
-fn blur_rows_image(s: &[f32], o: &mut [f32], w: usize) {
-    for (s, o) in s.chunks(w).zip(o.chunks_mut(w)) {
-        if w >= 5 {
-            taps5([&s[0..], &s[1..], &s[2..], &s[3..], &s[4..]], &mut o[2..w - 2]);
-        }
-        for x in (0..w.min(2)).chain(w.saturating_sub(2).max(2)..w) {
-            o[x] = blur5(|j| s[j], x, w);
-        }
+fn hblur_row(s: &[f32], o: &mut [f32], w: usize, l: usize) {
+    if w >= 5 {
+        let n = (w - 4) * l;
+        taps5(&s[..n], &s[l..], &s[2 * l..], &s[3 * l..], &s[4 * l..], &mut o[2 * l..2 * l + n]);
+    }
+    for x in (0..w.min(2)).chain(w.saturating_sub(2).max(2)..w) {
+        let px = |k: isize| {
+            let j = reflect(x as isize + k - 2, w);
+            &s[j * l..(j + 1) * l]
+        };
+        taps5(px(0), px(1), px(2), px(3), px(4), &mut o[x * l..(x + 1) * l]);
     }
 }
 
+/// Row `y` of image `i` of `src` (grid `g`) blurred along the rows axis.
 #[inline(always)]
-fn blur_cols_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
-    for (y, o) in o.chunks_mut(w).enumerate() {
-        // The five source rows of output row y, reflected at the borders.
-        let r: [&[f32]; 5] = std::array::from_fn(|k| {
-            let j = reflect(y as isize + k as isize - 2, h);
-            &s[j * w..(j + 1) * w]
-        });
-        taps5(r, o);
-    }
+fn vblur_row(g: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32]) {
+    let r = |k: isize| g.at(src, i, reflect(y as isize + k - 2, g.h));
+    taps5(r(0), r(1), r(2), r(3), r(4), o);
 }
 
+/// One output row of the 2 × 2 mean from source rows `a` (upper) and `b`.
 #[inline(always)]
-fn down_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
-    let (ho, wo) = (h / 2, w / 2);
-    for y in 0..ho {
-        let (r0, r1) = (&s[2 * y * w..(2 * y + 1) * w], &s[(2 * y + 1) * w..(2 * y + 2) * w]);
-        for (x, o) in o[y * wo..(y + 1) * wo].iter_mut().enumerate() {
-            *o = down2(r0[2 * x], r0[2 * x + 1], r1[2 * x], r1[2 * x + 1]);
+fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
+    if l == 1 {
+        for ((o, a), b) in o.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+            *o = down2(a[0], a[1], b[0], b[1]);
         }
+        return;
     }
-}
-
-#[inline(always)]
-fn upsample_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
-    let wo = 2 * w;
-    // Each source row doubled along the columns, then two of them mixed per output row.
-    let mut rows = vec![0.0f32; 2 * wo];
-    for (y, o) in o.chunks_mut(wo).enumerate() {
-        let (ya, yb) = up_taps(y, h);
-        let (ta, tb) = rows.split_at_mut(wo);
-        double_row(&s[ya * w..(ya + 1) * w], ta);
-        double_row(&s[yb * w..(yb + 1) * w], tb);
-        for ((o, &a), &b) in o.iter_mut().zip(ta.iter()).zip(tb.iter()) {
-            *o = lerp(a, b);
+    for ((o, a), b) in o.chunks_exact_mut(l).zip(a.chunks_exact(2 * l)).zip(b.chunks_exact(2 * l)) {
+        let (a0, a1) = a.split_at(l);
+        let (b0, b1) = b.split_at(l);
+        for k in 0..l {
+            o[k] = down2(a0[k], a1[k], b0[k], b1[k]);
         }
     }
 }
 
-/// `t[x] = lerp(r[near], r[far])` for the 2·w outputs of a row of w ([`up_taps`]).
+/// `t[x] = lerp(r[near], r[far])` for the 2·w pixels from a row of w ([`up_taps`]).
 #[inline(always)]
-fn double_row(r: &[f32], t: &mut [f32]) {
-    let w = r.len();
-    for (i, pair) in t.chunks_exact_mut(2).enumerate() {
-        pair[0] = lerp(r[i], r[i.saturating_sub(1)]);
-        pair[1] = lerp(r[i], r[(i + 1).min(w - 1)]);
+fn double_row(r: &[f32], t: &mut [f32], l: usize) {
+    let w = r.len() / l;
+    if l == 1 {
+        for (i, pair) in t.chunks_exact_mut(2).enumerate() {
+            pair[0] = lerp(r[i], r[i.saturating_sub(1)]);
+            pair[1] = lerp(r[i], r[(i + 1).min(w - 1)]);
+        }
+        return;
     }
-}
-
-/// Blur along the columns axis (within each row) of images of h × w.
-pub fn blur_rows(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::BlurRows, src, dst, h, w);
-}
-
-/// Blur along the rows axis (within each column) of images of h × w.
-pub fn blur_cols(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::BlurCols, src, dst, h, w);
-}
-
-/// Halves images of h × w (even) by the 2 × 2 mean.
-pub fn down(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::Down, src, dst, h, w);
-}
-
-/// Doubles images of h × w bilinearly: along the columns in the near and the
-/// far source row, then between them.
-pub fn upsample(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::Upsample, src, dst, h, w);
-}
-
-/// `up`: [`upsample`] then the blur, from images of h × w to 2h × 2w.
-fn up(src: &[f32], h: usize, w: usize) -> Vec<f32> {
-    let n = src.len() * 4;
-    let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
-    upsample(src, &mut a, h, w);
-    blur_rows(&a, &mut b, 2 * h, 2 * w);
-    blur_cols(&b, &mut a, 2 * h, 2 * w);
-    a
+    for (i, pair) in t.chunks_exact_mut(2 * l).enumerate() {
+        let px = |j: usize| &r[j * l..(j + 1) * l];
+        let (near, left, right) = (px(i), px(i.saturating_sub(1)), px((i + 1).min(w - 1)));
+        let (p0, p1) = pair.split_at_mut(l);
+        for k in 0..l {
+            p0[k] = lerp(near[k], left[k]);
+            p1[k] = lerp(near[k], right[k]);
+        }
+    }
 }
 
 /// The prediction `x` (native layout) as planar images (sample, plane, row, column).
@@ -324,29 +410,73 @@ pub fn scatter(s: &Spatial, planar: &[f32], out: &mut [f32]) {
     });
 }
 
-/// The Laplacian pyramid of planar images (level 0 first).
-pub fn laplacian(p: &Pyramid, x: Vec<f32>) -> Vec<Vec<f32>> {
-    let mut gauss = vec![x];
-    for k in 0..p.levels - 1 {
-        let (h, w) = p.dims(k);
-        let g = &gauss[k];
-        let (mut a, mut b) = (vec![0.0; g.len()], vec![0.0; g.len()]);
-        blur_rows(g, &mut a, h, w);
-        blur_cols(&a, &mut b, h, w);
-        let mut next = vec![0.0; g.len() / 4];
-        down(&b, &mut next, h, w);
-        gauss.push(next);
+/// The Gaussian levels G₁.. of `g0` (grid `g`): `down(blur(G_k))`.
+fn gaussians(levels: usize, g: Grid, g0: &[f32]) -> Vec<Vec<f32>> {
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(levels.saturating_sub(1));
+    let mut tmp = vec![0.0; g0.len()];
+    let mut grid = g;
+    for _ in 1..levels {
+        let src = out.last().map_or(g0, Vec::as_slice);
+        let tmp = &mut tmp[..grid.len()];
+        pass(Pass::Hblur(src), grid, tmp);
+        grid = grid.half();
+        let mut next = vec![0.0; grid.len()];
+        pass(Pass::Reduce(tmp), grid, &mut next);
+        out.push(next);
     }
-    let mut out = Vec::with_capacity(p.levels);
-    for k in 0..p.levels - 1 {
-        let (h, w) = p.dims(k + 1);
-        let u = up(&gauss[k + 1], h, w);
-        out.push(gauss[k].iter().zip(&u).map(|(g, u)| g - u).collect());
-    }
-    out.push(gauss.pop().unwrap_or_default());
     out
 }
 
+/// Whether a band needs per-sample statistics (a parallel weight or a rescale).
+fn has_stats(band: &FdgBand) -> bool {
+    band.on && (band.parallel.is_some() || band.rescale > 0.0)
+}
+
+/// FDG of c and u as images on grid `g` (planar when a band takes
+/// statistics) into `out` on the same grid.
+fn fdg_grid(p: &Pyramid, g: Grid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool, out: &mut [f32]) {
+    let levels = p.levels;
+    let (gc, gu) = (gaussians(levels, g, c), gaussians(levels, g, u));
+    let level = |k: usize| -> (&[f32], &[f32]) {
+        if k == 0 {
+            (c, u)
+        } else {
+            (&gc[k - 1], &gu[k - 1])
+        }
+    };
+    let (cl, ul) = level(levels - 1);
+    let mut r = guide_level(cl, ul, p.sample_len(levels - 1), &bands[levels - 1], original);
+    let mut grid = g;
+    for _ in 1..levels {
+        grid = grid.half();
+    }
+    for k in (0..levels - 1).rev() {
+        grid = grid.double();
+        let (ck, uk) = level(k);
+        let expand = |x: &[f32]| {
+            let mut e = vec![0.0; grid.len()];
+            pass(Pass::Expand(x), grid, &mut e);
+            e
+        };
+        let (ec, eu, er) = (expand(level(k + 1).0), expand(level(k + 1).1), expand(&r));
+        let mut next = if k == 0 { Vec::new() } else { vec![0.0; grid.len()] };
+        let dst: &mut [f32] = if k == 0 { out } else { &mut next };
+        if has_stats(&bands[k]) {
+            let (mut lc, mut lu) = (vec![0.0; grid.len()], vec![0.0; grid.len()]);
+            pass(Pass::Detail { ub: &ec, g: ck }, grid, &mut lc);
+            pass(Pass::Detail { ub: &eu, g: uk }, grid, &mut lu);
+            let gk = guide_level(&lc, &lu, p.sample_len(k), &bands[k], original);
+            pass(Pass::Rebuild { ub: &er, g: &gk }, grid, dst);
+        } else {
+            let lvl = Pass::Level { c: &ec, u: &eu, r: &er, gc: ck, gu: uk, band: &bands[k], original };
+            pass(lvl, grid, dst);
+        }
+        r = next;
+    }
+    if levels == 1 {
+        out.copy_from_slice(&r);
+    }
+}
 /// One guided level from c_k and u_k (planar, `len` elements per sample).
 pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: bool) -> Vec<f32> {
     if !band.on {
@@ -406,16 +536,17 @@ impl Task for Guide<'_> {
 /// FDG of c and u (native layout, f32) into `out`.
 pub fn fdg_into(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool, out: &mut [f32]) {
     let s = &p.spatial;
-    let lc = laplacian(p, gather(s, c));
-    let lu = laplacian(p, gather(s, u));
-    let guided: Vec<Vec<f32>> =
-        (0..p.levels).map(|k| guide_level(&lc[k], &lu[k], p.sample_len(k), &bands[k], original)).collect();
-    let mut r = guided[p.levels - 1].clone();
-    for k in (0..p.levels - 1).rev() {
-        let (h, w) = p.dims(k + 1);
-        r = up(&r, h, w).iter().zip(&guided[k]).map(|(u, g)| u + g).collect();
+    // Statistics reduce each sample in planar order: lanes would change that order.
+    let native = native_grid(s).filter(|g| g.lanes == 1 || !bands.iter().any(has_stats));
+    match native {
+        Some(g) => fdg_grid(p, g, c, u, bands, original, out),
+        None => {
+            let g = Grid { n: s.batch * s.planes, h: s.height, w: s.width, lanes: 1 };
+            let mut r = vec![0.0; out.len()];
+            fdg_grid(p, g, &gather(s, c), &gather(s, u), bands, original, &mut r);
+            scatter(s, &r, out);
+        }
     }
-    scatter(s, &r, out);
 }
 
 #[cfg(test)]
