@@ -194,25 +194,25 @@ fn native_grid(s: &Spatial) -> Option<Grid> {
 
 /// Values per parallel task (whole rows; a few rows of scratch stay in L2).
 const TASK: usize = 1 << 16;
+/// Rows a band keeps of a derived image (the 6-row window of a stencil, reflected
+/// borders included, never collides in a direct-mapped cache of 8).
+const SLOTS: usize = 8;
 
 /// One pass over the output rows of a pyramid level. Each is an element-wise
 /// composition of the canonical stages, so the bits are those of the stages
-/// run one at a time.
+/// run one at a time; rows of the intermediate images (blurred within rows,
+/// or doubled and blurred within rows) are computed per band, kept in a
+/// small cache while the column blur still needs them, never stored whole.
 #[derive(Clone, Copy)]
 enum Pass<'a> {
-    /// `blur` along the columns axis (within each row) of `src`, same grid.
-    Hblur(&'a [f32]),
-    /// `down` of the blur along the rows axis of `src` (already blurred
-    /// within rows), on the grid twice the output's.
+    /// `down(blur(src))` (src on the grid twice the output's): the next Gaussian level.
     Reduce(&'a [f32]),
-    /// The blur within rows of the bilinear doubling of `src` (half grid).
-    Expand(&'a [f32]),
-    /// `g − colblur(ub)`: a Laplacian level from its expanded coarser level.
-    Detail { ub: &'a [f32], g: &'a [f32] },
-    /// `colblur(ub) + g`: one step of the rebuild.
-    Rebuild { ub: &'a [f32], g: &'a [f32] },
-    /// The rebuild with the level's guidance fused:
-    /// `colblur(r) + guide(gc − colblur(c), gu − colblur(u))`.
+    /// `g − up(src)` (src on the half grid): a Laplacian level.
+    Detail { src: &'a [f32], g: &'a [f32] },
+    /// `up(r) + g` (r on the half grid): one step of the rebuild.
+    Rebuild { r: &'a [f32], g: &'a [f32] },
+    /// The rebuild with the level's guidance fused (c, u, r on the half grid):
+    /// `up(r) + guide(gc − up(c), gu − up(u))`.
     Level { c: &'a [f32], u: &'a [f32], r: &'a [f32], gc: &'a [f32], gu: &'a [f32], band: &'a FdgBand, original: bool },
 }
 
@@ -222,7 +222,10 @@ fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
     if row == 0 || out.is_empty() {
         return;
     }
-    let per = (TASK / row).max(1);
+    // Bands long enough that the stencil's halo rows are a small part, and
+    // enough of them for every thread.
+    let rows = out.len() / row;
+    let per = (TASK / row).max(16).min(rows.div_ceil(4 * rayon::current_num_threads())).max(1);
     out.par_chunks_mut(per * row).enumerate().for_each(|(t, out)| simd::run(Band { p, g, first: t * per, out }));
 }
 
@@ -235,58 +238,143 @@ struct Band<'a> {
     out: &'a mut [f32],
 }
 
+/// A direct-mapped cache of [`SLOTS`] rows of one derived image, by row id.
+struct Rows<'a> {
+    buf: &'a mut [f32],
+    tags: [usize; SLOTS],
+    row: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(buf: &'a mut [f32], row: usize) -> Rows<'a> {
+        Rows { buf: &mut buf[..SLOTS * row], tags: [usize::MAX; SLOTS], row }
+    }
+    /// The slot to compute row `id` into, when it is not present. (No
+    /// closure: one would be compiled outside the AVX2 region, fma a libm call.)
+    #[inline(always)]
+    fn missing(&mut self, id: usize) -> Option<&mut [f32]> {
+        let k = id % SLOTS;
+        if self.tags[k] == id {
+            return None;
+        }
+        self.tags[k] = id;
+        Some(&mut self.buf[k * self.row..(k + 1) * self.row])
+    }
+    #[inline(always)]
+    fn get(&self, id: usize) -> &[f32] {
+        let k = id % SLOTS;
+        &self.buf[k * self.row..(k + 1) * self.row]
+    }
+}
+
+/// Row `y` of the doubled image of `src` (grid `cg`, image `i`) blurred within
+/// rows, into `o`, with `t` three rows of scratch.
+#[inline(always)]
+fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32], t: &mut [f32]) {
+    let (row, l) = (o.len(), cg.lanes);
+    let (ya, yb) = up_taps(y, cg.h);
+    let (ta, rest) = t.split_at_mut(row);
+    let (tb, up) = rest.split_at_mut(row);
+    let up = &mut up[..row];
+    double_row(cg.at(src, i, ya), ta, l);
+    double_row(cg.at(src, i, yb), &mut tb[..row], l);
+    for ((u, &a), &b) in up.iter_mut().zip(ta.iter()).zip(tb.iter()) {
+        *u = lerp(a, b);
+    }
+    hblur_row(up, o, 2 * cg.w, l);
+}
+
+/// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) into `o`, its
+/// doubled rows kept in `cache`.
+#[inline(always)]
+fn up_row(cg: Grid, src: &[f32], i: usize, y: usize, cache: &mut Rows<'_>, t: &mut [f32], o: &mut [f32]) {
+    let h = 2 * cg.h;
+    let y = y as isize;
+    let ids = [reflect(y - 2, h), reflect(y - 1, h), reflect(y, h), reflect(y + 1, h), reflect(y + 2, h)];
+    for &yy in &ids {
+        if let Some(r) = cache.missing(i * h + yy) {
+            expand_row(cg, src, i, yy, r, t);
+        }
+    }
+    let r = |k: usize| cache.get(i * h + ids[k]);
+    taps5(r(0), r(1), r(2), r(3), r(4), o);
+}
+
 impl Task for Band<'_> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
-        // Two rows of the grid twice as wide (`Reduce`), or three rows.
-        let mut scratch = take_scratch(4 * row);
-        let (s0, s1) = scratch.split_at_mut(2 * row);
-        let s1 = &mut s1[..2 * row];
-        for (j, o) in out.chunks_mut(row).enumerate() {
-            let (i, y) = ((first + j) / g.h, (first + j) % g.h);
-            match p {
-                Pass::Hblur(src) => hblur_row(g.at(src, i, y), o, g.w, l),
-                Pass::Reduce(src) => {
-                    let sg = g.double();
-                    let (v0, v1) = (&mut *s0, &mut *s1);
-                    vblur_row(sg, src, i, 2 * y, v0);
-                    vblur_row(sg, src, i, 2 * y + 1, v1);
+        // Reduce: 8 cached rows twice as wide, 2 more; else up to 3 caches,
+        // 3 rows of expand scratch, 2 rows.
+        let mut scratch = take_scratch(3 * SLOTS * row + 5 * row);
+        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
+        let (s1, rest) = rest.split_at_mut(SLOTS * row);
+        let (s2, rest) = rest.split_at_mut(SLOTS * row);
+        let (t, rest) = rest.split_at_mut(3 * row);
+        let (tc, tu) = rest.split_at_mut(row);
+        let tu = &mut tu[..row];
+        match p {
+            Pass::Reduce(src) => {
+                let sg = g.double();
+                let (cache, rest) = scratch.split_at_mut(SLOTS * sg.row());
+                let (v0, v1) = rest.split_at_mut(sg.row());
+                let v1 = &mut v1[..sg.row()];
+                let mut cache = Rows::new(cache, sg.row());
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
+                    let (y2, n) = (2 * y as isize, sg.h);
+                    let ids = [
+                        reflect(y2 - 2, n),
+                        reflect(y2 - 1, n),
+                        reflect(y2, n),
+                        reflect(y2 + 1, n),
+                        reflect(y2 + 2, n),
+                        reflect(y2 + 3, n),
+                    ];
+                    for &yy in &ids {
+                        if let Some(r) = cache.missing(i * n + yy) {
+                            hblur_row(sg.at(src, i, yy), r, sg.w, l);
+                        }
+                    }
+                    let r = |k: usize| cache.get(i * sg.h + ids[k]);
+                    taps5(r(0), r(1), r(2), r(3), r(4), v0);
+                    taps5(r(1), r(2), r(3), r(4), r(5), v1);
                     down_row(v0, v1, o, l);
                 }
-                Pass::Expand(src) => {
-                    let sg = g.half();
-                    let (ya, yb) = up_taps(y, sg.h);
-                    let (ta, tb) = s0.split_at_mut(row);
-                    double_row(sg.at(src, i, ya), ta, l);
-                    double_row(sg.at(src, i, yb), tb, l);
-                    let up = &mut s1[..row];
-                    for ((u, &a), &b) in up.iter_mut().zip(ta.iter()).zip(tb.iter()) {
-                        *u = lerp(a, b);
-                    }
-                    hblur_row(up, o, g.w, l);
-                }
-                Pass::Detail { ub, g: gk } => {
-                    vblur_row(g, ub, i, y, o);
+            }
+            Pass::Detail { src, g: gk } => {
+                let mut cache = Rows::new(s0, row);
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    up_row(g.half(), src, i, y, &mut cache, t, o);
                     for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
                         *o = x - *o;
                     }
                 }
-                Pass::Rebuild { ub, g: gk } => {
-                    vblur_row(g, ub, i, y, o);
+            }
+            Pass::Rebuild { r, g: gk } => {
+                let mut cache = Rows::new(s0, row);
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    up_row(g.half(), r, i, y, &mut cache, t, o);
                     for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
                         *o += x;
                     }
                 }
-                Pass::Level { c, u, r, gc, gu, band, original } => {
-                    let (tc, tu) = (&mut s0[..row], &mut s1[..row]);
-                    vblur_row(g, c, i, y, tc);
-                    vblur_row(g, u, i, y, tu);
-                    vblur_row(g, r, i, y, o);
+            }
+            Pass::Level { c, u, r, gc, gu, band, original } => {
+                let (mut cc, mut cu, mut cr) = (Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row));
+                let s = band.scale;
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    let cg = g.half();
+                    up_row(cg, c, i, y, &mut cc, t, tc);
+                    up_row(cg, u, i, y, &mut cu, t, tu);
+                    up_row(cg, r, i, y, &mut cr, t, o);
                     let (gc, gu) = (g.at(gc, i, y), g.at(gu, i, y));
-                    let s = band.scale;
                     for k in 0..row {
                         let (lc, lu) = (gc[k] - tc[k], gu[k] - tu[k]);
                         let gk = if !band.on { lc } else { s.mul_add(lc - lu, if original { lc } else { lu }) };
@@ -330,13 +418,6 @@ fn hblur_row(s: &[f32], o: &mut [f32], w: usize, l: usize) {
     }
 }
 
-/// Row `y` of image `i` of `src` (grid `g`) blurred along the rows axis.
-#[inline(always)]
-fn vblur_row(g: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32]) {
-    let r = |k: isize| g.at(src, i, reflect(y as isize + k - 2, g.h));
-    taps5(r(0), r(1), r(2), r(3), r(4), o);
-}
-
 /// One output row of the 2 × 2 mean from source rows `a` (upper) and `b`.
 #[inline(always)]
 fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
@@ -377,6 +458,37 @@ fn double_row(r: &[f32], t: &mut [f32], l: usize) {
     }
 }
 
+thread_local! {
+    /// The last call's level buffers, reused by the next call on this thread:
+    /// fresh pages cost a fault and a clear each, more than the passes themselves.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `n` values (contents unspecified: every pass writes all of its output).
+pub(crate) fn buffer(n: usize) -> Vec<f32> {
+    let found = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let best = (0..p.len()).filter(|&i| p[i].capacity() >= n).min_by_key(|&i| p[i].capacity());
+        best.map(|i| p.swap_remove(i))
+    });
+    let mut v = found.unwrap_or_default();
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    v.truncate(n);
+    v
+}
+
+/// Hands a buffer back for the next call (a few are kept).
+pub(crate) fn recycle(v: Vec<f32>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 16 && v.capacity() > 0 {
+            p.push(v);
+        }
+    });
+}
+
 /// The prediction `x` (native layout) as planar images (sample, plane, row, column).
 pub fn gather(s: &Spatial, x: &[f32]) -> Vec<f32> {
     let (h, w) = (s.height, s.width);
@@ -413,15 +525,12 @@ pub fn scatter(s: &Spatial, planar: &[f32], out: &mut [f32]) {
 /// The Gaussian levels G₁.. of `g0` (grid `g`): `down(blur(G_k))`.
 fn gaussians(levels: usize, g: Grid, g0: &[f32]) -> Vec<Vec<f32>> {
     let mut out: Vec<Vec<f32>> = Vec::with_capacity(levels.saturating_sub(1));
-    let mut tmp = vec![0.0; g0.len()];
     let mut grid = g;
     for _ in 1..levels {
         let src = out.last().map_or(g0, Vec::as_slice);
-        let tmp = &mut tmp[..grid.len()];
-        pass(Pass::Hblur(src), grid, tmp);
         grid = grid.half();
-        let mut next = vec![0.0; grid.len()];
-        pass(Pass::Reduce(tmp), grid, &mut next);
+        let mut next = buffer(grid.len());
+        pass(Pass::Reduce(src), grid, &mut next);
         out.push(next);
     }
     out
@@ -452,37 +561,36 @@ fn fdg_grid(p: &Pyramid, g: Grid, c: &[f32], u: &[f32], bands: &[FdgBand], origi
     }
     for k in (0..levels - 1).rev() {
         grid = grid.double();
-        let (ck, uk) = level(k);
-        let expand = |x: &[f32]| {
-            let mut e = vec![0.0; grid.len()];
-            pass(Pass::Expand(x), grid, &mut e);
-            e
-        };
-        let (ec, eu, er) = (expand(level(k + 1).0), expand(level(k + 1).1), expand(&r));
-        let mut next = if k == 0 { Vec::new() } else { vec![0.0; grid.len()] };
+        let ((ck, uk), (ec, eu)) = (level(k), level(k + 1));
+        let mut next = if k == 0 { Vec::new() } else { buffer(grid.len()) };
         let dst: &mut [f32] = if k == 0 { out } else { &mut next };
         if has_stats(&bands[k]) {
-            let (mut lc, mut lu) = (vec![0.0; grid.len()], vec![0.0; grid.len()]);
-            pass(Pass::Detail { ub: &ec, g: ck }, grid, &mut lc);
-            pass(Pass::Detail { ub: &eu, g: uk }, grid, &mut lu);
+            let (mut lc, mut lu) = (buffer(grid.len()), buffer(grid.len()));
+            pass(Pass::Detail { src: ec, g: ck }, grid, &mut lc);
+            pass(Pass::Detail { src: eu, g: uk }, grid, &mut lu);
             let gk = guide_level(&lc, &lu, p.sample_len(k), &bands[k], original);
-            pass(Pass::Rebuild { ub: &er, g: &gk }, grid, dst);
+            pass(Pass::Rebuild { r: &r, g: &gk }, grid, dst);
+            [lc, lu, gk].into_iter().for_each(recycle);
         } else {
-            let lvl = Pass::Level { c: &ec, u: &eu, r: &er, gc: ck, gu: uk, band: &bands[k], original };
+            let lvl = Pass::Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original };
             pass(lvl, grid, dst);
         }
-        r = next;
+        recycle(std::mem::replace(&mut r, next));
     }
     if levels == 1 {
         out.copy_from_slice(&r);
     }
+    recycle(r);
+    gc.into_iter().chain(gu).for_each(recycle);
 }
+
 /// One guided level from c_k and u_k (planar, `len` elements per sample).
 pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: bool) -> Vec<f32> {
+    let mut g = buffer(c.len());
     if !band.on {
-        return c.to_vec();
+        g.copy_from_slice(c);
+        return g;
     }
-    let mut g = vec![0.0f32; c.len()];
     g.par_chunks_mut(len.max(1)).enumerate().for_each(|(b, g)| {
         let (c, u) = (&c[b * len..(b + 1) * len], &u[b * len..(b + 1) * len]);
         simd::run(Guide { c, u, g, band, original })
