@@ -20,6 +20,13 @@
 //! plane, row, column) with explicit fma, written once here and once in
 //! `cfg-runtime/kernels/fdg.cu`; per-sample statistics use the canonical
 //! reductions of [`crate::reduce`]. So the CPU and CUDA agree bit for bit.
+//!
+//! The CPU computes the same per-element formulas in fewer passes: on the
+//! native arrangement when it is planar or planes-last (a token grid: the
+//! planes are vector lanes, no transpose), one pass per Gaussian level and
+//! one per rebuilt level, rows of the intermediate images cached per band
+//! of output rows rather than stored (tested bit for bit against an
+//! element-by-element evaluation in `tests/fast_paths.rs`).
 
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums};
 use crate::fused::{put_scratch, take_scratch};
@@ -192,7 +199,7 @@ fn native_grid(s: &Spatial) -> Option<Grid> {
     last.then_some(Grid { n: s.batch, h, w, lanes: p })
 }
 
-/// Values per parallel task (whole rows; a few rows of scratch stay in L2).
+/// Values per parallel task (whole rows).
 const TASK: usize = 1 << 16;
 /// Rows a band keeps of a derived image (the 6-row window of a stencil, reflected
 /// borders included, never collides in a direct-mapped cache of 8).
