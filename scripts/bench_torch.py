@@ -15,11 +15,11 @@ import torch
 
 WIDTH = 64
 OPS = [
-    "renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2",
-    "tcfg", "perp_neg", "apg_mix_cfg",
+    "cfg", "renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2",
+    "tcfg", "perp_neg", "apg_mix_cfg", "fdg",
 ]
 SIZES = [int(n) for n in os.environ.get("CFG_BENCH_SIZES", "262144,4792320,33554432").split(",")]
-ONE_PASS = {"renorm", "renorm_clamped"}
+ONE_PASS = {"cfg", "renorm", "renorm_clamped", "apg_mix_cfg", "fdg"}
 
 
 def branch(n, b, dtype):
@@ -30,6 +30,10 @@ def branch(n, b, dtype):
 
 def cfg(cond, uncond, s):
     return uncond + s * (cond - uncond)
+
+
+def plain_cfg(cond, uncond):  # diffusers ClassifierFreeGuidance
+    return uncond + 7.5 * (cond - uncond)
 
 
 def renorm(cond, uncond):  # Qwen-Image (diffusers / vllm-omni QwenImagePipeline)
@@ -159,6 +163,49 @@ def make_apg_mix_cfg():
     return apg_mix_cfg
 
 
+def token_grid(tokens):  # the most square grid with even sides (ops_common::token_grid)
+    root = int(tokens**0.5)
+    for h in range(root, 1, -1):
+        if h % 2 == 0 and tokens % h == 0 and (tokens // h) % 2 == 0:
+            return h, tokens // h
+    return 2, tokens // 2
+
+
+def blur5(x):  # kornia filter2d: the 5 x 5 binomial kernel, depthwise conv2d, reflected borders
+    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype) / 16.0
+    k = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 5, 5)
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=x.shape[1])
+
+
+def pyrdown(x):  # kornia.geometry.transform.pyrdown
+    h, w = x.shape[-2:]
+    return torch.nn.functional.interpolate(blur5(x), size=(h // 2, w // 2), mode="bilinear", align_corners=False)
+
+
+def pyrup(x):  # kornia.geometry.transform.pyrup (diffusers' upsample_and_blur_func)
+    h, w = x.shape[-2:]
+    return blur5(torch.nn.functional.interpolate(x, size=(h * 2, w * 2), mode="bilinear", align_corners=False))
+
+
+def build_laplacian_pyramid(x, levels):  # kornia
+    g = [x]
+    for _ in range(levels - 1):
+        g.append(pyrdown(g[-1]))
+    return [g[k] - pyrup(g[k + 1]) for k in range(levels - 1)] + [g[-1]]
+
+
+def fdg(cond, uncond):  # diffusers FrequencyDecoupledGuidance, scales (10, 5), on the token grid as [B, C, H, W]
+    b, t, c = cond.shape
+    h, w = token_grid(t)
+    image = lambda x: x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    pc, pu = build_laplacian_pyramid(image(cond), 2), build_laplacian_pyramid(image(uncond), 2)
+    guided = [u + s * (c_ - u) for c_, u, s in zip(pc, pu, (10.0, 5.0))]
+    img = guided[-1]
+    for i in range(len(guided) - 2, -1, -1):
+        img = pyrup(img) + guided[i]
+    return img.permute(0, 2, 3, 1).reshape(b, t, c)
+
+
 def median_ms(reps, f):
     f()
     t = []
@@ -203,7 +250,7 @@ def main():
                     g = make_apg_mix_cfg()
                     f = lambda: g(xs[0], xs[1])
                 else:
-                    fn = globals()[op]
+                    fn = plain_cfg if op == "cfg" else globals()[op]
                     f = lambda: fn(xs[0], xs[1])
                 t = median_ms(reps, f)
                 del xs

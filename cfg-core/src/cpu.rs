@@ -4,7 +4,7 @@ use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
 use crate::chunked::{chunked_into, Chunks};
 use crate::error::CoreError;
-use crate::fdg::{fdg_into, Pyramid};
+use crate::fdg::{self, fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
@@ -282,6 +282,8 @@ pub fn evaluate_view(
             ElementsMut::F16(o) => fused_op_mix(program, op, mix, &slices(inputs, as_f16), shape, o),
             ElementsMut::BF16(o) => fused_op_mix(program, op, mix, &slices(inputs, as_bf16), shape, o),
         }
+    } else if let Some(op) = single_fdg(program) {
+        fdg_view(program, op, inputs, shape, &mut out.data)?;
     } else {
         let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
         round_into_view(&f32_result, &mut out.data);
@@ -334,6 +336,48 @@ fn single_fused_op(program: &Program) -> Option<&Op> {
         && op.over().is_none_or(Reduce::is_contiguous);
     let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
     (program.latches.is_empty() && program.result == Value::Op(0) && contiguous && on_forms).then_some(op)
+}
+
+/// The program's only op, when it is FDG on two linear forms.
+fn single_fdg(program: &Program) -> Option<&Op> {
+    let [op @ Op::Fdg { cond: Value::Form(_), uncond: Value::Form(_), .. }] = program.ops.as_slice() else {
+        return None;
+    };
+    (program.latches.is_empty() && program.result == Value::Op(0)).then_some(op)
+}
+
+/// [`single_fdg`]'s program: the forms into reused f32 buffers, the result
+/// rounded straight into `out` (no value computed twice, no fresh pages per call).
+fn fdg_view(
+    program: &Program,
+    op: &Op,
+    inputs: &[TensorView<'_>],
+    shape: &Shape,
+    out: &mut ElementsMut<'_>,
+) -> Result<(), CoreError> {
+    let Op::Fdg { cond: Value::Form(a), uncond: Value::Form(b), bands, original, layout } = op else {
+        return Ok(());
+    };
+    let pyramid = Pyramid::new(layout, shape, bands.len()).map_err(|why| CoreError::Layout {
+        output: program.output.clone(),
+        shape: shape.to_string(),
+        why,
+    })?;
+    let n = shape.numel();
+    let (mut c, mut u) = (fdg::buffer(n), fdg::buffer(n));
+    form_into(&program.forms[*a], inputs, &mut c);
+    form_into(&program.forms[*b], inputs, &mut u);
+    if let ElementsMut::F32(o) = out {
+        fdg_into(&pyramid, &c, &u, bands, *original, o);
+    } else {
+        let mut r = fdg::buffer(n);
+        fdg_into(&pyramid, &c, &u, bands, *original, &mut r);
+        round_into_view(&r, out);
+        fdg::recycle(r);
+    }
+    fdg::recycle(c);
+    fdg::recycle(u);
+    Ok(())
 }
 
 /// A one-factor group op on linear forms followed by a mix of forms and that

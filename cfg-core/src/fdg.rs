@@ -20,8 +20,16 @@
 //! plane, row, column) with explicit fma, written once here and once in
 //! `cfg-runtime/kernels/fdg.cu`; per-sample statistics use the canonical
 //! reductions of [`crate::reduce`]. So the CPU and CUDA agree bit for bit.
+//!
+//! The CPU computes the same per-element formulas in fewer passes: on the
+//! native arrangement when it is planar or planes-last (a token grid: the
+//! planes are vector lanes, no transpose), one pass per Gaussian level and
+//! one per rebuilt level, rows of the intermediate images cached per band
+//! of output rows rather than stored (tested bit for bit against an
+//! element-by-element evaluation in `tests/fast_paths.rs`).
 
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums};
+use crate::fused::{put_scratch, take_scratch};
 use crate::layout::{Layout, Spatial};
 use crate::program::FdgBand;
 use crate::reduce::{dot_f32, dot_f64};
@@ -139,57 +147,258 @@ pub fn lerp(near: f32, far: f32) -> f32 {
     0.75f32.mul_add(near, 0.25 * far)
 }
 
-/// A stage of the pyramid.
+/// How the pyramid's images lie in f32 memory: `n` images of h × w pixels,
+/// each pixel `lanes` consecutive values. Planar images have one lane; a
+/// token grid (channels last) is one image per sample with a lane per
+/// channel, so every stage reads and writes whole rows of contiguous lanes
+/// and vectorizes across them, with no transpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    BlurRows,
-    BlurCols,
-    Down,
-    Upsample,
-}
-
-/// One stage on one image: a [`Task`], so that its loops are compiled in the
-/// AVX2+FMA region where the CPU has it (`mul_add` one instruction rather
-/// than a libm call; the same bits either way).
-struct Stage<'a> {
-    kind: Kind,
-    src: &'a [f32],
-    dst: &'a mut [f32],
+struct Grid {
+    n: usize,
     h: usize,
     w: usize,
+    lanes: usize,
 }
 
-impl Task for Stage<'_> {
+impl Grid {
+    fn row(&self) -> usize {
+        self.w * self.lanes
+    }
+    fn len(&self) -> usize {
+        self.n * self.h * self.row()
+    }
+    fn half(&self) -> Grid {
+        Grid { h: self.h / 2, w: self.w / 2, ..*self }
+    }
+    fn double(&self) -> Grid {
+        Grid { h: self.h * 2, w: self.w * 2, ..*self }
+    }
+    /// Row `y` of image `i` of `data`.
+    #[inline(always)]
+    fn at<'a>(&self, data: &'a [f32], i: usize, y: usize) -> &'a [f32] {
+        let r = self.row();
+        &data[(i * self.h + y) * r..(i * self.h + y + 1) * r]
+    }
+}
+
+/// The arrangement the native layout already has, if it is one of the two
+/// the stages read directly (planar, or planes last); else none (gather).
+fn native_grid(s: &Spatial) -> Option<Grid> {
+    let (h, w, p) = (s.height, s.width, s.planes);
+    let planar = s.col_stride == 1
+        && s.row_stride == w
+        && s.batch_stride == p * h * w
+        && (0..p).all(|k| s.plane_offset(k) == k * h * w);
+    if planar {
+        return Some(Grid { n: s.batch * p, h, w, lanes: 1 });
+    }
+    let last = s.col_stride == p
+        && s.row_stride == w * p
+        && s.batch_stride == h * w * p
+        && (0..p).all(|k| s.plane_offset(k) == k);
+    last.then_some(Grid { n: s.batch, h, w, lanes: p })
+}
+
+/// Values per parallel task (whole rows).
+const TASK: usize = 1 << 16;
+/// Rows a band keeps of a derived image (the 6-row window of a stencil, reflected
+/// borders included, never collides in a direct-mapped cache of 8).
+const SLOTS: usize = 8;
+
+/// One pass over the output rows of a pyramid level. Each is an element-wise
+/// composition of the canonical stages, so the bits are those of the stages
+/// run one at a time; rows of the intermediate images (blurred within rows,
+/// or doubled and blurred within rows) are computed per band, kept in a
+/// small cache while the column blur still needs them, never stored whole.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// `down(blur(src))` (src on the grid twice the output's): the next Gaussian level.
+    Reduce(&'a [f32]),
+    /// `g − up(src)` (src on the half grid): a Laplacian level.
+    Detail { src: &'a [f32], g: &'a [f32] },
+    /// `up(r) + g` (r on the half grid): one step of the rebuild.
+    Rebuild { r: &'a [f32], g: &'a [f32] },
+    /// The rebuild with the level's guidance fused (c, u, r on the half grid):
+    /// `up(r) + guide(gc − up(c), gu − up(u))`.
+    Level { c: &'a [f32], u: &'a [f32], r: &'a [f32], gc: &'a [f32], gu: &'a [f32], band: &'a FdgBand, original: bool },
+}
+
+/// Runs `pass` over every row of `out` (grid `g`), in parallel bands of rows.
+fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
+    let row = g.row();
+    if row == 0 || out.is_empty() {
+        return;
+    }
+    // Bands long enough that the stencil's halo rows are a small part, and
+    // enough of them for every thread.
+    let rows = out.len() / row;
+    let per = (TASK / row).max(16).min(rows.div_ceil(4 * rayon::current_num_threads())).max(1);
+    out.par_chunks_mut(per * row).enumerate().for_each(|(t, out)| simd::run(Band { p, g, first: t * per, out }));
+}
+
+/// A band of output rows of a [`Pass`], as a [`Task`] (its loops compiled
+/// in the AVX2+FMA region where the CPU has it).
+struct Band<'a> {
+    p: Pass<'a>,
+    g: Grid,
+    first: usize,
+    out: &'a mut [f32],
+}
+
+/// A direct-mapped cache of [`SLOTS`] rows of one derived image, by row id.
+struct Rows<'a> {
+    buf: &'a mut [f32],
+    tags: [usize; SLOTS],
+    row: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(buf: &'a mut [f32], row: usize) -> Rows<'a> {
+        Rows { buf: &mut buf[..SLOTS * row], tags: [usize::MAX; SLOTS], row }
+    }
+    /// The slot to compute row `id` into, when it is not present. (No
+    /// closure: one would be compiled outside the AVX2 region, fma a libm call.)
+    #[inline(always)]
+    fn missing(&mut self, id: usize) -> Option<&mut [f32]> {
+        let k = id % SLOTS;
+        if self.tags[k] == id {
+            return None;
+        }
+        self.tags[k] = id;
+        Some(&mut self.buf[k * self.row..(k + 1) * self.row])
+    }
+    #[inline(always)]
+    fn get(&self, id: usize) -> &[f32] {
+        let k = id % SLOTS;
+        &self.buf[k * self.row..(k + 1) * self.row]
+    }
+}
+
+/// Row `y` of the doubled image of `src` (grid `cg`, image `i`) blurred within
+/// rows, into `o`, with `t` three rows of scratch.
+#[inline(always)]
+fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32], t: &mut [f32]) {
+    let (row, l) = (o.len(), cg.lanes);
+    let (ya, yb) = up_taps(y, cg.h);
+    let (ta, rest) = t.split_at_mut(row);
+    let (tb, up) = rest.split_at_mut(row);
+    let up = &mut up[..row];
+    double_row(cg.at(src, i, ya), ta, l);
+    double_row(cg.at(src, i, yb), &mut tb[..row], l);
+    for ((u, &a), &b) in up.iter_mut().zip(ta.iter()).zip(tb.iter()) {
+        *u = lerp(a, b);
+    }
+    hblur_row(up, o, 2 * cg.w, l);
+}
+
+/// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) into `o`, its
+/// doubled rows kept in `cache`.
+#[inline(always)]
+fn up_row(cg: Grid, src: &[f32], i: usize, y: usize, cache: &mut Rows<'_>, t: &mut [f32], o: &mut [f32]) {
+    let h = 2 * cg.h;
+    let y = y as isize;
+    let ids = [reflect(y - 2, h), reflect(y - 1, h), reflect(y, h), reflect(y + 1, h), reflect(y + 2, h)];
+    for &yy in &ids {
+        if let Some(r) = cache.missing(i * h + yy) {
+            expand_row(cg, src, i, yy, r, t);
+        }
+    }
+    let r = |k: usize| cache.get(i * h + ids[k]);
+    taps5(r(0), r(1), r(2), r(3), r(4), o);
+}
+
+impl Task for Band<'_> {
     type Out = ();
     #[inline(always)]
     fn run(self) {
-        let Stage { kind, src, dst, h, w } = self;
-        match kind {
-            Kind::BlurRows => blur_rows_image(src, dst, w),
-            Kind::BlurCols => blur_cols_image(src, dst, h, w),
-            Kind::Down => down_image(src, dst, h, w),
-            Kind::Upsample => upsample_image(src, dst, h, w),
+        let Band { p, g, first, out } = self;
+        let (row, l) = (g.row(), g.lanes);
+        // Reduce: 8 cached rows twice as wide, 2 more; else up to 3 caches,
+        // 3 rows of expand scratch, 2 rows.
+        let mut scratch = take_scratch(3 * SLOTS * row + 5 * row);
+        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
+        let (s1, rest) = rest.split_at_mut(SLOTS * row);
+        let (s2, rest) = rest.split_at_mut(SLOTS * row);
+        let (t, rest) = rest.split_at_mut(3 * row);
+        let (tc, tu) = rest.split_at_mut(row);
+        let tu = &mut tu[..row];
+        match p {
+            Pass::Reduce(src) => {
+                let sg = g.double();
+                let (cache, rest) = scratch.split_at_mut(SLOTS * sg.row());
+                let (v0, v1) = rest.split_at_mut(sg.row());
+                let v1 = &mut v1[..sg.row()];
+                let mut cache = Rows::new(cache, sg.row());
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
+                    let (y2, n) = (2 * y as isize, sg.h);
+                    let ids = [
+                        reflect(y2 - 2, n),
+                        reflect(y2 - 1, n),
+                        reflect(y2, n),
+                        reflect(y2 + 1, n),
+                        reflect(y2 + 2, n),
+                        reflect(y2 + 3, n),
+                    ];
+                    for &yy in &ids {
+                        if let Some(r) = cache.missing(i * n + yy) {
+                            hblur_row(sg.at(src, i, yy), r, sg.w, l);
+                        }
+                    }
+                    let r = |k: usize| cache.get(i * sg.h + ids[k]);
+                    taps5(r(0), r(1), r(2), r(3), r(4), v0);
+                    taps5(r(1), r(2), r(3), r(4), r(5), v1);
+                    down_row(v0, v1, o, l);
+                }
+            }
+            Pass::Detail { src, g: gk } => {
+                let mut cache = Rows::new(s0, row);
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    up_row(g.half(), src, i, y, &mut cache, t, o);
+                    for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
+                        *o = x - *o;
+                    }
+                }
+            }
+            Pass::Rebuild { r, g: gk } => {
+                let mut cache = Rows::new(s0, row);
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    up_row(g.half(), r, i, y, &mut cache, t, o);
+                    for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
+                        *o += x;
+                    }
+                }
+            }
+            Pass::Level { c, u, r, gc, gu, band, original } => {
+                let (mut cc, mut cu, mut cr) = (Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row));
+                let s = band.scale;
+                for (j, o) in out.chunks_mut(row).enumerate() {
+                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                    let cg = g.half();
+                    up_row(cg, c, i, y, &mut cc, t, tc);
+                    up_row(cg, u, i, y, &mut cu, t, tu);
+                    up_row(cg, r, i, y, &mut cr, t, o);
+                    let (gc, gu) = (g.at(gc, i, y), g.at(gu, i, y));
+                    for k in 0..row {
+                        let (lc, lu) = (gc[k] - tc[k], gu[k] - tu[k]);
+                        let gk = if !band.on { lc } else { s.mul_add(lc - lu, if original { lc } else { lu }) };
+                        o[k] += gk;
+                    }
+                }
+            }
         }
+        put_scratch(scratch);
     }
 }
 
-/// Runs stage `kind` over consecutive images of h × w (source) into `dst`.
-fn per_image(kind: Kind, src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    let images = src.len() / (h * w).max(1);
-    if images == 0 {
-        return;
-    }
-    let out_len = dst.len() / images;
-    dst.par_chunks_mut(out_len.max(1))
-        .enumerate()
-        .for_each(|(i, dst)| simd::run(Stage { kind, src: &src[i * h * w..(i + 1) * h * w], dst, h, w }));
-}
-
-/// `acc = t₀·a; acc = fma(t_k, x_k, acc)` over five aligned slices.
+/// `acc = t₀·x₀; acc = fma(t_k, x_k, acc)` over five aligned slices.
 #[inline(always)]
-fn taps5(r: [&[f32]; 5], o: &mut [f32]) {
+fn taps5(r0: &[f32], r1: &[f32], r2: &[f32], r3: &[f32], r4: &[f32], o: &mut [f32]) {
     let n = o.len();
-    let (r0, r1, r2, r3, r4) = (&r[0][..n], &r[1][..n], &r[2][..n], &r[3][..n], &r[4][..n]);
+    let (r0, r1, r2, r3, r4) = (&r0[..n], &r1[..n], &r2[..n], &r3[..n], &r4[..n]);
     for i in 0..n {
         let mut acc = TAPS[0] * r0[i];
         acc = TAPS[1].mul_add(r1[i], acc);
@@ -199,96 +408,92 @@ fn taps5(r: [&[f32]; 5], o: &mut [f32]) {
     }
 }
 
+/// The blur within one row of `w` pixels of `l` lanes: the interior as five
+/// shifted slices, the two pixels at each border reflected.
 #[inline(always)]
-fn blur_rows_image(s: &[f32], o: &mut [f32], w: usize) {
-    for (s, o) in s.chunks(w).zip(o.chunks_mut(w)) {
-        if w >= 5 {
-            taps5([&s[0..], &s[1..], &s[2..], &s[3..], &s[4..]], &mut o[2..w - 2]);
-        }
-        for x in (0..w.min(2)).chain(w.saturating_sub(2).max(2)..w) {
-            o[x] = blur5(|j| s[j], x, w);
-        }
+fn hblur_row(s: &[f32], o: &mut [f32], w: usize, l: usize) {
+    if w >= 5 {
+        let n = (w - 4) * l;
+        taps5(&s[..n], &s[l..], &s[2 * l..], &s[3 * l..], &s[4 * l..], &mut o[2 * l..2 * l + n]);
+    }
+    for x in (0..w.min(2)).chain(w.saturating_sub(2).max(2)..w) {
+        let px = |k: isize| {
+            let j = reflect(x as isize + k - 2, w);
+            &s[j * l..(j + 1) * l]
+        };
+        taps5(px(0), px(1), px(2), px(3), px(4), &mut o[x * l..(x + 1) * l]);
     }
 }
 
+/// One output row of the 2 × 2 mean from source rows `a` (upper) and `b`.
 #[inline(always)]
-fn blur_cols_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
-    for (y, o) in o.chunks_mut(w).enumerate() {
-        // The five source rows of output row y, reflected at the borders.
-        let r: [&[f32]; 5] = std::array::from_fn(|k| {
-            let j = reflect(y as isize + k as isize - 2, h);
-            &s[j * w..(j + 1) * w]
-        });
-        taps5(r, o);
-    }
-}
-
-#[inline(always)]
-fn down_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
-    let (ho, wo) = (h / 2, w / 2);
-    for y in 0..ho {
-        let (r0, r1) = (&s[2 * y * w..(2 * y + 1) * w], &s[(2 * y + 1) * w..(2 * y + 2) * w]);
-        for (x, o) in o[y * wo..(y + 1) * wo].iter_mut().enumerate() {
-            *o = down2(r0[2 * x], r0[2 * x + 1], r1[2 * x], r1[2 * x + 1]);
+fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
+    if l == 1 {
+        for ((o, a), b) in o.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+            *o = down2(a[0], a[1], b[0], b[1]);
         }
+        return;
     }
-}
-
-#[inline(always)]
-fn upsample_image(s: &[f32], o: &mut [f32], h: usize, w: usize) {
-    let wo = 2 * w;
-    // Each source row doubled along the columns, then two of them mixed per output row.
-    let mut rows = vec![0.0f32; 2 * wo];
-    for (y, o) in o.chunks_mut(wo).enumerate() {
-        let (ya, yb) = up_taps(y, h);
-        let (ta, tb) = rows.split_at_mut(wo);
-        double_row(&s[ya * w..(ya + 1) * w], ta);
-        double_row(&s[yb * w..(yb + 1) * w], tb);
-        for ((o, &a), &b) in o.iter_mut().zip(ta.iter()).zip(tb.iter()) {
-            *o = lerp(a, b);
+    for ((o, a), b) in o.chunks_exact_mut(l).zip(a.chunks_exact(2 * l)).zip(b.chunks_exact(2 * l)) {
+        let (a0, a1) = a.split_at(l);
+        let (b0, b1) = b.split_at(l);
+        for k in 0..l {
+            o[k] = down2(a0[k], a1[k], b0[k], b1[k]);
         }
     }
 }
 
-/// `t[x] = lerp(r[near], r[far])` for the 2·w outputs of a row of w ([`up_taps`]).
+/// `t[x] = lerp(r[near], r[far])` for the 2·w pixels from a row of w ([`up_taps`]).
 #[inline(always)]
-fn double_row(r: &[f32], t: &mut [f32]) {
-    let w = r.len();
-    for (i, pair) in t.chunks_exact_mut(2).enumerate() {
-        pair[0] = lerp(r[i], r[i.saturating_sub(1)]);
-        pair[1] = lerp(r[i], r[(i + 1).min(w - 1)]);
+fn double_row(r: &[f32], t: &mut [f32], l: usize) {
+    let w = r.len() / l;
+    if l == 1 {
+        for (i, pair) in t.chunks_exact_mut(2).enumerate() {
+            pair[0] = lerp(r[i], r[i.saturating_sub(1)]);
+            pair[1] = lerp(r[i], r[(i + 1).min(w - 1)]);
+        }
+        return;
+    }
+    for (i, pair) in t.chunks_exact_mut(2 * l).enumerate() {
+        let px = |j: usize| &r[j * l..(j + 1) * l];
+        let (near, left, right) = (px(i), px(i.saturating_sub(1)), px((i + 1).min(w - 1)));
+        let (p0, p1) = pair.split_at_mut(l);
+        for k in 0..l {
+            p0[k] = lerp(near[k], left[k]);
+            p1[k] = lerp(near[k], right[k]);
+        }
     }
 }
 
-/// Blur along the columns axis (within each row) of images of h × w.
-pub fn blur_rows(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::BlurRows, src, dst, h, w);
+thread_local! {
+    /// The last call's level buffers, reused by the next call on this thread:
+    /// fresh pages cost a fault and a clear each, more than the passes themselves.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Blur along the rows axis (within each column) of images of h × w.
-pub fn blur_cols(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::BlurCols, src, dst, h, w);
+/// A buffer of `n` values (contents unspecified: every pass writes all of its output).
+pub(crate) fn buffer(n: usize) -> Vec<f32> {
+    let found = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let best = (0..p.len()).filter(|&i| p[i].capacity() >= n).min_by_key(|&i| p[i].capacity());
+        best.map(|i| p.swap_remove(i))
+    });
+    let mut v = found.unwrap_or_default();
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    v.truncate(n);
+    v
 }
 
-/// Halves images of h × w (even) by the 2 × 2 mean.
-pub fn down(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::Down, src, dst, h, w);
-}
-
-/// Doubles images of h × w bilinearly: along the columns in the near and the
-/// far source row, then between them.
-pub fn upsample(src: &[f32], dst: &mut [f32], h: usize, w: usize) {
-    per_image(Kind::Upsample, src, dst, h, w);
-}
-
-/// `up`: [`upsample`] then the blur, from images of h × w to 2h × 2w.
-fn up(src: &[f32], h: usize, w: usize) -> Vec<f32> {
-    let n = src.len() * 4;
-    let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
-    upsample(src, &mut a, h, w);
-    blur_rows(&a, &mut b, 2 * h, 2 * w);
-    blur_cols(&b, &mut a, 2 * h, 2 * w);
-    a
+/// Hands a buffer back for the next call (a few are kept).
+pub(crate) fn recycle(v: Vec<f32>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 16 && v.capacity() > 0 {
+            p.push(v);
+        }
+    });
 }
 
 /// The prediction `x` (native layout) as planar images (sample, plane, row, column).
@@ -324,35 +529,75 @@ pub fn scatter(s: &Spatial, planar: &[f32], out: &mut [f32]) {
     });
 }
 
-/// The Laplacian pyramid of planar images (level 0 first).
-pub fn laplacian(p: &Pyramid, x: Vec<f32>) -> Vec<Vec<f32>> {
-    let mut gauss = vec![x];
-    for k in 0..p.levels - 1 {
-        let (h, w) = p.dims(k);
-        let g = &gauss[k];
-        let (mut a, mut b) = (vec![0.0; g.len()], vec![0.0; g.len()]);
-        blur_rows(g, &mut a, h, w);
-        blur_cols(&a, &mut b, h, w);
-        let mut next = vec![0.0; g.len() / 4];
-        down(&b, &mut next, h, w);
-        gauss.push(next);
+/// The Gaussian levels G₁.. of `g0` (grid `g`): `down(blur(G_k))`.
+fn gaussians(levels: usize, g: Grid, g0: &[f32]) -> Vec<Vec<f32>> {
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(levels.saturating_sub(1));
+    let mut grid = g;
+    for _ in 1..levels {
+        let src = out.last().map_or(g0, Vec::as_slice);
+        grid = grid.half();
+        let mut next = buffer(grid.len());
+        pass(Pass::Reduce(src), grid, &mut next);
+        out.push(next);
     }
-    let mut out = Vec::with_capacity(p.levels);
-    for k in 0..p.levels - 1 {
-        let (h, w) = p.dims(k + 1);
-        let u = up(&gauss[k + 1], h, w);
-        out.push(gauss[k].iter().zip(&u).map(|(g, u)| g - u).collect());
-    }
-    out.push(gauss.pop().unwrap_or_default());
     out
+}
+
+/// Whether a band needs per-sample statistics (a parallel weight or a rescale).
+fn has_stats(band: &FdgBand) -> bool {
+    band.on && (band.parallel.is_some() || band.rescale > 0.0)
+}
+
+/// FDG of c and u as images on grid `g` (planar when a band takes
+/// statistics) into `out` on the same grid.
+fn fdg_grid(p: &Pyramid, g: Grid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool, out: &mut [f32]) {
+    let levels = p.levels;
+    let (gc, gu) = (gaussians(levels, g, c), gaussians(levels, g, u));
+    let level = |k: usize| -> (&[f32], &[f32]) {
+        if k == 0 {
+            (c, u)
+        } else {
+            (&gc[k - 1], &gu[k - 1])
+        }
+    };
+    let (cl, ul) = level(levels - 1);
+    let mut r = guide_level(cl, ul, p.sample_len(levels - 1), &bands[levels - 1], original);
+    let mut grid = g;
+    for _ in 1..levels {
+        grid = grid.half();
+    }
+    for k in (0..levels - 1).rev() {
+        grid = grid.double();
+        let ((ck, uk), (ec, eu)) = (level(k), level(k + 1));
+        let mut next = if k == 0 { Vec::new() } else { buffer(grid.len()) };
+        let dst: &mut [f32] = if k == 0 { out } else { &mut next };
+        if has_stats(&bands[k]) {
+            let (mut lc, mut lu) = (buffer(grid.len()), buffer(grid.len()));
+            pass(Pass::Detail { src: ec, g: ck }, grid, &mut lc);
+            pass(Pass::Detail { src: eu, g: uk }, grid, &mut lu);
+            let gk = guide_level(&lc, &lu, p.sample_len(k), &bands[k], original);
+            pass(Pass::Rebuild { r: &r, g: &gk }, grid, dst);
+            [lc, lu, gk].into_iter().for_each(recycle);
+        } else {
+            let lvl = Pass::Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original };
+            pass(lvl, grid, dst);
+        }
+        recycle(std::mem::replace(&mut r, next));
+    }
+    if levels == 1 {
+        out.copy_from_slice(&r);
+    }
+    recycle(r);
+    gc.into_iter().chain(gu).for_each(recycle);
 }
 
 /// One guided level from c_k and u_k (planar, `len` elements per sample).
 pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: bool) -> Vec<f32> {
+    let mut g = buffer(c.len());
     if !band.on {
-        return c.to_vec();
+        g.copy_from_slice(c);
+        return g;
     }
-    let mut g = vec![0.0f32; c.len()];
     g.par_chunks_mut(len.max(1)).enumerate().for_each(|(b, g)| {
         let (c, u) = (&c[b * len..(b + 1) * len], &u[b * len..(b + 1) * len]);
         simd::run(Guide { c, u, g, band, original })
@@ -406,16 +651,17 @@ impl Task for Guide<'_> {
 /// FDG of c and u (native layout, f32) into `out`.
 pub fn fdg_into(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool, out: &mut [f32]) {
     let s = &p.spatial;
-    let lc = laplacian(p, gather(s, c));
-    let lu = laplacian(p, gather(s, u));
-    let guided: Vec<Vec<f32>> =
-        (0..p.levels).map(|k| guide_level(&lc[k], &lu[k], p.sample_len(k), &bands[k], original)).collect();
-    let mut r = guided[p.levels - 1].clone();
-    for k in (0..p.levels - 1).rev() {
-        let (h, w) = p.dims(k + 1);
-        r = up(&r, h, w).iter().zip(&guided[k]).map(|(u, g)| u + g).collect();
+    // Statistics reduce each sample in planar order: lanes would change that order.
+    let native = native_grid(s).filter(|g| g.lanes == 1 || !bands.iter().any(has_stats));
+    match native {
+        Some(g) => fdg_grid(p, g, c, u, bands, original, out),
+        None => {
+            let g = Grid { n: s.batch * s.planes, h: s.height, w: s.width, lanes: 1 };
+            let mut r = vec![0.0; out.len()];
+            fdg_grid(p, g, &gather(s, c), &gather(s, u), bands, original, &mut r);
+            scatter(s, &r, out);
+        }
     }
-    scatter(s, &r, out);
 }
 
 #[cfg(test)]

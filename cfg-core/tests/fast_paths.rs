@@ -8,7 +8,8 @@ use cfg_core::cpu::{
     rescale_factor, std_from_sums, zero_star_alpha,
 };
 use cfg_core::expr::Space;
-use cfg_core::program::{Form, Op, Program, Value};
+use cfg_core::fdg::{blur5, down2, fdg_into, lerp, up_taps, Pyramid};
+use cfg_core::program::{FdgBand, Form, Op, Program, Value};
 use cfg_core::reduce::{dot_f32, dot_f64, Groups, Reduce};
 use cfg_core::simd::force_portable;
 use cfg_core::state::GuidanceState;
@@ -400,6 +401,179 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("short groups match the reference");
+    }
+    force_portable(false);
+}
+
+/// FDG element by element on planar images, as `fdg.rs` documents it: every
+/// stage a loop over output pixels calling the canonical formulas.
+fn fdg_reference(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool) -> Vec<f32> {
+    let s = &p.spatial;
+    let images = s.batch * s.planes;
+    let planar = |x: &[f32]| -> Vec<f32> {
+        let mut v = Vec::with_capacity(x.len());
+        for i in 0..images {
+            for y in 0..s.height {
+                for xx in 0..s.width {
+                    v.push(x[s.index(i / s.planes, i % s.planes, y, xx)]);
+                }
+            }
+        }
+        v
+    };
+    let map = |h: usize, w: usize, ho: usize, wo: usize, f: &dyn Fn(&[f32], usize, usize) -> f32, x: &[f32]| {
+        let mut out = Vec::with_capacity(images * ho * wo);
+        for img in x.chunks(h * w) {
+            for y in 0..ho {
+                for xx in 0..wo {
+                    out.push(f(img, y, xx));
+                }
+            }
+        }
+        out
+    };
+    let blur = |x: &[f32], h: usize, w: usize| {
+        let rows = map(h, w, h, w, &|m, y, xx| blur5(|j| m[y * w + j], xx, w), x);
+        map(h, w, h, w, &|m, y, xx| blur5(|j| m[j * w + xx], y, h), &rows)
+    };
+    let down = |x: &[f32], h: usize, w: usize| {
+        let f = |m: &[f32], y: usize, xx: usize| {
+            let at = |yy: usize, x2: usize| m[yy * w + x2];
+            down2(at(2 * y, 2 * xx), at(2 * y, 2 * xx + 1), at(2 * y + 1, 2 * xx), at(2 * y + 1, 2 * xx + 1))
+        };
+        map(h, w, h / 2, w / 2, &f, &blur(x, h, w))
+    };
+    // From h × w to 2h × 2w.
+    let up = |x: &[f32], h: usize, w: usize| {
+        let f = |m: &[f32], y: usize, xx: usize| {
+            let ((ya, yb), (xa, xb)) = (up_taps(y, h), up_taps(xx, w));
+            lerp(lerp(m[ya * w + xa], m[ya * w + xb]), lerp(m[yb * w + xa], m[yb * w + xb]))
+        };
+        blur(&map(h, w, 2 * h, 2 * w, &f, x), 2 * h, 2 * w)
+    };
+    let laplacian = |x: Vec<f32>| {
+        let mut g = vec![x];
+        for k in 0..p.levels - 1 {
+            let (h, w) = p.dims(k);
+            let next = down(&g[k], h, w);
+            g.push(next);
+        }
+        let mut l: Vec<Vec<f32>> = (0..p.levels - 1)
+            .map(|k| {
+                let (h, w) = p.dims(k + 1);
+                g[k].iter().zip(up(&g[k + 1], h, w)).map(|(g, u)| g - u).collect()
+            })
+            .collect();
+        l.push(g.pop().expect("a level"));
+        l
+    };
+    let (lc, lu) = (laplacian(planar(c)), laplacian(planar(u)));
+    let guide = |k: usize| -> Vec<f32> {
+        let band = &bands[k];
+        if !band.on {
+            return lc[k].clone();
+        }
+        let len = p.sample_len(k);
+        let mut out = Vec::with_capacity(lc[k].len());
+        for (c, u) in lc[k].chunks(len).zip(lu[k].chunks(len)) {
+            let mut g: Vec<f32> = match band.parallel {
+                None => (0..len).map(|i| band.scale.mul_add(c[i] - u[i], if original { c[i] } else { u[i] })).collect(),
+                Some(eta) => {
+                    let dc = dot_f64(len, |i| ((c[i] - u[i]) as f64, c[i] as f64));
+                    let cc = dot_f64(len, |i| (c[i] as f64, c[i] as f64));
+                    let coef = apg_projection(dc, cc);
+                    (0..len)
+                        .map(|i| {
+                            let par = coef * c[i] as f64;
+                            let perp = (c[i] - u[i]) as f64 - par;
+                            band.scale.mul_add(eta.mul_add(par as f32, perp as f32), if original { c[i] } else { u[i] })
+                        })
+                        .collect()
+                }
+            };
+            if band.rescale > 0.0 {
+                let std = |v: &[f32]| std_from_sums(dot_f32(len, |i| (v[i], 1.0)), dot_f32(len, |i| (v[i], v[i])), len);
+                let f = rescale_factor(std(c), std(&g), band.rescale);
+                g.iter_mut().for_each(|x| *x *= f);
+            }
+            out.extend(g);
+        }
+        out
+    };
+    let mut r = guide(p.levels - 1);
+    for k in (0..p.levels - 1).rev() {
+        let (h, w) = p.dims(k + 1);
+        r = up(&r, h, w).iter().zip(guide(k)).map(|(u, g)| u + g).collect();
+    }
+    let mut out = vec![0.0; c.len()];
+    let mut i = 0;
+    for img in 0..images {
+        for y in 0..s.height {
+            for xx in 0..s.width {
+                out[s.index(img / s.planes, img % s.planes, y, xx)] = r[i];
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// FDG's pyramid passes (planar, channels last, gathered layouts; bands
+/// with and without statistics) against the element-by-element reference.
+#[test]
+fn fdg_matches_the_canonical_reference_bit_for_bit() {
+    use cfg_core::layout::{Axis, Grid, Layout};
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[29; 32]);
+    let band =
+        (prop::bool::weighted(0.8), -3.0f32..12.0, prop::option::of(-1.0f32..1.5), prop_oneof![Just(0.0), 0.1f64..1.0]);
+    let bands = prop::collection::vec(band, 3).prop_map(|b| {
+        b.into_iter().map(|(on, scale, parallel, rescale)| FdgBand { on, scale, parallel, rescale }).collect::<Vec<_>>()
+    });
+    let cases =
+        (1usize..=3, 0usize..4, 1usize..=2, 1usize..=3, 2usize..=5, 2usize..=5, bands, prop::bool::ANY, any::<u64>());
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(levels, kind, batch, frames, hk, wk, mut bands, original, seed)| {
+                bands.truncate(levels);
+                let (h, w) = (hk << (levels - 1), wk << (levels - 1));
+                // Channels around the vector width, once a lane per channel of a full token.
+                let ch = [1, 3, 8, 9, 64][(seed % 5) as usize];
+                let grid = |f| Some(Grid { frames: f, height: h, width: w });
+                let (layout, shape) = match kind {
+                    0 => (Layout { axes: vec![Axis::B, Axis::C, Axis::H, Axis::W], grid: None }, vec![batch, ch, h, w]),
+                    1 => (Layout { axes: vec![Axis::B, Axis::T, Axis::C], grid: grid(None) }, vec![batch, h * w, ch]),
+                    2 => (Layout { axes: vec![Axis::B, Axis::H, Axis::W, Axis::C], grid: None }, vec![batch, h, w, ch]),
+                    _ => (
+                        Layout { axes: vec![Axis::B, Axis::T, Axis::C], grid: grid(Some(frames)) },
+                        vec![batch, frames * h * w, ch],
+                    ),
+                };
+                let shape = Shape::new(shape);
+                let p = Pyramid::new(&layout, &shape, levels).expect("a valid pyramid");
+                let mut x = seed | 1;
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    match x % 16 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        _ => ((x >> 20) % 20001) as f32 / 5000.0 - 2.0,
+                    }
+                };
+                let n = shape.numel();
+                let (c, u): (Vec<f32>, Vec<f32>) = ((0..n).map(|_| next()).collect(), (0..n).map(|_| next()).collect());
+                let mut got = vec![f32::NAN; n];
+                fdg_into(&p, &c, &u, &bands, original, &mut got);
+                let want = fdg_reference(&p, &c, &u, &bands, original);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&got), bits(&want), "portable {} {:?} {} {:?}", portable, layout, shape, bands);
+                Ok(())
+            })
+            .expect("FDG matches the reference");
     }
     force_portable(false);
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 /// Row names, in table order.
 pub const OPS: &[&str] = &[
+    "cfg",
     "renorm",
     "renorm_clamped",
     "std_sample",
@@ -59,6 +60,14 @@ pub fn program(op: &str) -> (Program, bool) {
     let renorm = |min, max, eps| Op::Renorm { input: f0, reference: f1, over: Reduce::Token, eps, min, max };
     let std = |over| Op::StdRescale { input: f0, reference: f1, phi: 0.7, over };
     match op {
+        "cfg" => {
+            // Plain 2-branch CFG: one linear form, no operator.
+            let mut p = two(cfg(7.5), cond, renorm(None, None, 0.0));
+            p.forms.truncate(1);
+            p.ops.clear();
+            p.result = f0;
+            (p, true)
+        }
         "renorm" => (two(cfg(4.0), cond, renorm(None, None, 0.0)), true),
         "renorm_clamped" => (two(cfg(4.5), cond, renorm(Some(0.0), Some(1.0), 1e-8)), true),
         "std_sample" => (two(cfg(7.5), cond, std(Reduce::Sample)), false),
