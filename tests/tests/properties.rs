@@ -43,7 +43,7 @@ fn rescaled_cfg(extra: Option<&str>) -> String {
     )
 }
 
-const NAMES: [&str; 28] = [
+const NAMES: [&str; 29] = [
     "adaptive",
     "apg",
     "apg_mix",
@@ -61,6 +61,7 @@ const NAMES: [&str; 28] = [
     "ltx2",
     "magi1",
     "magnitude_aware",
+    "nag",
     "norm_cap",
     "pag",
     "perp_neg",
