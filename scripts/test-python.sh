@@ -2,7 +2,8 @@
 # The Python package's tests (python/tests, pytest): creates a virtual
 # environment under target/pyenv (ignored by git; delete it to start over),
 # installs the pinned test requirements from PyPI (python/requirements-test.txt:
-# torch, diffusers 0.42.1, numpy, pytest, maturin), builds and installs
+# torch, diffusers 0.42.1, numpy, pytest, maturin; no pip cache, as torch's
+# wheels would take a second copy of several GB), builds and installs
 # cfg_guidance with `pip install ./python` (maturin, release build in the
 # workspace's target/), then runs the tests (arguments, if any, go to pytest in
 # place of the folder). scripts/test.sh calls it.
@@ -19,7 +20,7 @@ fi
 # Reinstall the requirements when their list changes.
 stamp="$venv/.requirements-$(sha256sum "$requirements" | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r "$requirements"
     touch "$stamp"
 fi
 # maturin from the venv builds the extension (cargo reuses target/ between runs).

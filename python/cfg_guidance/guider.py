@@ -91,6 +91,19 @@ class Guider:
         self.combine_into(step, num_steps, sigma, flat, outputs)
         return outputs
 
+    def combine_with_renoise(
+        self, step: int, num_steps: int, sigma: Optional[float], predictions: Predictions
+    ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """CFG++: `combine`'s guided outputs, and the re-noising prediction of
+        every output that declares one (`renoise` in the policy, e.g. the
+        unconditional prediction), which the sampler re-noises with in place
+        of the guided one. Operator state advances once."""
+        flat = self._flatten(predictions)
+        outputs = {o: empty_like(self._like(o, flat, step, num_steps, sigma)) for o in self._outputs}
+        renoise = {o: empty_like(outputs[o]) for o in self._policy.renoise_outputs}
+        self.combine_into(step, num_steps, sigma, flat, outputs, renoise=renoise)
+        return outputs, renoise
+
     def combine_into(
         self,
         step: int,
@@ -98,13 +111,16 @@ class Guider:
         sigma: Optional[float],
         predictions: Union[Predictions, Dict[Tuple[str, str], Any]],
         outputs: Mapping[str, Any],
+        renoise: Optional[Mapping[str, Any]] = None,
     ) -> None:
-        """`combine` into tensors the caller allocated (contiguous, the predictions' dtype)."""
+        """`combine` into tensors the caller allocated (contiguous, the
+        predictions' dtype); `renoise` maps outputs that declare a re-noising
+        prediction to tensors that receive it."""
         flat = predictions if _is_flat(predictions) else self._flatten(predictions)
         inputs = [(b, o, t) for (b, o), t in flat.items()]
         outs = list(outputs.items())
         stream = stream_of(next(iter(outputs.values()), None))
-        self._native.combine(step, num_steps, sigma, inputs, outs, stream)
+        self._native.combine(step, num_steps, sigma, inputs, outs, stream, list((renoise or {}).items()))
 
     # CFG-parallel pieces (see cfg_guidance.distributed for the one-call helper).
 

@@ -110,6 +110,42 @@ impl Guider {
     }
 }
 
+/// The tensors that receive outputs' `renoise` predictions, with the
+/// programs that compute them.
+fn renoise_outputs<'p>(
+    program: &'p StepProgram,
+    importer: &mut Importer,
+    renoise: &[Output<'_>],
+) -> PyResult<Vec<(&'p Program, Checked)>> {
+    let mut out = Vec::with_capacity(renoise.len());
+    for (name, tensor) in renoise {
+        let Some(i) = program.outputs.iter().position(|p| p.output == *name) else {
+            return Err(guidance(format!("renoise `{name}`: the policy has no such output (it has: {})", names(program))));
+        };
+        if out.iter().any(|(p, _): &(&Program, Checked)| p.output == *name) {
+            return Err(guidance(format!("renoise `{name}`: given twice")));
+        }
+        let Some(p) = &program.renoise[i] else {
+            return Err(guidance(format!(
+                "output `{name}` declares no `renoise` prediction (outputs that do: {})",
+                with_renoise(program)
+            )));
+        };
+        out.push((p, importer.import(tensor, &format!("renoise `{name}`"))?));
+    }
+    Ok(out)
+}
+
+fn with_renoise(program: &StepProgram) -> String {
+    let named: Vec<&str> =
+        program.outputs.iter().zip(&program.renoise).filter(|(_, r)| r.is_some()).map(|(p, _)| p.output.as_str()).collect();
+    if named.is_empty() {
+        "none".to_string()
+    } else {
+        named.join(", ")
+    }
+}
+
 fn names(program: &StepProgram) -> String {
     program.outputs.iter().map(|p| p.output.as_str()).collect::<Vec<_>>().join(", ")
 }
@@ -215,8 +251,9 @@ impl Guider {
     /// Runs the step: reads every needed `(branch, output)` prediction in
     /// place and writes each output. Operator state advances. CUDA tensors
     /// are combined on their device, ordered on `stream` (a raw CUDA stream
-    /// handle; torch's current stream).
-    #[pyo3(signature = (step, num_steps, sigma, inputs, outputs, stream = None))]
+    /// handle; torch's current stream). `renoise` names tensors that receive
+    /// the re-noising prediction of outputs that declare one (CFG++).
+    #[pyo3(signature = (step, num_steps, sigma, inputs, outputs, stream = None, renoise = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn combine<'py>(
         &mut self,
@@ -227,13 +264,17 @@ impl Guider {
         inputs: Vec<Input<'py>>,
         outputs: Vec<Output<'py>>,
         stream: Option<usize>,
+        renoise: Vec<Output<'py>>,
     ) -> PyResult<()> {
         let program = self.lower(step, num_steps, sigma)?;
         let mut importer = Importer::new(stream);
         let inputs = Inputs::new(&mut importer, &inputs)?;
-        let outs = self.outputs_of(&program, &mut importer, &outputs)?;
+        let mut outs = self.outputs_of(&program, &mut importer, &outputs)?;
+        let guided = outs.len();
+        outs.extend(renoise_outputs(&program, &mut importer, &renoise)?);
+        let what = |i: usize| if i < guided { "output" } else { "renoise" };
         let named_outs: Vec<(String, &Checked)> =
-            outs.iter().map(|(p, c)| (format!("output `{}`", p.output), c)).collect();
+            outs.iter().enumerate().map(|(i, (p, c))| (format!("{} `{}`", what(i), p.output), c)).collect();
         check_disjoint(&named_outs, &inputs.named())?;
         // Everything is checked before anything runs, so a refused step leaves the state as it was.
         let mut jobs = Vec::with_capacity(outs.len());

@@ -149,6 +149,12 @@ impl Policy {
         self.loaded.policy.outputs.names().map(String::from).collect()
     }
 
+    /// The outputs that declare a `renoise` prediction (CFG++), in declaration order.
+    #[getter]
+    fn renoise_outputs(&self) -> Vec<String> {
+        self.loaded.policy.outputs.iter().filter(|(_, o)| o.renoise.is_some()).map(|(n, _)| n.to_string()).collect()
+    }
+
     /// Per output, its working space (`eps`, `v`, `x0`).
     fn spaces(&self) -> Vec<(String, String)> {
         let name = |s: Space| format!("{s:?}").to_lowercase();

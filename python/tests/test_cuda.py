@@ -145,3 +145,14 @@ def test_bad_cuda_tensors_are_refused(driver, rng):
         g.combine_into(0, 10, None, {"cond": half, "uncond": good}, {"sample": CudaArray(driver, (4, 8), "float32")})
     with pytest.raises(cg.GuidanceError, match="shares memory"):
         g.combine_into(0, 10, None, {"cond": good, "uncond": good}, {"sample": good})
+
+
+def test_cfg_pp_renoise_on_cuda(driver, rng):
+    c, u = (rng.standard_normal((2, 64)).astype(np.float32) for _ in range(2))
+    dc, du = CudaArray.upload(driver, c, "float32"), CudaArray.upload(driver, u, "float32")
+    out, noise = CudaArray(driver, (2, 64), "float32"), CudaArray(driver, (2, 64), "float32")
+    g = cg.Guider("cfg_pp")
+    g.combine_into(0, 20, None, {"cond": dc, "uncond": du}, {"sample": out}, renoise={"sample": noise})
+    want, want_noise = cg.Guider("cfg_pp").combine_with_renoise(0, 20, None, {"cond": c, "uncond": u})
+    assert (out.bits() == want["sample"].view(np.uint32)).all()
+    assert (noise.bits() == want_noise["sample"].view(np.uint32)).all()
