@@ -120,7 +120,10 @@ fn renoise_outputs<'p>(
     let mut out = Vec::with_capacity(renoise.len());
     for (name, tensor) in renoise {
         let Some(i) = program.outputs.iter().position(|p| p.output == *name) else {
-            return Err(guidance(format!("renoise `{name}`: the policy has no such output (it has: {})", names(program))));
+            return Err(guidance(format!(
+                "renoise `{name}`: the policy has no such output (it has: {})",
+                names(program)
+            )));
         };
         if out.iter().any(|(p, _): &(&Program, Checked)| p.output == *name) {
             return Err(guidance(format!("renoise `{name}`: given twice")));
@@ -137,8 +140,13 @@ fn renoise_outputs<'p>(
 }
 
 fn with_renoise(program: &StepProgram) -> String {
-    let named: Vec<&str> =
-        program.outputs.iter().zip(&program.renoise).filter(|(_, r)| r.is_some()).map(|(p, _)| p.output.as_str()).collect();
+    let named: Vec<&str> = program
+        .outputs
+        .iter()
+        .zip(&program.renoise)
+        .filter(|(_, r)| r.is_some())
+        .map(|(p, _)| p.output.as_str())
+        .collect();
     if named.is_empty() {
         "none".to_string()
     } else {

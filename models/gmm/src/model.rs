@@ -369,9 +369,9 @@ impl GmmModel {
                     .map(|&j| {
                         let c = &self.mixture.components[j];
                         let mut acc = 0.0;
-                        for k in part.offset..part.offset + part.dim {
+                        for (k, &xk) in x.iter().enumerate().skip(part.offset).take(part.dim) {
                             let (v, log_v, _) = terms(cond, a, t, c.std[k]);
-                            let z = x[k] - a * pulled_mean(cond, c.mean[k], self.center[k]);
+                            let z = xk - a * pulled_mean(cond, c.mean[k], self.center[k]);
                             acc -= 0.5 * (z * z / v + log_v);
                         }
                         acc
@@ -395,9 +395,10 @@ impl GmmModel {
         }
     }
 
-    /// `E[x₀ | x_t]` of joint dim `k` under `cond`, from the responsibilities
-    /// `r` of the allowed components `comps`.
-    fn posterior_mean(&self, cond: Condition, comps: &[usize], r: &[f64], k: usize, xk: f64, a: f64, t: f64) -> f64 {
+    /// `E[x₀ | x_t]` of joint dim `k` of the token `x` at time `t` under
+    /// `cond`, from the responsibilities `r` of the allowed components `comps`.
+    fn posterior_mean(&self, cond: Condition, comps: &[usize], r: &[f64], x: &[f64], k: usize, t: f64) -> f64 {
+        let (a, xk) = (1.0 - t, x[k]);
         let mut x0 = 0.0;
         for (ci, &j) in comps.iter().enumerate() {
             let c = &self.mixture.components[j];
@@ -435,11 +436,11 @@ impl GmmModel {
             let resp_neg = negative.as_ref().map(|(n, nc)| self.responsibilities(n.negative, nc, &x, a, t));
             for (p, part) in self.parts.iter().enumerate() {
                 let dims = part.offset..part.offset + part.dim;
-                let positive = |k: usize| self.posterior_mean(cond, &comps, &resp[p], k, x[k], a, t);
+                let positive = |k: usize| self.posterior_mean(cond, &comps, &resp[p], &x, k, t);
                 match (&negative, &resp_neg) {
                     (Some((n, nc)), Some(rn)) => {
                         // NAG per token and output: the L1 norms first, then the blend.
-                        let negative = |k: usize| self.posterior_mean(n.negative, nc, &rn[p], k, x[k], a, t);
+                        let negative = |k: usize| self.posterior_mean(n.negative, nc, &rn[p], &x, k, t);
                         let (mut l1_positive, mut l1_guided) = (0.0, 0.0);
                         for k in dims.clone() {
                             let zp = positive(k);
