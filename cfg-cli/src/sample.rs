@@ -363,10 +363,12 @@ pub fn run(args: Args) -> CliResult {
                 let multi = s.sampled.outputs.len() > 1;
                 s.sampled.outputs.iter().enumerate().map(move |(k, (name, x))| {
                     let q = &s.quality[k];
-                    let mut what = r.policy.policy.name.clone();
-                    if !s.coords.is_empty() {
-                        what = format!("{what} {}", s.label());
-                    }
+                    // A grid over policies names the policy in its label already.
+                    let mut what = match &s.coords {
+                        c if c.is_empty() => r.policy.policy.name.clone(),
+                        c if c.iter().any(|(axis, _)| axis == "policy") => s.label(),
+                        _ => format!("{} {}", r.policy.policy.name, s.label()),
+                    };
                     if multi {
                         what = format!("{what} `{name}`");
                     }
