@@ -16,10 +16,10 @@ import torch
 WIDTH = 64
 OPS = [
     "cfg", "renorm", "renorm_clamped", "std_sample", "std_tensor", "norm_cap", "zero_star", "magnitude", "apg", "ltx2",
-    "tcfg", "perp_neg", "apg_mix_cfg", "fdg",
+    "tcfg", "perp_neg", "apg_mix_cfg", "fdg", "chunked",
 ]
 SIZES = [int(n) for n in os.environ.get("CFG_BENCH_SIZES", "262144,4792320,33554432").split(",")]
-ONE_PASS = {"cfg", "renorm", "renorm_clamped", "apg_mix_cfg", "fdg"}
+ONE_PASS = {"cfg", "renorm", "renorm_clamped", "apg_mix_cfg", "fdg", "chunked"}
 
 
 def branch(n, b, dtype):
@@ -206,6 +206,15 @@ def fdg(cond, uncond):  # diffusers FrequencyDecoupledGuidance, scales (10, 5), 
     return img.permute(0, 2, 3, 1).reshape(b, t, c)
 
 
+def chunked(cond, prefix, uncond):  # MAGI-1: per-chunk scales broadcast along the frames, 16 frames in 4 chunks
+    b, t, c = cond.shape
+    shape = (b, 4, t // 4, c)
+    p = torch.tensor([1.5, 1.5, 1.0, 1.0], dtype=cond.dtype).reshape(1, 4, 1, 1)
+    s = torch.tensor([7.5, 7.5, 0.0, 0.0], dtype=cond.dtype).reshape(1, 4, 1, 1)
+    c_, p_, u_ = (x.reshape(shape) for x in (cond, prefix, uncond))
+    return (u_ + p * (p_ - u_) + s * (c_ - p_)).reshape(b, t, c)
+
+
 def median_ms(reps, f):
     f()
     t = []
@@ -237,12 +246,14 @@ def main():
             for op in OPS:
                 if only and op not in only:
                     continue
-                branches = {"ltx2": 4, "perp_neg": 3}.get(op, 2)
+                branches = {"ltx2": 4, "perp_neg": 3, "chunked": 3}.get(op, 2)
                 xs = [branch(n, b, dtype) for b in range(branches)]
                 if op == "ltx2":
                     f = lambda: ltx2(*xs)
                 elif op == "perp_neg":
                     f = lambda: perp_neg(*xs)
+                elif op == "chunked":
+                    f = lambda: chunked(*xs)
                 elif op == "apg":
                     g = make_apg()
                     f = lambda: g(xs[0], xs[1])

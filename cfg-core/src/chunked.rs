@@ -8,7 +8,9 @@
 //! `u + p·(prefix − u) + t_s·(c − prefix)`, (p, t_s) from a piecewise-constant
 //! lookup on t (`cfg_t_range`, `prev_chunk_scales`, `text_scales`).
 
+use crate::cpu::{combine_task, Element};
 use crate::layout::Layout;
+use crate::simd::{self, Task};
 use crate::Shape;
 use rayon::prelude::*;
 
@@ -64,13 +66,49 @@ pub fn apply(w: &[f32; 3], c: f32, prefix: f32, u: f32) -> f32 {
 
 /// The chunked combination of dense f32 values into `out`.
 pub fn chunked_into(chunks: &Chunks, weights: &[[f32; 3]], c: &[f32], prefix: &[f32], u: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(1 << 16).enumerate().for_each(|(k, o)| {
-        let start = k << 16;
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = start + j;
-            *o = apply(&weights[chunks.chunk_of(i)], c[i], prefix[i], u[i]);
-        }
+    chunked_direct(chunks, weights, [c, prefix, u], out);
+}
+
+/// [`chunked_into`] read straight from the inputs' dtype and rounded into
+/// `out`'s, each element [`apply`]'s bits: within a run of `chunks.stride` elements the
+/// chunk, and so the weights, are fixed, so each run is a 3-term combine in
+/// the linear path's order (`w_c·c`, then fma with prefix, then with u) and
+/// takes its vector code. Parallel over tasks of whole runs.
+pub fn chunked_direct<I: Element, O: Element>(chunks: &Chunks, weights: &[[f32; 3]], src: [&[I]; 3], out: &mut [O]) {
+    if out.is_empty() {
+        return;
+    }
+    let run = chunks.stride.max(1);
+    let per_task = run * (RUNS_TASK / run).max(1);
+    out.par_chunks_mut(per_task).enumerate().for_each(|(task, out)| {
+        simd::run(Runs { chunks, weights, src, run, first: task * per_task, out });
     });
+}
+
+/// Elements per parallel task of [`chunked_direct`] (rounded to whole runs).
+const RUNS_TASK: usize = 1 << 16;
+
+/// One task of [`chunked_direct`]: whole runs from flat index `first`.
+struct Runs<'a, I, O> {
+    chunks: &'a Chunks,
+    weights: &'a [[f32; 3]],
+    src: [&'a [I]; 3],
+    run: usize,
+    first: usize,
+    out: &'a mut [O],
+}
+
+impl<I: Element, O: Element> Task for Runs<'_, I, O> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        for (k, out) in self.out.chunks_mut(self.run).enumerate() {
+            let offset = self.first + k * self.run;
+            let w = &self.weights[self.chunks.chunk_of(offset)];
+            let terms = [(self.src[0], w[0]), (self.src[1], w[1]), (self.src[2], w[2])];
+            combine_task(&terms, offset, out);
+        }
+    }
 }
 
 #[cfg(test)]

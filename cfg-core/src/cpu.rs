@@ -2,7 +2,7 @@
 
 use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
-use crate::chunked::{chunked_into, Chunks};
+use crate::chunked::{chunked_direct, chunked_into, Chunks};
 use crate::error::CoreError;
 use crate::fdg::{self, fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
@@ -146,7 +146,7 @@ fn combine_task_avx2<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usiz
 
 /// One parallel task of `out.len()` elements starting at `offset`.
 #[inline(always)]
-fn combine_task<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+pub(crate) fn combine_task<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
     if I::DIRECT && O::DIRECT {
         match terms.len() {
             1 => return combine_direct::<I, O, 1>(terms, offset, out),
@@ -284,6 +284,22 @@ pub fn evaluate_view(
         }
     } else if let Some(op) = single_fdg(program) {
         fdg_view(program, op, inputs, shape, &mut out.data)?;
+    } else if let Some((branches, weights, chunks)) = single_chunked(program, shape)? {
+        let [c, p, u] = branches;
+        match &mut out.data {
+            ElementsMut::F32(o) => {
+                let x = slices(inputs, as_f32);
+                chunked_direct(&chunks, weights, [x[c], x[p], x[u]], o)
+            }
+            ElementsMut::F16(o) => {
+                let x = slices(inputs, as_f16);
+                chunked_direct(&chunks, weights, [x[c], x[p], x[u]], o)
+            }
+            ElementsMut::BF16(o) => {
+                let x = slices(inputs, as_bf16);
+                chunked_direct(&chunks, weights, [x[c], x[p], x[u]], o)
+            }
+        }
     } else {
         let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
         round_into_view(&f32_result, &mut out.data);
@@ -344,6 +360,38 @@ fn single_fdg(program: &Program) -> Option<&Op> {
         return None;
     };
     (program.latches.is_empty() && program.result == Value::Op(0)).then_some(op)
+}
+
+/// The program's only op, when it is MAGI-1's chunked guidance on three
+/// branches as they are (`Ref`s: forms of one term of weight 1, whose value is
+/// the input's exactly): `([cond, prefix, uncond] branch indices, the
+/// per-chunk weights, the chunks)`. Its result is then read straight from the
+/// inputs with no intermediate tensor.
+#[allow(clippy::type_complexity)]
+fn single_chunked<'p>(
+    program: &'p Program,
+    shape: &Shape,
+) -> Result<Option<([usize; 3], &'p [[f32; 3]], Chunks)>, CoreError> {
+    let [Op::Chunked { cond, prefix, uncond, weights, chunk_frames, layout }] = program.ops.as_slice() else {
+        return Ok(None);
+    };
+    let branch = |v: &Value| match v {
+        Value::Form(i) => match program.forms[*i].terms.as_slice() {
+            [(b, w)] if *w == 1.0 => Some(*b),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (Some(c), Some(p), Some(u)) = (branch(cond), branch(prefix), branch(uncond)) else { return Ok(None) };
+    if !program.latches.is_empty() || program.result != Value::Op(0) {
+        return Ok(None);
+    }
+    let chunks = Chunks::new(layout, shape, *chunk_frames, weights.len()).map_err(|why| CoreError::Layout {
+        output: program.output.clone(),
+        shape: shape.to_string(),
+        why,
+    })?;
+    Ok(Some(([c, p, u], weights, chunks)))
 }
 
 /// [`single_fdg`]'s program: the forms into reused f32 buffers, the result

@@ -577,3 +577,70 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
     }
     force_portable(false);
 }
+
+/// MAGI-1's chunked guidance read straight from bf16/f16/f32 inputs (runs of
+/// 1 to 70 elements, and of 9000 over several parallel tasks) against `apply`
+/// element by element.
+#[test]
+fn chunked_matches_the_canonical_reference_bit_for_bit() {
+    use cfg_core::chunked::{apply, chunked_direct, Chunks};
+    use cfg_core::cpu::Element;
+    use cfg_core::layout::{Axis, Layout};
+    use half::{bf16, f16};
+
+    fn check<E: Element + std::fmt::Debug>(
+        chunks: &Chunks,
+        weights: &[[f32; 3]],
+        x: &[Vec<f32>; 3],
+    ) -> Result<(), TestCaseError> {
+        let src: Vec<Vec<E>> = x.iter().map(|v| v.iter().map(|&f| E::put(f)).collect()).collect();
+        let mut got = vec![E::put(f32::NAN); src[0].len()];
+        chunked_direct(chunks, weights, [&src[0], &src[1], &src[2]], &mut got);
+        for (i, g) in got.iter().enumerate() {
+            let want = E::put(apply(&weights[chunks.chunk_of(i)], src[0][i].get(), src[1][i].get(), src[2][i].get()));
+            prop_assert_eq!(g.get().to_bits(), want.get().to_bits(), "element {} of {:?}", i, chunks);
+        }
+        Ok(())
+    }
+
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[31; 32]);
+    let cases = (
+        1usize..=2,
+        1usize..=3,
+        1usize..=9,
+        1usize..=4,
+        prop_oneof![3 => 1usize..=70, 1 => Just(9000usize)],
+        any::<u64>(),
+    );
+    for portable in [false, true] {
+        force_portable(portable);
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(batch, channels, frames, chunk_frames, plane, seed)| {
+                let layout = Layout { axes: vec![Axis::B, Axis::C, Axis::F, Axis::H, Axis::W], grid: None };
+                let shape = Shape::new([batch, channels, frames, 1, plane]);
+                let count = frames.div_ceil(chunk_frames);
+                let chunks = Chunks::new(&layout, &shape, chunk_frames, count).expect("a valid chunking");
+                let mut s = seed | 1;
+                let mut next = || {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    match s % 16 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        _ => ((s >> 20) % 20001) as f32 / 5000.0 - 2.0,
+                    }
+                };
+                let weights: Vec<[f32; 3]> = (0..count).map(|_| [next() * 4.0, next(), next()]).collect();
+                let n = shape.numel();
+                let x: [Vec<f32>; 3] = std::array::from_fn(|_| (0..n).map(|_| next()).collect());
+                check::<f32>(&chunks, &weights, &x)?;
+                check::<bf16>(&chunks, &weights, &x)?;
+                check::<f16>(&chunks, &weights, &x)
+            })
+            .expect("chunked guidance matches the reference");
+    }
+    force_portable(false);
+}

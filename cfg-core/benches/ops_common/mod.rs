@@ -30,11 +30,14 @@ pub const OPS: &[&str] = &[
     "perp_neg",
     "apg_mix_cfg",
     "fdg",
+    "chunked",
 ];
 /// Element counts.
 pub const SIZES: &[usize] = &[262_144, 4_792_320, 33_554_432];
 /// Last dim (Qwen-Image's packed latent channels: the shortest token in use).
 pub const WIDTH: usize = 64;
+/// Frames of the `chunked` row's video (its tokens are frames × a plane).
+const CHUNKED_FRAMES: usize = 16;
 
 fn two(form_a: Vec<(usize, f32)>, form_b: Vec<(usize, f32)>, op: Op) -> Program {
     Program {
@@ -98,6 +101,19 @@ pub fn program(op: &str) -> (Program, bool) {
             let layout = Layout { axes: vec![Axis::B, Axis::T, Axis::C], grid };
             let op = Op::Fdg { cond: f0, uncond: f1, bands: vec![band(10.0), band(5.0)], original: false, layout };
             (two(cond, uncond, op), true)
+        }
+        "chunked" => {
+            // MAGI-1's chunked guidance: 16 frames in 4 chunks, the two older ones past
+            // magi1.ron's 0.3 threshold (p 1, t 0), the newer ones at (p 1.5, t 7.5);
+            // `Row::new` sets the frame grid for the size.
+            let weights = vec![[7.5, -6.0, -0.5], [7.5, -6.0, -0.5], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]];
+            let grid = Some(Grid { frames: Some(CHUNKED_FRAMES), height: 1, width: 1 });
+            let layout = Layout { axes: vec![Axis::B, Axis::T, Axis::C], grid };
+            let op = Op::Chunked { cond: f0, prefix: f1, uncond: Value::Form(2), weights, chunk_frames: 4, layout };
+            let mut p = two(cond, vec![(1, 1.0)], op);
+            p.branches = vec!["cond".into(), "prefix".into(), "uncond".into()];
+            p.forms.push(Form { terms: vec![(2, 1.0)] });
+            (p, true)
         }
         "tcfg" => (two(cond, uncond, Op::Tcfg { cond: f0, uncond: f1, scale: 7.5, original: false }), false),
         "apg_mix_cfg" => {
@@ -176,8 +192,13 @@ impl Row {
     /// Row `op` at `n` elements of `dtype`.
     pub fn new(op: &str, dtype: DType, n: usize) -> Row {
         let (mut program, _) = program(op);
-        if let Some(Op::Fdg { layout, .. }) = program.ops.first_mut() {
-            layout.grid = Some(token_grid(n / WIDTH));
+        match program.ops.first_mut() {
+            Some(Op::Fdg { layout, .. }) => layout.grid = Some(token_grid(n / WIDTH)),
+            Some(Op::Chunked { layout, .. }) => {
+                let plane = n / WIDTH / CHUNKED_FRAMES;
+                layout.grid = Some(Grid { frames: Some(CHUNKED_FRAMES), height: 1, width: plane });
+            }
+            _ => {}
         }
         let inputs: Vec<Tensor> = (0..program.branches.len()).map(|b| input(dtype, n, b)).collect();
         let shape = inputs[0].shape.clone();
