@@ -292,12 +292,14 @@ struct Short<'a, P, F, O, const K: usize> {
 /// that the products vectorize).
 #[inline(always)]
 fn short_stat<const K: usize, const V: usize, const S: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> f64 {
-    let (a, b) = (&a[..8 * V], &b[..8 * V]);
+    // Whole 8-lane rows (fixed-size arrays), so that each row is one vector.
+    let (a, _) = a[..8 * V].as_chunks::<8>();
+    let (b, _) = b[..8 * V].as_chunks::<8>();
     let mut v = [[0.0f32; 8]; V];
-    for (j, v) in v.iter_mut().enumerate() {
-        for (i, l) in v.iter_mut().enumerate() {
-            let (x, y) = P::pairs(a[8 * j + i], b[8 * j + i])[S];
-            *l = x.mul_add(y, 0.0);
+    for ((v, a), b) in v.iter_mut().zip(a).zip(b) {
+        for i in 0..8 {
+            let (x, y) = P::pairs(a[i], b[i])[S];
+            v[i] = x.mul_add(y, 0.0);
         }
     }
     0.0 + fold_vectors(&mut v) as f64
