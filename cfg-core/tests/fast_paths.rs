@@ -518,6 +518,21 @@ fn fdg_reference(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original:
     out
 }
 
+/// Values in [-2, 2] from `seed` (xorshift), one in eight a signed zero.
+fn signed_values(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        match s % 16 {
+            0 => 0.0,
+            1 => -0.0,
+            _ => ((s >> 20) % 20001) as f32 / 5000.0 - 2.0,
+        }
+    }
+}
+
 /// FDG's pyramid passes (planar, channels last, gathered layouts; bands
 /// with and without statistics) against the element-by-element reference.
 #[test]
@@ -553,17 +568,7 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
                 };
                 let shape = Shape::new(shape);
                 let p = Pyramid::new(&layout, &shape, levels).expect("a valid pyramid");
-                let mut x = seed | 1;
-                let mut next = || {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    match x % 16 {
-                        0 => 0.0,
-                        1 => -0.0,
-                        _ => ((x >> 20) % 20001) as f32 / 5000.0 - 2.0,
-                    }
-                };
+                let mut next = signed_values(seed);
                 let n = shape.numel();
                 let (c, u): (Vec<f32>, Vec<f32>) = ((0..n).map(|_| next()).collect(), (0..n).map(|_| next()).collect());
                 let mut got = vec![f32::NAN; n];
@@ -622,17 +627,7 @@ fn chunked_matches_the_canonical_reference_bit_for_bit() {
                 let shape = Shape::new([batch, channels, frames, 1, plane]);
                 let count = frames.div_ceil(chunk_frames);
                 let chunks = Chunks::new(&layout, &shape, chunk_frames, count).expect("a valid chunking");
-                let mut s = seed | 1;
-                let mut next = || {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    match s % 16 {
-                        0 => 0.0,
-                        1 => -0.0,
-                        _ => ((s >> 20) % 20001) as f32 / 5000.0 - 2.0,
-                    }
-                };
+                let mut next = signed_values(seed);
                 let weights: Vec<[f32; 3]> = (0..count).map(|_| [next() * 4.0, next(), next()]).collect();
                 let n = shape.numel();
                 let x: [Vec<f32>; 3] = std::array::from_fn(|_| (0..n).map(|_| next()).collect());
