@@ -18,4 +18,8 @@ for l in sys.stdin:
         print(m["target"]["name"], m["executable"])')
 system=$(echo "$bins" | awk '$1 == "ops" {print $2}')
 mimalloc=$(echo "$bins" | awk '$1 == "ops_mimalloc" {print $2}')
-PYTHONPATH=target/torch exec "$py" scripts/bench_torch.py "$system" "$mimalloc" "${1:-}"
+# target/torch only when it is the torch in use (it would shadow CFG_PYTHON's own).
+if [ -z "${CFG_PYTHON:-}" ]; then
+    export PYTHONPATH=target/torch
+fi
+exec "$py" scripts/bench_torch.py "$system" "$mimalloc" "${1:-}"
