@@ -265,6 +265,9 @@ def main():
                     f = lambda: fn(xs[0], xs[1])
                 t = median_ms(reps, f)
                 del xs
+                # torch's OpenMP workers spin after their last parallel region (for up
+                # to 200 ms with Intel's runtime): let them sleep before the Rust side runs.
+                time.sleep(0.3)
                 into, alloc_sys, floor = ask(servers[0], f"{op} {name} {n} {reps}")
                 _, alloc_mi, _ = ask(servers[1], f"{op} {name} {n} {reps}")
                 worst = max(into, alloc_sys, alloc_mi)
