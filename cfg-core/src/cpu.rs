@@ -104,7 +104,8 @@ pub fn bf16_bits_rne(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
     let nan = ((bits >> 16) | 0x40) as u16;
-    if bits & 0x7fff_ffff > 0x7f80_0000 {
+    // `is_nan` (exponent all ones, mantissa non-zero): one float compare per vector.
+    if x.is_nan() {
         nan
     } else {
         rounded
