@@ -20,7 +20,9 @@ fi
 # Reinstall the requirements when their list changes.
 stamp="$venv/.requirements-$(sha256sum "$requirements" | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r "$requirements"
+    # pip unpacks several GB of wheels: on the build disk (target/tmp), not in a small /tmp.
+    mkdir -p "$root/target/tmp"
+    TMPDIR="$root/target/tmp" "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r "$requirements"
     touch "$stamp"
 fi
 # maturin from the venv builds the extension (cargo reuses target/ between runs).
