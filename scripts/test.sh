@@ -7,6 +7,9 @@
 # NCCL across threads), or the real driver where a GPU is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A run builds everything once: incremental caches would only take disk in
+# target/. Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # A kernel that does not compile must fail the tests, so NVRTC is required here
 # (the PTX tests fail instead of skipping) unless CFG_SKIP_NVRTC=1 says otherwise.
