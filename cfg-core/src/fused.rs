@@ -259,8 +259,9 @@ fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], 
 #[inline(always)]
 fn segment_stats<const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
-    for (a, b) in a.chunks(LANES).zip(b.chunks(LANES)) {
-        accumulate_all::<K, P>(&mut lanes, a, b);
+    let whole = columns::<K, P>(&mut lanes, a, b);
+    if a.len() > whole {
+        accumulate_all::<K, P>(&mut lanes, &a[whole..], &b[whole..]);
     }
     fold_all(&mut lanes, a.len())
 }
@@ -421,10 +422,11 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, 
     }
 }
 
-/// Elements loaded at once by the statistics pass (L1-resident, a few lane rows).
-const CHUNK: usize = 4 * LANES;
+/// Rows of [`LANES`] elements loaded at once by the statistics pass (two
+/// blocks of values stay in L1).
+const STAT_ROWS: usize = 8;
 
-/// The statistics of one segment, its values computed a chunk at a time.
+/// The statistics of one segment, its values computed a block of rows at a time.
 struct Stats<'a, P, const K: usize> {
     op: &'a P,
     start: usize,
@@ -436,17 +438,86 @@ impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
     #[inline(always)]
     fn run(self) -> [f64; K] {
         let mut lanes = [[0.0f32; LANES]; K];
-        let (mut a, mut b) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+        let (mut a, mut b) = ([0.0f32; STAT_ROWS * LANES], [0.0f32; STAT_ROWS * LANES]);
         let mut c = 0;
         while c < self.n {
-            let m = CHUNK.min(self.n - c);
-            self.op.load(self.start + c, &mut a[..m], &mut b[..m]);
-            for (a, b) in a[..m].chunks(LANES).zip(b[..m].chunks(LANES)) {
-                accumulate_all::<K, P>(&mut lanes, a, b);
+            let m = (STAT_ROWS * LANES).min(self.n - c);
+            let (a, b) = (&mut a[..m], &mut b[..m]);
+            self.op.load(self.start + c, a, b);
+            let whole = columns::<K, P>(&mut lanes, a, b);
+            if m > whole {
+                accumulate_all::<K, P>(&mut lanes, &a[whole..], &b[whole..]);
             }
             c += m;
         }
         fold_all(&mut lanes, self.n)
+    }
+}
+
+/// 8-lane columns of a row.
+const COLUMNS: usize = LANES / 8;
+
+/// Adds the whole rows of [`LANES`] values at the start of `a` and `b` into
+/// `lanes`, in row order ([`STAT_ROWS`] rows at once while there are that
+/// many); returns how many values that was.
+#[inline(always)]
+fn columns<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) -> usize {
+    let rows = a.len().min(b.len()) / LANES;
+    let (a, _) = a[..rows * LANES].as_chunks::<8>();
+    let (b, _) = b[..rows * LANES].as_chunks::<8>();
+    let blocks = rows / STAT_ROWS;
+    for (a, b) in a.chunks_exact(STAT_ROWS * COLUMNS).zip(b.chunks_exact(STAT_ROWS * COLUMNS)) {
+        column_rows::<K, STAT_ROWS, P>(lanes, a, b);
+    }
+    for r in blocks * STAT_ROWS..rows {
+        column_rows::<K, 1, P>(lanes, &a[r * COLUMNS..], &b[r * COLUMNS..]);
+    }
+    rows * LANES
+}
+
+/// Adds `R` rows into `lanes` an 8-lane column at a time: the column's sums
+/// stay in registers down the rows (each lane still adds its elements in row
+/// order, the canonical order), and every statistic reads the same loaded
+/// values.
+#[inline(always)]
+fn column_rows<const K: usize, const R: usize, P: GroupOp<K>>(
+    lanes: &mut [[f32; LANES]; K],
+    a: &[[f32; 8]],
+    b: &[[f32; 8]],
+) {
+    let (a, b) = (&a[..R * COLUMNS], &b[..R * COLUMNS]);
+    for col in 0..COLUMNS {
+        let mut acc = [[0.0f32; 8]; K];
+        for (acc, lanes) in acc.iter_mut().zip(lanes.iter()) {
+            acc.copy_from_slice(&lanes[8 * col..][..8]);
+        }
+        for r in 0..R {
+            let (a, b) = (&a[r * COLUMNS + col], &b[r * COLUMNS + col]);
+            add_column::<K, 0, P>(&mut acc, a, b);
+            if K > 1 {
+                add_column::<K, 1, P>(&mut acc, a, b);
+            }
+            if K > 2 {
+                add_column::<K, 2, P>(&mut acc, a, b);
+            }
+            if K > 3 {
+                add_column::<K, 3, P>(&mut acc, a, b);
+            }
+        }
+        for (acc, lanes) in acc.iter().zip(lanes.iter_mut()) {
+            lanes[8 * col..][..8].copy_from_slice(acc);
+        }
+    }
+}
+
+/// Statistic `S`'s products of one 8-lane column added to its sums (`S` a
+/// constant, so that the products vectorize).
+#[inline(always)]
+fn add_column<const K: usize, const S: usize, P: GroupOp<K>>(acc: &mut [[f32; 8]; K], a: &[f32; 8], b: &[f32; 8]) {
+    let acc = &mut acc[S];
+    for i in 0..8 {
+        let (x, y) = P::pairs(a[i], b[i])[S];
+        acc[i] = x.mul_add(y, acc[i]);
     }
 }
 
