@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # PyTorch eager vs the cfg CPU evaluator, every library operator, interleaved
 # row by row on the same inputs: scripts/bench-cpu.sh [op,op,...]
-# Installs torch (CPU) into target/torch on first use, unless CFG_PYTHON names
-# a python that has torch. CFG_BENCH_SIZES=262144,4792320 picks the sizes.
+# Uses CFG_PYTHON if set, else the test environment's python (target/pyenv,
+# made by scripts/test.sh) when it is there, else installs torch (CPU) into
+# target/torch on first use. CFG_BENCH_SIZES=262144,4792320 picks the sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -z "${CFG_PYTHON:-}" ] && target/pyenv/bin/python -c "import torch" 2>/dev/null; then
+    export CFG_PYTHON=target/pyenv/bin/python
+fi
 py=${CFG_PYTHON:-python3}
 if [ -z "${CFG_PYTHON:-}" ] && ! PYTHONPATH=target/torch python3 -c "import torch" 2>/dev/null; then
     python3 -m pip install --quiet --target target/torch torch --index-url https://download.pytorch.org/whl/cpu ||
