@@ -34,6 +34,7 @@ pub mod tcfg;
 pub mod tensor;
 pub mod view;
 pub mod window;
+pub mod zeroed;
 
 pub use dtype::DType;
 pub use error::CoreError;

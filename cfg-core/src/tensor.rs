@@ -1,5 +1,6 @@
 //! Host tensors of f32, f16 or bf16 elements.
 
+use crate::zeroed::zeroed_vec;
 use crate::{DType, Shape};
 use half::{bf16, f16};
 
@@ -68,9 +69,9 @@ impl Tensor {
     pub fn zeros(dtype: DType, shape: Shape) -> Tensor {
         let n = shape.numel();
         let data = match dtype {
-            DType::F32 => TensorData::F32(vec![0.0; n]),
-            DType::F16 => TensorData::F16(vec![f16::ZERO; n]),
-            DType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
+            DType::F32 => TensorData::F32(zeroed_vec(n)),
+            DType::F16 => TensorData::F16(zeroed_vec(n)),
+            DType::BF16 => TensorData::BF16(zeroed_vec(n)),
         };
         Tensor { shape, data }
     }
