@@ -478,7 +478,8 @@ pub(crate) fn buffer(n: usize) -> Vec<f32> {
         let best = (0..p.len()).filter(|&i| p[i].capacity() >= n).min_by_key(|&i| p[i].capacity());
         best.map(|i| p.swap_remove(i))
     });
-    let mut v = found.unwrap_or_default();
+    // A new buffer comes untouched, on huge pages where it is large.
+    let mut v = found.unwrap_or_else(|| crate::zeroed::zeroed_vec(n));
     if v.len() < n {
         v.resize(n, 0.0);
     }
