@@ -387,11 +387,8 @@ fn single_chunked<'p>(
     if !program.latches.is_empty() || program.result != Value::Op(0) {
         return Ok(None);
     }
-    let chunks = Chunks::new(layout, shape, *chunk_frames, weights.len()).map_err(|why| CoreError::Layout {
-        output: program.output.clone(),
-        shape: shape.to_string(),
-        why,
-    })?;
+    let chunks =
+        Chunks::new(layout, shape, *chunk_frames, weights.len()).map_err(|why| program.layout_error(shape, why))?;
     Ok(Some(([c, p, u], weights, chunks)))
 }
 
@@ -407,11 +404,7 @@ fn fdg_view(
     let Op::Fdg { cond: Value::Form(a), uncond: Value::Form(b), bands, original, layout } = op else {
         return Ok(());
     };
-    let pyramid = Pyramid::new(layout, shape, bands.len()).map_err(|why| CoreError::Layout {
-        output: program.output.clone(),
-        shape: shape.to_string(),
-        why,
-    })?;
+    let pyramid = Pyramid::new(layout, shape, bands.len()).map_err(|why| program.layout_error(shape, why))?;
     let n = shape.numel();
     let (mut c, mut u) = (fdg::buffer(n), fdg::buffer(n));
     form_into(&program.forms[*a], inputs, &mut c);
@@ -763,9 +756,8 @@ impl<'a> Evaluation<'a> {
     /// MAGI-1's chunked combination on the dense values of its operands.
     fn chunked(&self, op: &Op) -> Result<Vec<f32>, CoreError> {
         let Op::Chunked { cond, prefix, uncond, weights, chunk_frames, layout } = op else { return Ok(Vec::new()) };
-        let chunks = Chunks::new(layout, self.shape, *chunk_frames, weights.len()).map_err(|why| {
-            CoreError::Layout { output: self.program.output.clone(), shape: self.shape.to_string(), why }
-        })?;
+        let chunks = Chunks::new(layout, self.shape, *chunk_frames, weights.len())
+            .map_err(|why| self.program.layout_error(self.shape, why))?;
         let mut out = vec![0.0; self.n()];
         let (c, p, u) = (self.dense(*cond), self.dense(*prefix), self.dense(*uncond));
         chunked_into(&chunks, weights, &c, &p, &u, &mut out);
@@ -775,11 +767,8 @@ impl<'a> Evaluation<'a> {
     /// FDG on the dense values of its operands.
     fn fdg(&self, op: &Op) -> Result<Vec<f32>, CoreError> {
         let Op::Fdg { cond, uncond, bands, original, layout } = op else { return Ok(Vec::new()) };
-        let pyramid = Pyramid::new(layout, self.shape, bands.len()).map_err(|why| CoreError::Layout {
-            output: self.program.output.clone(),
-            shape: self.shape.to_string(),
-            why,
-        })?;
+        let pyramid =
+            Pyramid::new(layout, self.shape, bands.len()).map_err(|why| self.program.layout_error(self.shape, why))?;
         let mut out = vec![0.0; self.n()];
         fdg_into(&pyramid, &self.dense(*cond), &self.dense(*uncond), bands, *original, &mut out);
         Ok(out)

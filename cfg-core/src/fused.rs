@@ -259,10 +259,7 @@ fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], 
 #[inline(always)]
 fn segment_stats<const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
-    let whole = columns::<K, P>(&mut lanes, a, b);
-    if a.len() > whole {
-        accumulate_all::<K, P>(&mut lanes, &a[whole..], &b[whole..]);
-    }
+    add_values::<K, P>(&mut lanes, a, b);
     fold_all(&mut lanes, a.len())
 }
 
@@ -445,10 +442,7 @@ impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
             let m = (STAT_ROWS * LANES).min(self.n - c);
             let (a, b) = (&mut a[..m], &mut b[..m]);
             self.op.load(self.start + c, a, b);
-            let whole = columns::<K, P>(&mut lanes, a, b);
-            if m > whole {
-                accumulate_all::<K, P>(&mut lanes, &a[whole..], &b[whole..]);
-            }
+            add_values::<K, P>(&mut lanes, a, b);
             c += m;
         }
         fold_all(&mut lanes, self.n)
@@ -457,6 +451,16 @@ impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
 
 /// 8-lane columns of a row.
 const COLUMNS: usize = LANES / 8;
+
+/// Adds the values of consecutive elements, starting on lane 0, into
+/// `lanes`: the whole rows a column at a time, then the last partial row.
+#[inline(always)]
+fn add_values<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+    let whole = columns::<K, P>(lanes, a, b);
+    if a.len() > whole {
+        accumulate_all::<K, P>(lanes, &a[whole..], &b[whole..]);
+    }
+}
 
 /// Adds the whole rows of [`LANES`] values at the start of `a` and `b` into
 /// `lanes`, in row order ([`STAT_ROWS`] rows at once while there are that

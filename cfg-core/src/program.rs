@@ -308,10 +308,15 @@ impl Program {
         })
     }
 
+    /// The error for `shape` not fitting this program's layout, and why.
+    pub fn layout_error(&self, shape: &crate::Shape, why: String) -> crate::CoreError {
+        crate::CoreError::Layout { output: self.output.clone(), shape: shape.to_string(), why }
+    }
+
     /// Whether `shape` fits the declared layout and every op's needs (reduction
     /// groups: an `Axis` beyond its rank; FDG: its pyramid's rows and columns).
     pub fn check_shape(&self, shape: &crate::Shape) -> Result<(), crate::CoreError> {
-        let bad = |why: String| crate::CoreError::Layout { output: self.output.clone(), shape: shape.to_string(), why };
+        let bad = |why: String| self.layout_error(shape, why);
         if let Some(layout) = &self.layout {
             layout.resolve(shape).map_err(bad)?;
         }
