@@ -7,7 +7,7 @@ use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
 use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
 use crate::reduce::{LANES, SEGMENT};
-use crate::simd::{self, Task};
+use crate::simd::{self, Task, Vector};
 use rayon::prelude::*;
 
 /// APG's parameters and inputs.
@@ -164,7 +164,7 @@ struct Update<'a, I> {
 impl<I: Element> Task for Update<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
-    fn run(self) -> [f64; 3] {
+    fn run<V: Vector>(self) -> [f64; 3] {
         let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
         let (beta, has_prev) = (self.p.momentum, self.has_prev);
         let mut stats = SegmentStats::new(self.dots);
@@ -200,7 +200,7 @@ struct Stats<'a, I> {
 impl<I: Element> Task for Stats<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
-    fn run(self) -> [f64; 3] {
+    fn run<V: Vector>(self) -> [f64; 3] {
         let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
         let mut stats = SegmentStats::new(self.dots);
         let mut pos = 0;
@@ -236,7 +236,7 @@ struct Apply<'a, I, O> {
 impl<I: Element, O: Element> Task for Apply<'_, I, O> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let p = self.p;
         let mut buf = take_scratch(4 * BLOCK);
         let (c, rest) = buf.split_at_mut(BLOCK);
@@ -309,7 +309,7 @@ struct MomentumCfgTask<'a, I, O> {
 impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let p = self.p;
         let mut buf = take_scratch(3 * BLOCK);
         let (c, rest) = buf.split_at_mut(BLOCK);

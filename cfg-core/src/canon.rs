@@ -10,7 +10,7 @@
 //! features of the caller (an `avx2,fma` region makes `mul_add` one instruction).
 
 use crate::reduce::{LANES, SEGMENT};
-use crate::simd::{self, Task};
+use crate::simd::{self, Task, Vector};
 use rayon::prelude::*;
 
 /// Folds the first `m` lanes of the canonical tree (the lanes past `m`, and
@@ -32,9 +32,6 @@ pub fn fold_active<T: Copy + std::ops::AddAssign>(lanes: &mut [T], m: usize) -> 
     lanes[0]
 }
 
-/// Eight consecutive lanes (one AVX2 register).
-pub type V8 = [f32; 8];
-
 /// The canonical fold of lanes held eight to a vector, the lanes past the
 /// group zero: the levels down to eight lanes add whole vectors, the last
 /// three run inside `v[0]`. Returns lane 0. Zero lanes past the group may be
@@ -42,23 +39,19 @@ pub type V8 = [f32; 8];
 /// (the largest power of two below the length) is the same, and a zero added
 /// changes no non-zero value (only a zero's sign, which the f64 total drops).
 #[inline(always)]
-pub fn fold_vectors(v: &mut [V8]) -> f32 {
+pub fn fold_vectors<V: Vector>(v: &mut [V]) -> f32 {
     let mut m = v.len().min(LANES / 8);
     let mut s = LANES / 16;
     while s > 0 {
         if m > s {
             for i in 0..m - s {
-                let h = v[i + s];
-                for (l, h) in v[i].iter_mut().zip(h) {
-                    *l += h;
-                }
+                v[i] = v[i] + v[i + s];
             }
             m = s;
         }
         s /= 2;
     }
-    let h = v[0];
-    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+    v[0].fold()
 }
 
 /// Adds the products of a run that starts on lane 0 into `lanes`: for each
@@ -230,7 +223,7 @@ struct SegmentDot<'a>(&'a [f32], &'a [f32]);
 impl Task for SegmentDot<'_> {
     type Out = f64;
     #[inline(always)]
-    fn run(self) -> f64 {
+    fn run<V: Vector>(self) -> f64 {
         segment_dot(self.0, self.1)
     }
 }

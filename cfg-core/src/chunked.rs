@@ -10,7 +10,7 @@
 
 use crate::cpu::{combine_task, Element};
 use crate::layout::Layout;
-use crate::simd::{self, Task};
+use crate::simd::{self, Task, Vector};
 use crate::Shape;
 use rayon::prelude::*;
 
@@ -101,7 +101,7 @@ struct Runs<'a, I, O> {
 impl<I: Element, O: Element> Task for Runs<'_, I, O> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         for (k, out) in self.out.chunks_mut(self.run).enumerate() {
             let offset = self.first + k * self.run;
             let w = &self.weights[self.chunks.chunk_of(offset)];

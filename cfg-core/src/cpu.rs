@@ -34,6 +34,16 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn load(src: &[Self], dst: &mut [f32]);
     /// Rounds `src` (nearest even) into `dst`.
     fn store(src: &[f32], dst: &mut [Self]);
+    /// The elements as f32, when they are f32 (read in place, not widened).
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// The elements as f32, when they are f32 (written in place).
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -53,6 +63,14 @@ impl Element for f32 {
     #[inline(always)]
     fn store(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
     }
 }
 
@@ -853,9 +871,6 @@ pub fn std_from_sums(s1: f64, s2: f64, n: usize) -> f64 {
 /// The renorm factor from the norms; 1 when the input norm is zero.
 pub fn renorm_factor(nr: f64, ng: f64, eps: f64, min: Option<f64>, max: Option<f64>) -> f32 {
     let den = ng + eps;
-    if den == 0.0 {
-        return 1.0;
-    }
     let mut f = nr / den;
     if let Some(lo) = min {
         f = f.max(lo);
@@ -863,7 +878,12 @@ pub fn renorm_factor(nr: f64, ng: f64, eps: f64, min: Option<f64>, max: Option<f
     if let Some(hi) = max {
         f = f.min(hi);
     }
-    f as f32
+    // A select, not an early return: eight groups' factors then vectorize.
+    if den == 0.0 {
+        1.0
+    } else {
+        f as f32
+    }
 }
 
 /// The norm-cap factor: `ratio·nr/ng` when `ng > ratio·nr`, else 1.

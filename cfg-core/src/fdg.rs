@@ -33,7 +33,7 @@ use crate::fused::{put_scratch, take_scratch};
 use crate::layout::{Layout, Spatial};
 use crate::program::FdgBand;
 use crate::reduce::{dot_f32, dot_f64};
-use crate::simd::{self, Task};
+use crate::simd::{self, Task, Vector};
 use crate::Shape;
 use rayon::prelude::*;
 
@@ -310,7 +310,7 @@ fn up_row(cg: Grid, src: &[f32], i: usize, y: usize, cache: &mut Rows<'_>, t: &m
 impl Task for Band<'_> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
         // Reduce: 8 cached rows twice as wide, 2 more; else up to 3 caches,
@@ -618,7 +618,7 @@ struct Guide<'a> {
 impl Task for Guide<'_> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let Guide { c, u, g, band, original } = self;
         let (s, len) = (band.scale, c.len());
         match band.parallel {

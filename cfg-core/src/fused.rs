@@ -14,7 +14,7 @@ use crate::cpu::{
     zero_star_alpha, Element,
 };
 use crate::reduce::{LANES, SEGMENT};
-use crate::simd::{self, Task};
+use crate::simd::{self, Num, Task, Vector};
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -60,6 +60,19 @@ pub fn form_into<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
         }
     }
     by_term(terms, start, out)
+}
+
+/// The form's values over `start..start + buf.len()`: the input itself when
+/// the form is one f32 input of weight 1 (`1·x` is `x`), else computed into `buf`.
+#[inline(always)]
+pub fn form_ref<'s, I: Element>(terms: Terms<'s, I>, start: usize, buf: &'s mut [f32]) -> &'s [f32] {
+    if let [(x, w)] = terms {
+        if let (true, Some(x)) = (*w == 1.0, I::as_f32(x)) {
+            return &x[start..start + buf.len()];
+        }
+    }
+    form_into(terms, start, buf);
+    buf
 }
 
 /// A known number of terms: the sum stays in a register.
@@ -114,20 +127,28 @@ pub fn store<O: Element>(vals: &[f32], out: &mut [O]) {
 /// An operator with one f32 factor per group from `K` canonical statistics.
 pub trait GroupOp<const K: usize>: Sync {
     // K is at most 4 (see `short_stats`).
-    /// Computes its two values over `start..start + a.len()` into `a` and `b`.
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]);
-    /// The `K` pairs `(x, y)` of one element whose canonical Σ x·y are the statistics.
-    fn pairs(a: f32, b: f32) -> [(f32, f32); K];
+    /// Its two values over `start..start + a.len()`, computed into `a` and
+    /// `b` or read in place (see [`form_ref`]).
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]);
+    /// The `K` pairs `(x, y)` of one element (or eight lanes) whose canonical
+    /// Σ x·y are the statistics.
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); K];
     /// The group's factor from its statistics.
     fn factor(&self, totals: [f64; K], len: usize) -> f32;
-    /// One output element.
-    fn apply(&self, a: f32, b: f32, f: f32) -> f32;
+    /// One output element (or eight lanes).
+    fn apply<T: Num>(&self, a: T, b: T, f: T) -> T;
 }
 
 /// What becomes of an operator's f32 values: stored, or first mixed with linear forms.
 pub trait Finish: Sync {
     /// Writes the values `y` of elements `start..start + y.len()` into `out`.
     fn finish<O: Element>(&self, start: usize, y: &mut [f32], out: &mut [O]);
+    /// `out` itself, when the values can be written there directly (then
+    /// `finish` is not called).
+    #[inline(always)]
+    fn direct<'o, O: Element>(&self, _out: &'o mut [O]) -> Option<&'o mut [f32]> {
+        None
+    }
 }
 
 /// The operator's values are the output.
@@ -137,6 +158,10 @@ impl Finish for Store {
     #[inline(always)]
     fn finish<O: Element>(&self, _: usize, y: &mut [f32], out: &mut [O]) {
         store(y, out)
+    }
+    #[inline(always)]
+    fn direct<'o, O: Element>(&self, out: &'o mut [O]) -> Option<&'o mut [f32]> {
+        O::as_f32_mut(out)
     }
 }
 
@@ -257,9 +282,9 @@ fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], 
 
 /// The statistics of one segment whose values are `a` and `b` (`a.len() <= SEGMENT`).
 #[inline(always)]
-fn segment_stats<const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+fn segment_stats<V: Vector, const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
-    add_values::<K, P>(&mut lanes, a, b);
+    add_values::<V, K, P>(&mut lanes, a, b);
     fold_all(&mut lanes, a.len())
 }
 
@@ -286,95 +311,107 @@ struct Short<'a, P, F, O, const K: usize> {
     out: &'a mut [O],
 }
 
-/// Statistic `S` of one group padded to `8·V` elements (`S` a constant, so
-/// that the products vectorize).
+/// Statistic `S` of one group padded to `8·N` elements, `N` vectors (`S` a
+/// constant: each statistic is its own loop, its vectors in registers).
 #[inline(always)]
-fn short_stat<const K: usize, const V: usize, const S: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> f64 {
-    // Whole 8-lane rows (fixed-size arrays), so that each row is one vector.
-    let (a, _) = a[..8 * V].as_chunks::<8>();
-    let (b, _) = b[..8 * V].as_chunks::<8>();
-    let mut v = [[0.0f32; 8]; V];
+fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> f64 {
+    let (a, _) = a[..8 * N].as_chunks::<8>();
+    let (b, _) = b[..8 * N].as_chunks::<8>();
+    let zero = V::splat(0.0);
+    let mut v = [zero; N];
     for ((v, a), b) in v.iter_mut().zip(a).zip(b) {
-        for i in 0..8 {
-            let (x, y) = P::pairs(a[i], b[i])[S];
-            v[i] = x.mul_add(y, 0.0);
-        }
+        let (x, y) = P::pairs(V::load(a), V::load(b))[S];
+        *v = x.mul_add(y, zero);
     }
     0.0 + fold_vectors(&mut v) as f64
 }
 
-/// The statistics of one group padded to `8·V` elements (`K` at most 4).
+/// The statistics of one group padded to `8·N` elements (`K` at most 4).
 #[inline(always)]
-fn short_stats<const K: usize, const V: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+fn short_stats<V: Vector, const K: usize, const N: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut t = [0.0f64; K];
-    t[0] = short_stat::<K, V, 0, P>(a, b);
+    t[0] = short_stat::<V, K, N, 0, P>(a, b);
     if K > 1 {
-        t[1] = short_stat::<K, V, 1, P>(a, b);
+        t[1] = short_stat::<V, K, N, 1, P>(a, b);
     }
     if K > 2 {
-        t[2] = short_stat::<K, V, 2, P>(a, b);
+        t[2] = short_stat::<V, K, N, 2, P>(a, b);
     }
     if K > 3 {
-        t[3] = short_stat::<K, V, 3, P>(a, b);
+        t[3] = short_stat::<V, K, N, 3, P>(a, b);
     }
     t
+}
+
+/// The statistics of one group padded to `8·vectors` elements. A match, not
+/// a closure or fn pointer: the callee must inline into the caller's features.
+#[inline(always)]
+fn group_stats<V: Vector, const K: usize, P: GroupOp<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [f64; K] {
+    match vectors {
+        1 => short_stats::<V, K, 1, P>(a, b),
+        2 => short_stats::<V, K, 2, P>(a, b),
+        4 => short_stats::<V, K, 4, P>(a, b),
+        8 => short_stats::<V, K, 8, P>(a, b),
+        16 => short_stats::<V, K, 16, P>(a, b),
+        _ => short_stats::<V, K, 32, P>(a, b),
+    }
 }
 
 impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P, F, O, K> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let (len, op) = (self.len, self.op);
-        let vectors = len.div_ceil(8).next_power_of_two();
-        let padded = 8 * vectors != len;
-        // A match, not a fn pointer: the callee must inline into the caller's features.
-        let stats = |a: &[f32], b: &[f32]| match vectors {
-            1 => short_stats::<K, 1, P>(a, b),
-            2 => short_stats::<K, 2, P>(a, b),
-            4 => short_stats::<K, 4, P>(a, b),
-            8 => short_stats::<K, 8, P>(a, b),
-            16 => short_stats::<K, 16, P>(a, b),
-            _ => short_stats::<K, 32, P>(a, b),
-        };
         let per_block = (BLOCK / len).max(1) * len;
         let mut buf = take_scratch(3 * per_block);
         let (a, rest) = buf.split_at_mut(per_block);
         let (b, y) = rest.split_at_mut(per_block);
-        // A padded group is copied before its zeros; an exact one is read in place.
-        let (mut pa, mut pb) = ([0.0f32; LANES], [0.0f32; LANES]);
         for (blk, out) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (out.len(), self.start + blk * per_block);
-            let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
-            op.load(start, a, b);
-            // Eight groups' statistics, then their factors (independent
-            // square roots and divisions overlap), then their apply.
-            for first in (0..m / len).step_by(8) {
-                let batch = 8.min(m / len - first);
-                let mut totals = [[0.0f64; K]; 8];
-                for (t, total) in totals.iter_mut().enumerate().take(batch) {
-                    let (ga, gb) = (&a[(first + t) * len..][..len], &b[(first + t) * len..][..len]);
-                    *total = if padded {
-                        pa[..len].copy_from_slice(ga);
-                        pb[..len].copy_from_slice(gb);
-                        stats(&pa, &pb)
-                    } else {
-                        stats(ga, gb)
-                    };
-                }
-                let mut f = [0.0f32; 8];
-                for (f, t) in f.iter_mut().zip(&totals).take(batch) {
-                    *f = op.factor(*t, len);
-                }
-                for (t, f) in f.iter().enumerate().take(batch) {
-                    let lo = (first + t) * len;
-                    for ((y, a), b) in y[lo..lo + len].iter_mut().zip(&a[lo..lo + len]).zip(&b[lo..lo + len]) {
-                        *y = op.apply(*a, *b, *f);
-                    }
-                }
+            let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
+            if let Some(out) = self.fin.direct(out) {
+                short_block::<V, K, P>(op, len, a, b, out);
+            } else {
+                let y = &mut y[..m];
+                short_block::<V, K, P>(op, len, a, b, y);
+                self.fin.finish(start, y, out);
             }
-            self.fin.finish(start, y, out);
         }
         put_scratch(buf);
+    }
+}
+
+/// The groups of one block: eight groups' statistics, then their factors
+/// (independent square roots and divisions, as vectors), then their apply.
+#[inline(always)]
+fn short_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
+    let vectors = len.div_ceil(8).next_power_of_two();
+    let padded = 8 * vectors != len;
+    // A padded group is copied before its zeros; an exact one is read in place.
+    let (mut pa, mut pb) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let groups = y.len() / len;
+    for first in (0..groups).step_by(8) {
+        let batch = 8.min(groups - first);
+        let mut totals = [[0.0f64; K]; 8];
+        for (t, total) in totals.iter_mut().enumerate().take(batch) {
+            let (ga, gb) = (&a[(first + t) * len..][..len], &b[(first + t) * len..][..len]);
+            *total = if padded {
+                pa[..len].copy_from_slice(ga);
+                pb[..len].copy_from_slice(gb);
+                group_stats::<V, K, P>(vectors, &pa, &pb)
+            } else {
+                group_stats::<V, K, P>(vectors, ga, gb)
+            };
+        }
+        // All eight, past the batch too (their totals are zeros).
+        let mut f = [0.0f32; 8];
+        for (f, t) in f.iter_mut().zip(&totals) {
+            *f = op.factor(*t, len);
+        }
+        for (t, f) in f.iter().enumerate().take(batch) {
+            let g = (first + t) * len..(first + t + 1) * len;
+            apply_run::<V, K, P>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
+        }
     }
 }
 
@@ -390,7 +427,7 @@ struct OnePass<'a, P, F, O, const K: usize> {
 impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, P, F, O, K> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let len = self.len;
         let per_block = (BLOCK / len).max(1) * len;
         let mut buf = take_scratch(3 * per_block);
@@ -398,24 +435,31 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, 
         let (b, y) = rest.split_at_mut(per_block);
         for (k, block) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (block.len(), self.start + k * per_block);
-            let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
-            self.op.load(start, a, b);
-            for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
-                let mut t = [0.0f64; K];
-                for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
-                    let p = segment_stats::<K, P>(sa, sb);
-                    for i in 0..K {
-                        t[i] += p[i];
-                    }
-                }
-                let f = self.op.factor(t, len);
-                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                    *y = self.op.apply(*a, *b, f);
-                }
+            let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
+            if let Some(block) = self.fin.direct(block) {
+                one_pass_block::<V, K, P>(self.op, len, a, b, block);
+            } else {
+                let y = &mut y[..m];
+                one_pass_block::<V, K, P>(self.op, len, a, b, y);
+                self.fin.finish(start, y, block);
             }
-            self.fin.finish(start, y, block);
         }
         put_scratch(buf);
+    }
+}
+
+/// Whole groups of one block, each reduced then applied.
+#[inline(always)]
+fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
+    for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
+        let mut t = [0.0f64; K];
+        for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
+            let p = segment_stats::<V, K, P>(sa, sb);
+            for i in 0..K {
+                t[i] += p[i];
+            }
+        }
+        apply_run::<V, K, P>(op, a, b, y, op.factor(t, len));
     }
 }
 
@@ -434,15 +478,14 @@ struct Stats<'a, P, const K: usize> {
 impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
     type Out = [f64; K];
     #[inline(always)]
-    fn run(self) -> [f64; K] {
+    fn run<V: Vector>(self) -> [f64; K] {
         let mut lanes = [[0.0f32; LANES]; K];
         let (mut a, mut b) = ([0.0f32; STAT_ROWS * LANES], [0.0f32; STAT_ROWS * LANES]);
         let mut c = 0;
         while c < self.n {
             let m = (STAT_ROWS * LANES).min(self.n - c);
-            let (a, b) = (&mut a[..m], &mut b[..m]);
-            self.op.load(self.start + c, a, b);
-            add_values::<K, P>(&mut lanes, a, b);
+            let (a, b) = self.op.load(self.start + c, &mut a[..m], &mut b[..m]);
+            add_values::<V, K, P>(&mut lanes, a, b);
             c += m;
         }
         fold_all(&mut lanes, self.n)
@@ -455,8 +498,8 @@ const COLUMNS: usize = LANES / 8;
 /// Adds the values of consecutive elements, starting on lane 0, into
 /// `lanes`: the whole rows a column at a time, then the last partial row.
 #[inline(always)]
-fn add_values<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
-    let whole = columns::<K, P>(lanes, a, b);
+fn add_values<V: Vector, const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+    let whole = columns::<V, K, P>(lanes, a, b);
     if a.len() > whole {
         accumulate_all::<K, P>(lanes, &a[whole..], &b[whole..]);
     }
@@ -466,16 +509,16 @@ fn add_values<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &
 /// `lanes`, in row order ([`STAT_ROWS`] rows at once while there are that
 /// many); returns how many values that was.
 #[inline(always)]
-fn columns<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) -> usize {
+fn columns<V: Vector, const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) -> usize {
     let rows = a.len().min(b.len()) / LANES;
     let (a, _) = a[..rows * LANES].as_chunks::<8>();
     let (b, _) = b[..rows * LANES].as_chunks::<8>();
     let blocks = rows / STAT_ROWS;
     for (a, b) in a.chunks_exact(STAT_ROWS * COLUMNS).zip(b.chunks_exact(STAT_ROWS * COLUMNS)) {
-        column_rows::<K, STAT_ROWS, P>(lanes, a, b);
+        column_rows::<V, K, STAT_ROWS, P>(lanes, a, b);
     }
     for r in blocks * STAT_ROWS..rows {
-        column_rows::<K, 1, P>(lanes, &a[r * COLUMNS..], &b[r * COLUMNS..]);
+        column_rows::<V, K, 1, P>(lanes, &a[r * COLUMNS..], &b[r * COLUMNS..]);
     }
     rows * LANES
 }
@@ -485,44 +528,41 @@ fn columns<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f3
 /// order, the canonical order), and every statistic reads the same loaded
 /// values.
 #[inline(always)]
-fn column_rows<const K: usize, const R: usize, P: GroupOp<K>>(
+fn column_rows<V: Vector, const K: usize, const R: usize, P: GroupOp<K>>(
     lanes: &mut [[f32; LANES]; K],
     a: &[[f32; 8]],
     b: &[[f32; 8]],
 ) {
     let (a, b) = (&a[..R * COLUMNS], &b[..R * COLUMNS]);
     for col in 0..COLUMNS {
-        let mut acc = [[0.0f32; 8]; K];
+        let mut acc = [V::splat(0.0); K];
         for (acc, lanes) in acc.iter_mut().zip(lanes.iter()) {
-            acc.copy_from_slice(&lanes[8 * col..][..8]);
+            *acc = V::load(&lanes.as_chunks::<8>().0[col]);
         }
         for r in 0..R {
-            let (a, b) = (&a[r * COLUMNS + col], &b[r * COLUMNS + col]);
-            add_column::<K, 0, P>(&mut acc, a, b);
-            if K > 1 {
-                add_column::<K, 1, P>(&mut acc, a, b);
-            }
-            if K > 2 {
-                add_column::<K, 2, P>(&mut acc, a, b);
-            }
-            if K > 3 {
-                add_column::<K, 3, P>(&mut acc, a, b);
+            let p = P::pairs(V::load(&a[r * COLUMNS + col]), V::load(&b[r * COLUMNS + col]));
+            for (acc, (x, y)) in acc.iter_mut().zip(p) {
+                *acc = x.mul_add(y, *acc);
             }
         }
         for (acc, lanes) in acc.iter().zip(lanes.iter_mut()) {
-            lanes[8 * col..][..8].copy_from_slice(acc);
+            acc.store(&mut lanes.as_chunks_mut::<8>().0[col]);
         }
     }
 }
 
-/// Statistic `S`'s products of one 8-lane column added to its sums (`S` a
-/// constant, so that the products vectorize).
+/// `y = apply(a, b, f)` over a run, eight lanes at a time, then the rest one by one.
 #[inline(always)]
-fn add_column<const K: usize, const S: usize, P: GroupOp<K>>(acc: &mut [[f32; 8]; K], a: &[f32; 8], b: &[f32; 8]) {
-    let acc = &mut acc[S];
-    for i in 0..8 {
-        let (x, y) = P::pairs(a[i], b[i])[S];
-        acc[i] = x.mul_add(y, acc[i]);
+fn apply_run<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, a: &[f32], b: &[f32], y: &mut [f32], f: f32) {
+    let n = y.len();
+    let ((av, at), (bv, bt)) = (a[..n].as_chunks::<8>(), b[..n].as_chunks::<8>());
+    let (yv, yt) = y.as_chunks_mut::<8>();
+    let fv = V::splat(f);
+    for ((y, a), b) in yv.iter_mut().zip(av).zip(bv) {
+        op.apply(V::load(a), V::load(b), fv).store(y);
+    }
+    for ((y, a), b) in yt.iter_mut().zip(at).zip(bt) {
+        *y = op.apply(*a, *b, f);
     }
 }
 
@@ -538,16 +578,18 @@ struct Apply<'a, P, F, O, const K: usize> {
 impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Apply<'_, P, F, O, K> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let (mut a, mut b, mut y) = ([0.0f32; APPLY], [0.0f32; APPLY], [0.0f32; APPLY]);
         for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), self.start + k * APPLY);
-            let (a, b, y) = (&mut a[..m], &mut b[..m], &mut y[..m]);
-            self.op.load(start, a, b);
-            for ((y, a), b) in y.iter_mut().zip(a.iter()).zip(b.iter()) {
-                *y = self.op.apply(*a, *b, self.f);
+            let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
+            if let Some(out) = self.fin.direct(out) {
+                apply_run::<V, K, P>(self.op, a, b, out, self.f);
+            } else {
+                let y = &mut y[..m];
+                apply_run::<V, K, P>(self.op, a, b, y, self.f);
+                self.fin.finish(start, y, out);
             }
-            self.fin.finish(start, y, out);
         }
     }
 }
@@ -571,12 +613,11 @@ pub struct Renorm<'a, I> {
 
 impl<I: Element> GroupOp<2> for Renorm<'_, I> {
     #[inline(always)]
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
-        form_into(self.input, start, a);
-        form_into(self.reference, start, b);
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        (form_ref(self.input, start, a), form_ref(self.reference, start, b))
     }
     #[inline(always)]
-    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, a), (b, b)]
     }
     #[inline(always)]
@@ -584,7 +625,7 @@ impl<I: Element> GroupOp<2> for Renorm<'_, I> {
         renorm_factor(t[1].sqrt(), t[0].sqrt(), self.eps, self.min, self.max)
     }
     #[inline(always)]
-    fn apply(&self, a: f32, _: f32, f: f32) -> f32 {
+    fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {
         a * f
     }
 }
@@ -601,12 +642,11 @@ pub struct NormCap<'a, I> {
 
 impl<I: Element> GroupOp<2> for NormCap<'_, I> {
     #[inline(always)]
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
-        form_into(self.input, start, a);
-        form_into(self.reference, start, b);
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        (form_ref(self.input, start, a), form_ref(self.reference, start, b))
     }
     #[inline(always)]
-    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, a), (b, b)]
     }
     #[inline(always)]
@@ -614,7 +654,7 @@ impl<I: Element> GroupOp<2> for NormCap<'_, I> {
         norm_cap_factor(t[1].sqrt(), t[0].sqrt(), self.ratio)
     }
     #[inline(always)]
-    fn apply(&self, a: f32, _: f32, f: f32) -> f32 {
+    fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {
         a * f
     }
 }
@@ -631,20 +671,20 @@ pub struct StdRescale<'a, I> {
 
 impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
     #[inline(always)]
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
-        form_into(self.input, start, a);
-        form_into(self.reference, start, b);
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        (form_ref(self.input, start, a), form_ref(self.reference, start, b))
     }
     #[inline(always)]
-    fn pairs(a: f32, b: f32) -> [(f32, f32); 4] {
-        [(b, 1.0), (b, b), (a, 1.0), (a, a)]
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 4] {
+        let one = T::splat(1.0);
+        [(b, one), (b, b), (a, one), (a, a)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 4], len: usize) -> f32 {
         rescale_factor(std_from_sums(t[0], t[1], len), std_from_sums(t[2], t[3], len), self.phi)
     }
     #[inline(always)]
-    fn apply(&self, a: f32, _: f32, f: f32) -> f32 {
+    fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {
         a * f
     }
 }
@@ -663,12 +703,11 @@ pub struct ZeroStar<'a, I> {
 
 impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
     #[inline(always)]
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
-        form_into(self.cond, start, a);
-        form_into(self.uncond, start, b);
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        (form_ref(self.cond, start, a), form_ref(self.uncond, start, b))
     }
     #[inline(always)]
-    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, b), (b, b)]
     }
     #[inline(always)]
@@ -676,10 +715,10 @@ impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
         zero_star_alpha(t[0], t[1])
     }
     #[inline(always)]
-    fn apply(&self, c: f32, u: f32, alpha: f32) -> f32 {
+    fn apply<T: Num>(&self, c: T, u: T, alpha: T) -> T {
         let ua = alpha * u;
         let base = if self.original { c } else { ua };
-        self.scale.mul_add(c - ua, base)
+        T::splat(self.scale).mul_add(c - ua, base)
     }
 }
 
@@ -698,15 +737,16 @@ pub struct MagnitudeAware<'a, I> {
 impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
     /// `a` holds Δ, `b` holds u.
     #[inline(always)]
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
         form_into(self.cond, start, a);
-        form_into(self.uncond, start, b);
-        for (d, u) in a.iter_mut().zip(b.iter()) {
+        let u = form_ref(self.uncond, start, b);
+        for (d, u) in a.iter_mut().zip(u) {
             *d -= *u;
         }
+        (a, u)
     }
     #[inline(always)]
-    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, a), (b, b)]
     }
     #[inline(always)]
@@ -714,7 +754,7 @@ impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
         magnitude_scale(self.scale, self.alpha, t[0].sqrt(), t[1].sqrt())
     }
     #[inline(always)]
-    fn apply(&self, d: f32, u: f32, s: f32) -> f32 {
+    fn apply<T: Num>(&self, d: T, u: T, s: T) -> T {
         s.mul_add(d, u)
     }
 }
@@ -729,12 +769,11 @@ pub struct Reject<'a, I> {
 
 impl<I: Element> GroupOp<2> for Reject<'_, I> {
     #[inline(always)]
-    fn load(&self, start: usize, a: &mut [f32], b: &mut [f32]) {
-        form_into(self.input, start, a);
-        form_into(self.direction, start, b);
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        (form_ref(self.input, start, a), form_ref(self.direction, start, b))
     }
     #[inline(always)]
-    fn pairs(a: f32, b: f32) -> [(f32, f32); 2] {
+    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, b), (b, b)]
     }
     #[inline(always)]
@@ -742,7 +781,7 @@ impl<I: Element> GroupOp<2> for Reject<'_, I> {
         reject_coefficient(t[0], t[1])
     }
     #[inline(always)]
-    fn apply(&self, x: f32, d: f32, k: f32) -> f32 {
+    fn apply<T: Num>(&self, x: T, d: T, k: T) -> T {
         (-k).mul_add(d, x)
     }
 }

@@ -1,15 +1,52 @@
 //! Runtime CPU-feature dispatch: a [`Task`] runs compiled for AVX2+FMA when the
 //! CPU has them (then `mul_add` is one instruction, not a libm call), else
 //! portably. Both compute the same bits: fma is exact either way.
+//!
+//! A task is told which [`Vector`] of eight f32 lanes it runs with, so that
+//! its hot loops can hold values in registers (AVX2) instead of leaving the
+//! vectorization to the compiler. Every vector operation is the scalar IEEE
+//! operation lane by lane, so a vector loop gives the bits its scalar form gives.
 
+use std::ops::{Add, Mul, Neg, Sub};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A unit of work whose `run` is inlined into the dispatched region.
 pub trait Task {
     /// What it returns.
     type Out;
-    /// The work; implementations are `#[inline(always)]`.
-    fn run(self) -> Self::Out;
+    /// The work, with the vector type of the region it runs in;
+    /// implementations are `#[inline(always)]`.
+    fn run<V: Vector>(self) -> Self::Out;
+}
+
+/// The arithmetic of the operators' formulas, on one f32 or on eight lanes.
+pub trait Num: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Neg<Output = Self> {
+    /// `x` in every lane.
+    fn splat(x: f32) -> Self;
+    /// `self·a + b`, rounded once.
+    fn mul_add(self, a: Self, b: Self) -> Self;
+}
+
+impl Num for f32 {
+    #[inline(always)]
+    fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32) -> f32 {
+        f32::mul_add(self, a, b)
+    }
+}
+
+/// Eight f32 lanes.
+pub trait Vector: Num {
+    /// Eight consecutive values.
+    fn load(x: &[f32; 8]) -> Self;
+    /// Writes the lanes.
+    fn store(self, to: &mut [f32; 8]);
+    /// The canonical fold of the lanes (`l[i] += l[i+4]`, then `+2`, then
+    /// `+1`): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+    fn fold(self) -> f32;
 }
 
 static PORTABLE: AtomicBool = AtomicBool::new(false);
@@ -31,11 +68,200 @@ pub fn run<T: Task>(task: T) -> T::Out {
         // SAFETY: the features `run_avx2` is compiled for are present.
         return unsafe { run_avx2(task) };
     }
-    task.run()
+    task.run::<Portable>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn run_avx2<T: Task>(task: T) -> T::Out {
-    task.run()
+    task.run::<avx2::Avx2>()
+}
+
+/// Eight lanes as an array: each operation a loop over the lanes.
+#[derive(Clone, Copy)]
+struct Portable([f32; 8]);
+
+impl Portable {
+    #[inline(always)]
+    fn zip(self, o: Portable, f: impl Fn(f32, f32) -> f32) -> Portable {
+        let mut r = self.0;
+        for (r, o) in r.iter_mut().zip(o.0) {
+            *r = f(*r, o);
+        }
+        Portable(r)
+    }
+}
+
+impl Add for Portable {
+    type Output = Portable;
+    #[inline(always)]
+    fn add(self, o: Portable) -> Portable {
+        self.zip(o, |a, b| a + b)
+    }
+}
+
+impl Sub for Portable {
+    type Output = Portable;
+    #[inline(always)]
+    fn sub(self, o: Portable) -> Portable {
+        self.zip(o, |a, b| a - b)
+    }
+}
+
+impl Mul for Portable {
+    type Output = Portable;
+    #[inline(always)]
+    fn mul(self, o: Portable) -> Portable {
+        self.zip(o, |a, b| a * b)
+    }
+}
+
+impl Neg for Portable {
+    type Output = Portable;
+    #[inline(always)]
+    fn neg(self) -> Portable {
+        self.zip(self, |a, _| -a)
+    }
+}
+
+impl Num for Portable {
+    #[inline(always)]
+    fn splat(x: f32) -> Portable {
+        Portable([x; 8])
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Portable, b: Portable) -> Portable {
+        let mut r = self.0;
+        for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
+            *r = r.mul_add(a, b);
+        }
+        Portable(r)
+    }
+}
+
+impl Vector for Portable {
+    #[inline(always)]
+    fn load(x: &[f32; 8]) -> Portable {
+        Portable(*x)
+    }
+    #[inline(always)]
+    fn store(self, to: &mut [f32; 8]) {
+        *to = self.0;
+    }
+    #[inline(always)]
+    fn fold(self) -> f32 {
+        let h = self.0;
+        ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+    }
+}
+
+/// The AVX2 vector. Private to this file: its only values are made inside a
+/// task that [`run`] dispatched to the AVX2+FMA region, where its intrinsics
+/// inline into the region's code; that is what makes its `unsafe` sound.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Num, Vector};
+    use std::arch::x86_64::*;
+    use std::ops::{Add, Mul, Neg, Sub};
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    impl Add for Avx2 {
+        type Output = Avx2;
+        #[inline(always)]
+        fn add(self, o: Avx2) -> Avx2 {
+            // SAFETY (every block below): see the type's comment.
+            Avx2(unsafe { _mm256_add_ps(self.0, o.0) })
+        }
+    }
+
+    impl Sub for Avx2 {
+        type Output = Avx2;
+        #[inline(always)]
+        fn sub(self, o: Avx2) -> Avx2 {
+            Avx2(unsafe { _mm256_sub_ps(self.0, o.0) })
+        }
+    }
+
+    impl Mul for Avx2 {
+        type Output = Avx2;
+        #[inline(always)]
+        fn mul(self, o: Avx2) -> Avx2 {
+            Avx2(unsafe { _mm256_mul_ps(self.0, o.0) })
+        }
+    }
+
+    impl Neg for Avx2 {
+        type Output = Avx2;
+        #[inline(always)]
+        fn neg(self) -> Avx2 {
+            // Flips the sign bit, as scalar negation does (NaNs included).
+            Avx2(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
+        }
+    }
+
+    impl Num for Avx2 {
+        #[inline(always)]
+        fn splat(x: f32) -> Avx2 {
+            Avx2(unsafe { _mm256_set1_ps(x) })
+        }
+        #[inline(always)]
+        fn mul_add(self, a: Avx2, b: Avx2) -> Avx2 {
+            Avx2(unsafe { _mm256_fmadd_ps(self.0, a.0, b.0) })
+        }
+    }
+
+    impl Vector for Avx2 {
+        #[inline(always)]
+        fn load(x: &[f32; 8]) -> Avx2 {
+            Avx2(unsafe { _mm256_loadu_ps(x.as_ptr()) })
+        }
+        #[inline(always)]
+        fn store(self, to: &mut [f32; 8]) {
+            unsafe { _mm256_storeu_ps(to.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn fold(self) -> f32 {
+            unsafe {
+                // [l0+l4, l1+l5, l2+l6, l3+l7], then [.0+.2, .1+.3], then .0+.1.
+                let quad = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
+                let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+                _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fold([f32; 8]);
+
+    impl Task for Fold {
+        type Out = (f32, [f32; 8]);
+        #[inline(always)]
+        fn run<V: Vector>(self) -> (f32, [f32; 8]) {
+            let (v, w) = (V::load(&self.0), V::splat(-1.5));
+            let mut out = [0.0; 8];
+            (v.mul_add(w, -v) * v - w + v).store(&mut out);
+            (v.fold(), out)
+        }
+    }
+
+    #[test]
+    fn both_vectors_compute_the_scalar_bits() {
+        let x = [1e-30, -3.25, 7.0, f32::MAX, -0.0, 2.5e-38, 1.0 / 3.0, -1e7];
+        let h = x;
+        let fold = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
+        let each = x.map(|v| (v.mul_add(-1.5, -v) * v + 1.5 + v).to_bits());
+        for portable in [false, true] {
+            force_portable(portable);
+            let (f, out) = run(Fold(x));
+            assert_eq!(f.to_bits(), fold.to_bits());
+            assert_eq!(out.map(f32::to_bits), each);
+        }
+        force_portable(false);
+    }
 }

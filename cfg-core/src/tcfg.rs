@@ -11,7 +11,7 @@ use crate::canon::Lanes;
 use crate::cpu::Element;
 use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
 use crate::reduce::{LANES, SEGMENT};
-use crate::simd::{self, Task};
+use crate::simd::{self, Task, Vector};
 use rayon::prelude::*;
 
 /// An eigenvector (not normalized) of the symmetric [[cc, cu], [cu, uu]] for
@@ -102,7 +102,7 @@ struct Stats<'a, I> {
 impl<I: Element> Task for Stats<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
-    fn run(self) -> [f64; 3] {
+    fn run<V: Vector>(self) -> [f64; 3] {
         // L1-sized chunks fed to the canonical lanes.
         let (mut c, mut u) = ([0.0f32; 4 * LANES], [0.0f32; 4 * LANES]);
         let (mut cc, mut cu, mut uu) = (Lanes::<f32>::new(), Lanes::<f32>::new(), Lanes::<f32>::new());
@@ -136,7 +136,7 @@ struct Apply<'a, I, O> {
 impl<I: Element, O: Element> Task for Apply<'_, I, O> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<V: Vector>(self) {
         let mut buf = take_scratch(3 * BLOCK);
         let (c, rest) = buf.split_at_mut(BLOCK);
         let (u, y) = rest.split_at_mut(BLOCK);
