@@ -869,21 +869,25 @@ pub fn std_from_sums(s1: f64, s2: f64, n: usize) -> f64 {
 }
 
 /// The renorm factor from the norms; 1 when the input norm is zero.
+#[inline(always)]
 pub fn renorm_factor(nr: f64, ng: f64, eps: f64, min: Option<f64>, max: Option<f64>) -> f32 {
     let den = ng + eps;
-    let mut f = nr / den;
+    renorm_clamp(nr / den, den, min, max)
+}
+
+/// [`renorm_factor`] from its quotient `nr / den` and `den`.
+#[inline(always)]
+pub fn renorm_clamp(mut f: f64, den: f64, min: Option<f64>, max: Option<f64>) -> f32 {
+    if den == 0.0 {
+        return 1.0;
+    }
     if let Some(lo) = min {
         f = f.max(lo);
     }
     if let Some(hi) = max {
         f = f.min(hi);
     }
-    // A select, not an early return: eight groups' factors then vectorize.
-    if den == 0.0 {
-        1.0
-    } else {
-        f as f32
-    }
+    f as f32
 }
 
 /// The norm-cap factor: `ratio·nr/ng` when `ng > ratio·nr`, else 1.

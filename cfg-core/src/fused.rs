@@ -10,7 +10,7 @@
 
 use crate::canon::{accumulate, fold_active, fold_vectors};
 use crate::cpu::{
-    magnitude_scale, norm_cap_factor, reject_coefficient, renorm_factor, rescale_factor, std_from_sums,
+    magnitude_scale, norm_cap_factor, reject_coefficient, renorm_clamp, renorm_factor, rescale_factor, std_from_sums,
     zero_star_alpha, Element,
 };
 use crate::reduce::{LANES, SEGMENT};
@@ -135,6 +135,15 @@ pub trait GroupOp<const K: usize>: Sync {
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); K];
     /// The group's factor from its statistics.
     fn factor(&self, totals: [f64; K], len: usize) -> f32;
+    /// The factors of eight groups (by default one at a time).
+    #[inline(always)]
+    fn factors<V: Vector>(&self, totals: &[[f64; K]; 8], len: usize) -> [f32; 8] {
+        let mut f = [0.0f32; 8];
+        for (f, t) in f.iter_mut().zip(totals) {
+            *f = self.factor(*t, len);
+        }
+        f
+    }
     /// One output element (or eight lanes).
     fn apply<T: Num>(&self, a: T, b: T, f: T) -> T;
 }
@@ -404,10 +413,7 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, a: 
             };
         }
         // All eight, past the batch too (their totals are zeros).
-        let mut f = [0.0f32; 8];
-        for (f, t) in f.iter_mut().zip(&totals) {
-            *f = op.factor(*t, len);
-        }
+        let f = op.factors::<V>(&totals, len);
         for (t, f) in f.iter().enumerate().take(batch) {
             let g = (first + t) * len..(first + t + 1) * len;
             apply_run::<V, K, P>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
@@ -623,6 +629,20 @@ impl<I: Element> GroupOp<2> for Renorm<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         renorm_factor(t[1].sqrt(), t[0].sqrt(), self.eps, self.min, self.max)
+    }
+    #[inline(always)]
+    fn factors<V: Vector>(&self, totals: &[[f64; 2]; 8], _: usize) -> [f32; 8] {
+        // The square roots and divisions of eight groups as vectors (the
+        // same bits as one at a time: both are correctly rounded).
+        let ng = V::sqrt_f64(totals.map(|t| t[0]));
+        let nr = V::sqrt_f64(totals.map(|t| t[1]));
+        let den = ng.map(|ng| ng + self.eps);
+        let q = V::div_f64(nr, den);
+        let mut f = [0.0f32; 8];
+        for ((f, q), den) in f.iter_mut().zip(q).zip(den) {
+            *f = renorm_clamp(q, den, self.min, self.max);
+        }
+        f
     }
     #[inline(always)]
     fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {

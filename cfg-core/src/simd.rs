@@ -47,6 +47,10 @@ pub trait Vector: Num {
     /// The canonical fold of the lanes (`l[i] += l[i+4]`, then `+2`, then
     /// `+1`): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
     fn fold(self) -> f32;
+    /// `√x` of eight f64 (correctly rounded, as the scalar square root).
+    fn sqrt_f64(x: [f64; 8]) -> [f64; 8];
+    /// `a / b` of eight f64 (correctly rounded, as the scalar division).
+    fn div_f64(a: [f64; 8], b: [f64; 8]) -> [f64; 8];
 }
 
 static PORTABLE: AtomicBool = AtomicBool::new(false);
@@ -153,6 +157,20 @@ impl Vector for Portable {
         let h = self.0;
         ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
     }
+    #[inline(always)]
+    fn sqrt_f64(mut x: [f64; 8]) -> [f64; 8] {
+        for x in &mut x {
+            *x = x.sqrt();
+        }
+        x
+    }
+    #[inline(always)]
+    fn div_f64(mut a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        for (a, b) in a.iter_mut().zip(b) {
+            *a /= b;
+        }
+        a
+    }
 }
 
 /// The AVX2 vector. Private to this file: its only values are made inside a
@@ -230,6 +248,25 @@ mod avx2 {
                 _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
             }
         }
+        #[inline(always)]
+        fn sqrt_f64(x: [f64; 8]) -> [f64; 8] {
+            let mut r = [0.0; 8];
+            for (r, x) in r.chunks_exact_mut(4).zip(x.chunks_exact(4)) {
+                unsafe { _mm256_storeu_pd(r.as_mut_ptr(), _mm256_sqrt_pd(_mm256_loadu_pd(x.as_ptr()))) }
+            }
+            r
+        }
+        #[inline(always)]
+        fn div_f64(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+            let mut r = [0.0; 8];
+            for ((r, a), b) in r.chunks_exact_mut(4).zip(a.chunks_exact(4)).zip(b.chunks_exact(4)) {
+                unsafe {
+                    let q = _mm256_div_pd(_mm256_loadu_pd(a.as_ptr()), _mm256_loadu_pd(b.as_ptr()));
+                    _mm256_storeu_pd(r.as_mut_ptr(), q)
+                }
+            }
+            r
+        }
     }
 }
 
@@ -237,30 +274,33 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    struct Fold([f32; 8]);
+    struct Fold([f32; 8], [f64; 8]);
 
     impl Task for Fold {
-        type Out = (f32, [f32; 8]);
+        type Out = (f32, [f32; 8], [f64; 8]);
         #[inline(always)]
-        fn run<V: Vector>(self) -> (f32, [f32; 8]) {
+        fn run<V: Vector>(self) -> (f32, [f32; 8], [f64; 8]) {
             let (v, w) = (V::load(&self.0), V::splat(-1.5));
             let mut out = [0.0; 8];
             (v.mul_add(w, -v) * v - w + v).store(&mut out);
-            (v.fold(), out)
+            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1))
         }
     }
 
     #[test]
     fn both_vectors_compute_the_scalar_bits() {
         let x = [1e-30, -3.25, 7.0, f32::MAX, -0.0, 2.5e-38, 1.0 / 3.0, -1e7];
+        let d = [1e-300, -3.25, 7.0, f64::MAX, -5e-324, 2.0, 1.0 / 3.0, -1e7];
         let h = x;
         let fold = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
         let each = x.map(|v| (v.mul_add(-1.5, -v) * v + 1.5 + v).to_bits());
+        let q = d.map(|d| (d.abs().sqrt() / d).to_bits());
         for portable in [false, true] {
             force_portable(portable);
-            let (f, out) = run(Fold(x));
+            let (f, out, quotients) = run(Fold(std::hint::black_box(x), std::hint::black_box(d)));
             assert_eq!(f.to_bits(), fold.to_bits());
             assert_eq!(out.map(f32::to_bits), each);
+            assert_eq!(quotients.map(f64::to_bits), q);
         }
         force_portable(false);
     }
