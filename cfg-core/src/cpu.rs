@@ -8,6 +8,7 @@ use crate::fdg::{self, fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
+use crate::simd::Vector;
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
 use crate::tensor::Tensor;
@@ -39,10 +40,14 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
     }
-    /// The elements as f32, when they are f32 (written in place).
+    /// Writes eight lanes, each rounded as [`Element::put`] rounds it.
     #[inline(always)]
-    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
-        None
+    fn put8<V: Vector>(v: V, to: &mut [Self; 8]) {
+        let mut x = [0.0; 8];
+        v.store(&mut x);
+        for (o, x) in to.iter_mut().zip(x) {
+            *o = Self::put(x);
+        }
     }
 }
 
@@ -69,8 +74,8 @@ impl Element for f32 {
         Some(s)
     }
     #[inline(always)]
-    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
-        Some(s)
+    fn put8<V: Vector>(v: V, to: &mut [f32; 8]) {
+        v.store(to)
     }
 }
 
@@ -113,6 +118,10 @@ impl Element for bf16 {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = bf16::put(*s);
         }
+    }
+    #[inline(always)]
+    fn put8<V: Vector>(v: V, to: &mut [bf16; 8]) {
+        *bytemuck::cast_mut::<_, [u16; 8]>(to) = v.to_bf16();
     }
 }
 

@@ -152,11 +152,11 @@ pub trait GroupOp<const K: usize>: Sync {
 pub trait Finish: Sync {
     /// Writes the values `y` of elements `start..start + y.len()` into `out`.
     fn finish<O: Element>(&self, start: usize, y: &mut [f32], out: &mut [O]);
-    /// `out` itself, when the values can be written there directly (then
-    /// `finish` is not called).
+    /// Whether the values are written straight into an output of `O`
+    /// (with [`Element::put8`]), and `finish` is not called.
     #[inline(always)]
-    fn direct<'o, O: Element>(&self, _out: &'o mut [O]) -> Option<&'o mut [f32]> {
-        None
+    fn direct<O: Element>(&self) -> bool {
+        false
     }
 }
 
@@ -169,8 +169,8 @@ impl Finish for Store {
         store(y, out)
     }
     #[inline(always)]
-    fn direct<'o, O: Element>(&self, out: &'o mut [O]) -> Option<&'o mut [f32]> {
-        O::as_f32_mut(out)
+    fn direct<O: Element>(&self) -> bool {
+        O::DIRECT
     }
 }
 
@@ -378,11 +378,11 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P,
         for (blk, out) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (out.len(), self.start + blk * per_block);
             let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
-            if let Some(out) = self.fin.direct(out) {
-                short_block::<V, K, P>(op, len, a, b, out);
+            if self.fin.direct::<O>() {
+                short_block::<V, K, P, O>(op, len, a, b, out);
             } else {
                 let y = &mut y[..m];
-                short_block::<V, K, P>(op, len, a, b, y);
+                short_block::<V, K, P, f32>(op, len, a, b, y);
                 self.fin.finish(start, y, out);
             }
         }
@@ -393,7 +393,13 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P,
 /// The groups of one block: eight groups' statistics, then their factors
 /// (independent square roots and divisions, as vectors), then their apply.
 #[inline(always)]
-fn short_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
+fn short_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
+    op: &P,
+    len: usize,
+    a: &[f32],
+    b: &[f32],
+    y: &mut [O],
+) {
     let vectors = len.div_ceil(8).next_power_of_two();
     let padded = 8 * vectors != len;
     // A padded group is copied before its zeros; an exact one is read in place.
@@ -416,7 +422,7 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, a: 
         let f = op.factors::<V>(&totals, len);
         for (t, f) in f.iter().enumerate().take(batch) {
             let g = (first + t) * len..(first + t + 1) * len;
-            apply_run::<V, K, P>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
+            apply_run::<V, K, P, O>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
         }
     }
 }
@@ -442,11 +448,11 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, 
         for (k, block) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (block.len(), self.start + k * per_block);
             let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
-            if let Some(block) = self.fin.direct(block) {
-                one_pass_block::<V, K, P>(self.op, len, a, b, block);
+            if self.fin.direct::<O>() {
+                one_pass_block::<V, K, P, O>(self.op, len, a, b, block);
             } else {
                 let y = &mut y[..m];
-                one_pass_block::<V, K, P>(self.op, len, a, b, y);
+                one_pass_block::<V, K, P, f32>(self.op, len, a, b, y);
                 self.fin.finish(start, y, block);
             }
         }
@@ -456,7 +462,13 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, 
 
 /// Whole groups of one block, each reduced then applied.
 #[inline(always)]
-fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, a: &[f32], b: &[f32], y: &mut [f32]) {
+fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
+    op: &P,
+    len: usize,
+    a: &[f32],
+    b: &[f32],
+    y: &mut [O],
+) {
     for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
         let mut t = [0.0f64; K];
         for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
@@ -465,7 +477,7 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, len: usize, 
                 t[i] += p[i];
             }
         }
-        apply_run::<V, K, P>(op, a, b, y, op.factor(t, len));
+        apply_run::<V, K, P, O>(op, a, b, y, op.factor(t, len));
     }
 }
 
@@ -557,18 +569,19 @@ fn column_rows<V: Vector, const K: usize, const R: usize, P: GroupOp<K>>(
     }
 }
 
-/// `y = apply(a, b, f)` over a run, eight lanes at a time, then the rest one by one.
+/// `y = apply(a, b, f)` over a run, eight lanes at a time, then the rest one
+/// by one, each rounded to `O`.
 #[inline(always)]
-fn apply_run<V: Vector, const K: usize, P: GroupOp<K>>(op: &P, a: &[f32], b: &[f32], y: &mut [f32], f: f32) {
+fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(op: &P, a: &[f32], b: &[f32], y: &mut [O], f: f32) {
     let n = y.len();
     let ((av, at), (bv, bt)) = (a[..n].as_chunks::<8>(), b[..n].as_chunks::<8>());
     let (yv, yt) = y.as_chunks_mut::<8>();
     let fv = V::splat(f);
     for ((y, a), b) in yv.iter_mut().zip(av).zip(bv) {
-        op.apply(V::load(a), V::load(b), fv).store(y);
+        O::put8(op.apply(V::load(a), V::load(b), fv), y);
     }
     for ((y, a), b) in yt.iter_mut().zip(at).zip(bt) {
-        *y = op.apply(*a, *b, f);
+        *y = O::put(op.apply(*a, *b, f));
     }
 }
 
@@ -589,11 +602,11 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Apply<'_, P,
         for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), self.start + k * APPLY);
             let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
-            if let Some(out) = self.fin.direct(out) {
-                apply_run::<V, K, P>(self.op, a, b, out, self.f);
+            if self.fin.direct::<O>() {
+                apply_run::<V, K, P, O>(self.op, a, b, out, self.f);
             } else {
                 let y = &mut y[..m];
-                apply_run::<V, K, P>(self.op, a, b, y, self.f);
+                apply_run::<V, K, P, f32>(self.op, a, b, y, self.f);
                 self.fin.finish(start, y, out);
             }
         }

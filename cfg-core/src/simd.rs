@@ -51,6 +51,8 @@ pub trait Vector: Num {
     fn sqrt_f64(x: [f64; 8]) -> [f64; 8];
     /// `a / b` of eight f64 (correctly rounded, as the scalar division).
     fn div_f64(a: [f64; 8], b: [f64; 8]) -> [f64; 8];
+    /// The lanes rounded to bf16 bits as [`crate::cpu::bf16_bits_rne`] rounds them.
+    fn to_bf16(self) -> [u16; 8];
 }
 
 static PORTABLE: AtomicBool = AtomicBool::new(false);
@@ -171,6 +173,14 @@ impl Vector for Portable {
         }
         a
     }
+    #[inline(always)]
+    fn to_bf16(self) -> [u16; 8] {
+        let mut r = [0; 8];
+        for (r, x) in r.iter_mut().zip(self.0) {
+            *r = crate::cpu::bf16_bits_rne(x);
+        }
+        r
+    }
 }
 
 /// The AVX2 vector. Private to this file: its only values are made inside a
@@ -267,6 +277,24 @@ mod avx2 {
             }
             r
         }
+        #[inline(always)]
+        fn to_bf16(self) -> [u16; 8] {
+            let mut r = [0u16; 8];
+            unsafe {
+                // (bits + 0x7fff + lsb) >> 16, or (bits >> 16) | 0x40 for a NaN.
+                let bits = _mm256_castps_si256(self.0);
+                let high = _mm256_srli_epi32::<16>(bits);
+                let lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
+                let bias = _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff));
+                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, bias));
+                let quiet = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
+                let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0));
+                let bits = _mm256_blendv_epi8(rounded, quiet, nan);
+                let packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256::<1>(bits));
+                _mm_storeu_si128(r.as_mut_ptr().cast(), packed);
+            }
+            r
+        }
     }
 }
 
@@ -277,13 +305,14 @@ mod tests {
     struct Fold([f32; 8], [f64; 8]);
 
     impl Task for Fold {
-        type Out = (f32, [f32; 8], [f64; 8]);
+        type Out = (f32, [f32; 8], [f64; 8], [u16; 8]);
         #[inline(always)]
-        fn run<V: Vector>(self) -> (f32, [f32; 8], [f64; 8]) {
+        fn run<V: Vector>(self) -> (f32, [f32; 8], [f64; 8], [u16; 8]) {
             let (v, w) = (V::load(&self.0), V::splat(-1.5));
             let mut out = [0.0; 8];
             (v.mul_add(w, -v) * v - w + v).store(&mut out);
-            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1))
+            let rounded = (v * V::splat(1.0 + 1.0 / 256.0)).to_bf16();
+            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded)
         }
     }
 
@@ -297,7 +326,8 @@ mod tests {
         let q = d.map(|d| (d.abs().sqrt() / d).to_bits());
         for portable in [false, true] {
             force_portable(portable);
-            let (f, out, quotients) = run(Fold(std::hint::black_box(x), std::hint::black_box(d)));
+            let (f, out, quotients, rounded) = run(Fold(std::hint::black_box(x), std::hint::black_box(d)));
+            assert_eq!(rounded, x.map(|x| crate::cpu::bf16_bits_rne(x * (1.0 + 1.0 / 256.0))));
             assert_eq!(f.to_bits(), fold.to_bits());
             assert_eq!(out.map(f32::to_bits), each);
             assert_eq!(quotients.map(f64::to_bits), q);
