@@ -216,7 +216,11 @@ def chunked(cond, prefix, uncond):  # MAGI-1: per-chunk scales broadcast along t
 
 
 def median_ms(reps, f):
+    # Warm up for 0.1 s, as the Rust side does (ops_common::median_ms).
+    warm = time.perf_counter()
     f()
+    while time.perf_counter() - warm < 0.1:
+        f()
     t = []
     for _ in range(reps):
         s = time.perf_counter()
@@ -241,7 +245,7 @@ def main():
     print(hdr)
     print(f"{'':15} {'':5} {'':>9} | {'eager':>8} {'into':>8} {'system':>9} {'mimalloc':>9} {'':>7} |")
     for n in SIZES:
-        reps = 20 if n < 1_000_000 else (8 if n < 10_000_000 else 3)
+        reps = 200 if n < 1_000_000 else (15 if n < 10_000_000 else 5)
         for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
             for op in OPS:
                 if only and op not in only:

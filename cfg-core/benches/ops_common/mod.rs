@@ -244,8 +244,15 @@ impl Row {
     }
 }
 
+/// Median of `reps` timed calls, after calls for at least [`WARM_UP`] (the
+/// same warm-up `scripts/bench_torch.py` gives torch): caches, page tables
+/// and the thread pool settle, and the other side's spinning threads stop.
 fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    let warm = Instant::now();
     f();
+    while warm.elapsed() < WARM_UP {
+        f();
+    }
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
             let s = Instant::now();
@@ -256,6 +263,9 @@ fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
 }
+
+/// Warm-up before each measured column.
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Serve mode for the interleaved comparison: reads `op dtype n reps` lines,
 /// answers `into_ms alloc_ms floor_ms` (medians) per line.
