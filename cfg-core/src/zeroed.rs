@@ -8,13 +8,40 @@
 //! marked `MADV_HUGEPAGE`, so the kernel backs it with 2 MB pages (512 times
 //! fewer faults). The advice changes how pages are backed, never their contents.
 
+use rayon::prelude::*;
+
 /// Huge page size on x86-64 and aarch64 (4 KB base pages).
 const HUGE_PAGE: usize = 2 << 20;
+/// From this size a buffer is zeroed by all threads, not by `calloc`.
+const PARALLEL_FILL: usize = 4 << 20;
+/// From this size glibc always maps a buffer anew (its largest mmap
+/// threshold): `calloc` then gets zero pages from the kernel and writes nothing.
+const FRESH: usize = 32 << 20;
+/// Bytes zeroed per parallel task.
+const FILL_CHUNK: usize = 256 << 10;
 
 /// `n` zeros, huge-page backed where the buffer spans at least two huge pages.
-pub fn zeroed_vec<T: bytemuck::Zeroable>(n: usize) -> Vec<T> {
-    let v: Vec<T> = bytemuck::zeroed_vec(n);
-    advise_huge_pages(v.as_ptr() as usize, std::mem::size_of_val(v.as_slice()));
+///
+/// Between [`PARALLEL_FILL`] and [`FRESH`] bytes the allocator reuses freed
+/// memory, which `calloc` would clear on one thread: the threads of the pool
+/// clear it instead, each its own part (as the evaluation then writes it).
+pub fn zeroed_vec<T: bytemuck::Zeroable + Send>(n: usize) -> Vec<T> {
+    let bytes = n * std::mem::size_of::<T>();
+    if !(PARALLEL_FILL..FRESH).contains(&bytes) {
+        let v: Vec<T> = bytemuck::zeroed_vec(n);
+        advise_huge_pages(v.as_ptr() as usize, bytes);
+        return v;
+    }
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    advise_huge_pages(v.as_ptr() as usize, bytes);
+    let per_task = FILL_CHUNK / std::mem::size_of::<T>().max(1);
+    v.spare_capacity_mut()[..n].par_chunks_mut(per_task).for_each(|c| {
+        for x in c {
+            x.write(T::zeroed());
+        }
+    });
+    // SAFETY: the first `n` elements were all written above.
+    unsafe { v.set_len(n) };
     v
 }
 
@@ -45,7 +72,7 @@ mod tests {
 
     #[test]
     fn buffers_are_zero_at_every_size() {
-        for n in [0, 1, 1000, HUGE_PAGE, 3 * HUGE_PAGE + 17] {
+        for n in [0, 1, 1000, HUGE_PAGE, 3 * HUGE_PAGE + 17, PARALLEL_FILL / 4 + 3, FRESH / 4 - 1] {
             let v: Vec<f32> = zeroed_vec(n);
             assert_eq!(v.len(), n);
             assert!(v.iter().all(|x| x.to_bits() == 0), "{n}");
