@@ -40,14 +40,12 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
     }
-    /// Writes eight lanes, each rounded as [`Element::put`] rounds it.
+    /// Writes eight lanes, rounded as [`Element::store`] rounds them.
     #[inline(always)]
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]) {
         let mut x = [0.0; 8];
         v.store(&mut x);
-        for (o, x) in to.iter_mut().zip(x) {
-            *o = Self::put(x);
-        }
+        Self::store(&x, to);
     }
 }
 
