@@ -768,27 +768,23 @@ pub struct MagnitudeAware<'a, I> {
 }
 
 impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
-    /// `a` holds Δ, `b` holds u.
+    /// `a` holds c, `b` holds u; Δ = c − u is formed in registers.
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        form_into(self.cond, start, a);
-        let u = form_ref(self.uncond, start, b);
-        for (d, u) in a.iter_mut().zip(u) {
-            *d -= *u;
-        }
-        (a, u)
+        (form_ref(self.cond, start, a), form_ref(self.uncond, start, b))
     }
     #[inline(always)]
-    fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
-        [(a, a), (b, b)]
+    fn pairs<T: Num>(c: T, u: T) -> [(T, T); 2] {
+        let d = c - u;
+        [(d, d), (u, u)]
     }
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         magnitude_scale(self.scale, self.alpha, t[0].sqrt(), t[1].sqrt())
     }
     #[inline(always)]
-    fn apply<T: Num>(&self, d: T, u: T, s: T) -> T {
-        s.mul_add(d, u)
+    fn apply<T: Num>(&self, c: T, u: T, s: T) -> T {
+        s.mul_add(c - u, u)
     }
 }
 
