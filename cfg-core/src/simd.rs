@@ -183,9 +183,10 @@ impl Vector for Portable {
     }
 }
 
-/// The AVX2 vector. Private to this file: its only values are made inside a
-/// task that [`run`] dispatched to the AVX2+FMA region, where its intrinsics
-/// inline into the region's code; that is what makes its `unsafe` sound.
+/// The AVX2 vector. Private to this file: its values are made only inside a
+/// task that [`run`] dispatched after detecting AVX2 and FMA, so its
+/// intrinsics always run on a CPU that has them (that makes its `unsafe`
+/// sound), and in that region they inline into the task's code.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Num, Vector};
@@ -301,8 +302,9 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hint::black_box;
 
-    struct Fold([f32; 8], [f64; 8]);
+    struct Fold([f32; 8], [f64; 8], [f32; 8]);
 
     impl Task for Fold {
         type Out = (f32, [f32; 8], [f64; 8], [u16; 8]);
@@ -311,7 +313,7 @@ mod tests {
             let (v, w) = (V::load(&self.0), V::splat(-1.5));
             let mut out = [0.0; 8];
             (v.mul_add(w, -v) * v - w + v).store(&mut out);
-            let rounded = (v * V::splat(1.0 + 1.0 / 256.0)).to_bf16();
+            let rounded = V::load(&self.2).to_bf16();
             (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded)
         }
     }
@@ -320,14 +322,17 @@ mod tests {
     fn both_vectors_compute_the_scalar_bits() {
         let x = [1e-30, -3.25, 7.0, f32::MAX, -0.0, 2.5e-38, 1.0 / 3.0, -1e7];
         let d = [1e-300, -3.25, 7.0, f64::MAX, -5e-324, 2.0, 1.0 / 3.0, -1e7];
+        // NaNs, infinity, ties to even (1 + 2⁻⁸ down, 1 + 3·2⁻⁸ up), a subnormal, the largest f32.
+        let tie = |k: u32| f32::from_bits(0x3f80_0000 | (k << 15));
+        let r = [f32::NAN, -f32::NAN, f32::NEG_INFINITY, tie(1), tie(3), -0.0, 1e-40, f32::MAX];
         let h = x;
         let fold = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
         let each = x.map(|v| (v.mul_add(-1.5, -v) * v + 1.5 + v).to_bits());
         let q = d.map(|d| (d.abs().sqrt() / d).to_bits());
         for portable in [false, true] {
             force_portable(portable);
-            let (f, out, quotients, rounded) = run(Fold(std::hint::black_box(x), std::hint::black_box(d)));
-            assert_eq!(rounded, x.map(|x| crate::cpu::bf16_bits_rne(x * (1.0 + 1.0 / 256.0))));
+            let (f, out, quotients, rounded) = run(Fold(black_box(x), black_box(d), black_box(r)));
+            assert_eq!(rounded, r.map(crate::cpu::bf16_bits_rne));
             assert_eq!(f.to_bits(), fold.to_bits());
             assert_eq!(out.map(f32::to_bits), each);
             assert_eq!(quotients.map(f64::to_bits), q);
