@@ -7,7 +7,7 @@ use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
 use crate::fused::{form_into, form_ref, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
 use crate::reduce::{LANES, SEGMENT};
-use crate::simd::{self, Task, Vector};
+use crate::simd::{self, Num, Task, Vector};
 use rayon::prelude::*;
 
 /// APG's parameters and inputs.
@@ -298,6 +298,17 @@ struct MomentumCfg<'a, I> {
     has_prev: bool,
 }
 
+impl<I> MomentumCfg<'_, I> {
+    /// One element (or eight lanes): the advanced momentum and the output
+    /// from c, u and the previous momentum.
+    #[inline(always)]
+    fn step<T: Num>(&self, c: T, u: T, prev: T) -> (T, T) {
+        let d = c - u;
+        let next = if self.has_prev { T::splat(self.beta).mul_add(prev, d) } else { d };
+        (next, T::splat(self.scale).mul_add(d, if self.original { c } else { u }))
+    }
+}
+
 /// One parallel run of [`momentum_cfg`].
 struct MomentumCfgTask<'a, I, O> {
     p: &'a MomentumCfg<'a, I>,
@@ -313,7 +324,6 @@ impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
         let p = self.p;
         let mut buf = take_scratch(2 * BLOCK);
         let (c, u) = buf.split_at_mut(BLOCK);
-        let (beta, scale, has_prev, original) = (p.beta, p.scale, p.has_prev, p.original);
         for (k, (out, running)) in self.out.chunks_mut(BLOCK).zip(self.running.chunks_mut(BLOCK)).enumerate() {
             let (m, start) = (out.len(), self.start + k * BLOCK);
             let c = form_ref(p.cond, start, &mut c[..m]);
@@ -321,18 +331,14 @@ impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
             // Eight lanes at a time, then the rest one by one: the same formula.
             let ((cv, ct), (uv, ut)) = (c.as_chunks::<8>(), u.as_chunks::<8>());
             let ((rv, rt), (ov, ot)) = (running.as_chunks_mut::<8>(), out.as_chunks_mut::<8>());
-            let (b, s) = (V::splat(beta), V::splat(scale));
             for (((c, u), r), o) in cv.iter().zip(uv).zip(rv).zip(ov) {
-                let (c, u) = (V::load(c), V::load(u));
-                let d = c - u;
-                (if has_prev { b.mul_add(V::load(r), d) } else { d }).store(r);
-                O::put8(s.mul_add(d, if original { c } else { u }), o);
+                let (next, y) = p.step(V::load(c), V::load(u), V::load(r));
+                next.store(r);
+                O::put8(y, o);
             }
             let mut tail = [0.0f32; 8];
             for (((c, u), r), y) in ct.iter().zip(ut).zip(rt).zip(&mut tail) {
-                let d = c - u;
-                *r = if has_prev { beta.mul_add(*r, d) } else { d };
-                *y = scale.mul_add(d, if original { *c } else { *u });
+                (*r, *y) = p.step(*c, *u, *r);
             }
             store(&tail[..ot.len()], ot);
         }

@@ -375,14 +375,16 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P,
         let mut buf = take_scratch(3 * per_block);
         let (a, rest) = buf.split_at_mut(per_block);
         let (b, y) = rest.split_at_mut(per_block);
+        // A padded group is copied before these zeros (zeroed once per task).
+        let mut pad = [[0.0f32; LANES]; 2];
         for (blk, out) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (out.len(), self.start + blk * per_block);
             let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
             if self.fin.direct::<O>() {
-                short_block::<V, K, P, O>(op, len, a, b, out);
+                short_block::<V, K, P, O>(op, len, a, b, &mut pad, out);
             } else {
                 let y = &mut y[..m];
-                short_block::<V, K, P, f32>(op, len, a, b, y);
+                short_block::<V, K, P, f32>(op, len, a, b, &mut pad, y);
                 self.fin.finish(start, y, out);
             }
         }
@@ -398,12 +400,13 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
     len: usize,
     a: &[f32],
     b: &[f32],
+    pad: &mut [[f32; LANES]; 2],
     y: &mut [O],
 ) {
     let vectors = len.div_ceil(8).next_power_of_two();
     let padded = 8 * vectors != len;
-    // A padded group is copied before its zeros; an exact one is read in place.
-    let (mut pa, mut pb) = ([0.0f32; LANES], [0.0f32; LANES]);
+    // A padded group is copied into `pad` (zero past the group); an exact one is read in place.
+    let [pa, pb] = pad;
     let groups = y.len() / len;
     for first in (0..groups).step_by(8) {
         let batch = 8.min(groups - first);
@@ -413,7 +416,7 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
             *total = if padded {
                 pa[..len].copy_from_slice(ga);
                 pb[..len].copy_from_slice(gb);
-                group_stats::<V, K, P>(vectors, &pa, &pb)
+                group_stats::<V, K, P>(vectors, pa, pb)
             } else {
                 group_stats::<V, K, P>(vectors, ga, gb)
             };

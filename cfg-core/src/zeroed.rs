@@ -4,9 +4,9 @@
 //! A new output of tens of MB is fresh memory from the allocator (glibc maps
 //! anything above its mmap threshold anew on each call), and its first write
 //! faults it in page by page: at 33M elements that was most of a call. The
-//! buffer is allocated zeroed, so nothing has touched its pages yet, then
-//! marked `MADV_HUGEPAGE`, so the kernel backs it with 2 MB pages (512 times
-//! fewer faults). The advice changes how pages are backed, never their contents.
+//! buffer is marked `MADV_HUGEPAGE` before anything touches its pages, so the
+//! kernel backs it with 2 MB pages (512 times fewer faults). The advice
+//! changes how pages are backed, never their contents.
 
 use rayon::prelude::*;
 
