@@ -11,12 +11,13 @@ use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::simd::Vector;
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 use crate::view::{Elements, ElementsMut, TensorView, TensorViewMut};
 use crate::{DType, Shape};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per inner block (fits L1 with a few inputs).
 const BLOCK: usize = 2048;
@@ -123,6 +124,39 @@ impl Element for bf16 {
     }
 }
 
+/// Where a kernel writes its elements: over initialized values, or into
+/// fresh memory (a new output is then never cleared before it is written).
+pub trait Slot<O: Element>: Send + Sized {
+    /// Writes one element.
+    fn set(&mut self, v: O);
+    /// Rounds `vals` (nearest even) into `out`, as [`Element::store`] does.
+    fn put_all(vals: &[f32], out: &mut [Self]);
+}
+
+impl<O: Element> Slot<O> for O {
+    #[inline(always)]
+    fn set(&mut self, v: O) {
+        *self = v;
+    }
+    #[inline(always)]
+    fn put_all(vals: &[f32], out: &mut [O]) {
+        O::store(vals, out);
+    }
+}
+
+impl<O: Element> Slot<O> for MaybeUninit<O> {
+    #[inline(always)]
+    fn set(&mut self, v: O) {
+        self.write(v);
+    }
+    #[inline(always)]
+    fn put_all(vals: &[f32], out: &mut [Self]) {
+        for (o, v) in out.iter_mut().zip(vals) {
+            o.write(O::put(*v));
+        }
+    }
+}
+
 /// f32 → bf16 bits, round to nearest even; NaNs stay NaN (quieted).
 #[inline(always)]
 pub fn bf16_bits_rne(x: f32) -> u16 {
@@ -153,6 +187,20 @@ fn mul_portable(acc: &mut [f32], x: &[f32], w: f32) {
 
 /// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into `out`.
 pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]) {
+    combine_slots(terms, out)
+}
+
+/// [`combine_into`] into a new vector of `n` elements, each written once
+/// (never cleared first).
+pub fn combine_new<I: Element, O: Element>(terms: &[(&[I], f32)], n: usize) -> Vec<O> {
+    let mut v = Vec::with_capacity(n);
+    combine_slots(terms, &mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `combine_slots` wrote every one of the first `n` elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
+fn combine_slots<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], out: &mut [S]) {
     out.par_chunks_mut(TASK).enumerate().for_each(|(task, out_task)| {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
@@ -166,23 +214,23 @@ pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn combine_task_avx2<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+fn combine_task_avx2<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     combine_task(terms, offset, out)
 }
 
 /// One parallel task of `out.len()` elements starting at `offset`.
 #[inline(always)]
-pub(crate) fn combine_task<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+pub(crate) fn combine_task<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     if I::DIRECT && O::DIRECT {
         match terms.len() {
-            1 => return combine_direct::<I, O, 1>(terms, offset, out),
-            2 => return combine_direct::<I, O, 2>(terms, offset, out),
-            3 => return combine_direct::<I, O, 3>(terms, offset, out),
-            4 => return combine_direct::<I, O, 4>(terms, offset, out),
-            5 => return combine_direct::<I, O, 5>(terms, offset, out),
-            6 => return combine_direct::<I, O, 6>(terms, offset, out),
-            7 => return combine_direct::<I, O, 7>(terms, offset, out),
-            8 => return combine_direct::<I, O, 8>(terms, offset, out),
+            1 => return combine_direct::<I, O, S, 1>(terms, offset, out),
+            2 => return combine_direct::<I, O, S, 2>(terms, offset, out),
+            3 => return combine_direct::<I, O, S, 3>(terms, offset, out),
+            4 => return combine_direct::<I, O, S, 4>(terms, offset, out),
+            5 => return combine_direct::<I, O, S, 5>(terms, offset, out),
+            6 => return combine_direct::<I, O, S, 6>(terms, offset, out),
+            7 => return combine_direct::<I, O, S, 7>(terms, offset, out),
+            8 => return combine_direct::<I, O, S, 8>(terms, offset, out),
             _ => {}
         }
     }
@@ -192,7 +240,11 @@ pub(crate) fn combine_task<I: Element, O: Element>(terms: &[(&[I], f32)], offset
 /// N terms known at compile time: the accumulator stays in registers and the
 /// element loop vectorizes. Same order as [`combine_blocks`]: `w0·x0`, then fma.
 #[inline(always)]
-fn combine_direct<I: Element, O: Element, const N: usize>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+fn combine_direct<I: Element, O: Element, S: Slot<O>, const N: usize>(
+    terms: &[(&[I], f32)],
+    offset: usize,
+    out: &mut [S],
+) {
     let n = out.len();
     let srcs: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[offset..offset + n]);
     let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
@@ -201,13 +253,13 @@ fn combine_direct<I: Element, O: Element, const N: usize>(terms: &[(&[I], f32)],
         for k in 1..N {
             acc = w[k].mul_add(srcs[k][i].get(), acc);
         }
-        *o = O::put(acc);
+        o.set(O::put(acc));
     }
 }
 
 /// Any number of terms: blocks of [`BLOCK`] elements loaded, combined and stored.
 #[inline(always)]
-fn combine_blocks<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, out: &mut [O]) {
+fn combine_blocks<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     let mut acc = [0.0f32; BLOCK];
     let mut x = [0.0f32; BLOCK];
     for (b, out_block) in out.chunks_mut(BLOCK).enumerate() {
@@ -225,7 +277,7 @@ fn combine_blocks<I: Element, O: Element>(terms: &[(&[I], f32)], offset: usize, 
                 }
             }
         }
-        O::store(acc, out_block);
+        S::put_all(acc, out_block);
     }
 }
 
@@ -238,6 +290,14 @@ pub fn evaluate(
     shape: &Shape,
     state: &mut GuidanceState,
 ) -> Result<Tensor, CoreError> {
+    // A linear program writes a new output once. f16 (converted by slices)
+    // is cleared and written like every other output.
+    let linear = program.ops.is_empty() && program.latches.is_empty() && dtype != DType::F16;
+    if let (true, Value::Form(i)) = (linear, program.result) {
+        check_inputs(program, inputs, dtype, shape)?;
+        program.check_shape(shape)?;
+        return Ok(new_form(&program.forms[i], inputs, dtype, shape));
+    }
     let mut out = Tensor::zeros(dtype, shape.clone());
     evaluate_into(program, inputs, dtype, shape, state, &mut out)?;
     Ok(out)
@@ -666,6 +726,22 @@ fn fused_form_into(form: &Form, inputs: &[TensorView<'_>], out: &mut ElementsMut
         ElementsMut::F16(o) => form_into(form, inputs, o),
         ElementsMut::BF16(o) => form_into(form, inputs, o),
     }
+}
+
+/// A new tensor of the form over the inputs, which the caller checked are
+/// all of `dtype` (f32 or bf16); its elements are written once.
+fn new_form(form: &Form, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Tensor {
+    macro_rules! go {
+        ($variant:ident, $as:ident) => {{
+            let terms: Vec<_> = form.terms.iter().filter_map(|&(b, w)| Some((inputs[b].data.$as()?, w))).collect();
+            TensorData::$variant(combine_new(&terms, shape.numel()))
+        }};
+    }
+    let data = match dtype {
+        DType::BF16 => go!(BF16, as_bf16),
+        _ => go!(F32, as_f32),
+    };
+    Tensor { shape: shape.clone(), data }
 }
 
 /// Computes a linear form over the inputs into f32.

@@ -4,8 +4,8 @@
 //! (group sizes around the lane and segment boundaries) with signed zeros.
 
 use cfg_core::cpu::{
-    apg_clip_factor, apg_projection, evaluate, magnitude_scale, norm_cap_factor, reject_coefficient, renorm_factor,
-    rescale_factor, std_from_sums, zero_star_alpha,
+    apg_clip_factor, apg_projection, evaluate, evaluate_into, magnitude_scale, norm_cap_factor, reject_coefficient,
+    renorm_factor, rescale_factor, std_from_sums, zero_star_alpha,
 };
 use cfg_core::expr::Space;
 use cfg_core::fdg::{blur5, down2, fdg_into, lerp, up_taps, Pyramid};
@@ -371,6 +371,45 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
             .expect("op then mix matches the reference");
     }
     force_portable(false);
+}
+
+/// A linear program (no operator): `evaluate` writes its new output once,
+/// `evaluate_into` overwrites a kept one; both against the reference, with up
+/// to ten terms (past the kernels that keep eight in registers) and sizes past
+/// one parallel task.
+#[test]
+fn linear_programs_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[29; 32]);
+    let terms = prop::collection::vec((0usize..4, -4.0f32..4.0), 0..=10);
+    let cases =
+        (case_with(&[1, 63, 64, 65, 8191, 8193, 70001]), terms).prop_map(|((mut program, inputs, shape, dtype), t)| {
+            let terms = t.into_iter().filter(|&(b, _)| b < inputs.len()).collect();
+            program.forms = vec![Form { terms }];
+            program.ops.clear();
+            program.result = Value::Form(0);
+            (program, inputs, shape, dtype)
+        });
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    runner
+        .run(&cases, |(program, inputs, shape, dtype)| {
+            let refs: Vec<&Tensor> = inputs.iter().collect();
+            let x: Vec<Vec<f32>> = inputs.iter().map(Tensor::to_f32).collect();
+            let want: Vec<f32> = (0..shape.numel())
+                .map(|e| match program.forms[0].terms.split_first() {
+                    None => 0.0,
+                    Some((&(b0, w0), rest)) => rest.iter().fold(w0 * x[b0][e], |acc, &(b, w)| w.mul_add(x[b][e], acc)),
+                })
+                .collect();
+            let want = Tensor::from_f32(dtype, shape.clone(), &want);
+            let new = evaluate(&program, &refs, dtype, &shape, &mut GuidanceState::new()).expect("inputs match");
+            prop_assert_eq!(new.bits(), want.bits(), "evaluate {:?} {}", program.forms, dtype);
+            let mut kept = Tensor::from_f32(dtype, shape.clone(), &vec![7.0; shape.numel()]);
+            evaluate_into(&program, &refs, dtype, &shape, &mut GuidanceState::new(), &mut kept).expect("inputs match");
+            prop_assert_eq!(kept.bits(), want.bits(), "evaluate_into {:?} {}", program.forms, dtype);
+            Ok(())
+        })
+        .expect("linear programs match the reference");
 }
 
 /// Every single operator on token widths that pad differently.
