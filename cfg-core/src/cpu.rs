@@ -9,6 +9,7 @@ use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::simd::Vector;
+use crate::slot::{new_vec, Slot};
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
 use crate::tensor::{Tensor, TensorData};
@@ -124,39 +125,6 @@ impl Element for bf16 {
     }
 }
 
-/// Where a kernel writes its elements: over initialized values, or into
-/// fresh memory (a new output is then never cleared before it is written).
-pub trait Slot<O: Element>: Send + Sized {
-    /// Writes one element.
-    fn set(&mut self, v: O);
-    /// Rounds `vals` (nearest even) into `out`, as [`Element::store`] does.
-    fn put_all(vals: &[f32], out: &mut [Self]);
-}
-
-impl<O: Element> Slot<O> for O {
-    #[inline(always)]
-    fn set(&mut self, v: O) {
-        *self = v;
-    }
-    #[inline(always)]
-    fn put_all(vals: &[f32], out: &mut [O]) {
-        O::store(vals, out);
-    }
-}
-
-impl<O: Element> Slot<O> for MaybeUninit<O> {
-    #[inline(always)]
-    fn set(&mut self, v: O) {
-        self.write(v);
-    }
-    #[inline(always)]
-    fn put_all(vals: &[f32], out: &mut [Self]) {
-        for (o, v) in out.iter_mut().zip(vals) {
-            o.write(O::put(*v));
-        }
-    }
-}
-
 /// f32 → bf16 bits, round to nearest even; NaNs stay NaN (quieted).
 #[inline(always)]
 pub fn bf16_bits_rne(x: f32) -> u16 {
@@ -190,17 +158,7 @@ pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]
     combine_slots(terms, out)
 }
 
-/// [`combine_into`] into a new vector of `n` elements, each written once
-/// (never cleared first).
-pub fn combine_new<I: Element, O: Element>(terms: &[(&[I], f32)], n: usize) -> Vec<O> {
-    let mut v = Vec::with_capacity(n);
-    combine_slots(terms, &mut v.spare_capacity_mut()[..n]);
-    // SAFETY: `combine_slots` wrote every one of the first `n` elements.
-    unsafe { v.set_len(n) };
-    v
-}
-
-fn combine_slots<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], out: &mut [S]) {
+fn combine_slots<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)], out: &mut [S]) {
     out.par_chunks_mut(TASK).enumerate().for_each(|(task, out_task)| {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
@@ -214,13 +172,17 @@ fn combine_slots<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], out:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn combine_task_avx2<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+fn combine_task_avx2<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     combine_task(terms, offset, out)
 }
 
 /// One parallel task of `out.len()` elements starting at `offset`.
 #[inline(always)]
-pub(crate) fn combine_task<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+pub(crate) fn combine_task<I: Element, O: Element, S: Slot<Elem = O>>(
+    terms: &[(&[I], f32)],
+    offset: usize,
+    out: &mut [S],
+) {
     if I::DIRECT && O::DIRECT {
         match terms.len() {
             1 => return combine_direct::<I, O, S, 1>(terms, offset, out),
@@ -240,7 +202,7 @@ pub(crate) fn combine_task<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f
 /// N terms known at compile time: the accumulator stays in registers and the
 /// element loop vectorizes. Same order as [`combine_blocks`]: `w0·x0`, then fma.
 #[inline(always)]
-fn combine_direct<I: Element, O: Element, S: Slot<O>, const N: usize>(
+fn combine_direct<I: Element, O: Element, S: Slot<Elem = O>, const N: usize>(
     terms: &[(&[I], f32)],
     offset: usize,
     out: &mut [S],
@@ -259,7 +221,7 @@ fn combine_direct<I: Element, O: Element, S: Slot<O>, const N: usize>(
 
 /// Any number of terms: blocks of [`BLOCK`] elements loaded, combined and stored.
 #[inline(always)]
-fn combine_blocks<I: Element, O: Element, S: Slot<O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+fn combine_blocks<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     let mut acc = [0.0f32; BLOCK];
     let mut x = [0.0f32; BLOCK];
     for (b, out_block) in out.chunks_mut(BLOCK).enumerate() {
@@ -290,13 +252,15 @@ pub fn evaluate(
     shape: &Shape,
     state: &mut GuidanceState,
 ) -> Result<Tensor, CoreError> {
-    // A linear program writes a new output once. f16 (converted by slices)
-    // is cleared and written like every other output.
-    let linear = program.ops.is_empty() && program.latches.is_empty() && dtype != DType::F16;
-    if let (true, Value::Form(i)) = (linear, program.result) {
+    if let Some(kind) = written_once(program, dtype, shape) {
         check_inputs(program, inputs, dtype, shape)?;
         program.check_shape(shape)?;
-        return Ok(new_form(&program.forms[i], inputs, dtype, shape));
+        let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+        let data = match dtype {
+            DType::BF16 => TensorData::BF16(new_output(program, kind, &slices(&views, as_bf16), shape)),
+            _ => TensorData::F32(new_output(program, kind, &slices(&views, as_f32), shape)),
+        };
+        return Ok(Tensor { shape: shape.clone(), data });
     }
     let mut out = Tensor::zeros(dtype, shape.clone());
     evaluate_into(program, inputs, dtype, shape, state, &mut out)?;
@@ -364,9 +328,9 @@ pub fn evaluate_view(
         }
     } else if let Some((op, mix)) = op_then_mix(program) {
         match &mut out.data {
-            ElementsMut::F32(o) => fused_op_mix(program, op, mix, &slices(inputs, as_f32), shape, o),
-            ElementsMut::F16(o) => fused_op_mix(program, op, mix, &slices(inputs, as_f16), shape, o),
-            ElementsMut::BF16(o) => fused_op_mix(program, op, mix, &slices(inputs, as_bf16), shape, o),
+            ElementsMut::F32(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_f32), shape, o),
+            ElementsMut::F16(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_f16), shape, o),
+            ElementsMut::BF16(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_bf16), shape, o),
         }
     } else if let Some(op) = single_fdg(program) {
         fdg_view(program, op, inputs, shape, &mut out.data)?;
@@ -428,6 +392,62 @@ fn as_bf16<'a>(e: &Elements<'a>) -> Option<&'a [bf16]> {
 /// The element slices of the inputs (all of one dtype, checked by the caller).
 fn slices<'a, E>(inputs: &[TensorView<'a>], get: fn(&Elements<'a>) -> Option<&'a [E]>) -> Vec<&'a [E]> {
     inputs.iter().map(|t| get(&t.data).unwrap_or(&[])).collect()
+}
+
+/// A program whose kernels write each element of a new output once.
+#[derive(Clone, Copy)]
+enum WrittenOnce<'p> {
+    /// A linear form.
+    Form(&'p Form),
+    /// A group operator on forms ([`group_reduce`]), its values stored.
+    Group(&'p Op),
+    /// A group operator on forms, then a mix ([`op_then_mix`]).
+    GroupMix(&'p Op, &'p [(Value, f32)]),
+}
+
+/// How `program` writes a new f32 or bf16 output once, if it does: then the
+/// output is never cleared first. f16 outputs (converted by slices) and every
+/// other program get a cleared output.
+fn written_once<'p>(program: &'p Program, dtype: DType, shape: &Shape) -> Option<WrittenOnce<'p>> {
+    if dtype == DType::F16 {
+        return None;
+    }
+    // Whole groups (true of every contiguous group; checked because a
+    // partial group would leave elements unwritten).
+    let whole = |op: &Op| group_reduce(op).is_some_and(|r| shape.numel() % Groups::new(r, shape).len.max(1) == 0);
+    if let (true, Value::Form(i)) = (program.ops.is_empty() && program.latches.is_empty(), program.result) {
+        Some(WrittenOnce::Form(&program.forms[i]))
+    } else if let Some(op) = single_fused_op(program).filter(|op| whole(op)) {
+        Some(WrittenOnce::Group(op))
+    } else {
+        op_then_mix(program).filter(|(op, _)| whole(op)).map(|(op, mix)| WrittenOnce::GroupMix(op, mix))
+    }
+}
+
+/// The new output of a [`written_once`] program, from the branch slices.
+fn new_output<E: Element>(program: &Program, kind: WrittenOnce<'_>, branches: &[&[E]], shape: &Shape) -> Vec<E> {
+    let write = |out: &mut [MaybeUninit<E>]| match kind {
+        WrittenOnce::Form(form) => {
+            let terms: Vec<(&[E], f32)> = form.terms.iter().map(|&(b, w)| (branches[b], w)).collect();
+            combine_slots(&terms, out)
+        }
+        WrittenOnce::Group(op) => fused_group_op(program, op, None, branches, shape, out),
+        WrittenOnce::GroupMix(op, mix) => fused_group_op(program, op, Some(mix), branches, shape, out),
+    };
+    // SAFETY: each kernel writes every element of its output: the combine
+    // every task of it, a group operator every element of its whole groups.
+    unsafe { new_vec(shape.numel(), write) }
+}
+
+/// The groups a one-factor group operator reduces over (the operators
+/// [`group_op_into`] evaluates); None for any other op.
+fn group_reduce(op: &Op) -> Option<Reduce> {
+    match op {
+        Op::Renorm { over, .. } | Op::Reject { over, .. } | Op::StdRescale { over, .. } => Some(*over),
+        Op::NormCap { .. } => Some(Reduce::Tensor),
+        Op::ZeroStar { .. } | Op::MagnitudeAware { .. } => Some(Reduce::Sample),
+        _ => None,
+    }
 }
 
 /// The program's only op, when it reads linear forms and has contiguous groups:
@@ -512,15 +532,7 @@ fn fdg_view(
 /// op's passes, with no intermediate tensor.
 fn op_then_mix(program: &Program) -> Option<(&Op, &[(Value, f32)])> {
     let [op, Op::Mix { terms }] = program.ops.as_slice() else { return None };
-    let group_op = matches!(
-        op,
-        Op::Renorm { .. }
-            | Op::Reject { .. }
-            | Op::NormCap { .. }
-            | Op::StdRescale { .. }
-            | Op::ZeroStar { .. }
-            | Op::MagnitudeAware { .. }
-    );
+    let group_op = group_reduce(op).is_some();
     let contiguous = op.over().is_none_or(Reduce::is_contiguous);
     let on_forms = op.inputs().iter().all(|v| matches!(v, Value::Form(_) | Value::Zero));
     let mix_on_forms = terms.iter().all(|(v, _)| matches!(v, Value::Form(_) | Value::Zero | Value::Op(0)));
@@ -528,20 +540,28 @@ fn op_then_mix(program: &Program) -> Option<(&Op, &[(Value, f32)])> {
     (plain && group_op && contiguous && on_forms && mix_on_forms).then_some((op, terms.as_slice()))
 }
 
-/// Evaluates [`op_then_mix`]'s program from the branch slices into `out`.
-fn fused_op_mix<E: Element>(
+/// Evaluates a group operator on forms ([`group_reduce`]) from the branch
+/// slices into `out`, then [`op_then_mix`]'s mix when there is one.
+fn fused_group_op<E: Element, S: Slot<Elem = E>>(
     program: &Program,
     op: &Op,
-    mix: &[(Value, f32)],
+    mix: Option<&[(Value, f32)]>,
     branches: &[&[E]],
     shape: &Shape,
-    out: &mut [E],
+    out: &mut [S],
 ) {
     let terms = |v: Value| -> Vec<(&[E], f32)> {
         match v {
             Value::Form(i) => program.forms[i].terms.iter().map(|&(b, w)| (branches[b], w)).collect(),
             _ => Vec::new(),
         }
+    };
+    let vals = op.inputs();
+    let (a, b) = (terms(vals[0]), terms(vals[1]));
+    let len = |over| Groups::new(over, shape).len;
+    let Some(mix) = mix else {
+        group_op_into(op, &a, &b, &len, &Store, out);
+        return;
     };
     let forms: Vec<Vec<(&[E], f32)>> = mix.iter().map(|&(v, _)| terms(v)).collect();
     let parts: Vec<(Part<'_, E>, f32)> = mix
@@ -556,9 +576,7 @@ fn fused_op_mix<E: Element>(
             (part, w)
         })
         .collect();
-    let vals = op.inputs();
-    let (a, b) = (terms(vals[0]), terms(vals[1]));
-    group_op_into(op, &a, &b, &|over| Groups::new(over, shape).len, &Mix { terms: &parts }, out);
+    group_op_into(op, &a, &b, &len, &Mix { terms: &parts }, out);
 }
 
 /// Evaluates the single `op` of `program` from the branch slices into `out`.
@@ -583,13 +601,13 @@ fn fused_op<E: Element>(
 
 /// Evaluates `op` over contiguous groups when it is a one-factor group
 /// operator, its values passed through `fin`; false for any other op.
-fn group_op_into<I: Element, F: Finish, O: Element>(
+fn group_op_into<I: Element, F: Finish, S: Slot>(
     op: &Op,
     a: Terms<I>,
     b: Terms<I>,
     len: &dyn Fn(Reduce) -> usize,
     fin: &F,
-    out: &mut [O],
+    out: &mut [S],
 ) -> bool {
     match op {
         Op::Renorm { over, eps, min, max, .. } => {
@@ -726,22 +744,6 @@ fn fused_form_into(form: &Form, inputs: &[TensorView<'_>], out: &mut ElementsMut
         ElementsMut::F16(o) => form_into(form, inputs, o),
         ElementsMut::BF16(o) => form_into(form, inputs, o),
     }
-}
-
-/// A new tensor of the form over the inputs, which the caller checked are
-/// all of `dtype` (f32 or bf16); its elements are written once.
-fn new_form(form: &Form, inputs: &[&Tensor], dtype: DType, shape: &Shape) -> Tensor {
-    macro_rules! go {
-        ($variant:ident, $as:ident) => {{
-            let terms: Vec<_> = form.terms.iter().filter_map(|&(b, w)| Some((inputs[b].data.$as()?, w))).collect();
-            TensorData::$variant(combine_new(&terms, shape.numel()))
-        }};
-    }
-    let data = match dtype {
-        DType::BF16 => go!(BF16, as_bf16),
-        _ => go!(F32, as_f32),
-    };
-    Tensor { shape: shape.clone(), data }
 }
 
 /// Computes a linear form over the inputs into f32.

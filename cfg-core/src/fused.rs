@@ -15,6 +15,7 @@ use crate::cpu::{
 };
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
+use crate::slot::Slot;
 use rayon::prelude::*;
 use std::cell::Cell;
 
@@ -151,9 +152,9 @@ pub trait GroupOp<const K: usize>: Sync {
 /// What becomes of an operator's f32 values: stored, or first mixed with linear forms.
 pub trait Finish: Sync {
     /// Writes the values `y` of elements `start..start + y.len()` into `out`.
-    fn finish<O: Element>(&self, start: usize, y: &mut [f32], out: &mut [O]);
+    fn finish<S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]);
     /// Whether the values are written straight into an output of `O`
-    /// (with [`Element::put8`]), and `finish` is not called.
+    /// (with [`Slot::put8`]), and `finish` is not called.
     #[inline(always)]
     fn direct<O: Element>(&self) -> bool {
         false
@@ -165,8 +166,8 @@ pub struct Store;
 
 impl Finish for Store {
     #[inline(always)]
-    fn finish<O: Element>(&self, _: usize, y: &mut [f32], out: &mut [O]) {
-        store(y, out)
+    fn finish<S: Slot>(&self, _: usize, y: &mut [f32], out: &mut [S]) {
+        S::put_all(y, out)
     }
     #[inline(always)]
     fn direct<O: Element>(&self) -> bool {
@@ -193,7 +194,7 @@ pub struct Mix<'a, I> {
 
 impl<I: Element> Finish for Mix<'_, I> {
     #[inline(always)]
-    fn finish<O: Element>(&self, start: usize, y: &mut [f32], out: &mut [O]) {
+    fn finish<S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]) {
         let (mut acc, mut tmp) = ([0.0f32; 256], [0.0f32; 256]);
         for (c, (y, out)) in y.chunks(256).zip(out.chunks_mut(256)).enumerate() {
             let n = y.len();
@@ -221,13 +222,13 @@ impl<I: Element> Finish for Mix<'_, I> {
                     }
                 }
             }
-            store(acc, out);
+            S::put_all(acc, out);
         }
     }
 }
 
 /// Evaluates `op` over consecutive groups of `len` elements into `out`.
-pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, O: Element>(op: &P, fin: &F, len: usize, out: &mut [O]) {
+pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin: &F, len: usize, out: &mut [S]) {
     if out.is_empty() || len == 0 {
         return;
     }
@@ -236,9 +237,9 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, O: Element>(op: &P, 
         out.par_chunks_mut(per_task).enumerate().for_each(|(t, out)| {
             let start = t * per_task;
             if len <= LANES {
-                simd::run(Short::<P, F, O, K> { op, fin, start, len, out })
+                simd::run(Short::<P, F, S, K> { op, fin, start, len, out })
             } else {
-                simd::run(OnePass::<P, F, O, K> { op, fin, start, len, out })
+                simd::run(OnePass::<P, F, S, K> { op, fin, start, len, out })
             }
         });
         return;
@@ -257,7 +258,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, O: Element>(op: &P, 
         group
             .par_chunks_mut(TASK)
             .enumerate()
-            .for_each(|(t, out)| simd::run(Apply::<P, F, O, K> { op, fin, start: g * len + t * TASK, f, out }))
+            .for_each(|(t, out)| simd::run(Apply::<P, F, S, K> { op, fin, start: g * len + t * TASK, f, out }))
     });
 }
 
@@ -312,12 +313,12 @@ fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K]
 /// (`fma(x, y, +0)`), and the lanes past the group are zero, so the fold runs
 /// over a power of two of 8-lane vectors held in registers (its first level
 /// is the same as over the group's lanes: see [`fold_vectors`]).
-struct Short<'a, P, F, O, const K: usize> {
+struct Short<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
     start: usize,
     len: usize,
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
 /// Statistic `S` of one group padded to `8·N` elements, `N` vectors (`S` a
@@ -366,7 +367,7 @@ fn group_stats<V: Vector, const K: usize, P: GroupOp<K>>(vectors: usize, a: &[f3
     }
 }
 
-impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P, F, O, K> {
+impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F, S, K> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -380,8 +381,8 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P,
         for (blk, out) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (out.len(), self.start + blk * per_block);
             let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
-            if self.fin.direct::<O>() {
-                short_block::<V, K, P, O>(op, len, a, b, &mut pad, out);
+            if self.fin.direct::<S::Elem>() {
+                short_block::<V, K, P, S>(op, len, a, b, &mut pad, out);
             } else {
                 let y = &mut y[..m];
                 short_block::<V, K, P, f32>(op, len, a, b, &mut pad, y);
@@ -395,13 +396,13 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Short<'_, P,
 /// The groups of one block: eight groups' statistics, then their factors
 /// (independent square roots and divisions, as vectors), then their apply.
 #[inline(always)]
-fn short_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
+fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     op: &P,
     len: usize,
     a: &[f32],
     b: &[f32],
     pad: &mut [[f32; LANES]; 2],
-    y: &mut [O],
+    y: &mut [S],
 ) {
     let vectors = len.div_ceil(8).next_power_of_two();
     let padded = 8 * vectors != len;
@@ -425,21 +426,21 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
         let f = op.factors::<V>(&totals, len);
         for (t, f) in f.iter().enumerate().take(batch) {
             let g = (first + t) * len..(first + t + 1) * len;
-            apply_run::<V, K, P, O>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
+            apply_run::<V, K, P, S>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
         }
     }
 }
 
 /// Whole groups: load, reduce and apply while the block is in cache.
-struct OnePass<'a, P, F, O, const K: usize> {
+struct OnePass<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
     start: usize,
     len: usize,
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
-impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, P, F, O, K> {
+impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for OnePass<'_, P, F, S, K> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -451,8 +452,8 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, 
         for (k, block) in self.out.chunks_mut(per_block).enumerate() {
             let (m, start) = (block.len(), self.start + k * per_block);
             let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
-            if self.fin.direct::<O>() {
-                one_pass_block::<V, K, P, O>(self.op, len, a, b, block);
+            if self.fin.direct::<S::Elem>() {
+                one_pass_block::<V, K, P, S>(self.op, len, a, b, block);
             } else {
                 let y = &mut y[..m];
                 one_pass_block::<V, K, P, f32>(self.op, len, a, b, y);
@@ -465,12 +466,12 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for OnePass<'_, 
 
 /// Whole groups of one block, each reduced then applied.
 #[inline(always)]
-fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
+fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     op: &P,
     len: usize,
     a: &[f32],
     b: &[f32],
-    y: &mut [O],
+    y: &mut [S],
 ) {
     for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
         let mut t = [0.0f64; K];
@@ -480,7 +481,7 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(
                 t[i] += p[i];
             }
         }
-        apply_run::<V, K, P, O>(op, a, b, y, op.factor(t, len));
+        apply_run::<V, K, P, S>(op, a, b, y, op.factor(t, len));
     }
 }
 
@@ -575,29 +576,29 @@ fn column_rows<V: Vector, const K: usize, const R: usize, P: GroupOp<K>>(
 /// `y = apply(a, b, f)` over a run, eight lanes at a time, then the rest one
 /// by one, each rounded to `O`.
 #[inline(always)]
-fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, O: Element>(op: &P, a: &[f32], b: &[f32], y: &mut [O], f: f32) {
+fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(op: &P, a: &[f32], b: &[f32], y: &mut [S], f: f32) {
     let n = y.len();
     let ((av, at), (bv, bt)) = (a[..n].as_chunks::<8>(), b[..n].as_chunks::<8>());
     let (yv, yt) = y.as_chunks_mut::<8>();
     let fv = V::splat(f);
     for ((y, a), b) in yv.iter_mut().zip(av).zip(bv) {
-        O::put8(op.apply(V::load(a), V::load(b), fv), y);
+        S::put8(op.apply(V::load(a), V::load(b), fv), y);
     }
     for ((y, a), b) in yt.iter_mut().zip(at).zip(bt) {
-        *y = O::put(op.apply(*a, *b, f));
+        y.set(S::Elem::put(op.apply(*a, *b, f)));
     }
 }
 
 /// Applies a known factor to a run of one group.
-struct Apply<'a, P, F, O, const K: usize> {
+struct Apply<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
     start: usize,
     f: f32,
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
-impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Apply<'_, P, F, O, K> {
+impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F, S, K> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -605,8 +606,8 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, O: Element> Task for Apply<'_, P,
         for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), self.start + k * APPLY);
             let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
-            if self.fin.direct::<O>() {
-                apply_run::<V, K, P, O>(self.op, a, b, out, self.f);
+            if self.fin.direct::<S::Elem>() {
+                apply_run::<V, K, P, S>(self.op, a, b, out, self.f);
             } else {
                 let y = &mut y[..m];
                 apply_run::<V, K, P, f32>(self.op, a, b, y, self.f);

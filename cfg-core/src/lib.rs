@@ -29,6 +29,7 @@ pub mod reference;
 pub mod schedule;
 pub mod shape;
 pub mod simd;
+pub mod slot;
 pub mod state;
 pub mod tcfg;
 pub mod tensor;

@@ -16,7 +16,7 @@ use cfg_core::state::GuidanceState;
 use cfg_core::tcfg::tcfg_coefficients;
 use cfg_core::{DType, Shape, Tensor};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
 /// The reference: one op on forms, f32 values, then rounded to `dtype`.
 fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Option<Vec<f32>>) -> Vec<f32> {
@@ -215,6 +215,22 @@ fn case_with(widths: &'static [usize]) -> impl Strategy<Value = (Program, Vec<Te
     )
 }
 
+/// The result of `evaluate` (a new output), which must equal `evaluate_into`'s
+/// (into a kept output of sevens) bit for bit; `state` advances once.
+fn evaluate_both(
+    program: &Program,
+    refs: &[&Tensor],
+    dtype: DType,
+    shape: &Shape,
+    state: &mut GuidanceState,
+) -> Result<Tensor, TestCaseError> {
+    let new = evaluate(program, refs, dtype, shape, &mut state.clone()).expect("inputs match");
+    let mut kept = Tensor::from_f32(dtype, shape.clone(), &vec![7.0; shape.numel()]);
+    evaluate_into(program, refs, dtype, shape, state, &mut kept).expect("inputs match");
+    prop_assert_eq!(new.bits(), kept.bits(), "evaluate and evaluate_into differ: {:?}", program.ops);
+    Ok(new)
+}
+
 #[test]
 fn fast_paths_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 96, failure_persistence: None, ..Config::default() };
@@ -228,7 +244,7 @@ fn fast_paths_match_the_canonical_reference_bit_for_bit() {
                 let (mut state, mut momentum) = (GuidanceState::new(), None);
                 // Two steps: the second reads APG's momentum from the first.
                 for step in 0..2 {
-                    let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                    let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
                     let want = reference(&program, &inputs, &shape, &mut momentum);
                     let want = Tensor::from_f32(dtype, shape.clone(), &want);
                     prop_assert_eq!(
@@ -280,7 +296,7 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
                 let refs: Vec<&Tensor> = inputs.iter().collect();
                 let (mut state, mut momentum) = (GuidanceState::new(), None);
                 for step in 0..2 {
-                    let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                    let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
                     let want = reference(&program, &inputs, &shape, &mut momentum);
                     let want = Tensor::from_f32(dtype, shape.clone(), &want);
                     prop_assert_eq!(
@@ -340,7 +356,7 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
         runner
             .run(&cases, |(program, inputs, shape, dtype)| {
                 let refs: Vec<&Tensor> = inputs.iter().collect();
-                let got = evaluate(&program, &refs, dtype, &shape, &mut GuidanceState::new()).expect("inputs match");
+                let got = evaluate_both(&program, &refs, dtype, &shape, &mut GuidanceState::new())?;
                 let op = reference(&program, &inputs, &shape, &mut None);
                 let Op::Mix { terms } = &program.ops[1] else { unreachable!("built above") };
                 let n = shape.numel();
@@ -425,7 +441,7 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
                 let refs: Vec<&Tensor> = inputs.iter().collect();
                 let (mut state, mut momentum) = (GuidanceState::new(), None);
                 for step in 0..2 {
-                    let got = evaluate(&program, &refs, dtype, &shape, &mut state).expect("inputs match");
+                    let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
                     let want = reference(&program, &inputs, &shape, &mut momentum);
                     let want = Tensor::from_f32(dtype, shape.clone(), &want);
                     prop_assert_eq!(

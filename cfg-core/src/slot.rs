@@ -1,0 +1,70 @@
+//! Where a kernel writes its output elements: over initialized values (an
+//! output the caller keeps), or into fresh memory (a new output, which is
+//! then written once and never cleared first).
+
+use crate::cpu::Element;
+use crate::simd::Vector;
+use std::mem::MaybeUninit;
+
+/// One output element of type [`Slot::Elem`].
+pub trait Slot: Send + Sized {
+    /// The element type written.
+    type Elem: Element;
+    /// Writes one element.
+    fn set(&mut self, v: Self::Elem);
+    /// Rounds `vals` (nearest even) into `out`, as [`Element::store`] does.
+    fn put_all(vals: &[f32], out: &mut [Self]);
+    /// Writes eight lanes, rounded as [`Element::put8`] rounds them.
+    fn put8<V: Vector>(v: V, to: &mut [Self; 8]);
+}
+
+impl<O: Element> Slot for O {
+    type Elem = O;
+    #[inline(always)]
+    fn set(&mut self, v: O) {
+        *self = v;
+    }
+    #[inline(always)]
+    fn put_all(vals: &[f32], out: &mut [O]) {
+        O::store(vals, out);
+    }
+    #[inline(always)]
+    fn put8<V: Vector>(v: V, to: &mut [O; 8]) {
+        O::put8(v, to);
+    }
+}
+
+impl<O: Element> Slot for MaybeUninit<O> {
+    type Elem = O;
+    #[inline(always)]
+    fn set(&mut self, v: O) {
+        self.write(v);
+    }
+    #[inline(always)]
+    fn put_all(vals: &[f32], out: &mut [Self]) {
+        for (o, v) in out.iter_mut().zip(vals) {
+            o.write(O::put(*v));
+        }
+    }
+    #[inline(always)]
+    fn put8<V: Vector>(v: V, to: &mut [Self; 8]) {
+        let mut x = [O::put(0.0); 8];
+        O::put8(v, &mut x);
+        for (o, x) in to.iter_mut().zip(x) {
+            o.write(x);
+        }
+    }
+}
+
+/// A new vector of `n` elements, each written once by `write`.
+///
+/// # Safety
+/// `write` must write every element of the slice it is given (and can read
+/// none before it writes it: they are uninitialized until then).
+pub(crate) unsafe fn new_vec<O: Element>(n: usize, write: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
+    let mut v = Vec::with_capacity(n);
+    write(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `write` wrote every one of the first `n` elements (the caller's promise).
+    unsafe { v.set_len(n) };
+    v
+}
