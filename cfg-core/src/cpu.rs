@@ -414,7 +414,8 @@ fn written_once<'p>(program: &'p Program, dtype: DType, shape: &Shape) -> Option
     }
     // Whole groups (true of every contiguous group; checked because a
     // partial group would leave elements unwritten).
-    let whole = |op: &Op| group_reduce(op).is_some_and(|r| shape.numel() % Groups::new(r, shape).len.max(1) == 0);
+    let whole =
+        |op: &Op| group_reduce(op).is_some_and(|r| shape.numel().is_multiple_of(Groups::new(r, shape).len.max(1)));
     if let (true, Value::Form(i)) = (program.ops.is_empty() && program.latches.is_empty(), program.result) {
         Some(WrittenOnce::Form(&program.forms[i]))
     } else if let Some(op) = single_fused_op(program).filter(|op| whole(op)) {
