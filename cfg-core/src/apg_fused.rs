@@ -5,9 +5,10 @@
 
 use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
-use crate::fused::{form_into, form_ref, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
+use crate::fused::{form_into, form_ref, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
+use crate::slot::Slot;
 use rayon::prelude::*;
 
 /// APG's parameters and inputs.
@@ -31,13 +32,7 @@ pub struct Apg<'a, I> {
 /// Evaluates APG over groups of `len` elements into `out`. With a momentum,
 /// `buffer` holds the previous running average when `has_prev`, and holds
 /// the new one on return.
-pub fn apg<I: Element, O: Element>(
-    p: &Apg<I>,
-    len: usize,
-    mut buffer: Option<&mut [f32]>,
-    has_prev: bool,
-    out: &mut [O],
-) {
+pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut [f32]>, has_prev: bool, out: &mut [S]) {
     if out.is_empty() || len == 0 {
         return;
     }
@@ -224,16 +219,16 @@ impl<I: Element> Task for Stats<'_, I> {
 }
 
 /// The apply over a run of one group.
-struct Apply<'a, I, O> {
+struct Apply<'a, I, S> {
     p: &'a Apg<'a, I>,
     start: usize,
     stored: Option<&'a [f32]>,
     clip: Option<f32>,
     coef: f64,
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
-impl<I: Element, O: Element> Task for Apply<'_, I, O> {
+impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -262,7 +257,7 @@ impl<I: Element, O: Element> Task for Apply<'_, I, O> {
                 let base = if original { *c } else { *u };
                 *y = scale.mul_add(update, base);
             }
-            store(y, out);
+            S::put_all(y, out);
         }
         put_scratch(buf);
     }
@@ -272,7 +267,7 @@ impl<I: Element, O: Element> Task for Apply<'_, I, O> {
 /// fma(β, buffer, Δ), or Δ without a previous one), and `out` = fma(s, Δ, base),
 /// base = u (or c with `original`). Element-wise, in blocks.
 #[allow(clippy::too_many_arguments)] // the op's own fields, its state and its output
-pub fn momentum_cfg<I: Element, O: Element>(
+pub fn momentum_cfg<I: Element, S: Slot>(
     cond: Terms<I>,
     uncond: Terms<I>,
     scale: f32,
@@ -280,8 +275,11 @@ pub fn momentum_cfg<I: Element, O: Element>(
     original: bool,
     buffer: &mut [f32],
     has_prev: bool,
-    out: &mut [O],
+    out: &mut [S],
 ) {
+    // Every element of `out` is written (it may be fresh memory): the callers
+    // check the momentum's length before they evaluate.
+    assert_eq!(buffer.len(), out.len(), "the momentum has the output's length");
     out.par_chunks_mut(TASK).zip(buffer.par_chunks_mut(TASK)).enumerate().for_each(|(t, (out, running))| {
         let p = MomentumCfg { cond, uncond, scale, beta, original, has_prev };
         simd::run(MomentumCfgTask { p: &p, start: t * TASK, running, out })
@@ -310,14 +308,14 @@ impl<I> MomentumCfg<'_, I> {
 }
 
 /// One parallel run of [`momentum_cfg`].
-struct MomentumCfgTask<'a, I, O> {
+struct MomentumCfgTask<'a, I, S> {
     p: &'a MomentumCfg<'a, I>,
     start: usize,
     running: &'a mut [f32],
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
-impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
+impl<I: Element, S: Slot> Task for MomentumCfgTask<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -334,13 +332,13 @@ impl<I: Element, O: Element> Task for MomentumCfgTask<'_, I, O> {
             for (((c, u), r), o) in cv.iter().zip(uv).zip(rv).zip(ov) {
                 let (next, y) = p.step(V::load(c), V::load(u), V::load(r));
                 next.store(r);
-                O::put8(y, o);
+                S::put8(y, o);
             }
             let mut tail = [0.0f32; 8];
             for (((c, u), r), y) in ct.iter().zip(ut).zip(rt).zip(&mut tail) {
                 (*r, *y) = p.step(*c, *u, *r);
             }
-            store(&tail[..ot.len()], ot);
+            S::put_all(&tail[..ot.len()], ot);
         }
         put_scratch(buf);
     }

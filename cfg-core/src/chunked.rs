@@ -11,6 +11,7 @@
 use crate::cpu::{combine_task, Element};
 use crate::layout::Layout;
 use crate::simd::{self, Task, Vector};
+use crate::slot::Slot;
 use crate::Shape;
 use rayon::prelude::*;
 
@@ -74,7 +75,7 @@ pub fn chunked_into(chunks: &Chunks, weights: &[[f32; 3]], c: &[f32], prefix: &[
 /// chunk, and so the weights, are fixed, so each run is a 3-term combine in
 /// the linear path's order (`w_c·c`, then fma with prefix, then with u) and
 /// takes its vector code. Parallel over tasks of whole runs.
-pub fn chunked_direct<I: Element, O: Element>(chunks: &Chunks, weights: &[[f32; 3]], src: [&[I]; 3], out: &mut [O]) {
+pub fn chunked_direct<I: Element, S: Slot>(chunks: &Chunks, weights: &[[f32; 3]], src: [&[I]; 3], out: &mut [S]) {
     if out.is_empty() {
         return;
     }
@@ -89,16 +90,16 @@ pub fn chunked_direct<I: Element, O: Element>(chunks: &Chunks, weights: &[[f32; 
 const RUNS_TASK: usize = 1 << 16;
 
 /// One task of [`chunked_direct`]: whole runs from flat index `first`.
-struct Runs<'a, I, O> {
+struct Runs<'a, I, S> {
     chunks: &'a Chunks,
     weights: &'a [[f32; 3]],
     src: [&'a [I]; 3],
     run: usize,
     first: usize,
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
-impl<I: Element, O: Element> Task for Runs<'_, I, O> {
+impl<I: Element, S: Slot> Task for Runs<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

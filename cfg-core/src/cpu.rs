@@ -252,14 +252,14 @@ pub fn evaluate(
     shape: &Shape,
     state: &mut GuidanceState,
 ) -> Result<Tensor, CoreError> {
-    if let Some(kind) = written_once(program, dtype, shape) {
-        check_inputs(program, inputs, dtype, shape)?;
-        program.check_shape(shape)?;
-        let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+    let views: Vec<TensorView<'_>> = inputs.iter().map(|t| t.view()).collect();
+    check_program(program, &views, dtype, shape, state)?;
+    if let Some(kind) = written_once(program, dtype, shape)? {
         let data = match dtype {
-            DType::BF16 => TensorData::BF16(new_output(program, kind, &slices(&views, as_bf16), shape)),
-            _ => TensorData::F32(new_output(program, kind, &slices(&views, as_f32), shape)),
+            DType::BF16 => TensorData::BF16(new_output(program, kind, &slices(&views, as_bf16), shape, state)),
+            _ => TensorData::F32(new_output(program, kind, &slices(&views, as_f32), shape, state)),
         };
+        advance_counters(program, state);
         return Ok(Tensor { shape: shape.clone(), data });
     }
     let mut out = Tensor::zeros(dtype, shape.clone());
@@ -295,25 +295,12 @@ pub fn evaluate_view(
     state: &mut GuidanceState,
     out: &mut TensorViewMut<'_>,
 ) -> Result<(), CoreError> {
-    let dtype = out.dtype();
-    check_views(program, inputs, dtype, shape)?;
-    program.check_shape(shape)?;
+    check_program(program, inputs, out.dtype(), shape, state)?;
     if out.shape != *shape || out.len() != shape.numel() {
         return Err(CoreError::BadShape {
             shape: out.shape.to_string(),
             why: format!("the output must have the inputs' shape {shape} ({} elements)", shape.numel()),
         });
-    }
-    for op in &program.ops {
-        if let Op::Apg { slot, .. } | Op::MomentumCfg { slot, .. } = op {
-            if state.device_momentum(slot).is_some() {
-                return Err(CoreError::DeviceState(slot.clone()));
-            }
-            // A momentum of another size belongs to another run: never restart it silently.
-            if let Some(held) = state.momentum(slot).map(<[f32]>::len).filter(|&n| n != shape.numel()) {
-                return Err(CoreError::StateMismatch { slot: slot.clone(), held, got: shape.numel() });
-            }
-        }
     }
     if program.ops.is_empty() && program.latches.is_empty() {
         match program.result {
@@ -354,10 +341,39 @@ pub fn evaluate_view(
         let f32_result = Evaluation::new(program, inputs, shape).run(state)?;
         round_into_view(&f32_result, &mut out.data);
     }
+    advance_counters(program, state);
+    Ok(())
+}
+
+/// Checks the inputs, the shape's layout and the operators' state before an evaluation.
+fn check_program(
+    program: &Program,
+    inputs: &[TensorView<'_>],
+    dtype: DType,
+    shape: &Shape,
+    state: &GuidanceState,
+) -> Result<(), CoreError> {
+    check_views(program, inputs, dtype, shape)?;
+    program.check_shape(shape)?;
+    for op in &program.ops {
+        if let Op::Apg { slot, .. } | Op::MomentumCfg { slot, .. } = op {
+            if state.device_momentum(slot).is_some() {
+                return Err(CoreError::DeviceState(slot.clone()));
+            }
+            // A momentum of another size belongs to another run: never restart it silently.
+            if let Some(held) = state.momentum(slot).map(<[f32]>::len).filter(|&n| n != shape.numel()) {
+                return Err(CoreError::StateMismatch { slot: slot.clone(), held, got: shape.numel() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts one more evaluated step for the program's counters.
+fn advance_counters(program: &Program, state: &mut GuidanceState) {
     for slot in &program.counters {
         state.advance(slot);
     }
-    Ok(())
 }
 
 fn zero(out: &mut ElementsMut<'_>) {
@@ -395,48 +411,65 @@ fn slices<'a, E>(inputs: &[TensorView<'a>], get: fn(&Elements<'a>) -> Option<&'a
 }
 
 /// A program whose kernels write each element of a new output once.
-#[derive(Clone, Copy)]
 enum WrittenOnce<'p> {
     /// A linear form.
     Form(&'p Form),
-    /// A group operator on forms ([`group_reduce`]), its values stored.
-    Group(&'p Op),
+    /// One operator on forms ([`single_fused_op`]) over whole groups.
+    Op(&'p Op),
     /// A group operator on forms, then a mix ([`op_then_mix`]).
     GroupMix(&'p Op, &'p [(Value, f32)]),
+    /// MAGI-1's chunked guidance ([`single_chunked`]).
+    Chunked([usize; 3], &'p [[f32; 3]], Chunks),
 }
 
 /// How `program` writes a new f32 or bf16 output once, if it does: then the
 /// output is never cleared first. f16 outputs (converted by slices) and every
 /// other program get a cleared output.
-fn written_once<'p>(program: &'p Program, dtype: DType, shape: &Shape) -> Option<WrittenOnce<'p>> {
+fn written_once<'p>(program: &'p Program, dtype: DType, shape: &Shape) -> Result<Option<WrittenOnce<'p>>, CoreError> {
     if dtype == DType::F16 {
-        return None;
+        return Ok(None);
     }
     // Whole groups (true of every contiguous group; checked because a
     // partial group would leave elements unwritten).
-    let whole =
-        |op: &Op| group_reduce(op).is_some_and(|r| shape.numel().is_multiple_of(Groups::new(r, shape).len.max(1)));
-    if let (true, Value::Form(i)) = (program.ops.is_empty() && program.latches.is_empty(), program.result) {
+    let whole = |r: Reduce| shape.numel().is_multiple_of(Groups::new(r, shape).len.max(1));
+    let groups = |op: &Op| match op {
+        Op::Tcfg { .. } | Op::Apg { .. } => Some(Reduce::Sample),
+        Op::MomentumCfg { .. } => Some(Reduce::Tensor),
+        _ => group_reduce(op),
+    };
+    Ok(if let (true, Value::Form(i)) = (program.ops.is_empty() && program.latches.is_empty(), program.result) {
         Some(WrittenOnce::Form(&program.forms[i]))
-    } else if let Some(op) = single_fused_op(program).filter(|op| whole(op)) {
-        Some(WrittenOnce::Group(op))
+    } else if let Some(op) = single_fused_op(program).filter(|op| groups(op).is_some_and(whole)) {
+        Some(WrittenOnce::Op(op))
+    } else if let Some((op, mix)) = op_then_mix(program).filter(|(op, _)| group_reduce(op).is_some_and(whole)) {
+        Some(WrittenOnce::GroupMix(op, mix))
     } else {
-        op_then_mix(program).filter(|(op, _)| whole(op)).map(|(op, mix)| WrittenOnce::GroupMix(op, mix))
-    }
+        single_chunked(program, shape)?
+            .map(|(branches, weights, chunks)| WrittenOnce::Chunked(branches, weights, chunks))
+    })
 }
 
-/// The new output of a [`written_once`] program, from the branch slices.
-fn new_output<E: Element>(program: &Program, kind: WrittenOnce<'_>, branches: &[&[E]], shape: &Shape) -> Vec<E> {
+/// The new output of a [`written_once`] program, from the branch slices
+/// (checked by [`check_program`]).
+fn new_output<E: Element>(
+    program: &Program,
+    kind: WrittenOnce<'_>,
+    x: &[&[E]],
+    shape: &Shape,
+    state: &mut GuidanceState,
+) -> Vec<E> {
     let write = |out: &mut [MaybeUninit<E>]| match kind {
         WrittenOnce::Form(form) => {
-            let terms: Vec<(&[E], f32)> = form.terms.iter().map(|&(b, w)| (branches[b], w)).collect();
+            let terms: Vec<(&[E], f32)> = form.terms.iter().map(|&(b, w)| (x[b], w)).collect();
             combine_slots(&terms, out)
         }
-        WrittenOnce::Group(op) => fused_group_op(program, op, None, branches, shape, out),
-        WrittenOnce::GroupMix(op, mix) => fused_group_op(program, op, Some(mix), branches, shape, out),
+        WrittenOnce::Op(op) => fused_op(program, op, x, shape, state, out),
+        WrittenOnce::GroupMix(op, mix) => fused_group_op(program, op, Some(mix), x, shape, out),
+        WrittenOnce::Chunked([c, p, u], weights, chunks) => chunked_direct(&chunks, weights, [x[c], x[p], x[u]], out),
     };
     // SAFETY: each kernel writes every element of its output: the combine
-    // every task of it, a group operator every element of its whole groups.
+    // and chunked guidance every task of it, an operator every element of its
+    // whole groups (a momentum has the output's length: `check_program`).
     unsafe { new_vec(shape.numel(), write) }
 }
 
@@ -581,13 +614,13 @@ fn fused_group_op<E: Element, S: Slot<Elem = E>>(
 }
 
 /// Evaluates the single `op` of `program` from the branch slices into `out`.
-fn fused_op<E: Element>(
+fn fused_op<E: Element, S: Slot<Elem = E>>(
     program: &Program,
     op: &Op,
     branches: &[&[E]],
     shape: &Shape,
     state: &mut GuidanceState,
-    out: &mut [E],
+    out: &mut [S],
 ) {
     let terms = |v: Value| -> Vec<(&[E], f32)> {
         match v {
@@ -636,13 +669,13 @@ fn group_op_into<I: Element, F: Finish, S: Slot>(
 }
 
 /// Evaluates a two-input `op` (every op but `Mix`) over contiguous groups.
-fn op_into<I: Element, O: Element>(
+fn op_into<I: Element, S: Slot>(
     op: &Op,
     a: Terms<I>,
     b: Terms<I>,
     len: &dyn Fn(Reduce) -> usize,
     state: &mut GuidanceState,
-    out: &mut [O],
+    out: &mut [S],
 ) {
     if group_op_into(op, a, b, len, &Store, out) {
         return;
@@ -1077,6 +1110,27 @@ mod tests {
         let (va, vb) = (a.view(), b.view());
         evaluate_view(&linear(), &[va, vb], &shape, &mut GuidanceState::new(), &mut out.view_mut()).unwrap();
         assert_eq!(out, owned);
+    }
+
+    /// CFG-Zero*'s step counter advances once per evaluation on every path:
+    /// a new output (linear, while zeroed, then the fused operator), a kept one
+    /// and a view.
+    #[test]
+    fn every_path_counts_the_steps() {
+        let shape = Shape::new([1, 2, 4]);
+        let a = Tensor::from_f32(DType::F32, shape.clone(), &[1.0, -2.0, 3.0, 0.5, 2.0, 1.0, -1.0, 4.0]);
+        let b = Tensor::from_f32(DType::F32, shape.clone(), &[0.5; 8]);
+        let zero_star = Op::ZeroStar { cond: Value::Form(0), uncond: Value::Form(1), scale: 4.0, original: false };
+        let forms = vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }];
+        for (ops, result) in [(Vec::new(), Value::Form(0)), (vec![zero_star], Value::Op(0))] {
+            let program = Program { forms: forms.clone(), ops, result, counters: vec!["z".into()], ..linear() };
+            let mut state = GuidanceState::new();
+            evaluate(&program, &[&a, &b], DType::F32, &shape, &mut state).unwrap();
+            let mut out = Tensor::zeros(DType::F32, shape.clone());
+            evaluate_into(&program, &[&a, &b], DType::F32, &shape, &mut state, &mut out).unwrap();
+            evaluate_view(&program, &[a.view(), b.view()], &shape, &mut state, &mut out.view_mut()).unwrap();
+            assert_eq!(state.count("z"), 3, "{:?}", program.ops);
+        }
     }
 
     #[test]

@@ -9,9 +9,10 @@
 
 use crate::canon::Lanes;
 use crate::cpu::Element;
-use crate::fused::{form_into, in_order, put_scratch, store, take_scratch, Terms, BLOCK, TASK};
+use crate::fused::{form_into, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Task, Vector};
+use crate::slot::Slot;
 use rayon::prelude::*;
 
 /// An eigenvector (not normalized) of the symmetric [[cc, cu], [cu, uu]] for
@@ -57,13 +58,13 @@ pub fn tcfg_apply(c: f32, u: f32, alpha: f32, beta: f32, scale: f32, original: b
 /// `out`: per-segment statistics in parallel (the canonical reductions of
 /// `crate::reduce`, summed in segment order), then the apply, which computes
 /// the forms again rather than storing them.
-pub fn tcfg_into<I: Element, O: Element>(
+pub fn tcfg_into<I: Element, S: Slot>(
     cond: Terms<I>,
     uncond: Terms<I>,
     len: usize,
     scale: f32,
     original: bool,
-    out: &mut [O],
+    out: &mut [S],
 ) {
     if out.is_empty() || len == 0 {
         return;
@@ -122,7 +123,7 @@ impl<I: Element> Task for Stats<'_, I> {
 }
 
 /// The apply over a run of one group.
-struct Apply<'a, I, O> {
+struct Apply<'a, I, S> {
     cond: Terms<'a, I>,
     uncond: Terms<'a, I>,
     start: usize,
@@ -130,10 +131,10 @@ struct Apply<'a, I, O> {
     beta: f32,
     scale: f32,
     original: bool,
-    out: &'a mut [O],
+    out: &'a mut [S],
 }
 
-impl<I: Element, O: Element> Task for Apply<'_, I, O> {
+impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -148,7 +149,7 @@ impl<I: Element, O: Element> Task for Apply<'_, I, O> {
             for ((y, c), u) in y.iter_mut().zip(c.iter()).zip(u.iter()) {
                 *y = tcfg_apply(*c, *u, self.alpha, self.beta, self.scale, self.original);
             }
-            store(y, out);
+            S::put_all(y, out);
         }
         put_scratch(buf);
     }
