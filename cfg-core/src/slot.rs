@@ -4,6 +4,7 @@
 
 use crate::cpu::Element;
 use crate::simd::Vector;
+use crate::zeroed::advise_huge_pages;
 use std::mem::MaybeUninit;
 
 /// One output element of type [`Slot::Elem`].
@@ -63,6 +64,8 @@ impl<O: Element> Slot for MaybeUninit<O> {
 /// none before it writes it: they are uninitialized until then).
 pub(crate) unsafe fn new_vec<O: Element>(n: usize, write: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
     let mut v = Vec::with_capacity(n);
+    // Before anything touches the pages (a large buffer is fresh memory).
+    advise_huge_pages(v.as_ptr() as usize, n * std::mem::size_of::<O>());
     write(&mut v.spare_capacity_mut()[..n]);
     // SAFETY: `write` wrote every one of the first `n` elements (the caller's promise).
     unsafe { v.set_len(n) };

@@ -47,7 +47,7 @@ pub fn zeroed_vec<T: bytemuck::Zeroable + Send>(n: usize) -> Vec<T> {
 
 /// Asks for huge pages over the whole huge pages inside `[start, start + bytes)`.
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(start: usize, bytes: usize) {
+pub(crate) fn advise_huge_pages(start: usize, bytes: usize) {
     if bytes < 2 * HUGE_PAGE {
         return;
     }
@@ -64,7 +64,7 @@ fn advise_huge_pages(start: usize, bytes: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: usize, _: usize) {}
+pub(crate) fn advise_huge_pages(_: usize, _: usize) {}
 
 #[cfg(test)]
 mod tests {
