@@ -113,18 +113,6 @@ fn by_term<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
     }
 }
 
-/// Writes `f32` values into `out`, rounding (nearest even) to its type.
-#[inline(always)]
-pub fn store<O: Element>(vals: &[f32], out: &mut [O]) {
-    if O::DIRECT {
-        for (o, v) in out.iter_mut().zip(vals) {
-            *o = O::put(*v);
-        }
-    } else {
-        O::store(vals, out);
-    }
-}
-
 /// An operator with one f32 factor per group from `K` canonical statistics.
 pub trait GroupOp<const K: usize>: Sync {
     // K is at most 4 (see `short_stats`).
@@ -152,7 +140,7 @@ pub trait GroupOp<const K: usize>: Sync {
 /// What becomes of an operator's f32 values: stored, or first mixed with linear forms.
 pub trait Finish: Sync {
     /// Writes the values `y` of elements `start..start + y.len()` into `out`.
-    fn finish<S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]);
+    fn finish<V: Vector, S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]);
     /// Whether the values are written straight into an output of `O`
     /// (with [`Slot::put8`]), and `finish` is not called.
     #[inline(always)]
@@ -166,7 +154,7 @@ pub struct Store;
 
 impl Finish for Store {
     #[inline(always)]
-    fn finish<S: Slot>(&self, _: usize, y: &mut [f32], out: &mut [S]) {
+    fn finish<V: Vector, S: Slot>(&self, _: usize, y: &mut [f32], out: &mut [S]) {
         S::put_all(y, out)
     }
     #[inline(always)]
@@ -192,9 +180,57 @@ pub struct Mix<'a, I> {
     pub terms: &'a [(Part<'a, I>, f32)],
 }
 
+/// Terms of a [`Mix`] evaluated eight lanes at a time (more take [`Mix::by_term`]).
+const MIX_TERMS: usize = 4;
+
 impl<I: Element> Finish for Mix<'_, I> {
+    /// Each form into its own block, then every output eight lanes at a time,
+    /// written once.
     #[inline(always)]
-    fn finish<S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]) {
+    fn finish<V: Vector, S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]) {
+        let terms = self.terms;
+        if terms.is_empty() || terms.len() > MIX_TERMS {
+            return self.by_term(start, y, out);
+        }
+        let mut blocks = [[0.0f32; 256]; MIX_TERMS];
+        for (c, (y, out)) in y.chunks(256).zip(out.chunks_mut(256)).enumerate() {
+            let n = y.len();
+            for ((part, _), block) in terms.iter().zip(&mut blocks) {
+                match part {
+                    Part::Form(f) => form_into(f, start + c * 256, &mut block[..n]),
+                    Part::Zero => block[..n].fill(0.0),
+                    Part::Op => {}
+                }
+            }
+            let vals: [&[f32]; MIX_TERMS] = std::array::from_fn(|k| match terms.get(k) {
+                Some((Part::Op, _)) => y,
+                _ => &blocks[k][..n],
+            });
+            let lanes: [&[[f32; 8]]; MIX_TERMS] = std::array::from_fn(|k| vals[k].as_chunks::<8>().0);
+            let (ov, ot) = out.as_chunks_mut::<8>();
+            for (i, o) in ov.iter_mut().enumerate() {
+                let v = |k: usize| V::load(&lanes[k][i]);
+                let mut acc = V::splat(terms[0].1) * v(0);
+                for (k, (_, w)) in terms.iter().enumerate().skip(1) {
+                    acc = V::splat(*w).mul_add(v(k), acc);
+                }
+                S::put8(acc, o);
+            }
+            for (i, o) in (8 * ov.len()..n).zip(ot) {
+                let mut acc = terms[0].1 * vals[0][i];
+                for (k, (_, w)) in terms.iter().enumerate().skip(1) {
+                    acc = w.mul_add(vals[k][i], acc);
+                }
+                o.set(S::Elem::put(acc));
+            }
+        }
+    }
+}
+
+impl<I: Element> Mix<'_, I> {
+    /// Any number of terms, accumulated a term at a time.
+    #[inline(always)]
+    fn by_term<S: Slot>(&self, start: usize, y: &mut [f32], out: &mut [S]) {
         let (mut acc, mut tmp) = ([0.0f32; 256], [0.0f32; 256]);
         for (c, (y, out)) in y.chunks(256).zip(out.chunks_mut(256)).enumerate() {
             let n = y.len();
@@ -386,7 +422,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F,
             } else {
                 let y = &mut y[..m];
                 short_block::<V, K, P, f32>(op, len, a, b, &mut pad, y);
-                self.fin.finish(start, y, out);
+                self.fin.finish::<V, S>(start, y, out);
             }
         }
         put_scratch(buf);
@@ -457,7 +493,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for OnePass<'_, P, 
             } else {
                 let y = &mut y[..m];
                 one_pass_block::<V, K, P, f32>(self.op, len, a, b, y);
-                self.fin.finish(start, y, block);
+                self.fin.finish::<V, S>(start, y, block);
             }
         }
         put_scratch(buf);
@@ -611,7 +647,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
             } else {
                 let y = &mut y[..m];
                 apply_run::<V, K, P, f32>(self.op, a, b, y, self.f);
-                self.fin.finish(start, y, out);
+                self.fin.finish::<V, S>(start, y, out);
             }
         }
     }

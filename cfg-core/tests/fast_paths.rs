@@ -333,7 +333,7 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[19; 32]);
     let over = prop_oneof![Just(Reduce::Token), Just(Reduce::Sample), Just(Reduce::Tensor)];
     let part = prop_oneof![Just(Value::Form(0)), Just(Value::Form(1)), Just(Value::Op(0)), Just(Value::Zero)];
-    let mix = prop::collection::vec((part, -9.0f32..9.0), 0..=4);
+    let mix = prop::collection::vec((part, -9.0f32..9.0), 0..=6);
     let cases = (case_with(SHORT_WIDTHS), 0usize..3, over, mix).prop_map(
         |((mut program, inputs, shape, dtype), kind, over, mix)| {
             let (a, b) = (Value::Form(0), Value::Form(1));
