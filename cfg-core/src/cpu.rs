@@ -153,12 +153,9 @@ fn mul_portable(acc: &mut [f32], x: &[f32], w: f32) {
     }
 }
 
-/// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into `out`.
-pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]) {
-    combine_slots(terms, out)
-}
-
-fn combine_slots<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)], out: &mut [S]) {
+/// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into
+/// `out` (kept values, or fresh memory: see [`Slot`]).
+pub fn combine_into<I: Element, S: Slot>(terms: &[(&[I], f32)], out: &mut [S]) {
     out.par_chunks_mut(TASK).enumerate().for_each(|(task, out_task)| {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
@@ -172,27 +169,23 @@ fn combine_slots<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn combine_task_avx2<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+fn combine_task_avx2<I: Element, S: Slot>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     combine_task(terms, offset, out)
 }
 
 /// One parallel task of `out.len()` elements starting at `offset`.
 #[inline(always)]
-pub(crate) fn combine_task<I: Element, O: Element, S: Slot<Elem = O>>(
-    terms: &[(&[I], f32)],
-    offset: usize,
-    out: &mut [S],
-) {
-    if I::DIRECT && O::DIRECT {
+pub(crate) fn combine_task<I: Element, S: Slot>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+    if I::DIRECT && S::Elem::DIRECT {
         match terms.len() {
-            1 => return combine_direct::<I, O, S, 1>(terms, offset, out),
-            2 => return combine_direct::<I, O, S, 2>(terms, offset, out),
-            3 => return combine_direct::<I, O, S, 3>(terms, offset, out),
-            4 => return combine_direct::<I, O, S, 4>(terms, offset, out),
-            5 => return combine_direct::<I, O, S, 5>(terms, offset, out),
-            6 => return combine_direct::<I, O, S, 6>(terms, offset, out),
-            7 => return combine_direct::<I, O, S, 7>(terms, offset, out),
-            8 => return combine_direct::<I, O, S, 8>(terms, offset, out),
+            1 => return combine_direct::<I, S, 1>(terms, offset, out),
+            2 => return combine_direct::<I, S, 2>(terms, offset, out),
+            3 => return combine_direct::<I, S, 3>(terms, offset, out),
+            4 => return combine_direct::<I, S, 4>(terms, offset, out),
+            5 => return combine_direct::<I, S, 5>(terms, offset, out),
+            6 => return combine_direct::<I, S, 6>(terms, offset, out),
+            7 => return combine_direct::<I, S, 7>(terms, offset, out),
+            8 => return combine_direct::<I, S, 8>(terms, offset, out),
             _ => {}
         }
     }
@@ -202,11 +195,7 @@ pub(crate) fn combine_task<I: Element, O: Element, S: Slot<Elem = O>>(
 /// N terms known at compile time: the accumulator stays in registers and the
 /// element loop vectorizes. Same order as [`combine_blocks`]: `w0·x0`, then fma.
 #[inline(always)]
-fn combine_direct<I: Element, O: Element, S: Slot<Elem = O>, const N: usize>(
-    terms: &[(&[I], f32)],
-    offset: usize,
-    out: &mut [S],
-) {
+fn combine_direct<I: Element, S: Slot, const N: usize>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     let n = out.len();
     let srcs: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[offset..offset + n]);
     let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
@@ -215,13 +204,13 @@ fn combine_direct<I: Element, O: Element, S: Slot<Elem = O>, const N: usize>(
         for k in 1..N {
             acc = w[k].mul_add(srcs[k][i].get(), acc);
         }
-        o.set(O::put(acc));
+        o.set(S::Elem::put(acc));
     }
 }
 
 /// Any number of terms: blocks of [`BLOCK`] elements loaded, combined and stored.
 #[inline(always)]
-fn combine_blocks<I: Element, O: Element, S: Slot<Elem = O>>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+fn combine_blocks<I: Element, S: Slot>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     let mut acc = [0.0f32; BLOCK];
     let mut x = [0.0f32; BLOCK];
     for (b, out_block) in out.chunks_mut(BLOCK).enumerate() {
@@ -263,7 +252,7 @@ pub fn evaluate(
         return Ok(Tensor { shape: shape.clone(), data });
     }
     let mut out = Tensor::zeros(dtype, shape.clone());
-    evaluate_into(program, inputs, dtype, shape, state, &mut out)?;
+    evaluate_view(program, &views, shape, state, &mut out.view_mut())?;
     Ok(out)
 }
 
@@ -459,10 +448,7 @@ fn new_output<E: Element>(
     state: &mut GuidanceState,
 ) -> Vec<E> {
     let write = |out: &mut [MaybeUninit<E>]| match kind {
-        WrittenOnce::Form(form) => {
-            let terms: Vec<(&[E], f32)> = form.terms.iter().map(|&(b, w)| (x[b], w)).collect();
-            combine_slots(&terms, out)
-        }
+        WrittenOnce::Form(form) => combine_into(&form_terms(form, x), out),
         WrittenOnce::Op(op) => fused_op(program, op, x, shape, state, out),
         WrittenOnce::GroupMix(op, mix) => fused_group_op(program, op, Some(mix), x, shape, out),
         WrittenOnce::Chunked([c, p, u], weights, chunks) => chunked_direct(&chunks, weights, [x[c], x[p], x[u]], out),
@@ -574,6 +560,19 @@ fn op_then_mix(program: &Program) -> Option<(&Op, &[(Value, f32)])> {
     (plain && group_op && contiguous && on_forms && mix_on_forms).then_some((op, terms.as_slice()))
 }
 
+/// The terms of form `form` over the branch slices.
+fn form_terms<'a, E>(form: &Form, branches: &[&'a [E]]) -> Vec<(&'a [E], f32)> {
+    form.terms.iter().map(|&(b, w)| (branches[b], w)).collect()
+}
+
+/// The terms of an op's input `v` (none for zero).
+fn value_terms<'a, E>(program: &Program, v: Value, branches: &[&'a [E]]) -> Vec<(&'a [E], f32)> {
+    match v {
+        Value::Form(i) => form_terms(&program.forms[i], branches),
+        _ => Vec::new(),
+    }
+}
+
 /// Evaluates a group operator on forms ([`group_reduce`]) from the branch
 /// slices into `out`, then [`op_then_mix`]'s mix when there is one.
 fn fused_group_op<E: Element, S: Slot<Elem = E>>(
@@ -584,12 +583,7 @@ fn fused_group_op<E: Element, S: Slot<Elem = E>>(
     shape: &Shape,
     out: &mut [S],
 ) {
-    let terms = |v: Value| -> Vec<(&[E], f32)> {
-        match v {
-            Value::Form(i) => program.forms[i].terms.iter().map(|&(b, w)| (branches[b], w)).collect(),
-            _ => Vec::new(),
-        }
-    };
+    let terms = |v: Value| value_terms(program, v, branches);
     let vals = op.inputs();
     let (a, b) = (terms(vals[0]), terms(vals[1]));
     let len = |over| Groups::new(over, shape).len;
@@ -622,12 +616,7 @@ fn fused_op<E: Element, S: Slot<Elem = E>>(
     state: &mut GuidanceState,
     out: &mut [S],
 ) {
-    let terms = |v: Value| -> Vec<(&[E], f32)> {
-        match v {
-            Value::Form(i) => program.forms[i].terms.iter().map(|&(b, w)| (branches[b], w)).collect(),
-            _ => Vec::new(),
-        }
-    };
+    let terms = |v: Value| value_terms(program, v, branches);
     let vals = op.inputs();
     let (a, b) = (terms(vals[0]), terms(vals[1]));
     op_into(op, &a, &b, &|over| Groups::new(over, shape).len, state, out);
