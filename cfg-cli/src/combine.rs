@@ -351,7 +351,7 @@ impl Inputs<'_> {
     ) -> Result<(cfg_core::DType, cfg_core::Shape), CliError> {
         for b in branches {
             if let Some(t) = self.find(step, b, output)? {
-                return Ok((t.dtype(), t.shape));
+                return Ok((t.dtype(), t.shape.clone()));
             }
         }
         Err(CliError(format!(

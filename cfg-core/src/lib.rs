@@ -24,6 +24,7 @@ pub mod lower;
 pub mod lower_cache;
 pub mod portable_math;
 pub mod program;
+pub mod recycle;
 pub mod reduce;
 pub mod reference;
 pub mod schedule;

@@ -3,6 +3,7 @@
 //! then written once and never cleared first).
 
 use crate::cpu::Element;
+use crate::recycle;
 use crate::simd::Vector;
 use crate::zeroed::advise_huge_pages;
 use std::mem::MaybeUninit;
@@ -63,9 +64,13 @@ impl<O: Element> Slot for MaybeUninit<O> {
 /// `write` must write every element of the slice it is given (and can read
 /// none before it writes it: they are uninitialized until then).
 pub(crate) unsafe fn new_vec<O: Element>(n: usize, write: impl FnOnce(&mut [MaybeUninit<O>])) -> Vec<O> {
-    let mut v = Vec::with_capacity(n);
-    // Before anything touches the pages (a large buffer is fresh memory).
-    advise_huge_pages(v.as_ptr() as usize, n * std::mem::size_of::<O>());
+    // A kept buffer's pages are already in; a fresh one is advised before
+    // anything touches its pages.
+    let mut v = recycle::take(n).unwrap_or_else(|| {
+        let v = Vec::with_capacity(n);
+        advise_huge_pages(v.as_ptr() as usize, n * std::mem::size_of::<O>());
+        v
+    });
     write(&mut v.spare_capacity_mut()[..n]);
     // SAFETY: `write` wrote every one of the first `n` elements (the caller's promise).
     unsafe { v.set_len(n) };

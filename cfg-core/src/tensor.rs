@@ -1,5 +1,6 @@
 //! Host tensors of f32, f16 or bf16 elements.
 
+use crate::recycle;
 use crate::zeroed::zeroed_vec;
 use crate::{DType, Shape};
 use half::{bf16, f16};
@@ -42,6 +43,9 @@ impl TensorData {
 }
 
 /// A dense row-major tensor on the host.
+///
+/// Dropping one of 32 MB or more keeps its buffer for the next new output of
+/// the same size ([`crate::recycle`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     /// Its shape.
@@ -147,6 +151,18 @@ impl Tensor {
             TensorData::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
             TensorData::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
             TensorData::BF16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+        }
+    }
+}
+
+impl Drop for Tensor {
+    /// A large buffer is kept for the next new output of its size (see
+    /// [`crate::recycle`]); a small one is freed as usual.
+    fn drop(&mut self) {
+        match &mut self.data {
+            TensorData::F32(v) => recycle::keep(v),
+            TensorData::F16(v) => recycle::keep(v),
+            TensorData::BF16(v) => recycle::keep(v),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! kernel backs it with 2 MB pages (512 times fewer faults). The advice
 //! changes how pages are backed, never their contents.
 
+use crate::recycle;
 use rayon::prelude::*;
 
 /// Huge page size on x86-64 and aarch64 (4 KB base pages).
@@ -16,7 +17,7 @@ const HUGE_PAGE: usize = 2 << 20;
 const PARALLEL_FILL: usize = 4 << 20;
 /// From this size glibc always maps a buffer anew (its largest mmap
 /// threshold): `calloc` then gets zero pages from the kernel and writes nothing.
-const FRESH: usize = 32 << 20;
+const FRESH: usize = recycle::KEEP_FROM_BYTES;
 /// Bytes zeroed per parallel task.
 const FILL_CHUNK: usize = 256 << 10;
 
@@ -25,15 +26,23 @@ const FILL_CHUNK: usize = 256 << 10;
 /// Between [`PARALLEL_FILL`] and [`FRESH`] bytes the allocator reuses freed
 /// memory, which `calloc` would clear on one thread: the threads of the pool
 /// clear it instead, each its own part (as the evaluation then writes it).
-pub fn zeroed_vec<T: bytemuck::Zeroable + Send>(n: usize) -> Vec<T> {
+/// From [`FRESH`] bytes a kept buffer (see [`crate::recycle`]) is cleared the
+/// same way, and only without one does `calloc` map zero pages.
+pub fn zeroed_vec<T: bytemuck::Zeroable + Send + 'static>(n: usize) -> Vec<T> {
     let bytes = n * std::mem::size_of::<T>();
-    if !(PARALLEL_FILL..FRESH).contains(&bytes) {
-        let v: Vec<T> = bytemuck::zeroed_vec(n);
-        advise_huge_pages(v.as_ptr() as usize, bytes);
-        return v;
-    }
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    advise_huge_pages(v.as_ptr() as usize, bytes);
+    let mut v: Vec<T> = match recycle::take(n) {
+        Some(kept) => kept,
+        None if (PARALLEL_FILL..FRESH).contains(&bytes) => {
+            let v = Vec::with_capacity(n);
+            advise_huge_pages(v.as_ptr() as usize, bytes);
+            v
+        }
+        None => {
+            let v: Vec<T> = bytemuck::zeroed_vec(n);
+            advise_huge_pages(v.as_ptr() as usize, bytes);
+            return v;
+        }
+    };
     let per_task = FILL_CHUNK / std::mem::size_of::<T>().max(1);
     v.spare_capacity_mut()[..n].par_chunks_mut(per_task).for_each(|c| {
         for x in c {

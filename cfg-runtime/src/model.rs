@@ -158,7 +158,7 @@ pub fn predict_on_host<M: Model + ?Sized>(
                     Place::Host => Ok(DeviceTensor::Host(t)),
                     Place::Cuda(dev) => {
                         let buf = dev.upload(&t).map_err(copy_error)?;
-                        Ok(DeviceTensor::Cuda(CudaTensor { buf, shape: t.shape }))
+                        Ok(DeviceTensor::Cuda(CudaTensor { buf, shape: t.shape.clone() }))
                     }
                 })
                 .collect()
