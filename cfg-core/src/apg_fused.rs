@@ -107,7 +107,44 @@ fn per_segment<R: Send>(count: usize, len: usize, f: impl Fn(usize, usize) -> R 
 fn load<I: Element>(p: &Apg<I>, start: usize, c: &mut [f32], u: &mut [f32], r: &mut [f32]) {
     form_into(p.cond, start, c);
     form_into(p.uncond, start, u);
-    for ((r, c), u) in r.iter_mut().zip(c.iter()).zip(u.iter()) {
+    difference(c, u, r);
+}
+
+/// The update over `start..start + r.len()`, times the clip when there is
+/// one: the stored running average (read in place when unclipped), or
+/// Δ = c − u, which `delta` writes into `r` (so u is only loaded then).
+#[inline(always)]
+fn update<'s>(
+    stored: Option<&'s [f32]>,
+    clip: Option<f32>,
+    start: usize,
+    r: &'s mut [f32],
+    delta: impl FnOnce(&mut [f32]),
+) -> &'s [f32] {
+    let m = r.len();
+    match (stored.map(|s| &s[start..start + m]), clip) {
+        (Some(s), None) => return s,
+        (Some(s), Some(f)) => {
+            for (r, s) in r.iter_mut().zip(s) {
+                *r = s * f;
+            }
+        }
+        (None, clip) => {
+            delta(r);
+            if let Some(f) = clip {
+                for x in r.iter_mut() {
+                    *x *= f;
+                }
+            }
+        }
+    }
+    r
+}
+
+/// `r = c − u`.
+#[inline(always)]
+fn difference(c: &[f32], u: &[f32], r: &mut [f32]) {
+    for ((r, c), u) in r.iter_mut().zip(c).zip(u) {
         *r = c - u;
     }
 }
@@ -201,16 +238,10 @@ impl<I: Element> Task for Stats<'_, I> {
         let mut pos = 0;
         while pos < self.n {
             let (m, start) = (CHUNK.min(self.n - pos), self.start + pos);
-            let (c, u, r) = (&mut c[..m], &mut u[..m], &mut r[..m]);
-            load(self.p, start, c, u, r);
-            if let Some(s) = self.stored {
-                r.copy_from_slice(&s[start..start + m]);
-            }
-            if let Some(f) = self.clip {
-                for x in r.iter_mut() {
-                    *x *= f;
-                }
-            }
+            let c = form_ref(self.p.cond, start, &mut c[..m]);
+            let r = update(self.stored, self.clip, start, &mut r[..m], |r| {
+                difference(c, form_ref(self.p.uncond, start, &mut u[..m]), r)
+            });
             stats.add(r, c, self.norm);
             pos += m;
         }
@@ -239,16 +270,10 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
         let (r, y) = rest.split_at_mut(BLOCK);
         for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
             let (m, start) = (out.len(), self.start + k * BLOCK);
-            let (c, u, r, y) = (&mut c[..m], &mut u[..m], &mut r[..m], &mut y[..m]);
-            load(p, start, c, u, r);
-            if let Some(s) = self.stored {
-                r.copy_from_slice(&s[start..start + m]);
-            }
-            if let Some(f) = self.clip {
-                for x in r.iter_mut() {
-                    *x *= f;
-                }
-            }
+            let c = form_ref(p.cond, start, &mut c[..m]);
+            let u = form_ref(p.uncond, start, &mut u[..m]);
+            let r = update(self.stored, self.clip, start, &mut r[..m], |r| difference(c, u, r));
+            let y = &mut y[..m];
             let (coef, eta, scale, original) = (self.coef, p.eta, p.scale, p.original);
             for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(r.iter()) {
                 let par = coef * *c as f64;

@@ -319,6 +319,42 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
     force_portable(false);
 }
 
+/// APG with and without a momentum and a norm clip (the cases above almost
+/// always draw both): each combination reads its update its own way.
+#[test]
+fn apg_with_and_without_momentum_and_clip_matches_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[31; 32]);
+    let knobs = (prop::bool::ANY, prop::bool::ANY, -3.0f32..8.0, -0.9f32..0.9, 0.1f64..20.0, prop::bool::ANY);
+    let cases = (case(), knobs).prop_map(|((mut program, inputs, shape, dtype), (beta, clip, s, m, t, orig))| {
+        program.ops = vec![Op::Apg {
+            cond: Value::Form(0),
+            uncond: Value::Form(1),
+            scale: s,
+            momentum: if beta { m } else { 0.0 },
+            norm_threshold: if clip { t } else { 0.0 },
+            eta: m.abs(),
+            original: orig,
+            slot: "apg".into(),
+        }];
+        (program, inputs, shape, dtype)
+    });
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    runner
+        .run(&cases, |(program, inputs, shape, dtype)| {
+            let refs: Vec<&Tensor> = inputs.iter().collect();
+            let (mut state, mut momentum) = (GuidanceState::new(), None);
+            for step in 0..3 {
+                let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
+                let want = reference(&program, &inputs, &shape, &mut momentum);
+                let want = Tensor::from_f32(dtype, shape.clone(), &want);
+                prop_assert_eq!(got.bits(), want.bits(), "step {} {:?}", step, program.ops[0]);
+            }
+            Ok(())
+        })
+        .expect("APG matches the reference");
+}
+
 /// Token widths that a group of at most 256 lanes pads differently, and the
 /// segment boundaries.
 const SHORT_WIDTHS: &[usize] =
