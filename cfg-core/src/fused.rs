@@ -113,8 +113,9 @@ fn by_term<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
     }
 }
 
-/// An operator with one f32 factor per group from `K` canonical statistics.
-pub trait GroupOp<const K: usize>: Sync {
+/// Two values per element and `K` canonical statistics Σ x·y of them per
+/// group (or per segment of one).
+pub trait Statistics<const K: usize>: Sync {
     // K is at most 4 (see `short_stats`).
     /// Its two values over `start..start + a.len()`, computed into `a` and
     /// `b` or read in place (see [`form_ref`]).
@@ -122,6 +123,10 @@ pub trait GroupOp<const K: usize>: Sync {
     /// The `K` pairs `(x, y)` of one element (or eight lanes) whose canonical
     /// Σ x·y are the statistics.
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); K];
+}
+
+/// An operator with one f32 factor per group from its `K` statistics.
+pub trait GroupOp<const K: usize>: Statistics<K> {
     /// The group's factor from its statistics.
     fn factor(&self, totals: [f64; K], len: usize) -> f32;
     /// The factors of eight groups (by default one at a time).
@@ -286,7 +291,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin
         .into_par_iter()
         .map(|s| {
             let lo = (s % segs) * SEGMENT;
-            simd::run(Stats::<P, K> { op, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
+            segment_totals(op, (s / segs) * len + lo, SEGMENT.min(len - lo))
         })
         .collect();
     let factors: Vec<f32> = partials.chunks(segs).map(|p| op.factor(in_order(p), len)).collect();
@@ -313,7 +318,7 @@ pub fn in_order<const K: usize>(partials: &[[f64; K]]) -> [f64; K] {
 /// statistic's lanes, a statistic at a time (a constant index, so that the
 /// products vectorize; `K` at most 4).
 #[inline(always)]
-fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+fn accumulate_all<const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
     accumulate(&mut lanes[0], a, b, |a, b| P::pairs(a, b)[0]);
     if K > 1 {
         accumulate(&mut lanes[1], a, b, |a, b| P::pairs(a, b)[1]);
@@ -328,7 +333,7 @@ fn accumulate_all<const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], 
 
 /// The statistics of one segment whose values are `a` and `b` (`a.len() <= SEGMENT`).
 #[inline(always)]
-fn segment_stats<V: Vector, const K: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+fn segment_stats<V: Vector, const K: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
     add_values::<V, K, P>(&mut lanes, a, b);
     fold_all(&mut lanes, a.len())
@@ -360,7 +365,10 @@ struct Short<'a, P, F, S, const K: usize> {
 /// Statistic `S` of one group padded to `8·N` elements, `N` vectors (`S` a
 /// constant: each statistic is its own loop, its vectors in registers).
 #[inline(always)]
-fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> f64 {
+fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>>(
+    a: &[f32],
+    b: &[f32],
+) -> f64 {
     let (a, _) = a[..8 * N].as_chunks::<8>();
     let (b, _) = b[..8 * N].as_chunks::<8>();
     let zero = V::splat(0.0);
@@ -374,7 +382,7 @@ fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Grou
 
 /// The statistics of one group padded to `8·N` elements (`K` at most 4).
 #[inline(always)]
-fn short_stats<V: Vector, const K: usize, const N: usize, P: GroupOp<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut t = [0.0f64; K];
     t[0] = short_stat::<V, K, N, 0, P>(a, b);
     if K > 1 {
@@ -392,7 +400,7 @@ fn short_stats<V: Vector, const K: usize, const N: usize, P: GroupOp<K>>(a: &[f3
 /// The statistics of one group padded to `8·vectors` elements. A match, not
 /// a closure or fn pointer: the callee must inline into the caller's features.
 #[inline(always)]
-fn group_stats<V: Vector, const K: usize, P: GroupOp<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [f64; K] {
+fn group_stats<V: Vector, const K: usize, P: Statistics<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [f64; K] {
     match vectors {
         1 => short_stats::<V, K, 1, P>(a, b),
         2 => short_stats::<V, K, 2, P>(a, b),
@@ -526,6 +534,12 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
 /// (8 rows ran the columns faster in cache, but slower from DRAM at 4.8M).
 const STAT_ROWS: usize = 4;
 
+/// The `K` statistics of elements `start..start + n` (at most [`SEGMENT`]),
+/// their values computed a block of rows at a time.
+pub fn segment_totals<const K: usize, P: Statistics<K>>(op: &P, start: usize, n: usize) -> [f64; K] {
+    simd::run(Stats::<P, K> { op, start, n })
+}
+
 /// The statistics of one segment, its values computed a block of rows at a time.
 struct Stats<'a, P, const K: usize> {
     op: &'a P,
@@ -533,7 +547,7 @@ struct Stats<'a, P, const K: usize> {
     n: usize,
 }
 
-impl<const K: usize, P: GroupOp<K>> Task for Stats<'_, P, K> {
+impl<const K: usize, P: Statistics<K>> Task for Stats<'_, P, K> {
     type Out = [f64; K];
     #[inline(always)]
     fn run<V: Vector>(self) -> [f64; K] {
@@ -556,7 +570,7 @@ const COLUMNS: usize = LANES / 8;
 /// Adds the values of consecutive elements, starting on lane 0, into
 /// `lanes`: the whole rows a column at a time, then the last partial row.
 #[inline(always)]
-fn add_values<V: Vector, const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+fn add_values<V: Vector, const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
     let whole = columns::<V, K, P>(lanes, a, b);
     if a.len() > whole {
         accumulate_all::<K, P>(lanes, &a[whole..], &b[whole..]);
@@ -567,7 +581,7 @@ fn add_values<V: Vector, const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES
 /// `lanes`, in row order ([`STAT_ROWS`] rows at once while there are that
 /// many); returns how many values that was.
 #[inline(always)]
-fn columns<V: Vector, const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) -> usize {
+fn columns<V: Vector, const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) -> usize {
     let rows = a.len().min(b.len()) / LANES;
     let (a, _) = a[..rows * LANES].as_chunks::<8>();
     let (b, _) = b[..rows * LANES].as_chunks::<8>();
@@ -586,7 +600,7 @@ fn columns<V: Vector, const K: usize, P: GroupOp<K>>(lanes: &mut [[f32; LANES]; 
 /// order, the canonical order), and every statistic reads the same loaded
 /// values.
 #[inline(always)]
-fn column_rows<V: Vector, const K: usize, const R: usize, P: GroupOp<K>>(
+fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>>(
     lanes: &mut [[f32; LANES]; K],
     a: &[[f32; 8]],
     b: &[[f32; 8]],
@@ -670,7 +684,7 @@ pub struct Renorm<'a, I> {
     pub max: Option<f64>,
 }
 
-impl<I: Element> GroupOp<2> for Renorm<'_, I> {
+impl<I: Element> Statistics<2> for Renorm<'_, I> {
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
         (form_ref(self.input, start, a), form_ref(self.reference, start, b))
@@ -679,6 +693,9 @@ impl<I: Element> GroupOp<2> for Renorm<'_, I> {
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, a), (b, b)]
     }
+}
+
+impl<I: Element> GroupOp<2> for Renorm<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         renorm_factor(t[1].sqrt(), t[0].sqrt(), self.eps, self.min, self.max)
@@ -713,7 +730,7 @@ pub struct NormCap<'a, I> {
     pub ratio: f64,
 }
 
-impl<I: Element> GroupOp<2> for NormCap<'_, I> {
+impl<I: Element> Statistics<2> for NormCap<'_, I> {
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
         (form_ref(self.input, start, a), form_ref(self.reference, start, b))
@@ -722,6 +739,9 @@ impl<I: Element> GroupOp<2> for NormCap<'_, I> {
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, a), (b, b)]
     }
+}
+
+impl<I: Element> GroupOp<2> for NormCap<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         norm_cap_factor(t[1].sqrt(), t[0].sqrt(), self.ratio)
@@ -742,7 +762,7 @@ pub struct StdRescale<'a, I> {
     pub phi: f64,
 }
 
-impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
+impl<I: Element> Statistics<4> for StdRescale<'_, I> {
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
         (form_ref(self.input, start, a), form_ref(self.reference, start, b))
@@ -752,6 +772,9 @@ impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
         let one = T::splat(1.0);
         [(b, one), (b, b), (a, one), (a, a)]
     }
+}
+
+impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 4], len: usize) -> f32 {
         rescale_factor(std_from_sums(t[0], t[1], len), std_from_sums(t[2], t[3], len), self.phi)
@@ -774,7 +797,7 @@ pub struct ZeroStar<'a, I> {
     pub original: bool,
 }
 
-impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
+impl<I: Element> Statistics<2> for ZeroStar<'_, I> {
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
         (form_ref(self.cond, start, a), form_ref(self.uncond, start, b))
@@ -783,6 +806,9 @@ impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, b), (b, b)]
     }
+}
+
+impl<I: Element> GroupOp<2> for ZeroStar<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         zero_star_alpha(t[0], t[1])
@@ -807,7 +833,7 @@ pub struct MagnitudeAware<'a, I> {
     pub alpha: f64,
 }
 
-impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
+impl<I: Element> Statistics<2> for MagnitudeAware<'_, I> {
     /// `a` holds c, `b` holds u; Δ = c − u is formed in registers.
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
@@ -818,6 +844,9 @@ impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
         let d = c - u;
         [(d, d), (u, u)]
     }
+}
+
+impl<I: Element> GroupOp<2> for MagnitudeAware<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         magnitude_scale(self.scale, self.alpha, t[0].sqrt(), t[1].sqrt())
@@ -836,7 +865,7 @@ pub struct Reject<'a, I> {
     pub direction: Terms<'a, I>,
 }
 
-impl<I: Element> GroupOp<2> for Reject<'_, I> {
+impl<I: Element> Statistics<2> for Reject<'_, I> {
     #[inline(always)]
     fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
         (form_ref(self.input, start, a), form_ref(self.direction, start, b))
@@ -845,6 +874,9 @@ impl<I: Element> GroupOp<2> for Reject<'_, I> {
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
         [(a, b), (b, b)]
     }
+}
+
+impl<I: Element> GroupOp<2> for Reject<'_, I> {
     #[inline(always)]
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         reject_coefficient(t[0], t[1])

@@ -7,11 +7,10 @@
 //! (Gw)₁/√λ₁ = √λ₁·w₁, so the projection u' = ⟨u,v₁⟩v₁ = (w₁/‖w‖²)(w₀c + w₁u):
 //! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
 
-use crate::canon::Lanes;
 use crate::cpu::Element;
-use crate::fused::{form_into, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
-use crate::reduce::{LANES, SEGMENT};
-use crate::simd::{self, Task, Vector};
+use crate::fused::{form_ref, in_order, put_scratch, segment_totals, take_scratch, Statistics, Terms, BLOCK, TASK};
+use crate::reduce::SEGMENT;
+use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
 use rayon::prelude::*;
 
@@ -46,12 +45,13 @@ pub fn tcfg_coefficients(cc: f64, cu: f64, uu: f64) -> (f32, f32) {
     ((w0 * w1 / n2) as f32, (w1 * w1 / n2) as f32)
 }
 
-/// One element: u' = fma(α, c, β·u); out = fma(s, c − u', base), base = c or u'.
+/// One element (or eight lanes): u' = fma(α, c, β·u); out = fma(s, c − u',
+/// base), base = c or u'.
 #[inline(always)]
-pub fn tcfg_apply(c: f32, u: f32, alpha: f32, beta: f32, scale: f32, original: bool) -> f32 {
-    let up = alpha.mul_add(c, beta * u);
+pub fn tcfg_apply<T: Num>(c: T, u: T, alpha: f32, beta: f32, scale: f32, original: bool) -> T {
+    let up = T::splat(alpha).mul_add(c, T::splat(beta) * u);
     let base = if original { c } else { up };
-    scale.mul_add(c - up, base)
+    T::splat(scale).mul_add(c - up, base)
 }
 
 /// Evaluates TCFG over consecutive groups (samples) of `len` elements into
@@ -74,7 +74,7 @@ pub fn tcfg_into<I: Element, S: Slot>(
         .into_par_iter()
         .map(|s| {
             let lo = (s % segs) * SEGMENT;
-            simd::run(Stats { cond, uncond, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
+            segment_totals(&Gram { cond, uncond }, (s / segs) * len + lo, SEGMENT.min(len - lo))
         })
         .collect();
     let coefficients: Vec<(f32, f32)> = partials
@@ -92,33 +92,20 @@ pub fn tcfg_into<I: Element, S: Slot>(
     });
 }
 
-/// One segment's [‖c‖², ⟨c,u⟩, ‖u‖²].
-struct Stats<'a, I> {
+/// c and u, whose statistics are [‖c‖², ⟨c,u⟩, ‖u‖²].
+struct Gram<'a, I> {
     cond: Terms<'a, I>,
     uncond: Terms<'a, I>,
-    start: usize,
-    n: usize,
 }
 
-impl<I: Element> Task for Stats<'_, I> {
-    type Out = [f64; 3];
+impl<I: Element> Statistics<3> for Gram<'_, I> {
     #[inline(always)]
-    fn run<V: Vector>(self) -> [f64; 3] {
-        // L1-sized chunks fed to the canonical lanes.
-        let (mut c, mut u) = ([0.0f32; 4 * LANES], [0.0f32; 4 * LANES]);
-        let (mut cc, mut cu, mut uu) = (Lanes::<f32>::new(), Lanes::<f32>::new(), Lanes::<f32>::new());
-        let mut pos = 0;
-        while pos < self.n {
-            let m = (4 * LANES).min(self.n - pos);
-            let (c, u) = (&mut c[..m], &mut u[..m]);
-            form_into(self.cond, self.start + pos, c);
-            form_into(self.uncond, self.start + pos, u);
-            cc.add(c, c);
-            cu.add(c, u);
-            uu.add(u, u);
-            pos += m;
-        }
-        [cc.total(), cu.total(), uu.total()]
+    fn load<'s>(&'s self, start: usize, c: &'s mut [f32], u: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        (form_ref(self.cond, start, c), form_ref(self.uncond, start, u))
+    }
+    #[inline(always)]
+    fn pairs<T: Num>(c: T, u: T) -> [(T, T); 3] {
+        [(c, c), (c, u), (u, u)]
     }
 }
 
@@ -138,18 +125,22 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
-        let mut buf = take_scratch(3 * BLOCK);
-        let (c, rest) = buf.split_at_mut(BLOCK);
-        let (u, y) = rest.split_at_mut(BLOCK);
+        let mut buf = take_scratch(2 * BLOCK);
+        let (c, u) = buf.split_at_mut(BLOCK);
+        let (alpha, beta, scale, original) = (self.alpha, self.beta, self.scale, self.original);
         for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
             let (m, start) = (out.len(), self.start + k * BLOCK);
-            let (c, u, y) = (&mut c[..m], &mut u[..m], &mut y[..m]);
-            form_into(self.cond, start, c);
-            form_into(self.uncond, start, u);
-            for ((y, c), u) in y.iter_mut().zip(c.iter()).zip(u.iter()) {
-                *y = tcfg_apply(*c, *u, self.alpha, self.beta, self.scale, self.original);
+            let c = form_ref(self.cond, start, &mut c[..m]);
+            let u = form_ref(self.uncond, start, &mut u[..m]);
+            // Eight lanes at a time, then the rest one by one: the same formula.
+            let ((cv, ct), (uv, ut)) = (c.as_chunks::<8>(), u.as_chunks::<8>());
+            let (ov, ot) = out.as_chunks_mut::<8>();
+            for ((o, c), u) in ov.iter_mut().zip(cv).zip(uv) {
+                S::put8(tcfg_apply(V::load(c), V::load(u), alpha, beta, scale, original), o);
             }
-            S::put_all(y, out);
+            for ((o, c), u) in ot.iter_mut().zip(ct).zip(ut) {
+                o.set(S::Elem::put(tcfg_apply(*c, *u, alpha, beta, scale, original)));
+            }
         }
         put_scratch(buf);
     }
