@@ -285,16 +285,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin
         });
         return;
     }
-    let segs = len.div_ceil(SEGMENT);
-    let count = out.len() / len;
-    let partials: Vec<[f64; K]> = (0..count * segs)
-        .into_par_iter()
-        .map(|s| {
-            let lo = (s % segs) * SEGMENT;
-            segment_totals(op, (s / segs) * len + lo, SEGMENT.min(len - lo))
-        })
-        .collect();
-    let factors: Vec<f32> = partials.chunks(segs).map(|p| op.factor(in_order(p), len)).collect();
+    let factors: Vec<f32> = group_totals(op, len, out.len() / len).into_iter().map(|t| op.factor(t, len)).collect();
     out.par_chunks_mut(len).zip(factors).enumerate().for_each(|(g, (group, f))| {
         group
             .par_chunks_mut(TASK)
@@ -534,10 +525,18 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
 /// (8 rows ran the columns faster in cache, but slower from DRAM at 4.8M).
 const STAT_ROWS: usize = 4;
 
-/// The `K` statistics of elements `start..start + n` (at most [`SEGMENT`]),
-/// their values computed a block of rows at a time.
-pub fn segment_totals<const K: usize, P: Statistics<K>>(op: &P, start: usize, n: usize) -> [f64; K] {
-    simd::run(Stats::<P, K> { op, start, n })
+/// The `K` statistics of each of `count` consecutive groups of `len`
+/// elements: per segment in parallel, then summed in segment order.
+pub fn group_totals<const K: usize, P: Statistics<K>>(op: &P, len: usize, count: usize) -> Vec<[f64; K]> {
+    let segs = len.div_ceil(SEGMENT);
+    let partials: Vec<[f64; K]> = (0..count * segs)
+        .into_par_iter()
+        .map(|s| {
+            let lo = (s % segs) * SEGMENT;
+            simd::run(Stats::<P, K> { op, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
+        })
+        .collect();
+    partials.chunks(segs).map(in_order).collect()
 }
 
 /// The statistics of one segment, its values computed a block of rows at a time.

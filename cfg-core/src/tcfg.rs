@@ -8,8 +8,7 @@
 //! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
 
 use crate::cpu::Element;
-use crate::fused::{form_ref, in_order, put_scratch, segment_totals, take_scratch, Statistics, Terms, BLOCK, TASK};
-use crate::reduce::SEGMENT;
+use crate::fused::{form_ref, group_totals, put_scratch, take_scratch, Statistics, Terms, BLOCK, TASK};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
 use rayon::prelude::*;
@@ -69,20 +68,9 @@ pub fn tcfg_into<I: Element, S: Slot>(
     if out.is_empty() || len == 0 {
         return;
     }
-    let (segs, count) = (len.div_ceil(SEGMENT), out.len() / len);
-    let partials: Vec<[f64; 3]> = (0..count * segs)
-        .into_par_iter()
-        .map(|s| {
-            let lo = (s % segs) * SEGMENT;
-            segment_totals(&Gram { cond, uncond }, (s / segs) * len + lo, SEGMENT.min(len - lo))
-        })
-        .collect();
-    let coefficients: Vec<(f32, f32)> = partials
-        .chunks(segs)
-        .map(|p| {
-            let t = in_order(p);
-            tcfg_coefficients(t[0], t[1], t[2])
-        })
+    let coefficients: Vec<(f32, f32)> = group_totals(&Gram { cond, uncond }, len, out.len() / len)
+        .into_iter()
+        .map(|[cc, cu, uu]| tcfg_coefficients(cc, cu, uu))
         .collect();
     out.par_chunks_mut(len).zip(coefficients).enumerate().for_each(|(g, (group, (alpha, beta)))| {
         group.par_chunks_mut(TASK).enumerate().for_each(|(t, out)| {

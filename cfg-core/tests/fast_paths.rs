@@ -231,6 +231,28 @@ fn evaluate_both(
     Ok(new)
 }
 
+/// `steps` consecutive steps from a new state (each reads the state the last
+/// left, as APG's momentum), every one equal to the reference bit for bit;
+/// returns the state and the reference's momentum after the last.
+fn steps_match_reference(
+    program: &Program,
+    inputs: &[Tensor],
+    shape: &Shape,
+    dtype: DType,
+    steps: usize,
+    label: &str,
+) -> Result<(GuidanceState, Option<Vec<f32>>), TestCaseError> {
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let (mut state, mut momentum) = (GuidanceState::new(), None);
+    for step in 0..steps {
+        let got = evaluate_both(program, &refs, dtype, shape, &mut state)?;
+        let want = reference(program, inputs, shape, &mut momentum);
+        let want = Tensor::from_f32(dtype, shape.clone(), &want);
+        prop_assert_eq!(got.bits(), want.bits(), "step {} {} {:?}", step, label, program.ops[0]);
+    }
+    Ok((state, momentum))
+}
+
 #[test]
 fn fast_paths_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 96, failure_persistence: None, ..Config::default() };
@@ -240,22 +262,8 @@ fn fast_paths_match_the_canonical_reference_bit_for_bit() {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&case(), |(program, inputs, shape, dtype)| {
-                let refs: Vec<&Tensor> = inputs.iter().collect();
-                let (mut state, mut momentum) = (GuidanceState::new(), None);
                 // Two steps: the second reads APG's momentum from the first.
-                for step in 0..2 {
-                    let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
-                    let want = reference(&program, &inputs, &shape, &mut momentum);
-                    let want = Tensor::from_f32(dtype, shape.clone(), &want);
-                    prop_assert_eq!(
-                        got.bits(),
-                        want.bits(),
-                        "step {} portable {} {:?}",
-                        step,
-                        portable,
-                        program.ops[0]
-                    );
-                }
+                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("portable {portable}"))?;
                 Ok(())
             })
             .expect("fast paths match the reference");
@@ -293,21 +301,8 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(program, inputs, shape, dtype)| {
-                let refs: Vec<&Tensor> = inputs.iter().collect();
-                let (mut state, mut momentum) = (GuidanceState::new(), None);
-                for step in 0..2 {
-                    let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
-                    let want = reference(&program, &inputs, &shape, &mut momentum);
-                    let want = Tensor::from_f32(dtype, shape.clone(), &want);
-                    prop_assert_eq!(
-                        got.bits(),
-                        want.bits(),
-                        "step {} portable {} {:?}",
-                        step,
-                        portable,
-                        program.ops[0]
-                    );
-                }
+                let (state, momentum) =
+                    steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("portable {portable}"))?;
                 if let Op::MomentumCfg { slot, .. } = &program.ops[0] {
                     let held = state.momentum(slot).expect("a momentum").to_vec();
                     prop_assert_eq!(Some(held), momentum);
@@ -342,14 +337,7 @@ fn apg_with_and_without_momentum_and_clip_matches_the_canonical_reference_bit_fo
     let mut runner = TestRunner::new_with_rng(config, rng);
     runner
         .run(&cases, |(program, inputs, shape, dtype)| {
-            let refs: Vec<&Tensor> = inputs.iter().collect();
-            let (mut state, mut momentum) = (GuidanceState::new(), None);
-            for step in 0..3 {
-                let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
-                let want = reference(&program, &inputs, &shape, &mut momentum);
-                let want = Tensor::from_f32(dtype, shape.clone(), &want);
-                prop_assert_eq!(got.bits(), want.bits(), "step {} {:?}", step, program.ops[0]);
-            }
+            steps_match_reference(&program, &inputs, &shape, dtype, 3, "")?;
             Ok(())
         })
         .expect("APG matches the reference");
@@ -474,21 +462,7 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&case_with(SHORT_WIDTHS), |(program, inputs, shape, dtype)| {
-                let refs: Vec<&Tensor> = inputs.iter().collect();
-                let (mut state, mut momentum) = (GuidanceState::new(), None);
-                for step in 0..2 {
-                    let got = evaluate_both(&program, &refs, dtype, &shape, &mut state)?;
-                    let want = reference(&program, &inputs, &shape, &mut momentum);
-                    let want = Tensor::from_f32(dtype, shape.clone(), &want);
-                    prop_assert_eq!(
-                        got.bits(),
-                        want.bits(),
-                        "step {} portable {} {:?}",
-                        step,
-                        portable,
-                        program.ops[0]
-                    );
-                }
+                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("portable {portable}"))?;
                 Ok(())
             })
             .expect("short groups match the reference");
