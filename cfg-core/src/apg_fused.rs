@@ -5,11 +5,11 @@
 
 use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
-use crate::fused::{form_into, form_ref, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
+use crate::fused::{form_into, form_ref, group_tasks, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
+use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
-use rayon::prelude::*;
 
 /// APG's parameters and inputs.
 pub struct Apg<'a, I> {
@@ -39,28 +39,23 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
     let count = out.len() / len;
     let clipping = p.threshold > 0.0;
     // Per group, per segment: [‖running‖², ⟨clipped, c⟩, ‖c‖²].
-    let first: Vec<Vec<[f64; 3]>> = match buffer.as_deref_mut() {
-        Some(buf) => buf
-            .par_chunks_mut(len)
-            .enumerate()
-            .map(|(g, group)| {
-                group
-                    .par_chunks_mut(SEGMENT)
-                    .enumerate()
-                    .map(|(j, seg)| {
-                        simd::run(Update { p, start: g * len + j * SEGMENT, seg, has_prev, dots: !clipping })
-                    })
-                    .collect()
+    let segs = len.div_ceil(SEGMENT);
+    let first: Vec<[f64; 3]> = match buffer.as_deref_mut() {
+        Some(buf) => {
+            let segments: Vec<&mut [f32]> = buf.chunks_mut(len).flat_map(|group| group.chunks_mut(SEGMENT)).collect();
+            par::map(segments.into_iter().enumerate(), |(s, seg)| {
+                let start = (s / segs) * len + (s % segs) * SEGMENT;
+                simd::run(Update { p, start, seg, has_prev, dots: !clipping })
             })
-            .collect(),
+        }
         None => per_segment(count, len, |start, n| {
             simd::run(Stats { p, start, n, stored: None, clip: None, norm: true, dots: !clipping })
         }),
     };
     let stored = buffer.as_deref();
     let clips: Vec<Option<f32>> =
-        first.iter().map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
-    let dots: Vec<Vec<[f64; 3]>> = if clipping {
+        first.chunks(segs).map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
+    let dots: Vec<[f64; 3]> = if clipping {
         let clips = &clips;
         per_segment(count, len, |start, n| {
             let clip = clips[start / len];
@@ -70,36 +65,26 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
         first
     };
     let coefs: Vec<f64> = dots
-        .iter()
+        .chunks(segs)
         .map(|s| {
             let t = in_order(s);
             apg_projection(t[1], t[2])
         })
         .collect();
-    out.par_chunks_mut(len).enumerate().for_each(|(g, group)| {
+    par::for_each(group_tasks(out, len), |(g, t, out)| {
         let (clip, coef) = (clips[g], coefs[g]);
-        group
-            .par_chunks_mut(TASK)
-            .enumerate()
-            .for_each(|(t, out)| simd::run(Apply { p, start: g * len + t * TASK, stored, clip, coef, out }))
+        simd::run(Apply { p, start: g * len + t * TASK, stored, clip, coef, out })
     });
 }
 
-/// `f(start, n)` for every segment of every group, in parallel, grouped by group.
-fn per_segment<R: Send>(count: usize, len: usize, f: impl Fn(usize, usize) -> R + Sync) -> Vec<Vec<R>> {
+/// `f(start, n)` for every segment of every group, in parallel, in order
+/// (group by group).
+fn per_segment<R: Send>(count: usize, len: usize, f: impl Fn(usize, usize) -> R + Sync) -> Vec<R> {
     let segs = len.div_ceil(SEGMENT);
-    (0..count)
-        .into_par_iter()
-        .map(|g| {
-            (0..segs)
-                .into_par_iter()
-                .map(|j| {
-                    let lo = j * SEGMENT;
-                    f(g * len + lo, SEGMENT.min(len - lo))
-                })
-                .collect()
-        })
-        .collect()
+    par::map(0..count * segs, |s| {
+        let lo = (s % segs) * SEGMENT;
+        f((s / segs) * len + lo, SEGMENT.min(len - lo))
+    })
 }
 
 /// Loads c, u and Δ = c − u over `start..start + c.len()`.
@@ -305,7 +290,7 @@ pub fn momentum_cfg<I: Element, S: Slot>(
     // Every element of `out` is written (it may be fresh memory): the callers
     // check the momentum's length before they evaluate.
     assert_eq!(buffer.len(), out.len(), "the momentum has the output's length");
-    out.par_chunks_mut(TASK).zip(buffer.par_chunks_mut(TASK)).enumerate().for_each(|(t, (out, running))| {
+    par::for_each(out.chunks_mut(TASK).zip(buffer.chunks_mut(TASK)).enumerate(), |(t, (out, running))| {
         let p = MomentumCfg { cond, uncond, scale, beta, original, has_prev };
         simd::run(MomentumCfgTask { p: &p, start: t * TASK, running, out })
     });

@@ -11,7 +11,6 @@
 
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Task, Vector};
-use rayon::prelude::*;
 
 /// Folds the first `m` lanes of the canonical tree (the lanes past `m`, and
 /// past `lanes.len()`, are zero and never touched).
@@ -213,8 +212,7 @@ pub fn over_segments(len: usize, mut segment: impl FnMut(std::ops::Range<usize>)
 
 /// Σ a·b over two whole slices (one group), segments in parallel.
 pub fn dot_slices(a: &[f32], b: &[f32]) -> f64 {
-    let parts: Vec<f64> =
-        a.par_chunks(SEGMENT).zip(b.par_chunks(SEGMENT)).map(|(a, b)| simd::run(SegmentDot(a, b))).collect();
+    let parts = crate::par::map(a.chunks(SEGMENT).zip(b.chunks(SEGMENT)), |(a, b)| simd::run(SegmentDot(a, b)));
     parts.iter().fold(0.0, |total, p| total + p)
 }
 

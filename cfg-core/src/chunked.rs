@@ -13,7 +13,6 @@ use crate::layout::Layout;
 use crate::simd::{self, Task, Vector};
 use crate::slot::Slot;
 use crate::Shape;
-use rayon::prelude::*;
 
 /// The chunks of a prediction: which frame (and so which chunk) each element is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +80,7 @@ pub fn chunked_direct<I: Element, S: Slot>(chunks: &Chunks, weights: &[[f32; 3]]
     }
     let run = chunks.stride.max(1);
     let per_task = run * (RUNS_TASK / run).max(1);
-    out.par_chunks_mut(per_task).enumerate().for_each(|(task, out)| {
+    crate::par::for_each_chunk_mut(out, per_task, |task, out| {
         simd::run(Runs { chunks, weights, src, run, first: task * per_task, out });
     });
 }

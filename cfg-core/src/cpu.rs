@@ -6,6 +6,7 @@ use crate::chunked::{chunked_direct, chunked_into, Chunks};
 use crate::error::CoreError;
 use crate::fdg::{self, fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
+use crate::par;
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::simd::Vector;
@@ -17,7 +18,6 @@ use crate::view::{Elements, ElementsMut, TensorView, TensorViewMut};
 use crate::{DType, Shape};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Elements per inner block (fits L1 with a few inputs).
@@ -156,7 +156,7 @@ fn mul_portable(acc: &mut [f32], x: &[f32], w: f32) {
 /// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into
 /// `out` (kept values, or fresh memory: see [`Slot`]).
 pub fn combine_into<I: Element, S: Slot>(terms: &[(&[I], f32)], out: &mut [S]) {
-    out.par_chunks_mut(TASK).enumerate().for_each(|(task, out_task)| {
+    par::for_each_chunk_mut(out, TASK, |task, out_task| {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the features this function was compiled for are present.
@@ -754,10 +754,8 @@ pub fn round_into(values: &[f32], out: &mut Tensor) {
 pub fn round_into_view(values: &[f32], out: &mut ElementsMut<'_>) {
     match out {
         ElementsMut::F32(o) => o.copy_from_slice(values),
-        ElementsMut::F16(o) => o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| f16::store(v, o)),
-        ElementsMut::BF16(o) => {
-            o.par_chunks_mut(TASK).zip(values.par_chunks(TASK)).for_each(|(o, v)| bf16::store(v, o))
-        }
+        ElementsMut::F16(o) => par::for_each(o.chunks_mut(TASK).zip(values.chunks(TASK)), |(o, v)| f16::store(v, o)),
+        ElementsMut::BF16(o) => par::for_each(o.chunks_mut(TASK).zip(values.chunks(TASK)), |(o, v)| bf16::store(v, o)),
     }
 }
 

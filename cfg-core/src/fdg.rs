@@ -31,11 +31,11 @@
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums};
 use crate::fused::{put_scratch, take_scratch};
 use crate::layout::{Layout, Spatial};
+use crate::par;
 use crate::program::FdgBand;
 use crate::reduce::{dot_f32, dot_f64};
 use crate::simd::{self, Task, Vector};
 use crate::Shape;
-use rayon::prelude::*;
 
 /// The most levels a pyramid may have.
 pub const MAX_LEVELS: usize = 8;
@@ -233,7 +233,7 @@ fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
     // enough of them for every thread.
     let rows = out.len() / row;
     let per = (TASK / row).max(16).min(rows.div_ceil(4 * rayon::current_num_threads())).max(1);
-    out.par_chunks_mut(per * row).enumerate().for_each(|(t, out)| simd::run(Band { p, g, first: t * per, out }));
+    par::for_each_chunk_mut(out, per * row, |t, out| simd::run(Band { p, g, first: t * per, out }));
 }
 
 /// A band of output rows of a [`Pass`], as a [`Task`] (its loops compiled
@@ -501,7 +501,7 @@ pub(crate) fn recycle(v: Vec<f32>) {
 pub fn gather(s: &Spatial, x: &[f32]) -> Vec<f32> {
     let (h, w) = (s.height, s.width);
     let mut out = vec![0.0; x.len()];
-    out.par_chunks_mut((h * w).max(1)).enumerate().for_each(|(i, o)| {
+    par::for_each_chunk_mut(&mut out, h * w, |i, o| {
         let (b, p) = (i / s.planes, i % s.planes);
         let base = b * s.batch_stride + s.plane_offset(p);
         for y in 0..h {
@@ -518,7 +518,7 @@ pub fn scatter(s: &Spatial, planar: &[f32], out: &mut [f32]) {
     let (h, w) = (s.height, s.width);
     // Each sample of the output is written by one task.
     let per = s.batch_stride;
-    out.par_chunks_mut(per.max(1)).enumerate().for_each(|(b, o)| {
+    par::for_each_chunk_mut(out, per, |b, o| {
         for (p, img) in planar[b * per..(b + 1) * per].chunks(h * w).enumerate() {
             let base = s.plane_offset(p);
             for y in 0..h {
@@ -599,7 +599,7 @@ pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: b
         g.copy_from_slice(c);
         return g;
     }
-    g.par_chunks_mut(len.max(1)).enumerate().for_each(|(b, g)| {
+    par::for_each_chunk_mut(&mut g, len, |b, g| {
         let (c, u) = (&c[b * len..(b + 1) * len], &u[b * len..(b + 1) * len]);
         simd::run(Guide { c, u, g, band, original })
     });

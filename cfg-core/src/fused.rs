@@ -13,10 +13,10 @@ use crate::cpu::{
     magnitude_scale, norm_cap_factor, reject_coefficient, renorm_clamp, renorm_factor, rescale_factor, std_from_sums,
     zero_star_alpha, Element,
 };
+use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
-use rayon::prelude::*;
 use std::cell::Cell;
 
 /// A linear form over slices: `Σ w_k·x_k`, evaluated as `w_0·x_0`, then fma in order.
@@ -275,7 +275,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin
     }
     if len <= ONE_PASS {
         let per_task = (TASK / len).max(1) * len;
-        out.par_chunks_mut(per_task).enumerate().for_each(|(t, out)| {
+        par::for_each_chunk_mut(out, per_task, |t, out| {
             let start = t * per_task;
             if len <= LANES {
                 simd::run(Short::<P, F, S, K> { op, fin, start, len, out })
@@ -286,12 +286,17 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin
         return;
     }
     let factors: Vec<f32> = group_totals(op, len, out.len() / len).into_iter().map(|t| op.factor(t, len)).collect();
-    out.par_chunks_mut(len).zip(factors).enumerate().for_each(|(g, (group, f))| {
-        group
-            .par_chunks_mut(TASK)
-            .enumerate()
-            .for_each(|(t, out)| simd::run(Apply::<P, F, S, K> { op, fin, start: g * len + t * TASK, f, out }))
+    par::for_each(group_tasks(out, len), |(g, t, out)| {
+        simd::run(Apply::<P, F, S, K> { op, fin, start: g * len + t * TASK, f: factors[g], out })
     });
+}
+
+/// The apply tasks of consecutive groups of `len` elements: (group, task
+/// within it, its [`TASK`] elements or fewer).
+pub fn group_tasks<S>(out: &mut [S], len: usize) -> impl Iterator<Item = (usize, usize, &mut [S])> + '_ {
+    out.chunks_mut(len)
+        .enumerate()
+        .flat_map(|(g, group)| group.chunks_mut(TASK).enumerate().map(move |(t, c)| (g, t, c)))
 }
 
 /// Σ of per-segment statistics in segment order, from +0 (the canonical f64 sum).
@@ -529,13 +534,10 @@ const STAT_ROWS: usize = 4;
 /// elements: per segment in parallel, then summed in segment order.
 pub fn group_totals<const K: usize, P: Statistics<K>>(op: &P, len: usize, count: usize) -> Vec<[f64; K]> {
     let segs = len.div_ceil(SEGMENT);
-    let partials: Vec<[f64; K]> = (0..count * segs)
-        .into_par_iter()
-        .map(|s| {
-            let lo = (s % segs) * SEGMENT;
-            simd::run(Stats::<P, K> { op, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
-        })
-        .collect();
+    let partials = par::map(0..count * segs, |s| {
+        let lo = (s % segs) * SEGMENT;
+        simd::run(Stats::<P, K> { op, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
+    });
     partials.chunks(segs).map(in_order).collect()
 }
 

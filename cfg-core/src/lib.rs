@@ -22,6 +22,7 @@ pub mod fused;
 pub mod layout;
 pub mod lower;
 pub mod lower_cache;
+pub mod par;
 pub mod portable_math;
 pub mod program;
 pub mod recycle;

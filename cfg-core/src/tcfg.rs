@@ -8,10 +8,10 @@
 //! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
 
 use crate::cpu::Element;
-use crate::fused::{form_ref, group_totals, put_scratch, take_scratch, Statistics, Terms, BLOCK, TASK};
+use crate::fused::{form_ref, group_tasks, group_totals, put_scratch, take_scratch, Statistics, Terms, BLOCK, TASK};
+use crate::par;
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
-use rayon::prelude::*;
 
 /// An eigenvector (not normalized) of the symmetric [[cc, cu], [cu, uu]] for
 /// its largest eigenvalue, in closed form without cancellation: with
@@ -72,11 +72,10 @@ pub fn tcfg_into<I: Element, S: Slot>(
         .into_iter()
         .map(|[cc, cu, uu]| tcfg_coefficients(cc, cu, uu))
         .collect();
-    out.par_chunks_mut(len).zip(coefficients).enumerate().for_each(|(g, (group, (alpha, beta)))| {
-        group.par_chunks_mut(TASK).enumerate().for_each(|(t, out)| {
-            let start = g * len + t * TASK;
-            simd::run(Apply { cond, uncond, start, alpha, beta, scale, original, out })
-        })
+    par::for_each(group_tasks(out, len), |(g, t, out)| {
+        let (alpha, beta) = coefficients[g];
+        let start = g * len + t * TASK;
+        simd::run(Apply { cond, uncond, start, alpha, beta, scale, original, out })
     });
 }
 

@@ -9,7 +9,6 @@
 //! changes how pages are backed, never their contents.
 
 use crate::recycle;
-use rayon::prelude::*;
 
 /// Huge page size on x86-64 and aarch64 (4 KB base pages).
 const HUGE_PAGE: usize = 2 << 20;
@@ -44,7 +43,7 @@ pub fn zeroed_vec<T: bytemuck::Zeroable + Send + 'static>(n: usize) -> Vec<T> {
         }
     };
     let per_task = FILL_CHUNK / std::mem::size_of::<T>().max(1);
-    v.spare_capacity_mut()[..n].par_chunks_mut(per_task).for_each(|c| {
+    crate::par::for_each_chunk_mut(&mut v.spare_capacity_mut()[..n], per_task, |_, c| {
         for x in c {
             x.write(T::zeroed());
         }
