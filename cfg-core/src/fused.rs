@@ -653,7 +653,10 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
-        let (mut a, mut b, mut y) = ([0.0f32; APPLY], [0.0f32; APPLY], [0.0f32; APPLY]);
+        // The thread's scratch, not arrays on the stack: those are cleared per task.
+        let mut buf = take_scratch(3 * APPLY);
+        let (a, rest) = buf.split_at_mut(APPLY);
+        let (b, y) = rest.split_at_mut(APPLY);
         for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), self.start + k * APPLY);
             let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
@@ -665,6 +668,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
                 self.fin.finish::<V, S>(start, y, out);
             }
         }
+        put_scratch(buf);
     }
 }
 

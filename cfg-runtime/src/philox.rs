@@ -72,9 +72,8 @@ pub fn normals(seed: u64, step: u32, stream: u32, start: usize, out: &mut [f32])
 
 /// `n` standard normals of the stream `(seed, step, stream)`, in parallel.
 pub fn normal_vec(seed: u64, step: u32, stream: u32, n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
     let mut out = vec![0.0f32; n];
-    out.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| normals(seed, step, stream, c * 4096, chunk));
+    cfg_core::par::for_each_chunk_mut(&mut out, 4096, |c, chunk| normals(seed, step, stream, c * 4096, chunk));
     out
 }
 

@@ -113,7 +113,6 @@ impl Sampler {
         t_next: f64,
         noise: Option<&[f32]>,
     ) {
-        use rayon::prelude::*;
         let c = if self.is_stochastic() && t_next > 0.0 {
             let r = (t_next * (1.0 - t) / ((1.0 - t_next) * t)).powi(2);
             self.eta * t_next * (1.0 - r).max(0.0).sqrt()
@@ -122,7 +121,10 @@ impl Sampler {
         };
         let keep = (t_next * t_next - c * c).max(0.0).sqrt();
         let kind = self.kind;
-        x.par_iter_mut().zip(pred).enumerate().for_each(|(i, (xi, &p))| {
+        // Elements per parallel task.
+        const TASK: usize = 1 << 14;
+        let step = |i: usize, xi: &mut f32| {
+            let p = pred[i];
             let (x0, eps) = split(space, *xi as f64, p as f64, t);
             let z = || noise.map(|n| n[i] as f64).unwrap_or(0.0);
             let next = match renoise {
@@ -141,6 +143,9 @@ impl Sampler {
                 }
             };
             *xi = next as f32;
+        };
+        cfg_core::par::for_each_chunk_mut(x, TASK, |k, xs| {
+            xs.iter_mut().enumerate().for_each(|(j, xi)| step(k * TASK + j, xi))
         });
     }
 }
