@@ -5,7 +5,9 @@
 
 use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
-use crate::fused::{form_into, form_ref, group_tasks, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
+use crate::fused::{
+    form_into, form_ref, group_tasks, in_order, put_scratch, segments, take_scratch, Terms, BLOCK, TASK,
+};
 use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
@@ -42,13 +44,12 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
     let segs = len.div_ceil(SEGMENT);
     let first: Vec<[f64; 3]> = match buffer.as_deref_mut() {
         Some(buf) => {
-            let segments: Vec<&mut [f32]> = buf.chunks_mut(len).flat_map(|group| group.chunks_mut(SEGMENT)).collect();
-            par::map(segments.into_iter().enumerate(), |(s, seg)| {
-                let start = (s / segs) * len + (s % segs) * SEGMENT;
+            let stored: Vec<&mut [f32]> = buf.chunks_mut(len).flat_map(|group| group.chunks_mut(SEGMENT)).collect();
+            par::map(segments(len, count).zip(stored), |((start, _), seg)| {
                 simd::run(Update { p, start, seg, has_prev, dots: !clipping })
             })
         }
-        None => per_segment(count, len, |start, n| {
+        None => par::map(segments(len, count), |(start, n)| {
             simd::run(Stats { p, start, n, stored: None, clip: None, norm: true, dots: !clipping })
         }),
     };
@@ -57,7 +58,7 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
         first.chunks(segs).map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
     let dots: Vec<[f64; 3]> = if clipping {
         let clips = &clips;
-        per_segment(count, len, |start, n| {
+        par::map(segments(len, count), |(start, n)| {
             let clip = clips[start / len];
             simd::run(Stats { p, start, n, stored, clip, norm: false, dots: true })
         })
@@ -75,16 +76,6 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
         let (clip, coef) = (clips[g], coefs[g]);
         simd::run(Apply { p, start: g * len + t * TASK, stored, clip, coef, out })
     });
-}
-
-/// `f(start, n)` for every segment of every group, in parallel, in order
-/// (group by group).
-fn per_segment<R: Send>(count: usize, len: usize, f: impl Fn(usize, usize) -> R + Sync) -> Vec<R> {
-    let segs = len.div_ceil(SEGMENT);
-    par::map(0..count * segs, |s| {
-        let lo = (s % segs) * SEGMENT;
-        f((s / segs) * len + lo, SEGMENT.min(len - lo))
-    })
 }
 
 /// Loads c, u and Δ = c − u over `start..start + c.len()`.

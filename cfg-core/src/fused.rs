@@ -533,12 +533,18 @@ const STAT_ROWS: usize = 4;
 /// The `K` statistics of each of `count` consecutive groups of `len`
 /// elements: per segment in parallel, then summed in segment order.
 pub fn group_totals<const K: usize, P: Statistics<K>>(op: &P, len: usize, count: usize) -> Vec<[f64; K]> {
+    let partials = par::map(segments(len, count), |(start, n)| simd::run(Stats::<P, K> { op, start, n }));
+    partials.chunks(len.div_ceil(SEGMENT)).map(in_order).collect()
+}
+
+/// `(start, n)` of every [`SEGMENT`] of each of `count` consecutive groups of
+/// `len` elements, group by group (the last of a group shorter).
+pub fn segments(len: usize, count: usize) -> impl ExactSizeIterator<Item = (usize, usize)> + Send {
     let segs = len.div_ceil(SEGMENT);
-    let partials = par::map(0..count * segs, |s| {
+    (0..count * segs).map(move |s| {
         let lo = (s % segs) * SEGMENT;
-        simd::run(Stats::<P, K> { op, start: (s / segs) * len + lo, n: SEGMENT.min(len - lo) })
-    });
-    partials.chunks(segs).map(in_order).collect()
+        ((s / segs) * len + lo, SEGMENT.min(len - lo))
+    })
 }
 
 /// The statistics of one segment, its values computed a block of rows at a time.
