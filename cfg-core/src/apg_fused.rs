@@ -1,13 +1,12 @@
 //! APG evaluated from its linear forms: the momentum updated in place, the
 //! norm clip and the f64 projection from per-segment statistics, then the
-//! apply. Passes: running average and ‖running‖² (with the f64 dots when there
-//! is no clip), the f64 dots of the clipped update (only with a clip), apply.
+//! apply. Passes: the running average with ‖running‖² and ‖c‖² (and
+//! ⟨running, c⟩ when there is no clip), ⟨clipped, c⟩ (only with a clip), the
+//! apply, which writes eight lanes at a time straight into the output.
 
 use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
-use crate::fused::{
-    form_into, form_ref, group_tasks, in_order, put_scratch, segments, take_scratch, Terms, BLOCK, TASK,
-};
+use crate::fused::{form_ref, group_tasks, in_order, put_scratch, segments, take_scratch, Terms, BLOCK, TASK};
 use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
@@ -40,50 +39,43 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
     }
     let count = out.len() / len;
     let clipping = p.threshold > 0.0;
-    // Per group, per segment: [‖running‖², ⟨clipped, c⟩, ‖c‖²].
+    // Pass 1, per group, per segment: [‖running‖², ⟨running, c⟩ (without a clip), ‖c‖²].
     let segs = len.div_ceil(SEGMENT);
+    let first_pass = Wanted { norm: true, rc: !clipping, cc: true };
     let first: Vec<[f64; 3]> = match buffer.as_deref_mut() {
         Some(buf) => {
             let stored: Vec<&mut [f32]> = buf.chunks_mut(len).flat_map(|group| group.chunks_mut(SEGMENT)).collect();
             par::map(segments(len, count).zip(stored), |((start, _), seg)| {
-                simd::run(Update { p, start, seg, has_prev, dots: !clipping })
+                simd::run(Update { p, start, seg, has_prev, wanted: first_pass })
             })
         }
         None => par::map(segments(len, count), |(start, n)| {
-            simd::run(Stats { p, start, n, stored: None, clip: None, norm: true, dots: !clipping })
+            simd::run(Stats { p, start, n, stored: None, clip: None, wanted: first_pass })
         }),
     };
     let stored = buffer.as_deref();
     let clips: Vec<Option<f32>> =
         first.chunks(segs).map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
-    let dots: Vec<[f64; 3]> = if clipping {
-        let clips = &clips;
+    // ⟨clipped, c⟩ needs the clip: a second pass.
+    let second: Vec<[f64; 3]> = if clipping {
+        let (clips, wanted) = (&clips, Wanted { norm: false, rc: true, cc: false });
         par::map(segments(len, count), |(start, n)| {
             let clip = clips[start / len];
-            simd::run(Stats { p, start, n, stored, clip, norm: false, dots: true })
+            simd::run(Stats { p, start, n, stored, clip, wanted })
         })
     } else {
-        first
+        Vec::new()
     };
-    let coefs: Vec<f64> = dots
+    let rc = if clipping { &second } else { &first };
+    let coefs: Vec<f64> = rc
         .chunks(segs)
-        .map(|s| {
-            let t = in_order(s);
-            apg_projection(t[1], t[2])
-        })
+        .zip(first.chunks(segs))
+        .map(|(rc, cc)| apg_projection(in_order(rc)[1], in_order(cc)[2]))
         .collect();
     par::for_each(group_tasks(out, len), |(g, t, out)| {
         let (clip, coef) = (clips[g], coefs[g]);
         simd::run(Apply { p, start: g * len + t * TASK, stored, clip, coef, out })
     });
-}
-
-/// Loads c, u and Δ = c − u over `start..start + c.len()`.
-#[inline(always)]
-fn load<I: Element>(p: &Apg<I>, start: usize, c: &mut [f32], u: &mut [f32], r: &mut [f32]) {
-    form_into(p.cond, start, c);
-    form_into(p.uncond, start, u);
-    difference(c, u, r);
 }
 
 /// The update over `start..start + r.len()`, times the clip when there is
@@ -128,67 +120,79 @@ fn difference(c: &[f32], u: &[f32], r: &mut [f32]) {
 /// Elements loaded at once by a statistics pass (three blocks stay in L1).
 const CHUNK: usize = 4 * LANES;
 
-/// One segment's [‖r‖², ⟨r, c⟩, ‖c‖²] (the dots in f64), fed chunk by chunk.
+/// Which of [‖r‖², ⟨r, c⟩, ‖c‖²] a pass computes.
+#[derive(Clone, Copy)]
+struct Wanted {
+    norm: bool,
+    rc: bool,
+    cc: bool,
+}
+
+/// One segment's [‖r‖², ⟨r, c⟩, ‖c‖²] (the dots in f64), fed chunk by
+/// chunk; those not wanted are 0.
 struct SegmentStats {
     norm: Lanes<f32>,
     rc: Lanes<f64>,
     cc: Lanes<f64>,
-    dots: bool,
+    wanted: Wanted,
 }
 
 impl SegmentStats {
     #[inline(always)]
-    fn new(dots: bool) -> Self {
-        SegmentStats { norm: Lanes::new(), rc: Lanes::new(), cc: Lanes::new(), dots }
+    fn new(wanted: Wanted) -> Self {
+        SegmentStats { norm: Lanes::new(), rc: Lanes::new(), cc: Lanes::new(), wanted }
     }
 
     #[inline(always)]
-    fn add(&mut self, r: &[f32], c: &[f32], norm: bool) {
-        if norm {
+    fn add(&mut self, r: &[f32], c: &[f32]) {
+        if self.wanted.norm {
             self.norm.add(r, r);
         }
-        if self.dots {
+        if self.wanted.rc {
             self.rc.add(r, c);
+        }
+        if self.wanted.cc {
             self.cc.add(c, c);
         }
     }
 
     #[inline(always)]
     fn totals(self) -> [f64; 3] {
-        let d = self.dots;
-        [self.norm.total(), if d { self.rc.total() } else { 0.0 }, if d { self.cc.total() } else { 0.0 }]
+        let w = self.wanted;
+        let pick = |on: bool, t: f64| if on { t } else { 0.0 };
+        [pick(w.norm, self.norm.total()), pick(w.rc, self.rc.total()), pick(w.cc, self.cc.total())]
     }
 }
 
-/// Pass 1 with a momentum: updates one segment of the buffer.
+/// Pass 1 with a momentum: advances one segment of the buffer in place
+/// (fma(β, previous, c − u), or c − u without a previous one).
 struct Update<'a, I> {
     p: &'a Apg<'a, I>,
     start: usize,
     seg: &'a mut [f32],
     has_prev: bool,
-    dots: bool,
+    wanted: Wanted,
 }
 
 impl<I: Element> Task for Update<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
     fn run<V: Vector>(self) -> [f64; 3] {
-        let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
-        let (beta, has_prev) = (self.p.momentum, self.has_prev);
-        let mut stats = SegmentStats::new(self.dots);
+        let (mut c, mut u) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+        let beta = self.p.momentum;
+        let mut stats = SegmentStats::new(self.wanted);
         for (k, seg) in self.seg.chunks_mut(CHUNK).enumerate() {
-            let m = seg.len();
-            let (c, u, r) = (&mut c[..m], &mut u[..m], &mut r[..m]);
-            load(self.p, self.start + k * CHUNK, c, u, r);
-            if has_prev {
-                for (prev, d) in seg.iter_mut().zip(r.iter_mut()) {
-                    *d = beta.mul_add(*prev, *d);
-                    *prev = *d;
+            let (m, start) = (seg.len(), self.start + k * CHUNK);
+            let c = form_ref(self.p.cond, start, &mut c[..m]);
+            let u = form_ref(self.p.uncond, start, &mut u[..m]);
+            if self.has_prev {
+                for ((r, c), u) in seg.iter_mut().zip(c).zip(u) {
+                    *r = beta.mul_add(*r, c - u);
                 }
             } else {
-                seg.copy_from_slice(r);
+                difference(c, u, seg);
             }
-            stats.add(r, c, true);
+            stats.add(seg, c);
         }
         stats.totals()
     }
@@ -201,8 +205,7 @@ struct Stats<'a, I> {
     n: usize,
     stored: Option<&'a [f32]>,
     clip: Option<f32>,
-    norm: bool,
-    dots: bool,
+    wanted: Wanted,
 }
 
 impl<I: Element> Task for Stats<'_, I> {
@@ -210,7 +213,7 @@ impl<I: Element> Task for Stats<'_, I> {
     #[inline(always)]
     fn run<V: Vector>(self) -> [f64; 3] {
         let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
-        let mut stats = SegmentStats::new(self.dots);
+        let mut stats = SegmentStats::new(self.wanted);
         let mut pos = 0;
         while pos < self.n {
             let (m, start) = (CHUNK.min(self.n - pos), self.start + pos);
@@ -218,7 +221,7 @@ impl<I: Element> Task for Stats<'_, I> {
             let r = update(self.stored, self.clip, start, &mut r[..m], |r| {
                 difference(c, form_ref(self.p.uncond, start, &mut u[..m]), r)
             });
-            stats.add(r, c, self.norm);
+            stats.add(r, c);
             pos += m;
         }
         stats.totals()
@@ -235,30 +238,53 @@ struct Apply<'a, I, S> {
     out: &'a mut [S],
 }
 
+/// One output from c, u and the unclipped update `r` (`r·1` is `r`, so
+/// without a clip the factor is 1): the f64 projection of the clipped update
+/// onto c, its parts weighted, added to the base. (Eight lanes: the same
+/// steps with [`Vector::project_f64`].)
+#[inline(always)]
+fn output<I>(p: &Apg<I>, coef: f64, clip: f32, c: f32, u: f32, r: f32) -> f32 {
+    let par = coef * c as f64;
+    let perp = (r * clip) as f64 - par;
+    let update = p.eta.mul_add(par as f32, perp as f32);
+    p.scale.mul_add(update, if p.original { c } else { u })
+}
+
 impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
-        let p = self.p;
-        let mut buf = take_scratch(4 * BLOCK);
+        let (p, coef, clip) = (self.p, self.coef, self.clip.unwrap_or(1.0));
+        let mut buf = take_scratch(3 * BLOCK);
         let (c, rest) = buf.split_at_mut(BLOCK);
-        let (u, rest) = rest.split_at_mut(BLOCK);
-        let (r, y) = rest.split_at_mut(BLOCK);
+        let (u, d) = rest.split_at_mut(BLOCK);
         for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
             let (m, start) = (out.len(), self.start + k * BLOCK);
             let c = form_ref(p.cond, start, &mut c[..m]);
             let u = form_ref(p.uncond, start, &mut u[..m]);
-            let r = update(self.stored, self.clip, start, &mut r[..m], |r| difference(c, u, r));
-            let y = &mut y[..m];
-            let (coef, eta, scale, original) = (self.coef, p.eta, p.scale, p.original);
-            for (((y, c), u), r) in y.iter_mut().zip(c.iter()).zip(u.iter()).zip(r.iter()) {
-                let par = coef * *c as f64;
-                let perp = *r as f64 - par;
-                let update = eta.mul_add(par as f32, perp as f32);
-                let base = if original { *c } else { *u };
-                *y = scale.mul_add(update, base);
+            // The running average, or Δ = c − u without a momentum.
+            let r: &[f32] = match self.stored {
+                Some(s) => &s[start..start + m],
+                None => {
+                    difference(c, u, &mut d[..m]);
+                    &d[..m]
+                }
+            };
+            // Eight lanes at a time into the output, then the rest.
+            let ((cv, ct), (uv, ut), (rv, rt)) = (c.as_chunks::<8>(), u.as_chunks::<8>(), r.as_chunks::<8>());
+            let (ov, ot) = out.as_chunks_mut::<8>();
+            let (scale, eta, k) = (V::splat(p.scale), V::splat(p.eta), V::splat(clip));
+            for (((o, c), u), r) in ov.iter_mut().zip(cv).zip(uv).zip(rv) {
+                let (c, u) = (V::load(c), V::load(u));
+                let (par, perp) = c.project_f64(V::load(r) * k, coef);
+                let update = eta.mul_add(par, perp);
+                S::put8(scale.mul_add(update, if p.original { c } else { u }), o);
             }
-            S::put_all(y, out);
+            let mut y = [0.0f32; 8];
+            for (((y, c), u), r) in y.iter_mut().zip(ct).zip(ut).zip(rt) {
+                *y = output(p, coef, clip, *c, *u, *r);
+            }
+            S::put_all(&y[..ot.len()], ot);
         }
         put_scratch(buf);
     }

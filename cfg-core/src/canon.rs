@@ -66,6 +66,9 @@ pub fn accumulate<T: Acc>(lanes: &mut [T; LANES], a: &[f32], b: &[f32], pair: im
     }
 }
 
+/// Columns of eight lanes in a row of [`LANES`].
+pub const COLUMNS: usize = LANES / 8;
+
 /// Canonical lanes of Σ x·y fed run by run (runs of a multiple of [`LANES`]
 /// elements, the last any length), for statistics computed in L1-sized chunks.
 #[derive(Debug, Clone)]
@@ -81,11 +84,27 @@ impl<T: Acc> Lanes<T> {
         Lanes { lanes: [T::default(); LANES], n: 0 }
     }
 
-    /// Adds the products `a[l]·b[l]` of the next run.
+    /// Adds the products `a[l]·b[l]` of the next run: its whole rows a
+    /// column of eight lanes at a time (the column's sums stay in registers
+    /// down the rows; each lane still adds in row order), then the partial row.
     #[inline(always)]
     pub fn add(&mut self, a: &[f32], b: &[f32]) {
-        for (a, b) in a.chunks(LANES).zip(b.chunks(LANES)) {
-            accumulate(&mut self.lanes, a, b, |x, y| (x, y));
+        let n = a.len().min(b.len());
+        let rows = n / LANES;
+        let (av, _) = a[..rows * LANES].as_chunks::<8>();
+        let (bv, _) = b[..rows * LANES].as_chunks::<8>();
+        for (col, lanes) in self.lanes.as_chunks_mut::<8>().0.iter_mut().enumerate() {
+            let mut acc = *lanes;
+            for r in 0..rows {
+                let (x, y) = (&av[r * COLUMNS + col], &bv[r * COLUMNS + col]);
+                for l in 0..8 {
+                    acc[l] = T::fma(x[l], y[l], acc[l]);
+                }
+            }
+            *lanes = acc;
+        }
+        if n > rows * LANES {
+            accumulate(&mut self.lanes, &a[rows * LANES..n], &b[rows * LANES..n], |x, y| (x, y));
         }
         self.n += a.len();
     }

@@ -8,7 +8,7 @@
 //! order, as the canonical reduction does), then the apply, which computes the
 //! forms again rather than storing them.
 
-use crate::canon::{accumulate, fold_active, fold_vectors};
+use crate::canon::{accumulate, fold_active, fold_vectors, COLUMNS};
 use crate::cpu::{
     magnitude_scale, norm_cap_factor, reject_coefficient, renorm_clamp, renorm_factor, rescale_factor, std_from_sums,
     zero_star_alpha, Element,
@@ -570,9 +570,6 @@ impl<const K: usize, P: Statistics<K>> Task for Stats<'_, P, K> {
         fold_all(&mut lanes, self.n)
     }
 }
-
-/// 8-lane columns of a row.
-const COLUMNS: usize = LANES / 8;
 
 /// Adds the values of consecutive elements, starting on lane 0, into
 /// `lanes`: the whole rows a column at a time, then the last partial row.

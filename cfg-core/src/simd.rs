@@ -53,6 +53,9 @@ pub trait Vector: Num {
     fn div_f64(a: [f64; 8], b: [f64; 8]) -> [f64; 8];
     /// The lanes rounded to bf16 bits as [`crate::cpu::bf16_bits_rne`] rounds them.
     fn to_bf16(self) -> [u16; 8];
+    /// APG's projection of `r` against these lanes `c` in f64: `p = k·c` and
+    /// `r − p`, each computed in f64 and rounded to f32 (as the scalar `as` casts).
+    fn project_f64(self, r: Self, k: f64) -> (Self, Self);
 }
 
 static PORTABLE: AtomicBool = AtomicBool::new(false);
@@ -181,6 +184,15 @@ impl Vector for Portable {
         }
         r
     }
+    #[inline(always)]
+    fn project_f64(self, r: Portable, k: f64) -> (Portable, Portable) {
+        let (mut p, mut q) = ([0.0; 8], [0.0; 8]);
+        for (((p, q), c), r) in p.iter_mut().zip(&mut q).zip(self.0).zip(r.0) {
+            let par = k * c as f64;
+            (*p, *q) = (par as f32, (r as f64 - par) as f32);
+        }
+        (Portable(p), Portable(q))
+    }
 }
 
 /// The AVX2 vector. Private to this file: its values are made only inside a
@@ -296,6 +308,24 @@ mod avx2 {
             }
             r
         }
+        #[inline(always)]
+        fn project_f64(self, r: Avx2, k: f64) -> (Avx2, Avx2) {
+            // Each half widened to four f64 (exact), multiplied and subtracted
+            // there, rounded back (nearest even, as `as f32`). No closures: they
+            // would compile outside this region's features.
+            unsafe {
+                let k = _mm256_set1_pd(k);
+                let (c_lo, c_hi) = (_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+                let (r_lo, r_hi) = (_mm256_castps256_ps128(r.0), _mm256_extractf128_ps::<1>(r.0));
+                let p_lo = _mm256_mul_pd(k, _mm256_cvtps_pd(c_lo));
+                let p_hi = _mm256_mul_pd(k, _mm256_cvtps_pd(c_hi));
+                let q_lo = _mm256_sub_pd(_mm256_cvtps_pd(r_lo), p_lo);
+                let q_hi = _mm256_sub_pd(_mm256_cvtps_pd(r_hi), p_hi);
+                let p = _mm256_set_m128(_mm256_cvtpd_ps(p_hi), _mm256_cvtpd_ps(p_lo));
+                let q = _mm256_set_m128(_mm256_cvtpd_ps(q_hi), _mm256_cvtpd_ps(q_lo));
+                (Avx2(p), Avx2(q))
+            }
+        }
     }
 }
 
@@ -307,14 +337,18 @@ mod tests {
     struct Fold([f32; 8], [f64; 8], [f32; 8]);
 
     impl Task for Fold {
-        type Out = (f32, [f32; 8], [f64; 8], [u16; 8]);
+        type Out = (f32, [f32; 8], [f64; 8], [u16; 8], [[f32; 8]; 2]);
         #[inline(always)]
-        fn run<V: Vector>(self) -> (f32, [f32; 8], [f64; 8], [u16; 8]) {
+        fn run<V: Vector>(self) -> Self::Out {
             let (v, w) = (V::load(&self.0), V::splat(-1.5));
             let mut out = [0.0; 8];
             (v.mul_add(w, -v) * v - w + v).store(&mut out);
             let rounded = V::load(&self.2).to_bf16();
-            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded)
+            let mut projected = [[0.0; 8]; 2];
+            let (p, q) = v.project_f64(V::load(&self.2), 0.3);
+            p.store(&mut projected[0]);
+            q.store(&mut projected[1]);
+            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded, projected)
         }
     }
 
@@ -329,9 +363,14 @@ mod tests {
         let fold = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
         let each = x.map(|v| (v.mul_add(-1.5, -v) * v + 1.5 + v).to_bits());
         let q = d.map(|d| (d.abs().sqrt() / d).to_bits());
+        let par = x.map(|c| 0.3 * c as f64);
+        let p = par.map(|p| (p as f32).to_bits());
+        let perp: Vec<u32> = r.iter().zip(par).map(|(r, p)| ((*r as f64 - p) as f32).to_bits()).collect();
         for portable in [false, true] {
             force_portable(portable);
-            let (f, out, quotients, rounded) = run(Fold(black_box(x), black_box(d), black_box(r)));
+            let (f, out, quotients, rounded, projected) = run(Fold(black_box(x), black_box(d), black_box(r)));
+            assert_eq!(projected[0].map(f32::to_bits), p);
+            assert_eq!(projected[1].map(f32::to_bits).to_vec(), perp);
             assert_eq!(rounded, r.map(crate::cpu::bf16_bits_rne));
             assert_eq!(f.to_bits(), fold.to_bits());
             assert_eq!(out.map(f32::to_bits), each);

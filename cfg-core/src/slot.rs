@@ -52,9 +52,9 @@ impl<O: Element> Slot for MaybeUninit<O> {
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]) {
         let mut x = [O::put(0.0); 8];
         O::put8(v, &mut x);
-        for (o, x) in to.iter_mut().zip(x) {
-            o.write(x);
-        }
+        // SAFETY: eight initialized values into eight slots (a plain copy:
+        // a loop of `write`s may not become one vector store).
+        unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), to.as_mut_ptr().cast::<O>(), 8) };
     }
 }
 
