@@ -178,7 +178,9 @@ impl<I: Element> Task for Update<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
     fn run<V: Vector>(self) -> [f64; 3] {
-        let (mut c, mut u) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+        // The thread's scratch, not arrays on the stack: those are cleared per task.
+        let mut buf = take_scratch(2 * CHUNK);
+        let (c, u) = buf.split_at_mut(CHUNK);
         let beta = self.p.momentum;
         let mut stats = SegmentStats::new(self.wanted);
         for (k, seg) in self.seg.chunks_mut(CHUNK).enumerate() {
@@ -194,6 +196,7 @@ impl<I: Element> Task for Update<'_, I> {
             }
             stats.add(seg, c);
         }
+        put_scratch(buf);
         stats.totals()
     }
 }
@@ -212,7 +215,9 @@ impl<I: Element> Task for Stats<'_, I> {
     type Out = [f64; 3];
     #[inline(always)]
     fn run<V: Vector>(self) -> [f64; 3] {
-        let (mut c, mut u, mut r) = ([0.0f32; CHUNK], [0.0f32; CHUNK], [0.0f32; CHUNK]);
+        let mut buf = take_scratch(3 * CHUNK);
+        let (c, rest) = buf.split_at_mut(CHUNK);
+        let (u, r) = rest.split_at_mut(CHUNK);
         let mut stats = SegmentStats::new(self.wanted);
         let mut pos = 0;
         while pos < self.n {
@@ -224,6 +229,7 @@ impl<I: Element> Task for Stats<'_, I> {
             stats.add(r, c);
             pos += m;
         }
+        put_scratch(buf);
         stats.totals()
     }
 }
