@@ -6,7 +6,7 @@
 
 use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
-use crate::fused::{form_ref, group_tasks, in_order, put_scratch, segments, take_scratch, Terms, BLOCK, TASK};
+use crate::fused::{for_segments, form_ref, group_tasks, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
 use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
@@ -42,30 +42,34 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
     // Pass 1, per group, per segment: [‖running‖², ⟨running, c⟩ (without a clip), ‖c‖²].
     let segs = len.div_ceil(SEGMENT);
     let first_pass = Wanted { norm: true, rc: !clipping, cc: true };
-    let first: Vec<[f64; 3]> = match buffer.as_deref_mut() {
+    let mut first = vec![[0.0f64; 3]; count * segs];
+    match buffer.as_deref_mut() {
         Some(buf) => {
-            let stored: Vec<&mut [f32]> = buf.chunks_mut(len).flat_map(|group| group.chunks_mut(SEGMENT)).collect();
-            par::map(segments(len, count).zip(stored), |((start, _), seg)| {
-                simd::run(Update { p, start, seg, has_prev, wanted: first_pass })
-            })
+            // Each segment's statistics beside its part of the buffer.
+            let mut work: Vec<([f64; 3], &mut [f32])> =
+                buf.chunks_mut(len).flat_map(|group| group.chunks_mut(SEGMENT)).map(|seg| ([0.0; 3], seg)).collect();
+            for_segments(&mut work, len, |(start, _), (stats, seg)| {
+                *stats = simd::run(Update { p, start, seg, has_prev, wanted: first_pass })
+            });
+            first.iter_mut().zip(&work).for_each(|(f, w)| *f = w.0);
         }
-        None => par::map(segments(len, count), |(start, n)| {
-            simd::run(Stats { p, start, n, stored: None, clip: None, wanted: first_pass })
+        None => for_segments(&mut first, len, |(start, n), stats| {
+            *stats = simd::run(Stats { p, start, n, stored: None, clip: None, wanted: first_pass })
         }),
-    };
+    }
     let stored = buffer.as_deref();
     let clips: Vec<Option<f32>> =
         first.chunks(segs).map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
     // ⟨clipped, c⟩ needs the clip: a second pass.
-    let second: Vec<[f64; 3]> = if clipping {
-        let (clips, wanted) = (&clips, Wanted { norm: false, rc: true, cc: false });
-        par::map(segments(len, count), |(start, n)| {
+    let mut second = Vec::new();
+    if clipping {
+        let wanted = Wanted { norm: false, rc: true, cc: false };
+        second = vec![[0.0f64; 3]; count * segs];
+        for_segments(&mut second, len, |(start, n), stats| {
             let clip = clips[start / len];
-            simd::run(Stats { p, start, n, stored, clip, wanted })
-        })
-    } else {
-        Vec::new()
-    };
+            *stats = simd::run(Stats { p, start, n, stored, clip, wanted })
+        });
+    }
     let rc = if clipping { &second } else { &first };
     let coefs: Vec<f64> = rc
         .chunks(segs)

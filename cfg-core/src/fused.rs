@@ -533,18 +533,33 @@ const STAT_ROWS: usize = 4;
 /// The `K` statistics of each of `count` consecutive groups of `len`
 /// elements: per segment in parallel, then summed in segment order.
 pub fn group_totals<const K: usize, P: Statistics<K>>(op: &P, len: usize, count: usize) -> Vec<[f64; K]> {
-    let partials = par::map(segments(len, count), |(start, n)| simd::run(Stats::<P, K> { op, start, n }));
+    let mut partials = vec![[0.0f64; K]; count * len.div_ceil(SEGMENT)];
+    for_segments(&mut partials, len, |(start, n), p| *p = simd::run(Stats::<P, K> { op, start, n }));
     partials.chunks(len.div_ceil(SEGMENT)).map(in_order).collect()
 }
 
-/// `(start, n)` of every [`SEGMENT`] of each of `count` consecutive groups of
-/// `len` elements, group by group (the last of a group shorter).
-pub fn segments(len: usize, count: usize) -> impl ExactSizeIterator<Item = (usize, usize)> + Send {
+/// `f((start, n), result)` for each segment of consecutive groups of `len`
+/// elements, its result in `results` (one per segment, group by group), in
+/// parallel. A task takes up to eight
+/// consecutive segments, so that a thread reads one longer stream of memory
+/// (the prefetchers lose a few misses at every jump), fewer where that would
+/// leave a thread without work.
+pub fn for_segments<R: Send>(results: &mut [R], len: usize, f: impl Fn((usize, usize), &mut R) + Sync) {
+    let per_task = (results.len() / (4 * rayon::current_num_threads())).clamp(1, 8);
+    par::for_each_chunk_mut(results, per_task, |t, results| {
+        for (i, r) in results.iter_mut().enumerate() {
+            f(segment(len, t * per_task + i), r);
+        }
+    });
+}
+
+/// `(start, n)` of segment `s` of consecutive groups of `len` elements
+/// (group by group, [`SEGMENT`] elements each, the last of a group shorter).
+#[inline(always)]
+fn segment(len: usize, s: usize) -> (usize, usize) {
     let segs = len.div_ceil(SEGMENT);
-    (0..count * segs).map(move |s| {
-        let lo = (s % segs) * SEGMENT;
-        ((s / segs) * len + lo, SEGMENT.min(len - lo))
-    })
+    let lo = (s % segs) * SEGMENT;
+    ((s / segs) * len + lo, SEGMENT.min(len - lo))
 }
 
 /// The statistics of one segment, its values computed a block of rows at a time.
@@ -892,5 +907,28 @@ impl<I: Element> GroupOp<2> for Reject<'_, I> {
     #[inline(always)]
     fn apply<T: Num>(&self, x: T, d: T, k: T) -> T {
         (-k).mul_add(d, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_segment_is_visited_once_in_order() {
+        // Enough segments for tasks of one, several and eight segments.
+        for (len, count) in
+            [(1, 1), (SEGMENT, 1), (SEGMENT + 1, 3), (3 * SEGMENT - 5, 7), (2 * SEGMENT, 40), (100, 500)]
+        {
+            let mut want = Vec::new();
+            for g in 0..count {
+                for lo in (0..len).step_by(SEGMENT) {
+                    want.push((g * len + lo, SEGMENT.min(len - lo)));
+                }
+            }
+            let mut got = vec![(usize::MAX, 0); want.len()];
+            for_segments(&mut got, len, |seg, r| *r = seg);
+            assert_eq!(got, want, "{len} × {count}");
+        }
     }
 }
