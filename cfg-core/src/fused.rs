@@ -540,10 +540,9 @@ pub fn group_totals<const K: usize, P: Statistics<K>>(op: &P, len: usize, count:
 
 /// `f((start, n), result)` for each segment of consecutive groups of `len`
 /// elements, its result in `results` (one per segment, group by group), in
-/// parallel. A task takes up to eight
-/// consecutive segments, so that a thread reads one longer stream of memory
-/// (the prefetchers lose a few misses at every jump), fewer where that would
-/// leave a thread without work.
+/// parallel. A task takes up to eight consecutive segments, so that a thread
+/// reads one longer stream of memory (the prefetchers lose a few misses at
+/// every jump), fewer where that would leave a thread without work.
 pub fn for_segments<R: Send>(results: &mut [R], len: usize, f: impl Fn((usize, usize), &mut R) + Sync) {
     let per_task = (results.len() / (4 * rayon::current_num_threads())).clamp(1, 8);
     par::for_each_chunk_mut(results, per_task, |t, results| {
