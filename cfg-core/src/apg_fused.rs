@@ -6,7 +6,9 @@
 
 use crate::canon::Lanes;
 use crate::cpu::{apg_clip_factor, apg_projection, Element};
-use crate::fused::{for_segments, form_ref, group_tasks, in_order, put_scratch, take_scratch, Terms, BLOCK, TASK};
+use crate::fused::{
+    for_segments, form_ref, group_tasks, in_order, per_segment, put_scratch, take_scratch, Terms, BLOCK, TASK,
+};
 use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
@@ -42,8 +44,7 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
     // Pass 1, per group, per segment: [‖running‖², ⟨running, c⟩ (without a clip), ‖c‖²].
     let segs = len.div_ceil(SEGMENT);
     let first_pass = Wanted { norm: true, rc: !clipping, cc: true };
-    let mut first = vec![[0.0f64; 3]; count * segs];
-    match buffer.as_deref_mut() {
+    let first: Vec<[f64; 3]> = match buffer.as_deref_mut() {
         Some(buf) => {
             // Each segment's statistics beside its part of the buffer.
             let mut work: Vec<([f64; 3], &mut [f32])> =
@@ -51,26 +52,21 @@ pub fn apg<I: Element, S: Slot>(p: &Apg<I>, len: usize, mut buffer: Option<&mut 
             for_segments(&mut work, len, |(start, _), (stats, seg)| {
                 *stats = simd::run(Update { p, start, seg, has_prev, wanted: first_pass })
             });
-            first.iter_mut().zip(&work).for_each(|(f, w)| *f = w.0);
+            work.iter().map(|w| w.0).collect()
         }
-        None => for_segments(&mut first, len, |(start, n), stats| {
-            *stats = simd::run(Stats { p, start, n, stored: None, clip: None, wanted: first_pass })
+        None => per_segment(count, len, |start, n| {
+            simd::run(Stats { p, start, n, stored: None, clip: None, wanted: first_pass })
         }),
-    }
+    };
     let stored = buffer.as_deref();
     let clips: Vec<Option<f32>> =
         first.chunks(segs).map(|s| clipping.then(|| apg_clip_factor(in_order(s)[0].sqrt(), p.threshold))).collect();
     // ⟨clipped, c⟩ needs the clip: a second pass.
-    let mut second = Vec::new();
-    if clipping {
+    let second = clipping.then(|| {
         let wanted = Wanted { norm: false, rc: true, cc: false };
-        second = vec![[0.0f64; 3]; count * segs];
-        for_segments(&mut second, len, |(start, n), stats| {
-            let clip = clips[start / len];
-            *stats = simd::run(Stats { p, start, n, stored, clip, wanted })
-        });
-    }
-    let rc = if clipping { &second } else { &first };
+        per_segment(count, len, |start, n| simd::run(Stats { p, start, n, stored, clip: clips[start / len], wanted }))
+    });
+    let rc = second.as_ref().unwrap_or(&first);
     let coefs: Vec<f64> = rc
         .chunks(segs)
         .zip(first.chunks(segs))
@@ -272,14 +268,8 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
             let (m, start) = (out.len(), self.start + k * BLOCK);
             let c = form_ref(p.cond, start, &mut c[..m]);
             let u = form_ref(p.uncond, start, &mut u[..m]);
-            // The running average, or Δ = c − u without a momentum.
-            let r: &[f32] = match self.stored {
-                Some(s) => &s[start..start + m],
-                None => {
-                    difference(c, u, &mut d[..m]);
-                    &d[..m]
-                }
-            };
+            // The running average, or Δ = c − u without a momentum (the clip is applied below).
+            let r = update(self.stored, None, start, &mut d[..m], |d| difference(c, u, d));
             // Eight lanes at a time into the output, then the rest.
             let ((cv, ct), (uv, ut), (rv, rt)) = (c.as_chunks::<8>(), u.as_chunks::<8>(), r.as_chunks::<8>());
             let (ov, ot) = out.as_chunks_mut::<8>();

@@ -533,9 +533,20 @@ const STAT_ROWS: usize = 4;
 /// The `K` statistics of each of `count` consecutive groups of `len`
 /// elements: per segment in parallel, then summed in segment order.
 pub fn group_totals<const K: usize, P: Statistics<K>>(op: &P, len: usize, count: usize) -> Vec<[f64; K]> {
-    let mut partials = vec![[0.0f64; K]; count * len.div_ceil(SEGMENT)];
-    for_segments(&mut partials, len, |(start, n), p| *p = simd::run(Stats::<P, K> { op, start, n }));
+    let partials = per_segment(count, len, |start, n| simd::run(Stats::<P, K> { op, start, n }));
     partials.chunks(len.div_ceil(SEGMENT)).map(in_order).collect()
+}
+
+/// `f(start, n)` for each segment of `count` consecutive groups of `len`
+/// elements, in parallel ([`for_segments`]), the results group by group.
+pub fn per_segment<const K: usize>(
+    count: usize,
+    len: usize,
+    f: impl Fn(usize, usize) -> [f64; K] + Sync,
+) -> Vec<[f64; K]> {
+    let mut results = vec![[0.0; K]; count * len.div_ceil(SEGMENT)];
+    for_segments(&mut results, len, |(start, n), r| *r = f(start, n));
+    results
 }
 
 /// `f((start, n), result)` for each segment of consecutive groups of `len`
