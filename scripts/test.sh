@@ -24,15 +24,25 @@ else
     exit 1
 fi
 
+# The Python extension (python/, a workspace member) is built as maturin builds
+# it: an extension module, not linked to libpython. Set for every cargo command
+# here, so that none of them builds PyO3 again.
+export PYO3_BUILD_EXTENSION_MODULE=1
+
 # 1. Everything, as a machine without a GPU sees it (the no-driver paths run).
 cargo test --workspace --all-targets --locked
 
-# 2. The Python package (python/): built with maturin into target/pyenv, tested
-#    with pytest against diffusers' own guiders and torch.distributed (gloo).
-#    It needs PyPI; CFG_SKIP_PYTHON=1 skips it.
+# 2. The Python package (python/), tested with pytest against diffusers' own
+#    guiders and torch.distributed (gloo) in target/pyenv. It needs PyPI;
+#    CFG_SKIP_PYTHON=1 skips it. Its extension is built in step 1's profile and
+#    features, so that only the extension itself is compiled (seconds), where a
+#    release build of the workspace (`pip install ./python`, which
+#    scripts/test-python.sh runs when called alone) takes minutes.
 if [ "${CFG_SKIP_PYTHON:-0}" = 1 ]; then
     echo "CFG_SKIP_PYTHON=1: the Python package's tests are skipped" >&2
 else
+    cargo build --workspace --all-targets --profile test --locked
+    export CFG_PYTHON_EXTENSION="${CARGO_TARGET_DIR:-target}/debug/lib_native.so"
     scripts/test-python.sh
 fi
 
