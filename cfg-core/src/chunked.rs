@@ -11,7 +11,7 @@
 use crate::cpu::{combine_task, Element};
 use crate::layout::Layout;
 use crate::simd::{self, Task, Vector};
-use crate::slot::Slot;
+use crate::slot::{kept, Slot};
 use crate::Shape;
 
 /// The chunks of a prediction: which frame (and so which chunk) each element is in.
@@ -74,7 +74,12 @@ pub fn chunked_into(chunks: &Chunks, weights: &[[f32; 3]], c: &[f32], prefix: &[
 /// chunk, and so the weights, are fixed, so each run is a 3-term combine in
 /// the linear path's order (`w_c·c`, then fma with prefix, then with u) and
 /// takes its vector code. Parallel over tasks of whole runs.
-pub fn chunked_direct<I: Element, S: Slot>(chunks: &Chunks, weights: &[[f32; 3]], src: [&[I]; 3], out: &mut [S]) {
+pub fn chunked_direct<I: Element, O: Element>(chunks: &Chunks, weights: &[[f32; 3]], src: [&[I]; 3], out: &mut [O]) {
+    chunked_slots(chunks, weights, src, kept(out))
+}
+
+/// [`chunked_direct`] into slots (fresh memory, or kept values).
+pub(crate) fn chunked_slots<I: Element, S: Slot>(chunks: &Chunks, weights: &[[f32; 3]], src: [&[I]; 3], out: &mut [S]) {
     if out.is_empty() {
         return;
     }

@@ -2,7 +2,7 @@
 
 use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
-use crate::chunked::{chunked_direct, chunked_into, Chunks};
+use crate::chunked::{chunked_direct, chunked_into, chunked_slots, Chunks};
 use crate::error::CoreError;
 use crate::fdg::{self, fdg_into, Pyramid};
 use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
@@ -10,7 +10,7 @@ use crate::par;
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
 use crate::simd::Vector;
-use crate::slot::{new_vec, Slot};
+use crate::slot::{kept, new_vec, Slot};
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
 use crate::tensor::{Tensor, TensorData};
@@ -154,8 +154,13 @@ fn mul_portable(acc: &mut [f32], x: &[f32], w: f32) {
 }
 
 /// `out = Σ w_k · x_k` in term order (`w_0·x_0` first, then fma), rounded into
-/// `out` (kept values, or fresh memory: see [`Slot`]).
-pub fn combine_into<I: Element, S: Slot>(terms: &[(&[I], f32)], out: &mut [S]) {
+/// `out`.
+pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]) {
+    combine_slots(terms, kept(out))
+}
+
+/// [`combine_into`] into slots (fresh memory, or kept values: see [`Slot`]).
+pub(crate) fn combine_slots<I: Element, S: Slot>(terms: &[(&[I], f32)], out: &mut [S]) {
     par::for_each_chunk_mut(out, TASK, |task, out_task| {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
@@ -298,15 +303,15 @@ pub fn evaluate_view(
         }
     } else if let Some(op) = single_fused_op(program) {
         match &mut out.data {
-            ElementsMut::F32(o) => fused_op(program, op, &slices(inputs, as_f32), shape, state, o),
-            ElementsMut::F16(o) => fused_op(program, op, &slices(inputs, as_f16), shape, state, o),
-            ElementsMut::BF16(o) => fused_op(program, op, &slices(inputs, as_bf16), shape, state, o),
+            ElementsMut::F32(o) => fused_op(program, op, &slices(inputs, as_f32), shape, state, kept(o)),
+            ElementsMut::F16(o) => fused_op(program, op, &slices(inputs, as_f16), shape, state, kept(o)),
+            ElementsMut::BF16(o) => fused_op(program, op, &slices(inputs, as_bf16), shape, state, kept(o)),
         }
     } else if let Some((op, mix)) = op_then_mix(program) {
         match &mut out.data {
-            ElementsMut::F32(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_f32), shape, o),
-            ElementsMut::F16(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_f16), shape, o),
-            ElementsMut::BF16(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_bf16), shape, o),
+            ElementsMut::F32(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_f32), shape, kept(o)),
+            ElementsMut::F16(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_f16), shape, kept(o)),
+            ElementsMut::BF16(o) => fused_group_op(program, op, Some(mix), &slices(inputs, as_bf16), shape, kept(o)),
         }
     } else if let Some(op) = single_fdg(program) {
         fdg_view(program, op, inputs, shape, &mut out.data)?;
@@ -448,10 +453,10 @@ fn new_output<E: Element>(
     state: &mut GuidanceState,
 ) -> Vec<E> {
     let write = |out: &mut [MaybeUninit<E>]| match kind {
-        WrittenOnce::Form(form) => combine_into(&form_terms(form, x), out),
+        WrittenOnce::Form(form) => combine_slots(&form_terms(form, x), out),
         WrittenOnce::Op(op) => fused_op(program, op, x, shape, state, out),
         WrittenOnce::GroupMix(op, mix) => fused_group_op(program, op, Some(mix), x, shape, out),
-        WrittenOnce::Chunked([c, p, u], weights, chunks) => chunked_direct(&chunks, weights, [x[c], x[p], x[u]], out),
+        WrittenOnce::Chunked([c, p, u], weights, chunks) => chunked_slots(&chunks, weights, [x[c], x[p], x[u]], out),
     };
     // SAFETY: each kernel writes every element of its output: the combine
     // and chunked guidance every task of it, an operator every element of its
@@ -911,7 +916,7 @@ impl<'a> Evaluation<'a> {
         let (a, b) = (self.terms(vals[0]), self.terms(vals[1]));
         let strided = op.over().filter(|o| !o.is_contiguous());
         let Some(over) = strided else {
-            op_into(op, &a, &b, &|over| Groups::new(over, self.shape).len, state, &mut out);
+            op_into(op, &a, &b, &|over| Groups::new(over, self.shape).len, state, kept(&mut out));
             return out;
         };
         // Strided groups made contiguous: each block [len, width] -> [width, len] and back
@@ -926,7 +931,7 @@ impl<'a> Evaluation<'a> {
         let (ta, tb): (Terms<f32>, Terms<f32>) =
             (if a.is_empty() { &[] } else { &ta }, if b.is_empty() { &[] } else { &tb });
         let mut tout = vec![0.0; self.n()];
-        op_into(op, ta, tb, &|_| groups.len, state, &mut tout);
+        op_into(op, ta, tb, &|_| groups.len, state, kept(&mut tout));
         transpose_back(&tout, &mut out, per_sample, width);
         out
     }
@@ -1155,7 +1160,7 @@ mod tests {
             let terms: Vec<(&[bf16], f32)> =
                 xs[..n].iter().enumerate().map(|(k, x)| (x.as_slice(), 1.7 - k as f32 * 0.9)).collect();
             let mut blocked = vec![bf16::ZERO; 5000];
-            combine_blocks(&terms, 0, &mut blocked);
+            combine_blocks(&terms, 0, kept(&mut blocked));
             let mut out = vec![bf16::ZERO; 5000];
             combine_into(&terms, &mut out);
             assert_eq!(out, blocked, "{n} terms");

@@ -16,7 +16,7 @@ use crate::cpu::{
 use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
-use crate::slot::Slot;
+use crate::slot::{kept, Slot};
 use std::cell::Cell;
 
 /// A linear form over slices: `Σ w_k·x_k`, evaluated as `w_0·x_0`, then fma in order.
@@ -425,7 +425,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F,
                 short_block::<V, K, P, S>(op, len, a, b, &mut pad, out);
             } else {
                 let y = &mut y[..m];
-                short_block::<V, K, P, f32>(op, len, a, b, &mut pad, y);
+                short_block::<V, K, P, _>(op, len, a, b, &mut pad, kept(y));
                 self.fin.finish::<V, S>(start, y, out);
             }
         }
@@ -496,7 +496,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for OnePass<'_, P, 
                 one_pass_block::<V, K, P, S>(self.op, len, a, b, block);
             } else {
                 let y = &mut y[..m];
-                one_pass_block::<V, K, P, f32>(self.op, len, a, b, y);
+                one_pass_block::<V, K, P, _>(self.op, len, a, b, kept(y));
                 self.fin.finish::<V, S>(start, y, block);
             }
         }
@@ -692,7 +692,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
                 apply_run::<V, K, P, S>(self.op, a, b, out, self.f);
             } else {
                 let y = &mut y[..m];
-                apply_run::<V, K, P, f32>(self.op, a, b, y, self.f);
+                apply_run::<V, K, P, _>(self.op, a, b, kept(y), self.f);
                 self.fin.finish::<V, S>(start, y, out);
             }
         }

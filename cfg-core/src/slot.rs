@@ -1,6 +1,7 @@
-//! Where a kernel writes its output elements: over initialized values (an
-//! output the caller keeps), or into fresh memory (a new output, which is
-//! then written once and never cleared first).
+//! Where a kernel writes its output elements: slots it writes once, in fresh
+//! memory (a new output, never cleared first) or over the values of an output
+//! the caller keeps ([`kept`]). Kernels are compiled for these slots only, not
+//! a second time for initialized elements.
 
 use crate::cpu::Element;
 use crate::recycle;
@@ -8,7 +9,7 @@ use crate::simd::Vector;
 use crate::zeroed::advise_huge_pages;
 use std::mem::MaybeUninit;
 
-/// One output element of type [`Slot::Elem`].
+/// One output element of type [`Slot::Elem`], written once with a value of it.
 pub trait Slot: Send + Sized {
     /// The element type written.
     type Elem: Element;
@@ -20,22 +21,6 @@ pub trait Slot: Send + Sized {
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]);
 }
 
-impl<O: Element> Slot for O {
-    type Elem = O;
-    #[inline(always)]
-    fn set(&mut self, v: O) {
-        *self = v;
-    }
-    #[inline(always)]
-    fn put_all(vals: &[f32], out: &mut [O]) {
-        O::store(vals, out);
-    }
-    #[inline(always)]
-    fn put8<V: Vector>(v: V, to: &mut [O; 8]) {
-        O::put8(v, to);
-    }
-}
-
 impl<O: Element> Slot for MaybeUninit<O> {
     type Elem = O;
     #[inline(always)]
@@ -44,8 +29,20 @@ impl<O: Element> Slot for MaybeUninit<O> {
     }
     #[inline(always)]
     fn put_all(vals: &[f32], out: &mut [Self]) {
-        for (o, v) in out.iter_mut().zip(vals) {
-            o.write(O::put(*v));
+        if O::DIRECT {
+            for (o, v) in out.iter_mut().zip(vals) {
+                o.write(O::put(*v));
+            }
+            return;
+        }
+        // Element by element it would not vectorize (f16): slices of it
+        // rounded by `store` into a buffer, then copied.
+        let mut buffer = [O::put(0.0); 64];
+        for (vals, out) in vals.chunks(64).zip(out.chunks_mut(64)) {
+            let rounded = &mut buffer[..vals.len()];
+            O::store(vals, rounded);
+            // SAFETY: as many initialized values as `out` has slots.
+            unsafe { std::ptr::copy_nonoverlapping(rounded.as_ptr(), out.as_mut_ptr().cast::<O>(), out.len()) };
         }
     }
     #[inline(always)]
@@ -56,6 +53,13 @@ impl<O: Element> Slot for MaybeUninit<O> {
         // a loop of `write`s may not become one vector store).
         unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), to.as_mut_ptr().cast::<O>(), 8) };
     }
+}
+
+/// An output the caller keeps, as slots: the kernels overwrite its values.
+pub(crate) fn kept<O: Element>(out: &mut [O]) -> &mut [MaybeUninit<O>] {
+    // SAFETY: same layout; a `Slot` only ever writes an initialized `O`, so
+    // the elements stay initialized (and the slice cannot leave the crate).
+    unsafe { &mut *(out as *mut [O] as *mut [MaybeUninit<O>]) }
 }
 
 /// A new vector of `n` elements, each written once by `write`.
