@@ -257,6 +257,7 @@ fn output<I>(p: &Apg<I>, coef: f64, clip: f32, c: f32, u: f32, r: f32) -> f32 {
 }
 
 impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
+    const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -343,6 +344,7 @@ struct MomentumCfgTask<'a, I, S> {
 }
 
 impl<I: Element, S: Slot> Task for MomentumCfgTask<'_, I, S> {
+    const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

@@ -104,6 +104,7 @@ struct Runs<'a, I, S> {
 }
 
 impl<I: Element, S: Slot> Task for Runs<'_, I, S> {
+    const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -111,7 +112,7 @@ impl<I: Element, S: Slot> Task for Runs<'_, I, S> {
             let offset = self.first + k * self.run;
             let w = &self.weights[self.chunks.chunk_of(offset)];
             let terms = [(self.src[0], w[0]), (self.src[1], w[1]), (self.src[2], w[2])];
-            combine_task(&terms, offset, out);
+            combine_task::<V, I, S>(&terms, offset, out);
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::par;
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
-use crate::simd::Vector;
+use crate::simd::{self, Task, Vector};
 use crate::slot::{kept, new_vec, Slot};
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
@@ -29,6 +29,8 @@ const TASK: usize = BLOCK * 32;
 pub trait Element: Copy + Send + Sync + 'static {
     /// Whether `get`/`put` are cheap enough to vectorize element by element.
     const DIRECT: bool;
+    /// Whether this is bf16 (see [`crate::simd::Task::WRITES_BF16`]).
+    const BF16: bool = false;
     /// One element widened to f32.
     fn get(self) -> f32;
     /// One f32 rounded (nearest even) to this type.
@@ -99,6 +101,7 @@ impl Element for f16 {
 // Plain loops the compiler vectorizes; bit-identical to `half` (tested below).
 impl Element for bf16 {
     const DIRECT: bool = true;
+    const BF16: bool = true;
     #[inline(always)]
     fn get(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
@@ -161,50 +164,62 @@ pub fn combine_into<I: Element, O: Element>(terms: &[(&[I], f32)], out: &mut [O]
 
 /// [`combine_into`] into slots (fresh memory, or kept values: see [`Slot`]).
 pub(crate) fn combine_slots<I: Element, S: Slot>(terms: &[(&[I], f32)], out: &mut [S]) {
-    par::for_each_chunk_mut(out, TASK, |task, out_task| {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the features this function was compiled for are present.
-            unsafe { combine_task_avx2(terms, task * TASK, out_task) };
-            return;
-        }
-        combine_task(terms, task * TASK, out_task)
-    });
+    par::for_each_chunk_mut(out, TASK, |task, out| simd::run(Combine { terms, offset: task * TASK, out }));
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn combine_task_avx2<I: Element, S: Slot>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
-    combine_task(terms, offset, out)
+/// One parallel task of [`combine_into`].
+struct Combine<'a, I, S> {
+    terms: &'a [(&'a [I], f32)],
+    offset: usize,
+    out: &'a mut [S],
 }
 
-/// One parallel task of `out.len()` elements starting at `offset`.
+impl<I: Element, S: Slot> Task for Combine<'_, I, S> {
+    const WRITES_BF16: bool = S::Elem::BF16;
+    type Out = ();
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        combine_task::<V, I, S>(self.terms, self.offset, self.out)
+    }
+}
+
+/// `out.len()` elements of the combine, starting at `offset`.
 #[inline(always)]
-pub(crate) fn combine_task<I: Element, S: Slot>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+pub(crate) fn combine_task<V: Vector, I: Element, S: Slot>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     if I::DIRECT && S::Elem::DIRECT {
         match terms.len() {
-            1 => return combine_direct::<I, S, 1>(terms, offset, out),
-            2 => return combine_direct::<I, S, 2>(terms, offset, out),
-            3 => return combine_direct::<I, S, 3>(terms, offset, out),
-            4 => return combine_direct::<I, S, 4>(terms, offset, out),
-            5 => return combine_direct::<I, S, 5>(terms, offset, out),
-            6 => return combine_direct::<I, S, 6>(terms, offset, out),
-            7 => return combine_direct::<I, S, 7>(terms, offset, out),
-            8 => return combine_direct::<I, S, 8>(terms, offset, out),
+            1 => return combine_direct::<V, I, S, 1>(terms, offset, out),
+            2 => return combine_direct::<V, I, S, 2>(terms, offset, out),
+            3 => return combine_direct::<V, I, S, 3>(terms, offset, out),
+            4 => return combine_direct::<V, I, S, 4>(terms, offset, out),
+            5 => return combine_direct::<V, I, S, 5>(terms, offset, out),
+            6 => return combine_direct::<V, I, S, 6>(terms, offset, out),
+            7 => return combine_direct::<V, I, S, 7>(terms, offset, out),
+            8 => return combine_direct::<V, I, S, 8>(terms, offset, out),
             _ => {}
         }
     }
     combine_blocks(terms, offset, out)
 }
 
-/// N terms known at compile time: the accumulator stays in registers and the
-/// element loop vectorizes. Same order as [`combine_blocks`]: `w0·x0`, then fma.
+/// N terms known at compile time: eight lanes at a time in registers, each
+/// output rounded and written once. Same order as [`combine_blocks`]: `w0·x0`, then fma.
 #[inline(always)]
-fn combine_direct<I: Element, S: Slot, const N: usize>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
+fn combine_direct<V: Vector, I: Element, S: Slot, const N: usize>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     let n = out.len();
     let srcs: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[offset..offset + n]);
+    let lanes: [&[[I; 8]]; N] = std::array::from_fn(|k| srcs[k].as_chunks::<8>().0);
     let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
-    for (i, o) in out.iter_mut().enumerate() {
+    let (whole, tail) = out.as_chunks_mut::<8>();
+    for (c, o) in whole.iter_mut().enumerate() {
+        let x = |k: usize| V::load(&lanes[k][c].map(I::get));
+        let mut acc = V::splat(w[0]) * x(0);
+        for k in 1..N {
+            acc = V::splat(w[k]).mul_add(x(k), acc);
+        }
+        S::put8(acc, o);
+    }
+    for (i, o) in (8 * whole.len()..n).zip(tail) {
         let mut acc = w[0] * srcs[0][i].get();
         for k in 1..N {
             acc = w[k].mul_add(srcs[k][i].get(), acc);

@@ -408,6 +408,7 @@ fn group_stats<V: Vector, const K: usize, P: Statistics<K>>(vectors: usize, a: &
 }
 
 impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F, S, K> {
+    const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -481,6 +482,7 @@ struct OnePass<'a, P, F, S, const K: usize> {
 }
 
 impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for OnePass<'_, P, F, S, K> {
+    const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -678,6 +680,7 @@ struct Apply<'a, P, F, S, const K: usize> {
 }
 
 impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F, S, K> {
+    const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

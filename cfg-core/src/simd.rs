@@ -1,6 +1,8 @@
-//! Runtime CPU-feature dispatch: a [`Task`] runs compiled for AVX2+FMA when the
-//! CPU has them (then `mul_add` is one instruction, not a libm call), else
-//! portably. Both compute the same bits: fma is exact either way.
+//! Runtime CPU-feature dispatch: a [`Task`] runs compiled for the best
+//! [`Level`] the CPU has: AVX2+FMA (then `mul_add` is one instruction, not a
+//! libm call), AVX2+FMA with AVX-512 BF16 (f32 → bf16 in one instruction), or
+//! portably. All compute the same bits: fma is exact either way, and the
+//! hardware bf16 rounding is used only where it equals ours (see `to_bf16`).
 //!
 //! A task is told which [`Vector`] of eight f32 lanes it runs with, so that
 //! its hot loops can hold values in registers (AVX2) instead of leaving the
@@ -8,12 +10,15 @@
 //! operation lane by lane, so a vector loop gives the bits its scalar form gives.
 
 use std::ops::{Add, Mul, Neg, Sub};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A unit of work whose `run` is inlined into the dispatched region.
 pub trait Task {
     /// What it returns.
     type Out;
+    /// Whether it rounds values to bf16: only such tasks run in the AVX-512
+    /// BF16 region (the others would be compiled a third time for nothing).
+    const WRITES_BF16: bool = false;
     /// The work, with the vector type of the region it runs in;
     /// implementations are `#[inline(always)]`.
     fn run<V: Vector>(self) -> Self::Out;
@@ -58,32 +63,70 @@ pub trait Vector: Num {
     fn project_f64(self, r: Self, k: f64) -> (Self, Self);
 }
 
-static PORTABLE: AtomicBool = AtomicBool::new(false);
+/// The instruction sets a task can be compiled for, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Plain Rust: every operation a loop over the lanes.
+    Portable,
+    /// AVX2 and FMA (x86-64).
+    Avx2,
+    /// AVX2 and FMA, with AVX-512 BF16's f32 → bf16 conversion.
+    Avx512Bf16,
+}
 
-/// Makes every later [`run`] take the portable path (for tests that compare
-/// the two paths, and benchmarks).
-pub fn force_portable(on: bool) {
-    PORTABLE.store(on, Ordering::Relaxed);
+impl Level {
+    /// Every level, in order.
+    pub const ALL: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512Bf16];
+}
+
+static LIMIT: AtomicU8 = AtomicU8::new(Level::Avx512Bf16 as u8);
+
+/// Makes every later [`run`] use at most `level` (for tests that compare the
+/// paths, and benchmarks); `Level::Avx512Bf16` lifts the limit.
+pub fn set_limit(level: Level) {
+    LIMIT.store(level as u8, Ordering::Relaxed);
+}
+
+/// The level [`run`] uses now: the best this CPU has, within the limit.
+#[inline]
+pub fn level() -> Level {
+    let limit = LIMIT.load(Ordering::Relaxed);
+    #[cfg(target_arch = "x86_64")]
+    if limit >= Level::Avx2 as u8 && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+        let bf16 = std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512vl");
+        return if limit >= Level::Avx512Bf16 as u8 && bf16 { Level::Avx512Bf16 } else { Level::Avx2 };
+    }
+    let _ = limit;
+    Level::Portable
 }
 
 /// Runs `task` with the best instruction set this CPU has.
 #[inline]
 pub fn run<T: Task>(task: T) -> T::Out {
+    let level = level();
+    // SAFETY (both): `level` detected the features these regions are compiled for.
     #[cfg(target_arch = "x86_64")]
-    if !PORTABLE.load(Ordering::Relaxed)
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("avx2")
-    {
-        // SAFETY: the features `run_avx2` is compiled for are present.
+    if T::WRITES_BF16 && level == Level::Avx512Bf16 {
+        return unsafe { run_avx512_bf16(task) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Avx2 {
         return unsafe { run_avx2(task) };
     }
+    let _ = level;
     task.run::<Portable>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn run_avx2<T: Task>(task: T) -> T::Out {
-    task.run::<avx2::Avx2>()
+    task.run::<avx2::Avx2<false>>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bf16")]
+fn run_avx512_bf16<T: Task>(task: T) -> T::Out {
+    task.run::<avx2::Avx2<true>>()
 }
 
 /// Eight lanes as an array: each operation a loop over the lanes.
@@ -195,10 +238,11 @@ impl Vector for Portable {
     }
 }
 
-/// The AVX2 vector. Private to this file: its values are made only inside a
-/// task that [`run`] dispatched after detecting AVX2 and FMA, so its
-/// intrinsics always run on a CPU that has them (that makes its `unsafe`
-/// sound), and in that region they inline into the task's code.
+/// The AVX2 vector (`Avx2<true>` also rounds to bf16 with AVX-512 BF16).
+/// Private to this file: its values are made only inside a task that [`run`]
+/// dispatched after detecting its features, so its intrinsics always run on a
+/// CPU that has them (that makes its `unsafe` sound), and in that region they
+/// inline into the task's code.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Num, Vector};
@@ -206,57 +250,57 @@ mod avx2 {
     use std::ops::{Add, Mul, Neg, Sub};
 
     #[derive(Clone, Copy)]
-    pub(super) struct Avx2(__m256);
+    pub(super) struct Avx2<const HW_BF16: bool>(__m256);
 
-    impl Add for Avx2 {
-        type Output = Avx2;
+    impl<const B: bool> Add for Avx2<B> {
+        type Output = Self;
         #[inline(always)]
-        fn add(self, o: Avx2) -> Avx2 {
+        fn add(self, o: Self) -> Self {
             // SAFETY (every block below): see the type's comment.
-            Avx2(unsafe { _mm256_add_ps(self.0, o.0) })
+            Self(unsafe { _mm256_add_ps(self.0, o.0) })
         }
     }
 
-    impl Sub for Avx2 {
-        type Output = Avx2;
+    impl<const B: bool> Sub for Avx2<B> {
+        type Output = Self;
         #[inline(always)]
-        fn sub(self, o: Avx2) -> Avx2 {
-            Avx2(unsafe { _mm256_sub_ps(self.0, o.0) })
+        fn sub(self, o: Self) -> Self {
+            Self(unsafe { _mm256_sub_ps(self.0, o.0) })
         }
     }
 
-    impl Mul for Avx2 {
-        type Output = Avx2;
+    impl<const B: bool> Mul for Avx2<B> {
+        type Output = Self;
         #[inline(always)]
-        fn mul(self, o: Avx2) -> Avx2 {
-            Avx2(unsafe { _mm256_mul_ps(self.0, o.0) })
+        fn mul(self, o: Self) -> Self {
+            Self(unsafe { _mm256_mul_ps(self.0, o.0) })
         }
     }
 
-    impl Neg for Avx2 {
-        type Output = Avx2;
+    impl<const B: bool> Neg for Avx2<B> {
+        type Output = Self;
         #[inline(always)]
-        fn neg(self) -> Avx2 {
+        fn neg(self) -> Self {
             // Flips the sign bit, as scalar negation does (NaNs included).
-            Avx2(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
+            Self(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
         }
     }
 
-    impl Num for Avx2 {
+    impl<const B: bool> Num for Avx2<B> {
         #[inline(always)]
-        fn splat(x: f32) -> Avx2 {
-            Avx2(unsafe { _mm256_set1_ps(x) })
+        fn splat(x: f32) -> Self {
+            Self(unsafe { _mm256_set1_ps(x) })
         }
         #[inline(always)]
-        fn mul_add(self, a: Avx2, b: Avx2) -> Avx2 {
-            Avx2(unsafe { _mm256_fmadd_ps(self.0, a.0, b.0) })
+        fn mul_add(self, a: Self, b: Self) -> Self {
+            Self(unsafe { _mm256_fmadd_ps(self.0, a.0, b.0) })
         }
     }
 
-    impl Vector for Avx2 {
+    impl<const B: bool> Vector for Avx2<B> {
         #[inline(always)]
-        fn load(x: &[f32; 8]) -> Avx2 {
-            Avx2(unsafe { _mm256_loadu_ps(x.as_ptr()) })
+        fn load(x: &[f32; 8]) -> Self {
+            Self(unsafe { _mm256_loadu_ps(x.as_ptr()) })
         }
         #[inline(always)]
         fn store(self, to: &mut [f32; 8]) {
@@ -294,6 +338,18 @@ mod avx2 {
         fn to_bf16(self) -> [u16; 8] {
             let mut r = [0u16; 8];
             unsafe {
+                // In the AVX-512 BF16 region, one instruction rounds as we do
+                // (nearest even, NaNs quieted) except that it flushes subnormal
+                // inputs to zero: a vector with a subnormal takes the steps below.
+                if B {
+                    let bits = _mm256_castps_si256(self.0);
+                    let zero_exponent = _mm256_testn_epi32_mask(bits, _mm256_set1_epi32(0x7f80_0000));
+                    if _mm256_mask_test_epi32_mask(zero_exponent, bits, _mm256_set1_epi32(0x007f_ffff)) == 0 {
+                        let h: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(self.0));
+                        _mm_storeu_si128(r.as_mut_ptr().cast(), h);
+                        return r;
+                    }
+                }
                 // (bits + 0x7fff + lsb) >> 16, or (bits >> 16) | 0x40 for a NaN.
                 let bits = _mm256_castps_si256(self.0);
                 let high = _mm256_srli_epi32::<16>(bits);
@@ -309,7 +365,7 @@ mod avx2 {
             r
         }
         #[inline(always)]
-        fn project_f64(self, r: Avx2, k: f64) -> (Avx2, Avx2) {
+        fn project_f64(self, r: Self, k: f64) -> (Self, Self) {
             // Each half widened to four f64 (exact), multiplied and subtracted
             // there, rounded back (nearest even, as `as f32`). No closures: they
             // would compile outside this region's features.
@@ -323,7 +379,7 @@ mod avx2 {
                 let q_hi = _mm256_sub_pd(_mm256_cvtps_pd(r_hi), p_hi);
                 let p = _mm256_set_m128(_mm256_cvtpd_ps(p_hi), _mm256_cvtpd_ps(p_lo));
                 let q = _mm256_set_m128(_mm256_cvtpd_ps(q_hi), _mm256_cvtpd_ps(q_lo));
-                (Avx2(p), Avx2(q))
+                (Self(p), Self(q))
             }
         }
     }
@@ -334,16 +390,17 @@ mod tests {
     use super::*;
     use std::hint::black_box;
 
-    struct Fold([f32; 8], [f64; 8], [f32; 8]);
+    struct Fold([f32; 8], [f64; 8], [f32; 8], [f32; 8]);
 
     impl Task for Fold {
-        type Out = (f32, [f32; 8], [f64; 8], [u16; 8], [[f32; 8]; 2]);
+        const WRITES_BF16: bool = true;
+        type Out = (f32, [f32; 8], [f64; 8], [[u16; 8]; 2], [[f32; 8]; 2]);
         #[inline(always)]
         fn run<V: Vector>(self) -> Self::Out {
             let (v, w) = (V::load(&self.0), V::splat(-1.5));
             let mut out = [0.0; 8];
             (v.mul_add(w, -v) * v - w + v).store(&mut out);
-            let rounded = V::load(&self.2).to_bf16();
+            let rounded = [V::load(&self.2).to_bf16(), V::load(&self.3).to_bf16()];
             let mut projected = [[0.0; 8]; 2];
             let (p, q) = v.project_f64(V::load(&self.2), 0.3);
             p.store(&mut projected[0]);
@@ -353,12 +410,15 @@ mod tests {
     }
 
     #[test]
-    fn both_vectors_compute_the_scalar_bits() {
+    fn every_level_computes_the_scalar_bits() {
         let x = [1e-30, -3.25, 7.0, f32::MAX, -0.0, 2.5e-38, 1.0 / 3.0, -1e7];
         let d = [1e-300, -3.25, 7.0, f64::MAX, -5e-324, 2.0, 1.0 / 3.0, -1e7];
         // NaNs, infinity, ties to even (1 + 2⁻⁸ down, 1 + 3·2⁻⁸ up), a subnormal, the largest f32.
         let tie = |k: u32| f32::from_bits(0x3f80_0000 | (k << 15));
         let r = [f32::NAN, -f32::NAN, f32::NEG_INFINITY, tie(1), tie(3), -0.0, 1e-40, f32::MAX];
+        // The same without the subnormal (a signalling NaN and the smallest normal in its place),
+        // so that the hardware conversion rounds the whole vector.
+        let normal = [f32::from_bits(0x7f80_0001), 1.1754944e-38, -1e-38, tie(5), -tie(7), 0.0, 65504.0, -f32::MAX];
         let h = x;
         let fold = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
         let each = x.map(|v| (v.mul_add(-1.5, -v) * v + 1.5 + v).to_bits());
@@ -366,16 +426,21 @@ mod tests {
         let par = x.map(|c| 0.3 * c as f64);
         let p = par.map(|p| (p as f32).to_bits());
         let perp: Vec<u32> = r.iter().zip(par).map(|(r, p)| ((*r as f64 - p) as f32).to_bits()).collect();
-        for portable in [false, true] {
-            force_portable(portable);
-            let (f, out, quotients, rounded, projected) = run(Fold(black_box(x), black_box(d), black_box(r)));
-            assert_eq!(projected[0].map(f32::to_bits), p);
-            assert_eq!(projected[1].map(f32::to_bits).to_vec(), perp);
-            assert_eq!(rounded, r.map(crate::cpu::bf16_bits_rne));
-            assert_eq!(f.to_bits(), fold.to_bits());
-            assert_eq!(out.map(f32::to_bits), each);
-            assert_eq!(quotients.map(f64::to_bits), q);
+        let bf16 = [r.map(crate::cpu::bf16_bits_rne), normal.map(crate::cpu::bf16_bits_rne)];
+        let best = level();
+        for level in Level::ALL {
+            set_limit(level);
+            // Only this test sets the limit in this crate's tests.
+            assert_eq!(super::level(), level.min(best));
+            let (f, out, quotients, rounded, projected) =
+                run(Fold(black_box(x), black_box(d), black_box(r), black_box(normal)));
+            assert_eq!(projected[0].map(f32::to_bits), p, "{level:?}");
+            assert_eq!(projected[1].map(f32::to_bits).to_vec(), perp, "{level:?}");
+            assert_eq!(rounded, bf16, "{level:?}");
+            assert_eq!(f.to_bits(), fold.to_bits(), "{level:?}");
+            assert_eq!(out.map(f32::to_bits), each, "{level:?}");
+            assert_eq!(quotients.map(f64::to_bits), q, "{level:?}");
         }
-        force_portable(false);
+        set_limit(Level::Avx512Bf16);
     }
 }

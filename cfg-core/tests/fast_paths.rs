@@ -11,7 +11,7 @@ use cfg_core::expr::Space;
 use cfg_core::fdg::{blur5, down2, fdg_into, lerp, up_taps, Pyramid};
 use cfg_core::program::{FdgBand, Form, Op, Program, Value};
 use cfg_core::reduce::{dot_f32, dot_f64, Groups, Reduce};
-use cfg_core::simd::force_portable;
+use cfg_core::simd::{set_limit, Level};
 use cfg_core::state::GuidanceState;
 use cfg_core::tcfg::tcfg_coefficients;
 use cfg_core::{DType, Shape, Tensor};
@@ -257,18 +257,18 @@ fn steps_match_reference(
 fn fast_paths_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 96, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[13; 32]);
-    for portable in [false, true] {
-        force_portable(portable);
+    for level in Level::ALL {
+        set_limit(level);
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&case(), |(program, inputs, shape, dtype)| {
                 // Two steps: the second reads APG's momentum from the first.
-                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("portable {portable}"))?;
+                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("{level:?}"))?;
                 Ok(())
             })
             .expect("fast paths match the reference");
     }
-    force_portable(false);
+    set_limit(Level::Avx512Bf16);
 }
 
 /// The operators added after the test above, on the same cases (its own test,
@@ -296,13 +296,13 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape, dtype)
         },
     );
-    for portable in [false, true] {
-        force_portable(portable);
+    for level in Level::ALL {
+        set_limit(level);
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(program, inputs, shape, dtype)| {
                 let (state, momentum) =
-                    steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("portable {portable}"))?;
+                    steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("{level:?}"))?;
                 if let Op::MomentumCfg { slot, .. } = &program.ops[0] {
                     let held = state.momentum(slot).expect("a momentum").to_vec();
                     prop_assert_eq!(Some(held), momentum);
@@ -311,7 +311,7 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
             })
             .expect("later operators match the reference");
     }
-    force_portable(false);
+    set_limit(Level::Avx512Bf16);
 }
 
 /// APG with and without a momentum and a norm clip (the cases above almost
@@ -374,8 +374,8 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape, dtype)
         },
     );
-    for portable in [false, true] {
-        force_portable(portable);
+    for level in Level::ALL {
+        set_limit(level);
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(program, inputs, shape, dtype)| {
@@ -405,12 +405,12 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
                     })
                     .collect();
                 let want = Tensor::from_f32(dtype, shape.clone(), &want);
-                prop_assert_eq!(got.bits(), want.bits(), "portable {} {:?}", portable, program.ops);
+                prop_assert_eq!(got.bits(), want.bits(), "{:?} {:?}", level, program.ops);
                 Ok(())
             })
             .expect("op then mix matches the reference");
     }
-    force_portable(false);
+    set_limit(Level::Avx512Bf16);
 }
 
 /// A linear program (no operator): `evaluate` writes its new output once,
@@ -457,17 +457,17 @@ fn linear_programs_match_the_canonical_reference_bit_for_bit() {
 fn short_groups_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[23; 32]);
-    for portable in [false, true] {
-        force_portable(portable);
+    for level in Level::ALL {
+        set_limit(level);
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&case_with(SHORT_WIDTHS), |(program, inputs, shape, dtype)| {
-                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("portable {portable}"))?;
+                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("{level:?}"))?;
                 Ok(())
             })
             .expect("short groups match the reference");
     }
-    force_portable(false);
+    set_limit(Level::Avx512Bf16);
 }
 
 /// FDG element by element on planar images, as `fdg.rs` documents it: every
@@ -612,8 +612,8 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
     });
     let cases =
         (1usize..=3, 0usize..4, 1usize..=2, 1usize..=3, 2usize..=5, 2usize..=5, bands, prop::bool::ANY, any::<u64>());
-    for portable in [false, true] {
-        force_portable(portable);
+    for level in Level::ALL {
+        set_limit(level);
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(levels, kind, batch, frames, hk, wk, mut bands, original, seed)| {
@@ -640,12 +640,12 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
                 fdg_into(&p, &c, &u, &bands, original, &mut got);
                 let want = fdg_reference(&p, &c, &u, &bands, original);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                prop_assert_eq!(bits(&got), bits(&want), "portable {} {:?} {} {:?}", portable, layout, shape, bands);
+                prop_assert_eq!(bits(&got), bits(&want), "{:?} {:?} {} {:?}", level, layout, shape, bands);
                 Ok(())
             })
             .expect("FDG matches the reference");
     }
-    force_portable(false);
+    set_limit(Level::Avx512Bf16);
 }
 
 /// MAGI-1's chunked guidance read straight from bf16/f16/f32 inputs (runs of
@@ -683,8 +683,8 @@ fn chunked_matches_the_canonical_reference_bit_for_bit() {
         prop_oneof![3 => 1usize..=70, 1 => Just(9000usize)],
         any::<u64>(),
     );
-    for portable in [false, true] {
-        force_portable(portable);
+    for level in Level::ALL {
+        set_limit(level);
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(batch, channels, frames, chunk_frames, plane, seed)| {
@@ -702,5 +702,5 @@ fn chunked_matches_the_canonical_reference_bit_for_bit() {
             })
             .expect("chunked guidance matches the reference");
     }
-    force_portable(false);
+    set_limit(Level::Avx512Bf16);
 }

@@ -268,8 +268,15 @@ fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 const WARM_UP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Serve mode for the interleaved comparison: reads `op dtype n reps` lines,
-/// answers `into_ms alloc_ms floor_ms` (medians) per line.
+/// answers `into_ms alloc_ms floor_ms` (medians) per line. `CFG_BENCH_SIMD`
+/// (`portable` or `avx2`) caps the instruction set, to compare the paths.
 pub fn serve() {
+    use cfg_core::simd::{set_limit, Level};
+    match std::env::var("CFG_BENCH_SIMD").as_deref() {
+        Ok("portable") => set_limit(Level::Portable),
+        Ok("avx2") => set_limit(Level::Avx2),
+        _ => {}
+    }
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let w: Vec<&str> = line.split_whitespace().collect();
