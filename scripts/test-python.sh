@@ -8,11 +8,11 @@
 # workspace's target/), then runs the tests (arguments, if any, go to pytest in
 # place of the folder).
 #
-# scripts/test.sh calls it with CFG_PYTHON_EXTENSION set to the extension its
-# `cargo test --workspace` already built (python/ is a workspace member): the
-# package is then put together from python/cfg_guidance and that library in
-# target/pytest-package, which pytest imports first, and nothing is compiled
-# again (a release build of the workspace would take minutes).
+# scripts/test.sh calls it with CFG_PYTHON_EXTENSION set to the extension it
+# built with its test build's profile and features (python/ is a workspace
+# member): the package is then put together from python/cfg_guidance and that
+# library in target/pytest-package, which pytest imports first (PYTHONPATH), and
+# maturin compiles nothing (a release build of the workspace takes minutes).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
