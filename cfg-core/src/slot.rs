@@ -39,10 +39,12 @@ impl<O: Element> Slot for MaybeUninit<O> {
         // rounded by `store` into a buffer, then copied.
         let mut buffer = [O::put(0.0); 64];
         for (vals, out) in vals.chunks(64).zip(out.chunks_mut(64)) {
-            let rounded = &mut buffer[..vals.len()];
-            O::store(vals, rounded);
-            // SAFETY: as many initialized values as `out` has slots.
-            unsafe { std::ptr::copy_nonoverlapping(rounded.as_ptr(), out.as_mut_ptr().cast::<O>(), out.len()) };
+            // As many as both have, as the loop above writes.
+            let n = vals.len().min(out.len());
+            let rounded = &mut buffer[..n];
+            O::store(&vals[..n], rounded);
+            // SAFETY: `n` initialized values into `n` slots.
+            unsafe { std::ptr::copy_nonoverlapping(rounded.as_ptr(), out.as_mut_ptr().cast::<O>(), n) };
         }
     }
     #[inline(always)]
