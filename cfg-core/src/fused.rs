@@ -51,12 +51,17 @@ pub fn put_scratch(v: Vec<f32>) {
 #[inline(always)]
 pub fn form_into<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
     if I::DIRECT {
+        let n = out.len();
+        let x = |k: usize| &terms[k].0[start..start + n];
+        let w = |k: usize| terms[k].1;
         match terms.len() {
             0 => return out.fill(0.0),
-            1 => return direct::<I, 1>(terms, start, out),
-            2 => return direct::<I, 2>(terms, start, out),
-            3 => return direct::<I, 3>(terms, start, out),
-            4 => return direct::<I, 4>(terms, start, out),
+            // `1·x` is `x` to every kernel (as in `form_ref`): widened, not multiplied.
+            1 if w(0) == 1.0 => return I::load(x(0), out),
+            1 => return one_term(x(0), w(0), out),
+            2 => return two_terms([x(0), x(1)], [w(0), w(1)], out),
+            3 => return three_terms([x(0), x(1), x(2)], [w(0), w(1), w(2)], out),
+            4 => return four_terms([x(0), x(1), x(2), x(3)], [w(0), w(1), w(2), w(3)], out),
             _ => {}
         }
     }
@@ -76,18 +81,37 @@ pub fn form_ref<'s, I: Element>(terms: Terms<'s, I>, start: usize, buf: &'s mut 
     buf
 }
 
-/// A known number of terms: the sum stays in a register.
+/// `w·x`. Forms of up to four terms zip their slices, the sum in a register:
+/// an indexed loop vectorizes too, but leaves up to 32 elements to a scalar
+/// epilogue even when its length is a multiple of 32.
 #[inline(always)]
-fn direct<I: Element, const N: usize>(terms: Terms<I>, start: usize, out: &mut [f32]) {
-    let n = out.len();
-    let x: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[start..start + n]);
-    let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
-    for (i, o) in out.iter_mut().enumerate() {
-        let mut acc = w[0] * x[0][i].get();
-        for k in 1..N {
-            acc = w[k].mul_add(x[k][i].get(), acc);
-        }
-        *o = acc;
+fn one_term<I: Element>(x: &[I], w: f32, out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(x) {
+        *o = w * x.get();
+    }
+}
+
+/// `fma(w₁, x₁, w₀·x₀)`.
+#[inline(always)]
+fn two_terms<I: Element>(x: [&[I]; 2], w: [f32; 2], out: &mut [f32]) {
+    for ((o, x0), x1) in out.iter_mut().zip(x[0]).zip(x[1]) {
+        *o = w[1].mul_add(x1.get(), w[0] * x0.get());
+    }
+}
+
+/// `fma(w₂, x₂, fma(w₁, x₁, w₀·x₀))`.
+#[inline(always)]
+fn three_terms<I: Element>(x: [&[I]; 3], w: [f32; 3], out: &mut [f32]) {
+    for (((o, x0), x1), x2) in out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]) {
+        *o = w[2].mul_add(x2.get(), w[1].mul_add(x1.get(), w[0] * x0.get()));
+    }
+}
+
+/// `fma(w₃, x₃, fma(w₂, x₂, fma(w₁, x₁, w₀·x₀)))`.
+#[inline(always)]
+fn four_terms<I: Element>(x: [&[I]; 4], w: [f32; 4], out: &mut [f32]) {
+    for ((((o, x0), x1), x2), x3) in out.iter_mut().zip(x[0]).zip(x[1]).zip(x[2]).zip(x[3]) {
+        *o = w[3].mul_add(x3.get(), w[2].mul_add(x2.get(), w[1].mul_add(x1.get(), w[0] * x0.get())));
     }
 }
 

@@ -148,7 +148,9 @@ fn case_with(widths: &'static [usize]) -> impl Strategy<Value = (Program, Vec<Te
     let shape = (1usize..=3, 0usize..widths.len(), 1usize..=4)
         .prop_map(|(batch, w, tokens)| Shape::new([batch, if widths[w] > 4000 { 1 } else { tokens }, widths[w]]));
     let forms = (2usize..=4).prop_flat_map(|branches| {
-        let form = prop::collection::vec((0..branches, -4.0f32..4.0), 0..=4).prop_map(|mut t| {
+        // Weight 1 too: a one-term form of weight 1 is widened, not multiplied.
+        let weight = prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)];
+        let form = prop::collection::vec((0..branches, weight), 0..=4).prop_map(|mut t| {
             t.sort_by_key(|x| x.0);
             t.dedup_by_key(|x| x.0);
             Form { terms: t }
