@@ -70,7 +70,8 @@ pub enum Level {
     Portable,
     /// AVX2 and FMA (x86-64).
     Avx2,
-    /// AVX2 and FMA, with AVX-512 BF16's f32 → bf16 conversion.
+    /// AVX2 and FMA, with AVX-512 BF16's f32 → bf16 conversion (and the
+    /// AVX-512 VL and DQ instructions around it).
     Avx512Bf16,
 }
 
@@ -344,12 +345,10 @@ mod avx2 {
                 // (nearest even, NaNs quieted) except that it flushes subnormal
                 // inputs to zero: a vector with a subnormal takes the steps below.
                 // (One `vfpclassps` finds them: category 0x20 is "denormal".)
-                if B {
-                    if _mm256_fpclass_ps_mask::<0x20>(self.0) == 0 {
-                        let h: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(self.0));
-                        _mm_storeu_si128(r.as_mut_ptr().cast(), h);
-                        return r;
-                    }
+                if B && _mm256_fpclass_ps_mask::<0x20>(self.0) == 0 {
+                    let h: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(self.0));
+                    _mm_storeu_si128(r.as_mut_ptr().cast(), h);
+                    return r;
                 }
                 // (bits + 0x7fff + lsb) >> 16, or (bits >> 16) | 0x40 for a NaN.
                 let bits = _mm256_castps_si256(self.0);

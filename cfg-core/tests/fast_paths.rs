@@ -18,6 +18,15 @@ use cfg_core::{DType, Shape, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
+/// Runs `f` with each SIMD level as the limit in turn, then lifts the limit.
+fn at_every_level(mut f: impl FnMut(Level)) {
+    for level in Level::ALL {
+        set_limit(level);
+        f(level);
+    }
+    set_limit(Level::Avx512Bf16);
+}
+
 /// The reference: one op on forms, f32 values, then rounded to `dtype`.
 fn reference(p: &Program, inputs: &[Tensor], shape: &Shape, momentum: &mut Option<Vec<f32>>) -> Vec<f32> {
     let n = shape.numel();
@@ -259,8 +268,7 @@ fn steps_match_reference(
 fn fast_paths_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 96, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[13; 32]);
-    for level in Level::ALL {
-        set_limit(level);
+    at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&case(), |(program, inputs, shape, dtype)| {
@@ -269,8 +277,7 @@ fn fast_paths_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("fast paths match the reference");
-    }
-    set_limit(Level::Avx512Bf16);
+    });
 }
 
 /// The operators added after the test above, on the same cases (its own test,
@@ -298,8 +305,7 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape, dtype)
         },
     );
-    for level in Level::ALL {
-        set_limit(level);
+    at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(program, inputs, shape, dtype)| {
@@ -312,8 +318,7 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("later operators match the reference");
-    }
-    set_limit(Level::Avx512Bf16);
+    });
 }
 
 /// APG with and without a momentum and a norm clip (the cases above almost
@@ -376,8 +381,7 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape, dtype)
         },
     );
-    for level in Level::ALL {
-        set_limit(level);
+    at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(program, inputs, shape, dtype)| {
@@ -411,8 +415,7 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("op then mix matches the reference");
-    }
-    set_limit(Level::Avx512Bf16);
+    });
 }
 
 /// A linear program (no operator): `evaluate` writes its new output once,
@@ -459,8 +462,7 @@ fn linear_programs_match_the_canonical_reference_bit_for_bit() {
 fn short_groups_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[23; 32]);
-    for level in Level::ALL {
-        set_limit(level);
+    at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&case_with(SHORT_WIDTHS), |(program, inputs, shape, dtype)| {
@@ -468,8 +470,7 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("short groups match the reference");
-    }
-    set_limit(Level::Avx512Bf16);
+    });
 }
 
 /// FDG element by element on planar images, as `fdg.rs` documents it: every
@@ -614,8 +615,7 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
     });
     let cases =
         (1usize..=3, 0usize..4, 1usize..=2, 1usize..=3, 2usize..=5, 2usize..=5, bands, prop::bool::ANY, any::<u64>());
-    for level in Level::ALL {
-        set_limit(level);
+    at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(levels, kind, batch, frames, hk, wk, mut bands, original, seed)| {
@@ -646,8 +646,7 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("FDG matches the reference");
-    }
-    set_limit(Level::Avx512Bf16);
+    });
 }
 
 /// MAGI-1's chunked guidance read straight from bf16/f16/f32 inputs (runs of
@@ -685,8 +684,7 @@ fn chunked_matches_the_canonical_reference_bit_for_bit() {
         prop_oneof![3 => 1usize..=70, 1 => Just(9000usize)],
         any::<u64>(),
     );
-    for level in Level::ALL {
-        set_limit(level);
+    at_every_level(|_| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(&cases, |(batch, channels, frames, chunk_frames, plane, seed)| {
@@ -703,6 +701,5 @@ fn chunked_matches_the_canonical_reference_bit_for_bit() {
                 check::<f16>(&chunks, &weights, &x)
             })
             .expect("chunked guidance matches the reference");
-    }
-    set_limit(Level::Avx512Bf16);
+    });
 }
