@@ -551,20 +551,33 @@ fn fdg_view(
     };
     let pyramid = Pyramid::new(layout, shape, bands.len()).map_err(|why| program.layout_error(shape, why))?;
     let n = shape.numel();
-    let (mut c, mut u) = (fdg::buffer(n), fdg::buffer(n));
-    form_into(&program.forms[*a], inputs, &mut c);
-    form_into(&program.forms[*b], inputs, &mut u);
+    let (mut cb, mut ub) = (Vec::new(), Vec::new());
+    let c = form_or_input(&program.forms[*a], inputs, n, &mut cb);
+    let u = form_or_input(&program.forms[*b], inputs, n, &mut ub);
     if let ElementsMut::F32(o) = out {
-        fdg_into(&pyramid, &c, &u, bands, *original, o);
+        fdg_into(&pyramid, c, u, bands, *original, o);
     } else {
         let mut r = fdg::buffer(n);
-        fdg_into(&pyramid, &c, &u, bands, *original, &mut r);
+        fdg_into(&pyramid, c, u, bands, *original, &mut r);
         round_into_view(&r, out);
         fdg::recycle(r);
     }
-    fdg::recycle(c);
-    fdg::recycle(u);
+    fdg::recycle(cb);
+    fdg::recycle(ub);
     Ok(())
+}
+
+/// The form's f32 values: an f32 input read in place when the form is that
+/// input with weight 1 (`1·x` is `x`), else computed into `buf` (a reused buffer).
+fn form_or_input<'a>(form: &Form, inputs: &'a [TensorView<'_>], n: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if let [(b, w)] = form.terms.as_slice() {
+        if let (true, Elements::F32(x)) = (*w == 1.0, &inputs[*b].data) {
+            return x;
+        }
+    }
+    *buf = fdg::buffer(n);
+    form_into(form, inputs, buf);
+    buf
 }
 
 /// A one-factor group op on linear forms followed by a mix of forms and that

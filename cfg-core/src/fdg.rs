@@ -199,8 +199,6 @@ fn native_grid(s: &Spatial) -> Option<Grid> {
     last.then_some(Grid { n: s.batch, h, w, lanes: p })
 }
 
-/// Values per parallel task (whole rows).
-const TASK: usize = 1 << 16;
 /// Rows a band keeps of a derived image (the 6-row window of a stencil, reflected
 /// borders included, never collides in a direct-mapped cache of 8).
 const SLOTS: usize = 8;
@@ -229,10 +227,10 @@ fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
     if row == 0 || out.is_empty() {
         return;
     }
-    // Bands long enough that the stencil's halo rows are a small part, and
-    // enough of them for every thread.
+    // Two bands per thread: tall enough that the stencil's halo rows are a
+    // small part, enough of them to balance the threads.
     let rows = out.len() / row;
-    let per = (TASK / row).max(16).min(rows.div_ceil(4 * rayon::current_num_threads())).max(1);
+    let per = rows.div_ceil(2 * rayon::current_num_threads()).max(1);
     par::for_each_chunk_mut(out, per * row, |t, out| simd::run(Band { p, g, first: t * per, out }));
 }
 
@@ -374,23 +372,41 @@ impl Task for Band<'_> {
             }
             Pass::Level { c, u, r, gc, gu, band, original } => {
                 let (mut cc, mut cu, mut cr) = (Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row));
-                let s = band.scale;
                 for (j, o) in out.chunks_mut(row).enumerate() {
                     let (i, y) = ((first + j) / g.h, (first + j) % g.h);
                     let cg = g.half();
                     up_row(cg, c, i, y, &mut cc, t, tc);
                     up_row(cg, u, i, y, &mut cu, t, tu);
                     up_row(cg, r, i, y, &mut cr, t, o);
-                    let (gc, gu) = (g.at(gc, i, y), g.at(gu, i, y));
-                    for k in 0..row {
-                        let (lc, lu) = (gc[k] - tc[k], gu[k] - tu[k]);
-                        let gk = if !band.on { lc } else { s.mul_add(lc - lu, if original { lc } else { lu }) };
-                        o[k] += gk;
-                    }
+                    guide_row(g.at(gc, i, y), tc, g.at(gu, i, y), tu, band, original, o);
                 }
             }
         }
         put_scratch(scratch);
+    }
+}
+
+/// `o += guide(gc − tc, gu − tu)` over one row of a level (`gc − tc` where
+/// the band is off): one loop per case, each vectorized without masks.
+#[inline(always)]
+fn guide_row(gc: &[f32], tc: &[f32], gu: &[f32], tu: &[f32], band: &FdgBand, original: bool, o: &mut [f32]) {
+    let n = o.len();
+    let (gc, tc, gu, tu) = (&gc[..n], &tc[..n], &gu[..n], &tu[..n]);
+    let s = band.scale;
+    if !band.on {
+        for ((o, &gc), &tc) in o.iter_mut().zip(gc).zip(tc) {
+            *o += gc - tc;
+        }
+    } else if original {
+        for k in 0..n {
+            let (lc, lu) = (gc[k] - tc[k], gu[k] - tu[k]);
+            o[k] += s.mul_add(lc - lu, lc);
+        }
+    } else {
+        for k in 0..n {
+            let (lc, lu) = (gc[k] - tc[k], gu[k] - tu[k]);
+            o[k] += s.mul_add(lc - lu, lu);
+        }
     }
 }
 
@@ -437,8 +453,9 @@ fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
     for ((o, a), b) in o.chunks_exact_mut(l).zip(a.chunks_exact(2 * l)).zip(b.chunks_exact(2 * l)) {
         let (a0, a1) = a.split_at(l);
         let (b0, b1) = b.split_at(l);
-        for k in 0..l {
-            o[k] = down2(a0[k], a1[k], b0[k], b1[k]);
+        // Zipped, not indexed: the indexed loop stayed scalar.
+        for ((((o, &a0), &a1), &b0), &b1) in o.iter_mut().zip(a0).zip(a1).zip(b0).zip(b1) {
+            *o = down2(a0, a1, b0, b1);
         }
     }
 }
