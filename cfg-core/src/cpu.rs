@@ -4,7 +4,7 @@ use crate::apg_fused::{apg, momentum_cfg, Apg};
 use crate::canon::dot_slices;
 use crate::chunked::{chunked_direct, chunked_into, chunked_slots, Chunks};
 use crate::error::CoreError;
-use crate::fdg::{self, fdg_into, Pyramid};
+use crate::fdg::{self, fdg_into, fdg_sources, Pyramid, Source};
 use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::par;
 use crate::program::{Form, Op, Program, Value};
@@ -555,10 +555,10 @@ fn fdg_view(
     let c = form_or_input(&program.forms[*a], inputs, n, &mut cb);
     let u = form_or_input(&program.forms[*b], inputs, n, &mut ub);
     if let ElementsMut::F32(o) = out {
-        fdg_into(&pyramid, c, u, bands, *original, o);
+        fdg_sources(&pyramid, c, u, bands, *original, o);
     } else {
         let mut r = fdg::buffer(n);
-        fdg_into(&pyramid, c, u, bands, *original, &mut r);
+        fdg_sources(&pyramid, c, u, bands, *original, &mut r);
         round_into_view(&r, out);
         fdg::recycle(r);
     }
@@ -567,17 +567,20 @@ fn fdg_view(
     Ok(())
 }
 
-/// The form's f32 values: an f32 input read in place when the form is that
-/// input with weight 1 (`1·x` is `x`), else computed into `buf` (a reused buffer).
-fn form_or_input<'a>(form: &Form, inputs: &'a [TensorView<'_>], n: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if let [(b, w)] = form.terms.as_slice() {
-        if let (true, Elements::F32(x)) = (*w == 1.0, &inputs[*b].data) {
-            return x;
-        }
+/// The form's values for FDG: an input read in place when the form is that
+/// input with weight 1 (`1·x` is `x`; bf16 and f16 widened as the passes read
+/// them), else computed into `buf` (a reused buffer).
+fn form_or_input<'a>(form: &Form, inputs: &'a [TensorView<'_>], n: usize, buf: &'a mut Vec<f32>) -> Source<'a> {
+    if let [(b, 1.0)] = form.terms.as_slice() {
+        return match inputs[*b].data {
+            Elements::F32(x) => Source::F32(x),
+            Elements::BF16(x) => Source::BF16(x),
+            Elements::F16(x) => Source::F16(x),
+        };
     }
     *buf = fdg::buffer(n);
     form_into(form, inputs, buf);
-    buf
+    Source::F32(buf)
 }
 
 /// A one-factor group op on linear forms followed by a mix of forms and that

@@ -28,7 +28,7 @@
 //! of output rows rather than stored (tested bit for bit against an
 //! element-by-element evaluation in `tests/fast_paths.rs`).
 
-use crate::cpu::{apg_projection, rescale_factor, std_from_sums};
+use crate::cpu::{apg_projection, rescale_factor, std_from_sums, Element};
 use crate::fused::{put_scratch, take_scratch};
 use crate::layout::{Layout, Spatial};
 use crate::par;
@@ -36,6 +36,7 @@ use crate::program::FdgBand;
 use crate::reduce::{dot_f32, dot_f64};
 use crate::simd::{self, Task, Vector};
 use crate::Shape;
+use half::{bf16, f16};
 
 /// The most levels a pyramid may have.
 pub const MAX_LEVELS: usize = 8;
@@ -181,6 +182,51 @@ impl Grid {
     }
 }
 
+/// An input image of the pyramid: f32 values read in place, or bf16/f16
+/// values widened a row at a time where a pass reads them (no f32 copy of
+/// the whole input).
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 values.
+    BF16(&'a [bf16]),
+    /// f16 values.
+    F16(&'a [f16]),
+}
+
+impl Source<'_> {
+    /// Row `y` of image `i` on grid `g`, widened into `buf` unless it is f32.
+    #[inline(always)]
+    fn row<'s>(&'s self, g: Grid, i: usize, y: usize, buf: &'s mut [f32]) -> &'s [f32] {
+        let r = g.row();
+        let at = (i * g.h + y) * r..(i * g.h + y + 1) * r;
+        let buf = &mut buf[..r];
+        match *self {
+            Source::F32(x) => return &x[at],
+            Source::BF16(x) => bf16::load(&x[at], buf),
+            Source::F16(x) => f16::load(&x[at], buf),
+        }
+        buf
+    }
+
+    /// All of its values as f32: read in place, or widened into `buf`.
+    fn all<'s>(&'s self, buf: &'s mut Vec<f32>) -> &'s [f32] {
+        match *self {
+            Source::F32(x) => return x,
+            Source::BF16(x) => {
+                *buf = buffer(x.len());
+                bf16::load(x, buf);
+            }
+            Source::F16(x) => {
+                *buf = buffer(x.len());
+                f16::load(x, buf);
+            }
+        }
+        buf
+    }
+}
+
 /// The arrangement the native layout already has, if it is one of the two
 /// the stages read directly (planar, or planes last); else none (gather).
 fn native_grid(s: &Spatial) -> Option<Grid> {
@@ -211,14 +257,22 @@ const SLOTS: usize = 8;
 #[derive(Clone, Copy)]
 enum Pass<'a> {
     /// `down(blur(src))` (src on the grid twice the output's): the next Gaussian level.
-    Reduce(&'a [f32]),
+    Reduce(Source<'a>),
     /// `g − up(src)` (src on the half grid): a Laplacian level.
-    Detail { src: &'a [f32], g: &'a [f32] },
+    Detail { src: &'a [f32], g: Source<'a> },
     /// `up(r) + g` (r on the half grid): one step of the rebuild.
     Rebuild { r: &'a [f32], g: &'a [f32] },
     /// The rebuild with the level's guidance fused (c, u, r on the half grid):
     /// `up(r) + guide(gc − up(c), gu − up(u))`.
-    Level { c: &'a [f32], u: &'a [f32], r: &'a [f32], gc: &'a [f32], gu: &'a [f32], band: &'a FdgBand, original: bool },
+    Level {
+        c: &'a [f32],
+        u: &'a [f32],
+        r: &'a [f32],
+        gc: Source<'a>,
+        gu: Source<'a>,
+        band: &'a FdgBand,
+        original: bool,
+    },
 }
 
 /// Runs `pass` over every row of `out` (grid `g`), in parallel bands of rows.
@@ -311,21 +365,22 @@ impl Task for Band<'_> {
     fn run<V: Vector>(self) {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
-        // Reduce: 8 cached rows twice as wide, 2 more; else up to 3 caches,
-        // 3 rows of expand scratch, 2 rows.
-        let mut scratch = take_scratch(3 * SLOTS * row + 5 * row);
+        // Reduce: 8 cached rows twice as wide, 3 more; else up to 3 caches,
+        // 3 rows of expand scratch, 4 rows.
+        let mut scratch = take_scratch(3 * SLOTS * row + 7 * row);
         let (s0, rest) = scratch.split_at_mut(SLOTS * row);
         let (s1, rest) = rest.split_at_mut(SLOTS * row);
         let (s2, rest) = rest.split_at_mut(SLOTS * row);
         let (t, rest) = rest.split_at_mut(3 * row);
-        let (tc, tu) = rest.split_at_mut(row);
-        let tu = &mut tu[..row];
+        let (tc, rest) = rest.split_at_mut(row);
+        let (tu, rest) = rest.split_at_mut(row);
+        let (wc, wu) = rest.split_at_mut(row);
         match p {
             Pass::Reduce(src) => {
                 let sg = g.double();
                 let (cache, rest) = scratch.split_at_mut(SLOTS * sg.row());
-                let (v0, v1) = rest.split_at_mut(sg.row());
-                let v1 = &mut v1[..sg.row()];
+                let (v0, rest) = rest.split_at_mut(sg.row());
+                let (v1, wide) = rest.split_at_mut(sg.row());
                 let mut cache = Rows::new(cache, sg.row());
                 for (j, o) in out.chunks_mut(row).enumerate() {
                     let (i, y) = ((first + j) / g.h, (first + j) % g.h);
@@ -341,7 +396,7 @@ impl Task for Band<'_> {
                     ];
                     for &yy in &ids {
                         if let Some(r) = cache.missing(i * n + yy) {
-                            hblur_row(sg.at(src, i, yy), r, sg.w, l);
+                            hblur_row(src.row(sg, i, yy, wide), r, sg.w, l);
                         }
                     }
                     let r = |k: usize| cache.get(i * sg.h + ids[k]);
@@ -355,7 +410,7 @@ impl Task for Band<'_> {
                 for (j, o) in out.chunks_mut(row).enumerate() {
                     let (i, y) = ((first + j) / g.h, (first + j) % g.h);
                     up_row(g.half(), src, i, y, &mut cache, t, o);
-                    for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
+                    for (o, &x) in o.iter_mut().zip(gk.row(g, i, y, wc)) {
                         *o = x - *o;
                     }
                 }
@@ -378,7 +433,7 @@ impl Task for Band<'_> {
                     up_row(cg, c, i, y, &mut cc, t, tc);
                     up_row(cg, u, i, y, &mut cu, t, tu);
                     up_row(cg, r, i, y, &mut cr, t, o);
-                    guide_row(g.at(gc, i, y), tc, g.at(gu, i, y), tu, band, original, o);
+                    guide_row(gc.row(g, i, y, wc), tc, gu.row(g, i, y, wu), tu, band, original, o);
                 }
             }
         }
@@ -548,11 +603,11 @@ pub fn scatter(s: &Spatial, planar: &[f32], out: &mut [f32]) {
 }
 
 /// The Gaussian levels G₁.. of `g0` (grid `g`): `down(blur(G_k))`.
-fn gaussians(levels: usize, g: Grid, g0: &[f32]) -> Vec<Vec<f32>> {
+fn gaussians(levels: usize, g: Grid, g0: Source<'_>) -> Vec<Vec<f32>> {
     let mut out: Vec<Vec<f32>> = Vec::with_capacity(levels.saturating_sub(1));
     let mut grid = g;
     for _ in 1..levels {
-        let src = out.last().map_or(g0, Vec::as_slice);
+        let src = out.last().map_or(g0, |v| Source::F32(v));
         grid = grid.half();
         let mut next = buffer(grid.len());
         pass(Pass::Reduce(src), grid, &mut next);
@@ -568,17 +623,26 @@ fn has_stats(band: &FdgBand) -> bool {
 
 /// FDG of c and u as images on grid `g` (planar when a band takes
 /// statistics) into `out` on the same grid.
-fn fdg_grid(p: &Pyramid, g: Grid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool, out: &mut [f32]) {
+fn fdg_grid(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[FdgBand], original: bool, out: &mut [f32]) {
     let levels = p.levels;
+    if levels == 1 {
+        // One level is guided whole: its values as f32 slices.
+        let (mut cb, mut ub) = (Vec::new(), Vec::new());
+        let r = guide_level(c.all(&mut cb), u.all(&mut ub), p.sample_len(0), &bands[0], original);
+        out.copy_from_slice(&r);
+        [r, cb, ub].into_iter().for_each(recycle);
+        return;
+    }
     let (gc, gu) = (gaussians(levels, g, c), gaussians(levels, g, u));
-    let level = |k: usize| -> (&[f32], &[f32]) {
+    let level = |k: usize| -> (Source, Source) {
         if k == 0 {
             (c, u)
         } else {
-            (&gc[k - 1], &gu[k - 1])
+            (Source::F32(&gc[k - 1]), Source::F32(&gu[k - 1]))
         }
     };
-    let (cl, ul) = level(levels - 1);
+    let coarsest = |k: usize| (&gc[k - 1][..], &gu[k - 1][..]);
+    let (cl, ul) = coarsest(levels - 1);
     let mut r = guide_level(cl, ul, p.sample_len(levels - 1), &bands[levels - 1], original);
     let mut grid = g;
     for _ in 1..levels {
@@ -586,7 +650,7 @@ fn fdg_grid(p: &Pyramid, g: Grid, c: &[f32], u: &[f32], bands: &[FdgBand], origi
     }
     for k in (0..levels - 1).rev() {
         grid = grid.double();
-        let ((ck, uk), (ec, eu)) = (level(k), level(k + 1));
+        let ((ck, uk), (ec, eu)) = (level(k), coarsest(k + 1));
         let mut next = if k == 0 { Vec::new() } else { buffer(grid.len()) };
         let dst: &mut [f32] = if k == 0 { out } else { &mut next };
         if has_stats(&bands[k]) {
@@ -601,9 +665,6 @@ fn fdg_grid(p: &Pyramid, g: Grid, c: &[f32], u: &[f32], bands: &[FdgBand], origi
             pass(lvl, grid, dst);
         }
         recycle(std::mem::replace(&mut r, next));
-    }
-    if levels == 1 {
-        out.copy_from_slice(&r);
     }
     recycle(r);
     gc.into_iter().chain(gu).for_each(recycle);
@@ -668,6 +729,12 @@ impl Task for Guide<'_> {
 
 /// FDG of c and u (native layout, f32) into `out`.
 pub fn fdg_into(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original: bool, out: &mut [f32]) {
+    fdg_sources(p, Source::F32(c), Source::F32(u), bands, original, out)
+}
+
+/// FDG of c and u (native layout, f32, bf16 or f16: the same bits as their
+/// f32 values through [`fdg_into`]) into `out`.
+pub fn fdg_sources(p: &Pyramid, c: Source, u: Source, bands: &[FdgBand], original: bool, out: &mut [f32]) {
     let s = &p.spatial;
     // Statistics reduce each sample in planar order: lanes would change that order.
     let native = native_grid(s).filter(|g| g.lanes == 1 || !bands.iter().any(has_stats));
@@ -675,9 +742,12 @@ pub fn fdg_into(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original: 
         Some(g) => fdg_grid(p, g, c, u, bands, original, out),
         None => {
             let g = Grid { n: s.batch * s.planes, h: s.height, w: s.width, lanes: 1 };
+            let (mut cb, mut ub) = (Vec::new(), Vec::new());
+            let (c, u) = (gather(s, c.all(&mut cb)), gather(s, u.all(&mut ub)));
             let mut r = vec![0.0; out.len()];
-            fdg_grid(p, g, &gather(s, c), &gather(s, u), bands, original, &mut r);
+            fdg_grid(p, g, Source::F32(&c), Source::F32(&u), bands, original, &mut r);
             scatter(s, &r, out);
+            [cb, ub].into_iter().for_each(recycle);
         }
     }
 }

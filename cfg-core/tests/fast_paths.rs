@@ -8,7 +8,7 @@ use cfg_core::cpu::{
     renorm_factor, rescale_factor, std_from_sums, zero_star_alpha,
 };
 use cfg_core::expr::Space;
-use cfg_core::fdg::{blur5, down2, fdg_into, lerp, up_taps, Pyramid};
+use cfg_core::fdg::{blur5, down2, fdg_into, fdg_sources, lerp, up_taps, Pyramid, Source};
 use cfg_core::program::{FdgBand, Form, Op, Program, Value};
 use cfg_core::reduce::{dot_f32, dot_f64, Groups, Reduce};
 use cfg_core::simd::{set_limit, Level};
@@ -643,6 +643,20 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
                 let want = fdg_reference(&p, &c, &u, &bands, original);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 prop_assert_eq!(bits(&got), bits(&want), "{:?} {:?} {} {:?}", level, layout, shape, bands);
+                // bf16 and f16 inputs, widened a row at a time, give the bits of their f32 values.
+                let narrow = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>();
+                let (cb, ub) = (narrow(&c), narrow(&u));
+                let wide = |v: &[half::bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+                let mut want = vec![f32::NAN; n];
+                fdg_into(&p, &wide(&cb), &wide(&ub), &bands, original, &mut want);
+                fdg_sources(&p, Source::BF16(&cb), Source::BF16(&ub), &bands, original, &mut got);
+                prop_assert_eq!(bits(&got), bits(&want), "bf16 {:?} {:?} {} {:?}", level, layout, shape, bands);
+                let narrow = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
+                let (ch, uh) = (narrow(&c), narrow(&u));
+                let wide = |v: &[half::f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+                fdg_into(&p, &wide(&ch), &wide(&uh), &bands, original, &mut want);
+                fdg_sources(&p, Source::F16(&ch), Source::F16(&uh), &bands, original, &mut got);
+                prop_assert_eq!(bits(&got), bits(&want), "f16 {:?} {:?} {} {:?}", level, layout, shape, bands);
                 Ok(())
             })
             .expect("FDG matches the reference");
