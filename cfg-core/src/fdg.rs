@@ -26,7 +26,8 @@
 //! planes are vector lanes, no transpose), one pass per Gaussian level and
 //! one per rebuilt level, rows of the intermediate images cached per band
 //! of output rows rather than stored (tested bit for bit against an
-//! element-by-element evaluation in `tests/fast_paths.rs`).
+//! element-by-element evaluation in `tests/fast_paths.rs`). Inputs of bf16
+//! or f16 are widened a row at a time where a pass reads them.
 
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums, Element};
 use crate::fused::{put_scratch, take_scratch};
@@ -641,8 +642,9 @@ fn fdg_grid(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[FdgBand], origi
             (Source::F32(&gc[k - 1]), Source::F32(&gu[k - 1]))
         }
     };
-    let coarsest = |k: usize| (&gc[k - 1][..], &gu[k - 1][..]);
-    let (cl, ul) = coarsest(levels - 1);
+    // Gaussian level k ≥ 1 (computed above, f32).
+    let gaussian = |k: usize| (&gc[k - 1][..], &gu[k - 1][..]);
+    let (cl, ul) = gaussian(levels - 1);
     let mut r = guide_level(cl, ul, p.sample_len(levels - 1), &bands[levels - 1], original);
     let mut grid = g;
     for _ in 1..levels {
@@ -650,7 +652,7 @@ fn fdg_grid(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[FdgBand], origi
     }
     for k in (0..levels - 1).rev() {
         grid = grid.double();
-        let ((ck, uk), (ec, eu)) = (level(k), coarsest(k + 1));
+        let ((ck, uk), (ec, eu)) = (level(k), gaussian(k + 1));
         let mut next = if k == 0 { Vec::new() } else { buffer(grid.len()) };
         let dst: &mut [f32] = if k == 0 { out } else { &mut next };
         if has_stats(&bands[k]) {
