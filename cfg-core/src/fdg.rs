@@ -197,12 +197,10 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
-    /// Row `y` of image `i` on grid `g`, widened into `buf` unless it is f32.
+    /// Values `at`, read in place if they are f32, else widened into `buf`.
     #[inline(always)]
-    fn row<'s>(&'s self, g: Grid, i: usize, y: usize, buf: &'s mut [f32]) -> &'s [f32] {
-        let r = g.row();
-        let at = (i * g.h + y) * r..(i * g.h + y + 1) * r;
-        let buf = &mut buf[..r];
+    fn values<'s>(&'s self, at: std::ops::Range<usize>, buf: &'s mut [f32]) -> &'s [f32] {
+        let buf = &mut buf[..at.len()];
         match *self {
             Source::F32(x) => return &x[at],
             Source::BF16(x) => bf16::load(&x[at], buf),
@@ -211,20 +209,22 @@ impl Source<'_> {
         buf
     }
 
+    /// Row `y` of image `i` on grid `g` ([`Source::values`]).
+    #[inline(always)]
+    fn row<'s>(&'s self, g: Grid, i: usize, y: usize, buf: &'s mut [f32]) -> &'s [f32] {
+        let r = g.row();
+        self.values((i * g.h + y) * r..(i * g.h + y + 1) * r, buf)
+    }
+
     /// All of its values as f32: read in place, or widened into `buf`.
     fn all<'s>(&'s self, buf: &'s mut Vec<f32>) -> &'s [f32] {
-        match *self {
+        let n = match *self {
             Source::F32(x) => return x,
-            Source::BF16(x) => {
-                *buf = buffer(x.len());
-                bf16::load(x, buf);
-            }
-            Source::F16(x) => {
-                *buf = buffer(x.len());
-                f16::load(x, buf);
-            }
-        }
-        buf
+            Source::BF16(x) => x.len(),
+            Source::F16(x) => x.len(),
+        };
+        *buf = buffer(n);
+        self.values(0..n, buf)
     }
 }
 

@@ -601,6 +601,25 @@ fn signed_values(seed: u64) -> impl FnMut() -> f32 {
     }
 }
 
+/// FDG of `E` copies of c and u, read as sources (widened a row at a time)
+/// and as their widened f32 values: (got, want).
+fn narrowed_fdg<E: cfg_core::cpu::Element>(
+    p: &Pyramid,
+    c: &[f32],
+    u: &[f32],
+    bands: &[FdgBand],
+    original: bool,
+    source: impl for<'a> Fn(&'a [E]) -> Source<'a>,
+) -> (Vec<f32>, Vec<f32>) {
+    let narrow = |v: &[f32]| v.iter().map(|&x| E::put(x)).collect::<Vec<E>>();
+    let wide = |v: &[E]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+    let (cn, un) = (narrow(c), narrow(u));
+    let (mut got, mut want) = (vec![f32::NAN; c.len()], vec![f32::NAN; c.len()]);
+    fdg_sources(p, source(&cn), source(&un), bands, original, &mut got);
+    fdg_into(p, &wide(&cn), &wide(&un), bands, original, &mut want);
+    (got, want)
+}
+
 /// FDG's pyramid passes (planar, channels last, gathered layouts; bands
 /// with and without statistics) against the element-by-element reference.
 #[test]
@@ -644,18 +663,9 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 prop_assert_eq!(bits(&got), bits(&want), "{:?} {:?} {} {:?}", level, layout, shape, bands);
                 // bf16 and f16 inputs, widened a row at a time, give the bits of their f32 values.
-                let narrow = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>();
-                let (cb, ub) = (narrow(&c), narrow(&u));
-                let wide = |v: &[half::bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
-                let mut want = vec![f32::NAN; n];
-                fdg_into(&p, &wide(&cb), &wide(&ub), &bands, original, &mut want);
-                fdg_sources(&p, Source::BF16(&cb), Source::BF16(&ub), &bands, original, &mut got);
+                let (got, want) = narrowed_fdg(&p, &c, &u, &bands, original, |x| Source::BF16(x));
                 prop_assert_eq!(bits(&got), bits(&want), "bf16 {:?} {:?} {} {:?}", level, layout, shape, bands);
-                let narrow = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
-                let (ch, uh) = (narrow(&c), narrow(&u));
-                let wide = |v: &[half::f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
-                fdg_into(&p, &wide(&ch), &wide(&uh), &bands, original, &mut want);
-                fdg_sources(&p, Source::F16(&ch), Source::F16(&uh), &bands, original, &mut got);
+                let (got, want) = narrowed_fdg(&p, &c, &u, &bands, original, |x| Source::F16(x));
                 prop_assert_eq!(bits(&got), bits(&want), "f16 {:?} {:?} {} {:?}", level, layout, shape, bands);
                 Ok(())
             })
