@@ -235,15 +235,13 @@ impl<I: Element> Finish for Mix<'_, I> {
                 Some((Part::Op, _)) => y,
                 _ => &blocks[k][..n],
             });
-            let lanes: [&[[f32; 8]]; MIX_TERMS] = std::array::from_fn(|k| vals[k].as_chunks::<8>().0);
+            let w: [f32; MIX_TERMS] = std::array::from_fn(|k| terms.get(k).map_or(0.0, |t| t.1));
             let (ov, ot) = out.as_chunks_mut::<8>();
-            for (i, o) in ov.iter_mut().enumerate() {
-                let v = |k: usize| V::load(&lanes[k][i]);
-                let mut acc = V::splat(terms[0].1) * v(0);
-                for (k, (_, w)) in terms.iter().enumerate().skip(1) {
-                    acc = V::splat(*w).mul_add(v(k), acc);
-                }
-                S::put8(acc, o);
+            match terms.len() {
+                1 => mix_lanes::<V, S, 1>([w[0]], [vals[0]], ov),
+                2 => mix_lanes::<V, S, 2>([w[0], w[1]], [vals[0], vals[1]], ov),
+                3 => mix_lanes::<V, S, 3>([w[0], w[1], w[2]], [vals[0], vals[1], vals[2]], ov),
+                _ => mix_lanes::<V, S, 4>(w, vals, ov),
             }
             for (i, o) in (8 * ov.len()..n).zip(ot) {
                 let mut acc = terms[0].1 * vals[0][i];
@@ -253,6 +251,25 @@ impl<I: Element> Finish for Mix<'_, I> {
                 o.set(S::Elem::put(acc));
             }
         }
+    }
+}
+
+/// `w_0·v_0`, then fma with each later term, eight lanes at a time (`T` a
+/// constant: the terms unroll, their weights splatted once).
+#[inline(always)]
+fn mix_lanes<V: Vector, S: Slot, const T: usize>(w: [f32; T], vals: [&[f32]; T], out: &mut [[S; 8]]) {
+    // A loop, not `map`: a call that is not inlined would leave the caller's target features.
+    let mut ws = [V::splat(0.0); T];
+    for (v, w) in ws.iter_mut().zip(w) {
+        *v = V::splat(w);
+    }
+    let lanes = vals.map(|v| &v.as_chunks::<8>().0[..out.len()]);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = ws[0] * V::load(&lanes[0][i]);
+        for k in 1..T {
+            acc = ws[k].mul_add(V::load(&lanes[k][i]), acc);
+        }
+        S::put8(acc, o);
     }
 }
 
