@@ -285,7 +285,7 @@ fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
     // Two bands per thread: tall enough that the stencil's halo rows are a
     // small part, enough of them to balance the threads.
     let rows = out.len() / row;
-    let per = rows.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let per = rows.div_ceil(2 * par::threads()).max(1);
     par::for_each_chunk_mut(out, per * row, |t, out| simd::run(Band { p, g, first: t * per, out }));
 }
 

@@ -334,7 +334,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin
 
 /// The apply tasks of consecutive groups of `len` elements: (group, task
 /// within it, its [`TASK`] elements or fewer).
-pub fn group_tasks<S>(out: &mut [S], len: usize) -> impl Iterator<Item = (usize, usize, &mut [S])> + '_ {
+pub fn group_tasks<S>(out: &mut [S], len: usize) -> impl DoubleEndedIterator<Item = (usize, usize, &mut [S])> + '_ {
     out.chunks_mut(len)
         .enumerate()
         .flat_map(|(g, group)| group.chunks_mut(TASK).enumerate().map(move |(t, c)| (g, t, c)))
@@ -598,7 +598,7 @@ pub fn per_segment<const K: usize>(
 /// reads one longer stream of memory (the prefetchers lose a few misses at
 /// every jump), fewer where that would leave a thread without work.
 pub fn for_segments<R: Send>(results: &mut [R], len: usize, f: impl Fn((usize, usize), &mut R) + Sync) {
-    let per_task = (results.len() / (4 * rayon::current_num_threads())).clamp(1, 8);
+    let per_task = (results.len() / (4 * par::threads())).clamp(1, 8);
     par::for_each_chunk_mut(results, per_task, |t, results| {
         for (i, r) in results.iter_mut().enumerate() {
             f(segment(len, t * per_task + i), r);
