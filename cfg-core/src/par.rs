@@ -7,9 +7,9 @@
 //! caller to sleep on a lock until the last job is done: two wake-ups per
 //! loop, about ten microseconds each on a virtual machine, as long as the
 //! loop itself at a few hundred thousand elements. Here the caller publishes
-//! the loop to [`HELPERS`] threads that spin for [`SPIN`] after their last
-//! loop (then sleep), takes items from the same queue as they do, and spins
-//! while the last items finish.
+//! the loop to helper threads that spin for [`HOT`] after their last loop,
+//! then yield their core between checks until [`SPIN`], then sleep; it takes
+//! items from the same queue as they do, and spins while the last items finish.
 //!
 //! One loop runs on the helpers at a time: a loop started while they are
 //! busy (another rank's thread, or a loop inside an item) runs on its
@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long an idle helper spins before it sleeps: longer than the gaps
-/// between the loops of one guidance step, short against a model's forward.
+/// How long an idle helper spins before it yields its core between checks:
+/// longer than the gaps between the loops of one operator.
+const HOT: Duration = Duration::from_micros(20);
+/// How long an idle helper waits before it sleeps: longer than the gaps
+/// between the operators of one guidance step, short against a model's forward.
 const SPIN: Duration = Duration::from_micros(200);
 
 /// The threads a loop may use: the caller and the helpers. As many as the
@@ -182,8 +185,11 @@ impl Pool {
                 done = epoch;
                 self.join(epoch);
                 idle = Instant::now();
-            } else if idle.elapsed() < SPIN {
+            } else if idle.elapsed() < HOT {
                 std::hint::spin_loop();
+            } else if idle.elapsed() < SPIN {
+                // Still ready within a few microseconds, but a thread waiting for this core runs first.
+                std::thread::yield_now();
             } else {
                 let mut sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
                 *sleepers += 1;
