@@ -221,6 +221,7 @@ impl<I: Element> Finish for Mix<'_, I> {
         if terms.is_empty() || terms.len() > MIX_TERMS {
             return self.by_term(start, y, out);
         }
+        let w: [f32; MIX_TERMS] = std::array::from_fn(|k| terms.get(k).map_or(0.0, |t| t.1));
         let mut blocks = [[0.0f32; 256]; MIX_TERMS];
         for (c, (y, out)) in y.chunks(256).zip(out.chunks_mut(256)).enumerate() {
             let n = y.len();
@@ -235,13 +236,12 @@ impl<I: Element> Finish for Mix<'_, I> {
                 Some((Part::Op, _)) => y,
                 _ => &blocks[k][..n],
             });
-            let w: [f32; MIX_TERMS] = std::array::from_fn(|k| terms.get(k).map_or(0.0, |t| t.1));
             let (ov, ot) = out.as_chunks_mut::<8>();
             match terms.len() {
-                1 => mix_lanes::<V, S, 1>([w[0]], [vals[0]], ov),
-                2 => mix_lanes::<V, S, 2>([w[0], w[1]], [vals[0], vals[1]], ov),
-                3 => mix_lanes::<V, S, 3>([w[0], w[1], w[2]], [vals[0], vals[1], vals[2]], ov),
-                _ => mix_lanes::<V, S, 4>(w, vals, ov),
+                1 => mix_lanes::<V, S, 1>(&w, &vals, ov),
+                2 => mix_lanes::<V, S, 2>(&w, &vals, ov),
+                3 => mix_lanes::<V, S, 3>(&w, &vals, ov),
+                _ => mix_lanes::<V, S, 4>(&w, &vals, ov),
             }
             for (i, o) in (8 * ov.len()..n).zip(ot) {
                 let mut acc = terms[0].1 * vals[0][i];
@@ -254,16 +254,16 @@ impl<I: Element> Finish for Mix<'_, I> {
     }
 }
 
-/// `w_0·v_0`, then fma with each later term, eight lanes at a time (`T` a
-/// constant: the terms unroll, their weights splatted once).
+/// `w_0·v_0`, then fma with each later term, over the first `T` terms, eight
+/// lanes at a time (`T` a constant: the terms unroll, their weights splatted once).
 #[inline(always)]
-fn mix_lanes<V: Vector, S: Slot, const T: usize>(w: [f32; T], vals: [&[f32]; T], out: &mut [[S; 8]]) {
+fn mix_lanes<V: Vector, S: Slot, const T: usize>(w: &[f32; MIX_TERMS], vals: &[&[f32]; MIX_TERMS], out: &mut [[S; 8]]) {
     // A loop, not `map`: a call that is not inlined would leave the caller's target features.
     let mut ws = [V::splat(0.0); T];
     for (v, w) in ws.iter_mut().zip(w) {
-        *v = V::splat(w);
+        *v = V::splat(*w);
     }
-    let lanes = vals.map(|v| &v.as_chunks::<8>().0[..out.len()]);
+    let lanes: [&[[f32; 8]]; T] = std::array::from_fn(|k| &vals[k].as_chunks::<8>().0[..out.len()]);
     for (i, o) in out.iter_mut().enumerate() {
         let mut acc = ws[0] * V::load(&lanes[0][i]);
         for k in 1..T {

@@ -185,9 +185,12 @@ impl Pool {
                 done = epoch;
                 self.join(epoch);
                 idle = Instant::now();
-            } else if idle.elapsed() < HOT {
+                continue;
+            }
+            let waited = idle.elapsed();
+            if waited < HOT {
                 std::hint::spin_loop();
-            } else if idle.elapsed() < SPIN {
+            } else if waited < SPIN {
                 // Still ready within a few microseconds, but a thread waiting for this core runs first.
                 std::thread::yield_now();
             } else {
