@@ -24,6 +24,11 @@ else
     exit 1
 fi
 
+# Kernels compiled by NVRTC are kept in target/ptx-cache (a clean clone starts
+# empty, so the first compile of each kernel is a real one); later processes
+# (the CUDA run below, the CLI tests) read them instead of compiling for ~18 s each.
+export CFG_PTX_CACHE="${CFG_PTX_CACHE:-$PWD/target/ptx-cache}"
+
 # The Python extension (python/, a workspace member) is built as maturin builds
 # it: an extension module, not linked to libpython. Set for every cargo command
 # here, so that none of them builds PyO3 again.

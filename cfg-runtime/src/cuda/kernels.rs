@@ -2,9 +2,11 @@
 //!
 //! Each module is `common.cu` (and `factors.cu` where needed) followed by one
 //! kernel file, compiled for the device's own architecture. PTX is cached per
-//! (source hash, arch) for the life of the process.
+//! (source hash, arch) for the life of the process, and on disk between
+//! processes (`ptx_cache.rs`: `$CFG_PTX_CACHE`, else `~/.cache/cfg/ptx`).
 
 use super::error::CudaError;
+use super::ptx_cache;
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -186,7 +188,8 @@ fn cache() -> &'static Mutex<HashMap<Key, Arc<Ptx>>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// Compiles `module` to PTX for `arch` (e.g. `sm_90`), or returns the cached PTX.
+/// Compiles `module` to PTX for `arch` (e.g. `sm_90`), or returns the PTX
+/// compiled before: in this process, or in an earlier one (kept on disk by `ptx_cache`).
 pub fn compile(module: &KernelModule, arch: &str) -> Result<Arc<Ptx>, CudaError> {
     if !nvrtc_available() {
         return Err(CudaError::NoNvrtc);
@@ -196,20 +199,53 @@ pub fn compile(module: &KernelModule, arch: &str) -> Result<Arc<Ptx>, CudaError>
     if let Some(ptx) = cache().lock().map_err(|_| poisoned())?.get(&key) {
         return Ok(ptx.clone());
     }
-    let opts = CompileOptions {
-        // Every fma is explicit; the compiler must not contract a*b+c on its own.
-        fmad: Some(false),
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        ftz: Some(false),
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some(format!("{}.cu", module.name)),
-        ..Default::default()
+    let options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+    let disk = ptx_cache::dir().map(|dir| (dir, disk_digest(&source, &options)));
+    let kept = disk.as_ref().and_then(|(dir, digest)| ptx_cache::load(dir, digest));
+    let ptx = match kept.filter(|text| defines_every_function(module, text)) {
+        Some(text) => Ptx::from_src(text),
+        None => {
+            let opts = CompileOptions {
+                // Every fma is explicit; the compiler must not contract a*b+c on its own.
+                fmad: Some(false),
+                prec_div: Some(true),
+                prec_sqrt: Some(true),
+                ftz: Some(false),
+                options,
+                name: Some(format!("{}.cu", module.name)),
+                ..Default::default()
+            };
+            let ptx =
+                cudarc::nvrtc::compile_ptx_with_opts(&source, opts).map_err(|e| compile_error(module, arch, e))?;
+            if let Some((dir, digest)) = &disk {
+                ptx_cache::store(dir, digest, &ptx.to_src());
+            }
+            ptx
+        }
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&source, opts).map_err(|e| compile_error(module, arch, e))?;
     let ptx = Arc::new(ptx);
     cache().lock().map_err(|_| poisoned())?.insert(key, ptx.clone());
     Ok(ptx)
+}
+
+/// What the PTX on disk is named by: everything NVRTC's output depends on.
+fn disk_digest(source: &str, options: &[String]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    // The fixed options of `compile` (fmad, prec-div, prec-sqrt, ftz) are named here too.
+    h.update(b"cfg ptx v1: fmad=false prec-div prec-sqrt ftz=false\0");
+    h.update(format!("{:?}\0", nvrtc_version().ok()).as_bytes());
+    for o in options {
+        h.update(o.as_bytes());
+        h.update(b"\0");
+    }
+    h.update(source.as_bytes());
+    h.finalize().into()
+}
+
+/// Whether `ptx` has an entry for every kernel of `module` (a file that was
+/// cut short, or is not PTX at all, is compiled again).
+fn defines_every_function(module: &KernelModule, ptx: &str) -> bool {
+    module.functions.iter().all(|f| ptx.contains(&format!(".entry {f}(")))
 }
 
 fn compile_error(module: &KernelModule, arch: &str, e: CompileError) -> CudaError {
@@ -254,5 +290,27 @@ impl std::fmt::Write for KernelName {
         self.buf[self.len..end].copy_from_slice(s.as_bytes());
         self.len = end;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_ptx_missing_a_kernel_is_compiled_again() {
+        let whole = ".visible .entry copy_u16(\n.visible .entry hold_ns(\n.visible .entry poison_u16(\n.visible .entry poison_u32(\n";
+        assert!(defines_every_function(&COPY, whole));
+        assert!(!defines_every_function(&COPY, &whole[..whole.len() / 2]));
+        assert!(!defines_every_function(&COPY, "not ptx"));
+    }
+
+    #[test]
+    fn the_disk_name_changes_with_the_source_and_the_options() {
+        let opts = |arch: &str| vec![format!("--gpu-architecture={arch}")];
+        let base = disk_digest("a", &opts("sm_90"));
+        assert_eq!(base, disk_digest("a", &opts("sm_90")));
+        assert_ne!(base, disk_digest("b", &opts("sm_90")));
+        assert_ne!(base, disk_digest("a", &opts("sm_80")));
     }
 }

@@ -8,6 +8,7 @@ mod device;
 mod error;
 pub mod kernels;
 mod params;
+mod ptx_cache;
 
 pub use device::{device_count, driver_available, Buffer, Device};
 mod memory;
