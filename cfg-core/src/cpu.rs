@@ -1103,6 +1103,8 @@ pub fn apg_projection(dc: f64, cc: f64) -> f64 {
     dc / (n * n)
 }
 
+// Tests that call `evaluate*` live in tests/evaluator.rs: from here they would
+// make the unit-test build compile every kernel a second time (minutes on CI).
 #[cfg(test)]
 mod tests {
     use super::*;
