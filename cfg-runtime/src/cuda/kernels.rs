@@ -199,22 +199,21 @@ pub fn compile(module: &KernelModule, arch: &str) -> Result<Arc<Ptx>, CudaError>
     if let Some(ptx) = cache().lock().map_err(|_| poisoned())?.get(&key) {
         return Ok(ptx.clone());
     }
-    let options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
-    let disk = ptx_cache::dir().map(|dir| (dir, disk_digest(&source, &options)));
+    let opts = CompileOptions {
+        // Every fma is explicit; the compiler must not contract a*b+c on its own.
+        fmad: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ftz: Some(false),
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        name: Some(format!("{}.cu", module.name)),
+        ..Default::default()
+    };
+    let disk = ptx_cache::dir().map(|dir| (dir, disk_digest(&source, &opts)));
     let kept = disk.as_ref().and_then(|(dir, digest)| ptx_cache::load(dir, digest));
     let ptx = match kept.filter(|text| defines_every_function(module, text)) {
         Some(text) => Ptx::from_src(text),
         None => {
-            let opts = CompileOptions {
-                // Every fma is explicit; the compiler must not contract a*b+c on its own.
-                fmad: Some(false),
-                prec_div: Some(true),
-                prec_sqrt: Some(true),
-                ftz: Some(false),
-                options,
-                name: Some(format!("{}.cu", module.name)),
-                ..Default::default()
-            };
             let ptx =
                 cudarc::nvrtc::compile_ptx_with_opts(&source, opts).map_err(|e| compile_error(module, arch, e))?;
             if let Some((dir, digest)) = &disk {
@@ -228,16 +227,11 @@ pub fn compile(module: &KernelModule, arch: &str) -> Result<Arc<Ptx>, CudaError>
     Ok(ptx)
 }
 
-/// What the PTX on disk is named by: everything NVRTC's output depends on.
-fn disk_digest(source: &str, options: &[String]) -> [u8; 32] {
+/// What the PTX on disk is named by: everything NVRTC's output depends on
+/// (every compile option, through its `Debug` form, so none can be forgotten).
+fn disk_digest(source: &str, opts: &CompileOptions) -> [u8; 32] {
     let mut h = Sha256::new();
-    // The fixed options of `compile` (fmad, prec-div, prec-sqrt, ftz) are named here too.
-    h.update(b"cfg ptx v1: fmad=false prec-div prec-sqrt ftz=false\0");
-    h.update(format!("{:?}\0", nvrtc_version().ok()).as_bytes());
-    for o in options {
-        h.update(o.as_bytes());
-        h.update(b"\0");
-    }
+    h.update(format!("cfg ptx v1\0{:?}\0{opts:?}\0", nvrtc_version().ok()).as_bytes());
     h.update(source.as_bytes());
     h.finalize().into()
 }
@@ -307,10 +301,15 @@ mod tests {
 
     #[test]
     fn the_disk_name_changes_with_the_source_and_the_options() {
-        let opts = |arch: &str| vec![format!("--gpu-architecture={arch}")];
-        let base = disk_digest("a", &opts("sm_90"));
-        assert_eq!(base, disk_digest("a", &opts("sm_90")));
-        assert_ne!(base, disk_digest("b", &opts("sm_90")));
-        assert_ne!(base, disk_digest("a", &opts("sm_80")));
+        let opts = |arch: &str, fmad| CompileOptions {
+            fmad: Some(fmad),
+            options: vec![format!("--gpu-architecture={arch}")],
+            ..Default::default()
+        };
+        let base = disk_digest("a", &opts("sm_90", false));
+        assert_eq!(base, disk_digest("a", &opts("sm_90", false)));
+        assert_ne!(base, disk_digest("b", &opts("sm_90", false)));
+        assert_ne!(base, disk_digest("a", &opts("sm_80", false)));
+        assert_ne!(base, disk_digest("a", &opts("sm_90", true)));
     }
 }
