@@ -620,6 +620,25 @@ fn narrowed_fdg<E: cfg_core::cpu::Element>(
     (got, want)
 }
 
+/// FDG of random c and u (from `seed`, signed zeros included) has the bits of
+/// the element-by-element reference, and bf16 and f16 inputs, widened a row
+/// at a time, give the bits of their f32 values.
+fn fdg_bits_match(p: &Pyramid, seed: u64, bands: &[FdgBand], original: bool, case: &str) -> Result<(), TestCaseError> {
+    let mut next = signed_values(seed);
+    let n = p.images() * p.spatial.height * p.spatial.width;
+    let (c, u): (Vec<f32>, Vec<f32>) = ((0..n).map(|_| next()).collect(), (0..n).map(|_| next()).collect());
+    let mut got = vec![f32::NAN; n];
+    fdg_into(p, &c, &u, bands, original, &mut got);
+    let want = fdg_reference(p, &c, &u, bands, original);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    prop_assert_eq!(bits(&got), bits(&want), "f32 {}", case);
+    let (got, want) = narrowed_fdg(p, &c, &u, bands, original, |x| Source::BF16(x));
+    prop_assert_eq!(bits(&got), bits(&want), "bf16 {}", case);
+    let (got, want) = narrowed_fdg(p, &c, &u, bands, original, |x| Source::F16(x));
+    prop_assert_eq!(bits(&got), bits(&want), "f16 {}", case);
+    Ok(())
+}
+
 /// FDG's pyramid passes (planar, channels last, gathered layouts; bands
 /// with and without statistics) against the element-by-element reference.
 #[test]
@@ -654,22 +673,52 @@ fn fdg_matches_the_canonical_reference_bit_for_bit() {
                 };
                 let shape = Shape::new(shape);
                 let p = Pyramid::new(&layout, &shape, levels).expect("a valid pyramid");
-                let mut next = signed_values(seed);
-                let n = shape.numel();
-                let (c, u): (Vec<f32>, Vec<f32>) = ((0..n).map(|_| next()).collect(), (0..n).map(|_| next()).collect());
-                let mut got = vec![f32::NAN; n];
-                fdg_into(&p, &c, &u, &bands, original, &mut got);
-                let want = fdg_reference(&p, &c, &u, &bands, original);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                prop_assert_eq!(bits(&got), bits(&want), "{:?} {:?} {} {:?}", level, layout, shape, bands);
-                // bf16 and f16 inputs, widened a row at a time, give the bits of their f32 values.
-                let (got, want) = narrowed_fdg(&p, &c, &u, &bands, original, |x| Source::BF16(x));
-                prop_assert_eq!(bits(&got), bits(&want), "bf16 {:?} {:?} {} {:?}", level, layout, shape, bands);
-                let (got, want) = narrowed_fdg(&p, &c, &u, &bands, original, |x| Source::F16(x));
-                prop_assert_eq!(bits(&got), bits(&want), "f16 {:?} {:?} {} {:?}", level, layout, shape, bands);
-                Ok(())
+                fdg_bits_match(&p, seed, &bands, original, &format!("{level:?} {layout:?} {shape} {bands:?}"))
             })
             .expect("FDG matches the reference");
+    });
+}
+
+/// FDG on token grids of 8 to 64 channels with bands without statistics (the
+/// only case the row passes run with channels as vector lanes; the test above
+/// draws it in few of its cases) against the element-by-element reference,
+/// from f32, bf16 and f16.
+#[test]
+fn fdg_on_token_grids_matches_the_canonical_reference_bit_for_bit() {
+    use cfg_core::layout::{Axis, Grid, Layout};
+    let config = Config { cases: 24, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[31; 32]);
+    let band = (prop::bool::weighted(0.8), -3.0f32..12.0).prop_map(|(on, scale)| FdgBand {
+        on,
+        scale,
+        parallel: None,
+        rescale: 0.0,
+    });
+    let cases = (
+        1usize..=3,
+        1usize..=2,
+        2usize..=9,
+        2usize..=9,
+        prop::collection::vec(band, 3),
+        prop::sample::select(vec![8usize, 16, 64]),
+        prop::bool::ANY,
+        any::<u64>(),
+    );
+    at_every_level(|level| {
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(levels, batch, hk, wk, mut bands, ch, original, seed)| {
+                bands.truncate(levels);
+                let (h, w) = (hk << (levels - 1), wk << (levels - 1));
+                let layout = Layout {
+                    axes: vec![Axis::B, Axis::T, Axis::C],
+                    grid: Some(Grid { frames: None, height: h, width: w }),
+                };
+                let shape = Shape::new([batch, h * w, ch]);
+                let p = Pyramid::new(&layout, &shape, levels).expect("a valid pyramid");
+                fdg_bits_match(&p, seed, &bands, original, &format!("{level:?} {shape} {bands:?}"))
+            })
+            .expect("FDG on token grids matches the reference");
     });
 }
 
