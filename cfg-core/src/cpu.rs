@@ -214,8 +214,8 @@ fn combine_direct<V: Vector, I: Element, S: Slot, const N: usize>(terms: &[(&[I]
     for (c, o) in whole.iter_mut().enumerate() {
         let x = |k: usize| V::load(&lanes[k][c].map(I::get));
         let mut acc = V::splat(w[0]) * x(0);
-        for k in 1..N {
-            acc = V::splat(w[k]).mul_add(x(k), acc);
+        for (k, &wk) in w.iter().enumerate().skip(1) {
+            acc = V::splat(wk).mul_add(x(k), acc);
         }
         S::put8(acc, o);
     }
