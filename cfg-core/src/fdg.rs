@@ -328,19 +328,13 @@ impl<'a> Rows<'a> {
 }
 
 /// Row `y` of the doubled image of `src` (grid `cg`, image `i`) blurred within
-/// rows, into `o`, with `t` three rows of scratch.
+/// rows, into `o`, with `t` a row of scratch.
 #[inline(always)]
 fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32], t: &mut [f32]) {
     let (row, l) = (o.len(), cg.lanes);
     let (ya, yb) = up_taps(y, cg.h);
-    let (ta, rest) = t.split_at_mut(row);
-    let (tb, up) = rest.split_at_mut(row);
-    let up = &mut up[..row];
-    double_row(cg.at(src, i, ya), ta, l);
-    double_row(cg.at(src, i, yb), &mut tb[..row], l);
-    for ((u, &a), &b) in up.iter_mut().zip(ta.iter()).zip(tb.iter()) {
-        *u = lerp(a, b);
-    }
+    let up = &mut t[..row];
+    double_rows(cg.at(src, i, ya), cg.at(src, i, yb), up, l);
     hblur_row(up, o, 2 * cg.w, l);
 }
 
@@ -367,12 +361,12 @@ impl Task for Band<'_> {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
         // Reduce: 8 cached rows twice as wide, 3 more; else up to 3 caches,
-        // 3 rows of expand scratch, 4 rows.
-        let mut scratch = take_scratch(3 * SLOTS * row + 7 * row);
+        // a row of expand scratch, 4 rows.
+        let mut scratch = take_scratch(3 * SLOTS * row + 5 * row);
         let (s0, rest) = scratch.split_at_mut(SLOTS * row);
         let (s1, rest) = rest.split_at_mut(SLOTS * row);
         let (s2, rest) = rest.split_at_mut(SLOTS * row);
-        let (t, rest) = rest.split_at_mut(3 * row);
+        let (t, rest) = rest.split_at_mut(row);
         let (tc, rest) = rest.split_at_mut(row);
         let (tu, rest) = rest.split_at_mut(row);
         let (wc, wu) = rest.split_at_mut(row);
@@ -516,24 +510,29 @@ fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
     }
 }
 
-/// `t[x] = lerp(r[near], r[far])` for the 2·w pixels from a row of w ([`up_taps`]).
+/// The lerp across rows of two doubled rows, `t[x] = lerp(A[x], B[x])` with
+/// `A[x] = lerp(a[near], a[far])` the bilinear doubling of row `a` (and `B` of
+/// `b`, [`up_taps`]) for the 2·w pixels from rows of w: one loop, so the
+/// doubled rows are never stored.
 #[inline(always)]
-fn double_row(r: &[f32], t: &mut [f32], l: usize) {
-    let w = r.len() / l;
+fn double_rows(a: &[f32], b: &[f32], t: &mut [f32], l: usize) {
+    let w = a.len() / l;
     if l == 1 {
         for (i, pair) in t.chunks_exact_mut(2).enumerate() {
-            pair[0] = lerp(r[i], r[i.saturating_sub(1)]);
-            pair[1] = lerp(r[i], r[(i + 1).min(w - 1)]);
+            let (left, right) = (i.saturating_sub(1), (i + 1).min(w - 1));
+            pair[0] = lerp(lerp(a[i], a[left]), lerp(b[i], b[left]));
+            pair[1] = lerp(lerp(a[i], a[right]), lerp(b[i], b[right]));
         }
         return;
     }
     for (i, pair) in t.chunks_exact_mut(2 * l).enumerate() {
-        let px = |j: usize| &r[j * l..(j + 1) * l];
-        let (near, left, right) = (px(i), px(i.saturating_sub(1)), px((i + 1).min(w - 1)));
+        let (n, lo, hi) = (i * l, i.saturating_sub(1) * l, (i + 1).min(w - 1) * l);
+        let (an, al, ar) = (&a[n..n + l], &a[lo..lo + l], &a[hi..hi + l]);
+        let (bn, bl, br) = (&b[n..n + l], &b[lo..lo + l], &b[hi..hi + l]);
         let (p0, p1) = pair.split_at_mut(l);
         for k in 0..l {
-            p0[k] = lerp(near[k], left[k]);
-            p1[k] = lerp(near[k], right[k]);
+            p0[k] = lerp(lerp(an[k], al[k]), lerp(bn[k], bl[k]));
+            p1[k] = lerp(lerp(an[k], ar[k]), lerp(bn[k], br[k]));
         }
     }
 }
