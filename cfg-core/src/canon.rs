@@ -32,13 +32,14 @@ pub fn fold_active<T: Copy + std::ops::AddAssign>(lanes: &mut [T], m: usize) -> 
 }
 
 /// The canonical fold of lanes held eight to a vector, the lanes past the
-/// group zero: the levels down to eight lanes add whole vectors, the last
-/// three run inside `v[0]`. Returns lane 0. Zero lanes past the group may be
-/// folded too, up to the next power of two of its length: the first level
-/// (the largest power of two below the length) is the same, and a zero added
-/// changes no non-zero value (only a zero's sign, which the f64 total drops).
+/// group zero, down to eight lanes: the levels down to eight lanes add whole
+/// vectors into `v[0]`, which is returned (its [`Vector::fold`] is the
+/// total). Zero lanes past the group may be folded too, up to the next power
+/// of two of its length: the first level (the largest power of two below the
+/// length) is the same, and a zero added changes no non-zero value (only a
+/// zero's sign, which the f64 total drops).
 #[inline(always)]
-pub fn fold_vectors<V: Vector>(v: &mut [V]) -> f32 {
+pub fn fold_to_eight<V: Vector>(v: &mut [V]) -> V {
     let mut m = v.len().min(LANES / 8);
     let mut s = LANES / 16;
     while s > 0 {
@@ -50,7 +51,7 @@ pub fn fold_vectors<V: Vector>(v: &mut [V]) -> f32 {
         }
         s /= 2;
     }
-    v[0].fold()
+    v[0]
 }
 
 /// Adds the products of a run that starts on lane 0 into `lanes`: for each

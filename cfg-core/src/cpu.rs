@@ -51,6 +51,13 @@ pub trait Element: Copy + Send + Sync + 'static {
         v.store(&mut x);
         Self::store(&x, to);
     }
+    /// Writes sixteen lanes, `lo` then `hi`, as two [`Element::put8`] would.
+    #[inline(always)]
+    fn put16<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]) {
+        let (halves, _) = to.as_chunks_mut::<8>();
+        Self::put8(lo, &mut halves[0]);
+        Self::put8(hi, &mut halves[1]);
+    }
 }
 
 impl Element for f32 {
@@ -125,6 +132,10 @@ impl Element for bf16 {
     #[inline(always)]
     fn put8<V: Vector>(v: V, to: &mut [bf16; 8]) {
         *bytemuck::cast_mut::<_, [u16; 8]>(to) = v.to_bf16();
+    }
+    #[inline(always)]
+    fn put16<V: Vector>(lo: V, hi: V, to: &mut [bf16; 16]) {
+        *bytemuck::cast_mut::<_, [u16; 16]>(to) = V::to_bf16_pair(lo, hi);
     }
 }
 
@@ -202,30 +213,43 @@ pub(crate) fn combine_task<V: Vector, I: Element, S: Slot>(terms: &[(&[I], f32)]
     combine_blocks(terms, offset, out)
 }
 
-/// N terms known at compile time: eight lanes at a time in registers, each
-/// output rounded and written once. Same order as [`combine_blocks`]: `w0·x0`, then fma.
+/// N terms known at compile time: sixteen lanes at a time in registers (two
+/// vectors, one store), then eight, each output rounded and written once.
+/// Same order as [`combine_blocks`]: `w0·x0`, then fma.
 #[inline(always)]
 fn combine_direct<V: Vector, I: Element, S: Slot, const N: usize>(terms: &[(&[I], f32)], offset: usize, out: &mut [S]) {
     let n = out.len();
     let srcs: [&[I]; N] = std::array::from_fn(|k| &terms[k].0[offset..offset + n]);
     let lanes: [&[[I; 8]]; N] = std::array::from_fn(|k| srcs[k].as_chunks::<8>().0);
     let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
-    let (whole, tail) = out.as_chunks_mut::<8>();
-    for (c, o) in whole.iter_mut().enumerate() {
-        let x = |k: usize| V::load(&lanes[k][c].map(I::get));
-        let mut acc = V::splat(w[0]) * x(0);
-        for (k, &wk) in w.iter().enumerate().skip(1) {
-            acc = V::splat(wk).mul_add(x(k), acc);
-        }
-        S::put8(acc, o);
+    let (pairs, rest) = out.as_chunks_mut::<16>();
+    for (c, o) in pairs.iter_mut().enumerate() {
+        S::put16(combine_lanes::<V, I, N>(&lanes, &w, 2 * c), combine_lanes::<V, I, N>(&lanes, &w, 2 * c + 1), o);
     }
-    for (i, o) in (8 * whole.len()..n).zip(tail) {
+    let (whole, tail) = rest.as_chunks_mut::<8>();
+    let done = 2 * pairs.len() + whole.len();
+    for (c, o) in (2 * pairs.len()..).zip(whole) {
+        S::put8(combine_lanes::<V, I, N>(&lanes, &w, c), o);
+    }
+    for (i, o) in (8 * done..n).zip(tail) {
         let mut acc = w[0] * srcs[0][i].get();
         for k in 1..N {
             acc = w[k].mul_add(srcs[k][i].get(), acc);
         }
         o.set(S::Elem::put(acc));
     }
+}
+
+/// Eight lanes, chunk `c`, of the combine of `N` terms. A function, not a
+/// closure: it must inline into the caller's target features (a closure
+/// called three times was not inlined, and ran without them, 20× slower).
+#[inline(always)]
+fn combine_lanes<V: Vector, I: Element, const N: usize>(lanes: &[&[[I; 8]]; N], w: &[f32; N], c: usize) -> V {
+    let mut acc = V::splat(w[0]) * V::load(&lanes[0][c].map(I::get));
+    for (k, &wk) in w.iter().enumerate().skip(1) {
+        acc = V::splat(wk).mul_add(V::load(&lanes[k][c].map(I::get)), acc);
+    }
+    acc
 }
 
 /// Any number of terms: blocks of [`BLOCK`] elements loaded, combined and stored.

@@ -8,7 +8,7 @@
 //! order, as the canonical reduction does), then the apply, which computes the
 //! forms again rather than storing them.
 
-use crate::canon::{accumulate, fold_active, fold_vectors, COLUMNS};
+use crate::canon::{accumulate, fold_active, fold_to_eight, COLUMNS};
 use crate::cpu::{
     magnitude_scale, norm_cap_factor, reject_coefficient, renorm_clamp, renorm_factor, rescale_factor, std_from_sums,
     zero_star_alpha, Element,
@@ -390,7 +390,7 @@ fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K]
 /// Groups of at most [`LANES`] elements: each element is its own lane
 /// (`fma(x, y, +0)`), and the lanes past the group are zero, so the fold runs
 /// over a power of two of 8-lane vectors held in registers (its first level
-/// is the same as over the group's lanes: see [`fold_vectors`]).
+/// is the same as over the group's lanes: see [`fold_to_eight`]).
 struct Short<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
@@ -400,12 +400,10 @@ struct Short<'a, P, F, S, const K: usize> {
 }
 
 /// Statistic `S` of one group padded to `8·N` elements, `N` vectors (`S` a
-/// constant: each statistic is its own loop, its vectors in registers).
+/// constant: each statistic is its own loop, its vectors in registers),
+/// folded down to eight lanes.
 #[inline(always)]
-fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>>(
-    a: &[f32],
-    b: &[f32],
-) -> f64 {
+fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> V {
     let (a, _) = a[..8 * N].as_chunks::<8>();
     let (b, _) = b[..8 * N].as_chunks::<8>();
     let zero = V::splat(0.0);
@@ -414,13 +412,14 @@ fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Stat
         let (x, y) = P::pairs(V::load(a), V::load(b))[S];
         *v = x.mul_add(y, zero);
     }
-    0.0 + fold_vectors(&mut v) as f64
+    fold_to_eight(&mut v)
 }
 
-/// The statistics of one group padded to `8·N` elements (`K` at most 4).
+/// The statistics of one group padded to `8·N` elements, each folded down
+/// to eight lanes (`K` at most 4).
 #[inline(always)]
-fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
-    let mut t = [0.0f64; K];
+fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [V; K] {
+    let mut t = [V::splat(0.0); K];
     t[0] = short_stat::<V, K, N, 0, P>(a, b);
     if K > 1 {
         t[1] = short_stat::<V, K, N, 1, P>(a, b);
@@ -434,10 +433,11 @@ fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &
     t
 }
 
-/// The statistics of one group padded to `8·vectors` elements. A match, not
-/// a closure or fn pointer: the callee must inline into the caller's features.
+/// The statistics of one group padded to `8·vectors` elements, each folded
+/// down to eight lanes. A match, not a closure or fn pointer: the callee
+/// must inline into the caller's features.
 #[inline(always)]
-fn group_stats<V: Vector, const K: usize, P: Statistics<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [f64; K] {
+fn group_stats<V: Vector, const K: usize, P: Statistics<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [V; K] {
     match vectors {
         1 => short_stats::<V, K, 1, P>(a, b),
         2 => short_stats::<V, K, 2, P>(a, b),
@@ -475,7 +475,8 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F,
     }
 }
 
-/// The groups of one block: eight groups' statistics, then their factors
+/// The groups of one block: eight groups' statistics (their last eight
+/// lanes folded together, see [`Vector::fold8`]), then their factors
 /// (independent square roots and divisions, as vectors), then their apply.
 #[inline(always)]
 fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
@@ -493,16 +494,26 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     let groups = y.len() / len;
     for first in (0..groups).step_by(8) {
         let batch = 8.min(groups - first);
-        let mut totals = [[0.0f64; K]; 8];
-        for (t, total) in totals.iter_mut().enumerate().take(batch) {
+        // Statistic by statistic, the eight groups' last eight lanes (zero past the batch).
+        let mut eights = [[V::splat(0.0); 8]; K];
+        for t in 0..batch {
             let (ga, gb) = (&a[(first + t) * len..][..len], &b[(first + t) * len..][..len]);
-            *total = if padded {
+            let stats = if padded {
                 pa[..len].copy_from_slice(ga);
                 pb[..len].copy_from_slice(gb);
                 group_stats::<V, K, P>(vectors, pa, pb)
             } else {
                 group_stats::<V, K, P>(vectors, ga, gb)
             };
+            for (eight, s) in eights.iter_mut().zip(stats) {
+                eight[t] = s;
+            }
+        }
+        let mut totals = [[0.0f64; K]; 8];
+        for (k, eight) in eights.into_iter().enumerate() {
+            for (total, sum) in totals.iter_mut().zip(V::fold8(eight)) {
+                total[k] = 0.0 + sum as f64;
+            }
         }
         // All eight, past the batch too (their totals are zeros).
         let f = op.factors::<V>(&totals, len);
@@ -695,14 +706,22 @@ fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>>(
     }
 }
 
-/// `y = apply(a, b, f)` over a run, eight lanes at a time, then the rest one
-/// by one, each rounded to `O`.
+/// `y = apply(a, b, f)` over a run, sixteen lanes at a time (two vectors,
+/// one store), then eight, then the rest one by one, each rounded to `O`.
 #[inline(always)]
 fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(op: &P, a: &[f32], b: &[f32], y: &mut [S], f: f32) {
     let n = y.len();
-    let ((av, at), (bv, bt)) = (a[..n].as_chunks::<8>(), b[..n].as_chunks::<8>());
-    let (yv, yt) = y.as_chunks_mut::<8>();
+    let ((a16, a_rest), (b16, b_rest)) = (a[..n].as_chunks::<16>(), b[..n].as_chunks::<16>());
+    let (y16, y_rest) = y.as_chunks_mut::<16>();
     let fv = V::splat(f);
+    for ((y, a), b) in y16.iter_mut().zip(a16).zip(b16) {
+        let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
+        let lo = op.apply(V::load(&a[0]), V::load(&b[0]), fv);
+        let hi = op.apply(V::load(&a[1]), V::load(&b[1]), fv);
+        S::put16(lo, hi, y);
+    }
+    let ((av, at), (bv, bt)) = (a_rest.as_chunks::<8>(), b_rest.as_chunks::<8>());
+    let (yv, yt) = y_rest.as_chunks_mut::<8>();
     for ((y, a), b) in yv.iter_mut().zip(av).zip(bv) {
         S::put8(op.apply(V::load(a), V::load(b), fv), y);
     }

@@ -52,12 +52,32 @@ pub trait Vector: Num {
     /// The canonical fold of the lanes (`l[i] += l[i+4]`, then `+2`, then
     /// `+1`): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
     fn fold(self) -> f32;
+    /// [`Vector::fold`] of each of eight vectors (the same additions, the
+    /// eight vectors transposed so that each step adds them all at once).
+    #[inline(always)]
+    fn fold8(v: [Self; 8]) -> [f32; 8] {
+        let mut r = [0.0; 8];
+        for (r, v) in r.iter_mut().zip(v) {
+            *r = v.fold();
+        }
+        r
+    }
     /// `√x` of eight f64 (correctly rounded, as the scalar square root).
     fn sqrt_f64(x: [f64; 8]) -> [f64; 8];
     /// `a / b` of eight f64 (correctly rounded, as the scalar division).
     fn div_f64(a: [f64; 8], b: [f64; 8]) -> [f64; 8];
     /// The lanes rounded to bf16 bits as [`crate::cpu::bf16_bits_rne`] rounds them.
     fn to_bf16(self) -> [u16; 8];
+    /// Sixteen lanes, `lo` then `hi`, rounded as [`Vector::to_bf16`] rounds them
+    /// (packed together: one store for both).
+    #[inline(always)]
+    fn to_bf16_pair(lo: Self, hi: Self) -> [u16; 16] {
+        let mut r = [0; 16];
+        let (a, b) = r.split_at_mut(8);
+        a.copy_from_slice(&lo.to_bf16());
+        b.copy_from_slice(&hi.to_bf16());
+        r
+    }
     /// APG's projection of `r` against these lanes `c` in f64: `p = k·c` and
     /// `r − p`, each computed in f64 and rounded to f32 (as the scalar `as` casts).
     fn project_f64(self, r: Self, k: f64) -> (Self, Self);
@@ -255,6 +275,41 @@ mod avx2 {
     #[derive(Clone, Copy)]
     pub(super) struct Avx2<const HW_BF16: bool>(__m256);
 
+    impl<const B: bool> Avx2<B> {
+        /// In the AVX-512 BF16 region, one instruction rounds as we do
+        /// (nearest even, NaNs quieted) except that it flushes subnormal
+        /// inputs to zero: a vector with a subnormal gets `None` and takes
+        /// [`Self::bf16_in_low_halves`]. (One `vfpclassps` finds them:
+        /// category 0x20 is "denormal".)
+        #[inline(always)]
+        fn hardware_bf16(self) -> Option<__m128i> {
+            // SAFETY: see the type's comment (`B` only in the AVX-512 BF16 region).
+            unsafe {
+                if B && _mm256_fpclass_ps_mask::<0x20>(self.0) == 0 {
+                    return Some(std::mem::transmute::<__m128bh, __m128i>(_mm256_cvtneps_pbh(self.0)));
+                }
+            }
+            None
+        }
+
+        /// Each lane's bf16 bits in its low 16 bits (the high 16 zero):
+        /// `(bits + 0x7fff + lsb) >> 16`, or `(bits >> 16) | 0x40` for a NaN.
+        #[inline(always)]
+        fn bf16_in_low_halves(self) -> __m256i {
+            // SAFETY: see the type's comment.
+            unsafe {
+                let bits = _mm256_castps_si256(self.0);
+                let high = _mm256_srli_epi32::<16>(bits);
+                let lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
+                let bias = _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff));
+                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, bias));
+                let quiet = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
+                let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0));
+                _mm256_blendv_epi8(rounded, quiet, nan)
+            }
+        }
+    }
+
     impl<const B: bool> Add for Avx2<B> {
         type Output = Self;
         #[inline(always)]
@@ -319,6 +374,34 @@ mod avx2 {
             }
         }
         #[inline(always)]
+        fn fold8(v: [Self; 8]) -> [f32; 8] {
+            let mut r = [0.0; 8];
+            unsafe {
+                // Each sum keeps `fold`'s operands (the lower lanes first).
+                // [l0+l4, l1+l5, l2+l6, l3+l7] of two vectors, one per half.
+                let quads = |a: Self, b: Self| {
+                    let low = _mm256_permute2f128_ps::<0x20>(a.0, b.0);
+                    let high = _mm256_permute2f128_ps::<0x31>(a.0, b.0);
+                    _mm256_add_ps(low, high)
+                };
+                let (q01, q23, q45, q67) = (quads(v[0], v[1]), quads(v[2], v[3]), quads(v[4], v[5]), quads(v[6], v[7]));
+                // [.0+.2, .1+.3] of four: [0, 0, 2, 2 | 1, 1, 3, 3] (and 4–7).
+                let pairs = |a: __m256, b: __m256| {
+                    let first = _mm256_shuffle_ps::<0b01_00_01_00>(a, b);
+                    let second = _mm256_shuffle_ps::<0b11_10_11_10>(a, b);
+                    _mm256_add_ps(first, second)
+                };
+                let (p0123, p4567) = (pairs(q01, q23), pairs(q45, q67));
+                // .0+.1 of eight: [0, 2, 4, 6 | 1, 3, 5, 7], then in order.
+                let first = _mm256_shuffle_ps::<0b10_00_10_00>(p0123, p4567);
+                let second = _mm256_shuffle_ps::<0b11_01_11_01>(p0123, p4567);
+                let sums = _mm256_add_ps(first, second);
+                let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+                _mm256_storeu_ps(r.as_mut_ptr(), _mm256_permutevar8x32_ps(sums, order));
+            }
+            r
+        }
+        #[inline(always)]
         fn sqrt_f64(x: [f64; 8]) -> [f64; 8] {
             let mut r = [0.0; 8];
             for (r, x) in r.chunks_exact_mut(4).zip(x.chunks_exact(4)) {
@@ -341,26 +424,28 @@ mod avx2 {
         fn to_bf16(self) -> [u16; 8] {
             let mut r = [0u16; 8];
             unsafe {
-                // In the AVX-512 BF16 region, one instruction rounds as we do
-                // (nearest even, NaNs quieted) except that it flushes subnormal
-                // inputs to zero: a vector with a subnormal takes the steps below.
-                // (One `vfpclassps` finds them: category 0x20 is "denormal".)
-                if B && _mm256_fpclass_ps_mask::<0x20>(self.0) == 0 {
-                    let h: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(self.0));
+                if let Some(h) = self.hardware_bf16() {
                     _mm_storeu_si128(r.as_mut_ptr().cast(), h);
                     return r;
                 }
-                // (bits + 0x7fff + lsb) >> 16, or (bits >> 16) | 0x40 for a NaN.
-                let bits = _mm256_castps_si256(self.0);
-                let high = _mm256_srli_epi32::<16>(bits);
-                let lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
-                let bias = _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff));
-                let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, bias));
-                let quiet = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
-                let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0));
-                let bits = _mm256_blendv_epi8(rounded, quiet, nan);
+                let bits = self.bf16_in_low_halves();
                 let packed = _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256::<1>(bits));
                 _mm_storeu_si128(r.as_mut_ptr().cast(), packed);
+            }
+            r
+        }
+        #[inline(always)]
+        fn to_bf16_pair(lo: Self, hi: Self) -> [u16; 16] {
+            let mut r = [0u16; 16];
+            unsafe {
+                if let (Some(l), Some(h)) = (lo.hardware_bf16(), hi.hardware_bf16()) {
+                    _mm256_storeu_si256(r.as_mut_ptr().cast(), _mm256_set_m128i(h, l));
+                    return r;
+                }
+                // The pack works within 128-bit halves ([lo 0–3, hi 0–3, lo 4–7,
+                // hi 4–7]); the permute puts the four quarters back in order.
+                let packed = _mm256_packus_epi32(lo.bf16_in_low_halves(), hi.bf16_in_low_halves());
+                _mm256_storeu_si256(r.as_mut_ptr().cast(), _mm256_permute4x64_epi64::<0b11_01_10_00>(packed));
             }
             r
         }
@@ -394,19 +479,59 @@ mod tests {
 
     impl Task for Fold {
         const WRITES_BF16: bool = true;
-        type Out = (f32, [f32; 8], [f64; 8], [[u16; 8]; 2], [[f32; 8]; 2]);
+        type Out = (f32, [f32; 8], [f64; 8], [[u16; 8]; 2], [u16; 16], [[f32; 8]; 2]);
         #[inline(always)]
         fn run<V: Vector>(self) -> Self::Out {
             let (v, w) = (V::load(&self.0), V::splat(-1.5));
             let mut out = [0.0; 8];
             (v.mul_add(w, -v) * v - w + v).store(&mut out);
             let rounded = [V::load(&self.2).to_bf16(), V::load(&self.3).to_bf16()];
+            let pair = V::to_bf16_pair(V::load(&self.2), V::load(&self.3));
             let mut projected = [[0.0; 8]; 2];
             let (p, q) = v.project_f64(V::load(&self.2), 0.3);
             p.store(&mut projected[0]);
             q.store(&mut projected[1]);
-            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded, projected)
+            (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded, pair, projected)
         }
+    }
+
+    struct FoldEight([[f32; 8]; 8]);
+
+    impl Task for FoldEight {
+        type Out = [f32; 8];
+        #[inline(always)]
+        fn run<V: Vector>(self) -> [f32; 8] {
+            V::fold8(self.0.map(|v| V::load(&v)))
+        }
+    }
+
+    /// Eight vectors for `fold8`, and each one's `fold` in scalar steps.
+    fn fold8_case() -> ([[f32; 8]; 8], [f32; 8]) {
+        // Magnitudes far apart (each addition rounds), signed zeros, infinities
+        // and NaNs (which NaN a sum of two returns is not specified: any NaN is one).
+        let nan = |payload: u32| f32::from_bits(0x7fc0_0000 | payload);
+        let mut v = [[0.0f32; 8]; 8];
+        let mut state = 0x2545_f491u32;
+        for (g, lanes) in v.iter_mut().enumerate() {
+            for (l, x) in lanes.iter_mut().enumerate() {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *x = (state >> 8) as f32 / (1 << 24) as f32 * 10f32.powi((l as i32 * 3 + g as i32) % 13 - 6);
+                if state.is_multiple_of(3) {
+                    *x = -*x;
+                }
+            }
+        }
+        v[1] = [-0.0; 8];
+        v[2][3] = f32::INFINITY;
+        v[2][7] = f32::NEG_INFINITY;
+        v[3][0] = nan(1);
+        v[3][4] = nan(2);
+        v[4][1] = nan(3);
+        v[4][5] = -nan(4);
+        v[5][6] = nan(5);
+        v[5][2] = nan(6);
+        // Computed at run time (constant folding may give a NaN other bits).
+        (v, black_box(v).map(|h| ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))))
     }
 
     #[test]
@@ -427,16 +552,21 @@ mod tests {
         let p = par.map(|p| (p as f32).to_bits());
         let perp: Vec<u32> = r.iter().zip(par).map(|(r, p)| ((*r as f64 - p) as f32).to_bits()).collect();
         let bf16 = [r.map(crate::cpu::bf16_bits_rne), normal.map(crate::cpu::bf16_bits_rne)];
+        let (eight, folds) = fold8_case();
         let best = level();
         for level in Level::ALL {
             set_limit(level);
             // Only this test sets the limit in this crate's tests.
             assert_eq!(super::level(), level.min(best));
-            let (f, out, quotients, rounded, projected) =
+            let (f, out, quotients, rounded, pair, projected) =
                 run(Fold(black_box(x), black_box(d), black_box(r), black_box(normal)));
             assert_eq!(projected[0].map(f32::to_bits), p, "{level:?}");
             assert_eq!(projected[1].map(f32::to_bits).to_vec(), perp, "{level:?}");
             assert_eq!(rounded, bf16, "{level:?}");
+            assert_eq!(pair[..8], bf16[0], "{level:?}");
+            assert_eq!(pair[8..], bf16[1], "{level:?}");
+            let bits = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };
+            assert_eq!(run(FoldEight(black_box(eight))).map(bits), folds.map(bits), "{level:?}");
             assert_eq!(f.to_bits(), fold.to_bits(), "{level:?}");
             assert_eq!(out.map(f32::to_bits), each, "{level:?}");
             assert_eq!(quotients.map(f64::to_bits), q, "{level:?}");

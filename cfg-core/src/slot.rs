@@ -19,6 +19,8 @@ pub trait Slot: Send + Sized {
     fn put_all(vals: &[f32], out: &mut [Self]);
     /// Writes eight lanes, rounded as [`Element::put8`] rounds them.
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]);
+    /// Writes sixteen lanes, `lo` then `hi`, rounded as [`Element::put16`] rounds them.
+    fn put16<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]);
 }
 
 impl<O: Element> Slot for MaybeUninit<O> {
@@ -54,6 +56,13 @@ impl<O: Element> Slot for MaybeUninit<O> {
         // SAFETY: eight initialized values into eight slots (a plain copy:
         // a loop of `write`s may not become one vector store).
         unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), to.as_mut_ptr().cast::<O>(), 8) };
+    }
+    #[inline(always)]
+    fn put16<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]) {
+        let mut x = [O::put(0.0); 16];
+        O::put16(lo, hi, &mut x);
+        // SAFETY: as in `put8`, sixteen.
+        unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), to.as_mut_ptr().cast::<O>(), 16) };
     }
 }
 
