@@ -141,9 +141,17 @@ fn by_term<I: Element>(terms: Terms<I>, start: usize, out: &mut [f32]) {
 /// group (or per segment of one).
 pub trait Statistics<const K: usize>: Sync {
     // K is at most 4 (see `short_stats`).
+    /// The element type of the inputs.
+    type Input: Element;
+    /// The linear forms of its two values.
+    fn forms(&self) -> (Terms<'_, Self::Input>, Terms<'_, Self::Input>);
     /// Its two values over `start..start + a.len()`, computed into `a` and
     /// `b` or read in place (see [`form_ref`]).
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]);
+    #[inline(always)]
+    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
+        let (x, y) = self.forms();
+        (form_ref(x, start, a), form_ref(y, start, b))
+    }
     /// The `K` pairs `(x, y)` of one element (or eight lanes) whose canonical
     /// Σ x·y are the statistics.
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); K];
@@ -162,6 +170,9 @@ pub trait GroupOp<const K: usize>: Statistics<K> {
         }
         f
     }
+    /// Whether [`GroupOp::apply`] reads its second value: when it does not,
+    /// the apply pass does not compute that form.
+    const APPLY_READS_B: bool = true;
     /// One output element (or eight lanes).
     fn apply<T: Num>(&self, a: T, b: T, f: T) -> T;
 }
@@ -750,7 +761,13 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
         let (b, y) = rest.split_at_mut(APPLY);
         for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), self.start + k * APPLY);
-            let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
+            let (a, b) = if P::APPLY_READS_B {
+                self.op.load(start, &mut a[..m], &mut b[..m])
+            } else {
+                // `apply` ignores its second value: `a` stands in for it.
+                let a = form_ref(self.op.forms().0, start, &mut a[..m]);
+                (a, a)
+            };
             if self.fin.direct::<S::Elem>() {
                 apply_run::<V, K, P, S>(self.op, a, b, out, self.f);
             } else {
@@ -781,9 +798,10 @@ pub struct Renorm<'a, I> {
 }
 
 impl<I: Element> Statistics<2> for Renorm<'_, I> {
+    type Input = I;
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.input, start, a), form_ref(self.reference, start, b))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.input, self.reference)
     }
     #[inline(always)]
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
@@ -810,6 +828,7 @@ impl<I: Element> GroupOp<2> for Renorm<'_, I> {
         }
         f
     }
+    const APPLY_READS_B: bool = false;
     #[inline(always)]
     fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {
         a * f
@@ -827,9 +846,10 @@ pub struct NormCap<'a, I> {
 }
 
 impl<I: Element> Statistics<2> for NormCap<'_, I> {
+    type Input = I;
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.input, start, a), form_ref(self.reference, start, b))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.input, self.reference)
     }
     #[inline(always)]
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
@@ -842,6 +862,7 @@ impl<I: Element> GroupOp<2> for NormCap<'_, I> {
     fn factor(&self, t: [f64; 2], _: usize) -> f32 {
         norm_cap_factor(t[1].sqrt(), t[0].sqrt(), self.ratio)
     }
+    const APPLY_READS_B: bool = false;
     #[inline(always)]
     fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {
         a * f
@@ -859,9 +880,10 @@ pub struct StdRescale<'a, I> {
 }
 
 impl<I: Element> Statistics<4> for StdRescale<'_, I> {
+    type Input = I;
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.input, start, a), form_ref(self.reference, start, b))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.input, self.reference)
     }
     #[inline(always)]
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 4] {
@@ -875,6 +897,7 @@ impl<I: Element> GroupOp<4> for StdRescale<'_, I> {
     fn factor(&self, t: [f64; 4], len: usize) -> f32 {
         rescale_factor(std_from_sums(t[0], t[1], len), std_from_sums(t[2], t[3], len), self.phi)
     }
+    const APPLY_READS_B: bool = false;
     #[inline(always)]
     fn apply<T: Num>(&self, a: T, _: T, f: T) -> T {
         a * f
@@ -894,9 +917,10 @@ pub struct ZeroStar<'a, I> {
 }
 
 impl<I: Element> Statistics<2> for ZeroStar<'_, I> {
+    type Input = I;
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.cond, start, a), form_ref(self.uncond, start, b))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.cond, self.uncond)
     }
     #[inline(always)]
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
@@ -930,10 +954,11 @@ pub struct MagnitudeAware<'a, I> {
 }
 
 impl<I: Element> Statistics<2> for MagnitudeAware<'_, I> {
+    type Input = I;
     /// `a` holds c, `b` holds u; Δ = c − u is formed in registers.
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.cond, start, a), form_ref(self.uncond, start, b))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.cond, self.uncond)
     }
     #[inline(always)]
     fn pairs<T: Num>(c: T, u: T) -> [(T, T); 2] {
@@ -962,9 +987,10 @@ pub struct Reject<'a, I> {
 }
 
 impl<I: Element> Statistics<2> for Reject<'_, I> {
+    type Input = I;
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, a: &'s mut [f32], b: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.input, start, a), form_ref(self.direction, start, b))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.input, self.direction)
     }
     #[inline(always)]
     fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {

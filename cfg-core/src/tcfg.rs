@@ -86,9 +86,10 @@ struct Gram<'a, I> {
 }
 
 impl<I: Element> Statistics<3> for Gram<'_, I> {
+    type Input = I;
     #[inline(always)]
-    fn load<'s>(&'s self, start: usize, c: &'s mut [f32], u: &'s mut [f32]) -> (&'s [f32], &'s [f32]) {
-        (form_ref(self.cond, start, c), form_ref(self.uncond, start, u))
+    fn forms(&self) -> (Terms<'_, I>, Terms<'_, I>) {
+        (self.cond, self.uncond)
     }
     #[inline(always)]
     fn pairs<T: Num>(c: T, u: T) -> [(T, T); 3] {
