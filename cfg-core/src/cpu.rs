@@ -44,6 +44,11 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn as_f32(_: &[Self]) -> Option<&[f32]> {
         None
     }
+    /// The elements as bf16, when they are bf16 (widened as they are read).
+    #[inline(always)]
+    fn as_bf16(_: &[Self]) -> Option<&[bf16]> {
+        None
+    }
     /// Writes eight lanes, rounded as [`Element::store`] rounds them.
     #[inline(always)]
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]) {
@@ -109,6 +114,10 @@ impl Element for f16 {
 impl Element for bf16 {
     const DIRECT: bool = true;
     const BF16: bool = true;
+    #[inline(always)]
+    fn as_bf16(s: &[bf16]) -> Option<&[bf16]> {
+        Some(s)
+    }
     #[inline(always)]
     fn get(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)

@@ -17,6 +17,7 @@ use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::{kept, Slot};
+use crate::values::{plain_bf16, Values};
 use std::cell::Cell;
 
 /// A linear form over slices: `Σ w_k·x_k`, evaluated as `w_0·x_0`, then fma in order.
@@ -383,7 +384,7 @@ fn accumulate_all<const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K
 #[inline(always)]
 fn segment_stats<V: Vector, const K: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
-    add_values::<V, K, P>(&mut lanes, a, b);
+    add_values::<V, K, P, _, _>(&mut lanes, a, b, a.len());
     fold_all(&mut lanes, a.len())
 }
 
@@ -530,7 +531,7 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
         let f = op.factors::<V>(&totals, len);
         for (t, f) in f.iter().enumerate().take(batch) {
             let g = (first + t) * len..(first + t + 1) * len;
-            apply_run::<V, K, P, S>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
+            apply_run::<V, K, P, S, _, _>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
         }
     }
 }
@@ -586,7 +587,7 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
                 t[i] += p[i];
             }
         }
-        apply_run::<V, K, P, S>(op, a, b, y, op.factor(t, len));
+        apply_run::<V, K, P, S, _, _>(op, a, b, y, op.factor(t, len));
     }
 }
 
@@ -650,63 +651,102 @@ impl<const K: usize, P: Statistics<K>> Task for Stats<'_, P, K> {
     fn run<V: Vector>(self) -> [f64; K] {
         let mut lanes = [[0.0f32; LANES]; K];
         let (mut a, mut b) = ([0.0f32; STAT_ROWS * LANES], [0.0f32; STAT_ROWS * LANES]);
+        let (x, y) = self.op.forms();
         let mut c = 0;
         while c < self.n {
-            let m = (STAT_ROWS * LANES).min(self.n - c);
-            let (a, b) = self.op.load(self.start + c, &mut a[..m], &mut b[..m]);
-            add_values::<V, K, P>(&mut lanes, a, b);
+            let (m, start) = ((STAT_ROWS * LANES).min(self.n - c), self.start + c);
+            // A form that is one bf16 input is read in place (only bf16
+            // inputs instantiate that code: the condition is a constant).
+            if !(<P::Input as Element>::BF16 && plain_stats::<V, K, P>(&mut lanes, (x, y), start, (&mut a, &mut b), m))
+            {
+                let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
+                add_values::<V, K, P, _, _>(&mut lanes, a, b, m);
+            }
             c += m;
         }
         fold_all(&mut lanes, self.n)
     }
 }
 
-/// Adds the values of consecutive elements, starting on lane 0, into
-/// `lanes`: the whole rows a column at a time, then the last partial row.
+/// [`add_values`] of values `start..start + m` when one form or both are
+/// one bf16 input (read in place; the other computed into its block); false
+/// when neither is.
 #[inline(always)]
-fn add_values<V: Vector, const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
-    let whole = columns::<V, K, P>(lanes, a, b);
-    if a.len() > whole {
-        accumulate_all::<K, P>(lanes, &a[whole..], &b[whole..]);
+fn plain_stats<V: Vector, const K: usize, P: Statistics<K>>(
+    lanes: &mut [[f32; LANES]; K],
+    (x, y): (Terms<P::Input>, Terms<P::Input>),
+    start: usize,
+    (a, b): (&mut [f32], &mut [f32]),
+    m: usize,
+) -> bool {
+    match (plain_bf16(x, start, m), plain_bf16(y, start, m)) {
+        (Some(x), Some(y)) => add_values::<V, K, P, _, _>(lanes, x, y, m),
+        (Some(x), None) => add_values::<V, K, P, _, _>(lanes, x, form_ref(y, start, &mut b[..m]), m),
+        (None, Some(y)) => add_values::<V, K, P, _, _>(lanes, form_ref(x, start, &mut a[..m]), y, m),
+        (None, None) => return false,
+    }
+    true
+}
+
+/// Adds `n` consecutive values, starting on lane 0, into `lanes`: the whole
+/// rows a column at a time, then the last partial row.
+#[inline(always)]
+fn add_values<V: Vector, const K: usize, P: Statistics<K>, A: Values, B: Values>(
+    lanes: &mut [[f32; LANES]; K],
+    a: A,
+    b: B,
+    n: usize,
+) {
+    let whole = columns::<V, K, P, A, B>(lanes, a, b, n);
+    if n > whole {
+        let (mut ta, mut tb) = ([0.0f32; LANES], [0.0f32; LANES]);
+        for (i, (ta, tb)) in (whole..n).zip(ta.iter_mut().zip(&mut tb)) {
+            (*ta, *tb) = (a.at(i), b.at(i));
+        }
+        accumulate_all::<K, P>(lanes, &ta[..n - whole], &tb[..n - whole]);
     }
 }
 
-/// Adds the whole rows of [`LANES`] values at the start of `a` and `b` into
-/// `lanes`, in row order ([`STAT_ROWS`] rows at once while there are that
-/// many); returns how many values that was.
+/// Adds the whole rows of [`LANES`] values at the start of `a` and `b` (`n`
+/// values) into `lanes`, in row order ([`STAT_ROWS`] rows at once while there
+/// are that many); returns how many values that was.
 #[inline(always)]
-fn columns<V: Vector, const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) -> usize {
-    let rows = a.len().min(b.len()) / LANES;
-    let (a, _) = a[..rows * LANES].as_chunks::<8>();
-    let (b, _) = b[..rows * LANES].as_chunks::<8>();
+fn columns<V: Vector, const K: usize, P: Statistics<K>, A: Values, B: Values>(
+    lanes: &mut [[f32; LANES]; K],
+    a: A,
+    b: B,
+    n: usize,
+) -> usize {
+    let rows = n / LANES;
     let blocks = rows / STAT_ROWS;
-    for (a, b) in a.chunks_exact(STAT_ROWS * COLUMNS).zip(b.chunks_exact(STAT_ROWS * COLUMNS)) {
-        column_rows::<V, K, STAT_ROWS, P>(lanes, a, b);
+    for k in 0..blocks {
+        let (a, b) =
+            (a.slice(k * STAT_ROWS * LANES, STAT_ROWS * LANES), b.slice(k * STAT_ROWS * LANES, STAT_ROWS * LANES));
+        column_rows::<V, K, STAT_ROWS, P, A, B>(lanes, a, b);
     }
     for r in blocks * STAT_ROWS..rows {
-        column_rows::<V, K, 1, P>(lanes, &a[r * COLUMNS..], &b[r * COLUMNS..]);
+        column_rows::<V, K, 1, P, A, B>(lanes, a.slice(r * LANES, LANES), b.slice(r * LANES, LANES));
     }
     rows * LANES
 }
 
-/// Adds `R` rows into `lanes` an 8-lane column at a time: the column's sums
-/// stay in registers down the rows (each lane still adds its elements in row
-/// order, the canonical order), and every statistic reads the same loaded
-/// values.
+/// Adds `R` rows (`a` and `b` hold exactly those) into `lanes` an 8-lane
+/// column at a time: the column's sums stay in registers down the rows
+/// (each lane still adds its elements in row order, the canonical order),
+/// and every statistic reads the same loaded values.
 #[inline(always)]
-fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>>(
+fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>, A: Values, B: Values>(
     lanes: &mut [[f32; LANES]; K],
-    a: &[[f32; 8]],
-    b: &[[f32; 8]],
+    a: A,
+    b: B,
 ) {
-    let (a, b) = (&a[..R * COLUMNS], &b[..R * COLUMNS]);
     for col in 0..COLUMNS {
         let mut acc = [V::splat(0.0); K];
         for (acc, lanes) in acc.iter_mut().zip(lanes.iter()) {
             *acc = V::load(&lanes.as_chunks::<8>().0[col]);
         }
         for r in 0..R {
-            let p = P::pairs(V::load(&a[r * COLUMNS + col]), V::load(&b[r * COLUMNS + col]));
+            let p = P::pairs(a.eight::<V>(r * COLUMNS + col), b.eight::<V>(r * COLUMNS + col));
             for (acc, (x, y)) in acc.iter_mut().zip(p) {
                 *acc = x.mul_add(y, *acc);
             }
@@ -720,24 +760,30 @@ fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>>(
 /// `y = apply(a, b, f)` over a run, sixteen lanes at a time (two vectors,
 /// one store), then eight, then the rest one by one, each rounded to `O`.
 #[inline(always)]
-fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(op: &P, a: &[f32], b: &[f32], y: &mut [S], f: f32) {
+fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Values, B: Values>(
+    op: &P,
+    a: A,
+    b: B,
+    y: &mut [S],
+    f: f32,
+) {
     let n = y.len();
-    let ((a16, a_rest), (b16, b_rest)) = (a[..n].as_chunks::<16>(), b[..n].as_chunks::<16>());
+    let (a, b) = (a.slice(0, n), b.slice(0, n));
     let (y16, y_rest) = y.as_chunks_mut::<16>();
     let fv = V::splat(f);
-    for ((y, a), b) in y16.iter_mut().zip(a16).zip(b16) {
-        let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
-        let lo = op.apply(V::load(&a[0]), V::load(&b[0]), fv);
-        let hi = op.apply(V::load(&a[1]), V::load(&b[1]), fv);
+    for (c, y) in y16.iter_mut().enumerate() {
+        let lo = op.apply(a.eight::<V>(2 * c), b.eight::<V>(2 * c), fv);
+        let hi = op.apply(a.eight::<V>(2 * c + 1), b.eight::<V>(2 * c + 1), fv);
         S::put16(lo, hi, y);
     }
-    let ((av, at), (bv, bt)) = (a_rest.as_chunks::<8>(), b_rest.as_chunks::<8>());
+    let first = 2 * y16.len();
     let (yv, yt) = y_rest.as_chunks_mut::<8>();
-    for ((y, a), b) in yv.iter_mut().zip(av).zip(bv) {
-        S::put8(op.apply(V::load(a), V::load(b), fv), y);
+    let rest = 8 * (first + yv.len());
+    for (c, y) in (first..).zip(yv) {
+        S::put8(op.apply(a.eight::<V>(c), b.eight::<V>(c), fv), y);
     }
-    for ((y, a), b) in yt.iter_mut().zip(at).zip(bt) {
-        y.set(S::Elem::put(op.apply(*a, *b, f)));
+    for (i, y) in (rest..n).zip(yt) {
+        y.set(S::Elem::put(op.apply(a.at(i), b.at(i), f)));
     }
 }
 
@@ -756,27 +802,80 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
     #[inline(always)]
     fn run<V: Vector>(self) {
         // The thread's scratch, not arrays on the stack: those are cleared per task.
+        let Apply { op, fin, start: first, f, out: all } = self;
         let mut buf = take_scratch(3 * APPLY);
         let (a, rest) = buf.split_at_mut(APPLY);
         let (b, y) = rest.split_at_mut(APPLY);
-        for (k, out) in self.out.chunks_mut(APPLY).enumerate() {
-            let (m, start) = (out.len(), self.start + k * APPLY);
-            let (a, b) = if P::APPLY_READS_B {
-                self.op.load(start, &mut a[..m], &mut b[..m])
+        let (x, z) = op.forms();
+        for (k, out) in all.chunks_mut(APPLY).enumerate() {
+            let (m, start) = (out.len(), first + k * APPLY);
+            // A form that is one bf16 input is read in place (only bf16
+            // inputs instantiate that code: the condition is a constant).
+            let blocks = (&mut a[..m], &mut b[..m], &mut y[..m]);
+            if <P::Input as Element>::BF16 && plain_apply::<V, K, P, F, S>(op, fin, f, (x, z), start, blocks, out) {
+                continue;
+            }
+            let y = &mut y[..m];
+            if P::APPLY_READS_B {
+                let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
+                apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, b, y, out);
             } else {
                 // `apply` ignores its second value: `a` stands in for it.
-                let a = form_ref(self.op.forms().0, start, &mut a[..m]);
-                (a, a)
-            };
-            if self.fin.direct::<S::Elem>() {
-                apply_run::<V, K, P, S>(self.op, a, b, out, self.f);
-            } else {
-                let y = &mut y[..m];
-                apply_run::<V, K, P, _>(self.op, a, b, kept(y), self.f);
-                self.fin.finish::<V, S>(start, y, out);
+                let a = form_ref(x, start, &mut a[..m]);
+                apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, a, y, out);
             }
         }
         put_scratch(buf);
+    }
+}
+
+/// [`apply_block`] when one form or both are one bf16 input (read in place;
+/// the other computed into its block, or not at all when `apply` ignores
+/// it); false when neither is.
+#[allow(clippy::too_many_arguments)] // the task's fields, and the block's values and outputs
+#[inline(always)]
+fn plain_apply<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(
+    op: &P,
+    fin: &F,
+    f: f32,
+    (x, z): (Terms<P::Input>, Terms<P::Input>),
+    start: usize,
+    (a, b, y): (&mut [f32], &mut [f32], &mut [f32]),
+    out: &mut [S],
+) -> bool {
+    let m = out.len();
+    match (plain_bf16(x, start, m), plain_bf16(z, start, m)) {
+        (Some(a), _) if !P::APPLY_READS_B => apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, a, y, out),
+        (Some(a), Some(b)) => apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, b, y, out),
+        (Some(a), None) => {
+            apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, form_ref(z, start, b), y, out);
+        }
+        (None, Some(b)) if P::APPLY_READS_B => {
+            apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, form_ref(x, start, a), b, y, out);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// One block of the apply pass: straight into `out`, or into `y` and then finished.
+#[allow(clippy::too_many_arguments)] // the task's fields, and the block's values and outputs
+#[inline(always)]
+fn apply_block<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot, A: Values, B: Values>(
+    op: &P,
+    fin: &F,
+    f: f32,
+    start: usize,
+    a: A,
+    b: B,
+    y: &mut [f32],
+    out: &mut [S],
+) {
+    if fin.direct::<S::Elem>() {
+        apply_run::<V, K, P, S, A, B>(op, a, b, out, f);
+    } else {
+        apply_run::<V, K, P, _, A, B>(op, a, b, kept(y), f);
+        fin.finish::<V, S>(start, y, out);
     }
 }
 

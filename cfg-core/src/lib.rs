@@ -35,6 +35,7 @@ pub mod slot;
 pub mod state;
 pub mod tcfg;
 pub mod tensor;
+pub mod values;
 pub mod view;
 pub mod window;
 pub mod zeroed;

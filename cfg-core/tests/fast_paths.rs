@@ -202,28 +202,33 @@ fn case_with(widths: &'static [usize]) -> impl Strategy<Value = (Program, Vec<Te
                 result: Value::Op(0),
                 renoise: None,
             };
-            let n = shape.numel();
-            let mut h = seed | 1;
-            let inputs = (0..branches)
-                .map(|_| {
-                    let v: Vec<f32> = (0..n)
-                        .map(|_| {
-                            h ^= h << 13;
-                            h ^= h >> 7;
-                            h ^= h << 17;
-                            match h % 16 {
-                                0 => 0.0,
-                                1 => -0.0,
-                                _ => ((h >> 20) % 20001) as f32 / 5000.0 - 2.0,
-                            }
-                        })
-                        .collect();
-                    Tensor::from_f32(dtype, shape.clone(), &v)
-                })
-                .collect();
+            let inputs = random_inputs(branches, dtype, &shape, seed);
             (program, inputs, shape, dtype)
         },
     )
+}
+
+/// `branches` inputs of `shape` from `seed`: values in [−2, 2], one in
+/// sixteen +0 and one in sixteen −0.
+fn random_inputs(branches: usize, dtype: DType, shape: &Shape, seed: u64) -> Vec<Tensor> {
+    let mut h = seed | 1;
+    (0..branches)
+        .map(|_| {
+            let v: Vec<f32> = (0..shape.numel())
+                .map(|_| {
+                    h ^= h << 13;
+                    h ^= h >> 7;
+                    h ^= h << 17;
+                    match h % 16 {
+                        0 => 0.0,
+                        1 => -0.0,
+                        _ => ((h >> 20) % 20001) as f32 / 5000.0 - 2.0,
+                    }
+                })
+                .collect();
+            Tensor::from_f32(dtype, shape.clone(), &v)
+        })
+        .collect()
 }
 
 /// The result of `evaluate` (a new output), which must equal `evaluate_into`'s
@@ -470,6 +475,53 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
                 Ok(())
             })
             .expect("short groups match the reference");
+    });
+}
+
+/// bf16 forms that are one input of weight 1 (read in place by the
+/// statistics and apply passes, not widened into a block), one form or both,
+/// on groups large enough for two passes (more than 16384 elements), per
+/// sample and over the tensor.
+#[test]
+fn plain_bf16_forms_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 24, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[41; 32]);
+    let shape = (1usize..=2, 5usize..=6, prop::sample::select(vec![4096usize, 8191, 8193]))
+        .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]));
+    let plain = |k: usize| Form { terms: vec![(k, 1.0)] };
+    let cases = (case(), shape, 0usize..3, prop::bool::ANY, 0usize..4, any::<u64>()).prop_map(
+        move |((mut program, _, _, _), shape, which, per_sample, later, seed)| {
+            // Branch 0 for the first form, 1 for the second; the other form stays as drawn.
+            if which != 1 {
+                program.forms[0] = plain(0);
+            }
+            if which != 0 {
+                program.forms[1] = plain(1);
+            }
+            let over = if per_sample { Reduce::Sample } else { Reduce::Tensor };
+            // The operators of the later test too, which read their forms the same way.
+            let (a, b) = (Value::Form(0), Value::Form(1));
+            match later {
+                0 => program.ops[0] = Op::Tcfg { cond: a, uncond: b, scale: 5.0, original: per_sample },
+                1 => program.ops[0] = Op::Reject { input: a, direction: b, over },
+                _ => {}
+            }
+            match &mut program.ops[0] {
+                Op::Renorm { over: o, .. } | Op::StdRescale { over: o, .. } => *o = over,
+                _ => {}
+            }
+            let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
+            (program, inputs, shape)
+        },
+    );
+    at_every_level(|level| {
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape)| {
+                steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
+                Ok(())
+            })
+            .expect("plain bf16 forms match the reference");
     });
 }
 
