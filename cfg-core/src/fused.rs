@@ -769,7 +769,10 @@ fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Values, B: Va
 ) {
     let n = y.len();
     let (a, b) = (a.slice(0, n), b.slice(0, n));
-    let (y16, y_rest) = y.as_chunks_mut::<16>();
+    // Sixteen lanes only where they make one store of two vectors (bf16).
+    let sixteens = if S::Elem::BF16 { n / 16 } else { 0 };
+    let (head, y_rest) = y.split_at_mut(16 * sixteens);
+    let (y16, _) = head.as_chunks_mut::<16>();
     let fv = V::splat(f);
     for (c, y) in y16.iter_mut().enumerate() {
         let lo = op.apply(a.eight::<V>(2 * c), b.eight::<V>(2 * c), fv);
