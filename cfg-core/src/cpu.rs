@@ -49,6 +49,11 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn as_bf16(_: &[Self]) -> Option<&[bf16]> {
         None
     }
+    /// Eight elements widened to f32 lanes.
+    #[inline(always)]
+    fn get8<V: Vector>(x: &[Self; 8]) -> V {
+        V::load(&x.map(Self::get))
+    }
     /// Writes eight lanes, rounded as [`Element::store`] rounds them.
     #[inline(always)]
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]) {
@@ -86,6 +91,10 @@ impl Element for f32 {
     #[inline(always)]
     fn as_f32(s: &[f32]) -> Option<&[f32]> {
         Some(s)
+    }
+    #[inline(always)]
+    fn get8<V: Vector>(x: &[f32; 8]) -> V {
+        V::load(x)
     }
     #[inline(always)]
     fn put8<V: Vector>(v: V, to: &mut [f32; 8]) {

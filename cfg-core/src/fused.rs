@@ -17,7 +17,7 @@ use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::{kept, Slot};
-use crate::values::{plain_bf16, Values};
+use crate::values::plain_bf16;
 use std::cell::Cell;
 
 /// A linear form over slices: `Σ w_k·x_k`, evaluated as `w_0·x_0`, then fma in order.
@@ -691,17 +691,17 @@ fn plain_stats<V: Vector, const K: usize, P: Statistics<K>>(
 /// Adds `n` consecutive values, starting on lane 0, into `lanes`: the whole
 /// rows a column at a time, then the last partial row.
 #[inline(always)]
-fn add_values<V: Vector, const K: usize, P: Statistics<K>, A: Values, B: Values>(
+fn add_values<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Element>(
     lanes: &mut [[f32; LANES]; K],
-    a: A,
-    b: B,
+    a: &[A],
+    b: &[B],
     n: usize,
 ) {
     let whole = columns::<V, K, P, A, B>(lanes, a, b, n);
     if n > whole {
         let (mut ta, mut tb) = ([0.0f32; LANES], [0.0f32; LANES]);
         for (i, (ta, tb)) in (whole..n).zip(ta.iter_mut().zip(&mut tb)) {
-            (*ta, *tb) = (a.at(i), b.at(i));
+            (*ta, *tb) = (a[i].get(), b[i].get());
         }
         accumulate_all::<K, P>(lanes, &ta[..n - whole], &tb[..n - whole]);
     }
@@ -711,21 +711,21 @@ fn add_values<V: Vector, const K: usize, P: Statistics<K>, A: Values, B: Values>
 /// values) into `lanes`, in row order ([`STAT_ROWS`] rows at once while there
 /// are that many); returns how many values that was.
 #[inline(always)]
-fn columns<V: Vector, const K: usize, P: Statistics<K>, A: Values, B: Values>(
+fn columns<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Element>(
     lanes: &mut [[f32; LANES]; K],
-    a: A,
-    b: B,
+    a: &[A],
+    b: &[B],
     n: usize,
 ) -> usize {
     let rows = n / LANES;
     let blocks = rows / STAT_ROWS;
+    let block = STAT_ROWS * LANES;
     for k in 0..blocks {
-        let (a, b) =
-            (a.slice(k * STAT_ROWS * LANES, STAT_ROWS * LANES), b.slice(k * STAT_ROWS * LANES, STAT_ROWS * LANES));
+        let (a, b) = (&a[k * block..(k + 1) * block], &b[k * block..(k + 1) * block]);
         column_rows::<V, K, STAT_ROWS, P, A, B>(lanes, a, b);
     }
     for r in blocks * STAT_ROWS..rows {
-        column_rows::<V, K, 1, P, A, B>(lanes, a.slice(r * LANES, LANES), b.slice(r * LANES, LANES));
+        column_rows::<V, K, 1, P, A, B>(lanes, &a[r * LANES..(r + 1) * LANES], &b[r * LANES..(r + 1) * LANES]);
     }
     rows * LANES
 }
@@ -735,18 +735,19 @@ fn columns<V: Vector, const K: usize, P: Statistics<K>, A: Values, B: Values>(
 /// (each lane still adds its elements in row order, the canonical order),
 /// and every statistic reads the same loaded values.
 #[inline(always)]
-fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>, A: Values, B: Values>(
+fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>, A: Element, B: Element>(
     lanes: &mut [[f32; LANES]; K],
-    a: A,
-    b: B,
+    a: &[A],
+    b: &[B],
 ) {
+    let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
     for col in 0..COLUMNS {
         let mut acc = [V::splat(0.0); K];
         for (acc, lanes) in acc.iter_mut().zip(lanes.iter()) {
             *acc = V::load(&lanes.as_chunks::<8>().0[col]);
         }
         for r in 0..R {
-            let p = P::pairs(a.eight::<V>(r * COLUMNS + col), b.eight::<V>(r * COLUMNS + col));
+            let p = P::pairs(A::get8::<V>(&a[r * COLUMNS + col]), B::get8::<V>(&b[r * COLUMNS + col]));
             for (acc, (x, y)) in acc.iter_mut().zip(p) {
                 *acc = x.mul_add(y, *acc);
             }
@@ -759,34 +760,33 @@ fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>, A: V
 
 /// `y = apply(a, b, f)` over a run, sixteen lanes at a time (two vectors,
 /// one store), then eight, then the rest one by one, each rounded to `O`.
+/// Zipped chunks, not indices: the loops carry no bounds checks.
 #[inline(always)]
-fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Values, B: Values>(
+fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
     op: &P,
-    a: A,
-    b: B,
+    a: &[A],
+    b: &[B],
     y: &mut [S],
     f: f32,
 ) {
     let n = y.len();
-    let (a, b) = (a.slice(0, n), b.slice(0, n));
     // Sixteen lanes only where they make one store of two vectors (bf16).
-    let sixteens = if S::Elem::BF16 { n / 16 } else { 0 };
-    let (head, y_rest) = y.split_at_mut(16 * sixteens);
-    let (y16, _) = head.as_chunks_mut::<16>();
+    let paired = if S::Elem::BF16 { n / 16 * 16 } else { 0 };
+    let (a16, b16, y16) = (&a[..paired], &b[..paired], &mut y[..paired]);
     let fv = V::splat(f);
-    for (c, y) in y16.iter_mut().enumerate() {
-        let lo = op.apply(a.eight::<V>(2 * c), b.eight::<V>(2 * c), fv);
-        let hi = op.apply(a.eight::<V>(2 * c + 1), b.eight::<V>(2 * c + 1), fv);
+    for ((a, b), y) in a16.as_chunks::<16>().0.iter().zip(b16.as_chunks::<16>().0).zip(y16.as_chunks_mut::<16>().0) {
+        let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
+        let lo = op.apply(A::get8::<V>(&a[0]), B::get8::<V>(&b[0]), fv);
+        let hi = op.apply(A::get8::<V>(&a[1]), B::get8::<V>(&b[1]), fv);
         S::put16(lo, hi, y);
     }
-    let first = 2 * y16.len();
-    let (yv, yt) = y_rest.as_chunks_mut::<8>();
-    let rest = 8 * (first + yv.len());
-    for (c, y) in (first..).zip(yv) {
-        S::put8(op.apply(a.eight::<V>(c), b.eight::<V>(c), fv), y);
+    let (a, b, y) = (&a[paired..n], &b[paired..n], &mut y[paired..]);
+    let ((av, at), (bv, bt), (yv, yt)) = (a.as_chunks::<8>(), b.as_chunks::<8>(), y.as_chunks_mut::<8>());
+    for ((a, b), y) in av.iter().zip(bv).zip(yv) {
+        S::put8(op.apply(A::get8::<V>(a), B::get8::<V>(b), fv), y);
     }
-    for (i, y) in (rest..n).zip(yt) {
-        y.set(S::Elem::put(op.apply(a.at(i), b.at(i), f)));
+    for ((a, b), y) in at.iter().zip(bt).zip(yt) {
+        y.set(S::Elem::put(op.apply(a.get(), b.get(), f)));
     }
 }
 
@@ -864,13 +864,13 @@ fn plain_apply<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(
 /// One block of the apply pass: straight into `out`, or into `y` and then finished.
 #[allow(clippy::too_many_arguments)] // the task's fields, and the block's values and outputs
 #[inline(always)]
-fn apply_block<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot, A: Values, B: Values>(
+fn apply_block<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot, A: Element, B: Element>(
     op: &P,
     fin: &F,
     f: f32,
     start: usize,
-    a: A,
-    b: B,
+    a: &[A],
+    b: &[B],
     y: &mut [f32],
     out: &mut [S],
 ) {
