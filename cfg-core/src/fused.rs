@@ -17,8 +17,9 @@ use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::{kept, Slot};
-use crate::values::plain_bf16;
+use crate::values::{with_values, OnValues};
 use std::cell::Cell;
+use std::marker::PhantomData;
 
 /// A linear form over slices: `Σ w_k·x_k`, evaluated as `w_0·x_0`, then fma in order.
 pub type Terms<'a, I> = &'a [(&'a [I], f32)];
@@ -248,14 +249,13 @@ impl<I: Element> Finish for Mix<'_, I> {
                 Some((Part::Op, _)) => y,
                 _ => &blocks[k][..n],
             });
-            let (ov, ot) = out.as_chunks_mut::<8>();
             match terms.len() {
-                1 => mix_lanes::<V, S, 1>(&w, &vals, ov),
-                2 => mix_lanes::<V, S, 2>(&w, &vals, ov),
-                3 => mix_lanes::<V, S, 3>(&w, &vals, ov),
-                _ => mix_lanes::<V, S, 4>(&w, &vals, ov),
+                1 => mix_lanes::<V, S, 1>(&w, &vals, out),
+                2 => mix_lanes::<V, S, 2>(&w, &vals, out),
+                3 => mix_lanes::<V, S, 3>(&w, &vals, out),
+                _ => mix_lanes::<V, S, 4>(&w, &vals, out),
             }
-            for (i, o) in (8 * ov.len()..n).zip(ot) {
+            for (i, o) in out.iter_mut().enumerate().skip(n / 8 * 8) {
                 let mut acc = terms[0].1 * vals[0][i];
                 for (k, (_, w)) in terms.iter().enumerate().skip(1) {
                     acc = w.mul_add(vals[k][i], acc);
@@ -266,23 +266,37 @@ impl<I: Element> Finish for Mix<'_, I> {
     }
 }
 
-/// `w_0·v_0`, then fma with each later term, over the first `T` terms, eight
-/// lanes at a time (`T` a constant: the terms unroll, their weights splatted once).
+/// `w_0·v_0`, then fma with each later term, over the first `T` terms and
+/// the whole eight-lane chunks of `out` (`T` a constant: the terms unroll,
+/// their weights splatted once); sixteen lanes per store for bf16, as
+/// [`apply_run`] does.
 #[inline(always)]
-fn mix_lanes<V: Vector, S: Slot, const T: usize>(w: &[f32; MIX_TERMS], vals: &[&[f32]; MIX_TERMS], out: &mut [[S; 8]]) {
+fn mix_lanes<V: Vector, S: Slot, const T: usize>(w: &[f32; MIX_TERMS], vals: &[&[f32]; MIX_TERMS], out: &mut [S]) {
     // A loop, not `map`: a call that is not inlined would leave the caller's target features.
     let mut ws = [V::splat(0.0); T];
     for (v, w) in ws.iter_mut().zip(w) {
         *v = V::splat(*w);
     }
-    let lanes: [&[[f32; 8]]; T] = std::array::from_fn(|k| &vals[k].as_chunks::<8>().0[..out.len()]);
-    for (i, o) in out.iter_mut().enumerate() {
-        let mut acc = ws[0] * V::load(&lanes[0][i]);
-        for k in 1..T {
-            acc = ws[k].mul_add(V::load(&lanes[k][i]), acc);
-        }
-        S::put8(acc, o);
+    let n = out.len();
+    let lanes: [&[[f32; 8]]; T] = std::array::from_fn(|k| &vals[k].as_chunks::<8>().0[..n / 8]);
+    let paired = if S::Elem::BF16 { n / 16 * 16 } else { 0 };
+    let (o16, rest) = out.split_at_mut(paired);
+    for (c, o) in o16.as_chunks_mut::<16>().0.iter_mut().enumerate() {
+        S::put16(mix8(&ws, &lanes, 2 * c), mix8(&ws, &lanes, 2 * c + 1), o);
     }
+    for (c, o) in (paired / 8..).zip(rest.as_chunks_mut::<8>().0) {
+        S::put8(mix8(&ws, &lanes, c), o);
+    }
+}
+
+/// Lanes `8c..8c + 8` of the mix.
+#[inline(always)]
+fn mix8<V: Vector, const T: usize>(ws: &[V; T], lanes: &[&[[f32; 8]]; T], c: usize) -> V {
+    let mut acc = ws[0] * V::load(&lanes[0][c]);
+    for k in 1..T {
+        acc = ws[k].mul_add(V::load(&lanes[k][c]), acc);
+    }
+    acc
 }
 
 impl<I: Element> Mix<'_, I> {
@@ -531,7 +545,7 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
         let f = op.factors::<V>(&totals, len);
         for (t, f) in f.iter().enumerate().take(batch) {
             let g = (first + t) * len..(first + t + 1) * len;
-            apply_run::<V, K, P, S, _, _>(op, &a[g.clone()], &b[g.clone()], &mut y[g], *f);
+            apply_run::<V, _, S, _, _>(&Factor::<P, K> { op, f: *f }, &a[g.clone()], &b[g.clone()], &mut y[g]);
         }
     }
 }
@@ -587,7 +601,7 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
                 t[i] += p[i];
             }
         }
-        apply_run::<V, K, P, S, _, _>(op, a, b, y, op.factor(t, len));
+        apply_run::<V, _, S, _, _>(&Factor::<P, K> { op, f: op.factor(t, len) }, a, b, y);
     }
 }
 
@@ -651,41 +665,29 @@ impl<const K: usize, P: Statistics<K>> Task for Stats<'_, P, K> {
     fn run<V: Vector>(self) -> [f64; K] {
         let mut lanes = [[0.0f32; LANES]; K];
         let (mut a, mut b) = ([0.0f32; STAT_ROWS * LANES], [0.0f32; STAT_ROWS * LANES]);
-        let (x, y) = self.op.forms();
+        let forms = self.op.forms();
         let mut c = 0;
         while c < self.n {
-            let (m, start) = ((STAT_ROWS * LANES).min(self.n - c), self.start + c);
-            // A form that is one bf16 input is read in place (only bf16
-            // inputs instantiate that code: the condition is a constant).
-            if !(<P::Input as Element>::BF16 && plain_stats::<V, K, P>(&mut lanes, (x, y), start, (&mut a, &mut b), m))
-            {
-                let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
-                add_values::<V, K, P, _, _>(&mut lanes, a, b, m);
-            }
+            let m = (STAT_ROWS * LANES).min(self.n - c);
+            let job = AddValues::<V, P, K> { lanes: &mut lanes, _op: PhantomData };
+            with_values(job, forms, self.start + c, (&mut a[..m], &mut b[..m]), true);
             c += m;
         }
         fold_all(&mut lanes, self.n)
     }
 }
 
-/// [`add_values`] of values `start..start + m` when one form or both are
-/// one bf16 input (read in place; the other computed into its block); false
-/// when neither is.
-#[inline(always)]
-fn plain_stats<V: Vector, const K: usize, P: Statistics<K>>(
-    lanes: &mut [[f32; LANES]; K],
-    (x, y): (Terms<P::Input>, Terms<P::Input>),
-    start: usize,
-    (a, b): (&mut [f32], &mut [f32]),
-    m: usize,
-) -> bool {
-    match (plain_bf16(x, start, m), plain_bf16(y, start, m)) {
-        (Some(x), Some(y)) => add_values::<V, K, P, _, _>(lanes, x, y, m),
-        (Some(x), None) => add_values::<V, K, P, _, _>(lanes, x, form_ref(y, start, &mut b[..m]), m),
-        (None, Some(y)) => add_values::<V, K, P, _, _>(lanes, form_ref(x, start, &mut a[..m]), y, m),
-        (None, None) => return false,
+/// [`add_values`] as an [`OnValues`] job.
+struct AddValues<'a, V, P, const K: usize> {
+    lanes: &'a mut [[f32; LANES]; K],
+    _op: PhantomData<(V, P)>,
+}
+
+impl<V: Vector, const K: usize, P: Statistics<K>> OnValues for AddValues<'_, V, P, K> {
+    #[inline(always)]
+    fn run<A: Element, B: Element>(self, a: &[A], b: &[B]) {
+        add_values::<V, K, P, A, B>(self.lanes, a, b, a.len())
     }
-    true
 }
 
 /// Adds `n` consecutive values, starting on lane 0, into `lanes`: the whole
@@ -758,35 +760,47 @@ fn column_rows<V: Vector, const K: usize, const R: usize, P: Statistics<K>, A: E
     }
 }
 
-/// `y = apply(a, b, f)` over a run, sixteen lanes at a time (two vectors,
-/// one store), then eight, then the rest one by one, each rounded to `O`.
-/// Zipped chunks, not indices: the loops carry no bounds checks.
-#[inline(always)]
-fn apply_run<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
-    op: &P,
-    a: &[A],
-    b: &[B],
-    y: &mut [S],
+/// A function of an element's two values (or of eight lanes of each).
+pub trait Pointwise {
+    /// The output value.
+    fn at<T: Num>(&self, a: T, b: T) -> T;
+}
+
+/// A group operator's [`GroupOp::apply`] with its group's factor.
+struct Factor<'a, P, const K: usize> {
+    op: &'a P,
     f: f32,
-) {
+}
+
+impl<const K: usize, P: GroupOp<K>> Pointwise for Factor<'_, P, K> {
+    #[inline(always)]
+    fn at<T: Num>(&self, a: T, b: T) -> T {
+        self.op.apply(a, b, T::splat(self.f))
+    }
+}
+
+/// `y = at(a, b)` over a run, sixteen lanes at a time (two vectors, one
+/// store), then eight, then the rest one by one, each rounded to the slot's
+/// type. Zipped chunks, not indices: the loops carry no bounds checks.
+#[inline(always)]
+pub fn apply_run<V: Vector, L: Pointwise, S: Slot, A: Element, B: Element>(l: &L, a: &[A], b: &[B], y: &mut [S]) {
     let n = y.len();
     // Sixteen lanes only where they make one store of two vectors (bf16).
     let paired = if S::Elem::BF16 { n / 16 * 16 } else { 0 };
     let (a16, b16, y16) = (&a[..paired], &b[..paired], &mut y[..paired]);
-    let fv = V::splat(f);
     for ((a, b), y) in a16.as_chunks::<16>().0.iter().zip(b16.as_chunks::<16>().0).zip(y16.as_chunks_mut::<16>().0) {
         let (a, b) = (a.as_chunks::<8>().0, b.as_chunks::<8>().0);
-        let lo = op.apply(A::get8::<V>(&a[0]), B::get8::<V>(&b[0]), fv);
-        let hi = op.apply(A::get8::<V>(&a[1]), B::get8::<V>(&b[1]), fv);
+        let lo = l.at(A::get8::<V>(&a[0]), B::get8::<V>(&b[0]));
+        let hi = l.at(A::get8::<V>(&a[1]), B::get8::<V>(&b[1]));
         S::put16(lo, hi, y);
     }
     let (a, b, y) = (&a[paired..n], &b[paired..n], &mut y[paired..]);
     let ((av, at), (bv, bt), (yv, yt)) = (a.as_chunks::<8>(), b.as_chunks::<8>(), y.as_chunks_mut::<8>());
     for ((a, b), y) in av.iter().zip(bv).zip(yv) {
-        S::put8(op.apply(A::get8::<V>(a), B::get8::<V>(b), fv), y);
+        S::put8(l.at(A::get8::<V>(a), B::get8::<V>(b)), y);
     }
     for ((a, b), y) in at.iter().zip(bt).zip(yt) {
-        y.set(S::Elem::put(op.apply(a.get(), b.get(), f)));
+        y.set(S::Elem::put(l.at(a.get(), b.get())));
     }
 }
 
@@ -809,76 +823,37 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
         let mut buf = take_scratch(3 * APPLY);
         let (a, rest) = buf.split_at_mut(APPLY);
         let (b, y) = rest.split_at_mut(APPLY);
-        let (x, z) = op.forms();
+        let forms = op.forms();
         for (k, out) in all.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), first + k * APPLY);
-            // A form that is one bf16 input is read in place (only bf16
-            // inputs instantiate that code: the condition is a constant).
-            let blocks = (&mut a[..m], &mut b[..m], &mut y[..m]);
-            if <P::Input as Element>::BF16 && plain_apply::<V, K, P, F, S>(op, fin, f, (x, z), start, blocks, out) {
-                continue;
-            }
-            let y = &mut y[..m];
-            if P::APPLY_READS_B {
-                let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
-                apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, b, y, out);
-            } else {
-                // `apply` ignores its second value: `a` stands in for it.
-                let a = form_ref(x, start, &mut a[..m]);
-                apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, a, y, out);
-            }
+            let job = ApplyBlock::<V, P, F, S, K> { op, fin, f, start, y: &mut y[..m], out, _v: PhantomData };
+            with_values(job, forms, start, (&mut a[..m], &mut b[..m]), P::APPLY_READS_B);
         }
         put_scratch(buf);
     }
 }
 
-/// [`apply_block`] when one form or both are one bf16 input (read in place;
-/// the other computed into its block, or not at all when `apply` ignores
-/// it); false when neither is.
-#[allow(clippy::too_many_arguments)] // the task's fields, and the block's values and outputs
-#[inline(always)]
-fn plain_apply<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(
-    op: &P,
-    fin: &F,
+/// One block of the apply pass: straight into `out`, or into `y` and then finished.
+struct ApplyBlock<'a, V, P, F, S, const K: usize> {
+    op: &'a P,
+    fin: &'a F,
     f: f32,
-    (x, z): (Terms<P::Input>, Terms<P::Input>),
     start: usize,
-    (a, b, y): (&mut [f32], &mut [f32], &mut [f32]),
-    out: &mut [S],
-) -> bool {
-    let m = out.len();
-    match (plain_bf16(x, start, m), plain_bf16(z, start, m)) {
-        (Some(a), _) if !P::APPLY_READS_B => apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, a, y, out),
-        (Some(a), Some(b)) => apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, b, y, out),
-        (Some(a), None) => {
-            apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, a, form_ref(z, start, b), y, out);
-        }
-        (None, Some(b)) if P::APPLY_READS_B => {
-            apply_block::<V, K, P, F, S, _, _>(op, fin, f, start, form_ref(x, start, a), b, y, out);
-        }
-        _ => return false,
-    }
-    true
+    y: &'a mut [f32],
+    out: &'a mut [S],
+    _v: PhantomData<V>,
 }
 
-/// One block of the apply pass: straight into `out`, or into `y` and then finished.
-#[allow(clippy::too_many_arguments)] // the task's fields, and the block's values and outputs
-#[inline(always)]
-fn apply_block<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot, A: Element, B: Element>(
-    op: &P,
-    fin: &F,
-    f: f32,
-    start: usize,
-    a: &[A],
-    b: &[B],
-    y: &mut [f32],
-    out: &mut [S],
-) {
-    if fin.direct::<S::Elem>() {
-        apply_run::<V, K, P, S, A, B>(op, a, b, out, f);
-    } else {
-        apply_run::<V, K, P, _, A, B>(op, a, b, kept(y), f);
-        fin.finish::<V, S>(start, y, out);
+impl<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot> OnValues for ApplyBlock<'_, V, P, F, S, K> {
+    #[inline(always)]
+    fn run<A: Element, B: Element>(self, a: &[A], b: &[B]) {
+        let factor = Factor::<P, K> { op: self.op, f: self.f };
+        if self.fin.direct::<S::Elem>() {
+            apply_run::<V, _, S, A, B>(&factor, a, b, self.out);
+        } else {
+            apply_run::<V, _, _, A, B>(&factor, a, b, kept(self.y));
+            self.fin.finish::<V, S>(self.start, self.y, self.out);
+        }
     }
 }
 

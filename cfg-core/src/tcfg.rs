@@ -8,10 +8,14 @@
 //! u' = α·c + β·u with α = w₀w₁/‖w‖², β = w₁²/‖w‖², from three dot products.
 
 use crate::cpu::Element;
-use crate::fused::{form_ref, group_tasks, group_totals, put_scratch, take_scratch, Statistics, Terms, BLOCK, TASK};
+use crate::fused::{
+    apply_run, group_tasks, group_totals, put_scratch, take_scratch, Pointwise, Statistics, Terms, BLOCK, TASK,
+};
 use crate::par;
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
+use crate::values::{with_values, OnValues};
+use std::marker::PhantomData;
 
 /// An eigenvector (not normalized) of the symmetric [[cc, cu], [cu, uu]] for
 /// its largest eigenvalue, in closed form without cancellation: with
@@ -116,22 +120,42 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     fn run<V: Vector>(self) {
         let mut buf = take_scratch(2 * BLOCK);
         let (c, u) = buf.split_at_mut(BLOCK);
-        let (alpha, beta, scale, original) = (self.alpha, self.beta, self.scale, self.original);
+        let lanes = Lanes { alpha: self.alpha, beta: self.beta, scale: self.scale, original: self.original };
         for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
             let (m, start) = (out.len(), self.start + k * BLOCK);
-            let c = form_ref(self.cond, start, &mut c[..m]);
-            let u = form_ref(self.uncond, start, &mut u[..m]);
-            // Eight lanes at a time, then the rest one by one: the same formula.
-            let ((cv, ct), (uv, ut)) = (c.as_chunks::<8>(), u.as_chunks::<8>());
-            let (ov, ot) = out.as_chunks_mut::<8>();
-            for ((o, c), u) in ov.iter_mut().zip(cv).zip(uv) {
-                S::put8(tcfg_apply(V::load(c), V::load(u), alpha, beta, scale, original), o);
-            }
-            for ((o, c), u) in ot.iter_mut().zip(ct).zip(ut) {
-                o.set(S::Elem::put(tcfg_apply(*c, *u, alpha, beta, scale, original)));
-            }
+            let job = ApplyBlock::<V, S> { lanes: &lanes, out, _v: PhantomData };
+            with_values(job, (self.cond, self.uncond), start, (&mut c[..m], &mut u[..m]), true);
         }
         put_scratch(buf);
+    }
+}
+
+/// [`tcfg_apply`] with one sample's coefficients.
+struct Lanes {
+    alpha: f32,
+    beta: f32,
+    scale: f32,
+    original: bool,
+}
+
+impl Pointwise for Lanes {
+    #[inline(always)]
+    fn at<T: Num>(&self, c: T, u: T) -> T {
+        tcfg_apply(c, u, self.alpha, self.beta, self.scale, self.original)
+    }
+}
+
+/// The apply over one block of c and u.
+struct ApplyBlock<'a, V, S> {
+    lanes: &'a Lanes,
+    out: &'a mut [S],
+    _v: PhantomData<V>,
+}
+
+impl<V: Vector, S: Slot> OnValues for ApplyBlock<'_, V, S> {
+    #[inline(always)]
+    fn run<A: Element, B: Element>(self, c: &[A], u: &[B]) {
+        apply_run::<V, _, S, A, B>(self.lanes, c, u, self.out)
     }
 }
 
