@@ -343,12 +343,7 @@ pub fn run_groups<const K: usize, P: GroupOp<K>, F: Finish, S: Slot>(op: &P, fin
     if len <= ONE_PASS {
         let per_task = (TASK / len).max(1) * len;
         par::for_each_chunk_mut(out, per_task, |t, out| {
-            let start = t * per_task;
-            if len <= LANES {
-                simd::run(Short::<P, F, S, K> { op, fin, start, len, out })
-            } else {
-                simd::run(OnePass::<P, F, S, K> { op, fin, start, len, out })
-            }
+            simd::run(WholeGroups::<P, F, S, K> { op, fin, start: t * per_task, len, out })
         });
         return;
     }
@@ -396,7 +391,7 @@ fn accumulate_all<const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K
 
 /// The statistics of one segment whose values are `a` and `b` (`a.len() <= SEGMENT`).
 #[inline(always)]
-fn segment_stats<V: Vector, const K: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
+fn segment_stats<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Element>(a: &[A], b: &[B]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
     add_values::<V, K, P, _, _>(&mut lanes, a, b, a.len());
     fold_all(&mut lanes, a.len())
@@ -413,11 +408,9 @@ fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K]
     t
 }
 
-/// Groups of at most [`LANES`] elements: each element is its own lane
-/// (`fma(x, y, +0)`), and the lanes past the group are zero, so the fold runs
-/// over a power of two of 8-lane vectors held in registers (its first level
-/// is the same as over the group's lanes: see [`fold_to_eight`]).
-struct Short<'a, P, F, S, const K: usize> {
+/// Whole groups that fit in cache, a block at a time: their values loaded
+/// (or read in place), reduced and applied while the block is in cache.
+struct WholeGroups<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
     start: usize,
@@ -425,17 +418,86 @@ struct Short<'a, P, F, S, const K: usize> {
     out: &'a mut [S],
 }
 
+impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for WholeGroups<'_, P, F, S, K> {
+    const WRITES_BF16: bool = S::Elem::BF16;
+    type Out = ();
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        let WholeGroups { op, fin, start: first, len, out: all } = self;
+        let per_block = (BLOCK / len).max(1) * len;
+        let mut buf = take_scratch(3 * per_block);
+        let (a, rest) = buf.split_at_mut(per_block);
+        let (b, y) = rest.split_at_mut(per_block);
+        // A padded short group is copied before these zeros (zeroed once per task).
+        let mut pad = [[0.0f32; LANES]; 2];
+        let forms = op.forms();
+        for (k, out) in all.chunks_mut(per_block).enumerate() {
+            let (m, start) = (out.len(), first + k * per_block);
+            let (pad, y) = (&mut pad, &mut y[..m]);
+            let job = GroupsBlock::<V, P, F, S, K> { op, fin, start, len, pad, y, out, _v: PhantomData };
+            with_values(job, forms, start, (&mut a[..m], &mut b[..m]), true);
+        }
+        put_scratch(buf);
+    }
+}
+
+/// One block of whole groups: straight into `out`, or into `y` and then finished.
+struct GroupsBlock<'a, V, P, F, S, const K: usize> {
+    op: &'a P,
+    fin: &'a F,
+    start: usize,
+    len: usize,
+    pad: &'a mut [[f32; LANES]; 2],
+    y: &'a mut [f32],
+    out: &'a mut [S],
+    _v: PhantomData<V>,
+}
+
+impl<V: Vector, const K: usize, P: GroupOp<K>, F: Finish, S: Slot> OnValues for GroupsBlock<'_, V, P, F, S, K> {
+    #[inline(always)]
+    fn run<A: Element, B: Element>(self, a: &[A], b: &[B]) {
+        let GroupsBlock { op, fin, start, len, pad, y, out, _v } = self;
+        if fin.direct::<S::Elem>() {
+            groups_block::<V, K, P, S, A, B>(op, len, a, b, pad, out);
+        } else {
+            groups_block::<V, K, P, _, A, B>(op, len, a, b, pad, kept(y));
+            fin.finish::<V, S>(start, y, out);
+        }
+    }
+}
+
+/// Whole groups of one block: short ones (at most [`LANES`] elements)
+/// eight at a time, longer ones one by one.
+#[inline(always)]
+fn groups_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
+    op: &P,
+    len: usize,
+    a: &[A],
+    b: &[B],
+    pad: &mut [[f32; LANES]; 2],
+    y: &mut [S],
+) {
+    if len <= LANES {
+        short_block::<V, K, P, S, A, B>(op, len, a, b, pad, y)
+    } else {
+        one_pass_block::<V, K, P, S, A, B>(op, len, a, b, y)
+    }
+}
+
 /// Statistic `S` of one group padded to `8·N` elements, `N` vectors (`S` a
 /// constant: each statistic is its own loop, its vectors in registers),
 /// folded down to eight lanes.
 #[inline(always)]
-fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> V {
+fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>, A: Element, B: Element>(
+    a: &[A],
+    b: &[B],
+) -> V {
     let (a, _) = a[..8 * N].as_chunks::<8>();
     let (b, _) = b[..8 * N].as_chunks::<8>();
     let zero = V::splat(0.0);
     let mut v = [zero; N];
     for ((v, a), b) in v.iter_mut().zip(a).zip(b) {
-        let (x, y) = P::pairs(V::load(a), V::load(b))[S];
+        let (x, y) = P::pairs(A::get8::<V>(a), B::get8::<V>(b))[S];
         *v = x.mul_add(y, zero);
     }
     fold_to_eight(&mut v)
@@ -444,17 +506,20 @@ fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Stat
 /// The statistics of one group padded to `8·N` elements, each folded down
 /// to eight lanes (`K` at most 4).
 #[inline(always)]
-fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [V; K] {
+fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>, A: Element, B: Element>(
+    a: &[A],
+    b: &[B],
+) -> [V; K] {
     let mut t = [V::splat(0.0); K];
-    t[0] = short_stat::<V, K, N, 0, P>(a, b);
+    t[0] = short_stat::<V, K, N, 0, P, A, B>(a, b);
     if K > 1 {
-        t[1] = short_stat::<V, K, N, 1, P>(a, b);
+        t[1] = short_stat::<V, K, N, 1, P, A, B>(a, b);
     }
     if K > 2 {
-        t[2] = short_stat::<V, K, N, 2, P>(a, b);
+        t[2] = short_stat::<V, K, N, 2, P, A, B>(a, b);
     }
     if K > 3 {
-        t[3] = short_stat::<V, K, N, 3, P>(a, b);
+        t[3] = short_stat::<V, K, N, 3, P, A, B>(a, b);
     }
     t
 }
@@ -463,41 +528,18 @@ fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &
 /// down to eight lanes. A match, not a closure or fn pointer: the callee
 /// must inline into the caller's features.
 #[inline(always)]
-fn group_stats<V: Vector, const K: usize, P: Statistics<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [V; K] {
+fn group_stats<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Element>(
+    vectors: usize,
+    a: &[A],
+    b: &[B],
+) -> [V; K] {
     match vectors {
-        1 => short_stats::<V, K, 1, P>(a, b),
-        2 => short_stats::<V, K, 2, P>(a, b),
-        4 => short_stats::<V, K, 4, P>(a, b),
-        8 => short_stats::<V, K, 8, P>(a, b),
-        16 => short_stats::<V, K, 16, P>(a, b),
-        _ => short_stats::<V, K, 32, P>(a, b),
-    }
-}
-
-impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F, S, K> {
-    const WRITES_BF16: bool = S::Elem::BF16;
-    type Out = ();
-    #[inline(always)]
-    fn run<V: Vector>(self) {
-        let (len, op) = (self.len, self.op);
-        let per_block = (BLOCK / len).max(1) * len;
-        let mut buf = take_scratch(3 * per_block);
-        let (a, rest) = buf.split_at_mut(per_block);
-        let (b, y) = rest.split_at_mut(per_block);
-        // A padded group is copied before these zeros (zeroed once per task).
-        let mut pad = [[0.0f32; LANES]; 2];
-        for (blk, out) in self.out.chunks_mut(per_block).enumerate() {
-            let (m, start) = (out.len(), self.start + blk * per_block);
-            let (a, b) = op.load(start, &mut a[..m], &mut b[..m]);
-            if self.fin.direct::<S::Elem>() {
-                short_block::<V, K, P, S>(op, len, a, b, &mut pad, out);
-            } else {
-                let y = &mut y[..m];
-                short_block::<V, K, P, _>(op, len, a, b, &mut pad, kept(y));
-                self.fin.finish::<V, S>(start, y, out);
-            }
-        }
-        put_scratch(buf);
+        1 => short_stats::<V, K, 1, P, A, B>(a, b),
+        2 => short_stats::<V, K, 2, P, A, B>(a, b),
+        4 => short_stats::<V, K, 4, P, A, B>(a, b),
+        8 => short_stats::<V, K, 8, P, A, B>(a, b),
+        16 => short_stats::<V, K, 16, P, A, B>(a, b),
+        _ => short_stats::<V, K, 32, P, A, B>(a, b),
     }
 }
 
@@ -505,11 +547,11 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Short<'_, P, F,
 /// lanes folded together, see [`Vector::fold8`]), then their factors
 /// (independent square roots and divisions, as vectors), then their apply.
 #[inline(always)]
-fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
+fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
     op: &P,
     len: usize,
-    a: &[f32],
-    b: &[f32],
+    a: &[A],
+    b: &[B],
     pad: &mut [[f32; LANES]; 2],
     y: &mut [S],
 ) {
@@ -525,11 +567,11 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
         for t in 0..batch {
             let (ga, gb) = (&a[(first + t) * len..][..len], &b[(first + t) * len..][..len]);
             let stats = if padded {
-                pa[..len].copy_from_slice(ga);
-                pb[..len].copy_from_slice(gb);
-                group_stats::<V, K, P>(vectors, pa, pb)
+                A::load(ga, &mut pa[..len]);
+                B::load(gb, &mut pb[..len]);
+                group_stats::<V, K, P, f32, f32>(vectors, pa, pb)
             } else {
-                group_stats::<V, K, P>(vectors, ga, gb)
+                group_stats::<V, K, P, A, B>(vectors, ga, gb)
             };
             for (eight, s) in eights.iter_mut().zip(stats) {
                 eight[t] = s;
@@ -550,53 +592,19 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     }
 }
 
-/// Whole groups: load, reduce and apply while the block is in cache.
-struct OnePass<'a, P, F, S, const K: usize> {
-    op: &'a P,
-    fin: &'a F,
-    start: usize,
-    len: usize,
-    out: &'a mut [S],
-}
-
-impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for OnePass<'_, P, F, S, K> {
-    const WRITES_BF16: bool = S::Elem::BF16;
-    type Out = ();
-    #[inline(always)]
-    fn run<V: Vector>(self) {
-        let len = self.len;
-        let per_block = (BLOCK / len).max(1) * len;
-        let mut buf = take_scratch(3 * per_block);
-        let (a, rest) = buf.split_at_mut(per_block);
-        let (b, y) = rest.split_at_mut(per_block);
-        for (k, block) in self.out.chunks_mut(per_block).enumerate() {
-            let (m, start) = (block.len(), self.start + k * per_block);
-            let (a, b) = self.op.load(start, &mut a[..m], &mut b[..m]);
-            if self.fin.direct::<S::Elem>() {
-                one_pass_block::<V, K, P, S>(self.op, len, a, b, block);
-            } else {
-                let y = &mut y[..m];
-                one_pass_block::<V, K, P, _>(self.op, len, a, b, kept(y));
-                self.fin.finish::<V, S>(start, y, block);
-            }
-        }
-        put_scratch(buf);
-    }
-}
-
 /// Whole groups of one block, each reduced then applied.
 #[inline(always)]
-fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
+fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
     op: &P,
     len: usize,
-    a: &[f32],
-    b: &[f32],
+    a: &[A],
+    b: &[B],
     y: &mut [S],
 ) {
     for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
         let mut t = [0.0f64; K];
         for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
-            let p = segment_stats::<V, K, P>(sa, sb);
+            let p = segment_stats::<V, K, P, A, B>(sa, sb);
             for i in 0..K {
                 t[i] += p[i];
             }
