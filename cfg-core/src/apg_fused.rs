@@ -256,6 +256,24 @@ fn output<I>(p: &Apg<I>, coef: f64, clip: f32, c: f32, u: f32, r: f32) -> f32 {
     p.scale.mul_add(update, if p.original { c } else { u })
 }
 
+/// [`output`] over eight lanes, with [`Vector::project_f64`].
+struct Eights<'a, I, V> {
+    p: &'a Apg<'a, I>,
+    coef: f64,
+    clip: V,
+}
+
+impl<I, V: Vector> Eights<'_, I, V> {
+    /// Eight outputs from eight values of c, u and r.
+    #[inline(always)]
+    fn output(&self, c: &[f32; 8], u: &[f32; 8], r: &[f32; 8]) -> V {
+        let (p, c, u) = (self.p, V::load(c), V::load(u));
+        let (par, perp) = c.project_f64(V::load(r) * self.clip, self.coef);
+        let update = V::splat(p.eta).mul_add(par, perp);
+        V::splat(p.scale).mul_add(update, if p.original { c } else { u })
+    }
+}
+
 impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     const WRITES_BF16: bool = S::Elem::BF16;
     type Out = ();
@@ -271,17 +289,16 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
             let u = form_ref(p.uncond, start, &mut u[..m]);
             // The running average, or Δ = c − u without a momentum (the clip is applied below).
             let r = update(self.stored, None, start, &mut d[..m], |d| difference(c, u, d));
-            // Eight lanes at a time into the output, then the rest.
-            let ((cv, ct), (uv, ut), (rv, rt)) = (c.as_chunks::<8>(), u.as_chunks::<8>(), r.as_chunks::<8>());
-            let (ov, ot) = out.as_chunks_mut::<8>();
-            let (scale, eta, k) = (V::splat(p.scale), V::splat(p.eta), V::splat(clip));
+            // Sixteen lanes at a time into the output (one store of two
+            // vectors in bf16), then the rest one by one.
+            let ((cv, ct), (uv, ut), (rv, rt)) = (c.as_chunks::<16>(), u.as_chunks::<16>(), r.as_chunks::<16>());
+            let (ov, ot) = out.as_chunks_mut::<16>();
+            let lanes = Eights { p, coef, clip: V::splat(clip) };
             for (((o, c), u), r) in ov.iter_mut().zip(cv).zip(uv).zip(rv) {
-                let (c, u) = (V::load(c), V::load(u));
-                let (par, perp) = c.project_f64(V::load(r) * k, coef);
-                let update = eta.mul_add(par, perp);
-                S::put8(scale.mul_add(update, if p.original { c } else { u }), o);
+                let (c, u, r) = (c.as_chunks::<8>().0, u.as_chunks::<8>().0, r.as_chunks::<8>().0);
+                S::put16(lanes.output(&c[0], &u[0], &r[0]), lanes.output(&c[1], &u[1], &r[1]), o);
             }
-            let mut y = [0.0f32; 8];
+            let mut y = [0.0f32; 16];
             for (((y, c), u), r) in y.iter_mut().zip(ct).zip(ut).zip(rt) {
                 *y = output(p, coef, clip, *c, *u, *r);
             }
