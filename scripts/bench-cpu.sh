@@ -11,8 +11,10 @@ if [ -z "${CFG_PYTHON:-}" ] && target/pyenv/bin/python -c "import torch" 2>/dev/
 fi
 py=${CFG_PYTHON:-python3}
 if [ -z "${CFG_PYTHON:-}" ] && ! PYTHONPATH=target/torch python3 -c "import torch" 2>/dev/null; then
-    python3 -m pip install --quiet --target target/torch torch --index-url https://download.pytorch.org/whl/cpu ||
-        python3 -m pip install --quiet --target target/torch torch
+    # The torch the Python tests pin, so that the baseline stays the same between runs.
+    torch=$(grep '^torch==' python/requirements-test.txt)
+    python3 -m pip install --quiet --target target/torch "$torch" --index-url https://download.pytorch.org/whl/cpu ||
+        python3 -m pip install --quiet --target target/torch "$torch"
 fi
 bins=$(cargo bench -p cfg-core --bench ops --bench ops_mimalloc --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
