@@ -546,6 +546,10 @@ fn group_stats<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Eleme
 /// The groups of one block: eight groups' statistics (their last eight
 /// lanes folded together, see [`Vector::fold8`]), then their factors
 /// (independent square roots and divisions, as vectors), then their apply.
+/// A group of at most [`LANES`] elements puts each element in its own lane
+/// (`fma(x, y, +0)`) and the lanes past it are zero, so its fold runs over a
+/// power of two of 8-lane vectors held in registers (the first level is the
+/// same as over the group's lanes: see [`fold_to_eight`]).
 #[inline(always)]
 fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
     op: &P,
