@@ -414,7 +414,7 @@ fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K]
 /// The forms go through f32 blocks even when one is a plain bf16 input: reading
 /// it in place (as [`with_values`] does for the two-pass operators) took every
 /// short-group kernel once per pair of element types, which made this crate's
-/// build four times longer for about 7% on the bf16 per-token renorm.
+/// build four times longer for 7-9% on the bf16 per-token renorm.
 struct WholeGroups<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
