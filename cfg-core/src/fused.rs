@@ -391,7 +391,7 @@ fn accumulate_all<const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K
 
 /// The statistics of one segment whose values are `a` and `b` (`a.len() <= SEGMENT`).
 #[inline(always)]
-fn segment_stats<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Element>(a: &[A], b: &[B]) -> [f64; K] {
+fn segment_stats<V: Vector, const K: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [f64; K] {
     let mut lanes = [[0.0f32; LANES]; K];
     add_values::<V, K, P, _, _>(&mut lanes, a, b, a.len());
     fold_all(&mut lanes, a.len())
@@ -440,10 +440,10 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for WholeGroups<'_,
             let (m, start) = (out.len(), first + k * per_block);
             let (a, b) = (form_ref(x, start, &mut a[..m]), form_ref(z, start, &mut b[..m]));
             if fin.direct::<S::Elem>() {
-                groups_block::<V, K, P, S, f32, f32>(op, len, a, b, &mut pad, out);
+                groups_block::<V, K, P, S>(op, len, a, b, &mut pad, out);
             } else {
                 let y = &mut y[..m];
-                groups_block::<V, K, P, _, f32, f32>(op, len, a, b, &mut pad, kept(y));
+                groups_block::<V, K, P, _>(op, len, a, b, &mut pad, kept(y));
                 fin.finish::<V, S>(start, y, out);
             }
         }
@@ -454,18 +454,18 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for WholeGroups<'_,
 /// Whole groups of one block: short ones (at most [`LANES`] elements)
 /// eight at a time, longer ones one by one.
 #[inline(always)]
-fn groups_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
+fn groups_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     op: &P,
     len: usize,
-    a: &[A],
-    b: &[B],
+    a: &[f32],
+    b: &[f32],
     pad: &mut [[f32; LANES]; 2],
     y: &mut [S],
 ) {
     if len <= LANES {
-        short_block::<V, K, P, S, A, B>(op, len, a, b, pad, y)
+        short_block::<V, K, P, S>(op, len, a, b, pad, y)
     } else {
-        one_pass_block::<V, K, P, S, A, B>(op, len, a, b, y)
+        one_pass_block::<V, K, P, S>(op, len, a, b, y)
     }
 }
 
@@ -473,16 +473,13 @@ fn groups_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B
 /// constant: each statistic is its own loop, its vectors in registers),
 /// folded down to eight lanes.
 #[inline(always)]
-fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>, A: Element, B: Element>(
-    a: &[A],
-    b: &[B],
-) -> V {
+fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> V {
     let (a, _) = a[..8 * N].as_chunks::<8>();
     let (b, _) = b[..8 * N].as_chunks::<8>();
     let zero = V::splat(0.0);
     let mut v = [zero; N];
     for ((v, a), b) in v.iter_mut().zip(a).zip(b) {
-        let (x, y) = P::pairs(A::get8::<V>(a), B::get8::<V>(b))[S];
+        let (x, y) = P::pairs(V::load(a), V::load(b))[S];
         *v = x.mul_add(y, zero);
     }
     fold_to_eight(&mut v)
@@ -491,20 +488,17 @@ fn short_stat<V: Vector, const K: usize, const N: usize, const S: usize, P: Stat
 /// The statistics of one group padded to `8·N` elements, each folded down
 /// to eight lanes (`K` at most 4).
 #[inline(always)]
-fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>, A: Element, B: Element>(
-    a: &[A],
-    b: &[B],
-) -> [V; K] {
+fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>>(a: &[f32], b: &[f32]) -> [V; K] {
     let mut t = [V::splat(0.0); K];
-    t[0] = short_stat::<V, K, N, 0, P, A, B>(a, b);
+    t[0] = short_stat::<V, K, N, 0, P>(a, b);
     if K > 1 {
-        t[1] = short_stat::<V, K, N, 1, P, A, B>(a, b);
+        t[1] = short_stat::<V, K, N, 1, P>(a, b);
     }
     if K > 2 {
-        t[2] = short_stat::<V, K, N, 2, P, A, B>(a, b);
+        t[2] = short_stat::<V, K, N, 2, P>(a, b);
     }
     if K > 3 {
-        t[3] = short_stat::<V, K, N, 3, P, A, B>(a, b);
+        t[3] = short_stat::<V, K, N, 3, P>(a, b);
     }
     t
 }
@@ -513,18 +507,14 @@ fn short_stats<V: Vector, const K: usize, const N: usize, P: Statistics<K>, A: E
 /// down to eight lanes. A match, not a closure or fn pointer: the callee
 /// must inline into the caller's features.
 #[inline(always)]
-fn group_stats<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Element>(
-    vectors: usize,
-    a: &[A],
-    b: &[B],
-) -> [V; K] {
+fn group_stats<V: Vector, const K: usize, P: Statistics<K>>(vectors: usize, a: &[f32], b: &[f32]) -> [V; K] {
     match vectors {
-        1 => short_stats::<V, K, 1, P, A, B>(a, b),
-        2 => short_stats::<V, K, 2, P, A, B>(a, b),
-        4 => short_stats::<V, K, 4, P, A, B>(a, b),
-        8 => short_stats::<V, K, 8, P, A, B>(a, b),
-        16 => short_stats::<V, K, 16, P, A, B>(a, b),
-        _ => short_stats::<V, K, 32, P, A, B>(a, b),
+        1 => short_stats::<V, K, 1, P>(a, b),
+        2 => short_stats::<V, K, 2, P>(a, b),
+        4 => short_stats::<V, K, 4, P>(a, b),
+        8 => short_stats::<V, K, 8, P>(a, b),
+        16 => short_stats::<V, K, 16, P>(a, b),
+        _ => short_stats::<V, K, 32, P>(a, b),
     }
 }
 
@@ -536,11 +526,11 @@ fn group_stats<V: Vector, const K: usize, P: Statistics<K>, A: Element, B: Eleme
 /// power of two of 8-lane vectors held in registers (the first level is the
 /// same as over the group's lanes: see [`fold_to_eight`]).
 #[inline(always)]
-fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
+fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     op: &P,
     len: usize,
-    a: &[A],
-    b: &[B],
+    a: &[f32],
+    b: &[f32],
     pad: &mut [[f32; LANES]; 2],
     y: &mut [S],
 ) {
@@ -556,11 +546,11 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B:
         for t in 0..batch {
             let (ga, gb) = (&a[(first + t) * len..][..len], &b[(first + t) * len..][..len]);
             let stats = if padded {
-                A::load(ga, &mut pa[..len]);
-                B::load(gb, &mut pb[..len]);
-                group_stats::<V, K, P, f32, f32>(vectors, pa, pb)
+                pa[..len].copy_from_slice(ga);
+                pb[..len].copy_from_slice(gb);
+                group_stats::<V, K, P>(vectors, pa, pb)
             } else {
-                group_stats::<V, K, P, A, B>(vectors, ga, gb)
+                group_stats::<V, K, P>(vectors, ga, gb)
             };
             for (eight, s) in eights.iter_mut().zip(stats) {
                 eight[t] = s;
@@ -576,29 +566,29 @@ fn short_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B:
         let f = op.factors::<V>(&totals, len);
         for (t, f) in f.iter().enumerate().take(batch) {
             let g = (first + t) * len..(first + t + 1) * len;
-            apply_run::<V, _, S, _, _>(&Factor::<P, K> { op, f: *f }, &a[g.clone()], &b[g.clone()], &mut y[g]);
+            apply_run::<V, _, S, f32, f32>(&Factor::<P, K> { op, f: *f }, &a[g.clone()], &b[g.clone()], &mut y[g]);
         }
     }
 }
 
 /// Whole groups of one block, each reduced then applied.
 #[inline(always)]
-fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot, A: Element, B: Element>(
+fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     op: &P,
     len: usize,
-    a: &[A],
-    b: &[B],
+    a: &[f32],
+    b: &[f32],
     y: &mut [S],
 ) {
     for ((a, b), y) in a.chunks(len).zip(b.chunks(len)).zip(y.chunks_mut(len)) {
         let mut t = [0.0f64; K];
         for (sa, sb) in a.chunks(SEGMENT).zip(b.chunks(SEGMENT)) {
-            let p = segment_stats::<V, K, P, A, B>(sa, sb);
+            let p = segment_stats::<V, K, P>(sa, sb);
             for i in 0..K {
                 t[i] += p[i];
             }
         }
-        apply_run::<V, _, S, _, _>(&Factor::<P, K> { op, f: op.factor(t, len) }, a, b, y);
+        apply_run::<V, _, S, f32, f32>(&Factor::<P, K> { op, f: op.factor(t, len) }, a, b, y);
     }
 }
 
