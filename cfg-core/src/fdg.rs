@@ -26,8 +26,10 @@
 //! planes are vector lanes, no transpose), one pass per Gaussian level and
 //! one per rebuilt level, rows of the intermediate images cached per band
 //! of output rows rather than stored (tested bit for bit against an
-//! element-by-element evaluation in `tests/fast_paths.rs`). Inputs of bf16
-//! or f16 are widened a row at a time where a pass reads them.
+//! element-by-element evaluation in `tests/fast_paths.rs`). The vertical
+//! blur makes two output rows per loop from the six rows they read: on a
+//! token grid the passes are bound by loads more than by arithmetic. Inputs
+//! of bf16 or f16 are widened a row at a time where a pass reads them.
 
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums, Element};
 use crate::fused::{put_scratch, take_scratch};
@@ -338,20 +340,52 @@ fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32], t: &mut 
     hblur_row(up, o, 2 * cg.w, l);
 }
 
-/// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) into `o`, its
-/// doubled rows kept in `cache`.
+/// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) into `o`, and
+/// row `y + 1` into `next` when given, its doubled rows kept in `cache`.
 #[inline(always)]
-fn up_row(cg: Grid, src: &[f32], i: usize, y: usize, cache: &mut Rows<'_>, t: &mut [f32], o: &mut [f32]) {
+#[allow(clippy::too_many_arguments)] // the image, the rows, the cache and the scratch
+fn up_rows(
+    cg: Grid,
+    src: &[f32],
+    i: usize,
+    y: usize,
+    cache: &mut Rows<'_>,
+    t: &mut [f32],
+    o: &mut [f32],
+    next: Option<&mut [f32]>,
+) {
     let h = 2 * cg.h;
     let y = y as isize;
-    let ids = [reflect(y - 2, h), reflect(y - 1, h), reflect(y, h), reflect(y + 1, h), reflect(y + 2, h)];
-    for &yy in &ids {
+    let ids =
+        [reflect(y - 2, h), reflect(y - 1, h), reflect(y, h), reflect(y + 1, h), reflect(y + 2, h), reflect(y + 3, h)];
+    let used = if next.is_some() { 6 } else { 5 };
+    for &yy in &ids[..used] {
         if let Some(r) = cache.missing(i * h + yy) {
             expand_row(cg, src, i, yy, r, t);
         }
     }
     let r = |k: usize| cache.get(i * h + ids[k]);
-    taps5(r(0), r(1), r(2), r(3), r(4), o);
+    match next {
+        Some(next) => taps5_twice([r(0), r(1), r(2), r(3), r(4), r(5)], o, next),
+        None => taps5(r(0), r(1), r(2), r(3), r(4), o),
+    }
+}
+
+/// The output rows of a band (from row `first` of the whole grid, `rows` of
+/// them, images of `h` rows) as (image, row, whether the next row of the
+/// same image comes with it): the vertical blur makes two rows from the six
+/// it reads.
+fn row_pairs(first: usize, rows: usize, h: usize) -> impl Iterator<Item = (usize, usize, bool)> {
+    let mut j = 0;
+    std::iter::from_fn(move || {
+        if j >= rows {
+            return None;
+        }
+        let (i, y) = ((first + j) / h, (first + j) % h);
+        let two = j + 1 < rows && y + 1 < h;
+        j += 1 + two as usize;
+        Some((i, y, two))
+    })
 }
 
 impl Task for Band<'_> {
@@ -361,15 +395,17 @@ impl Task for Band<'_> {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
         // Reduce: 8 cached rows twice as wide, 3 more; else up to 3 caches,
-        // a row of expand scratch, 4 rows.
-        let mut scratch = take_scratch(3 * SLOTS * row + 5 * row);
+        // a row of expand scratch, 6 rows.
+        let mut scratch = take_scratch(3 * SLOTS * row + 7 * row);
         let (s0, rest) = scratch.split_at_mut(SLOTS * row);
         let (s1, rest) = rest.split_at_mut(SLOTS * row);
         let (s2, rest) = rest.split_at_mut(SLOTS * row);
         let (t, rest) = rest.split_at_mut(row);
-        let (tc, rest) = rest.split_at_mut(row);
-        let (tu, rest) = rest.split_at_mut(row);
+        let (tc, rest) = rest.split_at_mut(2 * row);
+        let (tu, rest) = rest.split_at_mut(2 * row);
         let (wc, wu) = rest.split_at_mut(row);
+        let rows = out.len() / row;
+        let mut outs = out.chunks_mut(row);
         match p {
             Pass::Reduce(src) => {
                 let sg = g.double();
@@ -377,7 +413,7 @@ impl Task for Band<'_> {
                 let (v0, rest) = rest.split_at_mut(sg.row());
                 let (v1, wide) = rest.split_at_mut(sg.row());
                 let mut cache = Rows::new(cache, sg.row());
-                for (j, o) in out.chunks_mut(row).enumerate() {
+                for (j, o) in outs.enumerate() {
                     let (i, y) = ((first + j) / g.h, (first + j) % g.h);
                     // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
                     let (y2, n) = (2 * y as isize, sg.h);
@@ -395,40 +431,51 @@ impl Task for Band<'_> {
                         }
                     }
                     let r = |k: usize| cache.get(i * sg.h + ids[k]);
-                    taps5(r(0), r(1), r(2), r(3), r(4), v0);
-                    taps5(r(1), r(2), r(3), r(4), r(5), v1);
+                    taps5_twice([r(0), r(1), r(2), r(3), r(4), r(5)], v0, v1);
                     down_row(v0, v1, o, l);
                 }
             }
             Pass::Detail { src, g: gk } => {
                 let mut cache = Rows::new(s0, row);
-                for (j, o) in out.chunks_mut(row).enumerate() {
-                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
-                    up_row(g.half(), src, i, y, &mut cache, t, o);
-                    for (o, &x) in o.iter_mut().zip(gk.row(g, i, y, wc)) {
-                        *o = x - *o;
+                for (i, y, two) in row_pairs(first, rows, g.h) {
+                    let Some(o) = outs.next() else { break };
+                    let mut next = if two { outs.next() } else { None };
+                    up_rows(g.half(), src, i, y, &mut cache, t, o, next.as_deref_mut());
+                    for (k, o) in std::iter::once(o).chain(next).enumerate() {
+                        for (o, &x) in o.iter_mut().zip(gk.row(g, i, y + k, wc)) {
+                            *o = x - *o;
+                        }
                     }
                 }
             }
             Pass::Rebuild { r, g: gk } => {
                 let mut cache = Rows::new(s0, row);
-                for (j, o) in out.chunks_mut(row).enumerate() {
-                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
-                    up_row(g.half(), r, i, y, &mut cache, t, o);
-                    for (o, &x) in o.iter_mut().zip(g.at(gk, i, y)) {
-                        *o += x;
+                for (i, y, two) in row_pairs(first, rows, g.h) {
+                    let Some(o) = outs.next() else { break };
+                    let mut next = if two { outs.next() } else { None };
+                    up_rows(g.half(), r, i, y, &mut cache, t, o, next.as_deref_mut());
+                    for (k, o) in std::iter::once(o).chain(next).enumerate() {
+                        for (o, &x) in o.iter_mut().zip(g.at(gk, i, y + k)) {
+                            *o += x;
+                        }
                     }
                 }
             }
             Pass::Level { c, u, r, gc, gu, band, original } => {
                 let (mut cc, mut cu, mut cr) = (Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row));
-                for (j, o) in out.chunks_mut(row).enumerate() {
-                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
-                    let cg = g.half();
-                    up_row(cg, c, i, y, &mut cc, t, tc);
-                    up_row(cg, u, i, y, &mut cu, t, tu);
-                    up_row(cg, r, i, y, &mut cr, t, o);
-                    guide_row(gc.row(g, i, y, wc), tc, gu.row(g, i, y, wu), tu, band, original, o);
+                let cg = g.half();
+                let (tc0, tc1) = tc.split_at_mut(row);
+                let (tu0, tu1) = tu.split_at_mut(row);
+                for (i, y, two) in row_pairs(first, rows, g.h) {
+                    let Some(o) = outs.next() else { break };
+                    let mut next = if two { outs.next() } else { None };
+                    up_rows(cg, c, i, y, &mut cc, t, tc0, two.then_some(&mut *tc1));
+                    up_rows(cg, u, i, y, &mut cu, t, tu0, two.then_some(&mut *tu1));
+                    up_rows(cg, r, i, y, &mut cr, t, o, next.as_deref_mut());
+                    for (k, o) in std::iter::once(o).chain(next).enumerate() {
+                        let (tc, tu) = if k == 0 { (&*tc0, &*tu0) } else { (&*tc1, &*tu1) };
+                        guide_row(gc.row(g, i, y + k, wc), tc, gu.row(g, i, y + k, wu), tu, band, original, o);
+                    }
                 }
             }
         }
@@ -471,6 +518,27 @@ fn taps5(r0: &[f32], r1: &[f32], r2: &[f32], r3: &[f32], r4: &[f32], o: &mut [f3
         acc = TAPS[2].mul_add(r2[i], acc);
         acc = TAPS[3].mul_add(r3[i], acc);
         o[i] = TAPS[4].mul_add(r4[i], acc);
+    }
+}
+
+/// [`taps5`] over rows 0..=4 into `o0` and over rows 1..=5 into `o1`, in one
+/// loop: six rows loaded for two outputs, not ten.
+#[inline(always)]
+fn taps5_twice(r: [&[f32]; 6], o0: &mut [f32], o1: &mut [f32]) {
+    let n = o0.len();
+    let [r0, r1, r2, r3, r4, r5] = r;
+    let (o1, r0, r1, r2, r3, r4, r5) = (&mut o1[..n], &r0[..n], &r1[..n], &r2[..n], &r3[..n], &r4[..n], &r5[..n]);
+    for i in 0..n {
+        let mut a = TAPS[0] * r0[i];
+        a = TAPS[1].mul_add(r1[i], a);
+        a = TAPS[2].mul_add(r2[i], a);
+        a = TAPS[3].mul_add(r3[i], a);
+        o0[i] = TAPS[4].mul_add(r4[i], a);
+        let mut b = TAPS[0] * r1[i];
+        b = TAPS[1].mul_add(r2[i], b);
+        b = TAPS[2].mul_add(r3[i], b);
+        b = TAPS[3].mul_add(r4[i], b);
+        o1[i] = TAPS[4].mul_add(r5[i], b);
     }
 }
 
