@@ -371,20 +371,23 @@ fn up_rows(
     }
 }
 
-/// The output rows of a band (from row `first` of the whole grid, `rows` of
-/// them, images of `h` rows) as (image, row, whether the next row of the
-/// same image comes with it): the vertical blur makes two rows from the six
-/// it reads.
-fn row_pairs(first: usize, rows: usize, h: usize) -> impl Iterator<Item = (usize, usize, bool)> {
-    let mut j = 0;
+/// The output rows of a band (`out`, rows of `row` values from row `first`
+/// of the whole grid, images of `h` rows) as (image, row, its values, the
+/// next row's when it is in the band and the same image): the vertical blur
+/// makes two rows from the six it reads.
+#[allow(clippy::type_complexity)] // a row and the optional next one
+fn row_pairs(
+    out: &mut [f32],
+    row: usize,
+    first: usize,
+    h: usize,
+) -> impl Iterator<Item = (usize, usize, &mut [f32], Option<&mut [f32]>)> {
+    let mut rows = out.chunks_mut(row).enumerate();
     std::iter::from_fn(move || {
-        if j >= rows {
-            return None;
-        }
+        let (j, o) = rows.next()?;
         let (i, y) = ((first + j) / h, (first + j) % h);
-        let two = j + 1 < rows && y + 1 < h;
-        j += 1 + two as usize;
-        Some((i, y, two))
+        let next = if y + 1 < h { rows.next().map(|(_, o)| o) } else { None };
+        Some((i, y, o, next))
     })
 }
 
@@ -404,8 +407,6 @@ impl Task for Band<'_> {
         let (tc, rest) = rest.split_at_mut(2 * row);
         let (tu, rest) = rest.split_at_mut(2 * row);
         let (wc, wu) = rest.split_at_mut(row);
-        let rows = out.len() / row;
-        let mut outs = out.chunks_mut(row);
         match p {
             Pass::Reduce(src) => {
                 let sg = g.double();
@@ -413,7 +414,7 @@ impl Task for Band<'_> {
                 let (v0, rest) = rest.split_at_mut(sg.row());
                 let (v1, wide) = rest.split_at_mut(sg.row());
                 let mut cache = Rows::new(cache, sg.row());
-                for (j, o) in outs.enumerate() {
+                for (j, o) in out.chunks_mut(row).enumerate() {
                     let (i, y) = ((first + j) / g.h, (first + j) % g.h);
                     // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
                     let (y2, n) = (2 * y as isize, sg.h);
@@ -437,9 +438,7 @@ impl Task for Band<'_> {
             }
             Pass::Detail { src, g: gk } => {
                 let mut cache = Rows::new(s0, row);
-                for (i, y, two) in row_pairs(first, rows, g.h) {
-                    let Some(o) = outs.next() else { break };
-                    let mut next = if two { outs.next() } else { None };
+                for (i, y, o, mut next) in row_pairs(out, row, first, g.h) {
                     up_rows(g.half(), src, i, y, &mut cache, t, o, next.as_deref_mut());
                     for (k, o) in std::iter::once(o).chain(next).enumerate() {
                         for (o, &x) in o.iter_mut().zip(gk.row(g, i, y + k, wc)) {
@@ -450,9 +449,7 @@ impl Task for Band<'_> {
             }
             Pass::Rebuild { r, g: gk } => {
                 let mut cache = Rows::new(s0, row);
-                for (i, y, two) in row_pairs(first, rows, g.h) {
-                    let Some(o) = outs.next() else { break };
-                    let mut next = if two { outs.next() } else { None };
+                for (i, y, o, mut next) in row_pairs(out, row, first, g.h) {
                     up_rows(g.half(), r, i, y, &mut cache, t, o, next.as_deref_mut());
                     for (k, o) in std::iter::once(o).chain(next).enumerate() {
                         for (o, &x) in o.iter_mut().zip(g.at(gk, i, y + k)) {
@@ -466,9 +463,8 @@ impl Task for Band<'_> {
                 let cg = g.half();
                 let (tc0, tc1) = tc.split_at_mut(row);
                 let (tu0, tu1) = tu.split_at_mut(row);
-                for (i, y, two) in row_pairs(first, rows, g.h) {
-                    let Some(o) = outs.next() else { break };
-                    let mut next = if two { outs.next() } else { None };
+                for (i, y, o, mut next) in row_pairs(out, row, first, g.h) {
+                    let two = next.is_some();
                     up_rows(cg, c, i, y, &mut cc, t, tc0, two.then_some(&mut *tc1));
                     up_rows(cg, u, i, y, &mut cu, t, tu0, two.then_some(&mut *tu1));
                     up_rows(cg, r, i, y, &mut cr, t, o, next.as_deref_mut());
@@ -507,17 +503,23 @@ fn guide_row(gc: &[f32], tc: &[f32], gu: &[f32], tu: &[f32], band: &FdgBand, ori
     }
 }
 
-/// `acc = t₀·x₀; acc = fma(t_k, x_k, acc)` over five aligned slices.
+/// `acc = t₀·x₀; acc = fma(t_k, x_k, acc)`: one output of the blur from its five values.
+#[inline(always)]
+fn tap_chain(x0: f32, x1: f32, x2: f32, x3: f32, x4: f32) -> f32 {
+    let mut acc = TAPS[0] * x0;
+    acc = TAPS[1].mul_add(x1, acc);
+    acc = TAPS[2].mul_add(x2, acc);
+    acc = TAPS[3].mul_add(x3, acc);
+    TAPS[4].mul_add(x4, acc)
+}
+
+/// [`tap_chain`] over five aligned slices.
 #[inline(always)]
 fn taps5(r0: &[f32], r1: &[f32], r2: &[f32], r3: &[f32], r4: &[f32], o: &mut [f32]) {
     let n = o.len();
     let (r0, r1, r2, r3, r4) = (&r0[..n], &r1[..n], &r2[..n], &r3[..n], &r4[..n]);
     for i in 0..n {
-        let mut acc = TAPS[0] * r0[i];
-        acc = TAPS[1].mul_add(r1[i], acc);
-        acc = TAPS[2].mul_add(r2[i], acc);
-        acc = TAPS[3].mul_add(r3[i], acc);
-        o[i] = TAPS[4].mul_add(r4[i], acc);
+        o[i] = tap_chain(r0[i], r1[i], r2[i], r3[i], r4[i]);
     }
 }
 
@@ -529,16 +531,8 @@ fn taps5_twice(r: [&[f32]; 6], o0: &mut [f32], o1: &mut [f32]) {
     let [r0, r1, r2, r3, r4, r5] = r;
     let (o1, r0, r1, r2, r3, r4, r5) = (&mut o1[..n], &r0[..n], &r1[..n], &r2[..n], &r3[..n], &r4[..n], &r5[..n]);
     for i in 0..n {
-        let mut a = TAPS[0] * r0[i];
-        a = TAPS[1].mul_add(r1[i], a);
-        a = TAPS[2].mul_add(r2[i], a);
-        a = TAPS[3].mul_add(r3[i], a);
-        o0[i] = TAPS[4].mul_add(r4[i], a);
-        let mut b = TAPS[0] * r1[i];
-        b = TAPS[1].mul_add(r2[i], b);
-        b = TAPS[2].mul_add(r3[i], b);
-        b = TAPS[3].mul_add(r4[i], b);
-        o1[i] = TAPS[4].mul_add(r5[i], b);
+        o0[i] = tap_chain(r0[i], r1[i], r2[i], r3[i], r4[i]);
+        o1[i] = tap_chain(r1[i], r2[i], r3[i], r4[i], r5[i]);
     }
 }
 
