@@ -2,8 +2,8 @@
 # PyTorch eager vs the cfg CPU evaluator, every library operator, interleaved
 # row by row on the same inputs: scripts/bench-cpu.sh [op,op,...]
 # Uses CFG_PYTHON if set, else the test environment's python (target/pyenv,
-# made by scripts/test.sh) when it is there, else installs torch (CPU) into
-# target/torch on first use. CFG_BENCH_SIZES=262144,4792320 picks the sizes.
+# made by scripts/test.sh) when it is there, else installs the tests' pinned
+# torch from PyPI into target/torch on first use. CFG_BENCH_SIZES=262144,4792320 picks the sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CFG_PYTHON:-}" ] && target/pyenv/bin/python -c "import torch" 2>/dev/null; then
@@ -11,10 +11,10 @@ if [ -z "${CFG_PYTHON:-}" ] && target/pyenv/bin/python -c "import torch" 2>/dev/
 fi
 py=${CFG_PYTHON:-python3}
 if [ -z "${CFG_PYTHON:-}" ] && ! PYTHONPATH=target/torch python3 -c "import torch" 2>/dev/null; then
-    # The torch the Python tests pin, so that the baseline stays the same between runs.
+    # The torch the Python tests pin (PyPI's build, as most users install it), so that
+    # the baseline stays the same between runs. The table's header names its version.
     torch=$(grep '^torch==' python/requirements-test.txt)
-    python3 -m pip install --quiet --target target/torch "$torch" --index-url https://download.pytorch.org/whl/cpu ||
-        python3 -m pip install --quiet --target target/torch "$torch"
+    python3 -m pip install --quiet --target target/torch "$torch"
 fi
 bins=$(cargo bench -p cfg-core --bench ops --bench ops_mimalloc --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys

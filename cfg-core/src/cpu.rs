@@ -9,7 +9,7 @@ use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::par;
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
-use crate::simd::{self, Task, Vector};
+use crate::simd::{self, Task, Vector, SPLIT};
 use crate::slot::{kept, new_vec, Slot};
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
@@ -67,6 +67,29 @@ pub trait Element: Copy + Send + Sync + 'static {
         let (halves, _) = to.as_chunks_mut::<8>();
         Self::put8(lo, &mut halves[0]);
         Self::put8(hi, &mut halves[1]);
+    }
+    /// Sixteen elements widened in [`SPLIT`] order (see [`Vector::from_bf16_split`]).
+    #[inline(always)]
+    fn get16_split<V: Vector>(x: &[Self; 16]) -> (V, V) {
+        let (mut lo, mut hi) = ([0.0; 8], [0.0; 8]);
+        for j in 0..8 {
+            lo[j] = x[SPLIT[j]].get();
+            hi[j] = x[SPLIT[8 + j]].get();
+        }
+        (V::load(&lo), V::load(&hi))
+    }
+    /// Writes sixteen lanes in [`SPLIT`] order, in element order, rounded as
+    /// [`Element::put16`] rounds them.
+    #[inline(always)]
+    fn put16_split<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]) {
+        let (mut l, mut h, mut vals) = ([0.0; 8], [0.0; 8], [0.0; 16]);
+        lo.store(&mut l);
+        hi.store(&mut h);
+        for j in 0..8 {
+            vals[SPLIT[j]] = l[j];
+            vals[SPLIT[8 + j]] = h[j];
+        }
+        Self::store(&vals, to);
     }
 }
 
@@ -155,6 +178,14 @@ impl Element for bf16 {
     fn put16<V: Vector>(lo: V, hi: V, to: &mut [bf16; 16]) {
         *bytemuck::cast_mut::<_, [u16; 16]>(to) = V::to_bf16_pair(lo, hi);
     }
+    #[inline(always)]
+    fn get16_split<V: Vector>(x: &[bf16; 16]) -> (V, V) {
+        V::from_bf16_split(bytemuck::cast_ref(x))
+    }
+    #[inline(always)]
+    fn put16_split<V: Vector>(lo: V, hi: V, to: &mut [bf16; 16]) {
+        *bytemuck::cast_mut::<_, [u16; 16]>(to) = V::to_bf16_split(lo, hi);
+    }
 }
 
 /// f32 → bf16 bits, round to nearest even; NaNs stay NaN (quieted).
@@ -241,8 +272,17 @@ fn combine_direct<V: Vector, I: Element, S: Slot, const N: usize>(terms: &[(&[I]
     let lanes: [&[[I; 8]]; N] = std::array::from_fn(|k| srcs[k].as_chunks::<8>().0);
     let w: [f32; N] = std::array::from_fn(|k| terms[k].1);
     let (pairs, rest) = out.as_chunks_mut::<16>();
-    for (c, o) in pairs.iter_mut().enumerate() {
-        S::put16(combine_lanes::<V, I, N>(&lanes, &w, 2 * c), combine_lanes::<V, I, N>(&lanes, &w, 2 * c + 1), o);
+    if I::BF16 && S::Elem::BF16 {
+        // bf16 in and out: sixteen lanes in split order, no shuffle across halves.
+        let sixteens: [&[[I; 16]]; N] = std::array::from_fn(|k| srcs[k].as_chunks::<16>().0);
+        for (c, o) in pairs.iter_mut().enumerate() {
+            let (lo, hi) = combine_split::<V, I, N>(&sixteens, &w, c);
+            S::put16_split(lo, hi, o);
+        }
+    } else {
+        for (c, o) in pairs.iter_mut().enumerate() {
+            S::put16(combine_lanes::<V, I, N>(&lanes, &w, 2 * c), combine_lanes::<V, I, N>(&lanes, &w, 2 * c + 1), o);
+        }
     }
     let (whole, tail) = rest.as_chunks_mut::<8>();
     let done = 2 * pairs.len() + whole.len();
@@ -268,6 +308,20 @@ fn combine_lanes<V: Vector, I: Element, const N: usize>(lanes: &[&[[I; 8]]; N], 
         acc = V::splat(wk).mul_add(V::load(&lanes[k][c].map(I::get)), acc);
     }
     acc
+}
+
+/// Sixteen elements, chunk `c`, of the combine of `N` terms, in [`SPLIT`]
+/// order: the same operations as [`combine_lanes`].
+#[inline(always)]
+fn combine_split<V: Vector, I: Element, const N: usize>(sixteens: &[&[[I; 16]]; N], w: &[f32; N], c: usize) -> (V, V) {
+    let (x, y) = I::get16_split::<V>(&sixteens[0][c]);
+    let w0 = V::splat(w[0]);
+    let (mut lo, mut hi) = (w0 * x, w0 * y);
+    for (k, &wk) in w.iter().enumerate().skip(1) {
+        let (x, y) = I::get16_split::<V>(&sixteens[k][c]);
+        (lo, hi) = (V::splat(wk).mul_add(x, lo), V::splat(wk).mul_add(y, hi));
+    }
+    (lo, hi)
 }
 
 /// Any number of terms: blocks of [`BLOCK`] elements loaded, combined and stored.

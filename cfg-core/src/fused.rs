@@ -17,6 +17,7 @@ use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::{kept, Slot};
+use crate::split;
 use crate::values::{with_values, OnValues};
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -807,6 +808,9 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
     fn run<V: Vector>(self) {
         // The thread's scratch, not arrays on the stack: those are cleared per task.
         let Apply { op, fin, start: first, f, out: all } = self;
+        if fin.direct::<S::Elem>() && split::apply::<V, K, P, S>(op, f, first, all) {
+            return;
+        }
         let mut buf = take_scratch(3 * APPLY);
         let (a, rest) = buf.split_at_mut(APPLY);
         let (b, y) = rest.split_at_mut(APPLY);

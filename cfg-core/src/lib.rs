@@ -32,6 +32,7 @@ pub mod schedule;
 pub mod shape;
 pub mod simd;
 pub mod slot;
+pub mod split;
 pub mod state;
 pub mod tcfg;
 pub mod tensor;

@@ -21,6 +21,8 @@ pub trait Slot: Send + Sized {
     fn put8<V: Vector>(v: V, to: &mut [Self; 8]);
     /// Writes sixteen lanes, `lo` then `hi`, rounded as [`Element::put16`] rounds them.
     fn put16<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]);
+    /// Writes sixteen lanes in split order, as [`Element::put16_split`] does.
+    fn put16_split<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]);
 }
 
 impl<O: Element> Slot for MaybeUninit<O> {
@@ -61,6 +63,13 @@ impl<O: Element> Slot for MaybeUninit<O> {
     fn put16<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]) {
         let mut x = [O::put(0.0); 16];
         O::put16(lo, hi, &mut x);
+        // SAFETY: as in `put8`, sixteen.
+        unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), to.as_mut_ptr().cast::<O>(), 16) };
+    }
+    #[inline(always)]
+    fn put16_split<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]) {
+        let mut x = [O::put(0.0); 16];
+        O::put16_split(lo, hi, &mut x);
         // SAFETY: as in `put8`, sixteen.
         unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), to.as_mut_ptr().cast::<O>(), 16) };
     }
