@@ -377,7 +377,7 @@ pub fn in_order<const K: usize>(partials: &[[f64; K]]) -> [f64; K] {
 /// statistic's lanes, a statistic at a time (a constant index, so that the
 /// products vectorize; `K` at most 4).
 #[inline(always)]
-fn accumulate_all<const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
+pub(crate) fn accumulate_all<const K: usize, P: Statistics<K>>(lanes: &mut [[f32; LANES]; K], a: &[f32], b: &[f32]) {
     accumulate(&mut lanes[0], a, b, |a, b| P::pairs(a, b)[0]);
     if K > 1 {
         accumulate(&mut lanes[1], a, b, |a, b| P::pairs(a, b)[1]);
@@ -401,7 +401,7 @@ fn segment_stats<V: Vector, const K: usize, P: Statistics<K>>(a: &[f32], b: &[f3
 /// Each statistic's lanes folded (plain loops: `std::array::from_fn` is not
 /// inlined, and would run outside the caller's target features).
 #[inline(always)]
-fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K] {
+pub(crate) fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) -> [f64; K] {
     let mut t = [0.0f64; K];
     for (t, lanes) in t.iter_mut().zip(lanes.iter_mut()) {
         *t = fold_active(lanes, n) as f64;
@@ -596,7 +596,7 @@ fn one_pass_block<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
 /// Rows of [`LANES`] elements loaded at once by the statistics pass: two
 /// 4 KB blocks of f32 values, which stay in L1 beside the streamed inputs
 /// (8 rows ran the columns faster in cache, but slower from DRAM at 4.8M).
-const STAT_ROWS: usize = 4;
+pub(crate) const STAT_ROWS: usize = 4;
 
 /// The `K` statistics of each of `count` consecutive groups of `len`
 /// elements: per segment in parallel, then summed in segment order.
@@ -651,6 +651,9 @@ impl<const K: usize, P: Statistics<K>> Task for Stats<'_, P, K> {
     type Out = [f64; K];
     #[inline(always)]
     fn run<V: Vector>(self) -> [f64; K] {
+        if let Some(totals) = split::stats::<V, K, P>(self.op, self.start, self.n) {
+            return totals;
+        }
         let mut lanes = [[0.0f32; LANES]; K];
         let (mut a, mut b) = ([0.0f32; STAT_ROWS * LANES], [0.0f32; STAT_ROWS * LANES]);
         let forms = self.op.forms();
@@ -806,11 +809,12 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
-        // The thread's scratch, not arrays on the stack: those are cleared per task.
         let Apply { op, fin, start: first, f, out: all } = self;
-        if fin.direct::<S::Elem>() && split::apply::<V, K, P, S>(op, f, first, all) {
+        let factor = Factor::<P, K> { op, f };
+        if fin.direct::<S::Elem>() && split::apply::<V, _, _, S>(&factor, op.forms(), P::APPLY_READS_B, first, all) {
             return;
         }
+        // The thread's scratch, not arrays on the stack: those are cleared per task.
         let mut buf = take_scratch(3 * APPLY);
         let (a, rest) = buf.split_at_mut(APPLY);
         let (b, y) = rest.split_at_mut(APPLY);

@@ -14,6 +14,7 @@ use crate::fused::{
 use crate::par;
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
+use crate::split;
 use crate::values::{with_values, OnValues};
 use std::marker::PhantomData;
 
@@ -118,9 +119,12 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
+        let lanes = Lanes { alpha: self.alpha, beta: self.beta, scale: self.scale, original: self.original };
+        if split::apply::<V, _, _, S>(&lanes, (self.cond, self.uncond), true, self.start, self.out) {
+            return;
+        }
         let mut buf = take_scratch(2 * BLOCK);
         let (c, u) = buf.split_at_mut(BLOCK);
-        let lanes = Lanes { alpha: self.alpha, beta: self.beta, scale: self.scale, original: self.original };
         for (k, out) in self.out.chunks_mut(BLOCK).enumerate() {
             let (m, start) = (out.len(), self.start + k * BLOCK);
             let job = ApplyBlock::<V, S> { lanes: &lanes, out, _v: PhantomData };
