@@ -1,11 +1,12 @@
-//! The two passes of a group operator (and TCFG) straight from bf16 inputs: its forms
-//! computed in registers sixteen lanes at a time, in the split order AVX2
-//! widens bf16 in ([`crate::simd::SPLIT`]), rather than into f32 blocks read
-//! back. On Zen 2, widening in element order (a shuffle across 128-bit halves
-//! per eight lanes) and the block's store and load made up about a third of
-//! such a pass. The statistics keep their lanes in split order while they
-//! add whole rows, and put them back in order before the last partial row
-//! and the fold, so each lane still adds its elements in the canonical order.
+//! The two passes of a group operator (and TCFG's apply) straight from bf16
+//! inputs: its forms computed in registers sixteen lanes at a time, in the
+//! split order AVX2 widens bf16 in ([`crate::simd::SPLIT`]), rather than into
+//! f32 blocks read back. On Zen 2, widening in element order (a shuffle
+//! across 128-bit halves per eight lanes) and the block's store and load
+//! made up about a third of such a pass. The statistics keep their lanes in
+//! split order while they add whole rows, and put them back in order before
+//! the last partial row and the fold, so each lane still adds its elements
+//! in the canonical order.
 
 use crate::cpu::Element;
 use crate::fused::{accumulate_all, fold_all, Pointwise, Statistics, Terms, STAT_ROWS};
@@ -15,7 +16,7 @@ use crate::slot::Slot;
 use half::bf16;
 use std::marker::PhantomData;
 
-/// A form of at most two bf16 inputs over one run of elements, computed as
+/// A form of one or two bf16 inputs over one run of elements, computed as
 /// [`crate::fused::form_into`] computes it.
 #[derive(Clone, Copy)]
 enum Form<'a> {
