@@ -9,7 +9,7 @@ use crate::fused::{self, run_groups, Finish, Mix, Part, Store, Terms};
 use crate::par;
 use crate::program::{Form, Op, Program, Value};
 use crate::reduce::{dot_f32, Groups, Reduce};
-use crate::simd::{self, Task, Vector, SPLIT};
+use crate::simd::{self, from_split, to_split, Task, Vector};
 use crate::slot::{kept, new_vec, Slot};
 use crate::state::GuidanceState;
 use crate::tcfg::tcfg_into;
@@ -68,28 +68,20 @@ pub trait Element: Copy + Send + Sync + 'static {
         Self::put8(lo, &mut halves[0]);
         Self::put8(hi, &mut halves[1]);
     }
-    /// Sixteen elements widened in [`SPLIT`] order (see [`Vector::from_bf16_split`]).
+    /// Sixteen elements widened in [`crate::simd::SPLIT`] order (see [`Vector::from_bf16_split`]).
     #[inline(always)]
     fn get16_split<V: Vector>(x: &[Self; 16]) -> (V, V) {
-        let (mut lo, mut hi) = ([0.0; 8], [0.0; 8]);
-        for j in 0..8 {
-            lo[j] = x[SPLIT[j]].get();
-            hi[j] = x[SPLIT[8 + j]].get();
-        }
+        let (lo, hi) = to_split(x.map(Self::get));
         (V::load(&lo), V::load(&hi))
     }
-    /// Writes sixteen lanes in [`SPLIT`] order, in element order, rounded as
+    /// Writes sixteen lanes in [`crate::simd::SPLIT`] order, in element order, rounded as
     /// [`Element::put16`] rounds them.
     #[inline(always)]
     fn put16_split<V: Vector>(lo: V, hi: V, to: &mut [Self; 16]) {
-        let (mut l, mut h, mut vals) = ([0.0; 8], [0.0; 8], [0.0; 16]);
+        let (mut l, mut h) = ([0.0; 8], [0.0; 8]);
         lo.store(&mut l);
         hi.store(&mut h);
-        for j in 0..8 {
-            vals[SPLIT[j]] = l[j];
-            vals[SPLIT[8 + j]] = h[j];
-        }
-        Self::store(&vals, to);
+        Self::store(&from_split(l, h), to);
     }
 }
 
@@ -310,10 +302,15 @@ fn combine_lanes<V: Vector, I: Element, const N: usize>(lanes: &[&[[I; 8]]; N], 
     acc
 }
 
-/// Sixteen elements, chunk `c`, of the combine of `N` terms, in [`SPLIT`]
-/// order: the same operations as [`combine_lanes`].
+/// Sixteen elements, chunk `c`, of the combine of `N` terms, in
+/// [`crate::simd::SPLIT`] order: the same operations as [`combine_lanes`]
+/// (`w₀·x₀`, then fma), as a form of bf16 inputs computes them too.
 #[inline(always)]
-fn combine_split<V: Vector, I: Element, const N: usize>(sixteens: &[&[[I; 16]]; N], w: &[f32; N], c: usize) -> (V, V) {
+pub(crate) fn combine_split<V: Vector, I: Element, const N: usize>(
+    sixteens: &[&[[I; 16]]; N],
+    w: &[f32; N],
+    c: usize,
+) -> (V, V) {
     let (x, y) = I::get16_split::<V>(&sixteens[0][c]);
     let w0 = V::splat(w[0]);
     let (mut lo, mut hi) = (w0 * x, w0 * y);

@@ -810,15 +810,15 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
     #[inline(always)]
     fn run<V: Vector>(self) {
         let Apply { op, fin, start: first, f, out: all } = self;
+        let forms = op.forms();
         let factor = Factor::<P, K> { op, f };
-        if fin.direct::<S::Elem>() && split::apply::<V, _, _, S>(&factor, op.forms(), P::APPLY_READS_B, first, all) {
+        if fin.direct::<S::Elem>() && split::apply::<V, _, _, S>(&factor, forms, P::APPLY_READS_B, first, all) {
             return;
         }
         // The thread's scratch, not arrays on the stack: those are cleared per task.
         let mut buf = take_scratch(3 * APPLY);
         let (a, rest) = buf.split_at_mut(APPLY);
         let (b, y) = rest.split_at_mut(APPLY);
-        let forms = op.forms();
         for (k, out) in all.chunks_mut(APPLY).enumerate() {
             let (m, start) = (out.len(), first + k * APPLY);
             let job = ApplyBlock::<V, P, F, S, K> { op, fin, f, start, y: &mut y[..m], out, _v: PhantomData };

@@ -84,24 +84,14 @@ pub trait Vector: Num {
     /// of a bf16 kernel's time.
     #[inline(always)]
     fn from_bf16_split(x: &[u16; 16]) -> (Self, Self) {
-        let (mut lo, mut hi) = ([0.0; 8], [0.0; 8]);
-        for j in 0..8 {
-            lo[j] = f32::from_bits((x[SPLIT[j]] as u32) << 16);
-            hi[j] = f32::from_bits((x[SPLIT[8 + j]] as u32) << 16);
-        }
+        let (lo, hi) = to_split(x.map(|b| f32::from_bits((b as u32) << 16)));
         (Self::load(&lo), Self::load(&hi))
     }
     /// Sixteen lanes in [`SPLIT`] order rounded as [`Vector::to_bf16`] rounds
     /// them, in element order.
     #[inline(always)]
     fn to_bf16_split(lo: Self, hi: Self) -> [u16; 16] {
-        let (l, h) = (lo.to_bf16(), hi.to_bf16());
-        let mut r = [0; 16];
-        for j in 0..8 {
-            r[SPLIT[j]] = l[j];
-            r[SPLIT[8 + j]] = h[j];
-        }
-        r
+        from_split(lo.to_bf16(), hi.to_bf16())
     }
     /// APG's projection of `r` against these lanes `c` in f64: `p = k·c` and
     /// `r − p`, each computed in f64 and rounded to f32 (as the scalar `as` casts).
@@ -112,6 +102,28 @@ pub trait Vector: Num {
 /// `hi`'s): see [`Vector::from_bf16_split`]. Element-wise arithmetic does
 /// not care where an element sits; the stores put them back in order.
 pub const SPLIT: [usize; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15];
+
+/// Sixteen values in element order as the two halves of a split pair.
+#[inline(always)]
+pub fn to_split<T: Copy>(x: [T; 16]) -> ([T; 8], [T; 8]) {
+    let (mut lo, mut hi) = ([x[0]; 8], [x[0]; 8]);
+    for j in 0..8 {
+        lo[j] = x[SPLIT[j]];
+        hi[j] = x[SPLIT[8 + j]];
+    }
+    (lo, hi)
+}
+
+/// The halves of a split pair back in element order.
+#[inline(always)]
+pub fn from_split<T: Copy>(lo: [T; 8], hi: [T; 8]) -> [T; 16] {
+    let mut x = [lo[0]; 16];
+    for j in 0..8 {
+        x[SPLIT[j]] = lo[j];
+        x[SPLIT[8 + j]] = hi[j];
+    }
+    x
+}
 
 /// The instruction sets a task can be compiled for, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

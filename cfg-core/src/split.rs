@@ -8,10 +8,10 @@
 //! the last partial row and the fold, so each lane still adds its elements
 //! in the canonical order.
 
-use crate::cpu::Element;
+use crate::cpu::{combine_split, Element};
 use crate::fused::{accumulate_all, fold_all, Pointwise, Statistics, Terms, STAT_ROWS};
 use crate::reduce::LANES;
-use crate::simd::{Vector, SPLIT};
+use crate::simd::{from_split, Vector};
 use crate::slot::Slot;
 use half::bf16;
 use std::marker::PhantomData;
@@ -75,8 +75,7 @@ impl Sixteen for Plain<'_> {
 impl Sixteen for One<'_> {
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
-        let ((lo, hi), w) = (sixteen_of::<V>(self.0, c), V::splat(self.1));
-        (w * lo, w * hi)
+        combine_split::<V, bf16, 1>(&[self.0.as_chunks().0], &[self.1], c)
     }
     #[inline(always)]
     fn one(self, i: usize) -> f32 {
@@ -87,10 +86,8 @@ impl Sixteen for One<'_> {
 impl Sixteen for Two<'_> {
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
-        let Two([x0, x1], [w0, w1]) = self;
-        let ((a, b), (p, q)) = (sixteen_of::<V>(x0, c), sixteen_of::<V>(x1, c));
-        let (w0, w1) = (V::splat(w0), V::splat(w1));
-        (w1.mul_add(p, w0 * a), w1.mul_add(q, w0 * b))
+        let Two([x0, x1], w) = self;
+        combine_split::<V, bf16, 2>(&[x0.as_chunks().0, x1.as_chunks().0], &w, c)
     }
     #[inline(always)]
     fn one(self, i: usize) -> f32 {
@@ -238,10 +235,9 @@ impl<V: Vector, const K: usize, P: Statistics<K>> SegmentStats<V, P, K> {
         }
         for lanes in &mut lanes {
             for chunk in lanes.as_chunks_mut::<16>().0 {
-                let split = *chunk;
-                for (j, v) in split.into_iter().enumerate() {
-                    chunk[SPLIT[j]] = v;
-                }
+                let halves = chunk.as_chunks::<8>().0;
+                let (lo, hi) = (halves[0], halves[1]);
+                *chunk = from_split(lo, hi);
             }
         }
         let tail = n - rows * LANES;
