@@ -410,12 +410,14 @@ pub(crate) fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) 
 }
 
 /// Whole groups that fit in cache, a block at a time: their values computed
-/// into blocks, reduced and applied while the blocks are in cache.
+/// into blocks, reduced and applied while the blocks are in cache. Short
+/// bf16 groups whose forms are one or two inputs skip the blocks: see
+/// [`split::short_groups`].
 ///
-/// The forms go through f32 blocks even when one is a plain bf16 input: reading
-/// it in place (as [`with_values`] does for the two-pass operators) took every
-/// short-group kernel once per pair of element types, which made this crate's
-/// build four times longer for 7-9% on the bf16 per-token renorm.
+/// Other forms go through f32 blocks even when one is a plain bf16 input:
+/// reading it in place (as [`with_values`] does for the two-pass operators)
+/// took every short-group kernel once per pair of element types, which made
+/// this crate's build four times longer for 7-9% on the bf16 per-token renorm.
 struct WholeGroups<'a, P, F, S, const K: usize> {
     op: &'a P,
     fin: &'a F,
@@ -430,6 +432,9 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for WholeGroups<'_,
     #[inline(always)]
     fn run<V: Vector>(self) {
         let WholeGroups { op, fin, start: first, len, out: all } = self;
+        if fin.direct::<S::Elem>() && split::short_groups::<V, K, P, S>(op, len, first, all) {
+            return;
+        }
         let per_block = (BLOCK / len).max(1) * len;
         let mut buf = take_scratch(3 * per_block);
         let (a, rest) = buf.split_at_mut(per_block);
@@ -758,9 +763,9 @@ pub trait Pointwise {
 }
 
 /// A group operator's [`GroupOp::apply`] with its group's factor.
-struct Factor<'a, P, const K: usize> {
-    op: &'a P,
-    f: f32,
+pub(crate) struct Factor<'a, P, const K: usize> {
+    pub(crate) op: &'a P,
+    pub(crate) f: f32,
 }
 
 impl<const K: usize, P: GroupOp<K>> Pointwise for Factor<'_, P, K> {
@@ -890,13 +895,21 @@ impl<I: Element> GroupOp<2> for Renorm<'_, I> {
     fn factors<V: Vector>(&self, totals: &[[f64; 2]; 8], _: usize) -> [f32; 8] {
         // The square roots and divisions of eight groups as vectors (the
         // same bits as one at a time: both are correctly rounded).
-        let ng = V::sqrt_f64(totals.map(|t| t[0]));
-        let nr = V::sqrt_f64(totals.map(|t| t[1]));
-        let den = ng.map(|ng| ng + self.eps);
+        // Index loops: iterator adapters may be left as calls in a large task.
+        let (mut input, mut reference) = ([0.0; 8], [0.0; 8]);
+        for g in 0..8 {
+            (input[g], reference[g]) = (totals[g][0], totals[g][1]);
+        }
+        let ng = V::sqrt_f64(input);
+        let nr = V::sqrt_f64(reference);
+        let mut den = ng;
+        for d in &mut den {
+            *d += self.eps;
+        }
         let q = V::div_f64(nr, den);
         let mut f = [0.0f32; 8];
-        for ((f, q), den) in f.iter_mut().zip(q).zip(den) {
-            *f = renorm_clamp(q, den, self.min, self.max);
+        for g in 0..8 {
+            f[g] = renorm_clamp(q[g], den[g], self.min, self.max);
         }
         f
     }

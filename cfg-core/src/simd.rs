@@ -93,6 +93,22 @@ pub trait Vector: Num {
     fn to_bf16_split(lo: Self, hi: Self) -> [u16; 16] {
         from_split(lo.to_bf16(), hi.to_bf16())
     }
+    /// The last level of the canonical fold of sixteen lanes held in split
+    /// order, down to eight in element order: lane `i` of the result is
+    /// lane `i` plus lane `i + 8` of the sixteen (`lo`'s two halves added,
+    /// then `hi`'s).
+    #[inline(always)]
+    fn fold_halves(lo: Self, hi: Self) -> Self {
+        let (mut l, mut h) = ([0.0; 8], [0.0; 8]);
+        lo.store(&mut l);
+        hi.store(&mut h);
+        let x = from_split(l, h);
+        let mut r = [0.0; 8];
+        for (i, r) in r.iter_mut().enumerate() {
+            *r = x[i] + x[i + 8];
+        }
+        Self::load(&r)
+    }
     /// APG's projection of `r` against these lanes `c` in f64: `p = k·c` and
     /// `r − p`, each computed in f64 and rounded to f32 (as the scalar `as` casts).
     fn project_f64(self, r: Self, k: f64) -> (Self, Self);
@@ -444,21 +460,33 @@ mod avx2 {
             r
         }
         #[inline(always)]
+        fn fold_halves(lo: Self, hi: Self) -> Self {
+            // [lo's low half | hi's low half] + [lo's high half | hi's high half].
+            unsafe {
+                let low = _mm256_permute2f128_ps::<0x20>(lo.0, hi.0);
+                let high = _mm256_permute2f128_ps::<0x31>(lo.0, hi.0);
+                Self(_mm256_add_ps(low, high))
+            }
+        }
+        #[inline(always)]
         fn sqrt_f64(x: [f64; 8]) -> [f64; 8] {
+            // Plain offsets, not iterators: in a large task the inliner may
+            // leave an iterator's constructor as a call outside these features.
             let mut r = [0.0; 8];
-            for (r, x) in r.chunks_exact_mut(4).zip(x.chunks_exact(4)) {
-                unsafe { _mm256_storeu_pd(r.as_mut_ptr(), _mm256_sqrt_pd(_mm256_loadu_pd(x.as_ptr()))) }
+            unsafe {
+                let (x, out) = (x.as_ptr(), r.as_mut_ptr());
+                _mm256_storeu_pd(out, _mm256_sqrt_pd(_mm256_loadu_pd(x)));
+                _mm256_storeu_pd(out.add(4), _mm256_sqrt_pd(_mm256_loadu_pd(x.add(4))));
             }
             r
         }
         #[inline(always)]
         fn div_f64(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
             let mut r = [0.0; 8];
-            for ((r, a), b) in r.chunks_exact_mut(4).zip(a.chunks_exact(4)).zip(b.chunks_exact(4)) {
-                unsafe {
-                    let q = _mm256_div_pd(_mm256_loadu_pd(a.as_ptr()), _mm256_loadu_pd(b.as_ptr()));
-                    _mm256_storeu_pd(r.as_mut_ptr(), q)
-                }
+            unsafe {
+                let (a, b, out) = (a.as_ptr(), b.as_ptr(), r.as_mut_ptr());
+                _mm256_storeu_pd(out, _mm256_div_pd(_mm256_loadu_pd(a), _mm256_loadu_pd(b)));
+                _mm256_storeu_pd(out.add(4), _mm256_div_pd(_mm256_loadu_pd(a.add(4)), _mm256_loadu_pd(b.add(4))));
             }
             r
         }
@@ -583,6 +611,18 @@ mod tests {
         }
     }
 
+    struct FoldHalves([f32; 8], [f32; 8]);
+
+    impl Task for FoldHalves {
+        type Out = [f32; 8];
+        #[inline(always)]
+        fn run<V: Vector>(self) -> [f32; 8] {
+            let mut r = [0.0; 8];
+            V::fold_halves(V::load(&self.0), V::load(&self.1)).store(&mut r);
+            r
+        }
+    }
+
     /// Eight vectors for `fold8`, and each one's `fold` in scalar steps.
     fn fold8_case() -> ([[f32; 8]; 8], [f32; 8]) {
         // Magnitudes far apart (each addition rounds), signed zeros, infinities
@@ -649,6 +689,11 @@ mod tests {
             assert_eq!(pair[8..], bf16[1], "{level:?}");
             let bits = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };
             assert_eq!(run(FoldEight(black_box(eight))).map(bits), folds.map(bits), "{level:?}");
+            // Sixteen lanes in split order folded to eight: element i plus element i + 8.
+            let halves = run(FoldHalves(black_box(eight[0]), black_box(eight[2])));
+            let sixteen = from_split(eight[0], eight[2]);
+            let expected: Vec<u32> = (0..8).map(|i| bits(sixteen[i] + sixteen[i + 8])).collect();
+            assert_eq!(halves.map(bits).to_vec(), expected, "{level:?}");
             assert_eq!(f.to_bits(), fold.to_bits(), "{level:?}");
             assert_eq!(out.map(f32::to_bits), each, "{level:?}");
             assert_eq!(quotients.map(f64::to_bits), q, "{level:?}");

@@ -9,12 +9,13 @@
 //! in the canonical order.
 
 use crate::cpu::{combine_split, Element};
-use crate::fused::{accumulate_all, fold_all, Pointwise, Statistics, Terms, STAT_ROWS};
+use crate::fused::{accumulate_all, fold_all, Factor, GroupOp, Pointwise, Statistics, Terms, STAT_ROWS};
 use crate::reduce::LANES;
 use crate::simd::{from_split, Vector};
 use crate::slot::Slot;
 use half::bf16;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 /// A form of one or two bf16 inputs over one run of elements, computed as
 /// [`crate::fused::form_into`] computes it.
@@ -49,6 +50,9 @@ trait Sixteen: Copy {
     fn sixteen<V: Vector>(self, c: usize) -> (V, V);
     /// Element `i` of the run.
     fn one(self, i: usize) -> f32;
+    /// The form over elements `r` of the run (indexed from there: a loop
+    /// over a group then knows its bounds once).
+    fn sub(self, r: Range<usize>) -> Self;
 }
 
 /// `x`.
@@ -70,6 +74,10 @@ impl Sixteen for Plain<'_> {
     fn one(self, i: usize) -> f32 {
         self.0[i].get()
     }
+    #[inline(always)]
+    fn sub(self, r: Range<usize>) -> Self {
+        Plain(&self.0[r])
+    }
 }
 
 impl Sixteen for One<'_> {
@@ -80,6 +88,10 @@ impl Sixteen for One<'_> {
     #[inline(always)]
     fn one(self, i: usize) -> f32 {
         self.1 * self.0[i].get()
+    }
+    #[inline(always)]
+    fn sub(self, r: Range<usize>) -> Self {
+        One(&self.0[r], self.1)
     }
 }
 
@@ -93,6 +105,11 @@ impl Sixteen for Two<'_> {
     fn one(self, i: usize) -> f32 {
         let Two([x0, x1], [w0, w1]) = self;
         w1.mul_add(x1[i].get(), w0 * x0[i].get())
+    }
+    #[inline(always)]
+    fn sub(self, r: Range<usize>) -> Self {
+        let Two([x0, x1], w) = self;
+        Two([&x0[r.clone()], &x1[r]], w)
     }
 }
 
@@ -173,19 +190,31 @@ impl<V: Vector, L: Pointwise, S: Slot> OnForms for ApplyRun<'_, V, L, S> {
     fn run<A: Sixteen, B: Sixteen>(self, a: A, b: Option<B>) {
         let (pairs, tail) = self.out.as_chunks_mut::<16>();
         let l = self.l;
-        for (c, o) in pairs.iter_mut().enumerate() {
-            let (a_lo, a_hi) = a.sixteen::<V>(c);
-            let (b_lo, b_hi) = match b {
-                Some(b) => b.sixteen::<V>(c),
-                None => (a_lo, a_hi),
-            };
-            S::put16_split(l.at(a_lo, b_lo), l.at(a_hi, b_hi), o);
-        }
+        apply_sixteens::<V, L, S, A, B>(l, a, b, pairs);
         for (i, o) in (16 * pairs.len()..).zip(tail) {
             let av = a.one(i);
             let bv = b.map_or(av, |b| b.one(i));
             o.set(S::Elem::put(l.at(av, bv)));
         }
+    }
+}
+
+/// Writes `l.at(a, b)` over the first `out.len()` chunks of the forms (`a`
+/// for both when `b` is `None`), sixteen elements per store.
+#[inline(always)]
+fn apply_sixteens<V: Vector, L: Pointwise, S: Slot, A: Sixteen, B: Sixteen>(
+    l: &L,
+    a: A,
+    b: Option<B>,
+    out: &mut [[S; 16]],
+) {
+    for (c, o) in out.iter_mut().enumerate() {
+        let (a_lo, a_hi) = a.sixteen::<V>(c);
+        let (b_lo, b_hi) = match b {
+            Some(b) => b.sixteen::<V>(c),
+            None => (a_lo, a_hi),
+        };
+        S::put16_split(l.at(a_lo, b_lo), l.at(a_hi, b_hi), o);
     }
 }
 
@@ -281,5 +310,220 @@ fn add_rows<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen>
         let eights = lanes[k].as_chunks_mut::<8>().0;
         lo[k].store(&mut eights[2 * pair]);
         hi[k].store(&mut eights[2 * pair + 1]);
+    }
+}
+
+/// Whole groups of `len` elements over `start..start + out.len()`, each
+/// reduced and applied (the one-pass group operators on short groups, such
+/// as per-token renorm), when the inputs and output are bf16, each form is
+/// one or two inputs and `len` is a multiple of 16 up to [`LANES`]; returns
+/// false, writing nothing, otherwise. Each group's lanes are its elements
+/// (`fma(x, y, +0)`), folded as the canonical reduction folds them, in
+/// registers: see [`group_sums`].
+#[inline(always)]
+pub fn short_groups<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
+    op: &P,
+    len: usize,
+    start: usize,
+    out: &mut [S],
+) -> bool {
+    let whole_chunks = len.is_multiple_of(16) && len <= LANES && out.len().is_multiple_of(len);
+    if !(P::Input::BF16 && S::Elem::BF16 && whole_chunks) {
+        return false;
+    }
+    let (x, z) = op.forms();
+    let n = out.len();
+    let (Some(a), Some(b)) = (Form::new(x, start, n), Form::new(z, start, n)) else { return false };
+    on_forms(a, Some(b), ShortGroups::<V, P, S, K> { op, len, out: out.as_chunks_mut().0, _v: PhantomData });
+    true
+}
+
+/// [`short_groups`] on forms of known kinds.
+struct ShortGroups<'a, V, P, S, const K: usize> {
+    op: &'a P,
+    len: usize,
+    out: &'a mut [[S; 16]],
+    _v: PhantomData<V>,
+}
+
+impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> OnForms for ShortGroups<'_, V, P, S, K> {
+    type Out = ();
+    #[inline(always)]
+    fn run<A: Sixteen, B: Sixteen>(self, a: A, b: Option<B>) {
+        let Some(b) = b else { return };
+        // The fold runs over a power of two of chunks (zeros past the group).
+        match (self.len / 16).next_power_of_two() {
+            1 => self.groups::<A, B, 1>(a, b),
+            2 => self.groups::<A, B, 2>(a, b),
+            4 => self.groups::<A, B, 4>(a, b),
+            8 => self.groups::<A, B, 8>(a, b),
+            _ => self.groups::<A, B, 16>(a, b),
+        }
+    }
+}
+
+impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S, K> {
+    /// Eight groups at a time: their statistics, their factors (as vectors),
+    /// then their apply, the forms computed again from the inputs (in L1).
+    #[allow(clippy::needless_range_loop)] // index loops on purpose: see below
+    #[inline(always)]
+    fn groups<A: Sixteen, B: Sixteen, const C: usize>(self, a: A, b: B) {
+        let ShortGroups { op, len, out, .. } = self;
+        let chunks = len / 16;
+        let groups = out.len() / chunks;
+        for first in (0..groups).step_by(8) {
+            let batch = 8.min(groups - first);
+            // Statistic by statistic, the eight groups' last eight lanes (zero past the batch).
+            let mut eights = [[V::splat(0.0); 8]; K];
+            // Index loops, not iterators: in a task this large the inliner
+            // may leave an iterator's methods as calls outside its features.
+            for t in 0..batch {
+                let g = (first + t) * len..(first + t + 1) * len;
+                let sums = group_sums::<V, K, P, A, B, C>(a.sub(g.clone()), b.sub(g), chunks);
+                for k in 0..K {
+                    eights[k][t] = sums[k];
+                }
+            }
+            let mut totals = [[0.0f64; K]; 8];
+            for k in 0..K {
+                let sums = V::fold8(eights[k]);
+                for t in 0..8 {
+                    totals[t][k] = 0.0 + sums[t] as f64;
+                }
+            }
+            let f = op.factors::<V>(&totals, len);
+            for t in 0..batch {
+                let g = (first + t) * len..(first + t + 1) * len;
+                let l = Factor::<P, K> { op, f: f[t] };
+                let b = if P::APPLY_READS_B { Some(b.sub(g.clone())) } else { None };
+                let c = (first + t) * chunks;
+                apply_sixteens::<V, _, S, A, B>(&l, a.sub(g), b, &mut out[c..c + chunks]);
+            }
+        }
+    }
+}
+
+/// The `K` statistics of a group of `chunks` chunks (the forms over it),
+/// folded to eight lanes in element order. The canonical fold of its
+/// 16·`C` lanes (`C` a power of two, zeros past the group) adds lanes `i`
+/// and `i + s` for s = 8·`C` down to 1. In split order, the levels from
+/// 8·`C` down to 16 add whole chunks, chunk `j` and `j + s/16`: the chunks
+/// are visited in bit-reversed order, so that each level's sums are
+/// complete when they are needed (a stack, as a binary counter carries),
+/// and at most log₂`C` + 1 partial sums are live. The level s = 8 adds the
+/// two halves of the last chunk ([`Vector::fold_halves`]).
+#[inline(always)]
+fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen, const C: usize>(
+    a: A,
+    b: B,
+    chunks: usize,
+) -> [V; K] {
+    let zero = V::splat(0.0);
+    let bits = C.trailing_zeros();
+    let mut stack = [[(zero, zero); K]; 5];
+    for idx in 0..C {
+        let j = if bits == 0 { 0 } else { idx.reverse_bits() >> (usize::BITS - bits) };
+        let mut x = [(zero, zero); K];
+        if j < chunks {
+            let ((a_lo, a_hi), (b_lo, b_hi)) = (a.sixteen::<V>(j), b.sixteen::<V>(j));
+            let (pl, ph) = (P::pairs(a_lo, b_lo), P::pairs(a_hi, b_hi));
+            for k in 0..K {
+                x[k] = (pl[k].0.mul_add(pl[k].1, zero), ph[k].0.mul_add(ph[k].1, zero));
+            }
+        }
+        let (mut level, mut carry) = (0, idx);
+        while carry & 1 == 1 {
+            for k in 0..K {
+                x[k] = (stack[level][k].0 + x[k].0, stack[level][k].1 + x[k].1);
+            }
+            carry >>= 1;
+            level += 1;
+        }
+        stack[level] = x;
+    }
+    let mut sums = [zero; K];
+    for k in 0..K {
+        let (lo, hi) = stack[bits as usize][k];
+        sums[k] = V::fold_halves(lo, hi);
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canon::fold_active;
+    use crate::simd::{run, Num, Task};
+    use proptest::prelude::*;
+
+    /// Σ a·b and Σ b² of a group.
+    struct DotAndSquare;
+
+    impl Statistics<2> for DotAndSquare {
+        type Input = bf16;
+        fn forms(&self) -> (Terms<'_, bf16>, Terms<'_, bf16>) {
+            (&[], &[])
+        }
+        fn pairs<T: Num>(a: T, b: T) -> [(T, T); 2] {
+            [(a, b), (b, b)]
+        }
+    }
+
+    /// [`group_sums`] of one group, folded to one total per statistic.
+    struct Sums<'a>(&'a [bf16], &'a [bf16]);
+
+    impl Task for Sums<'_> {
+        type Out = [f32; 2];
+        #[inline(always)]
+        fn run<V: Vector>(self) -> [f32; 2] {
+            let (a, b, chunks) = (Plain(self.0), Plain(self.1), self.0.len() / 16);
+            let sums = match chunks.next_power_of_two() {
+                1 => group_sums::<V, 2, DotAndSquare, _, _, 1>(a, b, chunks),
+                2 => group_sums::<V, 2, DotAndSquare, _, _, 2>(a, b, chunks),
+                4 => group_sums::<V, 2, DotAndSquare, _, _, 4>(a, b, chunks),
+                8 => group_sums::<V, 2, DotAndSquare, _, _, 8>(a, b, chunks),
+                _ => group_sums::<V, 2, DotAndSquare, _, _, 16>(a, b, chunks),
+            };
+            sums.map(|v| {
+                let mut lanes = [0.0; 8];
+                v.store(&mut lanes);
+                fold_active(&mut lanes, 8)
+            })
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5b17),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        /// The sums in registers, in split order, are the canonical fold of
+        /// the group's lanes bit for bit (values whose order of addition
+        /// shows, signed zeros among them).
+        #[test]
+        fn group_sums_are_the_canonical_fold(
+            chunks in 1usize..=16,
+            values in prop::collection::vec((-30i32..30, -1.0f32..1.0, 0u8..16), 512),
+        ) {
+            let value = |&(e, m, z): &(i32, f32, u8)| match z {
+                0 => bf16::from_f32(0.0),
+                1 => bf16::from_f32(-0.0),
+                _ => bf16::from_f32(m * 2f32.powi(e)),
+            };
+            let x: Vec<bf16> = values.iter().map(value).collect();
+            let (a, b) = (&x[..16 * chunks], &x[256..256 + 16 * chunks]);
+            let got = run(Sums(a, b));
+            for (k, got) in got.into_iter().enumerate() {
+                let mut lanes = [0.0f32; LANES];
+                for (i, l) in lanes.iter_mut().take(a.len()).enumerate() {
+                    let (x, y) = DotAndSquare::pairs(a[i].to_f32(), b[i].to_f32())[k];
+                    *l = x.mul_add(y, 0.0);
+                }
+                let want = fold_active(&mut lanes, a.len());
+                prop_assert_eq!(got.to_bits(), want.to_bits(), "statistic {} of {} chunks", k, chunks);
+            }
+        }
     }
 }

@@ -478,6 +478,48 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
     });
 }
 
+/// Token widths that are whole chunks of sixteen, up to 256 lanes, some
+/// padded to a power of two of chunks, and two past the split path's reach.
+const SPLIT_WIDTHS: &[usize] = &[16, 32, 48, 64, 80, 96, 128, 144, 240, 256, 257, 272];
+
+/// Short groups of bf16 whose forms are one or two inputs (weight 1 too):
+/// the path that reduces and applies them in split order, straight from
+/// the inputs, against the reference.
+#[test]
+fn split_order_short_groups_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[29; 32]);
+    let weight = prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)];
+    let form = prop::collection::vec((0usize..2, weight), 1..=2).prop_map(|mut t| {
+        t.sort_by_key(|x| x.0);
+        t.dedup_by_key(|x| x.0);
+        Form { terms: t }
+    });
+    let cases = (case_with(SPLIT_WIDTHS), form.clone(), form, prop::bool::ANY, any::<u64>()).prop_map(
+        |((mut program, _, shape, _), fa, fb, reject, seed)| {
+            program.forms = vec![fa, fb];
+            if reject {
+                program.ops[0] = Op::Reject { input: Value::Form(0), direction: Value::Form(1), over: Reduce::Token };
+            }
+            match &mut program.ops[0] {
+                Op::Renorm { over, .. } | Op::StdRescale { over, .. } => *over = Reduce::Token,
+                _ => {}
+            }
+            let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
+            (program, inputs, shape)
+        },
+    );
+    at_every_level(|level| {
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape)| {
+                steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
+                Ok(())
+            })
+            .expect("split-order short groups match the reference");
+    });
+}
+
 /// bf16 forms that are one input of weight 1 (read in place by the
 /// statistics and apply passes, not widened into a block), one form or both,
 /// on groups large enough for two passes (more than 16384 elements), per
