@@ -1,7 +1,8 @@
-//! The two passes of a group operator (and TCFG's apply) straight from bf16
-//! inputs: its forms computed in registers sixteen lanes at a time, in the
-//! split order AVX2 widens bf16 in ([`crate::simd::SPLIT`]), rather than into
-//! f32 blocks read back. On Zen 2, widening in element order (a shuffle
+//! The two passes of a group operator (and TCFG's apply), and short groups
+//! reduced and applied in one pass, straight from bf16 inputs: the forms
+//! computed in registers sixteen lanes at a time, in the split order AVX2
+//! widens bf16 in ([`crate::simd::SPLIT`]), rather than into f32 blocks
+//! read back. On Zen 2, widening in element order (a shuffle
 //! across 128-bit halves per eight lanes) and the block's store and load
 //! made up about a third of such a pass. The statistics keep their lanes in
 //! split order while they add whole rows, and put them back in order before
