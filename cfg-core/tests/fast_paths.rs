@@ -478,6 +478,24 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
     });
 }
 
+/// Two steps of each bf16 case equal the reference at every SIMD level.
+fn bf16_cases_match_at_every_level(
+    config: Config,
+    rng: TestRng,
+    cases: &impl Strategy<Value = (Program, Vec<Tensor>, Shape)>,
+    what: &str,
+) {
+    at_every_level(|level| {
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(cases, |(program, inputs, shape)| {
+                steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
+                Ok(())
+            })
+            .expect(what);
+    });
+}
+
 /// Token widths that are whole chunks of sixteen, up to 256 lanes, some
 /// padded to a power of two of chunks, and two past the split path's reach.
 const SPLIT_WIDTHS: &[usize] = &[16, 32, 48, 64, 80, 96, 128, 144, 240, 256, 257, 272];
@@ -509,15 +527,7 @@ fn split_order_short_groups_match_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape)
         },
     );
-    at_every_level(|level| {
-        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
-        runner
-            .run(&cases, |(program, inputs, shape)| {
-                steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
-                Ok(())
-            })
-            .expect("split-order short groups match the reference");
-    });
+    bf16_cases_match_at_every_level(config, rng, &cases, "split-order short groups match the reference");
 }
 
 /// bf16 forms that are one input of weight 1 (read in place by the
@@ -556,15 +566,7 @@ fn plain_bf16_forms_match_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape)
         },
     );
-    at_every_level(|level| {
-        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
-        runner
-            .run(&cases, |(program, inputs, shape)| {
-                steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
-                Ok(())
-            })
-            .expect("plain bf16 forms match the reference");
-    });
+    bf16_cases_match_at_every_level(config, rng, &cases, "plain bf16 forms match the reference");
 }
 
 /// FDG element by element on planar images, as `fdg.rs` documents it: every
