@@ -190,6 +190,21 @@ pub trait Finish: Sync {
     fn direct<O: Element>(&self) -> bool {
         false
     }
+    /// Writes `l.at(a, b)`, finished, over `start..start + out.len()` (a, b
+    /// the values of `forms`, `a` for both when `reads_b` is false) in split
+    /// order straight from bf16 inputs, when it can (see [`split`]); returns
+    /// false, writing nothing, otherwise.
+    #[inline(always)]
+    fn split_apply<V: Vector, J: Element, L: Pointwise, S: Slot>(
+        &self,
+        l: &L,
+        forms: (Terms<J>, Terms<J>),
+        reads_b: bool,
+        start: usize,
+        out: &mut [S],
+    ) -> bool {
+        self.direct::<S::Elem>() && split::apply::<V, J, L, S>(l, forms, reads_b, start, out)
+    }
 }
 
 /// The operator's values are the output.
@@ -227,6 +242,17 @@ pub struct Mix<'a, I> {
 const MIX_TERMS: usize = 4;
 
 impl<I: Element> Finish for Mix<'_, I> {
+    #[inline(always)]
+    fn split_apply<V: Vector, J: Element, L: Pointwise, S: Slot>(
+        &self,
+        l: &L,
+        forms: (Terms<J>, Terms<J>),
+        reads_b: bool,
+        start: usize,
+        out: &mut [S],
+    ) -> bool {
+        split::apply_mix::<V, J, I, L, S>(l, forms, reads_b, self.terms, start, out)
+    }
     /// Each form into its own block, then every output eight lanes at a time,
     /// written once.
     #[inline(always)]
@@ -817,7 +843,7 @@ impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F,
         let Apply { op, fin, start: first, f, out: all } = self;
         let forms = op.forms();
         let factor = Factor::<P, K> { op, f };
-        if fin.direct::<S::Elem>() && split::apply::<V, _, _, S>(&factor, forms, P::APPLY_READS_B, first, all) {
+        if fin.split_apply::<V, _, _, S>(&factor, forms, P::APPLY_READS_B, first, all) {
             return;
         }
         // The thread's scratch, not arrays on the stack: those are cleared per task.

@@ -10,7 +10,7 @@
 //! in the canonical order.
 
 use crate::cpu::{combine_split, Element};
-use crate::fused::{accumulate_all, fold_all, Factor, GroupOp, Pointwise, Statistics, Terms, STAT_ROWS};
+use crate::fused::{accumulate_all, fold_all, Factor, GroupOp, Part, Pointwise, Statistics, Terms, STAT_ROWS};
 use crate::reduce::LANES;
 use crate::simd::{from_split, Vector};
 use crate::slot::Slot;
@@ -39,6 +39,26 @@ impl<'a> Form<'a> {
             [(x, w)] => Some(Form::One(One(run(x)?, *w))),
             [(x0, w0), (x1, w1)] => Some(Form::Two(Two([run(x0)?, run(x1)?], [*w0, *w1]))),
             _ => None,
+        }
+    }
+
+    /// The form over elements `r` of the run.
+    #[inline(always)]
+    fn sub(self, r: Range<usize>) -> Form<'a> {
+        match self {
+            Form::Plain(x) => Form::Plain(x.sub(r)),
+            Form::One(x) => Form::One(x.sub(r)),
+            Form::Two(x) => Form::Two(x.sub(r)),
+        }
+    }
+
+    /// Element `i` of the run.
+    #[inline(always)]
+    fn one(self, i: usize) -> f32 {
+        match self {
+            Form::Plain(x) => x.one(i),
+            Form::One(x) => x.one(i),
+            Form::Two(x) => x.one(i),
         }
     }
 }
@@ -216,6 +236,128 @@ fn apply_sixteens<V: Vector, L: Pointwise, S: Slot, A: Sixteen, B: Sixteen>(
             None => (a_lo, a_hi),
         };
         S::put16_split(l.at(a_lo, b_lo), l.at(a_hi, b_hi), o);
+    }
+}
+
+/// Elements per piece of [`apply_mix`]: the operator's values of a piece
+/// (2 KB) stay in L1 between its two loops.
+const PIECE: usize = 512;
+
+/// [`apply`] followed by a mix of the operator's value with one form, in
+/// the mix's order (Perp-Neg: `(e + s·P) − s·s_n·N⊥`): `w₀·v₀`, then
+/// `fma(w₁, v₁, ·)`, as [`crate::fused::Mix`] computes it. A piece at a
+/// time: the operator's values into a small buffer (in L1), then the mix
+/// with the form computed from the inputs. Returns false, writing nothing,
+/// unless the inputs and output are bf16, each form is one or two inputs
+/// and the mix is the operator's value and one form.
+#[inline(always)]
+pub fn apply_mix<V: Vector, I: Element, M: Element, L: Pointwise, S: Slot>(
+    l: &L,
+    (x, z): (Terms<I>, Terms<I>),
+    reads_b: bool,
+    mix: &[(Part<M>, f32)],
+    start: usize,
+    out: &mut [S],
+) -> bool {
+    if !(I::BF16 && S::Elem::BF16) {
+        return false;
+    }
+    let n = out.len();
+    let (terms, op_first, w) = match mix {
+        [(Part::Op, w0), (Part::Form(f), w1)] => (*f, true, [*w0, *w1]),
+        [(Part::Form(f), w0), (Part::Op, w1)] => (*f, false, [*w0, *w1]),
+        _ => return false,
+    };
+    let (Some(a), Some(m)) = (Form::new(x, start, n), Form::new(terms, start, n)) else { return false };
+    let b = match (reads_b, Form::new(z, start, n)) {
+        (false, _) => None,
+        (true, Some(b)) => Some(b),
+        (true, None) => return false,
+    };
+    let (chunks, tail) = out.as_chunks_mut::<16>();
+    let mut values = [(V::splat(0.0), V::splat(0.0)); PIECE / 16];
+    for (p, out) in chunks.chunks_mut(PIECE / 16).enumerate() {
+        let r = p * PIECE..p * PIECE + 16 * out.len();
+        let y = &mut values[..out.len()];
+        // A match, not `Option::map`: a closure may stay a call outside the task's features.
+        #[allow(clippy::manual_map)]
+        let b = match b {
+            Some(b) => Some(b.sub(r.clone())),
+            None => None,
+        };
+        on_forms(a.sub(r.clone()), b, OpValues { l, y });
+        on_forms(m.sub(r), None, MixRun { w, op_first, y, out });
+    }
+    for (i, o) in (16 * chunks.len()..).zip(tail) {
+        let av = a.one(i);
+        let bv = match b {
+            Some(b) => b.one(i),
+            None => av,
+        };
+        let (y, f) = (l.at(av, bv), m.one(i));
+        let (first, second) = if op_first { (y, f) } else { (f, y) };
+        o.set(S::Elem::put(w[1].mul_add(second, w[0] * first)));
+    }
+    true
+}
+
+/// The operator's values of a piece, sixteen lanes per chunk in split order.
+struct OpValues<'a, V, L> {
+    l: &'a L,
+    y: &'a mut [(V, V)],
+}
+
+impl<V: Vector, L: Pointwise> OnForms for OpValues<'_, V, L> {
+    type Out = ();
+    #[inline(always)]
+    fn run<A: Sixteen, B: Sixteen>(self, a: A, b: Option<B>) {
+        let OpValues { l, y } = self;
+        for (c, y) in y.iter_mut().enumerate() {
+            let (a_lo, a_hi) = a.sixteen::<V>(c);
+            let (b_lo, b_hi) = match b {
+                Some(b) => b.sixteen::<V>(c),
+                None => (a_lo, a_hi),
+            };
+            *y = (l.at(a_lo, b_lo), l.at(a_hi, b_hi));
+        }
+    }
+}
+
+/// The mix of a piece's operator values `y` with a form, stored.
+struct MixRun<'a, V, S> {
+    w: [f32; 2],
+    op_first: bool,
+    y: &'a [(V, V)],
+    out: &'a mut [[S; 16]],
+}
+
+impl<V: Vector, S: Slot> OnForms for MixRun<'_, V, S> {
+    type Out = ();
+    #[inline(always)]
+    fn run<A: Sixteen, B: Sixteen>(self, form: A, _: Option<B>) {
+        if self.op_first {
+            mix_sixteens::<V, S, A, true>(self.w, self.y, form, self.out)
+        } else {
+            mix_sixteens::<V, S, A, false>(self.w, self.y, form, self.out)
+        }
+    }
+}
+
+/// `fma(w₁, v₁, w₀·v₀)` per lane, (v₀, v₁) = (y, form) when `OP_FIRST`,
+/// else (form, y); sixteen elements per store.
+#[inline(always)]
+fn mix_sixteens<V: Vector, S: Slot, F: Sixteen, const OP_FIRST: bool>(
+    w: [f32; 2],
+    y: &[(V, V)],
+    form: F,
+    out: &mut [[S; 16]],
+) {
+    let (w0, w1) = (V::splat(w[0]), V::splat(w[1]));
+    let y = &y[..out.len()];
+    for c in 0..out.len() {
+        let (f, v) = (form.sixteen::<V>(c), y[c]);
+        let ((p_lo, p_hi), (q_lo, q_hi)) = if OP_FIRST { (v, f) } else { (f, v) };
+        S::put16_split(w1.mul_add(q_lo, w0 * p_lo), w1.mul_add(q_hi, w0 * p_hi), &mut out[c]);
     }
 }
 

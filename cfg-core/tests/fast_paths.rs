@@ -386,10 +386,21 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape, dtype)
         },
     );
+    op_then_mix_cases_match(config, rng, &cases, "op then mix matches the reference");
+}
+
+/// Each case of an op followed by a mix equals the reference op followed by
+/// the general mix (`w_0·v_0`, then fma, in term order), at every SIMD level.
+fn op_then_mix_cases_match(
+    config: Config,
+    rng: TestRng,
+    cases: &impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)>,
+    what: &str,
+) {
     at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
-            .run(&cases, |(program, inputs, shape, dtype)| {
+            .run(cases, |(program, inputs, shape, dtype)| {
                 let refs: Vec<&Tensor> = inputs.iter().collect();
                 let got = evaluate_both(&program, &refs, dtype, &shape, &mut GuidanceState::new())?;
                 let op = reference(&program, &inputs, &shape, &mut None);
@@ -419,8 +430,56 @@ fn op_then_mix_matches_the_canonical_reference_bit_for_bit() {
                 prop_assert_eq!(got.bits(), want.bits(), "{:?} {:?}", level, program.ops);
                 Ok(())
             })
-            .expect("op then mix matches the reference");
+            .expect(what);
     });
+}
+
+/// Perp-Neg's shape on groups long enough for two passes: bf16 forms of one
+/// or two inputs (weight 1 too), the mix the operator's value and a third
+/// form in either order, so that the apply mixes in split order straight
+/// from the inputs (the operators that read one value and both).
+#[test]
+fn split_order_op_then_mix_matches_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 24, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[43; 32]);
+    let shape = (1usize..=2, 5usize..=6, prop::sample::select(vec![4096usize, 8191, 8193]))
+        .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]));
+    let weight = || prop_oneof![3 => -9.0f32..9.0, 1 => Just(1.0f32)];
+    let form = prop::collection::vec((0usize..3, weight()), 1..=2).prop_map(|mut t| {
+        t.sort_by_key(|x| x.0);
+        t.dedup_by_key(|x| x.0);
+        Form { terms: t }
+    });
+    let over = prop_oneof![Just(Reduce::Sample), Just(Reduce::Tensor)];
+    let mix = (prop::bool::ANY, weight(), weight());
+    let cases = ((form.clone(), form.clone(), form), 0usize..4, over, mix, shape, any::<u64>()).prop_map(
+        |(forms, kind, over, (op_first, w0, w1), shape, seed)| {
+            let (a, b) = (Value::Form(0), Value::Form(1));
+            let op = match kind {
+                0 => Op::Reject { input: a, direction: b, over },
+                1 => Op::Renorm { input: a, reference: b, over, eps: 1e-8, min: Some(0.0), max: Some(1.0) },
+                2 => Op::StdRescale { input: a, reference: b, phi: 0.7, over },
+                _ => Op::ZeroStar { cond: a, uncond: b, scale: 5.0, original: false },
+            };
+            let (op_value, form) = (Value::Op(0), Value::Form(2));
+            let terms = if op_first { vec![(op_value, w0), (form, w1)] } else { vec![(form, w0), (op_value, w1)] };
+            let program = Program {
+                output: "x".into(),
+                space: Space::Eps,
+                layout: None,
+                branches: (0..3).map(|k| format!("b{k}")).collect(),
+                forms: vec![forms.0, forms.1, forms.2],
+                ops: vec![op, Op::Mix { terms }],
+                latches: vec![],
+                counters: vec![],
+                result: Value::Op(1),
+                renoise: None,
+            };
+            let inputs = random_inputs(3, DType::BF16, &shape, seed);
+            (program, inputs, shape, DType::BF16)
+        },
+    );
+    op_then_mix_cases_match(config, rng, &cases, "split-order op then mix matches the reference");
 }
 
 /// A linear program (no operator): `evaluate` writes its new output once,
