@@ -13,6 +13,7 @@ use crate::par;
 use crate::reduce::{LANES, SEGMENT};
 use crate::simd::{self, Num, Task, Vector};
 use crate::slot::Slot;
+use half::bf16;
 
 /// APG's parameters and inputs.
 pub struct Apg<'a, I> {
@@ -267,11 +268,73 @@ impl<I, V: Vector> Eights<'_, I, V> {
     /// Eight outputs from eight values of c, u and r.
     #[inline(always)]
     fn output(&self, c: &[f32; 8], u: &[f32; 8], r: &[f32; 8]) -> V {
-        let (p, c, u) = (self.p, V::load(c), V::load(u));
-        let (par, perp) = c.project_f64(V::load(r) * self.clip, self.coef);
+        self.lanes(V::load(c), V::load(u), V::load(r))
+    }
+
+    /// Eight outputs from c, u and r in lanes (any order of elements).
+    #[inline(always)]
+    fn lanes(&self, c: V, u: V, r: V) -> V {
+        let p = self.p;
+        let (par, perp) = c.project_f64(r * self.clip, self.coef);
         let update = V::splat(p.eta).mul_add(par, perp);
         V::splat(p.scale).mul_add(update, if p.original { c } else { u })
     }
+}
+
+/// The bf16 input of a form that is one bf16 input of weight 1.
+#[inline(always)]
+fn plain_bf16<'a, I: Element>(t: Terms<'a, I>) -> Option<&'a [bf16]> {
+    match t {
+        [(x, w)] if *w == 1.0 => I::as_bf16(x),
+        _ => None,
+    }
+}
+
+/// The apply straight from bf16 cond and uncond that are one input each
+/// (of weight 1) into a bf16 output: sixteen elements at a time in split
+/// order ([`crate::simd::SPLIT`]; the stored running average loaded in the
+/// same order), no f32 blocks. False, writing nothing, for other forms.
+#[inline(always)]
+fn apply_split<V: Vector, I: Element, S: Slot>(
+    p: &Apg<I>,
+    (coef, clip): (f64, f32),
+    stored: Option<&[f32]>,
+    start: usize,
+    out: &mut [S],
+) -> bool {
+    if !S::Elem::BF16 {
+        return false;
+    }
+    let (Some(c), Some(u)) = (plain_bf16(p.cond), plain_bf16(p.uncond)) else { return false };
+    let n = out.len();
+    let (c, u) = (&c[start..start + n], &u[start..start + n]);
+    let stored = stored.map(|s| &s[start..start + n]);
+    let lanes = Eights { p, coef, clip: V::splat(clip) };
+    let (ov, ot) = out.as_chunks_mut::<16>();
+    let ((cv, ct), (uv, ut)) = (c.as_chunks::<16>(), u.as_chunks::<16>());
+    match stored {
+        Some(s) => {
+            for (((o, c), u), r) in ov.iter_mut().zip(cv).zip(uv).zip(s.as_chunks::<16>().0) {
+                let ((c_lo, c_hi), (u_lo, u_hi)) = (bf16::get16_split::<V>(c), bf16::get16_split::<V>(u));
+                let (r_lo, r_hi) = f32::get16_split::<V>(r);
+                S::put16_split(lanes.lanes(c_lo, u_lo, r_lo), lanes.lanes(c_hi, u_hi, r_hi), o);
+            }
+        }
+        None => {
+            for ((o, c), u) in ov.iter_mut().zip(cv).zip(uv) {
+                let ((c_lo, c_hi), (u_lo, u_hi)) = (bf16::get16_split::<V>(c), bf16::get16_split::<V>(u));
+                // Δ = c − u, as `difference` computes it.
+                S::put16_split(lanes.lanes(c_lo, u_lo, c_lo - u_lo), lanes.lanes(c_hi, u_hi, c_hi - u_hi), o);
+            }
+        }
+    }
+    let done = 16 * ov.len();
+    for (i, ((o, c), u)) in ot.iter_mut().zip(ct).zip(ut).enumerate() {
+        let (c, u) = (c.get(), u.get());
+        let r = stored.map_or(c - u, |s| s[done + i]);
+        o.set(S::Elem::put(output(p, coef, clip, c, u, r)));
+    }
+    true
 }
 
 impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
@@ -280,6 +343,9 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
     #[inline(always)]
     fn run<V: Vector>(self) {
         let (p, coef, clip) = (self.p, self.coef, self.clip.unwrap_or(1.0));
+        if apply_split::<V, I, S>(p, (coef, clip), self.stored, self.start, self.out) {
+            return;
+        }
         let mut buf = take_scratch(3 * BLOCK);
         let (c, rest) = buf.split_at_mut(BLOCK);
         let (u, d) = rest.split_at_mut(BLOCK);

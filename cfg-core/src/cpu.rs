@@ -115,6 +115,10 @@ impl Element for f32 {
     fn put8<V: Vector>(v: V, to: &mut [f32; 8]) {
         v.store(to)
     }
+    #[inline(always)]
+    fn get16_split<V: Vector>(x: &[f32; 16]) -> (V, V) {
+        V::load_split(x)
+    }
 }
 
 impl Element for f16 {

@@ -87,6 +87,13 @@ pub trait Vector: Num {
         let (lo, hi) = to_split(x.map(|b| f32::from_bits((b as u32) << 16)));
         (Self::load(&lo), Self::load(&hi))
     }
+    /// Sixteen f32 loaded in [`SPLIT`] order (AVX2: two 128-bit loads each,
+    /// no shuffle across halves).
+    #[inline(always)]
+    fn load_split(x: &[f32; 16]) -> (Self, Self) {
+        let (lo, hi) = to_split(*x);
+        (Self::load(&lo), Self::load(&hi))
+    }
     /// Sixteen lanes in [`SPLIT`] order rounded as [`Vector::to_bf16`] rounds
     /// them, in element order.
     #[inline(always)]
@@ -531,6 +538,13 @@ mod avx2 {
             }
         }
         #[inline(always)]
+        fn load_split(x: &[f32; 16]) -> (Self, Self) {
+            unsafe {
+                let p = x.as_ptr();
+                (Self(_mm256_loadu2_m128(p.add(8), p)), Self(_mm256_loadu2_m128(p.add(12), p.add(4))))
+            }
+        }
+        #[inline(always)]
         fn to_bf16_split(lo: Self, hi: Self) -> [u16; 16] {
             let mut r = [0u16; 16];
             unsafe {
@@ -596,6 +610,16 @@ mod tests {
             let mut widened = [[0.0; 8]; 2];
             lo.store(&mut widened[0]);
             hi.store(&mut widened[1]);
+            // The same lanes loaded from f32 in split order.
+            let mut values = [0.0f32; 16];
+            for (v, b) in values.iter_mut().zip(bits) {
+                *v = f32::from_bits((b as u32) << 16);
+            }
+            let (l, h) = V::load_split(&values);
+            let mut loaded = [[0.0; 8]; 2];
+            l.store(&mut loaded[0]);
+            h.store(&mut loaded[1]);
+            assert_eq!(loaded.map(|v| v.map(f32::to_bits)), widened.map(|v| v.map(f32::to_bits)));
             let split = (V::to_bf16_split(lo * V::splat(1.0), hi * V::splat(1.0)), widened);
             (v.fold(), out, V::div_f64(V::sqrt_f64(self.1.map(f64::abs)), self.1), rounded, pair, projected, split)
         }

@@ -355,6 +355,37 @@ fn apg_with_and_without_momentum_and_clip_matches_the_canonical_reference_bit_fo
         .expect("APG matches the reference");
 }
 
+/// APG straight from bf16 cond and uncond that are one input each (weight
+/// 1): the apply in split order, with and without a momentum and a clip,
+/// on widths with and without a partial chunk of sixteen, one and two
+/// parallel tasks.
+#[test]
+fn apg_on_plain_bf16_inputs_matches_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 32, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[47; 32]);
+    let shape = (1usize..=2, 1usize..=9, prop::sample::select(vec![64usize, 100, 4096, 8191, 8193]))
+        .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]));
+    let knobs = (prop::bool::ANY, prop::bool::ANY, -3.0f32..8.0, -0.9f32..0.9, 0.1f64..20.0, prop::bool::ANY);
+    let cases = (case(), shape, knobs, any::<u64>()).prop_map(
+        |((mut program, _, _, _), shape, (beta, clip, s, m, t, orig), seed)| {
+            program.forms = vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }];
+            program.ops = vec![Op::Apg {
+                cond: Value::Form(0),
+                uncond: Value::Form(1),
+                scale: s,
+                momentum: if beta { m } else { 0.0 },
+                norm_threshold: if clip { t } else { 0.0 },
+                eta: m.abs(),
+                original: orig,
+                slot: "apg".into(),
+            }];
+            let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
+            (program, inputs, shape)
+        },
+    );
+    bf16_cases_match_at_every_level(config, rng, &cases, "APG on plain bf16 inputs matches the reference");
+}
+
 /// Token widths that a group of at most 256 lanes pads differently, and the
 /// segment boundaries.
 const SHORT_WIDTHS: &[usize] =
