@@ -437,7 +437,7 @@ pub(crate) fn fold_all<const K: usize>(lanes: &mut [[f32; LANES]; K], n: usize) 
 
 /// Whole groups that fit in cache, a block at a time: their values computed
 /// into blocks, reduced and applied while the blocks are in cache. Short
-/// bf16 groups whose forms [`split`] serves skip the blocks: see
+/// bf16 groups whose forms are one or two inputs skip the blocks: see
 /// [`split::short_groups`].
 ///
 /// Other forms go through f32 blocks even when one is a plain bf16 input:

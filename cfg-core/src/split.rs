@@ -18,32 +18,26 @@ use half::bf16;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-/// A form of one to four bf16 inputs over one run of elements, computed as
+/// A form of one or two bf16 inputs over one run of elements, computed as
 /// [`crate::fused::form_into`] computes it.
 #[derive(Clone, Copy)]
 enum Form<'a> {
     /// `x` (one input of weight 1: widened, not multiplied).
     Plain(Plain<'a>),
     /// `w·x`.
-    One(Weighted<'a, 1>),
+    One(One<'a>),
     /// `fma(w₁, x₁, w₀·x₀)`.
-    Two(Weighted<'a, 2>),
-    /// Three terms, fma in order.
-    Three(Weighted<'a, 3>),
-    /// Four terms, fma in order.
-    Four(Weighted<'a, 4>),
+    Two(Two<'a>),
 }
 
 impl<'a> Form<'a> {
-    /// The form over `start..start + n`, or `None` when it is not one to four bf16 inputs.
+    /// The form over `start..start + n`, or `None` when it is not one or two bf16 inputs.
     fn new<I: Element>(terms: Terms<'a, I>, start: usize, n: usize) -> Option<Form<'a>> {
         let run = |x: &'a [I]| I::as_bf16(x).map(|x| &x[start..start + n]);
         match terms {
             [(x, w)] if *w == 1.0 => Some(Form::Plain(Plain(run(x)?))),
-            [_] => Some(Form::One(Weighted::new(terms, run)?)),
-            [_, _] => Some(Form::Two(Weighted::new(terms, run)?)),
-            [_, _, _] => Some(Form::Three(Weighted::new(terms, run)?)),
-            [_, _, _, _] => Some(Form::Four(Weighted::new(terms, run)?)),
+            [(x, w)] => Some(Form::One(One(run(x)?, *w))),
+            [(x0, w0), (x1, w1)] => Some(Form::Two(Two([run(x0)?, run(x1)?], [*w0, *w1]))),
             _ => None,
         }
     }
@@ -55,8 +49,6 @@ impl<'a> Form<'a> {
             Form::Plain(x) => Form::Plain(x.sub(r)),
             Form::One(x) => Form::One(x.sub(r)),
             Form::Two(x) => Form::Two(x.sub(r)),
-            Form::Three(x) => Form::Three(x.sub(r)),
-            Form::Four(x) => Form::Four(x.sub(r)),
         }
     }
 
@@ -67,8 +59,6 @@ impl<'a> Form<'a> {
             Form::Plain(x) => x.one(i),
             Form::One(x) => x.one(i),
             Form::Two(x) => x.one(i),
-            Form::Three(x) => x.one(i),
-            Form::Four(x) => x.one(i),
         }
     }
 }
@@ -89,20 +79,12 @@ trait Sixteen: Copy {
 /// `x`.
 #[derive(Clone, Copy)]
 struct Plain<'a>(&'a [bf16]);
-/// `w₀·x₀`, then `fma(w_k, x_k, ·)` for each later term, in order.
+/// `w·x`.
 #[derive(Clone, Copy)]
-struct Weighted<'a, const N: usize>([&'a [bf16]; N], [f32; N]);
-
-impl<'a, const N: usize> Weighted<'a, N> {
-    /// The `N` terms, each input over the run `run` gives (`None` unless bf16).
-    fn new<I: Element>(terms: Terms<'a, I>, run: impl Fn(&'a [I]) -> Option<&'a [bf16]>) -> Option<Self> {
-        let (mut x, mut w) = ([&[][..]; N], [0.0; N]);
-        for k in 0..N {
-            (x[k], w[k]) = (run(terms[k].0)?, terms[k].1);
-        }
-        Some(Weighted(x, w))
-    }
-}
+struct One<'a>(&'a [bf16], f32);
+/// `fma(w₁, x₁, w₀·x₀)`.
+#[derive(Clone, Copy)]
+struct Two<'a>([&'a [bf16]; 2], [f32; 2]);
 
 impl Sixteen for Plain<'_> {
     #[inline(always)]
@@ -119,31 +101,36 @@ impl Sixteen for Plain<'_> {
     }
 }
 
-impl<const N: usize> Sixteen for Weighted<'_, N> {
+impl Sixteen for One<'_> {
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
-        let mut chunks: [&[[bf16; 16]]; N] = [&[]; N];
-        for k in 0..N {
-            chunks[k] = self.0[k].as_chunks().0;
-        }
-        combine_split::<V, bf16, N>(&chunks, &self.1, c)
+        combine_split::<V, bf16, 1>(&[self.0.as_chunks().0], &[self.1], c)
     }
     #[inline(always)]
     fn one(self, i: usize) -> f32 {
-        let Weighted(x, w) = self;
-        let mut acc = w[0] * x[0][i].get();
-        for k in 1..N {
-            acc = w[k].mul_add(x[k][i].get(), acc);
-        }
-        acc
+        self.1 * self.0[i].get()
     }
     #[inline(always)]
     fn sub(self, r: Range<usize>) -> Self {
-        let Weighted(mut x, w) = self;
-        for k in 0..N {
-            x[k] = &x[k][r.clone()];
-        }
-        Weighted(x, w)
+        One(&self.0[r], self.1)
+    }
+}
+
+impl Sixteen for Two<'_> {
+    #[inline(always)]
+    fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
+        let Two([x0, x1], w) = self;
+        combine_split::<V, bf16, 2>(&[x0.as_chunks().0, x1.as_chunks().0], &w, c)
+    }
+    #[inline(always)]
+    fn one(self, i: usize) -> f32 {
+        let Two([x0, x1], [w0, w1]) = self;
+        w1.mul_add(x1[i].get(), w0 * x0[i].get())
+    }
+    #[inline(always)]
+    fn sub(self, r: Range<usize>) -> Self {
+        let Two([x0, x1], w) = self;
+        Two([&x0[r.clone()], &x1[r]], w)
     }
 }
 
@@ -162,46 +149,31 @@ trait OnForms {
     fn run<A: Sixteen, B: Sixteen>(self, a: A, b: Option<B>) -> Self::Out;
 }
 
-/// `job` on `a` and `b` as their own types, or `None` (`job` not run) for
-/// a pair this does not serve: a form of three or four inputs goes with a
-/// second that is one input as it is, or none (a guided prediction against
-/// a reference branch, as LTX-2's rescale). Sixteen instances of `job`: a
+/// `job` on `a` and `b` as their own types (twelve instances of it: a
 /// branch per element, even one always taken the same way, made an apply
-/// loop 2.5× slower on Zen 2 once the compiler stopped unswitching it.
+/// loop 2.5× slower on Zen 2 once the compiler stopped unswitching it).
 #[inline(always)]
-fn on_forms<J: OnForms>(a: Form, b: Option<Form>, job: J) -> Option<J::Out> {
+fn on_forms<J: OnForms>(a: Form, b: Option<Form>, job: J) -> J::Out {
     match a {
         Form::Plain(a) => on_second(a, b, job),
         Form::One(a) => on_second(a, b, job),
         Form::Two(a) => on_second(a, b, job),
-        Form::Three(a) => on_plain(a, b, job),
-        Form::Four(a) => on_plain(a, b, job),
     }
 }
 
 #[inline(always)]
-fn on_second<A: Sixteen, J: OnForms>(a: A, b: Option<Form>, job: J) -> Option<J::Out> {
-    Some(match b {
+fn on_second<A: Sixteen, J: OnForms>(a: A, b: Option<Form>, job: J) -> J::Out {
+    match b {
         None => job.run::<A, A>(a, None),
         Some(Form::Plain(b)) => job.run(a, Some(b)),
         Some(Form::One(b)) => job.run(a, Some(b)),
         Some(Form::Two(b)) => job.run(a, Some(b)),
-        Some(Form::Three(_) | Form::Four(_)) => return None,
-    })
-}
-
-#[inline(always)]
-fn on_plain<A: Sixteen, J: OnForms>(a: A, b: Option<Form>, job: J) -> Option<J::Out> {
-    match b {
-        None => Some(job.run::<A, A>(a, None)),
-        Some(Form::Plain(b)) => Some(job.run(a, Some(b))),
-        Some(_) => None,
     }
 }
 
 /// Writes `l.at(a, b)` over elements `start..start + out.len()` into `out`,
 /// (a, b) the values of `forms` (`a` for both when `reads_b` is false), when
-/// the inputs and output are bf16 and the forms read are a pair `on_forms` serves;
+/// the inputs and output are bf16 and each form read is one or two inputs;
 /// returns false, writing nothing, otherwise.
 #[inline(always)]
 pub fn apply<V: Vector, I: Element, L: Pointwise, S: Slot>(
@@ -218,10 +190,12 @@ pub fn apply<V: Vector, I: Element, L: Pointwise, S: Slot>(
     let Some(a) = Form::new(x, start, n) else { return false };
     let job = ApplyRun::<V, L, S> { l, out, _v: PhantomData };
     if !reads_b {
-        return on_forms(a, None, job).is_some();
+        on_forms(a, None, job);
+        return true;
     }
     let Some(b) = Form::new(z, start, n) else { return false };
-    on_forms(a, Some(b), job).is_some()
+    on_forms(a, Some(b), job);
+    true
 }
 
 /// [`apply`] on forms of known kinds.
@@ -274,7 +248,7 @@ const PIECE: usize = 512;
 /// `fma(w₁, v₁, ·)`, as [`crate::fused::Mix`] computes it. A piece at a
 /// time: the operator's values into a small buffer (in L1), then the mix
 /// with the form computed from the inputs. Returns false, writing nothing,
-/// unless the inputs and output are bf16, the forms are a pair `on_forms` serves
+/// unless the inputs and output are bf16, each form is one or two inputs
 /// and the mix is the operator's value and one form.
 #[inline(always)]
 pub fn apply_mix<V: Vector, I: Element, M: Element, L: Pointwise, S: Slot>(
@@ -311,10 +285,7 @@ pub fn apply_mix<V: Vector, I: Element, M: Element, L: Pointwise, S: Slot>(
             Some(b) => Some(b.sub(r.clone())),
             None => None,
         };
-        // The pair is served or not from the first piece on (nothing written yet).
-        if on_forms(a.sub(r.clone()), b, OpValues { l, y }).is_none() {
-            return false;
-        }
+        on_forms(a.sub(r.clone()), b, OpValues { l, y });
         on_forms(m.sub(r), None, MixRun { w, op_first, y, out });
     }
     for (i, o) in (16 * chunks.len()..).zip(tail) {
@@ -391,7 +362,7 @@ fn mix_sixteens<V: Vector, S: Slot, F: Sixteen, const OP_FIRST: bool>(
 }
 
 /// The `K` statistics of the segment `start..start + n` when its forms are
-/// a pair of bf16 forms `on_forms` serves; `None` otherwise.
+/// one or two bf16 inputs each; `None` otherwise.
 #[inline(always)]
 pub fn stats<V: Vector, const K: usize, P: Statistics<K>>(op: &P, start: usize, n: usize) -> Option<[f64; K]> {
     if !P::Input::BF16 {
@@ -399,7 +370,7 @@ pub fn stats<V: Vector, const K: usize, P: Statistics<K>>(op: &P, start: usize, 
     }
     let (x, z) = op.forms();
     let (a, b) = (Form::new(x, start, n)?, Form::new(z, start, n)?);
-    on_forms(a, Some(b), SegmentStats::<V, P, K> { n, _p: PhantomData })
+    Some(on_forms(a, Some(b), SegmentStats::<V, P, K> { n, _p: PhantomData }))
 }
 
 /// [`stats`] on forms of known kinds.
@@ -487,8 +458,8 @@ fn add_rows<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen>
 
 /// Whole groups of `len` elements over `start..start + out.len()`, each
 /// reduced and applied (the one-pass group operators on short groups, such
-/// as per-token renorm), when the inputs and output are bf16, the forms are
-/// a pair `on_forms` serves and `len` is a multiple of 16 up to [`LANES`]; returns
+/// as per-token renorm), when the inputs and output are bf16, each form is
+/// one or two inputs and `len` is a multiple of 16 up to [`LANES`]; returns
 /// false, writing nothing, otherwise. Each group's lanes are its elements
 /// (`fma(x, y, +0)`), folded as the canonical reduction folds them, in
 /// registers: see [`group_sums`].
@@ -506,7 +477,8 @@ pub fn short_groups<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     let (x, z) = op.forms();
     let n = out.len();
     let (Some(a), Some(b)) = (Form::new(x, start, n), Form::new(z, start, n)) else { return false };
-    on_forms(a, Some(b), ShortGroups::<V, P, S, K> { op, len, out: out.as_chunks_mut().0, _v: PhantomData }).is_some()
+    on_forms(a, Some(b), ShortGroups::<V, P, S, K> { op, len, out: out.as_chunks_mut().0, _v: PhantomData });
+    true
 }
 
 /// [`short_groups`] on forms of known kinds.

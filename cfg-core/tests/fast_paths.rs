@@ -620,54 +620,6 @@ fn split_order_short_groups_match_the_canonical_reference_bit_for_bit() {
     bf16_cases_match_at_every_level(config, rng, &cases, "split-order short groups match the reference");
 }
 
-/// bf16 forms of three or four inputs (LTX-2's guided prediction), the
-/// other form one input as it is (the path that serves them in split order)
-/// or one to three inputs (which falls back), on short token groups of whole
-/// sixteens and on groups long enough for two passes.
-#[test]
-fn split_order_forms_of_three_and_four_inputs_match_the_canonical_reference_bit_for_bit() {
-    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
-    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[53; 32]);
-    let short = (1usize..=2, 1usize..=4, prop::sample::select(SPLIT_WIDTHS.to_vec()))
-        .prop_map(|(batch, tokens, width)| (Shape::new([batch, tokens, width]), Reduce::Token));
-    let long = (1usize..=2, 5usize..=6, prop::sample::select(vec![4096usize, 8191, 8193]), prop::bool::ANY).prop_map(
-        |(batch, tokens, width, per_sample)| {
-            (Shape::new([batch, tokens, width]), if per_sample { Reduce::Sample } else { Reduce::Tensor })
-        },
-    );
-    let weight = || prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)];
-    let terms = |n: usize| {
-        (Just(n), prop::collection::vec(weight(), n), Just((0..4).collect::<Vec<usize>>()).prop_shuffle()).prop_map(
-            |(n, w, mut branches)| {
-                branches.truncate(n);
-                branches.sort();
-                Form { terms: branches.into_iter().zip(w).collect() }
-            },
-        )
-    };
-    let guided = (3usize..=4).prop_flat_map(terms);
-    let plain = (0usize..4).prop_map(|b| Form { terms: vec![(b, 1.0)] });
-    let other = prop_oneof![2 => plain, 1 => (1usize..=3).prop_flat_map(terms)];
-    let shape = prop_oneof![short, long];
-    let cases = (case(), guided, other, shape, 0usize..7, any::<u64>()).prop_map(
-        |((mut program, _, _, _), a, b, (shape, over), kind, seed)| {
-            program.branches = (0..4).map(|k| format!("b{k}")).collect();
-            program.forms = vec![a, b];
-            let (a, b) = (Value::Form(0), Value::Form(1));
-            // APG takes no other forms' path: a std rescale instead.
-            match (kind, &mut program.ops[0]) {
-                (0, op) => *op = Op::Reject { input: a, direction: b, over },
-                (_, Op::Renorm { over: o, .. } | Op::StdRescale { over: o, .. }) => *o = over,
-                (_, op @ Op::Apg { .. }) => *op = Op::StdRescale { input: a, reference: b, phi: 0.7, over },
-                _ => {}
-            }
-            let inputs = random_inputs(4, DType::BF16, &shape, seed);
-            (program, inputs, shape)
-        },
-    );
-    bf16_cases_match_at_every_level(config, rng, &cases, "forms of three and four inputs match the reference");
-}
-
 /// bf16 forms that are one input of weight 1 (read in place by the
 /// statistics and apply passes, not widened into a block), one form or both,
 /// on groups large enough for two passes (more than 16384 elements), per
