@@ -1,4 +1,5 @@
-//! The two passes of a group operator (and TCFG's apply), and short groups
+//! The two passes of a group operator (with a mix after it, as Perp-Neg's, and
+//! TCFG's apply), and short groups
 //! reduced and applied in one pass, straight from bf16 inputs: the forms
 //! computed in registers sixteen lanes at a time, in the split order AVX2
 //! widens bf16 in ([`crate::simd::SPLIT`]), rather than into f32 blocks
