@@ -179,24 +179,32 @@ fn on_second<A: Sixteen, J: OnForms>(a: A, b: Option<Form>, job: J) -> J::Out {
 #[inline(always)]
 pub fn apply<V: Vector, I: Element, L: Pointwise, S: Slot>(
     l: &L,
-    (x, z): (Terms<I>, Terms<I>),
+    forms: (Terms<I>, Terms<I>),
     reads_b: bool,
     start: usize,
     out: &mut [S],
 ) -> bool {
-    if !(I::BF16 && S::Elem::BF16) {
-        return false;
-    }
-    let n = out.len();
-    let Some(a) = Form::new(x, start, n) else { return false };
-    let job = ApplyRun::<V, L, S> { l, out, _v: PhantomData };
-    if !reads_b {
-        on_forms(a, None, job);
-        return true;
-    }
-    let Some(b) = Form::new(z, start, n) else { return false };
-    on_forms(a, Some(b), job);
+    let Some((a, b)) = applied_forms::<I, S::Elem>(forms, reads_b, start, out.len()) else { return false };
+    on_forms(a, b, ApplyRun::<V, L, S> { l, out, _v: PhantomData });
     true
+}
+
+/// The forms an apply over `start..start + n` reads (the second only when
+/// `reads_b`), when the inputs and the output `O` are bf16 and each form
+/// read is one or two inputs.
+#[inline(always)]
+fn applied_forms<'a, I: Element, O: Element>(
+    (x, z): (Terms<'a, I>, Terms<'a, I>),
+    reads_b: bool,
+    start: usize,
+    n: usize,
+) -> Option<(Form<'a>, Option<Form<'a>>)> {
+    if !(I::BF16 && O::BF16) {
+        return None;
+    }
+    let a = Form::new(x, start, n)?;
+    let b = if reads_b { Some(Form::new(z, start, n)?) } else { None };
+    Some((a, b))
 }
 
 /// [`apply`] on forms of known kinds.
@@ -254,27 +262,20 @@ const PIECE: usize = 512;
 #[inline(always)]
 pub fn apply_mix<V: Vector, I: Element, M: Element, L: Pointwise, S: Slot>(
     l: &L,
-    (x, z): (Terms<I>, Terms<I>),
+    forms: (Terms<I>, Terms<I>),
     reads_b: bool,
     mix: &[(Part<M>, f32)],
     start: usize,
     out: &mut [S],
 ) -> bool {
-    if !(I::BF16 && S::Elem::BF16) {
-        return false;
-    }
     let n = out.len();
+    let Some((a, b)) = applied_forms::<I, S::Elem>(forms, reads_b, start, n) else { return false };
     let (terms, op_first, w) = match mix {
         [(Part::Op, w0), (Part::Form(f), w1)] => (*f, true, [*w0, *w1]),
         [(Part::Form(f), w0), (Part::Op, w1)] => (*f, false, [*w0, *w1]),
         _ => return false,
     };
-    let (Some(a), Some(m)) = (Form::new(x, start, n), Form::new(terms, start, n)) else { return false };
-    let b = match (reads_b, Form::new(z, start, n)) {
-        (false, _) => None,
-        (true, Some(b)) => Some(b),
-        (true, None) => return false,
-    };
+    let Some(m) = Form::new(terms, start, n) else { return false };
     let (chunks, tail) = out.as_chunks_mut::<16>();
     let mut values = [(V::splat(0.0), V::splat(0.0)); PIECE / 16];
     for (p, out) in chunks.chunks_mut(PIECE / 16).enumerate() {

@@ -326,24 +326,29 @@ fn later_operators_match_the_canonical_reference_bit_for_bit() {
     });
 }
 
+/// APG on forms 0 and 1, with and without a momentum and a norm clip.
+fn apg_op() -> impl Strategy<Value = Op> {
+    let knobs = (prop::bool::ANY, prop::bool::ANY, -3.0f32..8.0, -0.9f32..0.9, 0.1f64..20.0, prop::bool::ANY);
+    knobs.prop_map(|(beta, clip, s, m, t, orig)| Op::Apg {
+        cond: Value::Form(0),
+        uncond: Value::Form(1),
+        scale: s,
+        momentum: if beta { m } else { 0.0 },
+        norm_threshold: if clip { t } else { 0.0 },
+        eta: m.abs(),
+        original: orig,
+        slot: "apg".into(),
+    })
+}
+
 /// APG with and without a momentum and a norm clip (the cases above almost
 /// always draw both): each combination reads its update its own way.
 #[test]
 fn apg_with_and_without_momentum_and_clip_matches_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[31; 32]);
-    let knobs = (prop::bool::ANY, prop::bool::ANY, -3.0f32..8.0, -0.9f32..0.9, 0.1f64..20.0, prop::bool::ANY);
-    let cases = (case(), knobs).prop_map(|((mut program, inputs, shape, dtype), (beta, clip, s, m, t, orig))| {
-        program.ops = vec![Op::Apg {
-            cond: Value::Form(0),
-            uncond: Value::Form(1),
-            scale: s,
-            momentum: if beta { m } else { 0.0 },
-            norm_threshold: if clip { t } else { 0.0 },
-            eta: m.abs(),
-            original: orig,
-            slot: "apg".into(),
-        }];
+    let cases = (case(), apg_op()).prop_map(|((mut program, inputs, shape, dtype), apg)| {
+        program.ops = vec![apg];
         (program, inputs, shape, dtype)
     });
     let mut runner = TestRunner::new_with_rng(config, rng);
@@ -365,24 +370,12 @@ fn apg_on_plain_bf16_inputs_matches_the_canonical_reference_bit_for_bit() {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[47; 32]);
     let shape = (1usize..=2, 1usize..=9, prop::sample::select(vec![64usize, 100, 4096, 8191, 8193]))
         .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]));
-    let knobs = (prop::bool::ANY, prop::bool::ANY, -3.0f32..8.0, -0.9f32..0.9, 0.1f64..20.0, prop::bool::ANY);
-    let cases = (case(), shape, knobs, any::<u64>()).prop_map(
-        |((mut program, _, _, _), shape, (beta, clip, s, m, t, orig), seed)| {
-            program.forms = vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }];
-            program.ops = vec![Op::Apg {
-                cond: Value::Form(0),
-                uncond: Value::Form(1),
-                scale: s,
-                momentum: if beta { m } else { 0.0 },
-                norm_threshold: if clip { t } else { 0.0 },
-                eta: m.abs(),
-                original: orig,
-                slot: "apg".into(),
-            }];
-            let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
-            (program, inputs, shape)
-        },
-    );
+    let cases = (case(), shape, apg_op(), any::<u64>()).prop_map(|((mut program, _, _, _), shape, apg, seed)| {
+        program.forms = vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }];
+        program.ops = vec![apg];
+        let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
+        (program, inputs, shape)
+    });
     bf16_cases_match_at_every_level(config, rng, &cases, "APG on plain bf16 inputs matches the reference");
 }
 
