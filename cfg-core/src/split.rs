@@ -13,7 +13,7 @@
 use crate::cpu::{combine_split, Element};
 use crate::fused::{accumulate_all, fold_all, Factor, GroupOp, Part, Pointwise, Statistics, Terms, STAT_ROWS};
 use crate::reduce::LANES;
-use crate::simd::{from_split, Vector};
+use crate::simd::{from_split, Vector, SPLIT};
 use crate::slot::Slot;
 use half::bf16;
 use std::marker::PhantomData;
@@ -132,6 +132,28 @@ impl Sixteen for Two<'_> {
     fn sub(self, r: Range<usize>) -> Self {
         let Two([x0, x1], w) = self;
         Two([&x0[r.clone()], &x1[r]], w)
+    }
+}
+
+/// A form's values as an earlier loop left them: sixteen f32 per chunk, in
+/// split order (lanes of `lo`, then of `hi`), read back from L1.
+#[derive(Clone, Copy)]
+struct Saved<'a>(&'a [[f32; 16]]);
+
+impl Sixteen for Saved<'_> {
+    #[inline(always)]
+    fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
+        let halves = self.0[c].as_chunks::<8>().0;
+        (V::load(&halves[0]), V::load(&halves[1]))
+    }
+    #[inline(always)]
+    fn one(self, i: usize) -> f32 {
+        // SPLIT swaps elements 4–7 with 8–11: it is its own inverse.
+        self.0[i / 16][SPLIT[i % 16]]
+    }
+    #[inline(always)]
+    fn sub(self, r: Range<usize>) -> Self {
+        Saved(&self.0[r.start / 16..r.end.div_ceil(16)])
     }
 }
 
@@ -509,13 +531,16 @@ impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> OnForms for ShortGroups<
 
 impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S, K> {
     /// Eight groups at a time: their statistics, their factors (as vectors),
-    /// then their apply, the forms computed again from the inputs (in L1).
+    /// then their apply. An apply that reads the first form alone reads the
+    /// values the statistics saved (in L1); one that reads both computes
+    /// them again from the inputs (in L1 too).
     #[allow(clippy::needless_range_loop)] // index loops on purpose: see below
     #[inline(always)]
     fn groups<A: Sixteen, B: Sixteen, const C: usize>(self, a: A, b: B) {
         let ShortGroups { op, len, out, .. } = self;
         let chunks = len / 16;
         let groups = out.len() / chunks;
+        let mut saved = [[0.0f32; 16]; 8 * LANES / 16];
         for first in (0..groups).step_by(8) {
             let batch = 8.min(groups - first);
             // Statistic by statistic, the eight groups' last eight lanes (zero past the batch).
@@ -524,7 +549,12 @@ impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S,
             // may leave an iterator's methods as calls outside its features.
             for t in 0..batch {
                 let g = (first + t) * len..(first + t + 1) * len;
-                let sums = group_sums::<V, K, P, A, B, C>(a.sub(g.clone()), b.sub(g), chunks);
+                let keep = &mut saved[t * chunks..(t + 1) * chunks];
+                let sums = if P::APPLY_READS_B {
+                    group_sums::<V, K, P, A, B, C, false>(a.sub(g.clone()), b.sub(g), chunks, keep)
+                } else {
+                    group_sums::<V, K, P, A, B, C, true>(a.sub(g.clone()), b.sub(g), chunks, keep)
+                };
                 for k in 0..K {
                     eights[k][t] = sums[k];
                 }
@@ -540,9 +570,13 @@ impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S,
             for t in 0..batch {
                 let g = (first + t) * len..(first + t + 1) * len;
                 let l = Factor::<P, K> { op, f: f[t] };
-                let b = if P::APPLY_READS_B { Some(b.sub(g.clone())) } else { None };
                 let c = (first + t) * chunks;
-                apply_sixteens::<V, _, S, A, B>(&l, a.sub(g), b, &mut out[c..c + chunks]);
+                if P::APPLY_READS_B {
+                    apply_sixteens::<V, _, S, A, B>(&l, a.sub(g.clone()), Some(b.sub(g)), &mut out[c..c + chunks]);
+                } else {
+                    let a = Saved(&saved[t * chunks..(t + 1) * chunks]);
+                    apply_sixteens::<V, _, S, Saved, Saved>(&l, a, None, &mut out[c..c + chunks]);
+                }
             }
         }
     }
@@ -556,12 +590,14 @@ impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S,
 /// are visited in bit-reversed order, so that each level's sums are
 /// complete when they are needed (a stack, as a binary counter carries),
 /// and at most log₂`C` + 1 partial sums are live. The level s = 8 adds the
-/// two halves of the last chunk ([`Vector::fold_halves`]).
+/// two halves of the last chunk ([`Vector::fold_halves`]). With `SAVE`, the
+/// values of `a` go into `saved` as well, chunk by chunk in split order.
 #[inline(always)]
-fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen, const C: usize>(
+fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen, const C: usize, const SAVE: bool>(
     a: A,
     b: B,
     chunks: usize,
+    saved: &mut [[f32; 16]],
 ) -> [V; K] {
     let zero = V::splat(0.0);
     let bits = C.trailing_zeros();
@@ -571,6 +607,11 @@ fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixtee
         let mut x = [(zero, zero); K];
         if j < chunks {
             let ((a_lo, a_hi), (b_lo, b_hi)) = (a.sixteen::<V>(j), b.sixteen::<V>(j));
+            if SAVE {
+                let halves = saved[j].as_chunks_mut::<8>().0;
+                a_lo.store(&mut halves[0]);
+                a_hi.store(&mut halves[1]);
+            }
             let (pl, ph) = (P::pairs(a_lo, b_lo), P::pairs(a_hi, b_hi));
             for k in 0..K {
                 x[k] = (pl[k].0.mul_add(pl[k].1, zero), ph[k].0.mul_add(ph[k].1, zero));
@@ -622,13 +663,18 @@ mod tests {
         #[inline(always)]
         fn run<V: Vector>(self) -> [f32; 2] {
             let (a, b, chunks) = (Plain(self.0), Plain(self.1), self.0.len() / 16);
+            let s = &mut [[0.0; 16]; LANES / 16][..chunks];
             let sums = match chunks.next_power_of_two() {
-                1 => group_sums::<V, 2, DotAndSquare, _, _, 1>(a, b, chunks),
-                2 => group_sums::<V, 2, DotAndSquare, _, _, 2>(a, b, chunks),
-                4 => group_sums::<V, 2, DotAndSquare, _, _, 4>(a, b, chunks),
-                8 => group_sums::<V, 2, DotAndSquare, _, _, 8>(a, b, chunks),
-                _ => group_sums::<V, 2, DotAndSquare, _, _, 16>(a, b, chunks),
+                1 => group_sums::<V, 2, DotAndSquare, _, _, 1, true>(a, b, chunks, s),
+                2 => group_sums::<V, 2, DotAndSquare, _, _, 2, true>(a, b, chunks, s),
+                4 => group_sums::<V, 2, DotAndSquare, _, _, 4, true>(a, b, chunks, s),
+                8 => group_sums::<V, 2, DotAndSquare, _, _, 8, true>(a, b, chunks, s),
+                _ => group_sums::<V, 2, DotAndSquare, _, _, 16, true>(a, b, chunks, s),
             };
+            // The saved values are the first form's, element by element.
+            for i in 0..16 * chunks {
+                assert_eq!(Saved(s).one(i).to_bits(), a.one(i).to_bits());
+            }
             sums.map(|v| {
                 let mut lanes = [0.0; 8];
                 v.store(&mut lanes);
