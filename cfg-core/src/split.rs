@@ -181,18 +181,16 @@ fn on_forms<J: OnForms>(a: Form, b: Option<Form>, job: J) -> J::Out {
         // The second form is an input of the first (cond, beside guidance made
         // of cond and uncond, as a renorm or a rescale reads them): handed over
         // as the very slice the first reads, so the compiler loads it once.
-        (Form::Two(a @ Two([x0, _], _)), Some(Form::Plain(Plain(y)))) if same(x0, y) => job.run(a, Some(Plain(x0))),
-        (Form::Two(a @ Two([_, x1], _)), Some(Form::Plain(Plain(y)))) if same(x1, y) => job.run(a, Some(Plain(x1))),
+        (Form::Two(a @ Two([x0, _], _)), Some(Form::Plain(Plain(y)))) if std::ptr::eq(x0, y) => {
+            job.run(a, Some(Plain(x0)))
+        }
+        (Form::Two(a @ Two([_, x1], _)), Some(Form::Plain(Plain(y)))) if std::ptr::eq(x1, y) => {
+            job.run(a, Some(Plain(x1)))
+        }
         (Form::Plain(a), b) => on_second(a, b, job),
         (Form::One(a), b) => on_second(a, b, job),
         (Form::Two(a), b) => on_second(a, b, job),
     }
-}
-
-/// Whether two runs are the same elements.
-#[inline(always)]
-fn same(x: &[bf16], y: &[bf16]) -> bool {
-    std::ptr::eq(x, y)
 }
 
 #[inline(always)]
@@ -560,12 +558,8 @@ impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S,
             // may leave an iterator's methods as calls outside its features.
             for t in 0..batch {
                 let g = (first + t) * len..(first + t + 1) * len;
-                let keep = &mut saved[t * chunks..(t + 1) * chunks];
-                let sums = if P::APPLY_READS_B {
-                    group_sums::<V, K, P, A, B, C, false>(a.sub(g.clone()), b.sub(g), chunks, keep)
-                } else {
-                    group_sums::<V, K, P, A, B, C, true>(a.sub(g.clone()), b.sub(g), chunks, keep)
-                };
+                let keep = if P::APPLY_READS_B { None } else { Some(&mut saved[t * chunks..(t + 1) * chunks]) };
+                let sums = group_sums::<V, K, P, A, B, C>(a.sub(g.clone()), b.sub(g), chunks, keep);
                 for k in 0..K {
                     eights[k][t] = sums[k];
                 }
@@ -601,14 +595,14 @@ impl<V: Vector, const K: usize, P: GroupOp<K>, S: Slot> ShortGroups<'_, V, P, S,
 /// are visited in bit-reversed order, so that each level's sums are
 /// complete when they are needed (a stack, as a binary counter carries),
 /// and at most log₂`C` + 1 partial sums are live. The level s = 8 adds the
-/// two halves of the last chunk ([`Vector::fold_halves`]). With `SAVE`, the
-/// values of `a` go into `saved` as well, chunk by chunk in split order.
+/// two halves of the last chunk ([`Vector::fold_halves`]). With `keep`, the
+/// values of `a` go there as well, chunk by chunk in split order.
 #[inline(always)]
-fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen, const C: usize, const SAVE: bool>(
+fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen, const C: usize>(
     a: A,
     b: B,
     chunks: usize,
-    saved: &mut [[f32; 16]],
+    mut keep: Option<&mut [[f32; 16]]>,
 ) -> [V; K] {
     let zero = V::splat(0.0);
     let bits = C.trailing_zeros();
@@ -618,8 +612,8 @@ fn group_sums<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixtee
         let mut x = [(zero, zero); K];
         if j < chunks {
             let ((a_lo, a_hi), (b_lo, b_hi)) = (a.sixteen::<V>(j), b.sixteen::<V>(j));
-            if SAVE {
-                let halves = saved[j].as_chunks_mut::<8>().0;
+            if let Some(keep) = keep.as_deref_mut() {
+                let halves = keep[j].as_chunks_mut::<8>().0;
                 a_lo.store(&mut halves[0]);
                 a_hi.store(&mut halves[1]);
             }
@@ -676,11 +670,11 @@ mod tests {
             let (a, b, chunks) = (Plain(self.0), Plain(self.1), self.0.len() / 16);
             let s = &mut [[0.0; 16]; LANES / 16][..chunks];
             let sums = match chunks.next_power_of_two() {
-                1 => group_sums::<V, 2, DotAndSquare, _, _, 1, true>(a, b, chunks, s),
-                2 => group_sums::<V, 2, DotAndSquare, _, _, 2, true>(a, b, chunks, s),
-                4 => group_sums::<V, 2, DotAndSquare, _, _, 4, true>(a, b, chunks, s),
-                8 => group_sums::<V, 2, DotAndSquare, _, _, 8, true>(a, b, chunks, s),
-                _ => group_sums::<V, 2, DotAndSquare, _, _, 16, true>(a, b, chunks, s),
+                1 => group_sums::<V, 2, DotAndSquare, _, _, 1>(a, b, chunks, Some(&mut *s)),
+                2 => group_sums::<V, 2, DotAndSquare, _, _, 2>(a, b, chunks, Some(&mut *s)),
+                4 => group_sums::<V, 2, DotAndSquare, _, _, 4>(a, b, chunks, Some(&mut *s)),
+                8 => group_sums::<V, 2, DotAndSquare, _, _, 8>(a, b, chunks, Some(&mut *s)),
+                _ => group_sums::<V, 2, DotAndSquare, _, _, 16>(a, b, chunks, Some(&mut *s)),
             };
             // The saved values are the first form's, element by element.
             for i in 0..16 * chunks {
