@@ -31,6 +31,8 @@ pub trait Element: Copy + Send + Sync + 'static {
     const DIRECT: bool;
     /// Whether this is bf16 (see [`crate::simd::Task::WRITES_BF16`]).
     const BF16: bool = false;
+    /// Whether this is f32.
+    const F32: bool = false;
     /// One element widened to f32.
     fn get(self) -> f32;
     /// One f32 rounded (nearest even) to this type.
@@ -87,6 +89,7 @@ pub trait Element: Copy + Send + Sync + 'static {
 
 impl Element for f32 {
     const DIRECT: bool = true;
+    const F32: bool = true;
     #[inline(always)]
     fn get(self) -> f32 {
         self

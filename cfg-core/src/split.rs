@@ -9,8 +9,12 @@
 //! split order while they add whole rows, and put them back in order before
 //! the last partial row and the fold, so each lane still adds its elements
 //! in the canonical order.
+//!
+//! The two passes read f32 inputs the same way, sixteen lanes in element
+//! order (no shuffle to undo), into an f32 output: for them too the block's
+//! store and load were the larger part of a pass from cache.
 
-use crate::cpu::{combine_split, Element};
+use crate::cpu::Element;
 use crate::fused::{accumulate_all, fold_all, Factor, GroupOp, Part, Pointwise, Statistics, Terms, STAT_ROWS};
 use crate::reduce::LANES;
 use crate::simd::{from_split, Vector, SPLIT};
@@ -19,22 +23,58 @@ use half::bf16;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-/// A form of one or two bf16 inputs over one run of elements, computed as
-/// [`crate::fused::form_into`] computes it.
-#[derive(Clone, Copy)]
-enum Form<'a> {
-    /// `x` (one input of weight 1: widened, not multiplied).
-    Plain(Plain<'a>),
-    /// `w·x`.
-    One(One<'a>),
-    /// `fma(w₁, x₁, w₀·x₀)`.
-    Two(Two<'a>),
+/// An input element whose forms are computed sixteen lanes at a time: bf16
+/// in split order (as AVX2 widens it), f32 in element order.
+pub(crate) trait Lane: Element {
+    /// Whether sixteen lanes are in [`SPLIT`] order.
+    const SPLIT: bool;
+    /// Sixteen elements as two vectors, in this type's order.
+    fn sixteen<V: Vector>(x: &[Self; 16]) -> (V, V);
+    /// The inputs as this type, when they are.
+    fn inputs<I: Element>(x: &[I]) -> Option<&[Self]>;
 }
 
-impl<'a> Form<'a> {
-    /// The form over `start..start + n`, or `None` when it is not one or two bf16 inputs.
-    fn new<I: Element>(terms: Terms<'a, I>, start: usize, n: usize) -> Option<Form<'a>> {
-        let run = |x: &'a [I]| I::as_bf16(x).map(|x| &x[start..start + n]);
+impl Lane for bf16 {
+    const SPLIT: bool = true;
+    #[inline(always)]
+    fn sixteen<V: Vector>(x: &[bf16; 16]) -> (V, V) {
+        bf16::get16_split::<V>(x)
+    }
+    #[inline(always)]
+    fn inputs<I: Element>(x: &[I]) -> Option<&[bf16]> {
+        I::as_bf16(x)
+    }
+}
+
+impl Lane for f32 {
+    const SPLIT: bool = false;
+    #[inline(always)]
+    fn sixteen<V: Vector>(x: &[f32; 16]) -> (V, V) {
+        let halves = x.as_chunks::<8>().0;
+        (V::load(&halves[0]), V::load(&halves[1]))
+    }
+    #[inline(always)]
+    fn inputs<I: Element>(x: &[I]) -> Option<&[f32]> {
+        I::as_f32(x)
+    }
+}
+
+/// A form of one or two inputs of type `E` over one run of elements,
+/// computed as [`crate::fused::form_into`] computes it.
+#[derive(Clone, Copy)]
+enum Form<'a, E> {
+    /// `x` (one input of weight 1: widened, not multiplied).
+    Plain(Plain<'a, E>),
+    /// `w·x`.
+    One(One<'a, E>),
+    /// `fma(w₁, x₁, w₀·x₀)`.
+    Two(Two<'a, E>),
+}
+
+impl<'a, E: Lane> Form<'a, E> {
+    /// The form over `start..start + n`, or `None` when it is not one or two inputs of type `E`.
+    fn new<I: Element>(terms: Terms<'a, I>, start: usize, n: usize) -> Option<Form<'a, E>> {
+        let run = |x: &'a [I]| E::inputs(x).map(|x| &x[start..start + n]);
         match terms {
             [(x, w)] if *w == 1.0 => Some(Form::Plain(Plain(run(x)?))),
             [(x, w)] => Some(Form::One(One(run(x)?, *w))),
@@ -45,7 +85,7 @@ impl<'a> Form<'a> {
 
     /// The form over elements `r` of the run.
     #[inline(always)]
-    fn sub(self, r: Range<usize>) -> Form<'a> {
+    fn sub(self, r: Range<usize>) -> Form<'a, E> {
         match self {
             Form::Plain(x) => Form::Plain(x.sub(r)),
             Form::One(x) => Form::One(x.sub(r)),
@@ -64,11 +104,13 @@ impl<'a> Form<'a> {
     }
 }
 
-/// A form's values sixteen at a time in split order, or one at a time.
-/// Each kind of form is its own type, so that a loop over a run compiles
-/// once per kind with no branch inside.
+/// A form's values sixteen at a time (in split order for bf16), or one at
+/// a time. Each kind of form is its own type, so that a loop over a run
+/// compiles once per kind with no branch inside.
 trait Sixteen: Copy {
-    /// Elements `16c..16c + 16` of the run, in split order.
+    /// Whether [`Sixteen::sixteen`] gives lanes in split order (else element order).
+    const SPLIT: bool;
+    /// Elements `16c..16c + 16` of the run, in split order or element order.
     fn sixteen<V: Vector>(self, c: usize) -> (V, V);
     /// Element `i` of the run.
     fn one(self, i: usize) -> f32;
@@ -79,15 +121,16 @@ trait Sixteen: Copy {
 
 /// `x`.
 #[derive(Clone, Copy)]
-struct Plain<'a>(&'a [bf16]);
+struct Plain<'a, E>(&'a [E]);
 /// `w·x`.
 #[derive(Clone, Copy)]
-struct One<'a>(&'a [bf16], f32);
+struct One<'a, E>(&'a [E], f32);
 /// `fma(w₁, x₁, w₀·x₀)`.
 #[derive(Clone, Copy)]
-struct Two<'a>([&'a [bf16]; 2], [f32; 2]);
+struct Two<'a, E>([&'a [E]; 2], [f32; 2]);
 
-impl Sixteen for Plain<'_> {
+impl<E: Lane> Sixteen for Plain<'_, E> {
+    const SPLIT: bool = E::SPLIT;
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
         sixteen_of(self.0, c)
@@ -102,10 +145,13 @@ impl Sixteen for Plain<'_> {
     }
 }
 
-impl Sixteen for One<'_> {
+impl<E: Lane> Sixteen for One<'_, E> {
+    const SPLIT: bool = E::SPLIT;
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
-        combine_split::<V, bf16, 1>(&[self.0.as_chunks().0], &[self.1], c)
+        let (x, y) = sixteen_of::<V, E>(self.0, c);
+        let w = V::splat(self.1);
+        (w * x, w * y)
     }
     #[inline(always)]
     fn one(self, i: usize) -> f32 {
@@ -117,11 +163,14 @@ impl Sixteen for One<'_> {
     }
 }
 
-impl Sixteen for Two<'_> {
+impl<E: Lane> Sixteen for Two<'_, E> {
+    const SPLIT: bool = E::SPLIT;
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
-        let Two([x0, x1], w) = self;
-        combine_split::<V, bf16, 2>(&[x0.as_chunks().0, x1.as_chunks().0], &w, c)
+        let Two([x0, x1], [w0, w1]) = self;
+        let ((a, b), (x, y)) = (sixteen_of::<V, E>(x0, c), sixteen_of::<V, E>(x1, c));
+        let (w0, w1) = (V::splat(w0), V::splat(w1));
+        (w1.mul_add(x, w0 * a), w1.mul_add(y, w0 * b))
     }
     #[inline(always)]
     fn one(self, i: usize) -> f32 {
@@ -141,6 +190,7 @@ impl Sixteen for Two<'_> {
 struct Saved<'a>(&'a [[f32; 16]]);
 
 impl Sixteen for Saved<'_> {
+    const SPLIT: bool = true;
     #[inline(always)]
     fn sixteen<V: Vector>(self, c: usize) -> (V, V) {
         let halves = self.0[c].as_chunks::<8>().0;
@@ -157,11 +207,21 @@ impl Sixteen for Saved<'_> {
     }
 }
 
-/// Elements `16c..16c + 16` of `x`, in split order (a function: a closure
+/// Elements `16c..16c + 16` of `x`, in `E`'s order (a function: a closure
 /// called from target-feature code may not inline).
 #[inline(always)]
-fn sixteen_of<V: Vector>(x: &[bf16], c: usize) -> (V, V) {
-    bf16::get16_split::<V>(&x.as_chunks::<16>().0[c])
+fn sixteen_of<V: Vector, E: Lane>(x: &[E], c: usize) -> (V, V) {
+    E::sixteen::<V>(&x.as_chunks::<16>().0[c])
+}
+
+/// Stores sixteen lanes in the order forms of type `F` give them.
+#[inline(always)]
+fn store16<V: Vector, S: Slot, F: Sixteen>(lo: V, hi: V, out: &mut [S; 16]) {
+    if F::SPLIT {
+        S::put16_split(lo, hi, out)
+    } else {
+        S::put16(lo, hi, out)
+    }
 }
 
 /// Work on two forms (or one), each of its own [`Sixteen`] type.
@@ -176,7 +236,7 @@ trait OnForms {
 /// branch per element, even one always taken the same way, made an apply
 /// loop 2.5× slower on Zen 2 once the compiler stopped unswitching it).
 #[inline(always)]
-fn on_forms<J: OnForms>(a: Form, b: Option<Form>, job: J) -> J::Out {
+fn on_forms<E: Lane, J: OnForms>(a: Form<E>, b: Option<Form<E>>, job: J) -> J::Out {
     match (a, b) {
         // The second form is an input of the first (cond, beside guidance made
         // of cond and uncond, as a renorm or a rescale reads them): handed over
@@ -194,7 +254,7 @@ fn on_forms<J: OnForms>(a: Form, b: Option<Form>, job: J) -> J::Out {
 }
 
 #[inline(always)]
-fn on_second<A: Sixteen, J: OnForms>(a: A, b: Option<Form>, job: J) -> J::Out {
+fn on_second<E: Lane, A: Sixteen, J: OnForms>(a: A, b: Option<Form<E>>, job: J) -> J::Out {
     match b {
         None => job.run::<A, A>(a, None),
         Some(Form::Plain(b)) => job.run(a, Some(b)),
@@ -205,8 +265,8 @@ fn on_second<A: Sixteen, J: OnForms>(a: A, b: Option<Form>, job: J) -> J::Out {
 
 /// Writes `l.at(a, b)` over elements `start..start + out.len()` into `out`,
 /// (a, b) the values of `forms` (`a` for both when `reads_b` is false), when
-/// the inputs and output are bf16 and each form read is one or two inputs;
-/// returns false, writing nothing, otherwise.
+/// the inputs and output are both bf16 or both f32 and each form read is one
+/// or two inputs; returns false, writing nothing, otherwise.
 #[inline(always)]
 pub fn apply<V: Vector, I: Element, L: Pointwise, S: Slot>(
     l: &L,
@@ -215,24 +275,38 @@ pub fn apply<V: Vector, I: Element, L: Pointwise, S: Slot>(
     start: usize,
     out: &mut [S],
 ) -> bool {
-    let Some((a, b)) = applied_forms::<I, S::Elem>(forms, reads_b, start, out.len()) else { return false };
+    if I::BF16 && S::Elem::BF16 {
+        apply_on::<V, bf16, I, L, S>(l, forms, reads_b, start, out)
+    } else if I::F32 && S::Elem::F32 {
+        apply_on::<V, f32, I, L, S>(l, forms, reads_b, start, out)
+    } else {
+        false
+    }
+}
+
+/// [`apply`] on inputs of type `E`.
+#[inline(always)]
+fn apply_on<V: Vector, E: Lane, I: Element, L: Pointwise, S: Slot>(
+    l: &L,
+    forms: (Terms<I>, Terms<I>),
+    reads_b: bool,
+    start: usize,
+    out: &mut [S],
+) -> bool {
+    let Some((a, b)) = applied_forms::<E, I>(forms, reads_b, start, out.len()) else { return false };
     on_forms(a, b, ApplyRun::<V, L, S> { l, out, _v: PhantomData });
     true
 }
 
 /// The forms an apply over `start..start + n` reads (the second only when
-/// `reads_b`), when the inputs and the output `O` are bf16 and each form
-/// read is one or two inputs.
+/// `reads_b`), when each form read is one or two inputs of type `E`.
 #[inline(always)]
-fn applied_forms<'a, I: Element, O: Element>(
+fn applied_forms<'a, E: Lane, I: Element>(
     (x, z): (Terms<'a, I>, Terms<'a, I>),
     reads_b: bool,
     start: usize,
     n: usize,
-) -> Option<(Form<'a>, Option<Form<'a>>)> {
-    if !(I::BF16 && O::BF16) {
-        return None;
-    }
+) -> Option<(Form<'a, E>, Option<Form<'a, E>>)> {
     let a = Form::new(x, start, n)?;
     let b = if reads_b { Some(Form::new(z, start, n)?) } else { None };
     Some((a, b))
@@ -275,7 +349,7 @@ fn apply_sixteens<V: Vector, L: Pointwise, S: Slot, A: Sixteen, B: Sixteen>(
             Some(b) => b.sixteen::<V>(c),
             None => (a_lo, a_hi),
         };
-        S::put16_split(l.at(a_lo, b_lo), l.at(a_hi, b_hi), o);
+        store16::<V, S, A>(l.at(a_lo, b_lo), l.at(a_hi, b_hi), o);
     }
 }
 
@@ -288,8 +362,8 @@ const PIECE: usize = 512;
 /// `fma(w₁, v₁, ·)`, as [`crate::fused::Mix`] computes it. A piece at a
 /// time: the operator's values into a small buffer (in L1), then the mix
 /// with the form computed from the inputs. Returns false, writing nothing,
-/// unless the inputs and output are bf16, each form is one or two inputs
-/// and the mix is the operator's value and one form.
+/// unless the inputs and output are both bf16 or both f32, each form is one
+/// or two inputs and the mix is the operator's value and one form.
 #[inline(always)]
 pub fn apply_mix<V: Vector, I: Element, M: Element, L: Pointwise, S: Slot>(
     l: &L,
@@ -299,14 +373,33 @@ pub fn apply_mix<V: Vector, I: Element, M: Element, L: Pointwise, S: Slot>(
     start: usize,
     out: &mut [S],
 ) -> bool {
+    if I::BF16 && S::Elem::BF16 {
+        apply_mix_on::<V, bf16, I, M, L, S>(l, forms, reads_b, mix, start, out)
+    } else if I::F32 && S::Elem::F32 {
+        apply_mix_on::<V, f32, I, M, L, S>(l, forms, reads_b, mix, start, out)
+    } else {
+        false
+    }
+}
+
+/// [`apply_mix`] on inputs of type `E`.
+#[inline(always)]
+fn apply_mix_on<V: Vector, E: Lane, I: Element, M: Element, L: Pointwise, S: Slot>(
+    l: &L,
+    forms: (Terms<I>, Terms<I>),
+    reads_b: bool,
+    mix: &[(Part<M>, f32)],
+    start: usize,
+    out: &mut [S],
+) -> bool {
     let n = out.len();
-    let Some((a, b)) = applied_forms::<I, S::Elem>(forms, reads_b, start, n) else { return false };
+    let Some((a, b)) = applied_forms::<E, I>(forms, reads_b, start, n) else { return false };
     let (terms, op_first, w) = match mix {
         [(Part::Op, w0), (Part::Form(f), w1)] => (*f, true, [*w0, *w1]),
         [(Part::Form(f), w0), (Part::Op, w1)] => (*f, false, [*w0, *w1]),
         _ => return false,
     };
-    let Some(m) = Form::new(terms, start, n) else { return false };
+    let Some(m) = Form::<E>::new(terms, start, n) else { return false };
     let (chunks, tail) = out.as_chunks_mut::<16>();
     let mut values = [(V::splat(0.0), V::splat(0.0)); PIECE / 16];
     for (p, out) in chunks.chunks_mut(PIECE / 16).enumerate() {
@@ -390,19 +483,28 @@ fn mix_sixteens<V: Vector, S: Slot, F: Sixteen, const OP_FIRST: bool>(
     for c in 0..out.len() {
         let (f, v) = (form.sixteen::<V>(c), y[c]);
         let ((p_lo, p_hi), (q_lo, q_hi)) = if OP_FIRST { (v, f) } else { (f, v) };
-        S::put16_split(w1.mul_add(q_lo, w0 * p_lo), w1.mul_add(q_hi, w0 * p_hi), &mut out[c]);
+        store16::<V, S, F>(w1.mul_add(q_lo, w0 * p_lo), w1.mul_add(q_hi, w0 * p_hi), &mut out[c]);
     }
 }
 
 /// The `K` statistics of the segment `start..start + n` when its forms are
-/// one or two bf16 inputs each; `None` otherwise.
+/// one or two bf16 inputs each, or one or two f32 inputs each; `None` otherwise.
 #[inline(always)]
 pub fn stats<V: Vector, const K: usize, P: Statistics<K>>(op: &P, start: usize, n: usize) -> Option<[f64; K]> {
-    if !P::Input::BF16 {
-        return None;
+    if P::Input::BF16 {
+        stats_on::<V, bf16, K, P>(op, start, n)
+    } else if P::Input::F32 {
+        stats_on::<V, f32, K, P>(op, start, n)
+    } else {
+        None
     }
+}
+
+/// [`stats`] on inputs of type `E`.
+#[inline(always)]
+fn stats_on<V: Vector, E: Lane, const K: usize, P: Statistics<K>>(op: &P, start: usize, n: usize) -> Option<[f64; K]> {
     let (x, z) = op.forms();
-    let (a, b) = (Form::new(x, start, n)?, Form::new(z, start, n)?);
+    let (a, b) = (Form::<E>::new(x, start, n)?, Form::<E>::new(z, start, n)?);
     Some(on_forms(a, Some(b), SegmentStats::<V, P, K> { n, _p: PhantomData }))
 }
 
@@ -438,11 +540,14 @@ impl<V: Vector, const K: usize, P: Statistics<K>> SegmentStats<V, P, K> {
             }
             row += block;
         }
-        for lanes in &mut lanes {
-            for chunk in lanes.as_chunks_mut::<16>().0 {
-                let halves = chunk.as_chunks::<8>().0;
-                let (lo, hi) = (halves[0], halves[1]);
-                *chunk = from_split(lo, hi);
+        // Lanes in split order go back to element order.
+        if A::SPLIT {
+            for lanes in &mut lanes {
+                for chunk in lanes.as_chunks_mut::<16>().0 {
+                    let halves = chunk.as_chunks::<8>().0;
+                    let (lo, hi) = (halves[0], halves[1]);
+                    *chunk = from_split(lo, hi);
+                }
             }
         }
         let tail = n - rows * LANES;
@@ -457,7 +562,7 @@ impl<V: Vector, const K: usize, P: Statistics<K>> SegmentStats<V, P, K> {
     }
 }
 
-/// Adds `rows` of lanes `16·pair..16·pair + 16` (in split order) into
+/// Adds `rows` of lanes `16·pair..16·pair + 16` (in the forms' order) into
 /// `lanes`, their sums in registers down the rows.
 #[inline(always)]
 fn add_rows<V: Vector, const K: usize, P: Statistics<K>, A: Sixteen, B: Sixteen>(
@@ -509,7 +614,7 @@ pub fn short_groups<V: Vector, const K: usize, P: GroupOp<K>, S: Slot>(
     }
     let (x, z) = op.forms();
     let n = out.len();
-    let (Some(a), Some(b)) = (Form::new(x, start, n), Form::new(z, start, n)) else { return false };
+    let (Some(a), Some(b)) = (Form::<bf16>::new(x, start, n), Form::<bf16>::new(z, start, n)) else { return false };
     on_forms(a, Some(b), ShortGroups::<V, P, S, K> { op, len, out: out.as_chunks_mut().0, _v: PhantomData });
     true
 }

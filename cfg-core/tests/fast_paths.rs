@@ -466,8 +466,30 @@ fn op_then_mix_cases_match(
 fn split_order_op_then_mix_matches_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 24, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[43; 32]);
-    let shape = (1usize..=2, 5usize..=6, prop::sample::select(vec![4096usize, 8191, 8193]))
-        .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]));
+    let cases = two_pass_op_then_mix(DType::BF16);
+    op_then_mix_cases_match(config, rng, &cases, "split-order op then mix matches the reference");
+}
+
+/// The same shape on f32 inputs: the apply computes the forms and the mix
+/// in registers, sixteen lanes in element order.
+#[test]
+fn f32_op_then_mix_in_registers_matches_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 24, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[47; 32]);
+    let cases = two_pass_op_then_mix(DType::F32);
+    op_then_mix_cases_match(config, rng, &cases, "f32 op then mix matches the reference");
+}
+
+/// Groups of more than 16384 elements (two passes), per sample and over the
+/// tensor: batch × tokens × width.
+fn two_pass_shape() -> impl Strategy<Value = Shape> {
+    (1usize..=2, 5usize..=6, prop::sample::select(vec![4096usize, 8191, 8193]))
+        .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]))
+}
+
+/// A group operator then a mix of its value and a third form, over three
+/// inputs of `dtype`, every form one or two inputs (weight 1 too).
+fn two_pass_op_then_mix(dtype: DType) -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
     let weight = || prop_oneof![3 => -9.0f32..9.0, 1 => Just(1.0f32)];
     let form = prop::collection::vec((0usize..3, weight()), 1..=2).prop_map(|mut t| {
         t.sort_by_key(|x| x.0);
@@ -476,8 +498,8 @@ fn split_order_op_then_mix_matches_the_canonical_reference_bit_for_bit() {
     });
     let over = prop_oneof![Just(Reduce::Sample), Just(Reduce::Tensor)];
     let mix = (prop::bool::ANY, weight(), weight());
-    let cases = ((form.clone(), form.clone(), form), 0usize..4, over, mix, shape, any::<u64>()).prop_map(
-        |(forms, kind, over, (op_first, w0, w1), shape, seed)| {
+    ((form.clone(), form.clone(), form), 0usize..4, over, mix, two_pass_shape(), any::<u64>()).prop_map(
+        move |(forms, kind, over, (op_first, w0, w1), shape, seed)| {
             let (a, b) = (Value::Form(0), Value::Form(1));
             let op = match kind {
                 0 => Op::Reject { input: a, direction: b, over },
@@ -499,11 +521,58 @@ fn split_order_op_then_mix_matches_the_canonical_reference_bit_for_bit() {
                 result: Value::Op(1),
                 renoise: None,
             };
-            let inputs = random_inputs(3, DType::BF16, &shape, seed);
-            (program, inputs, shape, DType::BF16)
+            let inputs = random_inputs(3, dtype, &shape, seed);
+            (program, inputs, shape, dtype)
+        },
+    )
+}
+
+/// Every group operator on f32 forms of one or two inputs (weight 1 too),
+/// on groups large enough for two passes: the statistics and the apply
+/// compute the forms in registers, sixteen lanes in element order. One case
+/// in three reads as its second form one input of its first (cond beside
+/// guidance).
+#[test]
+fn f32_forms_in_registers_match_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 32, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[53; 32]);
+    let weight = prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)];
+    let form = prop::collection::vec((0usize..2, weight), 1..=2).prop_map(|mut t| {
+        t.sort_by_key(|x| x.0);
+        t.dedup_by_key(|x| x.0);
+        Form { terms: t }
+    });
+    let cases = (case(), form.clone(), form, two_pass_shape(), prop::bool::ANY, 0usize..6, any::<u64>()).prop_map(
+        |((mut program, _, _, _), fa, mut fb, shape, per_sample, kind, seed)| {
+            if let (true, Some(&(k, _))) = (kind < 2, fa.terms.get(kind)) {
+                fb = Form { terms: vec![(k, 1.0)] };
+            }
+            program.branches.truncate(2);
+            program.forms = vec![fa, fb];
+            let over = if per_sample { Reduce::Sample } else { Reduce::Tensor };
+            let (a, b) = (Value::Form(0), Value::Form(1));
+            match kind {
+                2 => program.ops[0] = Op::Tcfg { cond: a, uncond: b, scale: 5.0, original: per_sample },
+                3 => program.ops[0] = Op::Reject { input: a, direction: b, over },
+                _ => {}
+            }
+            match &mut program.ops[0] {
+                Op::Renorm { over: o, .. } | Op::StdRescale { over: o, .. } => *o = over,
+                _ => {}
+            }
+            let inputs = random_inputs(2, DType::F32, &shape, seed);
+            (program, inputs, shape)
         },
     );
-    op_then_mix_cases_match(config, rng, &cases, "split-order op then mix matches the reference");
+    at_every_level(|level| {
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape)| {
+                steps_match_reference(&program, &inputs, &shape, DType::F32, 2, &format!("{level:?}"))?;
+                Ok(())
+            })
+            .expect("f32 forms match the reference");
+    });
 }
 
 /// A linear program (no operator): `evaluate` writes its new output once,
