@@ -51,6 +51,11 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn as_bf16(_: &[Self]) -> Option<&[bf16]> {
         None
     }
+    /// The elements as f32 to write, when they are f32.
+    #[inline(always)]
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
     /// Eight elements widened to f32 lanes.
     #[inline(always)]
     fn get8<V: Vector>(x: &[Self; 8]) -> V {
@@ -108,6 +113,10 @@ impl Element for f32 {
     }
     #[inline(always)]
     fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
         Some(s)
     }
     #[inline(always)]
@@ -638,7 +647,8 @@ fn single_chunked<'p>(
 }
 
 /// [`single_fdg`]'s program: the forms into reused f32 buffers, the result
-/// rounded straight into `out` (no value computed twice, no fresh pages per call).
+/// written (rounded) straight into `out` (no value computed twice, no fresh
+/// pages per call).
 fn fdg_view(
     program: &Program,
     op: &Op,
@@ -654,13 +664,10 @@ fn fdg_view(
     let (mut cb, mut ub) = (Vec::new(), Vec::new());
     let c = form_or_input(&program.forms[*a], inputs, n, &mut cb);
     let u = form_or_input(&program.forms[*b], inputs, n, &mut ub);
-    if let ElementsMut::F32(o) = out {
-        fdg_sources(&pyramid, c, u, bands, *original, o);
-    } else {
-        let mut r = fdg::buffer(n);
-        fdg_sources(&pyramid, c, u, bands, *original, &mut r);
-        round_into_view(&r, out);
-        fdg::recycle(r);
+    match out {
+        ElementsMut::F32(o) => fdg_sources(&pyramid, c, u, bands, *original, o),
+        ElementsMut::BF16(o) => fdg_sources(&pyramid, c, u, bands, *original, o),
+        ElementsMut::F16(o) => fdg_sources(&pyramid, c, u, bands, *original, o),
     }
     fdg::recycle(cb);
     fdg::recycle(ub);

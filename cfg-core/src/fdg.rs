@@ -265,21 +265,47 @@ enum Pass<'a> {
     Detail { src: &'a [f32], g: Source<'a> },
     /// `up(r) + g` (r on the half grid): one step of the rebuild.
     Rebuild { r: &'a [f32], g: &'a [f32] },
-    /// The rebuild with the level's guidance fused (c, u, r on the half grid):
-    /// `up(r) + guide(gc − up(c), gu − up(u))`.
-    Level {
-        c: &'a [f32],
-        u: &'a [f32],
-        r: &'a [f32],
-        gc: Source<'a>,
-        gu: Source<'a>,
-        band: &'a FdgBand,
-        original: bool,
-    },
+    /// The rebuild with the level's guidance fused: see [`Level`].
+    Level(Level<'a>),
+}
+
+/// The rebuild with the level's guidance fused (c, u, r on the half grid):
+/// `up(r) + guide(gc − up(c), gu − up(u))`.
+#[derive(Clone, Copy)]
+struct Level<'a> {
+    c: &'a [f32],
+    u: &'a [f32],
+    r: &'a [f32],
+    gc: Source<'a>,
+    gu: Source<'a>,
+    band: &'a FdgBand,
+    original: bool,
 }
 
 /// Runs `pass` over every row of `out` (grid `g`), in parallel bands of rows.
 fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
+    in_bands(g, out, |first, out| simd::run(Band { p, g, first, out }));
+}
+
+/// [`pass`] into an output of any type: the rows of a [`Level`] pass
+/// rounded as they are made, another pass's rounded afterwards.
+fn pass_into<O: Element>(p: Pass<'_>, g: Grid, out: &mut [O]) {
+    if let Some(out) = O::as_f32_mut(out) {
+        return pass(p, g, out);
+    }
+    match p {
+        Pass::Level(lvl) => in_bands(g, out, |first, out| simd::run(RoundedBand { lvl, g, first, out })),
+        _ => {
+            let mut values = buffer(out.len());
+            pass(p, g, &mut values);
+            store_all(&values, out);
+            recycle(values);
+        }
+    }
+}
+
+/// `f(first row, rows)` over `out` (grid `g`) in parallel bands of whole rows.
+fn in_bands<T: Send>(g: Grid, out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
     let row = g.row();
     if row == 0 || out.is_empty() {
         return;
@@ -288,7 +314,7 @@ fn pass(p: Pass<'_>, g: Grid, out: &mut [f32]) {
     // small part, enough of them to balance the threads.
     let rows = out.len() / row;
     let per = rows.div_ceil(2 * par::threads()).max(1);
-    par::for_each_chunk_mut(out, per * row, |t, out| simd::run(Band { p, g, first: t * per, out }));
+    par::for_each_chunk_mut(out, per * row, |t, out| f(t * per, out));
 }
 
 /// A band of output rows of a [`Pass`], as a [`Task`] (its loops compiled
@@ -376,12 +402,12 @@ fn up_rows(
 /// next row's when it is in the band and the same image): the vertical blur
 /// makes two rows from the six it reads.
 #[allow(clippy::type_complexity)] // a row and the optional next one
-fn row_pairs(
-    out: &mut [f32],
+fn row_pairs<T>(
+    out: &mut [T],
     row: usize,
     first: usize,
     h: usize,
-) -> impl Iterator<Item = (usize, usize, &mut [f32], Option<&mut [f32]>)> {
+) -> impl Iterator<Item = (usize, usize, &mut [T], Option<&mut [T]>)> {
     let mut rows = out.chunks_mut(row).enumerate();
     std::iter::from_fn(move || {
         let (j, o) = rows.next()?;
@@ -458,24 +484,117 @@ impl Task for Band<'_> {
                     }
                 }
             }
-            Pass::Level { c, u, r, gc, gu, band, original } => {
-                let (mut cc, mut cu, mut cr) = (Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row));
-                let cg = g.half();
-                let (tc0, tc1) = tc.split_at_mut(row);
-                let (tu0, tu1) = tu.split_at_mut(row);
-                for (i, y, o, mut next) in row_pairs(out, row, first, g.h) {
-                    let two = next.is_some();
-                    up_rows(cg, c, i, y, &mut cc, t, tc0, two.then_some(&mut *tc1));
-                    up_rows(cg, u, i, y, &mut cu, t, tu0, two.then_some(&mut *tu1));
-                    up_rows(cg, r, i, y, &mut cr, t, o, next.as_deref_mut());
-                    for (k, o) in std::iter::once(o).chain(next).enumerate() {
-                        let (tc, tu) = if k == 0 { (&*tc0, &*tu0) } else { (&*tc1, &*tu1) };
-                        guide_row(gc.row(g, i, y + k, wc), tc, gu.row(g, i, y + k, wu), tu, band, original, o);
-                    }
+            Pass::Level(lvl) => {
+                let mut level = LevelRows::new(lvl, g, [s0, s1, s2], t, tc, tu, wc, wu);
+                for (i, y, o, next) in row_pairs(out, row, first, g.h) {
+                    level.pair::<V>(i, y, o, next);
                 }
             }
         }
         put_scratch(scratch);
+    }
+}
+
+/// A band of output rows of a [`Level`] pass into an output of another type
+/// than f32: each row made in f32, then rounded.
+struct RoundedBand<'a, O> {
+    lvl: Level<'a>,
+    g: Grid,
+    first: usize,
+    out: &'a mut [O],
+}
+
+impl<O: Element> Task for RoundedBand<'_, O> {
+    const WRITES_BF16: bool = O::BF16;
+    type Out = ();
+    #[inline(always)]
+    fn run<V: Vector>(self) {
+        let RoundedBand { lvl, g, first, out } = self;
+        let row = g.row();
+        // As [`Band`]'s, and two rows to make the output rows in.
+        let mut scratch = take_scratch(3 * SLOTS * row + 9 * row);
+        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
+        let (s1, rest) = rest.split_at_mut(SLOTS * row);
+        let (s2, rest) = rest.split_at_mut(SLOTS * row);
+        let (t, rest) = rest.split_at_mut(row);
+        let (tc, rest) = rest.split_at_mut(2 * row);
+        let (tu, rest) = rest.split_at_mut(2 * row);
+        let (wc, rest) = rest.split_at_mut(row);
+        let (wu, rest) = rest.split_at_mut(row);
+        let (made, rest) = rest.split_at_mut(row);
+        let made_next = &mut rest[..row];
+        let mut level = LevelRows::new(lvl, g, [s0, s1, s2], t, tc, tu, wc, wu);
+        for (i, y, o, next) in row_pairs(out, row, first, g.h) {
+            level.pair::<V>(i, y, made, next.is_some().then_some(&mut *made_next));
+            round_row::<V, O>(made, o);
+            if let Some(next) = next {
+                round_row::<V, O>(made_next, next);
+            }
+        }
+        put_scratch(scratch);
+    }
+}
+
+/// One row of f32 values rounded into `o`, sixteen lanes per store.
+#[inline(always)]
+fn round_row<V: Vector, O: Element>(x: &[f32], o: &mut [O]) {
+    let (xs, xt) = x[..o.len()].as_chunks::<16>();
+    let (os, ot) = o.as_chunks_mut::<16>();
+    for (x, o) in xs.iter().zip(os) {
+        let halves = x.as_chunks::<8>().0;
+        O::put16(V::load(&halves[0]), V::load(&halves[1]), o);
+    }
+    O::store(xt, ot);
+}
+
+/// The rows of a [`Level`] pass, a pair at a time: three caches of rows of
+/// `up()` (c, u, r), and rows of scratch.
+struct LevelRows<'a, 's> {
+    lvl: Level<'a>,
+    g: Grid,
+    caches: [Rows<'s>; 3],
+    t: &'s mut [f32],
+    tc: [&'s mut [f32]; 2],
+    tu: [&'s mut [f32]; 2],
+    wc: &'s mut [f32],
+    wu: &'s mut [f32],
+}
+
+impl<'a, 's> LevelRows<'a, 's> {
+    #[allow(clippy::too_many_arguments)] // the pass, its grid and its scratch
+    #[inline(always)]
+    fn new(
+        lvl: Level<'a>,
+        g: Grid,
+        [s0, s1, s2]: [&'s mut [f32]; 3],
+        t: &'s mut [f32],
+        tc: &'s mut [f32],
+        tu: &'s mut [f32],
+        wc: &'s mut [f32],
+        wu: &'s mut [f32],
+    ) -> Self {
+        let row = g.row();
+        let caches = [Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row)];
+        let (tc0, tc1) = tc.split_at_mut(row);
+        let (tu0, tu1) = tu.split_at_mut(row);
+        LevelRows { lvl, g, caches, t, tc: [tc0, tc1], tu: [tu0, tu1], wc, wu }
+    }
+
+    /// Output row `y` of image `i` into `o`, and row `y + 1` into `next` when given.
+    #[inline(always)]
+    fn pair<V: Vector>(&mut self, i: usize, y: usize, o: &mut [f32], mut next: Option<&mut [f32]>) {
+        let Level { c, u, r, gc, gu, band, original } = self.lvl;
+        let (g, cg, two) = (self.g, self.g.half(), next.is_some());
+        let [cc, cu, cr] = &mut self.caches;
+        let [tc0, tc1] = &mut self.tc;
+        let [tu0, tu1] = &mut self.tu;
+        up_rows(cg, c, i, y, cc, self.t, tc0, two.then_some(&mut **tc1));
+        up_rows(cg, u, i, y, cu, self.t, tu0, two.then_some(&mut **tu1));
+        up_rows(cg, r, i, y, cr, self.t, o, next.as_deref_mut());
+        for (k, o) in std::iter::once(o).chain(next).enumerate() {
+            let (tc, tu) = if k == 0 { (&**tc0, &**tu0) } else { (&**tc1, &**tu1) };
+            guide_row(gc.row(g, i, y + k, self.wc), tc, gu.row(g, i, y + k, self.wu), tu, band, original, o);
+        }
     }
 }
 
@@ -685,13 +804,13 @@ fn has_stats(band: &FdgBand) -> bool {
 
 /// FDG of c and u as images on grid `g` (planar when a band takes
 /// statistics) into `out` on the same grid.
-fn fdg_grid(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[FdgBand], original: bool, out: &mut [f32]) {
+fn fdg_grid<O: Element>(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[FdgBand], original: bool, out: &mut [O]) {
     let levels = p.levels;
     if levels == 1 {
         // One level is guided whole: its values as f32 slices.
         let (mut cb, mut ub) = (Vec::new(), Vec::new());
         let r = guide_level(c.all(&mut cb), u.all(&mut ub), p.sample_len(0), &bands[0], original);
-        out.copy_from_slice(&r);
+        store_all(&r, out);
         [r, cb, ub].into_iter().for_each(recycle);
         return;
     }
@@ -715,23 +834,42 @@ fn fdg_grid(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[FdgBand], origi
         grid = grid.double();
         let ((ck, uk), (ec, eu)) = (level(k), gaussian(k + 1));
         let mut next = if k == 0 { Vec::new() } else { buffer(grid.len()) };
-        let dst: &mut [f32] = if k == 0 { out } else { &mut next };
         if has_stats(&bands[k]) {
             let (mut lc, mut lu) = (buffer(grid.len()), buffer(grid.len()));
             pass(Pass::Detail { src: ec, g: ck }, grid, &mut lc);
             pass(Pass::Detail { src: eu, g: uk }, grid, &mut lu);
             let gk = guide_level(&lc, &lu, p.sample_len(k), &bands[k], original);
-            pass(Pass::Rebuild { r: &r, g: &gk }, grid, dst);
+            let rebuild = Pass::Rebuild { r: &r, g: &gk };
+            if k == 0 {
+                pass_into(rebuild, grid, out);
+            } else {
+                pass(rebuild, grid, &mut next);
+            }
             [lc, lu, gk].into_iter().for_each(recycle);
         } else {
-            let lvl = Pass::Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original };
-            pass(lvl, grid, dst);
+            let lvl = Pass::Level(Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original });
+            if k == 0 {
+                pass_into(lvl, grid, out);
+            } else {
+                pass(lvl, grid, &mut next);
+            }
         }
         recycle(std::mem::replace(&mut r, next));
     }
     recycle(r);
     gc.into_iter().chain(gu).for_each(recycle);
 }
+
+/// f32 values into `out`: copied, or rounded in parallel.
+fn store_all<O: Element>(values: &[f32], out: &mut [O]) {
+    match O::as_f32_mut(out) {
+        Some(out) => out.copy_from_slice(values),
+        None => par::for_each_chunk_mut(out, ROUND_TASK, |t, o| O::store(&values[t * ROUND_TASK..][..o.len()], o)),
+    }
+}
+
+/// Elements rounded per parallel task by [`store_all`].
+const ROUND_TASK: usize = 1 << 16;
 
 /// One guided level from c_k and u_k (planar, `len` elements per sample).
 pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: bool) -> Vec<f32> {
@@ -796,8 +934,10 @@ pub fn fdg_into(p: &Pyramid, c: &[f32], u: &[f32], bands: &[FdgBand], original: 
 }
 
 /// FDG of c and u (native layout, f32, bf16 or f16: the same bits as their
-/// f32 values through [`fdg_into`]) into `out`.
-pub fn fdg_sources(p: &Pyramid, c: Source, u: Source, bands: &[FdgBand], original: bool, out: &mut [f32]) {
+/// f32 values through [`fdg_into`]) into `out`: f32, or the f32 result
+/// rounded to `out`'s type as [`Element::store`] rounds it (on the common
+/// layouts, in the last pass, with no f32 copy of the result).
+pub fn fdg_sources<O: Element>(p: &Pyramid, c: Source, u: Source, bands: &[FdgBand], original: bool, out: &mut [O]) {
     let s = &p.spatial;
     // Statistics reduce each sample in planar order: lanes would change that order.
     let native = native_grid(s).filter(|g| g.lanes == 1 || !bands.iter().any(has_stats));
@@ -809,7 +949,15 @@ pub fn fdg_sources(p: &Pyramid, c: Source, u: Source, bands: &[FdgBand], origina
             let (c, u) = (gather(s, c.all(&mut cb)), gather(s, u.all(&mut ub)));
             let mut r = vec![0.0; out.len()];
             fdg_grid(p, g, Source::F32(&c), Source::F32(&u), bands, original, &mut r);
-            scatter(s, &r, out);
+            match O::as_f32_mut(out) {
+                Some(out) => scatter(s, &r, out),
+                None => {
+                    let mut values = buffer(out.len());
+                    scatter(s, &r, &mut values);
+                    store_all(&values, out);
+                    recycle(values);
+                }
+            }
             [cb, ub].into_iter().for_each(recycle);
         }
     }

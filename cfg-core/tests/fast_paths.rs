@@ -855,7 +855,8 @@ fn signed_values(seed: u64) -> impl FnMut() -> f32 {
 }
 
 /// FDG of `E` copies of c and u, read as sources (widened a row at a time)
-/// and as their widened f32 values: (got, want).
+/// and as their widened f32 values: (got, want) in f32, then the same as
+/// bits of `E`, written by FDG into an output of `E` and rounded from f32.
 fn narrowed_fdg<E: cfg_core::cpu::Element>(
     p: &Pyramid,
     c: &[f32],
@@ -863,19 +864,23 @@ fn narrowed_fdg<E: cfg_core::cpu::Element>(
     bands: &[FdgBand],
     original: bool,
     source: impl for<'a> Fn(&'a [E]) -> Source<'a>,
-) -> (Vec<f32>, Vec<f32>) {
+) -> [Vec<u32>; 4] {
     let narrow = |v: &[f32]| v.iter().map(|&x| E::put(x)).collect::<Vec<E>>();
     let wide = |v: &[E]| v.iter().map(|x| x.get()).collect::<Vec<f32>>();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let (cn, un) = (narrow(c), narrow(u));
     let (mut got, mut want) = (vec![f32::NAN; c.len()], vec![f32::NAN; c.len()]);
     fdg_sources(p, source(&cn), source(&un), bands, original, &mut got);
     fdg_into(p, &wide(&cn), &wide(&un), bands, original, &mut want);
-    (got, want)
+    let mut rounded = narrow(&vec![7.0; c.len()]);
+    fdg_sources(p, source(&cn), source(&un), bands, original, &mut rounded);
+    [bits(&got), bits(&want), bits(&wide(&rounded)), bits(&wide(&narrow(&want)))]
 }
 
 /// FDG of random c and u (from `seed`, signed zeros included) has the bits of
-/// the element-by-element reference, and bf16 and f16 inputs, widened a row
-/// at a time, give the bits of their f32 values.
+/// the element-by-element reference, bf16 and f16 inputs, widened a row at a
+/// time, give the bits of their f32 values, and into a bf16 or f16 output
+/// those bits rounded.
 fn fdg_bits_match(p: &Pyramid, seed: u64, bands: &[FdgBand], original: bool, case: &str) -> Result<(), TestCaseError> {
     let mut next = signed_values(seed);
     let n = p.images() * p.spatial.height * p.spatial.width;
@@ -885,10 +890,12 @@ fn fdg_bits_match(p: &Pyramid, seed: u64, bands: &[FdgBand], original: bool, cas
     let want = fdg_reference(p, &c, &u, bands, original);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     prop_assert_eq!(bits(&got), bits(&want), "f32 {}", case);
-    let (got, want) = narrowed_fdg(p, &c, &u, bands, original, |x| Source::BF16(x));
-    prop_assert_eq!(bits(&got), bits(&want), "bf16 {}", case);
-    let (got, want) = narrowed_fdg(p, &c, &u, bands, original, |x| Source::F16(x));
-    prop_assert_eq!(bits(&got), bits(&want), "f16 {}", case);
+    let [got, want, rounded, want_rounded] = narrowed_fdg(p, &c, &u, bands, original, |x| Source::BF16(x));
+    prop_assert_eq!(got, want, "bf16 {}", case);
+    prop_assert_eq!(rounded, want_rounded, "bf16 output {}", case);
+    let [got, want, rounded, want_rounded] = narrowed_fdg(p, &c, &u, bands, original, |x| Source::F16(x));
+    prop_assert_eq!(got, want, "f16 {}", case);
+    prop_assert_eq!(rounded, want_rounded, "f16 output {}", case);
     Ok(())
 }
 
