@@ -487,7 +487,7 @@ impl Task for Band<'_> {
             Pass::Level(lvl) => {
                 let mut level = LevelRows::new(lvl, g, [s0, s1, s2], t, tc, tu, wc, wu);
                 for (i, y, o, next) in row_pairs(out, row, first, g.h) {
-                    level.pair::<V>(i, y, o, next);
+                    level.pair(i, y, o, next);
                 }
             }
         }
@@ -525,7 +525,7 @@ impl<O: Element> Task for RoundedBand<'_, O> {
         let made_next = &mut rest[..row];
         let mut level = LevelRows::new(lvl, g, [s0, s1, s2], t, tc, tu, wc, wu);
         for (i, y, o, next) in row_pairs(out, row, first, g.h) {
-            level.pair::<V>(i, y, made, next.is_some().then_some(&mut *made_next));
+            level.pair(i, y, made, next.is_some().then_some(&mut *made_next));
             round_row::<V, O>(made, o);
             if let Some(next) = next {
                 round_row::<V, O>(made_next, next);
@@ -582,7 +582,7 @@ impl<'a, 's> LevelRows<'a, 's> {
 
     /// Output row `y` of image `i` into `o`, and row `y + 1` into `next` when given.
     #[inline(always)]
-    fn pair<V: Vector>(&mut self, i: usize, y: usize, o: &mut [f32], mut next: Option<&mut [f32]>) {
+    fn pair(&mut self, i: usize, y: usize, o: &mut [f32], mut next: Option<&mut [f32]>) {
         let Level { c, u, r, gc, gu, band, original } = self.lvl;
         let (g, cg, two) = (self.g, self.g.half(), next.is_some());
         let [cc, cu, cr] = &mut self.caches;
