@@ -376,7 +376,8 @@ impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
 
 /// APG-Mix's CFG phase: Δ = c − u advances the momentum (`buffer` ←
 /// fma(β, buffer, Δ), or Δ without a previous one), and `out` = fma(s, Δ, base),
-/// base = u (or c with `original`). Element-wise, in blocks.
+/// base = u (or c with `original`). Element-wise: in blocks, or straight from
+/// bf16 cond and uncond that are one input each.
 #[allow(clippy::too_many_arguments)] // the op's own fields, its state and its output
 pub fn momentum_cfg<I: Element, S: Slot>(
     cond: Terms<I>,
@@ -418,6 +419,32 @@ impl<I> MomentumCfg<'_, I> {
     }
 }
 
+impl<I> MomentumCfg<'_, I> {
+    /// The run `start..start + out.len()` straight from bf16 cond and uncond
+    /// (each one input of weight 1), sixteen lanes at a time: no f32 blocks,
+    /// one store of sixteen outputs.
+    #[inline(always)]
+    fn from_bf16<V: Vector, S: Slot>(&self, start: usize, c: &[bf16], u: &[bf16], running: &mut [f32], out: &mut [S]) {
+        let n = out.len();
+        let (c, u) = (&c[start..start + n], &u[start..start + n]);
+        let ((cv, ct), (uv, ut)) = (c.as_chunks::<16>(), u.as_chunks::<16>());
+        let ((rv, rt), (ov, ot)) = (running.as_chunks_mut::<16>(), out.as_chunks_mut::<16>());
+        for (((c, u), r), o) in cv.iter().zip(uv).zip(rv).zip(ov) {
+            let (c, u, r) = (c.as_chunks::<8>().0, u.as_chunks::<8>().0, r.as_chunks_mut::<8>().0);
+            let (next_lo, lo) = self.step(bf16::get8::<V>(&c[0]), bf16::get8::<V>(&u[0]), V::load(&r[0]));
+            let (next_hi, hi) = self.step(bf16::get8::<V>(&c[1]), bf16::get8::<V>(&u[1]), V::load(&r[1]));
+            next_lo.store(&mut r[0]);
+            next_hi.store(&mut r[1]);
+            S::put16(lo, hi, o);
+        }
+        for (((c, u), r), o) in ct.iter().zip(ut).zip(rt).zip(ot) {
+            let (next, y) = self.step(c.get(), u.get(), *r);
+            *r = next;
+            o.set(S::Elem::put(y));
+        }
+    }
+}
+
 /// One parallel run of [`momentum_cfg`].
 struct MomentumCfgTask<'a, I, S> {
     p: &'a MomentumCfg<'a, I>,
@@ -432,6 +459,9 @@ impl<I: Element, S: Slot> Task for MomentumCfgTask<'_, I, S> {
     #[inline(always)]
     fn run<V: Vector>(self) {
         let p = self.p;
+        if let (Some(c), Some(u)) = (plain_bf16(p.cond), plain_bf16(p.uncond)) {
+            return p.from_bf16::<V, S>(self.start, c, u, self.running, self.out);
+        }
         let mut buf = take_scratch(2 * BLOCK);
         let (c, u) = buf.split_at_mut(BLOCK);
         for (k, (out, running)) in self.out.chunks_mut(BLOCK).zip(self.running.chunks_mut(BLOCK)).enumerate() {

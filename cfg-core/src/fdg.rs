@@ -29,7 +29,8 @@
 //! element-by-element evaluation in `tests/fast_paths.rs`). The vertical
 //! blur makes two output rows per loop from the six rows they read: on a
 //! token grid the passes are bound by loads more than by arithmetic. Inputs
-//! of bf16 or f16 are widened a row at a time where a pass reads them.
+//! of bf16 or f16 are widened a row at a time where a pass reads them, and
+//! an output of bf16 or f16 is rounded a row at a time by the last pass.
 
 use crate::cpu::{apg_projection, rescale_factor, std_from_sums, Element};
 use crate::fused::{put_scratch, take_scratch};

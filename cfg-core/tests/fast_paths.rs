@@ -379,6 +379,43 @@ fn apg_on_plain_bf16_inputs_matches_the_canonical_reference_bit_for_bit() {
     bf16_cases_match_at_every_level(config, rng, &cases, "APG on plain bf16 inputs matches the reference");
 }
 
+/// APG-Mix's CFG phase straight from bf16 cond and uncond that are one input
+/// each (weight 1), sixteen lanes at a time: the output and the momentum it
+/// leaves, over two steps, on widths with and without a partial sixteen.
+#[test]
+fn momentum_cfg_on_plain_bf16_inputs_matches_the_canonical_reference_bit_for_bit() {
+    let config = Config { cases: 32, failure_persistence: None, ..Config::default() };
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[59; 32]);
+    let shape = (1usize..=2, 1usize..=9, prop::sample::select(vec![16usize, 64, 100, 4096, 8191, 8193]))
+        .prop_map(|(batch, tokens, width)| Shape::new([batch, tokens, width]));
+    let op = (-3.0f32..8.0, -0.9f32..0.9, prop::bool::ANY).prop_map(|(scale, momentum, original)| Op::MomentumCfg {
+        cond: Value::Form(0),
+        uncond: Value::Form(1),
+        scale,
+        momentum,
+        original,
+        slot: "m".into(),
+    });
+    let cases = (case(), shape, op, any::<u64>()).prop_map(|((mut program, _, _, _), shape, op, seed)| {
+        program.forms = vec![Form { terms: vec![(0, 1.0)] }, Form { terms: vec![(1, 1.0)] }];
+        program.ops = vec![op];
+        let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
+        (program, inputs, shape)
+    });
+    at_every_level(|level| {
+        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
+        runner
+            .run(&cases, |(program, inputs, shape)| {
+                let (state, momentum) =
+                    steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
+                let held = state.momentum("m").expect("a momentum").to_vec();
+                prop_assert_eq!(Some(held), momentum);
+                Ok(())
+            })
+            .expect("momentum CFG on plain bf16 inputs matches the reference");
+    });
+}
+
 /// Token widths that a group of at most 256 lanes pads differently, and the
 /// segment boundaries.
 const SHORT_WIDTHS: &[usize] =
