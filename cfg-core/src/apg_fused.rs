@@ -424,7 +424,14 @@ impl<I> MomentumCfg<'_, I> {
     /// (each one input of weight 1), sixteen lanes at a time: no f32 blocks,
     /// one store of sixteen outputs.
     #[inline(always)]
-    fn from_bf16<V: Vector, S: Slot>(&self, start: usize, c: &[bf16], u: &[bf16], running: &mut [f32], out: &mut [S]) {
+    fn steps_from_bf16<V: Vector, S: Slot>(
+        &self,
+        start: usize,
+        c: &[bf16],
+        u: &[bf16],
+        running: &mut [f32],
+        out: &mut [S],
+    ) {
         let n = out.len();
         let (c, u) = (&c[start..start + n], &u[start..start + n]);
         let ((cv, ct), (uv, ut)) = (c.as_chunks::<16>(), u.as_chunks::<16>());
@@ -460,7 +467,7 @@ impl<I: Element, S: Slot> Task for MomentumCfgTask<'_, I, S> {
     fn run<V: Vector>(self) {
         let p = self.p;
         if let (Some(c), Some(u)) = (plain_bf16(p.cond), plain_bf16(p.uncond)) {
-            return p.from_bf16::<V, S>(self.start, c, u, self.running, self.out);
+            return p.steps_from_bf16::<V, S>(self.start, c, u, self.running, self.out);
         }
         let mut buf = take_scratch(2 * BLOCK);
         let (c, u) = buf.split_at_mut(BLOCK);
