@@ -896,9 +896,17 @@ pub fn round_into(values: &[f32], out: &mut Tensor) {
 /// [`round_into`] borrowed elements.
 pub fn round_into_view(values: &[f32], out: &mut ElementsMut<'_>) {
     match out {
-        ElementsMut::F32(o) => o.copy_from_slice(values),
-        ElementsMut::F16(o) => par::for_each(o.chunks_mut(TASK).zip(values.chunks(TASK)), |(o, v)| f16::store(v, o)),
-        ElementsMut::BF16(o) => par::for_each(o.chunks_mut(TASK).zip(values.chunks(TASK)), |(o, v)| bf16::store(v, o)),
+        ElementsMut::F32(o) => round_into_slice(values, o),
+        ElementsMut::F16(o) => round_into_slice(values, o),
+        ElementsMut::BF16(o) => round_into_slice(values, o),
+    }
+}
+
+/// f32 values into `out`: copied, or rounded (nearest even) in parallel.
+pub(crate) fn round_into_slice<O: Element>(values: &[f32], out: &mut [O]) {
+    match O::as_f32_mut(out) {
+        Some(o) => o.copy_from_slice(values),
+        None => par::for_each(out.chunks_mut(TASK).zip(values.chunks(TASK)), |(o, v)| O::store(v, o)),
     }
 }
 

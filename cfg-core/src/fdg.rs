@@ -32,7 +32,7 @@
 //! of bf16 or f16 are widened a row at a time where a pass reads them, and
 //! an output of bf16 or f16 is rounded a row at a time by the last pass.
 
-use crate::cpu::{apg_projection, rescale_factor, std_from_sums, Element};
+use crate::cpu::{apg_projection, rescale_factor, round_into_slice, std_from_sums, Element};
 use crate::fused::{put_scratch, take_scratch};
 use crate::layout::{Layout, Spatial};
 use crate::par;
@@ -299,7 +299,7 @@ fn pass_into<O: Element>(p: Pass<'_>, g: Grid, out: &mut [O]) {
         _ => {
             let mut values = buffer(out.len());
             pass(p, g, &mut values);
-            store_all(&values, out);
+            round_into_slice(&values, out);
             recycle(values);
         }
     }
@@ -424,16 +424,11 @@ impl Task for Band<'_> {
     fn run<V: Vector>(self) {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
-        // Reduce: 8 cached rows twice as wide, 3 more; else up to 3 caches,
-        // a row of expand scratch, 6 rows.
-        let mut scratch = take_scratch(3 * SLOTS * row + 7 * row);
+        // A level pass takes the most: Reduce takes 8 cached rows twice as
+        // wide and 3 more, Detail and Rebuild a cache and 2 rows.
+        let mut scratch = take_scratch(LEVEL_ROWS * row);
         let (s0, rest) = scratch.split_at_mut(SLOTS * row);
-        let (s1, rest) = rest.split_at_mut(SLOTS * row);
-        let (s2, rest) = rest.split_at_mut(SLOTS * row);
-        let (t, rest) = rest.split_at_mut(row);
-        let (tc, rest) = rest.split_at_mut(2 * row);
-        let (tu, rest) = rest.split_at_mut(2 * row);
-        let (wc, wu) = rest.split_at_mut(row);
+        let (t, wc) = rest.split_at_mut(row);
         match p {
             Pass::Reduce(src) => {
                 let sg = g.double();
@@ -486,7 +481,7 @@ impl Task for Band<'_> {
                 }
             }
             Pass::Level(lvl) => {
-                let mut level = LevelRows::new(lvl, g, [s0, s1, s2], t, tc, tu, wc, wu);
+                let mut level = LevelRows::new(lvl, g, &mut scratch);
                 for (i, y, o, next) in row_pairs(out, row, first, g.h) {
                     level.pair(i, y, o, next);
                 }
@@ -512,19 +507,12 @@ impl<O: Element> Task for RoundedBand<'_, O> {
     fn run<V: Vector>(self) {
         let RoundedBand { lvl, g, first, out } = self;
         let row = g.row();
-        // As [`Band`]'s, and two rows to make the output rows in.
-        let mut scratch = take_scratch(3 * SLOTS * row + 9 * row);
-        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
-        let (s1, rest) = rest.split_at_mut(SLOTS * row);
-        let (s2, rest) = rest.split_at_mut(SLOTS * row);
-        let (t, rest) = rest.split_at_mut(row);
-        let (tc, rest) = rest.split_at_mut(2 * row);
-        let (tu, rest) = rest.split_at_mut(2 * row);
-        let (wc, rest) = rest.split_at_mut(row);
-        let (wu, rest) = rest.split_at_mut(row);
+        // The level pass's rows, and two to make the output rows in.
+        let mut scratch = take_scratch((LEVEL_ROWS + 2) * row);
+        let (level_rows, rest) = scratch.split_at_mut(LEVEL_ROWS * row);
         let (made, rest) = rest.split_at_mut(row);
         let made_next = &mut rest[..row];
-        let mut level = LevelRows::new(lvl, g, [s0, s1, s2], t, tc, tu, wc, wu);
+        let mut level = LevelRows::new(lvl, g, level_rows);
         for (i, y, o, next) in row_pairs(out, row, first, g.h) {
             level.pair(i, y, made, next.is_some().then_some(&mut *made_next));
             round_row::<V, O>(made, o);
@@ -548,6 +536,10 @@ fn round_row<V: Vector, O: Element>(x: &[f32], o: &mut [O]) {
     O::store(xt, ot);
 }
 
+/// Rows of scratch a [`Level`] pass takes: three caches of [`SLOTS`] rows,
+/// one to expand in, two each for up(c) and up(u), one each to widen gc and gu.
+const LEVEL_ROWS: usize = 3 * SLOTS + 7;
+
 /// The rows of a [`Level`] pass, a pair at a time: three caches of rows of
 /// `up()` (c, u, r), and rows of scratch.
 struct LevelRows<'a, 's> {
@@ -562,22 +554,21 @@ struct LevelRows<'a, 's> {
 }
 
 impl<'a, 's> LevelRows<'a, 's> {
-    #[allow(clippy::too_many_arguments)] // the pass, its grid and its scratch
+    /// The pass's rows over `scratch` ([`LEVEL_ROWS`] rows of the grid at least).
     #[inline(always)]
-    fn new(
-        lvl: Level<'a>,
-        g: Grid,
-        [s0, s1, s2]: [&'s mut [f32]; 3],
-        t: &'s mut [f32],
-        tc: &'s mut [f32],
-        tu: &'s mut [f32],
-        wc: &'s mut [f32],
-        wu: &'s mut [f32],
-    ) -> Self {
+    fn new(lvl: Level<'a>, g: Grid, scratch: &'s mut [f32]) -> Self {
         let row = g.row();
+        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
+        let (s1, rest) = rest.split_at_mut(SLOTS * row);
+        let (s2, rest) = rest.split_at_mut(SLOTS * row);
+        let (t, rest) = rest.split_at_mut(row);
+        let (tc0, rest) = rest.split_at_mut(row);
+        let (tc1, rest) = rest.split_at_mut(row);
+        let (tu0, rest) = rest.split_at_mut(row);
+        let (tu1, rest) = rest.split_at_mut(row);
+        let (wc, rest) = rest.split_at_mut(row);
+        let wu = &mut rest[..row];
         let caches = [Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row)];
-        let (tc0, tc1) = tc.split_at_mut(row);
-        let (tu0, tu1) = tu.split_at_mut(row);
         LevelRows { lvl, g, caches, t, tc: [tc0, tc1], tu: [tu0, tu1], wc, wu }
     }
 
@@ -811,7 +802,7 @@ fn fdg_grid<O: Element>(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[Fdg
         // One level is guided whole: its values as f32 slices.
         let (mut cb, mut ub) = (Vec::new(), Vec::new());
         let r = guide_level(c.all(&mut cb), u.all(&mut ub), p.sample_len(0), &bands[0], original);
-        store_all(&r, out);
+        round_into_slice(&r, out);
         [r, cb, ub].into_iter().for_each(recycle);
         return;
     }
@@ -860,17 +851,6 @@ fn fdg_grid<O: Element>(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[Fdg
     recycle(r);
     gc.into_iter().chain(gu).for_each(recycle);
 }
-
-/// f32 values into `out`: copied, or rounded in parallel.
-fn store_all<O: Element>(values: &[f32], out: &mut [O]) {
-    match O::as_f32_mut(out) {
-        Some(out) => out.copy_from_slice(values),
-        None => par::for_each_chunk_mut(out, ROUND_TASK, |t, o| O::store(&values[t * ROUND_TASK..][..o.len()], o)),
-    }
-}
-
-/// Elements rounded per parallel task by [`store_all`].
-const ROUND_TASK: usize = 1 << 16;
 
 /// One guided level from c_k and u_k (planar, `len` elements per sample).
 pub fn guide_level(c: &[f32], u: &[f32], len: usize, band: &FdgBand, original: bool) -> Vec<f32> {
@@ -955,7 +935,7 @@ pub fn fdg_sources<O: Element>(p: &Pyramid, c: Source, u: Source, bands: &[FdgBa
                 None => {
                     let mut values = buffer(out.len());
                     scatter(s, &r, &mut values);
-                    store_all(&values, out);
+                    round_into_slice(&values, out);
                     recycle(values);
                 }
             }

@@ -376,7 +376,7 @@ fn apg_on_plain_bf16_inputs_matches_the_canonical_reference_bit_for_bit() {
         let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
         (program, inputs, shape)
     });
-    bf16_cases_match_at_every_level(config, rng, &cases, "APG on plain bf16 inputs matches the reference");
+    cases_match_at_every_level(config, rng, &cases, DType::BF16, "APG on plain bf16 inputs matches the reference");
 }
 
 /// APG-Mix's CFG phase straight from bf16 cond and uncond that are one input
@@ -517,6 +517,35 @@ fn f32_op_then_mix_in_registers_matches_the_canonical_reference_bit_for_bit() {
     op_then_mix_cases_match(config, rng, &cases, "f32 op then mix matches the reference");
 }
 
+/// A form of one or two distinct inputs of the first `branches`, in branch
+/// order, weighted by `weight`.
+fn one_or_two_terms(
+    branches: usize,
+    weight: impl Strategy<Value = f32> + Clone,
+) -> impl Strategy<Value = Form> + Clone {
+    prop::collection::vec((0..branches, weight), 1..=2).prop_map(|mut t| {
+        t.sort_by_key(|x| x.0);
+        t.dedup_by_key(|x| x.0);
+        Form { terms: t }
+    })
+}
+
+/// Makes the operator TCFG (`which` 0) or Reject (1) on forms 0 and 1, or
+/// keeps it; a renorm's or a rescale's groups become samples or the tensor.
+fn two_pass_op(program: &mut Program, which: usize, per_sample: bool) {
+    let over = if per_sample { Reduce::Sample } else { Reduce::Tensor };
+    let (a, b) = (Value::Form(0), Value::Form(1));
+    match which {
+        0 => program.ops[0] = Op::Tcfg { cond: a, uncond: b, scale: 5.0, original: per_sample },
+        1 => program.ops[0] = Op::Reject { input: a, direction: b, over },
+        _ => {}
+    }
+    match &mut program.ops[0] {
+        Op::Renorm { over: o, .. } | Op::StdRescale { over: o, .. } => *o = over,
+        _ => {}
+    }
+}
+
 /// Groups of more than 16384 elements (two passes), per sample and over the
 /// tensor: batch × tokens × width.
 fn two_pass_shape() -> impl Strategy<Value = Shape> {
@@ -528,11 +557,7 @@ fn two_pass_shape() -> impl Strategy<Value = Shape> {
 /// inputs of `dtype`, every form one or two inputs (weight 1 too).
 fn two_pass_op_then_mix(dtype: DType) -> impl Strategy<Value = (Program, Vec<Tensor>, Shape, DType)> {
     let weight = || prop_oneof![3 => -9.0f32..9.0, 1 => Just(1.0f32)];
-    let form = prop::collection::vec((0usize..3, weight()), 1..=2).prop_map(|mut t| {
-        t.sort_by_key(|x| x.0);
-        t.dedup_by_key(|x| x.0);
-        Form { terms: t }
-    });
+    let form = one_or_two_terms(3, weight());
     let over = prop_oneof![Just(Reduce::Sample), Just(Reduce::Tensor)];
     let mix = (prop::bool::ANY, weight(), weight());
     ((form.clone(), form.clone(), form), 0usize..4, over, mix, two_pass_shape(), any::<u64>()).prop_map(
@@ -573,12 +598,7 @@ fn two_pass_op_then_mix(dtype: DType) -> impl Strategy<Value = (Program, Vec<Ten
 fn f32_forms_in_registers_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 32, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[53; 32]);
-    let weight = prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)];
-    let form = prop::collection::vec((0usize..2, weight), 1..=2).prop_map(|mut t| {
-        t.sort_by_key(|x| x.0);
-        t.dedup_by_key(|x| x.0);
-        Form { terms: t }
-    });
+    let form = one_or_two_terms(2, prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)]);
     let cases = (case(), form.clone(), form, two_pass_shape(), prop::bool::ANY, 0usize..6, any::<u64>()).prop_map(
         |((mut program, _, _, _), fa, mut fb, shape, per_sample, kind, seed)| {
             if let (true, Some(&(k, _))) = (kind < 2, fa.terms.get(kind)) {
@@ -586,30 +606,13 @@ fn f32_forms_in_registers_match_the_canonical_reference_bit_for_bit() {
             }
             program.branches.truncate(2);
             program.forms = vec![fa, fb];
-            let over = if per_sample { Reduce::Sample } else { Reduce::Tensor };
-            let (a, b) = (Value::Form(0), Value::Form(1));
-            match kind {
-                2 => program.ops[0] = Op::Tcfg { cond: a, uncond: b, scale: 5.0, original: per_sample },
-                3 => program.ops[0] = Op::Reject { input: a, direction: b, over },
-                _ => {}
-            }
-            match &mut program.ops[0] {
-                Op::Renorm { over: o, .. } | Op::StdRescale { over: o, .. } => *o = over,
-                _ => {}
-            }
+            // Kinds 2 and 3: TCFG and Reject.
+            two_pass_op(&mut program, kind.checked_sub(2).unwrap_or(2), per_sample);
             let inputs = random_inputs(2, DType::F32, &shape, seed);
             (program, inputs, shape)
         },
     );
-    at_every_level(|level| {
-        let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
-        runner
-            .run(&cases, |(program, inputs, shape)| {
-                steps_match_reference(&program, &inputs, &shape, DType::F32, 2, &format!("{level:?}"))?;
-                Ok(())
-            })
-            .expect("f32 forms match the reference");
-    });
+    cases_match_at_every_level(config, rng, &cases, DType::F32, "f32 forms match the reference");
 }
 
 /// A linear program (no operator): `evaluate` writes its new output once,
@@ -667,18 +670,19 @@ fn short_groups_match_the_canonical_reference_bit_for_bit() {
     });
 }
 
-/// Two steps of each bf16 case equal the reference at every SIMD level.
-fn bf16_cases_match_at_every_level(
+/// Two steps of each case of `dtype` equal the reference at every SIMD level.
+fn cases_match_at_every_level(
     config: Config,
     rng: TestRng,
     cases: &impl Strategy<Value = (Program, Vec<Tensor>, Shape)>,
+    dtype: DType,
     what: &str,
 ) {
     at_every_level(|level| {
         let mut runner = TestRunner::new_with_rng(config.clone(), rng.clone());
         runner
             .run(cases, |(program, inputs, shape)| {
-                steps_match_reference(&program, &inputs, &shape, DType::BF16, 2, &format!("{level:?}"))?;
+                steps_match_reference(&program, &inputs, &shape, dtype, 2, &format!("{level:?}"))?;
                 Ok(())
             })
             .expect(what);
@@ -696,12 +700,7 @@ const SPLIT_WIDTHS: &[usize] = &[16, 32, 48, 64, 80, 96, 128, 144, 240, 256, 257
 fn split_order_short_groups_match_the_canonical_reference_bit_for_bit() {
     let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[29; 32]);
-    let weight = prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)];
-    let form = prop::collection::vec((0usize..2, weight), 1..=2).prop_map(|mut t| {
-        t.sort_by_key(|x| x.0);
-        t.dedup_by_key(|x| x.0);
-        Form { terms: t }
-    });
+    let form = one_or_two_terms(2, prop_oneof![3 => -4.0f32..4.0, 1 => Just(1.0f32)]);
     // One case in three reads as its second form one input of its first,
     // unweighted (cond beside guidance): the path that loads it once.
     let cases = (case_with(SPLIT_WIDTHS), form.clone(), form, 0usize..6, prop::bool::ANY, any::<u64>()).prop_map(
@@ -721,7 +720,7 @@ fn split_order_short_groups_match_the_canonical_reference_bit_for_bit() {
             (program, inputs, shape)
         },
     );
-    bf16_cases_match_at_every_level(config, rng, &cases, "split-order short groups match the reference");
+    cases_match_at_every_level(config, rng, &cases, DType::BF16, "split-order short groups match the reference");
 }
 
 /// bf16 forms that are one input of weight 1 (read in place by the
@@ -744,23 +743,13 @@ fn plain_bf16_forms_match_the_canonical_reference_bit_for_bit() {
             if which != 0 {
                 program.forms[1] = plain(1);
             }
-            let over = if per_sample { Reduce::Sample } else { Reduce::Tensor };
             // The operators of the later test too, which read their forms the same way.
-            let (a, b) = (Value::Form(0), Value::Form(1));
-            match later {
-                0 => program.ops[0] = Op::Tcfg { cond: a, uncond: b, scale: 5.0, original: per_sample },
-                1 => program.ops[0] = Op::Reject { input: a, direction: b, over },
-                _ => {}
-            }
-            match &mut program.ops[0] {
-                Op::Renorm { over: o, .. } | Op::StdRescale { over: o, .. } => *o = over,
-                _ => {}
-            }
+            two_pass_op(&mut program, later, per_sample);
             let inputs = random_inputs(program.branches.len(), DType::BF16, &shape, seed);
             (program, inputs, shape)
         },
     );
-    bf16_cases_match_at_every_level(config, rng, &cases, "plain bf16 forms match the reference");
+    cases_match_at_every_level(config, rng, &cases, DType::BF16, "plain bf16 forms match the reference");
 }
 
 /// FDG element by element on planar images, as `fdg.rs` documents it: every
