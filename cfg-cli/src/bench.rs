@@ -28,10 +28,11 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Element counts measured (bf16), each rounded down to whole rows of 4096
+    /// (token renorm then uses the block-per-token kernel).
+    #[arg(long, value_delimiter = ',', default_value = "262144,2097152,4792320,33554432,67108864")]
+    sizes: Vec<usize>,
 }
-
-/// Element counts measured (bf16), as rows of 4096 (token renorm uses the block-per-token kernel).
-const SIZES: &[usize] = &[262_144, 2_097_152, 4_792_320, 33_554_432, 67_108_864];
 
 fn paths() -> Vec<(&'static str, Program)> {
     let cfg = || vec![Form { terms: vec![(0, 4.5), (1, -3.5)] }, Form { terms: vec![(0, 1.0)] }];
@@ -79,7 +80,10 @@ pub fn run(args: Args) -> CliResult {
     }
     let dev = Device::new(args.ordinal)?;
     let mut rows = Vec::new();
-    for &n in SIZES {
+    if let Some(&n) = args.sizes.iter().find(|&&n| n < 4096) {
+        return Err(CliError(format!("--sizes: {n} is under one row of 4096 elements")));
+    }
+    for &n in &args.sizes {
         let shape = Shape::new([1, n / 4096, 4096]);
         let n = shape.numel();
         let a = dev.zeros(DType::BF16, n)?;

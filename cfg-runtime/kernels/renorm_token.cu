@@ -64,10 +64,19 @@ __device__ __forceinline__ void renorm_token_body(const Forms& p0, O* out, const
     for (int v = 0; v < V; ++v) { acc[v][0] = 0.0f; acc[v][1] = 0.0f; }
     for (int b = 0; b < p.branches; ++b) {
         const I* x = (const I*)p.x[b];
+        // Every load of the branch first, unconditionally (an element outside
+        // the token reads the token's first one, then is ignored), so that
+        // they are all in flight at once; a guarded load would wait for each.
+        float xv[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             const int k = t + TEAM * (v % LPT) + LANES * (v / LPT);
-            if (live && k < a.width) accumulate<2>(p, b, to_f32(x[row + k]), acc[v]);
+            xv[v] = to_f32(x[row + (live && k < a.width ? k : 0)]);
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            const int k = t + TEAM * (v % LPT) + LANES * (v / LPT);
+            if (live && k < a.width) accumulate<2>(p, b, xv[v], acc[v]);
         }
     }
     float lg[LPT], lr[LPT];
@@ -93,11 +102,14 @@ __device__ __forceinline__ void renorm_token_body(const Forms& p0, O* out, const
 }
 
 // Warp per token: width <= 1024. Block per token: width <= 8192.
+// At least two blocks per multiprocessor (at most 128 registers): unbounded,
+// the compiler took 232 for the loads in flight, one block per
+// multiprocessor, and the kernel was slower (measured on an H200).
 #define MAKE_RENORM_TOKEN(IN, OUT, I, O) \
-    extern "C" __global__ void __launch_bounds__(256) renorm_token_warp_##IN##_##OUT(const Forms p, O* out, const RenormArgs a) { \
+    extern "C" __global__ void __launch_bounds__(256, 2) renorm_token_warp_##IN##_##OUT(const Forms p, O* out, const RenormArgs a) { \
         renorm_token_body<I, O, 32>(p, out, a); \
     } \
-    extern "C" __global__ void __launch_bounds__(256) renorm_token_block_##IN##_##OUT(const Forms p, O* out, const RenormArgs a) { \
+    extern "C" __global__ void __launch_bounds__(256, 2) renorm_token_block_##IN##_##OUT(const Forms p, O* out, const RenormArgs a) { \
         renorm_token_body<I, O, 256>(p, out, a); \
     }
 FOR_EACH_SAME(MAKE_RENORM_TOKEN)

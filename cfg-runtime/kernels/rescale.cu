@@ -37,9 +37,16 @@ __device__ __forceinline__ void segment_sums(const Forms& p, const GroupArgs& a,
     for (int m = 0; m < PER_LANE; ++m) { acc[m][0] = 0.0f; acc[m][1] = 0.0f; }
     for (int b = 0; b < p.branches; ++b) {
         const I* x = (const I*)p.x[b];
+        // All of the branch's loads first, unconditionally (past the group's
+        // end a lane reads the group's first element and ignores it), so that
+        // they are in flight at once.
+        float xv[PER_LANE];
 #pragma unroll
         for (int m = 0; m < PER_LANE; ++m)
-            if ((i64)LANES * m < left) accumulate<2>(p, b, to_f32(x[start + (i64)LANES * m]), acc[m]);
+            xv[m] = to_f32(x[(i64)LANES * m < left ? start + (i64)LANES * m : group * a.len]);
+#pragma unroll
+        for (int m = 0; m < PER_LANE; ++m)
+            if ((i64)LANES * m < left) accumulate<2>(p, b, xv[m], acc[m]);
     }
     float r1 = 0.0f, rr = 0.0f, g1 = 0.0f, gg = 0.0f;
 #pragma unroll
@@ -61,20 +68,37 @@ __device__ __forceinline__ void segment_sums(const Forms& p, const GroupArgs& a,
     }
 }
 
-// Threads of one block compute every group's factor from the segment sums.
+// The sum of `count` segment sums in f64, in segment order. Other blocks wrote
+// them: read through L2 (ld.cg), 32 at a time so the loads overlap.
+__device__ __forceinline__ double segment_total(const float* s, i64 count) {
+    constexpr int BATCH = 32;
+    double total = 0.0;
+    for (i64 i0 = 0; i0 < count; i0 += BATCH) {
+        float v[BATCH];
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j) v[j] = __ldcg(s + (i0 + j < count ? i0 + j : 0));
+#pragma unroll
+        for (int j = 0; j < BATCH; ++j)
+            if (i0 + j < count) total += (double)v[j];
+    }
+    return total;
+}
+
+// One block (every thread) computes every group's factor from the segment
+// sums: a thread per (group, sum), then a thread per group.
 __device__ __forceinline__ void group_factors(const GroupArgs& a, const float* segs, double* factors) {
-    for (i64 group = threadIdx.x; group < a.groups; group += blockDim.x) {
-        double s[MAX_DOTS];
-        const int n = kind_sums(a.f.kind);
-        for (int q = 0; q < MAX_DOTS; ++q) {
-            double total = 0.0;
-            if (q < n) {
-                const i64 base = (fused_sum(a.f.kind, q) * a.groups + group) * a.nseg;
-                for (i64 sgi = 0; sgi < a.nseg; ++sgi) total += (double)((const volatile float*)segs)[base + sgi];
-            }
-            s[q] = total;
-        }
-        factors[group] = group_factor(a.f, s);
+    __shared__ double totals[LANES];
+    const int n = kind_sums(a.f.kind);
+    const int q = threadIdx.x % MAX_DOTS;
+    for (i64 first = 0; first < a.groups; first += LANES / MAX_DOTS) {
+        const i64 group = first + threadIdx.x / MAX_DOTS;
+        double total = 0.0;
+        if (group < a.groups && q < n)
+            total = segment_total(segs + (fused_sum(a.f.kind, q) * a.groups + group) * a.nseg, a.nseg);
+        totals[threadIdx.x] = total;
+        __syncthreads();
+        if (q == 0 && group < a.groups) factors[group] = group_factor(a.f, &totals[threadIdx.x]);
+        __syncthreads();
     }
 }
 
@@ -106,11 +130,21 @@ __device__ __forceinline__ void group_apply_body(const Forms& p0, const GroupArg
         const bool full = vec && base + 8 <= a.n;
         float acc[8][1];
         combine8<I, 1>(p, base, a.n, full, acc);
+        // One division per eight elements: they span at most two groups when len >= 8.
+        const i64 g0 = base / a.len, next = (g0 + 1) * a.len;
+        const float f0 = (float)factors[g0 < a.groups ? g0 : a.groups - 1];
+        const float f1 = (float)factors[g0 + 1 < a.groups ? g0 + 1 : a.groups - 1];
         float r[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-            const i64 group = (base + e) / a.len;
-            r[e] = mul32(acc[e][0], (float)factors[group < a.groups ? group : a.groups - 1]);
+            float f;
+            if (a.len >= 8) {
+                f = base + e < next ? f0 : f1;
+            } else {
+                const i64 group = (base + e) / a.len;
+                f = (float)factors[group < a.groups ? group : a.groups - 1];
+            }
+            r[e] = mul32(acc[e][0], f);
         }
         if (full) {
             store8<O>(out, base, r);
@@ -139,17 +173,19 @@ __device__ __forceinline__ void group_coop_body(const Forms& p0, const GroupArgs
     }
 }
 
+// The reducing kernels ask for two resident blocks per multiprocessor (at most
+// 128 registers), as renorm_token.cu's do, for the same reason.
 #define MAKE_GROUP(IN, OUT, I, O) \
     extern "C" __global__ void __launch_bounds__(256) group_apply_##IN##_##OUT(const Forms p, const GroupArgs a, const double* factors, O* out, int vec) { \
         group_apply_body<I, O>(p, a, factors, out, vec); \
     } \
-    extern "C" __global__ void __launch_bounds__(256) group_coop_##IN##_##OUT(const Forms p, const GroupArgs a, float* segs, double* factors, u32* barrier, O* out) { \
+    extern "C" __global__ void __launch_bounds__(256, 2) group_coop_##IN##_##OUT(const Forms p, const GroupArgs a, float* segs, double* factors, u32* barrier, O* out) { \
         group_coop_body<I, O>(p, a, segs, factors, barrier, out); \
     }
 FOR_EACH_SAME(MAKE_GROUP)
 
 #define MAKE_STATS(IN, I) \
-    extern "C" __global__ void __launch_bounds__(256) group_stats_##IN(const Forms p, const GroupArgs a, float* segs, double* factors, u32* ticket) { \
+    extern "C" __global__ void __launch_bounds__(256, 2) group_stats_##IN(const Forms p, const GroupArgs a, float* segs, double* factors, u32* ticket) { \
         group_stats_body<I>(p, a, segs, factors, ticket); \
     }
 MAKE_STATS(f32, float)
