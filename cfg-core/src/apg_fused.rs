@@ -417,9 +417,7 @@ impl<I> MomentumCfg<'_, I> {
         let next = if self.has_prev { T::splat(self.beta).mul_add(prev, d) } else { d };
         (next, T::splat(self.scale).mul_add(d, if self.original { c } else { u }))
     }
-}
 
-impl<I> MomentumCfg<'_, I> {
     /// The run `start..start + out.len()` straight from bf16 cond and uncond
     /// (each one input of weight 1), sixteen lanes at a time: no f32 blocks,
     /// one store of sixteen outputs.

@@ -296,13 +296,19 @@ fn pass_into<O: Element>(p: Pass<'_>, g: Grid, out: &mut [O]) {
     }
     match p {
         Pass::Level(lvl) => in_bands(g, out, |first, out| simd::run(RoundedBand { lvl, g, first, out })),
-        _ => {
-            let mut values = buffer(out.len());
-            pass(p, g, &mut values);
-            round_into_slice(&values, out);
-            recycle(values);
-        }
+        _ => via_f32(out, |values| pass(p, g, values)),
     }
+}
+
+/// `write` into `out` when it is f32, else into an f32 buffer then rounded into `out`.
+fn via_f32<O: Element>(out: &mut [O], write: impl FnOnce(&mut [f32])) {
+    if let Some(out) = O::as_f32_mut(out) {
+        return write(out);
+    }
+    let mut values = buffer(out.len());
+    write(&mut values);
+    round_into_slice(&values, out);
+    recycle(values);
 }
 
 /// `f(first row, rows)` over `out` (grid `g`) in parallel bands of whole rows.
@@ -826,26 +832,26 @@ fn fdg_grid<O: Element>(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[Fdg
         grid = grid.double();
         let ((ck, uk), (ec, eu)) = (level(k), gaussian(k + 1));
         let mut next = if k == 0 { Vec::new() } else { buffer(grid.len()) };
-        if has_stats(&bands[k]) {
+        // A band with statistics guides the level whole, then rebuilds; one
+        // without fuses its guidance into the rebuild.
+        let guided = has_stats(&bands[k]).then(|| {
             let (mut lc, mut lu) = (buffer(grid.len()), buffer(grid.len()));
             pass(Pass::Detail { src: ec, g: ck }, grid, &mut lc);
             pass(Pass::Detail { src: eu, g: uk }, grid, &mut lu);
             let gk = guide_level(&lc, &lu, p.sample_len(k), &bands[k], original);
-            let rebuild = Pass::Rebuild { r: &r, g: &gk };
-            if k == 0 {
-                pass_into(rebuild, grid, out);
-            } else {
-                pass(rebuild, grid, &mut next);
-            }
-            [lc, lu, gk].into_iter().for_each(recycle);
+            [lc, lu].into_iter().for_each(recycle);
+            gk
+        });
+        let step = match &guided {
+            Some(gk) => Pass::Rebuild { r: &r, g: gk },
+            None => Pass::Level(Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original }),
+        };
+        if k == 0 {
+            pass_into(step, grid, out);
         } else {
-            let lvl = Pass::Level(Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original });
-            if k == 0 {
-                pass_into(lvl, grid, out);
-            } else {
-                pass(lvl, grid, &mut next);
-            }
+            pass(step, grid, &mut next);
         }
+        guided.into_iter().for_each(recycle);
         recycle(std::mem::replace(&mut r, next));
     }
     recycle(r);
@@ -930,15 +936,7 @@ pub fn fdg_sources<O: Element>(p: &Pyramid, c: Source, u: Source, bands: &[FdgBa
             let (c, u) = (gather(s, c.all(&mut cb)), gather(s, u.all(&mut ub)));
             let mut r = vec![0.0; out.len()];
             fdg_grid(p, g, Source::F32(&c), Source::F32(&u), bands, original, &mut r);
-            match O::as_f32_mut(out) {
-                Some(out) => scatter(s, &r, out),
-                None => {
-                    let mut values = buffer(out.len());
-                    scatter(s, &r, &mut values);
-                    round_into_slice(&values, out);
-                    recycle(values);
-                }
-            }
+            via_f32(out, |out| scatter(s, &r, out));
             [cb, ub].into_iter().for_each(recycle);
         }
     }
