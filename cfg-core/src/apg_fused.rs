@@ -338,7 +338,7 @@ fn apply_split<V: Vector, I: Element, S: Slot>(
 }
 
 impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -459,7 +459,7 @@ struct MomentumCfgTask<'a, I, S> {
 }
 
 impl<I: Element, S: Slot> Task for MomentumCfgTask<'_, I, S> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

@@ -104,7 +104,7 @@ struct Runs<'a, I, S> {
 }
 
 impl<I: Element, S: Slot> Task for Runs<'_, I, S> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

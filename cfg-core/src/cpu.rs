@@ -29,7 +29,7 @@ const TASK: usize = BLOCK * 32;
 pub trait Element: Copy + Send + Sync + 'static {
     /// Whether `get`/`put` are cheap enough to vectorize element by element.
     const DIRECT: bool;
-    /// Whether this is bf16 (see [`crate::simd::Task::WRITES_BF16`]).
+    /// Whether this is bf16 (see [`crate::simd::Task::AVX512`]).
     const BF16: bool = false;
     /// Whether this is f32.
     const F32: bool = false;
@@ -243,7 +243,7 @@ struct Combine<'a, I, S> {
 }
 
 impl<I: Element, S: Slot> Task for Combine<'_, I, S> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

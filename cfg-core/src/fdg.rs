@@ -25,10 +25,11 @@
 //! native arrangement when it is planar or planes-last (a token grid: the
 //! planes are vector lanes, no transpose), one pass per Gaussian level and
 //! one per rebuilt level, rows of the intermediate images cached per band
-//! of output rows rather than stored (tested bit for bit against an
-//! element-by-element evaluation in `tests/fast_paths.rs`). The vertical
-//! blur makes two output rows per loop from the six rows they read: on a
-//! token grid the passes are bound by loads more than by arithmetic. Inputs
+//! of output rows and column strip rather than stored (tested bit for bit
+//! against an element-by-element evaluation in `tests/fast_paths.rs`). The
+//! vertical blur makes two output rows per loop from the six rows they
+//! read. The passes are bound by arithmetic (about 75 operations per
+//! output element for two levels), not by memory, on 2 cores. Inputs
 //! of bf16 or f16 are widened a row at a time where a pass reads them, and
 //! an output of bf16 or f16 is rounded a row at a time by the last pass.
 
@@ -41,6 +42,8 @@ use crate::reduce::{dot_f32, dot_f64};
 use crate::simd::{self, Task, Vector};
 use crate::Shape;
 use half::{bf16, f16};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The most levels a pyramid may have.
 pub const MAX_LEVELS: usize = 8;
@@ -202,7 +205,7 @@ pub enum Source<'a> {
 impl Source<'_> {
     /// Values `at`, read in place if they are f32, else widened into `buf`.
     #[inline(always)]
-    fn values<'s>(&'s self, at: std::ops::Range<usize>, buf: &'s mut [f32]) -> &'s [f32] {
+    fn values<'s>(&'s self, at: Range<usize>, buf: &'s mut [f32]) -> &'s [f32] {
         let buf = &mut buf[..at.len()];
         match *self {
             Source::F32(x) => return &x[at],
@@ -212,11 +215,11 @@ impl Source<'_> {
         buf
     }
 
-    /// Row `y` of image `i` on grid `g` ([`Source::values`]).
+    /// Values `cols` of row `y` of image `i` on grid `g` ([`Source::values`]).
     #[inline(always)]
-    fn row<'s>(&'s self, g: Grid, i: usize, y: usize, buf: &'s mut [f32]) -> &'s [f32] {
-        let r = g.row();
-        self.values((i * g.h + y) * r..(i * g.h + y + 1) * r, buf)
+    fn strip<'s>(&'s self, g: Grid, i: usize, y: usize, cols: Range<usize>, buf: &'s mut [f32]) -> &'s [f32] {
+        let base = (i * g.h + y) * g.row();
+        self.values(base + cols.start..base + cols.end, buf)
     }
 
     /// All of its values as f32: read in place, or widened into `buf`.
@@ -253,11 +256,42 @@ fn native_grid(s: &Spatial) -> Option<Grid> {
 /// borders included, never collides in a direct-mapped cache of 8).
 const SLOTS: usize = 8;
 
+/// Values a strip's row aims at on a grid whose pixels are vectors of
+/// channels (at least 8 pixels, the halo being 4): the thirty rows a level
+/// pass keeps then take about 64 KB, near the core. Whole rows of a token
+/// grid (hundreds of pixels of 64 channels) spilled from L2; strips of 8
+/// pixels made FDG at 4.8M elements 1.5× faster, 4 or 16 no faster.
+const STRIP_VALUES: usize = 512;
+
+/// Pixels per strip set by [`set_strip_pixels`] (0: chosen from the grid).
+static STRIP_PIXELS: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the row passes on grids of channel vectors cut their rows into
+/// strips of about `pixels` columns (0 chooses from the grid again), for
+/// tests that make narrow strips on small images. The bits do not depend
+/// on it.
+pub fn set_strip_pixels(pixels: usize) {
+    STRIP_PIXELS.store(pixels, Ordering::Relaxed);
+}
+
+/// The column strips `(first, end)` the row passes on grid `g` run one
+/// after the other, of nearly equal widths. Planar rows are short: whole.
+fn strips(g: Grid) -> impl Iterator<Item = (usize, usize)> {
+    let want = match STRIP_PIXELS.load(Ordering::Relaxed) {
+        _ if g.lanes == 1 => g.w,
+        0 => (STRIP_VALUES / g.lanes).max(8),
+        n => n,
+    };
+    let k = g.w.div_ceil(want.max(1)).max(1);
+    (0..k).map(move |s| (s * g.w / k, (s + 1) * g.w / k))
+}
+
 /// One pass over the output rows of a pyramid level. Each is an element-wise
 /// composition of the canonical stages, so the bits are those of the stages
 /// run one at a time; rows of the intermediate images (blurred within rows,
-/// or doubled and blurred within rows) are computed per band, kept in a
-/// small cache while the column blur still needs them, never stored whole.
+/// or doubled and blurred within rows) are computed per band and column
+/// strip, kept in a small cache while the column blur still needs them,
+/// never stored whole.
 #[derive(Clone, Copy)]
 enum Pass<'a> {
     /// `down(blur(src))` (src on the grid twice the output's): the next Gaussian level.
@@ -325,7 +359,8 @@ fn in_bands<T: Send>(g: Grid, out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync)
 }
 
 /// A band of output rows of a [`Pass`], as a [`Task`] (its loops compiled
-/// in the AVX2+FMA region where the CPU has it).
+/// in the AVX2+FMA region where the CPU has it, sixteen lanes wide in the
+/// AVX-512 one).
 struct Band<'a> {
     p: Pass<'a>,
     g: Grid,
@@ -362,26 +397,80 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// Row `y` of the doubled image of `src` (grid `cg`, image `i`) blurred within
-/// rows, into `o`, with `t` a row of scratch.
+/// The pixels of columns `first − 2 .. first + n + 2` of a row of `w`
+/// pixels of `l` lanes, in `t`, of which those in `0..w` are written: the
+/// ones past a border copied from the columns they reflect, so the blur
+/// within the row reads five shifted slices everywhere.
 #[inline(always)]
-fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, o: &mut [f32], t: &mut [f32]) {
-    let (row, l) = (o.len(), cg.lanes);
-    let (ya, yb) = up_taps(y, cg.h);
-    let up = &mut t[..row];
-    double_rows(cg.at(src, i, ya), cg.at(src, i, yb), up, l);
-    hblur_row(up, o, 2 * cg.w, l);
+fn reflect_halo(t: &mut [f32], first: usize, n: usize, w: usize, l: usize) {
+    for k in [0, 1, n + 2, n + 3] {
+        let col = (first + k) as isize - 2;
+        if col < 0 || col >= w as isize {
+            let from = reflect(col, w) + 2 - first;
+            t.copy_within(from * l..(from + 1) * l, k * l);
+        }
+    }
 }
 
-/// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) into `o`, and
-/// row `y + 1` into `next` when given, its doubled rows kept in `cache`.
+/// The blur within a row: `o`'s pixels from `t` holding two more on each side.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // the image, the rows, the cache and the scratch
+fn taps5_row(t: &[f32], o: &mut [f32], l: usize) {
+    taps5(t, &t[l..], &t[2 * l..], &t[3 * l..], &t[4 * l..], o);
+}
+
+/// Columns `first .. first + o.len()/l` of row `y` of the source image `i`
+/// (grid `sg`) blurred within the row, into `o`; `t` and `wide` are scratch
+/// of two more pixels on each side.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the image, the strip and the scratch
+fn blur_source(
+    src: Source<'_>,
+    sg: Grid,
+    i: usize,
+    y: usize,
+    first: usize,
+    o: &mut [f32],
+    t: &mut [f32],
+    wide: &mut [f32],
+) {
+    let (l, n) = (sg.lanes, o.len() / sg.lanes);
+    let (lo, hi) = (first.saturating_sub(2), (first + n + 2).min(sg.w));
+    let base = (i * sg.h + y) * sg.row();
+    let values = src.values(base + lo * l..base + hi * l, wide);
+    if lo + 2 == first && hi == first + n + 2 {
+        return taps5_row(values, o, l);
+    }
+    let at = lo + 2 - first;
+    t[at * l..(at + hi - lo) * l].copy_from_slice(values);
+    reflect_halo(t, first, n, sg.w, l);
+    taps5_row(t, o, l);
+}
+
+/// Columns `first .. first + o.len()/l` of row `y` of the doubled image of
+/// `src` (grid `cg`, image `i`) blurred within the row, into `o`, with `t`
+/// scratch of two more pixels on each side.
+#[inline(always)]
+fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, first: usize, o: &mut [f32], t: &mut [f32]) {
+    let (l, w, n) = (cg.lanes, 2 * cg.w, o.len() / cg.lanes);
+    let (ya, yb) = up_taps(y, cg.h);
+    let (lo, hi) = (first.saturating_sub(2), (first + n + 2).min(w));
+    let at = lo + 2 - first;
+    double_cols(cg.at(src, i, ya), cg.at(src, i, yb), &mut t[at * l..(at + hi - lo) * l], lo, l);
+    reflect_halo(t, first, n, w, l);
+    taps5_row(t, o, l);
+}
+
+/// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) from column
+/// `first` into `o`, and row `y + 1` into `next` when given, its doubled
+/// rows kept in `cache`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the image, the strip, the cache and the scratch
 fn up_rows(
     cg: Grid,
     src: &[f32],
     i: usize,
     y: usize,
+    first: usize,
     cache: &mut Rows<'_>,
     t: &mut [f32],
     o: &mut [f32],
@@ -394,7 +483,7 @@ fn up_rows(
     let used = if next.is_some() { 6 } else { 5 };
     for &yy in &ids[..used] {
         if let Some(r) = cache.missing(i * h + yy) {
-            expand_row(cg, src, i, yy, r, t);
+            expand_row(cg, src, i, yy, first, r, t);
         }
     }
     let r = |k: usize| cache.get(i * h + ids[k]);
@@ -425,75 +514,96 @@ fn row_pairs<T>(
 }
 
 impl Task for Band<'_> {
+    const AVX512: bool = true;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
         let Band { p, g, first, out } = self;
         let (row, l) = (g.row(), g.lanes);
-        // A level pass takes the most: Reduce takes 8 cached rows twice as
-        // wide and 3 more, Detail and Rebuild a cache and 2 rows.
-        let mut scratch = take_scratch(LEVEL_ROWS * row);
-        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
-        let (t, wc) = rest.split_at_mut(row);
-        match p {
-            Pass::Reduce(src) => {
-                let sg = g.double();
-                let (cache, rest) = scratch.split_at_mut(SLOTS * sg.row());
-                let (v0, rest) = rest.split_at_mut(sg.row());
-                let (v1, wide) = rest.split_at_mut(sg.row());
-                let mut cache = Rows::new(cache, sg.row());
-                for (j, o) in out.chunks_mut(row).enumerate() {
-                    let (i, y) = ((first + j) / g.h, (first + j) % g.h);
-                    // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
-                    let (y2, n) = (2 * y as isize, sg.h);
-                    let ids = [
-                        reflect(y2 - 2, n),
-                        reflect(y2 - 1, n),
-                        reflect(y2, n),
-                        reflect(y2 + 1, n),
-                        reflect(y2 + 2, n),
-                        reflect(y2 + 3, n),
-                    ];
-                    for &yy in &ids {
-                        if let Some(r) = cache.missing(i * n + yy) {
-                            hblur_row(src.row(sg, i, yy, wide), r, sg.w, l);
+        for (x0, x1) in strips(g) {
+            let (n, cols) = (x1 - x0, x0 * l..x1 * l);
+            // A strip's rows, and with two more pixels on each side.
+            let (sr, hr) = (n * l, (n + 4) * l);
+            match p {
+                Pass::Reduce(src) => {
+                    let sg = g.double();
+                    // The source's rows are twice as wide: 8 cached, 2 blurred
+                    // down the columns, 2 with halos.
+                    let mut scratch = take_scratch((SLOTS + 2) * 2 * sr + 2 * (2 * n + 4) * l);
+                    let (cache, rest) = scratch.split_at_mut(SLOTS * 2 * sr);
+                    let (v0, rest) = rest.split_at_mut(2 * sr);
+                    let (v1, rest) = rest.split_at_mut(2 * sr);
+                    let (t, rest) = rest.split_at_mut((2 * n + 4) * l);
+                    let wide = &mut rest[..(2 * n + 4) * l];
+                    let mut cache = Rows::new(cache, 2 * sr);
+                    for (j, o) in out.chunks_mut(row).enumerate() {
+                        let (i, y) = ((first + j) / g.h, (first + j) % g.h);
+                        // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
+                        let (y2, h) = (2 * y as isize, sg.h);
+                        let ids = [
+                            reflect(y2 - 2, h),
+                            reflect(y2 - 1, h),
+                            reflect(y2, h),
+                            reflect(y2 + 1, h),
+                            reflect(y2 + 2, h),
+                            reflect(y2 + 3, h),
+                        ];
+                        for &yy in &ids {
+                            if let Some(r) = cache.missing(i * h + yy) {
+                                blur_source(src, sg, i, yy, 2 * x0, r, t, wide);
+                            }
+                        }
+                        let r = |k: usize| cache.get(i * h + ids[k]);
+                        taps5_twice([r(0), r(1), r(2), r(3), r(4), r(5)], v0, v1);
+                        down_row(v0, v1, &mut o[cols.clone()], l);
+                    }
+                    put_scratch(scratch);
+                }
+                Pass::Detail { src, g: gk } => {
+                    let mut scratch = take_scratch(SLOTS * sr + 2 * hr);
+                    let (cache, rest) = scratch.split_at_mut(SLOTS * sr);
+                    let (t, rest) = rest.split_at_mut(hr);
+                    let wc = &mut rest[..hr];
+                    let mut cache = Rows::new(cache, sr);
+                    for (i, y, o, next) in row_pairs(out, row, first, g.h) {
+                        let mut next = next.map(|o| &mut o[cols.clone()]);
+                        let o = &mut o[cols.clone()];
+                        up_rows(g.half(), src, i, y, x0, &mut cache, t, o, next.as_deref_mut());
+                        for (k, o) in std::iter::once(o).chain(next).enumerate() {
+                            for (o, &x) in o.iter_mut().zip(gk.strip(g, i, y + k, cols.clone(), wc)) {
+                                *o = x - *o;
+                            }
                         }
                     }
-                    let r = |k: usize| cache.get(i * sg.h + ids[k]);
-                    taps5_twice([r(0), r(1), r(2), r(3), r(4), r(5)], v0, v1);
-                    down_row(v0, v1, o, l);
+                    put_scratch(scratch);
                 }
-            }
-            Pass::Detail { src, g: gk } => {
-                let mut cache = Rows::new(s0, row);
-                for (i, y, o, mut next) in row_pairs(out, row, first, g.h) {
-                    up_rows(g.half(), src, i, y, &mut cache, t, o, next.as_deref_mut());
-                    for (k, o) in std::iter::once(o).chain(next).enumerate() {
-                        for (o, &x) in o.iter_mut().zip(gk.row(g, i, y + k, wc)) {
-                            *o = x - *o;
+                Pass::Rebuild { r, g: gk } => {
+                    let mut scratch = take_scratch(SLOTS * sr + hr);
+                    let (cache, t) = scratch.split_at_mut(SLOTS * sr);
+                    let t = &mut t[..hr];
+                    let mut cache = Rows::new(cache, sr);
+                    for (i, y, o, next) in row_pairs(out, row, first, g.h) {
+                        let mut next = next.map(|o| &mut o[cols.clone()]);
+                        let o = &mut o[cols.clone()];
+                        up_rows(g.half(), r, i, y, x0, &mut cache, t, o, next.as_deref_mut());
+                        for (k, o) in std::iter::once(o).chain(next).enumerate() {
+                            for (o, &x) in o.iter_mut().zip(&g.at(gk, i, y + k)[cols.clone()]) {
+                                *o += x;
+                            }
                         }
                     }
+                    put_scratch(scratch);
                 }
-            }
-            Pass::Rebuild { r, g: gk } => {
-                let mut cache = Rows::new(s0, row);
-                for (i, y, o, mut next) in row_pairs(out, row, first, g.h) {
-                    up_rows(g.half(), r, i, y, &mut cache, t, o, next.as_deref_mut());
-                    for (k, o) in std::iter::once(o).chain(next).enumerate() {
-                        for (o, &x) in o.iter_mut().zip(g.at(gk, i, y + k)) {
-                            *o += x;
-                        }
+                Pass::Level(lvl) => {
+                    let mut scratch = take_scratch(LEVEL_ROWS * hr);
+                    let mut level = LevelRows::new(lvl, g, x0, n, &mut scratch);
+                    for (i, y, o, next) in row_pairs(out, row, first, g.h) {
+                        level.pair(i, y, &mut o[cols.clone()], next.map(|o| &mut o[cols.clone()]));
                     }
-                }
-            }
-            Pass::Level(lvl) => {
-                let mut level = LevelRows::new(lvl, g, &mut scratch);
-                for (i, y, o, next) in row_pairs(out, row, first, g.h) {
-                    level.pair(i, y, o, next);
+                    put_scratch(scratch);
                 }
             }
         }
-        put_scratch(scratch);
     }
 }
 
@@ -507,26 +617,29 @@ struct RoundedBand<'a, O> {
 }
 
 impl<O: Element> Task for RoundedBand<'_, O> {
-    const WRITES_BF16: bool = O::BF16;
+    const AVX512: bool = true;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
         let RoundedBand { lvl, g, first, out } = self;
-        let row = g.row();
-        // The level pass's rows, and two to make the output rows in.
-        let mut scratch = take_scratch((LEVEL_ROWS + 2) * row);
-        let (level_rows, rest) = scratch.split_at_mut(LEVEL_ROWS * row);
-        let (made, rest) = rest.split_at_mut(row);
-        let made_next = &mut rest[..row];
-        let mut level = LevelRows::new(lvl, g, level_rows);
-        for (i, y, o, next) in row_pairs(out, row, first, g.h) {
-            level.pair(i, y, made, next.is_some().then_some(&mut *made_next));
-            round_row::<V, O>(made, o);
-            if let Some(next) = next {
-                round_row::<V, O>(made_next, next);
+        let (row, l) = (g.row(), g.lanes);
+        for (x0, x1) in strips(g) {
+            let (n, cols) = (x1 - x0, x0 * l..x1 * l);
+            // The level pass's rows, and two to make the output rows in.
+            let mut scratch = take_scratch((LEVEL_ROWS + 2) * (n + 4) * l);
+            let (level_rows, rest) = scratch.split_at_mut(LEVEL_ROWS * (n + 4) * l);
+            let (made, rest) = rest.split_at_mut(n * l);
+            let made_next = &mut rest[..n * l];
+            let mut level = LevelRows::new(lvl, g, x0, n, level_rows);
+            for (i, y, o, next) in row_pairs(out, row, first, g.h) {
+                level.pair(i, y, made, next.is_some().then_some(&mut *made_next));
+                round_row::<V, O>(made, &mut o[cols.clone()]);
+                if let Some(next) = next {
+                    round_row::<V, O>(made_next, &mut next[cols.clone()]);
+                }
             }
+            put_scratch(scratch);
         }
-        put_scratch(scratch);
     }
 }
 
@@ -542,15 +655,17 @@ fn round_row<V: Vector, O: Element>(x: &[f32], o: &mut [O]) {
     O::store(xt, ot);
 }
 
-/// Rows of scratch a [`Level`] pass takes: three caches of [`SLOTS`] rows,
-/// one to expand in, two each for up(c) and up(u), one each to widen gc and gu.
+/// Rows of scratch a [`Level`] pass takes, each of a strip and its halo:
+/// three caches of [`SLOTS`] rows, one to expand in, two each for up(c)
+/// and up(u), one each to widen gc and gu.
 const LEVEL_ROWS: usize = 3 * SLOTS + 7;
 
-/// The rows of a [`Level`] pass, a pair at a time: three caches of rows of
-/// `up()` (c, u, r), and rows of scratch.
+/// The rows of a [`Level`] pass over one column strip, a pair at a time:
+/// three caches of rows of `up()` (c, u, r), and rows of scratch.
 struct LevelRows<'a, 's> {
     lvl: Level<'a>,
     g: Grid,
+    first: usize,
     caches: [Rows<'s>; 3],
     t: &'s mut [f32],
     tc: [&'s mut [f32]; 2],
@@ -560,38 +675,42 @@ struct LevelRows<'a, 's> {
 }
 
 impl<'a, 's> LevelRows<'a, 's> {
-    /// The pass's rows over `scratch` ([`LEVEL_ROWS`] rows of the grid at least).
+    /// The pass's rows for the `n` columns from `first`, over `scratch`
+    /// ([`LEVEL_ROWS`] rows of n + 4 pixels at least).
     #[inline(always)]
-    fn new(lvl: Level<'a>, g: Grid, scratch: &'s mut [f32]) -> Self {
-        let row = g.row();
-        let (s0, rest) = scratch.split_at_mut(SLOTS * row);
-        let (s1, rest) = rest.split_at_mut(SLOTS * row);
-        let (s2, rest) = rest.split_at_mut(SLOTS * row);
-        let (t, rest) = rest.split_at_mut(row);
-        let (tc0, rest) = rest.split_at_mut(row);
-        let (tc1, rest) = rest.split_at_mut(row);
-        let (tu0, rest) = rest.split_at_mut(row);
-        let (tu1, rest) = rest.split_at_mut(row);
-        let (wc, rest) = rest.split_at_mut(row);
-        let wu = &mut rest[..row];
-        let caches = [Rows::new(s0, row), Rows::new(s1, row), Rows::new(s2, row)];
-        LevelRows { lvl, g, caches, t, tc: [tc0, tc1], tu: [tu0, tu1], wc, wu }
+    fn new(lvl: Level<'a>, g: Grid, first: usize, n: usize, scratch: &'s mut [f32]) -> Self {
+        let (sr, hr) = (n * g.lanes, (n + 4) * g.lanes);
+        let (s0, rest) = scratch.split_at_mut(SLOTS * sr);
+        let (s1, rest) = rest.split_at_mut(SLOTS * sr);
+        let (s2, rest) = rest.split_at_mut(SLOTS * sr);
+        let (t, rest) = rest.split_at_mut(hr);
+        let (tc0, rest) = rest.split_at_mut(sr);
+        let (tc1, rest) = rest.split_at_mut(sr);
+        let (tu0, rest) = rest.split_at_mut(sr);
+        let (tu1, rest) = rest.split_at_mut(sr);
+        let (wc, rest) = rest.split_at_mut(sr);
+        let wu = &mut rest[..sr];
+        let caches = [Rows::new(s0, sr), Rows::new(s1, sr), Rows::new(s2, sr)];
+        LevelRows { lvl, g, first, caches, t, tc: [tc0, tc1], tu: [tu0, tu1], wc, wu }
     }
 
-    /// Output row `y` of image `i` into `o`, and row `y + 1` into `next` when given.
+    /// The strip of output row `y` of image `i` into `o`, and of row `y + 1`
+    /// into `next` when given.
     #[inline(always)]
     fn pair(&mut self, i: usize, y: usize, o: &mut [f32], mut next: Option<&mut [f32]>) {
         let Level { c, u, r, gc, gu, band, original } = self.lvl;
-        let (g, cg, two) = (self.g, self.g.half(), next.is_some());
+        let (g, cg, x0, two) = (self.g, self.g.half(), self.first, next.is_some());
+        let cols = x0 * g.lanes..x0 * g.lanes + o.len();
         let [cc, cu, cr] = &mut self.caches;
         let [tc0, tc1] = &mut self.tc;
         let [tu0, tu1] = &mut self.tu;
-        up_rows(cg, c, i, y, cc, self.t, tc0, two.then_some(&mut **tc1));
-        up_rows(cg, u, i, y, cu, self.t, tu0, two.then_some(&mut **tu1));
-        up_rows(cg, r, i, y, cr, self.t, o, next.as_deref_mut());
+        up_rows(cg, c, i, y, x0, cc, self.t, tc0, two.then_some(&mut **tc1));
+        up_rows(cg, u, i, y, x0, cu, self.t, tu0, two.then_some(&mut **tu1));
+        up_rows(cg, r, i, y, x0, cr, self.t, o, next.as_deref_mut());
         for (k, o) in std::iter::once(o).chain(next).enumerate() {
             let (tc, tu) = if k == 0 { (&**tc0, &**tu0) } else { (&**tc1, &**tu1) };
-            guide_row(gc.row(g, i, y + k, self.wc), tc, gu.row(g, i, y + k, self.wu), tu, band, original, o);
+            let (gc, gu) = (gc.strip(g, i, y + k, cols.clone(), self.wc), gu.strip(g, i, y + k, cols.clone(), self.wu));
+            guide_row(gc, tc, gu, tu, band, original, o);
         }
     }
 }
@@ -653,23 +772,6 @@ fn taps5_twice(r: [&[f32]; 6], o0: &mut [f32], o1: &mut [f32]) {
     }
 }
 
-/// The blur within one row of `w` pixels of `l` lanes: the interior as five
-/// shifted slices, the two pixels at each border reflected.
-#[inline(always)]
-fn hblur_row(s: &[f32], o: &mut [f32], w: usize, l: usize) {
-    if w >= 5 {
-        let n = (w - 4) * l;
-        taps5(&s[..n], &s[l..], &s[2 * l..], &s[3 * l..], &s[4 * l..], &mut o[2 * l..2 * l + n]);
-    }
-    for x in (0..w.min(2)).chain(w.saturating_sub(2).max(2)..w) {
-        let px = |k: isize| {
-            let j = reflect(x as isize + k - 2, w);
-            &s[j * l..(j + 1) * l]
-        };
-        taps5(px(0), px(1), px(2), px(3), px(4), &mut o[x * l..(x + 1) * l]);
-    }
-}
-
 /// One output row of the 2 × 2 mean from source rows `a` (upper) and `b`.
 #[inline(always)]
 fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
@@ -689,29 +791,29 @@ fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
     }
 }
 
-/// The lerp across rows of two doubled rows, `t[x] = lerp(A[x], B[x])` with
-/// `A[x] = lerp(a[near], a[far])` the bilinear doubling of row `a` (and `B` of
-/// `b`, [`up_taps`]) for the 2·w pixels from rows of w: one loop, so the
-/// doubled rows are never stored.
+/// Columns `first ..` (as many as `t` holds) of the bilinear doubling of the
+/// half-size rows `a` and `b` taken together: `t[x] = lerp(A[x], B[x])`, `A[x]
+/// = lerp(a[near], a[far])` ([`up_taps`]) and `B` likewise, in one loop, so
+/// the doubled rows are never stored.
 #[inline(always)]
-fn double_rows(a: &[f32], b: &[f32], t: &mut [f32], l: usize) {
+fn double_cols(a: &[f32], b: &[f32], t: &mut [f32], first: usize, l: usize) {
     let w = a.len() / l;
-    if l == 1 {
-        for (i, pair) in t.chunks_exact_mut(2).enumerate() {
+    if l == 1 && first.is_multiple_of(2) && t.len().is_multiple_of(2) {
+        // A planar row: two columns per source pixel.
+        for (k, pair) in t.chunks_exact_mut(2).enumerate() {
+            let i = first / 2 + k;
             let (left, right) = (i.saturating_sub(1), (i + 1).min(w - 1));
             pair[0] = lerp(lerp(a[i], a[left]), lerp(b[i], b[left]));
             pair[1] = lerp(lerp(a[i], a[right]), lerp(b[i], b[right]));
         }
         return;
     }
-    for (i, pair) in t.chunks_exact_mut(2 * l).enumerate() {
-        let (n, lo, hi) = (i * l, i.saturating_sub(1) * l, (i + 1).min(w - 1) * l);
-        let (an, al, ar) = (&a[n..n + l], &a[lo..lo + l], &a[hi..hi + l]);
-        let (bn, bl, br) = (&b[n..n + l], &b[lo..lo + l], &b[hi..hi + l]);
-        let (p0, p1) = pair.split_at_mut(l);
-        for k in 0..l {
-            p0[k] = lerp(lerp(an[k], al[k]), lerp(bn[k], bl[k]));
-            p1[k] = lerp(lerp(an[k], ar[k]), lerp(bn[k], br[k]));
+    for (k, px) in t.chunks_exact_mut(l).enumerate() {
+        let (near, far) = up_taps(first + k, w);
+        let (an, af) = (&a[near * l..(near + 1) * l], &a[far * l..(far + 1) * l]);
+        let (bn, bf) = (&b[near * l..(near + 1) * l], &b[far * l..(far + 1) * l]);
+        for m in 0..l {
+            px[m] = lerp(lerp(an[m], af[m]), lerp(bn[m], bf[m]));
         }
     }
 }

@@ -453,7 +453,7 @@ struct WholeGroups<'a, P, F, S, const K: usize> {
 }
 
 impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for WholeGroups<'_, P, F, S, K> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
@@ -836,7 +836,7 @@ struct Apply<'a, P, F, S, const K: usize> {
 }
 
 impl<const K: usize, P: GroupOp<K>, F: Finish, S: Slot> Task for Apply<'_, P, F, S, K> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {

@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub trait Task {
     /// What it returns.
     type Out;
-    /// Whether it rounds values to bf16: only such tasks run in the AVX-512
-    /// BF16 region (the others would be compiled a third time for nothing).
-    const WRITES_BF16: bool = false;
+    /// Whether it runs in the AVX-512 BF16 region where the CPU has it:
+    /// tasks that round values to bf16 (one instruction there), and loops
+    /// the compiler vectorizes sixteen lanes wide there (FDG's row passes).
+    /// The others would be compiled a third time for nothing.
+    const AVX512: bool = false;
     /// The work, with the vector type of the region it runs in;
     /// implementations are `#[inline(always)]`.
     fn run<V: Vector>(self) -> Self::Out;
@@ -194,7 +196,7 @@ pub fn run<T: Task>(task: T) -> T::Out {
     let level = level();
     // SAFETY (both): `level` detected the features these regions are compiled for.
     #[cfg(target_arch = "x86_64")]
-    if T::WRITES_BF16 && level == Level::Avx512Bf16 {
+    if T::AVX512 && level == Level::Avx512Bf16 {
         return unsafe { run_avx512_bf16(task) };
     }
     #[cfg(target_arch = "x86_64")]
@@ -613,7 +615,7 @@ mod tests {
     struct Fold([f32; 8], [f64; 8], [f32; 8], [f32; 8]);
 
     impl Task for Fold {
-        const WRITES_BF16: bool = true;
+        const AVX512: bool = true;
         type Out = (f32, [f32; 8], [f64; 8], [[u16; 8]; 2], [u16; 16], [[f32; 8]; 2], ([u16; 16], [[f32; 8]; 2]));
         #[inline(always)]
         fn run<V: Vector>(self) -> Self::Out {
@@ -653,7 +655,7 @@ mod tests {
     struct RoundPair([f32; 8], [f32; 8]);
 
     impl Task for RoundPair {
-        const WRITES_BF16: bool = true;
+        const AVX512: bool = true;
         type Out = ([u16; 16], [u16; 16]);
         #[inline(always)]
         fn run<V: Vector>(self) -> Self::Out {

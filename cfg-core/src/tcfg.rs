@@ -115,7 +115,7 @@ struct Apply<'a, I, S> {
 }
 
 impl<I: Element, S: Slot> Task for Apply<'_, I, S> {
-    const WRITES_BF16: bool = S::Elem::BF16;
+    const AVX512: bool = S::Elem::BF16;
     type Out = ();
     #[inline(always)]
     fn run<V: Vector>(self) {
