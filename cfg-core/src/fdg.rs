@@ -28,8 +28,10 @@
 //! of output rows and column strip rather than stored (tested bit for bit
 //! against an element-by-element evaluation in `tests/fast_paths.rs`). The
 //! vertical blur makes two output rows per loop from the six rows they
-//! read. The passes are bound by arithmetic (about 75 operations per
-//! output element for two levels), not by memory, on 2 cores. Inputs
+//! read. Where the images fit the last-level cache the passes are bound by
+//! arithmetic (some 75 operations per output element for two levels);
+//! beyond it, by reading c and u twice (their Gaussian level, then the
+//! level pass). Inputs
 //! of bf16 or f16 are widened a row at a time where a pass reads them, and
 //! an output of bf16 or f16 is rounded a row at a time by the last pass.
 
@@ -397,10 +399,10 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// The pixels of columns `first − 2 .. first + n + 2` of a row of `w`
-/// pixels of `l` lanes, in `t`, of which those in `0..w` are written: the
-/// ones past a border copied from the columns they reflect, so the blur
-/// within the row reads five shifted slices everywhere.
+/// Fills the pixels of `t` past a border: `t` holds columns `first − 2 ..
+/// first + n + 2` of a row of `w` pixels of `l` lanes, those in `0..w`
+/// already written; each one past a border is copied from the column it
+/// reflects, so the blur within the row reads five shifted slices everywhere.
 #[inline(always)]
 fn reflect_halo(t: &mut [f32], first: usize, n: usize, w: usize, l: usize) {
     for k in [0, 1, n + 2, n + 3] {
