@@ -370,22 +370,26 @@ struct Band<'a> {
     out: &'a mut [f32],
 }
 
-/// A direct-mapped cache of [`SLOTS`] rows of one derived image, by row id.
+/// A direct-mapped cache of [`SLOTS`] rows (or fewer) of one derived image, by row id.
 struct Rows<'a> {
     buf: &'a mut [f32],
     tags: [usize; SLOTS],
     row: usize,
+    slots: usize,
 }
 
 impl<'a> Rows<'a> {
     fn new(buf: &'a mut [f32], row: usize) -> Rows<'a> {
-        Rows { buf: &mut buf[..SLOTS * row], tags: [usize::MAX; SLOTS], row }
+        Rows::with_slots(buf, row, SLOTS)
+    }
+    fn with_slots(buf: &'a mut [f32], row: usize, slots: usize) -> Rows<'a> {
+        Rows { buf: &mut buf[..slots * row], tags: [usize::MAX; SLOTS], row, slots }
     }
     /// The slot to compute row `id` into, when it is not present. (No
     /// closure: one would be compiled outside the AVX2 region, fma a libm call.)
     #[inline(always)]
     fn missing(&mut self, id: usize) -> Option<&mut [f32]> {
-        let k = id % SLOTS;
+        let k = id % self.slots;
         if self.tags[k] == id {
             return None;
         }
@@ -394,7 +398,7 @@ impl<'a> Rows<'a> {
     }
     #[inline(always)]
     fn get(&self, id: usize) -> &[f32] {
-        let k = id % SLOTS;
+        let k = id % self.slots;
         &self.buf[k * self.row..(k + 1) * self.row]
     }
 }
@@ -448,23 +452,66 @@ fn blur_source(
     taps5_row(t, o, l);
 }
 
+/// Slots of the cache of source rows doubled within the row: a row of the
+/// doubled image reads two adjacent ones.
+const DOUBLED_SLOTS: usize = 4;
+
+/// Rows of a strip with its halo that one [`Up`] takes.
+const UP_ROWS: usize = SLOTS + DOUBLED_SLOTS;
+
+/// The rows of `up(src)` one strip keeps: source rows doubled within the
+/// row (each serves four rows of the doubled image) and rows of the doubled
+/// image blurred within the row (each serves five output rows).
+struct Up<'s> {
+    doubled: Rows<'s>,
+    blurred: Rows<'s>,
+}
+
+impl<'s> Up<'s> {
+    /// Over `scratch` ([`UP_ROWS`] rows of `n` pixels and their halo, `l` lanes).
+    #[inline(always)]
+    fn new(scratch: &'s mut [f32], n: usize, l: usize) -> Self {
+        let (blurred, doubled) = scratch.split_at_mut(SLOTS * (n + 4) * l);
+        Up { doubled: Rows::with_slots(doubled, (n + 4) * l, DOUBLED_SLOTS), blurred: Rows::new(blurred, n * l) }
+    }
+}
+
 /// Columns `first .. first + o.len()/l` of row `y` of the doubled image of
-/// `src` (grid `cg`, image `i`) blurred within the row, into `o`, with `t`
+/// `src` (grid `cg`, image `i`) blurred within the row, into `o`, the
+/// source rows it reads doubled within the row in `doubled`, with `t`
 /// scratch of two more pixels on each side.
 #[inline(always)]
-fn expand_row(cg: Grid, src: &[f32], i: usize, y: usize, first: usize, o: &mut [f32], t: &mut [f32]) {
+#[allow(clippy::too_many_arguments)] // the image, the strip, the cache and the scratch
+fn expand_row(
+    cg: Grid,
+    src: &[f32],
+    i: usize,
+    y: usize,
+    first: usize,
+    doubled: &mut Rows<'_>,
+    o: &mut [f32],
+    t: &mut [f32],
+) {
     let (l, w, n) = (cg.lanes, 2 * cg.w, o.len() / cg.lanes);
     let (ya, yb) = up_taps(y, cg.h);
     let (lo, hi) = (first.saturating_sub(2), (first + n + 2).min(w));
-    let at = lo + 2 - first;
-    double_cols(cg.at(src, i, ya), cg.at(src, i, yb), &mut t[at * l..(at + hi - lo) * l], lo, l);
+    let cols = (lo + 2 - first) * l..(hi + 2 - first) * l;
+    for m in [ya, yb] {
+        if let Some(d) = doubled.missing(i * cg.h + m) {
+            double_row(cg.at(src, i, m), &mut d[cols.clone()], lo, l);
+        }
+    }
+    let (a, b) = (&doubled.get(i * cg.h + ya)[cols.clone()], &doubled.get(i * cg.h + yb)[cols.clone()]);
+    for ((t, &a), &b) in t[cols].iter_mut().zip(a).zip(b) {
+        *t = lerp(a, b);
+    }
     reflect_halo(t, first, n, w, l);
     taps5_row(t, o, l);
 }
 
 /// Row `y` of `up(src)` (src on the half grid `cg`, image `i`) from column
-/// `first` into `o`, and row `y + 1` into `next` when given, its doubled
-/// rows kept in `cache`.
+/// `first` into `o`, and row `y + 1` into `next` when given, the rows it
+/// derives kept in `up`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the image, the strip, the cache and the scratch
 fn up_rows(
@@ -473,7 +520,7 @@ fn up_rows(
     i: usize,
     y: usize,
     first: usize,
-    cache: &mut Rows<'_>,
+    up: &mut Up<'_>,
     t: &mut [f32],
     o: &mut [f32],
     next: Option<&mut [f32]>,
@@ -483,12 +530,13 @@ fn up_rows(
     let ids =
         [reflect(y - 2, h), reflect(y - 1, h), reflect(y, h), reflect(y + 1, h), reflect(y + 2, h), reflect(y + 3, h)];
     let used = if next.is_some() { 6 } else { 5 };
+    let Up { doubled, blurred } = up;
     for &yy in &ids[..used] {
-        if let Some(r) = cache.missing(i * h + yy) {
-            expand_row(cg, src, i, yy, first, r, t);
+        if let Some(r) = blurred.missing(i * h + yy) {
+            expand_row(cg, src, i, yy, first, doubled, r, t);
         }
     }
-    let r = |k: usize| cache.get(i * h + ids[k]);
+    let r = |k: usize| blurred.get(i * h + ids[k]);
     match next {
         Some(next) => taps5_twice([r(0), r(1), r(2), r(3), r(4), r(5)], o, next),
         None => taps5(r(0), r(1), r(2), r(3), r(4), o),
@@ -562,15 +610,15 @@ impl Task for Band<'_> {
                     put_scratch(scratch);
                 }
                 Pass::Detail { src, g: gk } => {
-                    let mut scratch = take_scratch(SLOTS * sr + 2 * hr);
-                    let (cache, rest) = scratch.split_at_mut(SLOTS * sr);
+                    let mut scratch = take_scratch((UP_ROWS + 2) * hr);
+                    let (up, rest) = scratch.split_at_mut(UP_ROWS * hr);
                     let (t, rest) = rest.split_at_mut(hr);
                     let wc = &mut rest[..hr];
-                    let mut cache = Rows::new(cache, sr);
+                    let mut up = Up::new(up, n, l);
                     for (i, y, o, next) in row_pairs(out, row, first, g.h) {
                         let mut next = next.map(|o| &mut o[cols.clone()]);
                         let o = &mut o[cols.clone()];
-                        up_rows(g.half(), src, i, y, x0, &mut cache, t, o, next.as_deref_mut());
+                        up_rows(g.half(), src, i, y, x0, &mut up, t, o, next.as_deref_mut());
                         for (k, o) in std::iter::once(o).chain(next).enumerate() {
                             for (o, &x) in o.iter_mut().zip(gk.strip(g, i, y + k, cols.clone(), wc)) {
                                 *o = x - *o;
@@ -580,14 +628,14 @@ impl Task for Band<'_> {
                     put_scratch(scratch);
                 }
                 Pass::Rebuild { r, g: gk } => {
-                    let mut scratch = take_scratch(SLOTS * sr + hr);
-                    let (cache, t) = scratch.split_at_mut(SLOTS * sr);
+                    let mut scratch = take_scratch((UP_ROWS + 1) * hr);
+                    let (up, t) = scratch.split_at_mut(UP_ROWS * hr);
                     let t = &mut t[..hr];
-                    let mut cache = Rows::new(cache, sr);
+                    let mut up = Up::new(up, n, l);
                     for (i, y, o, next) in row_pairs(out, row, first, g.h) {
                         let mut next = next.map(|o| &mut o[cols.clone()]);
                         let o = &mut o[cols.clone()];
-                        up_rows(g.half(), r, i, y, x0, &mut cache, t, o, next.as_deref_mut());
+                        up_rows(g.half(), r, i, y, x0, &mut up, t, o, next.as_deref_mut());
                         for (k, o) in std::iter::once(o).chain(next).enumerate() {
                             for (o, &x) in o.iter_mut().zip(&g.at(gk, i, y + k)[cols.clone()]) {
                                 *o += x;
@@ -658,17 +706,17 @@ fn round_row<V: Vector, O: Element>(x: &[f32], o: &mut [O]) {
 }
 
 /// Rows of scratch a [`Level`] pass takes, each of a strip and its halo:
-/// three caches of [`SLOTS`] rows, one to expand in, two each for up(c)
-/// and up(u), one each to widen gc and gu.
-const LEVEL_ROWS: usize = 3 * SLOTS + 7;
+/// three [`Up`]s, one to expand in, two each for up(c) and up(u), one each
+/// to widen gc and gu.
+const LEVEL_ROWS: usize = 3 * UP_ROWS + 7;
 
 /// The rows of a [`Level`] pass over one column strip, a pair at a time:
-/// three caches of rows of `up()` (c, u, r), and rows of scratch.
+/// the rows of `up()` of c, u and r, and rows of scratch.
 struct LevelRows<'a, 's> {
     lvl: Level<'a>,
     g: Grid,
     first: usize,
-    caches: [Rows<'s>; 3],
+    ups: [Up<'s>; 3],
     t: &'s mut [f32],
     tc: [&'s mut [f32]; 2],
     tu: [&'s mut [f32]; 2],
@@ -681,10 +729,10 @@ impl<'a, 's> LevelRows<'a, 's> {
     /// ([`LEVEL_ROWS`] rows of n + 4 pixels at least).
     #[inline(always)]
     fn new(lvl: Level<'a>, g: Grid, first: usize, n: usize, scratch: &'s mut [f32]) -> Self {
-        let (sr, hr) = (n * g.lanes, (n + 4) * g.lanes);
-        let (s0, rest) = scratch.split_at_mut(SLOTS * sr);
-        let (s1, rest) = rest.split_at_mut(SLOTS * sr);
-        let (s2, rest) = rest.split_at_mut(SLOTS * sr);
+        let (l, sr, hr) = (g.lanes, n * g.lanes, (n + 4) * g.lanes);
+        let (s0, rest) = scratch.split_at_mut(UP_ROWS * hr);
+        let (s1, rest) = rest.split_at_mut(UP_ROWS * hr);
+        let (s2, rest) = rest.split_at_mut(UP_ROWS * hr);
         let (t, rest) = rest.split_at_mut(hr);
         let (tc0, rest) = rest.split_at_mut(sr);
         let (tc1, rest) = rest.split_at_mut(sr);
@@ -692,8 +740,8 @@ impl<'a, 's> LevelRows<'a, 's> {
         let (tu1, rest) = rest.split_at_mut(sr);
         let (wc, rest) = rest.split_at_mut(sr);
         let wu = &mut rest[..sr];
-        let caches = [Rows::new(s0, sr), Rows::new(s1, sr), Rows::new(s2, sr)];
-        LevelRows { lvl, g, first, caches, t, tc: [tc0, tc1], tu: [tu0, tu1], wc, wu }
+        let ups = [Up::new(s0, n, l), Up::new(s1, n, l), Up::new(s2, n, l)];
+        LevelRows { lvl, g, first, ups, t, tc: [tc0, tc1], tu: [tu0, tu1], wc, wu }
     }
 
     /// The strip of output row `y` of image `i` into `o`, and of row `y + 1`
@@ -703,7 +751,7 @@ impl<'a, 's> LevelRows<'a, 's> {
         let Level { c, u, r, gc, gu, band, original } = self.lvl;
         let (g, cg, x0, two) = (self.g, self.g.half(), self.first, next.is_some());
         let cols = x0 * g.lanes..x0 * g.lanes + o.len();
-        let [cc, cu, cr] = &mut self.caches;
+        let [cc, cu, cr] = &mut self.ups;
         let [tc0, tc1] = &mut self.tc;
         let [tu0, tu1] = &mut self.tu;
         up_rows(cg, c, i, y, x0, cc, self.t, tc0, two.then_some(&mut **tc1));
@@ -793,29 +841,27 @@ fn down_row(a: &[f32], b: &[f32], o: &mut [f32], l: usize) {
     }
 }
 
-/// Columns `first ..` (as many as `t` holds) of the bilinear doubling of the
-/// half-size rows `a` and `b` taken together: `t[x] = lerp(A[x], B[x])`, `A[x]
-/// = lerp(a[near], a[far])` ([`up_taps`]) and `B` likewise, in one loop, so
-/// the doubled rows are never stored.
+/// Columns `first ..` (as many as `d` holds) of the bilinear doubling of
+/// the half-size row `a` within the row: `d[x] = lerp(a[near], a[far])`
+/// ([`up_taps`]).
 #[inline(always)]
-fn double_cols(a: &[f32], b: &[f32], t: &mut [f32], first: usize, l: usize) {
+fn double_row(a: &[f32], d: &mut [f32], first: usize, l: usize) {
     let w = a.len() / l;
-    if l == 1 && first.is_multiple_of(2) && t.len().is_multiple_of(2) {
+    if l == 1 && first.is_multiple_of(2) && d.len().is_multiple_of(2) {
         // A planar row: two columns per source pixel.
-        for (k, pair) in t.chunks_exact_mut(2).enumerate() {
+        for (k, pair) in d.chunks_exact_mut(2).enumerate() {
             let i = first / 2 + k;
             let (left, right) = (i.saturating_sub(1), (i + 1).min(w - 1));
-            pair[0] = lerp(lerp(a[i], a[left]), lerp(b[i], b[left]));
-            pair[1] = lerp(lerp(a[i], a[right]), lerp(b[i], b[right]));
+            pair[0] = lerp(a[i], a[left]);
+            pair[1] = lerp(a[i], a[right]);
         }
         return;
     }
-    for (k, px) in t.chunks_exact_mut(l).enumerate() {
+    for (k, px) in d.chunks_exact_mut(l).enumerate() {
         let (near, far) = up_taps(first + k, w);
         let (an, af) = (&a[near * l..(near + 1) * l], &a[far * l..(far + 1) * l]);
-        let (bn, bf) = (&b[near * l..(near + 1) * l], &b[far * l..(far + 1) * l]);
         for m in 0..l {
-            px[m] = lerp(lerp(an[m], af[m]), lerp(bn[m], bf[m]));
+            px[m] = lerp(an[m], af[m]);
         }
     }
 }
