@@ -28,12 +28,12 @@
 //! of output rows and column strip rather than stored (tested bit for bit
 //! against an element-by-element evaluation in `tests/fast_paths.rs`). The
 //! vertical blur makes two output rows per loop from the six rows they
-//! read. Where the images fit the last-level cache the passes are bound by
-//! arithmetic (some 75 operations per output element for two levels);
-//! beyond it, by reading c and u twice (their Gaussian level, then the
-//! level pass). Inputs
-//! of bf16 or f16 are widened a row at a time where a pass reads them, and
-//! an output of bf16 or f16 is rounded a row at a time by the last pass.
+//! read. The passes are bound by arithmetic (some 66 operations per output
+//! element for two levels); past the last-level cache, reading c and u
+//! twice (for their Gaussian level, then in the level pass) adds to it.
+//! Inputs of bf16 or f16 are widened a row at a time where a pass reads
+//! them, and an output of bf16 or f16 is rounded a row at a time by the
+//! last pass.
 
 use crate::cpu::{apg_projection, rescale_factor, round_into_slice, std_from_sums, Element};
 use crate::fused::{put_scratch, take_scratch};
