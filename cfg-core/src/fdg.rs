@@ -121,6 +121,14 @@ pub fn reflect(i: isize, n: usize) -> usize {
     }) as usize
 }
 
+/// Rows `y − 2 ..= y + 3` of an axis of `n`, reflected: the rows the blur
+/// along the columns reads for rows y and y + 1.
+#[inline(always)]
+fn window6(y: usize, n: usize) -> [usize; 6] {
+    let y = y as isize;
+    [reflect(y - 2, n), reflect(y - 1, n), reflect(y, n), reflect(y + 1, n), reflect(y + 2, n), reflect(y + 3, n)]
+}
+
 /// The blur along one axis at position `i` of `n`: taps −2..=2 in order,
 /// `acc = t₀·x₋₂`, then fma.
 #[inline(always)]
@@ -301,7 +309,7 @@ enum Pass<'a> {
     /// `g − up(src)` (src on the half grid): a Laplacian level.
     Detail { src: &'a [f32], g: Source<'a> },
     /// `up(r) + g` (r on the half grid): one step of the rebuild.
-    Rebuild { r: &'a [f32], g: &'a [f32] },
+    Rebuild { r: &'a [f32], g: Source<'a> },
     /// The rebuild with the level's guidance fused: see [`Level`].
     Level(Level<'a>),
 }
@@ -418,6 +426,13 @@ fn reflect_halo(t: &mut [f32], first: usize, n: usize, w: usize, l: usize) {
     }
 }
 
+/// The span `lo..hi` of columns `first − 2 .. first + n + 2` that lie within
+/// a row of `w` (those past a border are [`reflect_halo`]'s).
+#[inline(always)]
+fn halo_span(first: usize, n: usize, w: usize) -> (usize, usize) {
+    (first.saturating_sub(2), (first + n + 2).min(w))
+}
+
 /// The blur within a row: `o`'s pixels from `t` holding two more on each side.
 #[inline(always)]
 fn taps5_row(t: &[f32], o: &mut [f32], l: usize) {
@@ -440,7 +455,7 @@ fn blur_source(
     wide: &mut [f32],
 ) {
     let (l, n) = (sg.lanes, o.len() / sg.lanes);
-    let (lo, hi) = (first.saturating_sub(2), (first + n + 2).min(sg.w));
+    let (lo, hi) = halo_span(first, n, sg.w);
     let base = (i * sg.h + y) * sg.row();
     let values = src.values(base + lo * l..base + hi * l, wide);
     if lo + 2 == first && hi == first + n + 2 {
@@ -494,7 +509,7 @@ fn expand_row(
 ) {
     let (l, w, n) = (cg.lanes, 2 * cg.w, o.len() / cg.lanes);
     let (ya, yb) = up_taps(y, cg.h);
-    let (lo, hi) = (first.saturating_sub(2), (first + n + 2).min(w));
+    let (lo, hi) = halo_span(first, n, w);
     let cols = (lo + 2 - first) * l..(hi + 2 - first) * l;
     for m in [ya, yb] {
         if let Some(d) = doubled.missing(i * cg.h + m) {
@@ -526,9 +541,7 @@ fn up_rows(
     next: Option<&mut [f32]>,
 ) {
     let h = 2 * cg.h;
-    let y = y as isize;
-    let ids =
-        [reflect(y - 2, h), reflect(y - 1, h), reflect(y, h), reflect(y + 1, h), reflect(y + 2, h), reflect(y + 3, h)];
+    let ids = window6(y, h);
     let used = if next.is_some() { 6 } else { 5 };
     let Up { doubled, blurred } = up;
     for &yy in &ids[..used] {
@@ -589,15 +602,8 @@ impl Task for Band<'_> {
                     for (j, o) in out.chunks_mut(row).enumerate() {
                         let (i, y) = ((first + j) / g.h, (first + j) % g.h);
                         // Rows 2y − 2 ..= 2y + 3 blurred within rows, then along the rows.
-                        let (y2, h) = (2 * y as isize, sg.h);
-                        let ids = [
-                            reflect(y2 - 2, h),
-                            reflect(y2 - 1, h),
-                            reflect(y2, h),
-                            reflect(y2 + 1, h),
-                            reflect(y2 + 2, h),
-                            reflect(y2 + 3, h),
-                        ];
+                        let h = sg.h;
+                        let ids = window6(2 * y, h);
                         for &yy in &ids {
                             if let Some(r) = cache.missing(i * h + yy) {
                                 blur_source(src, sg, i, yy, 2 * x0, r, t, wide);
@@ -609,36 +615,28 @@ impl Task for Band<'_> {
                     }
                     put_scratch(scratch);
                 }
-                Pass::Detail { src, g: gk } => {
+                Pass::Detail { src, g: gk } | Pass::Rebuild { r: src, g: gk } => {
+                    // up(src), then g − it (Detail) or it + g (Rebuild).
+                    let detail = matches!(p, Pass::Detail { .. });
                     let mut scratch = take_scratch((UP_ROWS + 2) * hr);
                     let (up, rest) = scratch.split_at_mut(UP_ROWS * hr);
                     let (t, rest) = rest.split_at_mut(hr);
-                    let wc = &mut rest[..hr];
+                    let wide = &mut rest[..hr];
                     let mut up = Up::new(up, n, l);
                     for (i, y, o, next) in row_pairs(out, row, first, g.h) {
                         let mut next = next.map(|o| &mut o[cols.clone()]);
                         let o = &mut o[cols.clone()];
                         up_rows(g.half(), src, i, y, x0, &mut up, t, o, next.as_deref_mut());
                         for (k, o) in std::iter::once(o).chain(next).enumerate() {
-                            for (o, &x) in o.iter_mut().zip(gk.strip(g, i, y + k, cols.clone(), wc)) {
-                                *o = x - *o;
-                            }
-                        }
-                    }
-                    put_scratch(scratch);
-                }
-                Pass::Rebuild { r, g: gk } => {
-                    let mut scratch = take_scratch((UP_ROWS + 1) * hr);
-                    let (up, t) = scratch.split_at_mut(UP_ROWS * hr);
-                    let t = &mut t[..hr];
-                    let mut up = Up::new(up, n, l);
-                    for (i, y, o, next) in row_pairs(out, row, first, g.h) {
-                        let mut next = next.map(|o| &mut o[cols.clone()]);
-                        let o = &mut o[cols.clone()];
-                        up_rows(g.half(), r, i, y, x0, &mut up, t, o, next.as_deref_mut());
-                        for (k, o) in std::iter::once(o).chain(next).enumerate() {
-                            for (o, &x) in o.iter_mut().zip(&g.at(gk, i, y + k)[cols.clone()]) {
-                                *o += x;
+                            let x = gk.strip(g, i, y + k, cols.clone(), wide);
+                            if detail {
+                                for (o, &x) in o.iter_mut().zip(x) {
+                                    *o = x - *o;
+                                }
+                            } else {
+                                for (o, &x) in o.iter_mut().zip(x) {
+                                    *o += x;
+                                }
                             }
                         }
                     }
@@ -993,7 +991,7 @@ fn fdg_grid<O: Element>(p: &Pyramid, g: Grid, c: Source, u: Source, bands: &[Fdg
             gk
         });
         let step = match &guided {
-            Some(gk) => Pass::Rebuild { r: &r, g: gk },
+            Some(gk) => Pass::Rebuild { r: &r, g: Source::F32(gk) },
             None => Pass::Level(Level { c: ec, u: eu, r: &r, gc: ck, gu: uk, band: &bands[k], original }),
         };
         if k == 0 {
