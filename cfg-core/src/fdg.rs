@@ -271,6 +271,9 @@ const SLOTS: usize = 8;
 /// pass keeps then take about 64 KB, near the core. Whole rows of a token
 /// grid (hundreds of pixels of 64 channels) spilled from L2; strips of 8
 /// pixels made FDG at 4.8M elements 1.5× faster, 4 or 16 no faster.
+/// A strip keeps every channel of its pixels: strips of 16 channels (32
+/// pixels wide, fewer halo pixels) made it 1.6-2× slower, their reads of c
+/// and u a 64-byte line every 256 bytes, rows in sub-bands of 8 to 64 or not.
 const STRIP_VALUES: usize = 512;
 
 /// Pixels per strip set by [`set_strip_pixels`] (0: chosen from the grid).
