@@ -267,8 +267,8 @@ fn native_grid(s: &Spatial) -> Option<Grid> {
 const SLOTS: usize = 8;
 
 /// Values a strip's row aims at on a grid whose pixels are vectors of
-/// channels (at least 8 pixels, the halo being 4): the thirty rows a level
-/// pass keeps then take about 64 KB, near the core. Whole rows of a token
+/// channels (at least 8 pixels, the halo being 4): the 43 rows a level pass
+/// keeps ([`LEVEL_ROWS`], halos included) then take about 130 KB, in L2. Whole rows of a token
 /// grid (hundreds of pixels of 64 channels) spilled from L2; strips of 8
 /// pixels made FDG at 4.8M elements 1.5× faster, 4 or 16 no faster.
 /// A strip keeps every channel of its pixels: strips of 16 channels (32
